@@ -1,0 +1,31 @@
+"""Names and meaning of the features of one ingested record (one `tf.train.Example`).
+
+This is the contract between ingestion (`histopath.data`), the TFX pipeline
+(`histopath.components`, `histopath.pipeline`) and evaluation: every other module refers to
+these constants, never to the literal strings.
+"""
+
+# --- written for every dataset ---------------------------------------------------------
+IMAGE = "image"  # bytes: the encoded image exactly as stored on disk (no re-encode)
+IMAGE_FORMAT = "image_format"  # bytes: "png" | "jpeg" | ... (detected from content)
+LABEL = "label"  # int64: 0 benign / IDC-negative, 1 malignant / IDC-positive
+PATIENT_ID = "patient_id"  # bytes: the unit of splitting and of patient-level reporting
+SOURCE_PATH = "source_path"  # bytes: path of the file relative to the source folder
+HEIGHT = "height"  # int64: image height in pixels
+WIDTH = "width"  # int64: image width in pixels
+DATASET = "dataset"  # bytes: "breakhis" | "idc"
+
+# --- BreakHis only ---------------------------------------------------------------------
+SUBTYPE = "subtype"  # bytes: tumour subtype code (A, F, PT, TA, DC, LC, MC, PC)
+MAGNIFICATION = "magnification"  # int64: 40, 100, 200 or 400
+SLIDE_ID = "slide_id"  # bytes: e.g. "22549AB"; patient = leading digits
+
+# --- IDC only --------------------------------------------------------------------------
+PATCH_X = "patch_x"  # int64: x offset of the patch in the patient's whole-mount slide
+PATCH_Y = "patch_y"  # int64: y offset of the patch in the patient's whole-mount slide
+
+LABEL_NAMES = ("benign", "malignant")
+
+# Features that identify a patient or a file. They must never become part of a schema's
+# value domain (a new patient is not an anomaly) nor a model input.
+IDENTIFIER_FEATURES = (PATIENT_ID, SOURCE_PATH, SLIDE_ID)
