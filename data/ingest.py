@@ -1,0 +1,454 @@
+"""Ingestion: a BreakHis or IDC folder -> patient-disjoint gzip TFRecord splits + manifest.
+
+    OUTPUT/
+      manifest.json                         counts, patients, shards, skipped files, ...
+      train/data-00000-of-00008.tfrecord.gz one tf.train.Example per image
+      eval/...  test/...
+
+The driver lists and parses the file names (no image read), splits the patients and cuts
+each split into shards. Apache Beam then runs one element per shard: a worker reads,
+validates (full PIL decode) and serializes that shard's images and writes the shard file
+itself, so no record is shuffled and Beam's per-element cost is paid per shard, not per
+image. Everything is written to a temporary sibling folder that is renamed into place at
+the end.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import math
+import os
+import random
+import sys
+import threading
+import time
+from typing import Mapping, Sequence
+
+import histopath
+from histopath.data import features, layouts
+from histopath.data.layouts import ParsedFile
+from histopath.data.records import DEFAULT_COMPRESSION_LEVEL
+from histopath.data.output_dir import (
+    check_output_free,
+    make_temp_sibling,
+    remove_quietly,
+    swap_into_place,
+)
+from histopath.data.shard_writer import (
+    DEFAULT_MAX_PIXELS,
+    PROGRESS_DIR,
+    SUMMARY_DIR,
+    PLAN_DIR,
+    ShardTask,
+    save_task,
+    write_planned_shard,
+)
+from histopath.data.split import DEFAULT_SPLITS, parse_split_spec, split_files
+from histopath.errors import ConfigError, DataError
+
+MANIFEST_NAME = "manifest.json"
+MANIFEST_VERSION = 1
+DEFAULT_SEED = 42
+DEFAULT_IMAGES_PER_SHARD = 2000  # automatic --shards: ceil(images in split / this)
+DEFAULT_NUM_WORKERS = 2
+
+
+def _is_within(path: str, folder: str) -> bool:
+    path, folder = os.path.realpath(path), os.path.realpath(folder)
+    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
+
+
+def plan_shards(
+    split_to_files: Mapping[str, Sequence[ParsedFile]],
+    seed: int,
+    shards: int | None = None,
+    images_per_shard: int = DEFAULT_IMAGES_PER_SHARD,
+    num_workers: int = 1,
+) -> list[ShardTask]:
+    """Cuts every split into shards of near-equal size, in a seeded shuffled order.
+
+    Args:
+      split_to_files: split name -> files (sorted).
+      seed: seed of the per-split shuffle (so each shard mixes patients and labels).
+      shards: shards per split; None = ceil(files / images_per_shard), plus one shard for
+        the largest splits until the total is a multiple of `num_workers`. Never more
+        shards than files.
+      images_per_shard: target shard size when `shards` is None.
+      num_workers: number of parallel workers the shards are for.
+
+    Returns:
+      The tasks, ordered for `num_workers` workers dealt round-robin (see
+      `order_for_workers`).
+    """
+    counts = {}
+    for split, files in split_to_files.items():
+        wanted = shards if shards is not None else math.ceil(len(files) / images_per_shard)
+        counts[split] = max(1, min(wanted, len(files)))
+    if shards is None and num_workers > 1:
+        by_size = sorted(split_to_files, key=lambda s: -len(split_to_files[s]))
+        for split in by_size * num_workers:
+            if sum(counts.values()) % num_workers == 0:
+                break
+            if counts[split] < len(split_to_files[split]):
+                counts[split] += 1
+    tasks = []
+    for split, files in split_to_files.items():
+        order = list(files)
+        random.Random(f"{seed}:{split}").shuffle(order)
+        count = counts[split]
+        base, extra = divmod(len(order), count)
+        start = 0
+        for index in range(count):
+            size = base + (1 if index < extra else 0)
+            tasks.append(ShardTask(split, index, count, tuple(order[start:start + size])))
+            start += size
+    return order_for_workers(tasks, num_workers)
+
+
+def order_for_workers(tasks: Sequence[ShardTask], num_workers: int) -> list[ShardTask]:
+    """Orders tasks so that dealing them round-robin to `num_workers` balances the load.
+
+    Largest tasks first, dealt in a snake (0, 1, 1, 0, 0, 1, ...) so that the workers'
+    totals stay close; the result interleaves the workers' lists. (Beam's direct runner
+    deals distinct keys of a GroupByKey to its workers round-robin in arrival order; on
+    other runners the order is only a hint.)
+    """
+    ordered = sorted(tasks, key=lambda t: (-len(t.files), t.split, t.index))
+    if num_workers <= 1:
+        return ordered
+    per_worker: list[list[ShardTask]] = [[] for _ in range(num_workers)]
+    for position, task in enumerate(ordered):
+        lap, offset = divmod(position, num_workers)
+        worker = offset if lap % 2 == 0 else num_workers - 1 - offset
+        per_worker[worker].append(task)
+    interleaved = []
+    for lap in range(max(len(w) for w in per_worker)):
+        interleaved += [w[lap] for w in per_worker if lap < len(w)]
+    return interleaved
+
+
+def _direct_num_workers(beam_args: Sequence[str], default: int) -> int:
+    """The --direct_num_workers the pipeline will run with (last flag wins)."""
+    workers = default
+    for arg in beam_args:
+        if arg.startswith("--direct_num_workers="):
+            try:
+                workers = int(arg.split("=", 1)[1]) or os.cpu_count() or 1
+            except ValueError:
+                pass
+        if arg == "--direct_running_mode=in_memory":
+            workers = 1
+    return max(1, workers)
+
+
+def _import_beam() -> None:
+    try:
+        import apache_beam  # noqa: F401
+        from apache_beam.options import pipeline_options  # noqa: F401
+    except Exception:  # reported by the real import in _run_pipeline
+        pass
+
+
+def _beam_options(beam_args: Sequence[str], num_workers: int):
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    defaults = [
+        "--direct_running_mode=multi_processing",
+        f"--direct_num_workers={num_workers}",
+    ]
+    # Later flags win, so the user's --beam-arg values override the defaults.
+    return PipelineOptions(defaults + list(beam_args))
+
+
+def _run_pipeline(
+    tasks: Sequence[ShardTask],
+    source: str,
+    work_dir: str,
+    beam_args: Sequence[str],
+    num_workers: int,
+    max_pixels: int,
+    compression_level: int,
+) -> None:
+    import apache_beam as beam
+
+    with beam.Pipeline(options=_beam_options(beam_args, num_workers)) as pipeline:
+        _ = (
+            pipeline
+            # Unique keys + GroupByKey: a fusion break that hands the shard tasks out to the
+            # workers (the direct runner deals distinct keys round-robin, largest first).
+            # Elements are shard keys only; the file lists wait in the work folder.
+            | "ShardTasks" >> beam.Create([(i, t.key) for i, t in enumerate(tasks)],
+                                          reshuffle=False)
+            | "DistributeShards" >> beam.GroupByKey()
+            | "Unkey" >> beam.FlatMap(lambda keyed: keyed[1])
+            | "WriteShards" >> beam.Map(
+                write_planned_shard,
+                source=source,
+                output=work_dir,
+                max_pixels=max_pixels,
+                compression_level=compression_level,
+            )
+        )
+
+
+def _files_done(progress_dir: str) -> int:
+    total = 0
+    try:
+        names = os.listdir(progress_dir)
+    except FileNotFoundError:
+        return 0
+    for name in names:
+        if name.endswith(".partial"):
+            continue
+        try:
+            with open(os.path.join(progress_dir, name), encoding="utf-8") as handle:
+                total += int(handle.read() or 0)
+        except (OSError, ValueError):
+            pass  # being replaced right now; counted at the next poll
+    return total
+
+
+def _run_with_progress(run, total: int, progress_dir: str, description: str, show: bool | None):
+    """Runs `run()` in a thread while a tqdm bar polls the workers' progress files."""
+    from tqdm import tqdm
+
+    outcome: dict = {}
+
+    def target():
+        try:
+            run()
+        except BaseException as error:  # re-raised in the calling thread
+            outcome["error"] = error
+
+    thread = threading.Thread(target=target, name="beam-ingest", daemon=True)
+    thread.start()
+    with tqdm(total=total, unit="img", desc=description, file=sys.stderr,
+              disable=(not show) if show is not None else None, dynamic_ncols=True) as bar:
+        bar.set_postfix_str("starting Beam workers")
+        while thread.is_alive():
+            thread.join(0.25)
+            done = _files_done(progress_dir)
+            if done and not bar.n:
+                bar.set_postfix_str("")
+            bar.update(max(0, done - bar.n))
+        if "error" not in outcome:
+            bar.update(total - bar.n)
+    if "error" in outcome:
+        raise outcome["error"]
+
+
+def _read_summaries(work_dir: str, tasks: Sequence[ShardTask]) -> list[dict]:
+    summaries = []
+    for task in tasks:
+        path = os.path.join(work_dir, SUMMARY_DIR, f"{task.key}.json")
+        if not os.path.exists(path):
+            raise RuntimeError(
+                f"the Beam pipeline finished without writing shard {task.relative_path}"
+            )
+        with open(path, encoding="utf-8") as handle:
+            summaries.append(json.load(handle))
+    return summaries
+
+
+def _build_manifest(
+    *,
+    dataset: str,
+    source: str,
+    fractions: Mapping[str, float],
+    seed: int,
+    magnifications: Sequence[int] | None,
+    beam_args: Sequence[str],
+    num_workers: int,
+    scan: layouts.ScanResult,
+    summaries: Sequence[dict],
+    seconds: float,
+    timing: Mapping[str, float],
+    compression_level: int,
+) -> dict:
+    splits = {}
+    for split in fractions:
+        mine = sorted((s for s in summaries if s["split"] == split), key=lambda s: s["shard"])
+        label_counts = {name: 0 for name in features.LABEL_NAMES}
+        patients: set[str] = set()
+        for summary in mine:
+            for label, count in summary["label_counts"].items():
+                label_counts[features.LABEL_NAMES[int(label)]] += count
+            patients.update(summary["patients"])
+        splits[split] = {
+            "fraction": fractions[split],
+            "num_examples": sum(s["examples"] for s in mine),
+            "label_counts": label_counts,
+            "num_patients": len(patients),
+            "patient_ids": sorted(patients, key=lambda p: (len(p), p)),
+            "file_pattern": f"{split}/*",
+            "shards": [s["shard"] for s in mine],
+        }
+    skipped = [{"path": s.path, "reason": s.reason} for s in scan.skipped]
+    for summary in summaries:
+        skipped.extend({"path": path, "reason": reason} for path, reason in summary["skipped"])
+    skipped.sort(key=lambda s: s["path"])
+    return {
+        "manifest_version": MANIFEST_VERSION,
+        "dataset": dataset,
+        "source": source,
+        "histopath_version": histopath.__version__,
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "seed": seed,
+        "split_fractions": dict(fractions),
+        "magnifications": list(magnifications) if magnifications else None,
+        "compression": "GZIP",
+        "compression_level": compression_level,
+        "features": sorted(
+            {features.IMAGE, features.IMAGE_FORMAT, features.LABEL, features.PATIENT_ID,
+             features.SOURCE_PATH, features.HEIGHT, features.WIDTH, features.DATASET}
+            | ({features.SUBTYPE, features.MAGNIFICATION, features.SLIDE_ID}
+               if dataset == layouts.BREAKHIS else {features.PATCH_X, features.PATCH_Y})
+        ),
+        "label_names": list(features.LABEL_NAMES),
+        "num_examples": sum(s["num_examples"] for s in splits.values()),
+        "splits": splits,
+        "num_skipped": len(skipped),
+        "skipped": skipped,
+        "filtered_out_by_magnification": {str(m): n for m, n in sorted(scan.filtered.items())},
+        "beam_args": list(beam_args),
+        "num_workers": num_workers,
+        "seconds": round(seconds, 2),
+        "timing": {name: round(value, 2) for name, value in timing.items()},
+    }
+
+
+def ingest(
+    dataset: str,
+    source: str,
+    output: str,
+    splits: str | Mapping[str, float] = DEFAULT_SPLITS,
+    seed: int = DEFAULT_SEED,
+    magnifications: str | Sequence[int] | None = None,
+    shards: int | None = None,
+    beam_args: Sequence[str] = (),
+    overwrite: bool = False,
+    num_workers: int = DEFAULT_NUM_WORKERS,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    compression_level: int = DEFAULT_COMPRESSION_LEVEL,
+    images_per_shard: int = DEFAULT_IMAGES_PER_SHARD,
+    progress: bool | None = None,
+) -> dict:
+    """Ingests a BreakHis or IDC folder into patient-disjoint gzip TFRecord splits.
+
+    Args:
+      dataset: "breakhis" or "idc".
+      source: the data set folder (BreakHis: the folder holding `BreaKHis_v1`, or any
+        folder inside that tree; IDC: the folder of patient folders, or inside it).
+      output: folder to create; refused if it exists unless `overwrite`.
+      splits: {name: fraction} or "train=0.7,eval=0.15,test=0.15" (fractions sum to 1).
+      seed: seed of the patient split and of the order of records in the shards.
+      magnifications: BreakHis only: keep these (e.g. "200" or [40, 100]); None = all.
+      shards: shard files per split; None = ceil(images / images_per_shard).
+      beam_args: Beam pipeline options (e.g. "--runner=DirectRunner"); they override the
+        default direct runner in multi-processing mode with `num_workers` workers.
+      overwrite: replace an existing output folder (swapped in at the end).
+      num_workers: default `--direct_num_workers`.
+      max_pixels: images with more pixels are skipped as decompression bombs.
+      compression_level: gzip level 0-9 of the shards; the default 0 writes gzip files
+        without compressing (the encoded images do not compress; see `records`).
+      images_per_shard: target shard size for the automatic shard count.
+      progress: show a progress bar on stderr; None = only when stderr is a terminal.
+
+    Returns:
+      The manifest (also written to `output/manifest.json`).
+
+    Raises:
+      DataError: missing/empty/wrong-layout source, no usable image, too few patients,
+        existing output.
+      ConfigError: invalid splits, magnifications or shard count.
+    """
+    started = time.time()
+    fractions = parse_split_spec(splits)
+    magnifications = layouts.parse_magnifications(magnifications)
+    if shards is not None and shards < 1:
+        raise ConfigError(f"--shards must be at least 1, got {shards}")
+    if not 0 <= compression_level <= 9:
+        raise ConfigError(f"compression level must be 0-9, got {compression_level}")
+    source = os.path.abspath(source)
+    output = os.path.abspath(output)
+    check_output_free(output, overwrite)
+    if os.path.isdir(source) and (_is_within(output, source) or _is_within(source, output)):
+        raise DataError(f"output {output} and source {source} must not contain each other")
+
+    # Importing Beam takes seconds; let it overlap with listing and splitting the files.
+    beam_import = threading.Thread(target=_import_beam, name="import-beam", daemon=True)
+    beam_import.start()
+    scan = layouts.scan_source(dataset, source, magnifications)
+    split_to_files = split_files(scan.files, fractions, seed)
+    workers = _direct_num_workers(beam_args, num_workers)
+    tasks = plan_shards(split_to_files, seed, shards, images_per_shard, workers)
+
+    work_dir = make_temp_sibling(output)
+    listed = time.time()
+    beam_import.join()
+    beam_ready = time.time()
+    try:
+        for task in tasks:
+            save_task(task, work_dir)
+        _run_with_progress(
+            lambda: _run_pipeline(tasks, source, work_dir, beam_args, num_workers, max_pixels,
+                                  compression_level),
+            total=len(scan.files),
+            progress_dir=os.path.join(work_dir, PROGRESS_DIR),
+            description=f"ingest {dataset}",
+            show=progress,
+        )
+        pipeline_done = time.time()
+        summaries = _read_summaries(work_dir, tasks)
+        first_shard = min(s["started_unix"] for s in summaries)
+        last_shard = max(s["started_unix"] + s["seconds"] for s in summaries)
+        timing = {  # seconds since the call started; for finding where the time goes
+            "files_listed_and_split": listed - started,
+            "beam_imported": beam_ready - started,
+            "first_shard_started": first_shard - started,
+            "last_shard_finished": last_shard - started,
+            "pipeline_finished": pipeline_done - started,
+            "shard_work_seconds_total": sum(s["seconds"] for s in summaries),
+        }
+        manifest = _build_manifest(
+            dataset=dataset, source=source, fractions=fractions, seed=seed,
+            magnifications=magnifications, beam_args=beam_args, num_workers=workers,
+            scan=scan, summaries=summaries, seconds=time.time() - started, timing=timing,
+            compression_level=compression_level,
+        )
+        if manifest["num_examples"] == 0:
+            reasons = "; ".join(f"{s['path']}: {s['reason']}" for s in manifest["skipped"][:3])
+            raise DataError(
+                f"{source} holds no usable image: all {len(manifest['skipped'])} files were "
+                f"skipped (e.g. {reasons})"
+            )
+        empty = [name for name, split in manifest["splits"].items() if split["num_examples"] == 0]
+        if empty:
+            raise DataError(
+                f"split(s) {', '.join(empty)} received no usable image (their patients' files "
+                "were all skipped); see the skipped files"
+            )
+        for folder in (PROGRESS_DIR, SUMMARY_DIR, PLAN_DIR):
+            remove_quietly(os.path.join(work_dir, folder))
+        with open(os.path.join(work_dir, MANIFEST_NAME), "w", encoding="utf-8") as handle:
+            json.dump(manifest, handle, indent=2)
+            handle.write("\n")
+        swap_into_place(work_dir, output, overwrite)
+    except BaseException:
+        remove_quietly(work_dir)
+        raise
+    return manifest
+
+
+def load_manifest(output: str) -> dict:
+    """Reads `output/manifest.json` of an ingested data set.
+
+    Raises:
+      DataError: there is no manifest (not an ingested data set, or an unfinished one).
+    """
+    path = os.path.join(output, MANIFEST_NAME)
+    if not os.path.exists(path):
+        raise DataError(f"{output} is not an ingested data set (no {MANIFEST_NAME})")
+    with open(path, encoding="utf-8") as handle:
+        return json.load(handle)
