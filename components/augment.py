@@ -1,0 +1,150 @@
+"""Seeded random augmentation of training batches (never used at evaluation/serving).
+
+Operates on batches of float32 images `(batch, H, W, 3)` in [0, 1]; every image of a
+batch gets its own random draw. Randomness comes from a `tf.random.Generator` seeded by
+`TrainingConfig.seed`, turned into per-batch seeds for stateless ops, so a run is
+reproducible and each epoch sees new augmentations.
+"""
+
+from __future__ import annotations
+
+import math
+
+import histopath  # noqa: F401  (pins Keras 2 before TensorFlow is imported)
+import tensorflow as tf
+
+from histopath.components.model_config import AugmentConfig
+
+# Ruifrok & Johnston (2001) stain vectors, as in scikit-image's `rgb2hed`.
+RGB_FROM_HED = ((0.65, 0.70, 0.29), (0.07, 0.99, 0.11), (0.27, 0.57, 0.78))
+_LOG_ADJUST = math.log(1e-6)
+MIN_CROP_PIXELS = 16
+
+
+def rgb_to_hed(images: tf.Tensor) -> tf.Tensor:
+    """RGB in [0, 1] -> haematoxylin, eosin, DAB optical densities (scikit-image scaling,
+    without its clipping at 0 so that `hed_to_rgb` inverts it exactly)."""
+    hed_from_rgb = tf.linalg.inv(tf.constant(RGB_FROM_HED, tf.float32))
+    log_rgb = tf.math.log(tf.maximum(images, 1e-6)) / _LOG_ADJUST
+    return tf.einsum("...c,cd->...d", log_rgb, hed_from_rgb)
+
+
+def hed_to_rgb(stains: tf.Tensor) -> tf.Tensor:
+    """Inverse of `rgb_to_hed`, clipped to [0, 1]."""
+    log_rgb = tf.einsum("...c,cd->...d", stains, tf.constant(RGB_FROM_HED, tf.float32)) * _LOG_ADJUST
+    return tf.clip_by_value(tf.exp(log_rgb), 0.0, 1.0)
+
+
+def _uniform(seed: tf.Tensor, shape, low: float, high: float) -> tf.Tensor:
+    return tf.random.stateless_uniform(shape, seed=seed, minval=low, maxval=high)
+
+
+def _per_image(mask: tf.Tensor, yes: tf.Tensor, no: tf.Tensor) -> tf.Tensor:
+    return tf.where(tf.reshape(mask, [-1, 1, 1, 1]), yes, no)
+
+
+def random_crop_resize(images: tf.Tensor, seed: tf.Tensor, fraction: float) -> tf.Tensor:
+    """Crops a random `fraction` of each side of every image and resizes back."""
+    batch = tf.shape(images)[0]
+    size = tf.shape(images)[1:3]
+    y0 = _uniform(seed, [batch], 0.0, 1.0 - fraction)
+    x0 = _uniform(tf.stack([seed[0], seed[1] + 1]), [batch], 0.0, 1.0 - fraction)
+    boxes = tf.stack([y0, x0, y0 + fraction, x0 + fraction], axis=1)
+    return tf.image.crop_and_resize(images, boxes, tf.range(batch), size, method="bilinear")
+
+
+def random_flips_rotations(images: tf.Tensor, seed: tf.Tensor, flips: bool, rotations: bool) -> tf.Tensor:
+    """Random horizontal/vertical flips and 90-degree rotations (180 if not square)."""
+    batch = tf.shape(images)[0]
+    seeds = tf.random.experimental.stateless_split(seed, 3)
+    if flips:
+        images = _per_image(_uniform(seeds[0], [batch], 0, 1) < 0.5, tf.reverse(images, [2]), images)
+        images = _per_image(_uniform(seeds[1], [batch], 0, 1) < 0.5, tf.reverse(images, [1]), images)
+    if rotations:
+        height, width = images.shape[1], images.shape[2]
+        square = height is not None and height == width
+        turns = tf.random.stateless_uniform([batch], seed=seeds[2], minval=0, maxval=4, dtype=tf.int32)
+        if square:
+            rotated = images
+            for quarter in range(1, 4):
+                rotated = _per_image(turns == quarter, tf.image.rot90(images, quarter), rotated)
+            images = rotated
+        else:
+            images = _per_image(turns % 2 == 1, tf.reverse(images, [1, 2]), images)
+    return images
+
+
+def random_stain_jitter(images: tf.Tensor, seed: tf.Tensor, strength: float, color_space: str) -> tf.Tensor:
+    """Random colour/stain variation.
+
+    Args:
+      images: float32 `(batch, H, W, 3)` in [0, 1].
+      seed: int `(2,)` stateless seed.
+      strength: jitter strength `s` (see `AugmentConfig.color_jitter`).
+      color_space: "hed": per-stain optical density `* U(1-s, 1+s) + U(-s, s)`
+        (Tellez et al. 2018); "hsv": hue `+ U(-s/2, s/2)`, saturation and value
+        `* U(1-2s, 1+2s)`.
+    """
+    batch = tf.shape(images)[0]
+    seeds = tf.random.experimental.stateless_split(seed, 3)
+    if color_space == "hed":
+        scale = _uniform(seeds[0], [batch, 1, 1, 3], 1.0 - strength, 1.0 + strength)
+        shift = _uniform(seeds[1], [batch, 1, 1, 3], -strength, strength)
+        return hed_to_rgb(rgb_to_hed(images) * scale + shift)
+    hsv = tf.image.rgb_to_hsv(images)
+    hue = tf.math.floormod(hsv[..., 0:1] + _uniform(seeds[0], [batch, 1, 1, 1], -strength / 2, strength / 2), 1.0)
+    sat_val = hsv[..., 1:3] * _uniform(seeds[1], [batch, 1, 1, 2], 1.0 - 2 * strength, 1.0 + 2 * strength)
+    return tf.clip_by_value(tf.image.hsv_to_rgb(tf.concat([hue, tf.clip_by_value(sat_val, 0.0, 1.0)], -1)), 0.0, 1.0)
+
+
+def augment_batch(images: tf.Tensor, seed: tf.Tensor, config: AugmentConfig) -> tf.Tensor:
+    """Applies the configured random augmentations to one batch.
+
+    Args:
+      images: float32 `(batch, H, W, 3)` in [0, 1].
+      seed: int `(2,)` stateless seed for this batch.
+      config: which augmentations, and how strong.
+
+    Returns:
+      float32 tensor of the same shape, in [0, 1].
+    """
+    images = tf.convert_to_tensor(images, tf.float32)
+    seeds = tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), 3)
+    static_shape = images.shape
+    if config.crop_fraction < 1.0:
+        known_sides = [side for side in static_shape[1:3] if side is not None]
+        if not known_sides or min(known_sides) * config.crop_fraction >= MIN_CROP_PIXELS:
+            images = random_crop_resize(images, seeds[0], config.crop_fraction)
+    if config.flips or config.rotations:
+        images = random_flips_rotations(images, seeds[1], config.flips, config.rotations)
+    if config.color_jitter > 0:
+        images = random_stain_jitter(images, seeds[2], config.color_jitter, config.color_space)
+    images = tf.clip_by_value(images, 0.0, 1.0)
+    images.set_shape(static_shape)
+    return images
+
+
+def augment_dataset(dataset: tf.data.Dataset, config: AugmentConfig, seed: int) -> tf.data.Dataset:
+    """Maps `augment_batch` over a batched `(images, labels, ...)` dataset.
+
+    Args:
+      dataset: yields tuples whose first element is a float32 image batch.
+      config: augmentation options; a disabled config returns `dataset` unchanged.
+      seed: seed of the augmentation stream.
+
+    Returns:
+      The augmented dataset (same element structure).
+    """
+    if not config.enabled:
+        return dataset
+    generator = tf.random.Generator.from_seed(seed)
+
+    def draw_seed(images, *rest):
+        # Sequential (one call at a time) so the seed stream is reproducible.
+        return (images, generator.make_seeds(1)[:, 0], *rest)
+
+    def apply(images, batch_seed, *rest):
+        return (augment_batch(images, batch_seed, config), *rest)
+
+    dataset = dataset.map(draw_seed)
+    return dataset.map(apply, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)

@@ -1,0 +1,67 @@
+"""Tests of the training-time augmentation."""
+
+from __future__ import annotations
+
+import histopath  # noqa: F401  (pins Keras 2 before TensorFlow is imported)
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from histopath.components import augment, model_config, testdata
+
+
+@pytest.fixture(scope="module")
+def batch():
+    return testdata.image_dataset(6, 32, seed=0)[0]
+
+
+def test_hed_round_trip_is_exact(batch):
+    np.testing.assert_allclose(augment.hed_to_rgb(augment.rgb_to_hed(batch)).numpy(), batch, atol=1e-5)
+
+
+@pytest.mark.parametrize("color_space", ["hed", "hsv"])
+def test_augment_batch_shape_range_and_determinism(batch, color_space):
+    config = model_config.AugmentConfig(color_space=color_space, color_jitter=0.1)
+    seed = tf.constant([3, 4], tf.int64)
+    first = augment.augment_batch(batch, seed, config).numpy()
+    assert first.shape == batch.shape and first.dtype == np.float32
+    assert first.min() >= 0.0 and first.max() <= 1.0
+    np.testing.assert_array_equal(first, augment.augment_batch(batch, seed, config).numpy())
+    assert not np.allclose(first, augment.augment_batch(batch, tf.constant([3, 5], tf.int64), config).numpy())
+    assert not np.allclose(first, batch)
+
+
+def test_geometric_only_augmentation_permutes_pixels(batch):
+    config = model_config.AugmentConfig(color_jitter=0.0, crop_fraction=1.0)
+    out = augment.augment_batch(batch, tf.constant([1, 2], tf.int64), config).numpy()
+    for original, augmented in zip(batch, out):
+        np.testing.assert_allclose(np.sort(original.ravel()), np.sort(augmented.ravel()), atol=1e-6)
+    assert not np.allclose(out, batch)
+
+
+def test_disabled_augmentation_returns_the_dataset_unchanged(batch):
+    dataset = tf.data.Dataset.from_tensor_slices((batch, np.zeros(6))).batch(3)
+    config = model_config.AugmentConfig(flips=False, rotations=False, color_jitter=0.0, crop_fraction=1.0)
+    assert augment.augment_dataset(dataset, config, seed=0) is dataset
+
+
+def test_dataset_augmentation_is_seeded_and_differs_between_epochs(batch):
+    dataset = tf.data.Dataset.from_tensor_slices((batch, np.arange(6))).batch(3)
+    config = model_config.AugmentConfig()
+    augmented = augment.augment_dataset(dataset, config, seed=7)
+    epoch_1 = [images.numpy() for images, _ in augmented]
+    epoch_2 = [images.numpy() for images, _ in augmented]
+    again = [images.numpy() for images, _ in augment.augment_dataset(dataset, config, seed=7)]
+    np.testing.assert_array_equal(epoch_1[0], again[0])
+    assert not np.allclose(epoch_1[0], epoch_2[0])
+    labels = [labels.numpy().tolist() for _, labels in augmented]
+    assert labels == [[0, 1, 2], [3, 4, 5]]
+
+
+def test_non_square_images_only_rotate_by_180():
+    image = np.random.default_rng(0).random((8, 32, 48, 3)).astype(np.float32)
+    config = model_config.AugmentConfig(flips=False, color_jitter=0.0, crop_fraction=1.0)
+    out = augment.augment_batch(image, tf.constant([0, 1], tf.int64), config).numpy()
+    assert out.shape == image.shape
+    for original, augmented in zip(image, out):
+        assert np.array_equal(original, augmented) or np.array_equal(original[::-1, ::-1], augmented)

@@ -1,0 +1,302 @@
+"""Writes and reads the exported serving model (the "Exported model contract").
+
+`<version>/` SavedModel with two signatures sharing one traced model call:
+
+- `serving_default`: `image_bytes` tf.string [None] (encoded PNG/JPEG of any size)
+- `serving_examples`: `examples` tf.string [None] (serialized tf.train.Example with the
+  `features.IMAGE` feature)
+
+Both return `probability` float32 [None], `label` int64 [None] (probability >= the
+stored `decision_threshold` variable), `decision_score` float32 [None] (the probability
+re-centred so the threshold maps to 0.5; for TFMA) and, for MIL models, `attention` float32
+[None, n_tiles] and `grid_shape` int32 [None, 2]. `<version>/assets.extra/model_info.json`
+describes the model.
+
+The Keras model is NOT serialised as Keras layers (that traces each of DenseNet201's 707
+layers again, minutes on this CPU); the SavedModel holds its variables and the traced
+signatures, which is all TF Serving, KServe and TFMA (`signature_name`) need.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+import os
+import shutil
+import tempfile
+import uuid
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
+
+import histopath  # noqa: F401  (pins Keras 2 before TensorFlow is imported)
+import tensorflow as tf
+import tf_keras as keras
+
+from histopath.components import mil
+from histopath.components.keras_utils import skip_autograph_for_tf_keras
+from histopath.data import features
+from histopath.errors import ConfigError, DataError
+
+skip_autograph_for_tf_keras()
+
+SERVING_DEFAULT = "serving_default"
+SERVING_EXAMPLES = "serving_examples"
+MODEL_INFO_PATH = os.path.join("assets.extra", "model_info.json")
+MODEL_KINDS = ("densenet", "mil")
+
+
+def _decision_score(probability: tf.Tensor, threshold: tf.Tensor) -> tf.Tensor:
+    """The probability re-centred so the decision threshold maps to 0.5.
+
+    `sigmoid(logit(p) - logit(t))`: strictly increasing in `p` (same ROC and AUC), and
+    `>= 0.5` exactly when `label` is 1, so TFMA's confusion-matrix metrics, computed at
+    0.5, describe the model at its own operating point.
+    """
+    epsilon = 1e-7
+    logit = lambda x: tf.math.log(x) - tf.math.log1p(-x)  # noqa: E731
+    p = tf.clip_by_value(probability, epsilon, 1.0 - epsilon)
+    t = tf.clip_by_value(threshold, epsilon, 1.0 - epsilon)
+    return tf.sigmoid(logit(p) - logit(t))
+
+
+class _ServingModule(tf.Module):
+    """Holds what the signatures need: model variables, preprocessing, threshold."""
+
+    def __init__(self, model: keras.Model, preprocess: Callable[[tf.Tensor], tf.Tensor],
+                 decision_threshold: float, grid_shape: Optional[Sequence[int]]):
+        super().__init__(name="histopath_serving")
+        # Track the variables (not the Keras layers): see the module docstring.
+        self.model_variables = [getattr(v, "_variable", v) for v in model.variables]
+        if isinstance(preprocess, tf.__internal__.tracking.Trackable):
+            self.preprocess_module = preprocess  # tracks e.g. TF-Transform tables/assets
+        self.decision_threshold = tf.Variable(
+            float(decision_threshold), dtype=tf.float32, trainable=False, name="decision_threshold")
+        size = model.input_shape[1:3]
+        is_mil = grid_shape is not None
+
+        @tf.function(input_signature=[tf.TensorSpec([None, size[0], size[1], 3], tf.float32)])
+        def predict_images(images):
+            outputs = model(images, training=False)
+            probability = outputs[mil.PROBABILITY] if is_mil else outputs
+            probability = tf.reshape(tf.cast(probability, tf.float32), [-1])
+            result = {
+                "probability": probability,
+                "label": tf.cast(probability >= self.decision_threshold, tf.int64),
+                "decision_score": _decision_score(probability, self.decision_threshold),
+            }
+            if is_mil:
+                result["attention"] = tf.cast(outputs[mil.ATTENTION], tf.float32)
+                result["grid_shape"] = tf.tile(
+                    tf.constant([list(grid_shape)], tf.int32), [tf.shape(probability)[0], 1])
+            return result
+
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")])
+        def serve_image_bytes(image_bytes):
+            return predict_images(tf.cast(preprocess(image_bytes), tf.float32))
+
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="examples")])
+        def serve_examples(examples):
+            parsed = tf.io.parse_example(
+                examples, {features.IMAGE: tf.io.FixedLenFeature([], tf.string)})
+            return predict_images(tf.cast(preprocess(parsed[features.IMAGE]), tf.float32))
+
+        self.predict_images = predict_images
+        self.serve_image_bytes = serve_image_bytes
+        self.serve_examples = serve_examples
+
+
+def export_serving_model(
+    model: keras.Model,
+    export_dir: str,
+    *,
+    preprocess: Callable[[tf.Tensor], tf.Tensor],
+    model_info: Mapping[str, Any],
+    decision_threshold: float = 0.5,
+) -> None:
+    """Writes the serving SavedModel and `assets.extra/model_info.json` to `export_dir`.
+
+    The SavedModel is written to a temporary sibling folder and renamed into place, so
+    `export_dir` never holds a half-written model; an existing `export_dir` is replaced.
+
+    Args:
+      model: built by `build_densenet_model` or `build_mil_model` (trained).
+      export_dir: the version folder, e.g. `<serving_dir>/<model_name>/<version>`.
+      preprocess: maps tf.string [B] encoded images to the model input float32
+        [B, S, S, 3] in [0, 1], e.g. `lambda b: image_ops.decode_and_resize(b, S)` or a
+        TF-Transform layer; a `tf.Module`/Keras layer is attached to the SavedModel so
+        its resources (tables, assets) are saved with it.
+      model_info: at least "model_kind" ("densenet"|"mil"); also "model_name",
+        "dataset", ... Image size, tile size, grid shape, decision threshold, label
+        names, signatures and creation time are filled in here.
+      decision_threshold: probability at or above which `label` is 1 (malignant).
+
+    Raises:
+      ConfigError: invalid `model_info` or threshold, or the model kind disagrees with
+        the model.
+    """
+    info = _complete_model_info(model, model_info, decision_threshold)
+    grid_shape = info.get("grid_shape")
+    module = _ServingModule(model, preprocess, decision_threshold, grid_shape)
+    signatures = {
+        SERVING_DEFAULT: module.serve_image_bytes.get_concrete_function(),
+        SERVING_EXAMPLES: module.serve_examples.get_concrete_function(),
+    }
+    export_dir = os.path.abspath(os.fspath(export_dir))
+    parent = os.path.dirname(export_dir)
+    os.makedirs(parent, exist_ok=True)
+    temporary = tempfile.mkdtemp(prefix=f".{os.path.basename(export_dir)}.tmp-", dir=parent)
+    try:
+        tf.saved_model.save(module, temporary, signatures=signatures)
+        info_path = os.path.join(temporary, MODEL_INFO_PATH)
+        os.makedirs(os.path.dirname(info_path), exist_ok=True)
+        with open(info_path, "w", encoding="utf8") as handle:
+            json.dump(info, handle, indent=2, sort_keys=True)
+        _replace_dir(temporary, export_dir)
+    finally:
+        if os.path.isdir(temporary):
+            shutil.rmtree(temporary, ignore_errors=True)
+
+
+def _complete_model_info(model: keras.Model, model_info: Mapping[str, Any], threshold: float) -> Dict[str, Any]:
+    info = dict(model_info)
+    kind = info.get("model_kind")
+    if kind not in MODEL_KINDS:
+        raise ConfigError(f"model_info['model_kind'] must be one of {MODEL_KINDS}, got {kind!r}")
+    if not 0.0 <= float(threshold) <= 1.0:
+        raise ConfigError(f"decision_threshold must be in [0, 1], got {threshold}")
+    bagger = mil.find_image_to_bag(model)
+    if (kind == "mil") != (bagger is not None):
+        raise ConfigError(f"model_info says {kind!r} but the model {model.name!r} is not one")
+    height, width = model.input_shape[1:3]
+    info.setdefault("model_name", model.name)
+    info["image_size"] = int(height) if height == width else [int(height), int(width)]
+    info["decision_threshold"] = float(threshold)
+    info.setdefault("label_names", list(features.LABEL_NAMES))
+    info["signatures"] = {
+        SERVING_DEFAULT: {"input": "image_bytes"},
+        SERVING_EXAMPLES: {"input": "examples", "feature": features.IMAGE},
+    }
+    info["outputs"] = ["probability", "label", "decision_score"] + (["attention", "grid_shape"] if bagger else [])
+    if bagger is not None:
+        info["tile_size"] = bagger.tile_size
+        info["grid_shape"] = [int(height) // bagger.tile_size, int(width) // bagger.tile_size]
+        info["tissue_masking"] = bagger.tissue_masking
+    info.setdefault("created", datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
+    json.dumps(info)  # fail here, not after saving, on a non-JSON value
+    return info
+
+
+def _replace_dir(source: str, destination: str) -> None:
+    """Renames `source` to `destination`, replacing an existing folder."""
+    if os.path.isdir(destination):
+        old = f"{destination}.old-{uuid.uuid4().hex[:8]}"
+        os.rename(destination, old)
+        os.rename(source, destination)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.rename(source, destination)
+
+
+@dataclasses.dataclass
+class ServingModel:
+    """An exported model loaded for in-process prediction.
+
+    Attributes:
+      path: the version folder.
+      model_info: contents of `assets.extra/model_info.json`.
+      saved_model: the `tf.saved_model.load` result (keeps the signatures alive).
+    """
+
+    path: str
+    model_info: Dict[str, Any]
+    saved_model: Any
+
+    @property
+    def serving_fn(self):
+        """The `serving_default` concrete function."""
+        return self.saved_model.signatures[SERVING_DEFAULT]
+
+    @property
+    def examples_fn(self):
+        """The `serving_examples` concrete function."""
+        return self.saved_model.signatures[SERVING_EXAMPLES]
+
+
+def load_serving_model(path: str) -> ServingModel:
+    """Loads an exported version folder.
+
+    Raises:
+      DataError: the folder is missing or not an exported model of this project.
+    """
+    path = os.fspath(path)
+    info_path = os.path.join(path, MODEL_INFO_PATH)
+    if not tf.saved_model.contains_saved_model(path):
+        raise DataError(f"{path}: no SavedModel here (expected saved_model.pb)")
+    if not os.path.isfile(info_path):
+        raise DataError(f"{path}: missing {MODEL_INFO_PATH}; not a histopath exported model")
+    with open(info_path, encoding="utf8") as handle:
+        try:
+            info = json.load(handle)
+        except json.JSONDecodeError as error:
+            raise DataError(f"{info_path}: invalid JSON ({error})") from error
+    loaded = tf.saved_model.load(path)
+    missing = {SERVING_DEFAULT, SERVING_EXAMPLES} - set(loaded.signatures)
+    if missing:
+        raise DataError(f"{path}: SavedModel lacks signature(s) {sorted(missing)}")
+    return ServingModel(path=path, model_info=info, saved_model=loaded)
+
+
+def _error_reason(error: tf.errors.OpError) -> str:
+    """The human part of a TF runtime error (drops node names and stack headers)."""
+    skipped = ("Graph execution error", "Detected at node", "<stack traces", "[[", "\t")
+    lines = [line.strip() for line in error.message.splitlines()
+             if line.strip() and not line.lstrip().startswith(skipped) and not line.startswith("\t")]
+    return lines[-1] if lines else error.message.strip()
+
+
+def predict_bytes(
+    loaded: ServingModel, images: Sequence[bytes], names: Optional[Sequence[str]] = None
+) -> List[Dict[str, Any]]:
+    """Runs `serving_default` on encoded images.
+
+    Args:
+      loaded: from `load_serving_model`.
+      images: encoded PNG/JPEG/... files.
+      names: optional names of the images (e.g. file names) for error messages.
+
+    Returns:
+      One dict per image: "probability" (float), "label" (int), "label_name" (str) and,
+      for MIL models, "attention" (list of floats, row-major tiles) and "grid_shape"
+      ([rows, cols]).
+
+    Raises:
+      DataError: an image cannot be decoded (the message names it).
+    """
+    if not images:
+        return []
+    try:
+        outputs = loaded.serving_fn(image_bytes=tf.constant(list(images), dtype=tf.string))
+    except (tf.errors.InvalidArgumentError, tf.errors.UnknownError) as error:
+        # Find which image is bad, to name it.
+        for index, image in enumerate(images):
+            try:
+                loaded.serving_fn(image_bytes=tf.constant([image], dtype=tf.string))
+            except (tf.errors.InvalidArgumentError, tf.errors.UnknownError) as single_error:
+                name = names[index] if names is not None else f"image #{index}"
+                reason = _error_reason(single_error)
+                raise DataError(f"{name}: cannot decode image ({reason})") from error
+        raise DataError(f"prediction failed: {_error_reason(error)}") from error
+    label_names = loaded.model_info.get("label_names", list(features.LABEL_NAMES))
+    results = []
+    for index in range(len(images)):
+        label = int(outputs["label"][index])
+        row = {
+            "probability": float(outputs["probability"][index]),
+            "label": label,
+            "label_name": label_names[label],
+        }
+        if "attention" in outputs:
+            row["attention"] = [float(a) for a in outputs["attention"][index].numpy()]
+            row["grid_shape"] = [int(g) for g in outputs["grid_shape"][index].numpy()]
+        results.append(row)
+    return results

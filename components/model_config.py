@@ -1,0 +1,275 @@
+"""Typed, JSON-safe configurations of the two classifiers and of their training.
+
+The pipeline passes these through the TFX Trainer's `custom_config` as plain dicts
+(`to_dict()` / `from_dict()`), so every field is a JSON scalar or list. This module does
+not import TensorFlow.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Mapping, Optional, Tuple, Type, TypeVar
+
+from histopath.errors import ConfigError
+
+PRECISION_POLICIES = (None, "float32", "mixed_bfloat16")
+COLOR_SPACES = ("hed", "hsv")
+
+_ConfigT = TypeVar("_ConfigT", bound="_JsonConfig")
+
+
+class _JsonConfig:
+    """Mixin: `to_dict()` / `from_dict()` for (nested) dataclasses of JSON scalars."""
+
+    def to_dict(self) -> dict:
+        """Returns a JSON-serialisable dict (tuples become lists)."""
+
+        def convert(value: Any) -> Any:
+            if isinstance(value, _JsonConfig):
+                return value.to_dict()
+            if isinstance(value, (tuple, list)):
+                return [convert(item) for item in value]
+            return value
+
+        return {field.name: convert(getattr(self, field.name)) for field in dataclasses.fields(self)}
+
+    @classmethod
+    def from_dict(cls: Type[_ConfigT], values: Optional[Mapping[str, Any]]) -> _ConfigT:
+        """Builds a config from `to_dict()` output; missing keys keep their defaults.
+
+        Raises:
+          ConfigError: on an unknown key or an invalid value.
+        """
+        values = dict(values or {})
+        fields = {field.name: field for field in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - set(fields))
+        if unknown:
+            raise ConfigError(
+                f"{cls.__name__}: unknown option(s) {unknown}; known: {sorted(fields)}"
+            )
+        kwargs = {}
+        for name, value in values.items():
+            nested_type = _NESTED.get((cls.__name__, name))
+            if nested_type is not None and isinstance(value, Mapping):
+                value = nested_type.from_dict(value)
+            elif isinstance(value, list):  # JSON has no tuples
+                value = tuple(value)
+            kwargs[name] = value
+        return cls(**kwargs)
+
+    def replace(self: _ConfigT, **changes: Any) -> _ConfigT:
+        """Returns a copy with some fields changed (validated again)."""
+        return dataclasses.replace(self, **changes)
+
+
+def _check(condition: bool, message: str) -> None:
+    if not condition:
+        raise ConfigError(message)
+
+
+def _check_precision(owner: str, policy: Optional[str]) -> None:
+    _check(
+        policy in PRECISION_POLICIES,
+        f"{owner}.mixed_precision must be one of {PRECISION_POLICIES}, got {policy!r}",
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class DenseNetConfig(_JsonConfig):
+    """DenseNet201 transfer-learning classifier (one image -> P(malignant))."""
+
+    # Edge of the square model input in pixels (224 for BreakHis; IDC's 50x50 patches are
+    # resized up to this size). At least 32 (DenseNet downsamples by 32).
+    image_size: int = 224
+    # Backbone weights: "imagenet" (Keras download, needs internet), a path to a local
+    # .h5 file (weights of a whole model of this project, or backbone-only weights such
+    # as Keras's `*_notop.h5` or `save_backbone_weights()` output; matched by layer name),
+    # or None (random initialisation).
+    weights: Optional[str] = None
+    # Dropout rate on the pooled backbone features (and on the hidden head layer).
+    dropout: float = 0.3
+    # Units of an optional hidden ReLU layer in the head; 0 = pooled features -> sigmoid.
+    head_units: int = 0
+    # Phase 2 unfreezes the last N dense-block layers of the backbone (conv5_block32,
+    # conv5_block31, ...) and everything after them; 0 skips phase 2, -1 unfreezes all.
+    fine_tune_blocks: int = 8
+    # Keep the backbone's BatchNormalization layers frozen (inference mode, ImageNet
+    # statistics untouched) in phase 2, as recommended for fine-tuning on small data.
+    freeze_batchnorm: bool = True
+    # Adam learning rate of phase 1 (head only, backbone frozen).
+    head_learning_rate: float = 1e-3
+    # Adam learning rate of phase 2 (top blocks unfrozen), much lower than phase 1.
+    fine_tune_learning_rate: float = 1e-5
+    # Keras precision policy: None/"float32", or "mixed_bfloat16" (float32 variables,
+    # bfloat16 compute; the output layer stays float32).
+    mixed_precision: Optional[str] = None
+
+    def __post_init__(self) -> None:
+        _check(int(self.image_size) >= 32, f"DenseNetConfig.image_size must be >= 32, got {self.image_size}")
+        _check(0.0 <= self.dropout < 1.0, f"DenseNetConfig.dropout must be in [0, 1), got {self.dropout}")
+        _check(self.head_units >= 0, "DenseNetConfig.head_units must be >= 0")
+        _check(self.fine_tune_blocks >= -1, "DenseNetConfig.fine_tune_blocks must be >= -1")
+        _check(self.head_learning_rate > 0 and self.fine_tune_learning_rate > 0,
+               "DenseNetConfig learning rates must be > 0")
+        _check(self.weights is None or isinstance(self.weights, str),
+               f"DenseNetConfig.weights must be 'imagenet', a file path or None, got {self.weights!r}")
+        _check_precision("DenseNetConfig", self.mixed_precision)
+
+
+@dataclasses.dataclass(frozen=True)
+class MilConfig(_JsonConfig):
+    """Attention-based deep multiple-instance classifier (Ilse et al. 2018)."""
+
+    # Edge of the square model input in pixels; must be a multiple of `tile_size`.
+    image_size: int = 224
+    # Edge of one instance (tile) in pixels; the bag is the image's tile grid, row-major.
+    tile_size: int = 32
+    # Output channels of the instance encoder's conv blocks (3x3 conv, ReLU, 2x2 max-pool).
+    encoder_filters: Tuple[int, ...] = (32, 64, 128)
+    # Size of one instance embedding h_k (dense ReLU layer after global pooling).
+    embedding_units: int = 128
+    # Hidden size of the attention network (V and U are embedding_units -> attention_dim).
+    attention_dim: int = 64
+    # Gated attention (tanh(Vh) * sigmoid(Uh)); False = plain tanh attention.
+    gated_attention: bool = True
+    # Give background tiles (glass, see `image_ops.tissue_mask`) zero attention.
+    tissue_masking: bool = True
+    # Dropout rate on instance embeddings and on the bag embedding.
+    dropout: float = 0.25
+    # Adam learning rate.
+    learning_rate: float = 5e-4
+    # Keras precision policy: None/"float32" or "mixed_bfloat16".
+    mixed_precision: Optional[str] = None
+
+    def __post_init__(self) -> None:
+        _check(self.tile_size >= 8, f"MilConfig.tile_size must be >= 8, got {self.tile_size}")
+        _check(
+            self.image_size >= self.tile_size and self.image_size % self.tile_size == 0,
+            f"MilConfig.image_size ({self.image_size}) must be a multiple of tile_size ({self.tile_size})",
+        )
+        _check(len(self.encoder_filters) >= 1 and all(int(f) > 0 for f in self.encoder_filters),
+               f"MilConfig.encoder_filters must be positive ints, got {self.encoder_filters}")
+        _check(self.tile_size >= 2 ** len(self.encoder_filters),
+               f"MilConfig: tile_size {self.tile_size} too small for {len(self.encoder_filters)} pooling blocks")
+        _check(self.embedding_units > 0 and self.attention_dim > 0, "MilConfig: sizes must be > 0")
+        _check(0.0 <= self.dropout < 1.0, f"MilConfig.dropout must be in [0, 1), got {self.dropout}")
+        _check(self.learning_rate > 0, "MilConfig.learning_rate must be > 0")
+        _check_precision("MilConfig", self.mixed_precision)
+
+    @property
+    def grid_shape(self) -> Tuple[int, int]:
+        """Tile rows and columns of one bag."""
+        return (self.image_size // self.tile_size, self.image_size // self.tile_size)
+
+    @property
+    def n_tiles(self) -> int:
+        """Instances per bag."""
+        rows, cols = self.grid_shape
+        return rows * cols
+
+
+@dataclasses.dataclass(frozen=True)
+class AugmentConfig(_JsonConfig):
+    """Random training-time augmentation (never applied at evaluation or serving)."""
+
+    # Random horizontal and vertical flips.
+    flips: bool = True
+    # Random multiples of 90 degrees (square images; 180 degrees only otherwise).
+    rotations: bool = True
+    # Colour/stain jitter strength; 0 disables. In HED space each stain's optical
+    # density is scaled by U(1-s, 1+s) and shifted by U(-s, s); in HSV space hue shifts
+    # by U(-s, s)/2 and saturation/value scale by U(1-2s, 1+2s).
+    color_jitter: float = 0.05
+    # "hed" (haematoxylin-eosin-DAB stain space, Ruifrok & Johnston) or "hsv".
+    color_space: str = "hed"
+    # Random crop of this fraction of each side, resized back to the input size;
+    # 1.0 disables. Skipped when the crop would be smaller than 16 pixels.
+    crop_fraction: float = 0.9
+
+    def __post_init__(self) -> None:
+        _check(self.color_space in COLOR_SPACES,
+               f"AugmentConfig.color_space must be one of {COLOR_SPACES}, got {self.color_space!r}")
+        _check(0.0 <= self.color_jitter <= 0.5, "AugmentConfig.color_jitter must be in [0, 0.5]")
+        _check(0.0 < self.crop_fraction <= 1.0, "AugmentConfig.crop_fraction must be in (0, 1]")
+
+    @property
+    def enabled(self) -> bool:
+        """Whether any augmentation is applied."""
+        return self.flips or self.rotations or self.color_jitter > 0 or self.crop_fraction < 1.0
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainingConfig(_JsonConfig):
+    """How `training.train_model` fits either classifier.
+
+    Mixed precision is a model option (`DenseNetConfig.mixed_precision`,
+    `MilConfig.mixed_precision`) because the policy must be known when layers are built.
+    """
+
+    # Epochs of the only phase (MIL) or of phase 1, head only (DenseNet).
+    epochs: int = 10
+    # Epochs of DenseNet phase 2 (top blocks unfrozen); ignored for MIL.
+    fine_tune_epochs: int = 10
+    # Examples per batch; used by the caller's input pipeline (the datasets given to
+    # `train_model` are already batched) and recorded for reference.
+    batch_size: int = 32
+    # ReduceLROnPlateau on validation loss: factor, patience (epochs) and floor.
+    reduce_lr_factor: float = 0.2
+    reduce_lr_patience: int = 2
+    min_learning_rate: float = 1e-7
+    # EarlyStopping patience on validation loss (best weights are restored).
+    early_stopping_patience: int = 4
+    # Weight the loss by inverse class frequency computed from the training labels.
+    class_weights: bool = True
+    # Training-set augmentation.
+    augment: AugmentConfig = dataclasses.field(default_factory=AugmentConfig)
+    # Seed of Python, NumPy, TensorFlow and of the augmentation stream.
+    seed: int = 42
+    # Batches per epoch (required when the training dataset repeats forever); None =
+    # one pass over a finite dataset.
+    steps_per_epoch: Optional[int] = None
+    # Validation batches per epoch (required when the eval dataset repeats forever).
+    validation_steps: Optional[int] = None
+    # Keras fit verbosity: 0 silent, 1 progress bar, 2 one line per epoch.
+    verbose: int = 2
+
+    def __post_init__(self) -> None:
+        if isinstance(self.augment, Mapping):  # tolerate a plain dict from custom_config
+            object.__setattr__(self, "augment", AugmentConfig.from_dict(self.augment))
+        _check(self.epochs >= 1, "TrainingConfig.epochs must be >= 1")
+        _check(self.fine_tune_epochs >= 0, "TrainingConfig.fine_tune_epochs must be >= 0")
+        _check(self.batch_size >= 1, "TrainingConfig.batch_size must be >= 1")
+        _check(0.0 < self.reduce_lr_factor < 1.0, "TrainingConfig.reduce_lr_factor must be in (0, 1)")
+        _check(self.reduce_lr_patience >= 0 and self.early_stopping_patience >= 0,
+               "TrainingConfig patience values must be >= 0")
+        for name in ("steps_per_epoch", "validation_steps"):
+            value = getattr(self, name)
+            _check(value is None or int(value) >= 1, f"TrainingConfig.{name} must be None or >= 1")
+        _check(self.verbose in (0, 1, 2), "TrainingConfig.verbose must be 0, 1 or 2")
+
+
+_NESTED = {("TrainingConfig", "augment"): AugmentConfig}
+
+
+def model_config_from_dict(values: Mapping[str, Any]) -> DenseNetConfig | MilConfig:
+    """Builds a model config from `{"model_kind": "densenet"|"mil", **fields}`.
+
+    Raises:
+      ConfigError: on a missing or unknown `model_kind`.
+    """
+    values = dict(values)
+    kind = values.pop("model_kind", None)
+    if kind == "densenet":
+        return DenseNetConfig.from_dict(values)
+    if kind == "mil":
+        return MilConfig.from_dict(values)
+    raise ConfigError(f"model_kind must be 'densenet' or 'mil', got {kind!r}")
+
+
+def model_kind(config: DenseNetConfig | MilConfig) -> str:
+    """Returns "densenet" or "mil" for a model config."""
+    if isinstance(config, DenseNetConfig):
+        return "densenet"
+    if isinstance(config, MilConfig):
+        return "mil"
+    raise ConfigError(f"not a model config: {type(config).__name__}")

@@ -1,0 +1,48 @@
+"""Tests of the JSON-safe model/training configs."""
+
+import json
+
+import pytest
+
+from histopath.components import model_config as mc
+from histopath.errors import ConfigError
+
+
+@pytest.mark.parametrize("config", [
+    mc.DenseNetConfig(image_size=64, weights="/tmp/w.h5", mixed_precision="mixed_bfloat16"),
+    mc.MilConfig(image_size=96, tile_size=32, encoder_filters=(8, 16)),
+    mc.TrainingConfig(epochs=3, augment=mc.AugmentConfig(color_space="hsv"), steps_per_epoch=5),
+])
+def test_json_round_trip(config):
+    restored = type(config).from_dict(json.loads(json.dumps(config.to_dict())))
+    assert restored == config
+
+
+def test_training_config_accepts_plain_dict_augment():
+    config = mc.TrainingConfig.from_dict({"augment": {"flips": False}})
+    assert isinstance(config.augment, mc.AugmentConfig) and not config.augment.flips
+
+
+def test_model_config_from_dict_dispatches_on_kind():
+    assert isinstance(mc.model_config_from_dict({"model_kind": "mil", "tile_size": 16}), mc.MilConfig)
+    assert mc.model_kind(mc.model_config_from_dict({"model_kind": "densenet"})) == "densenet"
+    with pytest.raises(ConfigError, match="model_kind"):
+        mc.model_config_from_dict({"image_size": 32})
+
+
+@pytest.mark.parametrize("factory, values, message", [
+    (mc.DenseNetConfig, {"image_size": 16}, "image_size"),
+    (mc.DenseNetConfig, {"mixed_precision": "mixed_float8"}, "mixed_precision"),
+    (mc.MilConfig, {"image_size": 100, "tile_size": 32}, "multiple of tile_size"),
+    (mc.MilConfig, {"tile_sise": 32}, "unknown option"),
+    (mc.AugmentConfig, {"color_space": "lab"}, "color_space"),
+    (mc.TrainingConfig, {"epochs": 0}, "epochs"),
+])
+def test_invalid_values_are_clear_config_errors(factory, values, message):
+    with pytest.raises(ConfigError, match=message):
+        factory.from_dict(values)
+
+
+def test_mil_grid():
+    config = mc.MilConfig(image_size=224, tile_size=32)
+    assert config.grid_shape == (7, 7) and config.n_tiles == 49

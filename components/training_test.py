@@ -1,0 +1,51 @@
+"""Tests of the training loop's data handling (the learning tests are per model)."""
+
+from __future__ import annotations
+
+import histopath  # noqa: F401  (pins Keras 2 before TensorFlow is imported)
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from histopath.components import mil, model_config, testdata, training
+from histopath.errors import ConfigError, DataError
+
+SMALL_MIL = model_config.MilConfig(image_size=32, tile_size=16, encoder_filters=(4,), embedding_units=4,
+                                   attention_dim=4)
+
+
+def test_class_weights_are_balanced():
+    assert training.class_weights_from_counts({0: 30, 1: 10}) == [40 / 60, 40 / 20]
+    assert training.class_weights_from_counts({0: 5, 1: 0}) is None
+    with pytest.raises(DataError, match="empty"):
+        training.class_weights_from_counts({0: 0, 1: 0})
+
+
+def test_count_labels_on_finite_and_repeated_datasets():
+    labels = np.array([0, 0, 1, 0, 1, 0, 0, 0], np.int64)
+    dataset = tf.data.Dataset.from_tensor_slices((np.zeros((8, 2, 2, 3), np.float32), labels)).batch(4)
+    assert training.count_labels(dataset) == {0: 6, 1: 2}
+    assert training.count_labels(dataset.repeat(), max_batches=3) == {0: 9, 1: 3}
+
+
+def test_repeated_dataset_without_steps_is_a_config_error(tmp_path):
+    dataset = tf.data.Dataset.from_tensor_slices((np.zeros((4, 32, 32, 3), np.float32), np.arange(4) % 2)).batch(2)
+    model = mil.build_mil_model(SMALL_MIL)
+    with pytest.raises(ConfigError, match="steps_per_epoch"):
+        training.train_model(model, dataset.repeat(), dataset, SMALL_MIL,
+                             model_config.TrainingConfig(epochs=1), str(tmp_path))
+
+
+def test_repeated_datasets_with_step_limits_train(tmp_path, caplog):
+    images, labels, _ = testdata.bag_dataset(12, grid=2, tile=16, seed=0)
+    labels[:] = [0] * 9 + [1] * 3  # imbalanced: class weights 0.67 / 2.0
+    dataset = tf.data.Dataset.from_tensor_slices((images, labels)).batch(4).repeat()
+    config = model_config.TrainingConfig(epochs=2, steps_per_epoch=3, validation_steps=2, verbose=0)
+    caplog.set_level("INFO", logger="histopath.components.training")
+    history = training.train_model(mil.build_mil_model(SMALL_MIL), dataset, dataset, SMALL_MIL, config,
+                                   str(tmp_path / "logs"))
+    assert history["phase"] == ["train", "train"] and history["epoch"] == [0, 1]
+    assert {"loss", "val_loss", "auc", "val_auc", "accuracy", "lr"} <= set(history)
+    assert all(len(v) == 2 for v in history.values())
+    messages = caplog.text
+    assert "loss weights [0.666" in messages and "[train] epoch 2/2" in messages
