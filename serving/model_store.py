@@ -1,0 +1,286 @@
+"""Finds, loads and hot-swaps the newest pushed version of an exported model.
+
+Layout (the exported model contract): `<base_path>/<model_name>/<version>/` holds a
+SavedModel (`saved_model.pb`, `variables/`) and `assets.extra/model_info.json`. Only folders
+named by a positive integer that already contain `saved_model.pb` count as versions, so a
+push in progress (temporary name, or files still being written) is never picked up.
+
+Both the model server and the web app's embedded backend use `ModelStore`: it loads a
+newer version completely (and runs one warm-up prediction) before swapping it in, so
+requests in flight keep the `LoadedModel` they started with and never see a half-loaded
+model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import pathlib
+import threading
+import time
+from typing import Any, Mapping
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+SAVED_MODEL_FILE = "saved_model.pb"
+MODEL_INFO_FILE = pathlib.Path("assets.extra") / "model_info.json"
+DEFAULT_SIGNATURE = "serving_default"
+VERSION_HEADER = "x-model-version"  # REST response header naming the version that answered
+
+
+def list_versions(model_dir: pathlib.Path) -> list[int]:
+    """Lists the complete versions under `<base>/<name>/`, oldest first.
+
+    Args:
+      model_dir: the model's folder (`<base_path>/<model_name>`).
+
+    Returns:
+      Version numbers of sub-folders named by a positive integer that contain a
+      `saved_model.pb`; empty when the folder does not exist.
+    """
+    if not model_dir.is_dir():
+        return []
+    versions = []
+    for entry in model_dir.iterdir():
+        name = entry.name
+        if not (name.isascii() and name.isdigit()) or int(name) <= 0:
+            continue
+        if (entry / SAVED_MODEL_FILE).is_file():
+            versions.append(int(name))
+    return sorted(versions)
+
+
+@dataclasses.dataclass(frozen=True)
+class TensorInfo:
+    """Name, dtype and shape of one signature input or output.
+
+    Attributes:
+      name: the key in the signature.
+      dtype: numpy dtype name ("object" for tf.string).
+      tf_dtype: TensorFlow dtype name, e.g. "string", "float32".
+      shape: dimensions, `None` for unknown.
+    """
+
+    name: str
+    dtype: str
+    tf_dtype: str
+    shape: tuple[int | None, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class SignatureInfo:
+    """Inputs and outputs of one serving signature."""
+
+    name: str
+    inputs: Mapping[str, TensorInfo]
+    outputs: Mapping[str, TensorInfo]
+
+
+class LoadedModel:
+    """One loaded, immutable model version.
+
+    Attributes:
+      name: the served model name.
+      version: the version number.
+      path: the version folder.
+      info: the content of `assets.extra/model_info.json` ({} when missing).
+      signatures: signature name -> `SignatureInfo`.
+    """
+
+    def __init__(self, name: str, version: int, path: pathlib.Path):
+        import histopath  # noqa: F401  (Keras 2 before TensorFlow)
+        import tensorflow as tf
+
+        self.name = name
+        self.version = version
+        self.path = path
+        self._tf = tf
+        self._saved_model = tf.saved_model.load(str(path))
+        self._functions = {
+            key: fn for key, fn in self._saved_model.signatures.items() if not key.startswith("__")
+        }
+        self.signatures: dict[str, SignatureInfo] = {
+            key: _signature_info(key, fn) for key, fn in self._functions.items()
+        }
+        info_path = path / MODEL_INFO_FILE
+        self.info: dict[str, Any] = (
+            json.loads(info_path.read_text(encoding="utf-8")) if info_path.is_file() else {}
+        )
+
+    def run(self, signature_name: str, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Runs one signature on numpy inputs.
+
+        Args:
+          signature_name: e.g. "serving_default".
+          inputs: one array per signature input (already checked against its spec).
+
+        Returns:
+          One numpy array per signature output.
+
+        Raises:
+          KeyError: unknown signature.
+          tensorflow.errors.InvalidArgumentError: the graph rejected the data (e.g. an
+            undecodable image).
+        """
+        function = self._functions[signature_name]
+        specs = self.signatures[signature_name].inputs
+        feed = {
+            key: self._tf.constant(value, dtype=self._tf.as_dtype(specs[key].tf_dtype))
+            for key, value in inputs.items()
+        }
+        outputs = function(**feed)
+        return {key: tensor.numpy() for key, tensor in outputs.items()}
+
+    def signature_def_map(self):
+        """The SavedModel's SignatureDefs as a `tensorflow_serving.apis.SignatureDefMap`."""
+        from tensorflow.core.protobuf import saved_model_pb2
+        from tensorflow_serving.apis import get_model_metadata_pb2
+
+        saved_model = saved_model_pb2.SavedModel()
+        saved_model.ParseFromString((self.path / SAVED_MODEL_FILE).read_bytes())
+        result = get_model_metadata_pb2.SignatureDefMap()
+        for meta_graph in saved_model.meta_graphs:
+            if "serve" not in meta_graph.meta_info_def.tags:
+                continue
+            for key, signature in meta_graph.signature_def.items():
+                if not key.startswith("__"):
+                    result.signature_def[key].CopyFrom(signature)
+        return result
+
+    def warm_up(self) -> None:
+        """Runs one prediction on a small generated image so the first request is fast."""
+        signature = self.signatures.get(DEFAULT_SIGNATURE)
+        if signature is None or list(signature.inputs) != ["image_bytes"]:
+            return
+        from PIL import Image
+
+        from histopath.serving.image_checks import encode_png
+
+        size = int(self.info.get("image_size") or 64)
+        rng = np.random.default_rng(0)
+        pixels = rng.integers(0, 255, size=(size, size, 3), dtype=np.uint8)
+        png = encode_png(Image.fromarray(pixels))
+        self.run(DEFAULT_SIGNATURE, {"image_bytes": np.array([png], dtype=object)})
+
+
+def _signature_info(name: str, function) -> SignatureInfo:
+    _, input_specs = function.structured_input_signature
+    inputs = {key: _tensor_info(key, spec) for key, spec in sorted(input_specs.items())}
+    outputs = {
+        key: _tensor_info(key, spec) for key, spec in sorted(function.structured_outputs.items())
+    }
+    return SignatureInfo(name=name, inputs=inputs, outputs=outputs)
+
+
+def _tensor_info(name: str, spec) -> TensorInfo:
+    shape = tuple(spec.shape.as_list()) if spec.shape.rank is not None else ()
+    return TensorInfo(
+        name=name,
+        dtype="object" if spec.dtype.name == "string" else spec.dtype.as_numpy_dtype.__name__,
+        tf_dtype=spec.dtype.name,
+        shape=shape,
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class VersionFailure:
+    """A version that exists on disk but could not be loaded."""
+
+    version: int
+    message: str
+
+
+class ModelStore:
+    """Holds the newest loadable version of one model and swaps in newer ones.
+
+    Args:
+      base_path: the serving folder (`<base_path>/<model_name>/<version>/`).
+      model_name: the model's name.
+      warm_up: run one prediction on every newly loaded version before swapping it in.
+    """
+
+    def __init__(self, base_path: pathlib.Path | str, model_name: str, *, warm_up: bool = True):
+        self.base_path = pathlib.Path(base_path)
+        self.model_name = model_name
+        self.model_dir = self.base_path / model_name
+        self._warm_up = warm_up
+        self._current: LoadedModel | None = None
+        self._failures: dict[int, VersionFailure] = {}
+        self._load_lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._last_check = 0.0
+
+    @property
+    def current(self) -> LoadedModel | None:
+        """The version being served (None until one has loaded)."""
+        return self._current
+
+    @property
+    def failures(self) -> list[VersionFailure]:
+        """Versions that failed to load, oldest first."""
+        return [self._failures[key] for key in sorted(self._failures)]
+
+    def refresh(self) -> bool:
+        """Loads the newest complete version if it is newer than the served one.
+
+        A version that failed to load is not retried. Never raises for a bad version: the
+        previous one keeps serving.
+
+        Returns:
+          True when a new version was swapped in.
+        """
+        with self._load_lock:
+            self._last_check = time.monotonic()
+            current_version = self._current.version if self._current else 0
+            candidates = [
+                version
+                for version in list_versions(self.model_dir)
+                if version > current_version and version not in self._failures
+            ]
+            for version in reversed(candidates):  # newest first; fall back to older ones
+                path = self.model_dir / str(version)
+                started = time.perf_counter()
+                try:
+                    loaded = LoadedModel(self.model_name, version, path)
+                    if self._warm_up:
+                        loaded.warm_up()
+                except Exception as error:  # noqa: BLE001  (any broken push must not kill serving)
+                    message = f"{type(error).__name__}: {error}".splitlines()[0][:500]
+                    logger.error("cannot load %s version %d from %s: %s", self.model_name, version, path, message)
+                    self._failures[version] = VersionFailure(version, message)
+                    continue
+                self._current = loaded
+                logger.info(
+                    "serving %s version %d from %s (loaded in %.1f s)",
+                    self.model_name, version, path, time.perf_counter() - started,
+                )
+                return True
+            return False
+
+    def refresh_if_due(self, interval_s: float) -> None:
+        """Calls `refresh` when the last check is older than `interval_s` (for lazy polling)."""
+        if time.monotonic() - self._last_check >= interval_s:
+            self.refresh()
+
+    def start_polling(self, interval_s: float) -> None:
+        """Starts a daemon thread that calls `refresh` every `interval_s` seconds."""
+        if self._thread is not None:
+            return
+
+        def poll() -> None:
+            while not self._stop.wait(interval_s):
+                try:
+                    self.refresh()
+                except Exception:  # noqa: BLE001
+                    logger.exception("model folder poll failed")
+
+        self._thread = threading.Thread(target=poll, name=f"poll-{self.model_name}", daemon=True)
+        self._thread.start()
+
+    def stop_polling(self) -> None:
+        """Stops the polling thread."""
+        self._stop.set()

@@ -1,0 +1,1 @@
+"""The `predictions` Django app: upload/URL form, model backends, heat-map, history."""

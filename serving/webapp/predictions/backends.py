@@ -1,0 +1,213 @@
+"""Where the web app gets predictions: the embedded model or a TF Serving endpoint.
+
+- `EmbeddedBackend` (default): loads the newest pushed version from
+  `HISTOPATH_SERVING_DIR` in this process and swaps in newer versions as they are pushed.
+- `TFServingBackend` (when `TF_SERVING_URL` is set): calls TF Serving's REST predict API
+  (`<url>/v1/models/<name>:predict`, row format with `{"b64": ...}`), which both TensorFlow
+  Serving and `histopath model-server` answer. The version comes from the model server's
+  `x-model-version` header, or else from the status endpoint.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import threading
+import time
+
+import numpy as np
+from django.conf import settings
+
+from histopath.serving.model_store import VERSION_HEADER
+
+LABEL_NAMES = ("benign", "malignant")
+
+
+class BackendError(Exception):
+    """No model is available or the model server failed; shown as a 503 page."""
+
+
+class ImageRejected(Exception):
+    """The model could not use the image (the user's problem: shown on the form, 400)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelAnswer:
+    """One prediction and who made it.
+
+    Attributes:
+      probability: probability of malignant.
+      label: 0 benign, 1 malignant (the model's own decision threshold).
+      label_name: "benign" or "malignant".
+      model_name: the served model's name.
+      model_version: the version that answered.
+      attention: MIL attention per tile (row-major), None for a whole-image model.
+      grid_shape: MIL tile grid (rows, cols), None for a whole-image model.
+    """
+
+    probability: float
+    label: int
+    label_name: str
+    model_name: str
+    model_version: str
+    attention: tuple[float, ...] | None = None
+    grid_shape: tuple[int, int] | None = None
+
+
+def _answer(outputs: dict, model_name: str, version: str, label_names) -> ModelAnswer:
+    label = int(outputs["label"])
+    attention = outputs.get("attention")
+    grid = outputs.get("grid_shape")
+    return ModelAnswer(
+        probability=float(outputs["probability"]),
+        label=label,
+        label_name=str(label_names[label]),
+        model_name=model_name,
+        model_version=version,
+        attention=tuple(float(value) for value in attention) if attention is not None else None,
+        grid_shape=(int(grid[0]), int(grid[1])) if grid is not None else None,
+    )
+
+
+class EmbeddedBackend:
+    """Predicts with the newest pushed SavedModel loaded in this process.
+
+    Args:
+      serving_dir: `<serving_dir>/<model_name>/<version>/`.
+      model_name: the model folder name.
+      reload_interval_s: how often to look for a newer version (background thread).
+    """
+
+    def __init__(self, serving_dir: str, model_name: str, reload_interval_s: float):
+        from histopath.serving.model_store import ModelStore
+
+        self.model_name = model_name
+        self.store = ModelStore(serving_dir, model_name)
+        self._interval = reload_interval_s
+        self._started = False
+        self._start_lock = threading.Lock()
+
+    def _ensure_loaded(self):
+        if self.store.current is None:
+            self.store.refresh()
+        with self._start_lock:
+            if not self._started:  # started lazily: gunicorn workers are forked processes
+                self.store.start_polling(self._interval)
+                self._started = True
+        loaded = self.store.current
+        if loaded is None:
+            raise BackendError(
+                f"no model has been pushed yet (nothing under {self.store.model_dir})"
+            )
+        return loaded
+
+    def warm_up(self) -> None:
+        """Loads the model now (called when a gunicorn worker starts)."""
+        try:
+            self._ensure_loaded()
+        except BackendError:
+            pass
+
+    def predict(self, image_bytes: bytes) -> ModelAnswer:
+        """Classifies one encoded image (PNG/JPEG/BMP/GIF)."""
+        import tensorflow as tf
+
+        loaded = self._ensure_loaded()
+        try:
+            outputs = loaded.run("serving_default", {"image_bytes": np.array([image_bytes], dtype=object)})
+        except tf.errors.InvalidArgumentError as error:
+            raise ImageRejected(f"the model could not read the image ({error.message.splitlines()[0]})") from None
+        first = {key: value[0] for key, value in outputs.items()}
+        label_names = loaded.info.get("label_names") or LABEL_NAMES
+        return _answer(first, self.model_name, str(loaded.version), label_names)
+
+
+class TFServingBackend:
+    """Predicts through a TF Serving (or `histopath model-server`) REST endpoint.
+
+    Args:
+      base_url: e.g. "http://model-server:8501".
+      model_name: the served model name.
+      timeout_s: per-request timeout.
+    """
+
+    def __init__(self, base_url: str, model_name: str, timeout_s: float = 30.0):
+        import requests
+
+        self.base_url = base_url.rstrip("/")
+        self.model_name = model_name
+        self.timeout_s = timeout_s
+        self._session = requests.Session()
+        self._status_cache: tuple[float, str] | None = None
+
+    def _status_version(self) -> str:
+        if self._status_cache and time.monotonic() - self._status_cache[0] < 2.0:
+            return self._status_cache[1]
+        response = self._session.get(f"{self.base_url}/v1/models/{self.model_name}", timeout=self.timeout_s)
+        response.raise_for_status()
+        available = [
+            int(entry["version"])
+            for entry in response.json().get("model_version_status", [])
+            if entry.get("state") == "AVAILABLE"
+        ]
+        version = str(max(available)) if available else "unknown"
+        self._status_cache = (time.monotonic(), version)
+        return version
+
+    def warm_up(self) -> None:
+        """Nothing to load in this process."""
+
+    def predict(self, image_bytes: bytes) -> ModelAnswer:
+        """Classifies one encoded image through the REST predict API."""
+        import requests
+
+        body = {"instances": [{"b64": base64.b64encode(image_bytes).decode("ascii")}]}
+        url = f"{self.base_url}/v1/models/{self.model_name}:predict"
+        try:
+            response = self._session.post(url, json=body, timeout=self.timeout_s)
+        except requests.RequestException as error:
+            raise BackendError(f"the model server at {self.base_url} is unreachable ({type(error).__name__})") from None
+        if response.status_code != 200:
+            try:
+                message = response.json().get("error", response.text)
+            except ValueError:
+                message = response.text[:200]
+            if response.status_code == 400:
+                raise ImageRejected(f"the model server rejected the image ({message})")
+            raise BackendError(f"the model server answered HTTP {response.status_code}: {message}")
+        prediction = response.json()["predictions"][0]
+        if not isinstance(prediction, dict):
+            raise BackendError("the model server's signature has a single output; expected probability and label")
+        version = response.headers.get(VERSION_HEADER)
+        if not version:
+            try:
+                version = self._status_version()
+            except (requests.RequestException, ValueError):
+                version = "unknown"
+        return _answer(prediction, self.model_name, version, LABEL_NAMES)
+
+
+_backends: dict[tuple, object] = {}
+_backends_lock = threading.Lock()
+
+
+def get_backend():
+    """The backend the current settings select (one per process and configuration)."""
+    key = (
+        settings.TF_SERVING_URL,
+        str(settings.HISTOPATH_SERVING_DIR),
+        settings.HISTOPATH_MODEL_NAME,
+    )
+    with _backends_lock:
+        backend = _backends.get(key)
+        if backend is None:
+            if settings.TF_SERVING_URL:
+                backend = TFServingBackend(settings.TF_SERVING_URL, settings.HISTOPATH_MODEL_NAME)
+            else:
+                backend = EmbeddedBackend(
+                    settings.HISTOPATH_SERVING_DIR,
+                    settings.HISTOPATH_MODEL_NAME,
+                    settings.HISTOPATH_RELOAD_INTERVAL,
+                )
+            _backends[key] = backend
+        return backend

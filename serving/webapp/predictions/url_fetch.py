@@ -1,0 +1,235 @@
+"""Fetches an image from a user-supplied URL without letting it reach internal services.
+
+Server-side request forgery guard: only http/https; the host name is resolved and EVERY
+resolved address must be public (not loopback, private, link-local, multicast, reserved,
+unspecified, shared/CGNAT or a cloud metadata address) unless the allow-list names it; the
+connection then goes to that vetted IP (so a second DNS answer cannot rebind it to an
+internal address), with the original host name in `Host` and in TLS (SNI and certificate
+check). Redirects are followed by hand and every hop is vetted again. The body is streamed
+and cut off at the size cap; the whole fetch has a deadline; the content type must be
+`image/*`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import http.client
+import ipaddress
+import socket
+import ssl
+import time
+from typing import Iterable
+from urllib.parse import urljoin, urlsplit
+
+REDIRECT_STATUSES = (301, 302, 303, 307, 308)
+METADATA_ADDRESSES = frozenset(
+    ipaddress.ip_address(address)
+    for address in ("169.254.169.254", "169.254.170.2", "fd00:ec2::254", "100.100.100.200")
+)
+USER_AGENT = "histopath-webapp/1.0 (+image fetch)"
+
+
+class UrlFetchError(Exception):
+    """The URL cannot or may not be fetched; the message is shown to the user."""
+
+
+@dataclasses.dataclass(frozen=True)
+class FetchPolicy:
+    """Limits of one URL fetch."""
+
+    allowlist: tuple[str, ...] = ()  # IPs, CIDRs or host names allowed despite being internal
+    timeout_s: float = 10.0  # deadline for the whole fetch, redirects included
+    max_bytes: int = 10 * 1024 * 1024  # largest accepted body
+    max_redirects: int = 5  # most redirects followed
+
+
+@dataclasses.dataclass(frozen=True)
+class FetchedImage:
+    """A fetched body and where it finally came from."""
+
+    data: bytes
+    final_url: str
+    content_type: str
+
+
+def blocked_reason(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str | None:
+    """Why an address must not be contacted, or None when it is a public address.
+
+    Args:
+      address: a resolved IP address.
+
+    Returns:
+      e.g. "loopback" or "private", None for a public unicast address.
+    """
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    checks = (
+        (address in METADATA_ADDRESSES, "cloud metadata"),
+        (address.is_loopback, "loopback"),
+        (address.is_unspecified, "unspecified"),
+        (address.is_link_local, "link-local"),
+        (address.is_multicast, "multicast"),
+        (address.is_private, "private"),
+        (address.is_reserved, "reserved"),
+        (not address.is_global, "non-public"),
+    )
+    for blocked, reason in checks:
+        if blocked:
+            return reason
+    return None
+
+
+def _allowed_by_list(host: str, address, allowlist: Iterable[str]) -> bool:
+    for entry in allowlist:
+        try:
+            if address in ipaddress.ip_network(entry, strict=False):
+                return True
+        except ValueError:
+            if entry.lower().rstrip(".") == host.lower().rstrip("."):
+                return True
+    return False
+
+
+def vet_url(url: str, policy: FetchPolicy) -> tuple[str, str, int, str]:
+    """Checks a URL and resolves its host to an address that may be contacted.
+
+    Args:
+      url: the absolute URL.
+      policy: the fetch limits and allow-list.
+
+    Returns:
+      (scheme, host, port, vetted IP address).
+
+    Raises:
+      UrlFetchError: bad scheme or URL, unresolvable host, or a forbidden address.
+    """
+    try:
+        parts = urlsplit(url.strip())
+        port = parts.port
+    except ValueError:
+        raise UrlFetchError("the URL is malformed") from None
+    scheme = parts.scheme.lower()
+    if scheme not in ("http", "https"):
+        raise UrlFetchError(f"only http and https URLs are accepted, not {scheme or 'a relative URL'!r}")
+    host = parts.hostname
+    if not host:
+        raise UrlFetchError("the URL has no host")
+    if parts.username is not None or parts.password is not None:
+        raise UrlFetchError("URLs with a user name or password are not accepted")
+    port = port or (443 if scheme == "https" else 80)
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP)
+    except (socket.gaierror, UnicodeError, OSError):
+        raise UrlFetchError(f"the host {host!r} cannot be resolved") from None
+    addresses = []
+    for info in infos:
+        address = ipaddress.ip_address(info[4][0].split("%")[0])
+        reason = blocked_reason(address)
+        if reason and not _allowed_by_list(host, address, policy.allowlist):
+            raise UrlFetchError(
+                f"the host {host!r} resolves to a {reason} address ({address}); "
+                "only public addresses may be fetched"
+            )
+        addresses.append(address)
+    if not addresses:
+        raise UrlFetchError(f"the host {host!r} has no address")
+    return scheme, host, port, str(addresses[0])
+
+
+class _PinnedHTTPConnection(http.client.HTTPConnection):
+    """HTTP connection to a vetted IP, sending the URL's host name in `Host`."""
+
+    def __init__(self, host: str, port: int, ip: str, timeout: float):
+        super().__init__(host, port, timeout=timeout)
+        self._ip = ip
+
+    def connect(self) -> None:  # noqa: D102
+        self.sock = socket.create_connection((self._ip, self.port), self.timeout)
+
+
+class _PinnedHTTPSConnection(http.client.HTTPSConnection):
+    """HTTPS connection to a vetted IP; TLS SNI and certificate check use the host name."""
+
+    def __init__(self, host: str, port: int, ip: str, timeout: float):
+        super().__init__(host, port, timeout=timeout, context=ssl.create_default_context())
+        self._ip = ip
+
+    def connect(self) -> None:  # noqa: D102
+        raw = socket.create_connection((self._ip, self.port), self.timeout)
+        self.sock = self._context.wrap_socket(raw, server_hostname=self.host)
+
+
+def fetch_image(url: str, policy: FetchPolicy) -> FetchedImage:
+    """Downloads an image from `url` under `policy`.
+
+    Args:
+      url: the user's URL.
+      policy: allow-list, deadline, size cap and redirect limit.
+
+    Returns:
+      The body, the final URL (after redirects) and its content type.
+
+    Raises:
+      UrlFetchError: for any refused, failed, oversized, slow or non-image fetch.
+    """
+    deadline = time.monotonic() + policy.timeout_s
+    current = url.strip()
+    for _ in range(policy.max_redirects + 1):
+        scheme, host, port, ip = vet_url(current, policy)
+        parts = urlsplit(current)
+        target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        connection_class = _PinnedHTTPSConnection if scheme == "https" else _PinnedHTTPConnection
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise UrlFetchError(f"fetching the image took longer than {policy.timeout_s:g} s")
+        connection = connection_class(host, port, ip, timeout=remaining)
+        try:
+            connection.request(
+                "GET", target, headers={"User-Agent": USER_AGENT, "Accept": "image/*"}
+            )
+            response = connection.getresponse()
+            if response.status in REDIRECT_STATUSES:
+                location = response.getheader("Location")
+                if not location:
+                    raise UrlFetchError(f"the server answered a redirect ({response.status}) without a location")
+                current = urljoin(current, location)
+                continue
+            if response.status != 200:
+                raise UrlFetchError(f"the server answered HTTP {response.status} {response.reason}")
+            content_type = (response.getheader("Content-Type") or "").split(";")[0].strip().lower()
+            if not content_type.startswith("image/"):
+                raise UrlFetchError(
+                    f"the URL does not point to an image (content type {content_type or 'missing'!r})"
+                )
+            declared = response.getheader("Content-Length")
+            if declared and declared.isdigit() and int(declared) > policy.max_bytes:
+                raise UrlFetchError(_too_large(policy))
+            data = _read_capped(response, policy, deadline)
+            return FetchedImage(data=data, final_url=current, content_type=content_type)
+        except (TimeoutError, socket.timeout):
+            raise UrlFetchError(f"fetching the image took longer than {policy.timeout_s:g} s") from None
+        except ssl.SSLError as error:
+            raise UrlFetchError(f"secure connection to {host!r} failed ({error.reason})") from None
+        except (OSError, http.client.HTTPException) as error:
+            raise UrlFetchError(f"could not fetch the image from {host!r} ({type(error).__name__})") from None
+        finally:
+            connection.close()
+    raise UrlFetchError(f"too many redirects (more than {policy.max_redirects})")
+
+
+def _read_capped(response: http.client.HTTPResponse, policy: FetchPolicy, deadline: float) -> bytes:
+    chunks, size = [], 0
+    while True:
+        if time.monotonic() > deadline:
+            raise UrlFetchError(f"fetching the image took longer than {policy.timeout_s:g} s")
+        chunk = response.read1(65536) if hasattr(response, "read1") else response.read(65536)
+        if not chunk:
+            return b"".join(chunks)
+        size += len(chunk)
+        if size > policy.max_bytes:
+            raise UrlFetchError(_too_large(policy))
+        chunks.append(chunk)
+
+
+def _too_large(policy: FetchPolicy) -> str:
+    return f"the image is larger than the limit of {policy.max_bytes / 1024 / 1024:.1f} MiB"
