@@ -114,3 +114,32 @@ def tissue_mask(tiles: tf.Tensor) -> tf.Tensor:
     mask = background_fraction <= BACKGROUND_FRACTION
     any_tissue = tf.reduce_any(mask, axis=-1, keepdims=True)
     return tf.logical_or(mask, tf.logical_not(any_tissue))
+
+
+def quantize_to_bytes(images: tf.Tensor) -> tf.Tensor:
+    """Stores float images compactly: uint8 (rounded), one serialized tensor per image.
+
+    Transform writes images this way (4x smaller than float32 records); the training input
+    and the serving signature undo it with `dequantize_from_bytes`, so both see exactly the
+    same pixels.
+
+    Args:
+      images: float tensor `(n, h, w, 3)` in [0, 1].
+
+    Returns:
+      string tensor `(n,)`.
+    """
+    as_uint8 = tf.cast(tf.round(tf.clip_by_value(images, 0.0, 1.0) * 255.0), tf.uint8)
+    return tf.map_fn(tf.io.serialize_tensor, as_uint8, fn_output_signature=tf.string)
+
+
+def dequantize_from_bytes(serialized: tf.Tensor, height: int, width: int | None = None) -> tf.Tensor:
+    """Inverse of `quantize_to_bytes`: string `(n,)` → float32 `(n, height, width, 3)`."""
+    width = height if width is None else width
+    images = tf.map_fn(
+        lambda item: tf.io.parse_tensor(item, tf.uint8),
+        tf.reshape(serialized, [-1]),
+        fn_output_signature=tf.TensorSpec([None, None, 3], tf.uint8),
+    )
+    images = tf.reshape(images, [-1, height, width, 3])
+    return tf.cast(images, tf.float32) / 255.0

@@ -1,0 +1,142 @@
+"""TFX Trainer `run_fn`s: the glue between the pipeline and the two models.
+
+Each Trainer component names one of `densenet_run_fn` / `mil_run_fn` (by module path, so
+no user-module wheel is built); the model code itself lives in `densenet.py`, `mil.py`,
+`training.py` and `export.py`. The Trainer's `custom_config` carries the model, training
+and run settings (see `pipeline.create.trainer_custom_config`).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import histopath  # noqa: F401  (pins Keras 2 before TensorFlow is imported)
+import numpy as np
+import tensorflow as tf
+import tensorflow_transform as tft
+from tfx import v1 as tfx
+from tfx_bsl.public import tfxio
+
+from histopath.components import model_config as model_config_lib
+from histopath.components import operating_point
+from histopath.components import preprocessing
+from histopath.components.export import export_serving_model
+from histopath.components.training import train_model
+
+logger = logging.getLogger(__name__)
+
+
+def make_dataset(
+    file_pattern: list[str],
+    data_accessor: tfx.components.DataAccessor,
+    tf_transform_output: tft.TFTransformOutput,
+    *,
+    batch_size: int,
+    transform_size: int,
+    model_size: int,
+    shuffle: bool,
+    seed: int,
+) -> tf.data.Dataset:
+    """Transformed examples → `(images float32 (b, s, s, 3), labels int64 (b,))`, one pass."""
+    dataset = data_accessor.tf_dataset_factory(
+        file_pattern,
+        tfxio.TensorFlowDatasetOptions(
+            batch_size=batch_size,
+            shuffle=shuffle,
+            shuffle_seed=seed,
+            shuffle_buffer_size=2048,
+            num_epochs=1,
+        ),
+        tf_transform_output.transformed_metadata.schema,
+    )
+
+    def to_model_input(batch: dict[str, tf.Tensor]) -> tuple[tf.Tensor, tf.Tensor]:
+        images = preprocessing.transformed_to_model_input(
+            batch[preprocessing.TRANSFORMED_IMAGE], transform_size, model_size
+        )
+        labels = tf.reshape(batch[preprocessing.TRANSFORMED_LABEL], [-1])
+        return images, labels
+
+    return dataset.map(to_model_input, num_parallel_calls=tf.data.AUTOTUNE).prefetch(
+        tf.data.AUTOTUNE
+    )
+
+
+def _predict_probabilities(model: Any, dataset: tf.data.Dataset) -> tuple[np.ndarray, np.ndarray]:
+    labels, scores = [], []
+    for images, batch_labels in dataset:
+        outputs = model(images, training=False)
+        probability = outputs["probability"] if isinstance(outputs, dict) else outputs
+        scores.append(np.asarray(tf.cast(probability, tf.float32)).reshape(-1))
+        labels.append(batch_labels.numpy().reshape(-1))
+    return np.concatenate(labels), np.concatenate(scores)
+
+
+def _run(model_kind: str, fn_args: tfx.components.FnArgs) -> None:
+    settings = dict(fn_args.custom_config or {})
+    training_config = model_config_lib.TrainingConfig.from_dict(settings.get("training", {}))
+    if model_kind == "densenet":
+        from histopath.components.densenet import build_densenet_model as build_model
+
+        model_config = model_config_lib.DenseNetConfig.from_dict(settings.get("model", {}))
+    else:
+        from histopath.components.mil import build_mil_model as build_model
+
+        model_config = model_config_lib.MilConfig.from_dict(settings.get("model", {}))
+    transform_size = int(settings["transform_image_size"])
+    model_size = int(model_config.image_size)
+    tf_transform_output = tft.TFTransformOutput(fn_args.transform_output)
+
+    def dataset(files: list[str], shuffle: bool) -> tf.data.Dataset:
+        return make_dataset(
+            files,
+            fn_args.data_accessor,
+            tf_transform_output,
+            batch_size=training_config.batch_size,
+            transform_size=transform_size,
+            model_size=model_size,
+            shuffle=shuffle,
+            seed=training_config.seed,
+        )
+
+    train_ds, eval_ds = dataset(fn_args.train_files, True), dataset(fn_args.eval_files, False)
+    tf.keras.utils.set_random_seed(training_config.seed)
+    model = build_model(model_config)
+    started = time.time()
+    history = train_model(model, train_ds, eval_ds, model_config, training_config, fn_args.model_run_dir)
+    train_seconds = time.time() - started
+
+    labels, scores = _predict_probabilities(model, eval_ds)
+    threshold = operating_point.balanced_accuracy_threshold(labels, scores)
+    logger.info("%s: decision threshold %.4f chosen on %d eval images", model_kind, threshold, len(labels))
+    model_info = {
+        "model_kind": model_kind,
+        "model_name": settings.get("model_name", "histopath"),
+        "dataset": settings.get("dataset", ""),
+        "transform_image_size": transform_size,
+        "train_seconds": round(train_seconds, 1),
+        "history": history,
+        "model_config": model_config.to_dict(),
+        "training_config": training_config.to_dict(),
+    }
+    export_serving_model(
+        model,
+        fn_args.serving_model_dir,
+        preprocess=preprocessing.TransformedImagePreprocessor(
+            tf_transform_output, transform_size, model_size
+        ),
+        model_info=model_info,
+        decision_threshold=threshold,
+    )
+
+
+def densenet_run_fn(fn_args: tfx.components.FnArgs) -> None:
+    """TFX Trainer entry point of the DenseNet201 transfer-learning model."""
+    _run("densenet", fn_args)
+
+
+def mil_run_fn(fn_args: tfx.components.FnArgs) -> None:
+    """TFX Trainer entry point of the attention-based MIL model."""
+    _run("mil", fn_args)

@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# The README's main job: generate the synthetic BreakHis-layout sample set, run the whole
+# TFX pipeline on it (both models), and print the run report. Usage: scripts/demo.sh [DIR]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+out="${1:-demo}"
+bin=.venv/bin
+if [ ! -d "$out/sample" ]; then
+  "$bin/histopath" make-sample --dataset breakhis --output "$out/sample"
+fi
+"$bin/histopath" run --dataset breakhis --data "$out/sample" --output "$out/run" \
+  --config pipeline/demo_config.json
+echo
+echo "Serve the pushed model:   $bin/histopath model-server --model-base-path $out/run/serving --model-name histopath"
+echo "Web app for pathologists: HISTOPATH_SERVING_DIR=$out/run/serving $bin/histopath serve --port 8000"

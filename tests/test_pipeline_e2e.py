@@ -1,0 +1,125 @@
+"""End-to-end: the whole TFX pipeline on a tiny generated data set, then its cache.
+
+One module-scoped run feeds several tests: artifacts and blessing, the pushed SavedModel
+answering a prediction, a second run served from the cache, and a run whose thresholds no
+model can pass (nothing pushed, NotBlessedError).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import pathlib
+
+import pytest
+
+from histopath.errors import NotBlessedError
+from histopath.pipeline import runs
+from histopath.pipeline.config import PipelineConfig, ThresholdConfig
+from histopath.pipeline.local_runner import run_local
+
+pytestmark = pytest.mark.e2e
+
+COMPONENTS = {
+    "ImportExampleGen", "StatisticsGen", "SchemaGen", "CurateSchema", "ExampleValidator",
+    "AnomalyGate", "Transform", "latest_pushed_model_resolver", "trainer_densenet",
+    "trainer_mil", "evaluator_densenet", "evaluator_mil", "SelectWinner", "Pusher", "RunReport",
+}
+
+
+@pytest.fixture(scope="module")
+def sample_dir(tmp_path_factory) -> pathlib.Path:
+    from histopath.data import sample
+
+    folder = tmp_path_factory.mktemp("sample") / "breakhis"
+    sample.make_sample("breakhis", str(folder), patients=12, images_per_patient=6, seed=3)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def first_run(sample_dir, tmp_path_factory):
+    config = PipelineConfig(
+        dataset="breakhis",
+        data_dir=str(sample_dir),
+        output_dir=str(tmp_path_factory.mktemp("run")),
+        image_size=64,
+        densenet={"image_size": 32},
+        mil={"tile_size": 16},
+        training={"epochs": 1, "fine_tune_epochs": 1, "batch_size": 16},
+        thresholds=ThresholdConfig(min_auc=0.0, min_balanced_accuracy=0.0, max_auc_drop_vs_pushed=1.0),
+        version_policy="increment",
+        beam_args=("--direct_running_mode=in_memory",),
+    ).validate()
+    report = run_local(config)
+    return config, report, runs.component_executions(config.metadata_path)
+
+
+def test_every_component_ran_and_the_winner_was_pushed(first_run):
+    config, report, executions = first_run
+    assert {e.component_id for e in executions} == COMPONENTS
+    assert all(e.state == "COMPLETE" for e in executions), executions
+    assert report["winner"] in ("densenet", "mil")
+    assert set(report["candidates"]) == {"densenet", "mil"}
+    for candidate in report["candidates"].values():
+        assert candidate["blessed"]
+        overall = candidate["metrics"]["overall"]
+        assert overall["example_count"] > 0 and 0.0 <= overall["auc"] <= 1.0
+        assert len(candidate["metrics"]["patient_id"]) >= 2  # per-patient slices
+        assert candidate["metrics"]["magnification"]  # BreakHis: per-magnification slices
+    version_dir = config.serving_path / config.model_name / "1"
+    assert report["pushed"] == {"pushed": True, "destination": str(version_dir), "version": "1"}
+    assert (version_dir / "saved_model.pb").is_file()
+    info = json.loads((version_dir / "assets.extra" / "model_info.json").read_text())
+    assert info["model_kind"] == report["winner"]
+    assert not [p for p in version_dir.parent.iterdir() if p.name.startswith(".")]  # no staging left
+    for name in ("report.json", "summary.md", "roc.png"):
+        assert (config.report_dir / name).stat().st_size > 0
+    assert json.loads((config.output_path / "run_config.json").read_text())["image_size"] == 64
+    manifest = json.loads((config.records_path / "manifest.json").read_text())
+    patients = [set(manifest["splits"][s]["patient_ids"]) for s in ("train", "eval", "test")]
+    assert not (patients[0] & patients[1] or patients[0] & patients[2] or patients[1] & patients[2])
+
+
+def test_pushed_model_answers_a_prediction(first_run, sample_dir):
+    from histopath.components.export import load_serving_model, predict_bytes
+
+    config, report, _ = first_run
+    model = load_serving_model(str(config.serving_path / config.model_name / "1"))
+    image = next(sample_dir.rglob("*.png")).read_bytes()
+    (prediction,) = predict_bytes(model, [image])
+    assert 0.0 <= prediction["probability"] <= 1.0
+    assert prediction["label"] in (0, 1)
+    if report["winner"] == "mil":
+        assert abs(sum(prediction["attention"]) - 1.0) < 1e-4
+
+
+def test_reruns_use_the_cache_and_do_not_push_the_served_model_again(first_run):
+    config, _, _ = first_run
+    # Run 2: the data, Transform and Trainers come from the cache; the Evaluators run again
+    # because there is now a pushed model to compare with, and the winner is that model.
+    report = run_local(config)
+    states = {e.component_id: e.state for e in runs.component_executions(config.metadata_path)}
+    upstream = COMPONENTS - {"latest_pushed_model_resolver", "evaluator_densenet", "evaluator_mil",
+                             "SelectWinner", "Pusher", "RunReport"}
+    assert {states[c] for c in upstream} == {"CACHED"}, states
+    assert states["evaluator_densenet"] == states["evaluator_mil"] == "COMPLETE"
+    assert report["already_serving"] and not report["pushed"]["pushed"]
+    # Run 3: nothing changed at all, so every component is a cache hit.
+    run_local(config)
+    states = {e.component_id: e.state for e in runs.component_executions(config.metadata_path)}
+    assert states.pop("latest_pushed_model_resolver") == "COMPLETE"  # resolvers always run
+    assert set(states.values()) == {"CACHED"}, states
+    assert sorted(p.name for p in (config.serving_path / config.model_name).iterdir()) == ["1"]
+
+
+def test_unreachable_thresholds_push_nothing(first_run):
+    config, _, _ = first_run
+    strict = dataclasses.replace(
+        config, thresholds=ThresholdConfig(min_auc=1.01, min_balanced_accuracy=0.0, max_auc_drop_vs_pushed=1.0)
+    )
+    with pytest.raises(NotBlessedError, match="nothing pushed"):
+        run_local(strict)
+    states = {e.component_id: e.state for e in runs.component_executions(config.metadata_path)}
+    assert states["trainer_densenet"] == states["trainer_mil"] == "CACHED"
+    assert states["evaluator_densenet"] == states["evaluator_mil"] == "COMPLETE"
+    assert sorted(p.name for p in (config.serving_path / config.model_name).iterdir()) == ["1"]
