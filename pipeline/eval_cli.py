@@ -1,0 +1,142 @@
+"""`histopath evaluate` and `histopath predict`: a pushed model on image folders/files."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import textwrap
+
+from histopath.data.layouts import DATASETS
+from histopath.errors import ConfigError
+
+MODEL_HELP = ("pushed model: a <name>/<version> folder (holds saved_model.pb) or its parent <name> "
+              "(then the newest integer version is used)")
+
+
+def _paragraphs(*paragraphs: str) -> str:
+    return "\n\n".join(textwrap.fill(p, 88) for p in paragraphs)
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {text}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+    return value
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    import histopath  # noqa: F401  (Keras 2 before TensorFlow)
+    from tqdm import tqdm
+
+    from histopath.pipeline import evaluation
+
+    patients = None
+    if args.split_manifest:
+        split = args.split or "test"
+        patients = evaluation.patients_from_manifest(args.split_manifest, split, args.dataset)
+        if not patients:
+            raise ConfigError(f"split {split!r} of {args.split_manifest} lists no patient")
+    elif args.split is not None:
+        raise ConfigError("--split needs --split-manifest")
+    result = evaluation.evaluate_model(
+        args.model, args.data, args.dataset, patients=patients, bootstrap=args.bootstrap,
+        seed=args.seed, batch_size=args.batch_size,
+        progress=lambda total: tqdm(total=total, desc="predicting", unit="img", file=sys.stderr),
+    )
+    if args.split_manifest:
+        result["data"]["split_manifest"] = os.path.abspath(args.split_manifest)
+        result["data"]["split"] = split
+    written = evaluation.write_evaluation(result, args.output)
+    model = result["model"]
+    print(f"{model['model_name']} v{model['model_version']} (threshold {result['decision_threshold']:.3f}) "
+          f"on {result['data']['data_dir']}")
+    for line in evaluation.summary_lines(result):
+        print(line)
+    missing = result["data"]["patients_not_found"]
+    if missing:
+        print(f"warning: {len(missing)} patient(s) of the split have no image in {args.data}: "
+              f"{', '.join(missing[:10])}{' ...' if len(missing) > 10 else ''}", file=sys.stderr)
+    for warning in result["bootstrap"]["warnings"]:
+        print(f"warning: {warning}", file=sys.stderr)
+    if result["failed_images"]:
+        print(f"{len(result['failed_images'])} image(s) could not be predicted and were left out, "
+              f"e.g. {result['failed_images'][0]['error']}", file=sys.stderr)
+    for key, path in written.items():
+        print(f"{key}: {path}")
+    return 0
+
+
+def _predict(args: argparse.Namespace) -> int:
+    import histopath  # noqa: F401
+    from histopath.pipeline.predict import predict_paths
+
+    logging.basicConfig(level=logging.WARNING, format="histopath predict: %(message)s", stream=sys.stderr)
+    failures = 0
+    for row in predict_paths(args.model, args.inputs, heatmap_dir=args.heatmap_dir, batch_size=args.batch_size):
+        failures += int("error" in row or "heatmap_error" in row)
+        print(json.dumps(row), flush=True)
+    if failures:
+        print(f"histopath predict: {failures} file(s) failed (see the \"error\" lines)", file=sys.stderr)
+        return 1
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Adds `evaluate` and `predict`."""
+    from histopath.pipeline.evaluation import PATIENT_LABEL_RULE, PATIENT_SCORE_RULE
+
+    evaluate = subparsers.add_parser(
+        "evaluate", help="score a pushed model on a BreakHis/IDC folder (image- and patient-level, bootstrap CIs)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=_paragraphs(
+            "Predicts every image of a data folder in the real BreakHis or IDC layout through the "
+            "model's serving_default signature and writes a JSON report with image-level and "
+            "patient-level AUC, accuracy, balanced accuracy, sensitivity, specificity, F1 and Brier "
+            "score, each with a 95% confidence interval from a patient (cluster) bootstrap: patients "
+            "are resampled with replacement and all their images kept. Also: the confusion matrix at "
+            "the model's stored decision threshold, a per-patient table, calibration bins, and the "
+            "plots FILE.roc.png and FILE.calibration.png next to the JSON (FILE without .json).",
+            f"Rules: {PATIENT_SCORE_RULE}; {PATIENT_LABEL_RULE}.",
+            "Evaluate on held-out patients with --split-manifest OUTPUT/manifest.json --split test "
+            "(the manifest written by `histopath ingest`)."
+        ),
+    )
+    evaluate.add_argument("--model", required=True, help=MODEL_HELP)
+    evaluate.add_argument("--data", required=True, help="data folder in the real layout (BreaKHis_v1 tree or IDC tree)")
+    evaluate.add_argument("--dataset", required=True, choices=DATASETS, help="layout of --data")
+    evaluate.add_argument("--output", default="evaluation.json", help="JSON report to write (default evaluation.json)")
+    evaluate.add_argument("--split-manifest", metavar="MANIFEST",
+                          help="manifest.json of `histopath ingest`: evaluate only the patients of --split")
+    evaluate.add_argument("--split", default=None, help="split of --split-manifest (default test)")
+    evaluate.add_argument("--batch-size", type=_positive_int, default=32, help="images per model call (default 32)")
+    evaluate.add_argument("--bootstrap", type=_non_negative_int, default=1000,
+                          help="patient-bootstrap resamples for the confidence intervals (default 1000; 0 = none)")
+    evaluate.add_argument("--seed", type=int, default=0, help="seed of the bootstrap (default 0)")
+    evaluate.set_defaults(handler=_evaluate)
+
+    predict = subparsers.add_parser(
+        "predict", help="predict image files/folders with a pushed model (one JSON line per image)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=_paragraphs(
+            "Prints one JSON line per image: file, probability (of malignant), label, label_name, "
+            "model_name, model_version. Folders are searched recursively for .png/.jpg/.jpeg/.tif "
+            "files. A missing or corrupt file prints a line with an \"error\" naming it; the other "
+            "images are still predicted and the exit code is 1 at the end. With --heatmap-dir, MIL "
+            "models also write the attention heat-map over each image as <name>.heatmap.png."
+        ),
+    )
+    predict.add_argument("--model", required=True, help=MODEL_HELP)
+    predict.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR", help="image files and/or folders")
+    predict.add_argument("--heatmap-dir", help="write MIL attention heat-maps (PNG) here")
+    predict.add_argument("--batch-size", type=_positive_int, default=16, help="images per model call (default 16)")
+    predict.set_defaults(handler=_predict)
