@@ -29,7 +29,7 @@ REPORT_JSON, SUMMARY_MD, ROC_PNG = "report.json", "summary.md", "roc.png"
 class RunReportArtifact(tfx.dsl.Artifact):
     """A folder with report.json, summary.md and roc.png."""
 
-    TYPE_NAME = "HistopathRunReport"
+    TYPE_NAME = "histopath.RunReport"  # <namespace>.<Name>: the form Kubeflow v2 requires
 
 
 def _flatten(metrics: dict[str, Any]) -> dict[str, float]:
