@@ -10,16 +10,15 @@ import argparse
 import json
 import os
 
+from histopath.argtypes import positive_int
+
 DATASET_CHOICES = ("breakhis", "idc")
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+def _bag_size(text: str) -> int:
+    value = positive_int(text)
+    if value < 2:
+        raise argparse.ArgumentTypeError(f"a bag region is at least 2x2 patches, got {value}")
     return value
 
 
@@ -50,11 +49,13 @@ def _run_ingest(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         compression_level=args.compression_level,
         max_pixels=int(args.max_megapixels * 1_000_000),
+        bag_size=args.bag_size,
     )
+    unit = f"{args.bag_size}x{args.bag_size}-patch bags" if args.bag_size else "images"
     for name, split in manifest["splits"].items():
         counts = ", ".join(f"{n} {label}" for label, n in split["label_counts"].items())
         print(
-            f"{name}: {split['num_examples']} images ({counts}) from "
+            f"{name}: {split['num_examples']} {unit} ({counts}) from "
             f"{split['num_patients']} patients in {len(split['shards'])} shard(s)"
         )
     if manifest["num_skipped"]:
@@ -112,7 +113,7 @@ def register(subparsers) -> None:
     ingest.add_argument("--seed", type=int, default=42, help="seed of the patient split")
     ingest.add_argument("--magnifications", default=None, metavar="40,100,200,400",
                         help="BreakHis only: keep these magnifications (default: all)")
-    ingest.add_argument("--shards", type=_positive_int, default=None, metavar="N",
+    ingest.add_argument("--shards", type=positive_int, default=None, metavar="N",
                         help="shard files per split (default: one per ~2000 images)")
     ingest.add_argument("--beam-arg", action="append", default=[], metavar="ARG",
                         help="a Beam pipeline option, repeatable, e.g. "
@@ -125,6 +126,13 @@ def register(subparsers) -> None:
                         "writes gzip files without compressing")
     ingest.add_argument("--max-megapixels", type=float, default=50.0,
                         help="skip larger images as decompression bombs")
+    ingest.add_argument("--bag-size", type=_bag_size, default=None, metavar="K",
+                        help="IDC only: write one record per region of KxK patches of a "
+                        "patient's slide (a spatial MIL bag) instead of one per patch: a "
+                        "K*50 px PNG mosaic of the region (white where there is no patch), "
+                        "label 1 if any patch is IDC-positive, plus the per-patch label grid; "
+                        "train the MIL model with image_size=50*K, tile_size=50; "
+                        "None = one record per patch")
     ingest.set_defaults(handler=_run_ingest)
 
     sample = subparsers.add_parser(
@@ -142,9 +150,9 @@ def register(subparsers) -> None:
     sample.add_argument("--dataset", required=True, choices=DATASET_CHOICES,
                         help="layout to write")
     sample.add_argument("--output", required=True, metavar="DIR", help="folder to create")
-    sample.add_argument("--patients", type=_positive_int, default=12,
+    sample.add_argument("--patients", type=positive_int, default=12,
                         help="number of patients (half benign / IDC-negative-only)")
-    sample.add_argument("--images-per-patient", type=_positive_int, default=None,
+    sample.add_argument("--images-per-patient", type=positive_int, default=None,
                         help="images (BreakHis) or patches (IDC) per patient "
                         "(default: 8 for BreakHis, 64 for IDC)")
     sample.add_argument("--seed", type=int, default=0, help="random seed")

@@ -6,7 +6,8 @@ these constants, never to the literal strings.
 """
 
 # --- written for every dataset ---------------------------------------------------------
-IMAGE = "image"  # bytes: the encoded image exactly as stored on disk (no re-encode)
+IMAGE = "image"  # bytes: the encoded image exactly as stored on disk (no re-encode);
+# for IDC region bags (`ingest --bag-size K`): the region mosaic, encoded losslessly as PNG
 IMAGE_FORMAT = "image_format"  # bytes: "png" | "jpeg" | ... (detected from content)
 LABEL = "label"  # int64: 0 benign / IDC-negative, 1 malignant / IDC-positive
 PATIENT_ID = "patient_id"  # bytes: the unit of splitting and of patient-level reporting
@@ -23,6 +24,11 @@ SLIDE_ID = "slide_id"  # bytes: e.g. "22549AB"; patient = leading digits
 # --- IDC only --------------------------------------------------------------------------
 PATCH_X = "patch_x"  # int64: x offset of the patch in the patient's whole-mount slide
 PATCH_Y = "patch_y"  # int64: y offset of the patch in the patient's whole-mount slide
+# (for region bags, PATCH_X / PATCH_Y are the region's origin in slide pixels)
+
+# --- IDC region bags only (`histopath ingest --dataset idc --bag-size K`, data/bags.py) --
+BAG_PATCH_LABELS = "bag_patch_labels"  # int64 list, K*K: patch labels row-major, -1 = none
+BAG_SIZE = "bag_size"  # int64: K, the region's edge in patches (image = K*50 px square)
 
 LABEL_NAMES = ("benign", "malignant")
 

@@ -11,6 +11,11 @@ validates (full PIL decode) and serializes that shard's images and writes the sh
 itself, so no record is shuffled and Beam's per-element cost is paid per shard, not per
 image. Everything is written to a temporary sibling folder that is renamed into place at
 the end.
+
+With `--bag-size K` (IDC only) the records are spatial MIL bags instead: after the
+patient split, each split's patches are grouped into regions of K x K patch cells
+(`bags.group_into_regions`), the shard tasks list regions, and each region is written as
+one record holding its PNG mosaic (`shard_writer.region_values`).
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ import time
 from typing import Mapping, Sequence
 
 import histopath
-from histopath.data import features, layouts
+from histopath.data import bags, features, layouts
 from histopath.data.layouts import ParsedFile
 from histopath.data.records import DEFAULT_COMPRESSION_LEVEL
 from histopath.data.output_dir import (
@@ -60,7 +65,7 @@ def _is_within(path: str, folder: str) -> bool:
 
 
 def plan_shards(
-    split_to_files: Mapping[str, Sequence[ParsedFile]],
+    split_to_files: Mapping[str, Sequence[ParsedFile | bags.Region]],
     seed: int,
     shards: int | None = None,
     images_per_shard: int = DEFAULT_IMAGES_PER_SHARD,
@@ -69,7 +74,7 @@ def plan_shards(
     """Cuts every split into shards of near-equal size, in a seeded shuffled order.
 
     Args:
-      split_to_files: split name -> files (sorted).
+      split_to_files: split name -> files (sorted), or region bags; one record each.
       seed: seed of the per-split shuffle (so each shard mixes patients and labels).
       shards: shards per split; None = ceil(files / images_per_shard), plus one shard for
         the largest splits until the total is a multiple of `num_workers`. Never more
@@ -265,6 +270,7 @@ def _build_manifest(
     seconds: float,
     timing: Mapping[str, float],
     compression_level: int,
+    bag_size: int | None = None,
 ) -> dict:
     splits = {}
     for split in fractions:
@@ -304,7 +310,9 @@ def _build_manifest(
              features.SOURCE_PATH, features.HEIGHT, features.WIDTH, features.DATASET}
             | ({features.SUBTYPE, features.MAGNIFICATION, features.SLIDE_ID}
                if dataset == layouts.BREAKHIS else {features.PATCH_X, features.PATCH_Y})
+            | ({features.BAG_PATCH_LABELS, features.BAG_SIZE} if bag_size else set())
         ),
+        "bag_size": bag_size,
         "label_names": list(features.LABEL_NAMES),
         "num_examples": sum(s["num_examples"] for s in splits.values()),
         "splits": splits,
@@ -333,6 +341,7 @@ def ingest(
     compression_level: int = DEFAULT_COMPRESSION_LEVEL,
     images_per_shard: int = DEFAULT_IMAGES_PER_SHARD,
     progress: bool | None = None,
+    bag_size: int | None = None,
 ) -> dict:
     """Ingests a BreakHis or IDC folder into patient-disjoint gzip TFRecord splits.
 
@@ -352,8 +361,15 @@ def ingest(
       max_pixels: images with more pixels are skipped as decompression bombs.
       compression_level: gzip level 0-9 of the shards; the default 0 writes gzip files
         without compressing (the encoded images do not compress; see `records`).
-      images_per_shard: target shard size for the automatic shard count.
+      images_per_shard: target shard size (records) for the automatic shard count.
       progress: show a progress bar on stderr; None = only when stderr is a terminal.
+      bag_size: IDC only: K >= 2 writes one record per region of K x K patches of a
+        patient's slide (a spatial MIL bag, see `histopath.data.bags`) instead of one per
+        patch: the region mosaic (K*50 px square, white where there is no patch) ENCODED
+        AS PNG, lossless (the one case where ingestion encodes an image rather than
+        storing the file's bytes), label 1 if any valid patch is positive, source path
+        `<patient>/region_x<X>_y<Y>`, patch_x/patch_y the region origin, and the features
+        `bag_patch_labels` (row-major, -1 = no patch) and `bag_size`. None = per patch.
 
     Returns:
       The manifest (also written to `output/manifest.json`).
@@ -370,6 +386,11 @@ def ingest(
         raise ConfigError(f"--shards must be at least 1, got {shards}")
     if not 0 <= compression_level <= 9:
         raise ConfigError(f"compression level must be 0-9, got {compression_level}")
+    if bag_size is not None:
+        if dataset != layouts.IDC:
+            raise ConfigError("--bag-size applies to IDC only (spatial regions of patches)")
+        if isinstance(bag_size, bool) or not isinstance(bag_size, int) or bag_size < 2:
+            raise ConfigError(f"--bag-size must be an integer of at least 2, got {bag_size!r}")
     source = os.path.abspath(source)
     output = os.path.abspath(output)
     check_output_free(output, overwrite)
@@ -380,9 +401,17 @@ def ingest(
     beam_import = threading.Thread(target=_import_beam, name="import-beam", daemon=True)
     beam_import.start()
     scan = layouts.scan_source(dataset, source, magnifications)
-    split_to_files = split_files(scan.files, fractions, seed)
+    split_to_files = split_files(scan.files, fractions, seed)  # by patient, from names
+    split_to_items: Mapping[str, Sequence[ParsedFile | bags.Region]] = split_to_files
+    if bag_size is not None:
+        split_to_items = {}
+        for split, files in split_to_files.items():
+            regions, overlapping = bags.group_into_regions(files, bag_size)
+            split_to_items[split] = regions
+            scan.skipped.extend(overlapping)
+    total_items = sum(len(items) for items in split_to_items.values())
     workers = _direct_num_workers(beam_args, num_workers)
-    tasks = plan_shards(split_to_files, seed, shards, images_per_shard, workers)
+    tasks = plan_shards(split_to_items, seed, shards, images_per_shard, workers)
 
     work_dir = make_temp_sibling(output)
     listed = time.time()
@@ -394,9 +423,9 @@ def ingest(
         _run_with_progress(
             lambda: _run_pipeline(tasks, source, work_dir, beam_args, num_workers, max_pixels,
                                   compression_level),
-            total=len(scan.files),
+            total=total_items,
             progress_dir=os.path.join(work_dir, PROGRESS_DIR),
-            description=f"ingest {dataset}",
+            description=f"ingest {dataset}" + (f" {bag_size}x{bag_size} bags" if bag_size else ""),
             show=progress,
         )
         pipeline_done = time.time()
@@ -415,7 +444,7 @@ def ingest(
             dataset=dataset, source=source, fractions=fractions, seed=seed,
             magnifications=magnifications, beam_args=beam_args, num_workers=workers,
             scan=scan, summaries=summaries, seconds=time.time() - started, timing=timing,
-            compression_level=compression_level,
+            compression_level=compression_level, bag_size=bag_size,
         )
         if manifest["num_examples"] == 0:
             reasons = "; ".join(f"{s['path']}: {s['reason']}" for s in manifest["skipped"][:3])

@@ -2,7 +2,9 @@
 
 One Beam element is one `ShardTask` (a whole output shard's list of files), so Beam's
 per-element cost is paid a few dozen times, not once per image, and no record goes
-through a shuffle. This module imports neither Beam nor TensorFlow: it runs inside each
+through a shuffle. With IDC region bags (`ingest --bag-size K`) a task lists regions
+(`bags.Region`) instead of files, and each region becomes one record: the mosaic of its
+valid patches, PNG-encoded (the only case where ingestion encodes an image). This module imports neither Beam nor TensorFlow: it runs inside each
 Beam worker process.
 """
 
@@ -14,11 +16,12 @@ import json
 import os
 import time
 import warnings
-from typing import Sequence
+from typing import Sequence, Union
 
+import numpy as np
 from PIL import Image
 
-from histopath.data import features
+from histopath.data import bags, features
 from histopath.data.layouts import ParsedFile
 from histopath.data.records import (
     DEFAULT_COMPRESSION_LEVEL,
@@ -56,19 +59,20 @@ class ImageInfo:
 
 @dataclasses.dataclass(frozen=True)
 class ShardTask:
-    """One Beam element: the files of one output shard.
+    """One Beam element: the files (or IDC region bags) of one output shard.
 
     Attributes:
       split: split name, also the sub-folder of the output.
       index: shard number within the split.
       count: number of shards of the split.
-      files: the files to write, in order.
+      files: the items to write, in order, one record each: image files, or
+        `bags.Region`s (all items of a task are of one kind).
     """
 
     split: str
     index: int
     count: int
-    files: Sequence[ParsedFile]
+    files: Sequence[Union[ParsedFile, bags.Region]]
 
     @property
     def relative_path(self) -> str:
@@ -89,8 +93,11 @@ def save_task(task: ShardTask, output: str) -> None:
     """
     folder = os.path.join(output, PLAN_DIR)
     os.makedirs(folder, exist_ok=True)
-    plan = {"split": task.split, "index": task.index, "count": task.count,
-            "files": [dataclasses.asdict(file) for file in task.files]}
+    plan = {"split": task.split, "index": task.index, "count": task.count}
+    if task.files and isinstance(task.files[0], bags.Region):
+        plan["regions"] = [region.to_dict() for region in task.files]
+    else:
+        plan["files"] = [dataclasses.asdict(file) for file in task.files]
     _write_atomically(os.path.join(folder, f"{task.key}.json"), json.dumps(plan))
 
 
@@ -98,7 +105,10 @@ def load_task(key: str, output: str) -> ShardTask:
     """Reads a task written by `save_task`."""
     with open(os.path.join(output, PLAN_DIR, f"{key}.json"), encoding="utf-8") as handle:
         plan = json.load(handle)
-    files = tuple(ParsedFile(**fields) for fields in plan["files"])
+    if "regions" in plan:
+        files = tuple(bags.Region.from_dict(fields) for fields in plan["regions"])
+    else:
+        files = tuple(ParsedFile(**fields) for fields in plan["files"])
     return ShardTask(plan["split"], plan["index"], plan["count"], files)
 
 
@@ -152,6 +162,98 @@ def validate_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> ImageIn
         return ImageInfo(SUPPORTED_FORMATS[image.format], height, width)
 
 
+def _read_valid_image(
+    file: ParsedFile, source: str, max_pixels: int, skipped: list[list[str]]
+) -> tuple[bytes, ImageInfo] | None:
+    """The file's bytes and image info, or None after appending `[path, reason]` to
+    `skipped`."""
+    path = os.path.join(source, file.relative_path)
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read()
+    except OSError as error:
+        skipped.append([file.relative_path, f"cannot read file ({error.strerror})"])
+        return None
+    try:
+        return data, validate_image(data, max_pixels)
+    except ImageRejected as rejection:
+        skipped.append([file.relative_path, str(rejection)])
+        return None
+
+
+def _file_values(
+    file: ParsedFile, source: str, max_pixels: int, skipped: list[list[str]]
+) -> dict | None:
+    """The record of one image file (its bytes as stored), or None if it is skipped."""
+    read = _read_valid_image(file, source, max_pixels, skipped)
+    if read is None:
+        return None
+    data, info = read
+    values = file.feature_values()
+    values[features.IMAGE] = data
+    values[features.IMAGE_FORMAT] = info.image_format
+    values[features.HEIGHT] = info.height
+    values[features.WIDTH] = info.width
+    return values
+
+
+def region_values(
+    region: bags.Region, source: str, max_pixels: int, skipped: list[list[str]]
+) -> dict | None:
+    """The record of one IDC region bag, or None if none of its patches is valid.
+
+    Each patch is read and validated like a single-image record (invalid ones are
+    appended to `skipped` with their reason and left white), then the valid patches are
+    assembled with `bags.assemble_region` and the mosaic is encoded as PNG (lossless).
+
+    Args:
+      region: the region and its patch files.
+      source: the source folder the files' relative paths start from.
+      max_pixels: patches with more pixels are skipped.
+      skipped: receives `[path, reason]` of every skipped patch.
+
+    Returns:
+      Feature values: the mosaic PNG, its size, label (any patch positive), patient,
+      region id as source path, region origin as patch_x/patch_y, the row-major patch
+      label grid and the bag size.
+    """
+    patches: dict[bags.Cell, np.ndarray] = {}
+    labels: dict[bags.Cell, int] = {}
+    size = region.patch_size
+    for file in region.files:
+        read = _read_valid_image(file, source, max_pixels, skipped)
+        if read is None:
+            continue
+        data, info = read
+        if info.height > size or info.width > size:
+            skipped.append([file.relative_path, f"patch is {info.width}x{info.height}, larger "
+                            f"than the {size}x{size} bag cell"])
+            continue
+        with Image.open(io.BytesIO(data)) as image:
+            pixels = np.asarray(image.convert("RGB"))
+        cell = region.cell(file)
+        patches[cell] = pixels
+        labels[cell] = file.label
+    if not patches:
+        return None
+    mosaic = bags.assemble_region(patches, region.region_patches, size)
+    origin_x, origin_y = region.origin
+    return {
+        features.IMAGE: bags.encode_png(mosaic),
+        features.IMAGE_FORMAT: "png",
+        features.HEIGHT: mosaic.shape[0],
+        features.WIDTH: mosaic.shape[1],
+        features.LABEL: bags.bag_label(labels.values()),
+        features.PATIENT_ID: region.patient_id,
+        features.SOURCE_PATH: region.region_id,
+        features.DATASET: region.files[0].dataset,
+        features.PATCH_X: origin_x,
+        features.PATCH_Y: origin_y,
+        features.BAG_PATCH_LABELS: bags.patch_label_grid(labels, region.region_patches),
+        features.BAG_SIZE: region.region_patches,
+    }
+
+
 def _write_atomically(path: str, text: str) -> None:
     partial = f"{path}.{os.getpid()}.partial"
     with open(partial, "w", encoding="utf-8") as handle:
@@ -166,10 +268,11 @@ def write_shard(
     max_pixels: int = DEFAULT_MAX_PIXELS,
     compression_level: int = DEFAULT_COMPRESSION_LEVEL,
 ) -> dict:
-    """Writes one shard: every valid file of the task as one `tf.train.Example`.
+    """Writes one shard: every valid file (or region bag) of the task as one
+    `tf.train.Example`.
 
     Args:
-      task: the shard's files.
+      task: the shard's files or regions.
       source: the source folder the files' relative paths start from.
       output: the (temporary) output folder; the shard goes to
         `output/<task.relative_path>`, progress to `output/_progress/<task.key>` and the
@@ -194,31 +297,20 @@ def write_shard(
     with warnings.catch_warnings(), GzipTFRecordWriter(shard_path, compression_level) as writer:
         # Our own pixel limit decides; PIL's warning for big images would only be noise.
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-        for done, file in enumerate(task.files):
+        for done, item in enumerate(task.files):
             now = time.monotonic()
             if now - last_report > _PROGRESS_INTERVAL_S:
                 _write_atomically(progress_path, str(done))
                 last_report = now
-            path = os.path.join(source, file.relative_path)
-            try:
-                with open(path, "rb") as handle:
-                    data = handle.read()
-            except OSError as error:
-                skipped.append([file.relative_path, f"cannot read file ({error.strerror})"])
+            if isinstance(item, bags.Region):
+                values = region_values(item, source, max_pixels, skipped)
+            else:
+                values = _file_values(item, source, max_pixels, skipped)
+            if values is None:
                 continue
-            try:
-                info = validate_image(data, max_pixels)
-            except ImageRejected as rejection:
-                skipped.append([file.relative_path, str(rejection)])
-                continue
-            values = file.feature_values()
-            values[features.IMAGE] = data
-            values[features.IMAGE_FORMAT] = info.image_format
-            values[features.HEIGHT] = info.height
-            values[features.WIDTH] = info.width
             writer.write(serialize_example(values))
-            label_counts[file.label] += 1
-            patients.add(file.patient_id)
+            label_counts[values[features.LABEL]] += 1
+            patients.add(values[features.PATIENT_ID])
     _write_atomically(progress_path, str(len(task.files)))
     summary = {
         "split": task.split,
