@@ -9,6 +9,7 @@ import os
 import sys
 import textwrap
 
+from histopath.argtypes import non_negative_int, positive_int
 from histopath.data.layouts import DATASETS
 from histopath.errors import ConfigError
 
@@ -18,20 +19,6 @@ MODEL_HELP = ("pushed model: a <name>/<version> folder (holds saved_model.pb) or
 
 def _paragraphs(*paragraphs: str) -> str:
     return "\n\n".join(textwrap.fill(p, 88) for p in paragraphs)
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {text}")
-    return value
-
-
-def _non_negative_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
-    return value
 
 
 def _evaluate(args: argparse.Namespace) -> int:
@@ -118,8 +105,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     evaluate.add_argument("--split-manifest", metavar="MANIFEST",
                           help="manifest.json of `histopath ingest`: evaluate only the patients of --split")
     evaluate.add_argument("--split", default=None, help="split of --split-manifest (default test)")
-    evaluate.add_argument("--batch-size", type=_positive_int, default=32, help="images per model call (default 32)")
-    evaluate.add_argument("--bootstrap", type=_non_negative_int, default=1000,
+    evaluate.add_argument("--batch-size", type=positive_int, default=32, help="images per model call (default 32)")
+    evaluate.add_argument("--bootstrap", type=non_negative_int, default=1000,
                           help="patient-bootstrap resamples for the confidence intervals (default 1000; 0 = none)")
     evaluate.add_argument("--seed", type=int, default=0, help="seed of the bootstrap (default 0)")
     evaluate.set_defaults(handler=_evaluate)
@@ -138,5 +125,5 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     predict.add_argument("--model", required=True, help=MODEL_HELP)
     predict.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR", help="image files and/or folders")
     predict.add_argument("--heatmap-dir", help="write MIL attention heat-maps (PNG) here")
-    predict.add_argument("--batch-size", type=_positive_int, default=16, help="images per model call (default 16)")
+    predict.add_argument("--batch-size", type=positive_int, default=16, help="images per model call (default 16)")
     predict.set_defaults(handler=_predict)
