@@ -12,6 +12,7 @@ from __future__ import annotations
 import collections
 import logging
 import os
+import time
 from typing import Dict, List, Mapping, Optional, Sequence
 
 import histopath  # noqa: F401  (pins Keras 2 before TensorFlow is imported)
@@ -57,8 +58,11 @@ def train_model(
 
     Returns:
       `{"phase": [...], "epoch": [...], "loss": [...], "val_loss": [...],
-      "accuracy", "auc", "val_accuracy", "val_auc", "lr": [...]}`, one entry per epoch
-      run, phases "head"/"fine_tune" (DenseNet) or "train" (MIL).
+      "accuracy", "auc", "val_accuracy", "val_auc", "lr": [...], "epoch_seconds": [...],
+      "train_examples": [...]}`, one entry per epoch run, phases "head"/"fine_tune"
+      (DenseNet) or "train" (MIL). `epoch_seconds` is the wall time of the epoch's
+      training pass (validation excluded; the first epoch of a phase includes tracing),
+      `train_examples` the training examples it saw (see `_EpochTimer`).
 
     Raises:
       ConfigError: repeated dataset without a steps limit, or unknown config type.
@@ -71,10 +75,16 @@ def train_model(
     multi_output = isinstance(model.output, dict)
 
     weights = None
+    counts = dict(class_counts) if class_counts is not None else None
     if config.class_weights:
-        counts = dict(class_counts) if class_counts is not None else count_labels(train_ds, config.steps_per_epoch)
+        counts = counts if counts is not None else count_labels(train_ds, config.steps_per_epoch)
         weights = class_weights_from_counts(counts)
         logger.info("class counts %s -> loss weights %s", counts, weights)
+    # Examples in one epoch's training pass, for the throughput in the history (counted
+    # here only when class weighting did not already count them).
+    if counts is None:
+        counts = count_labels(train_ds, config.steps_per_epoch)
+    examples_per_epoch = int(counts.get(0, 0)) + int(counts.get(1, 0))
     train = _prepare(train_ds, weights, multi_output)
     train = augment.augment_dataset(train, config.augment, config.seed)
     evaluation = _prepare(eval_ds, None, multi_output)
@@ -90,6 +100,7 @@ def train_model(
         start = len(history.rows["epoch"])
         early_stopping = keras.callbacks.EarlyStopping(
             monitor="val_loss", patience=config.early_stopping_patience, restore_best_weights=True)
+        timer = _EpochTimer(examples_per_epoch)
         callbacks = [
             keras.callbacks.ReduceLROnPlateau(
                 monitor="val_loss", factor=config.reduce_lr_factor,
@@ -97,6 +108,7 @@ def train_model(
             early_stopping,
             tensorboard,
             _EpochLogger(phase, start + epochs),
+            timer,
         ]
         logger.info("phase %s: %d epochs at learning rate %g, %d trainable weight tensors",
                     phase, epochs, learning_rate, len(model.trainable_weights))
@@ -106,6 +118,7 @@ def train_model(
             callbacks=callbacks, verbose=config.verbose,
         )
         history.add(phase, fit)
+        history.extend(timer.rows())
         return float(early_stopping.best)
 
     if isinstance(model_config, DenseNetConfig):
@@ -209,6 +222,11 @@ class _History:
                     continue  # the per-output loss duplicates the total loss
                 self.rows[name].append(float(values[epoch_index]))
 
+    def extend(self, rows: Mapping[str, list]) -> None:
+        """Appends extra per-epoch columns (e.g. `_EpochTimer.rows()`)."""
+        for name, values in rows.items():
+            self.rows[name].extend(values)
+
     def as_dict(self) -> Dict[str, list]:
         return dict(self.rows)
 
@@ -227,3 +245,42 @@ class _EpochLogger(keras.callbacks.Callback):
                            for k, v in sorted(logs.items()) if k != "lr" and np.ndim(v) == 0)
         lr = float(keras.backend.get_value(self.model.optimizer.learning_rate))
         logger.info("[%s] epoch %d/%d %s lr=%.2e", self.phase, epoch + 1, self.last_epoch, metrics, lr)
+
+
+class _EpochTimer(keras.callbacks.Callback):
+    """Records each epoch's training-pass wall time and the examples it saw.
+
+    The time runs from the start of the epoch to the start of its validation (or to the
+    epoch's end without validation data), so validation is excluded; the first epoch of
+    a `fit` also includes tf.function tracing. No per-batch hooks, so Keras does not
+    have to synchronise after every step.
+
+    Args:
+      examples_per_epoch: training examples in one full epoch (one pass over a finite
+        dataset, or `steps_per_epoch` batches of a repeated one).
+    """
+
+    def __init__(self, examples_per_epoch: int):
+        super().__init__()
+        self.examples_per_epoch = int(examples_per_epoch)
+        self.epoch_seconds: List[float] = []
+        self.train_examples: List[int] = []
+        self._epoch_start: Optional[float] = None
+        self._train_end: Optional[float] = None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch_start, self._train_end = time.perf_counter(), None
+
+    def on_test_begin(self, logs=None):
+        if self._epoch_start is not None and self._train_end is None:
+            self._train_end = time.perf_counter()  # fit's validation starts: training pass done
+
+    def on_epoch_end(self, epoch, logs=None):
+        end = self._train_end if self._train_end is not None else time.perf_counter()
+        self.epoch_seconds.append(round(end - self._epoch_start, 4))
+        self.train_examples.append(self.examples_per_epoch)
+        self._epoch_start = None
+
+    def rows(self) -> Dict[str, list]:
+        """`{"epoch_seconds": [...], "train_examples": [...]}`, one entry per epoch."""
+        return {"epoch_seconds": list(self.epoch_seconds), "train_examples": list(self.train_examples)}

@@ -1,0 +1,438 @@
+"""Wall time of every component of the demo run, and the Trainer's throughput inside TFX.
+
+    python -m bench.pipeline [--output-json FILE] [--workdir DIR]
+
+1. Demo run, as scripts/demo.sh does it: the synthetic BreakHis sample
+   (`histopath.data.sample.make_sample("breakhis", ...)`, default size), then the whole
+   pipeline with pipeline/demo_config.json through `run_local` into a fresh output folder
+   (nothing cached). Per-component wall times come from ML Metadata
+   (`histopath.pipeline.runs.component_executions`); also total wall time and peak RSS
+   (`resource.getrusage` of this process and of its waited-for children, plus a sampled
+   peak of the summed RSS of the whole process tree, Beam workers included).
+2. Trainer images/s inside TFX against a bare `model.fit`, per model, in one run. The
+   Trainer records each epoch's training-pass seconds and examples in its history
+   (`training._EpochTimer`), which reaches `assets.extra/model_info.json` of its output
+   model. This process then reads the SAME transformed training examples (Transform's
+   `Split-train`), decodes them with `preprocessing.transformed_to_model_input` (the
+   Trainer's function) into in-memory tensors, builds the same model from the recorded
+   `model_config`, compiles it with `training._compile`, and fits
+   `Dataset.from_tensor_slices(...).batch(batch_size)` for the same number of epochs with
+   no augmentation and no validation (same class weights as sample weights, so the train
+   step is the same graph). Steady state = the epochs after the first (which traces).
+   DenseNet: the head phase (backbone frozen) is compared; its fine-tuning phase has its
+   own, separately traced epochs (one in the demo, so no steady state there).
+   ratio = TFX images/s / bare images/s (target >= 0.9). The Trainer's input pipeline
+   (TFRecord read, parse, dequantize, class weights, augmentation) is part of what the
+   ratio measures; its throughput on its own (no model) is reported to show its share.
+
+Results: table on stdout, JSON (default bench/results/pipeline.json, written then
+renamed) and a bar plot of the component wall times next to it (same name, .png).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import glob
+import json
+import logging
+import os
+import pathlib
+import platform
+import resource
+import sys
+import tempfile
+import threading
+import time
+from typing import Any, Dict, List, Optional, Tuple
+
+import histopath  # noqa: F401  (pins Keras 2 before TensorFlow is imported)
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
+RESULTS = REPO_ROOT / "bench" / "results" / "pipeline.json"
+DEMO_CONFIG = REPO_ROOT / "pipeline" / "demo_config.json"
+TARGET_RATIO = 0.9
+# The phase whose steady-state epochs are compared, per model kind.
+COMPARED_PHASE = {"densenet": "head", "mil": "train"}
+
+
+def _peak_rss_mib() -> Dict[str, float]:
+    """getrusage peaks: this process, and the largest waited-for child.
+
+    The children figure is inflated on Linux (a forked+exec'd child inherits this
+    process's high-water RSS), so `_TreeRssSampler` gives the process tree's real peak.
+    """
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    return {"self": round(own, 1), "children_max": round(children, 1), "self_plus_children": round(own + children, 1)}
+
+
+class _TreeRssSampler:
+    """Samples the RSS of this process and all its descendants (e.g. Beam workers).
+
+    `getrusage(RUSAGE_CHILDREN).ru_maxrss` is not usable for the children: Linux carries
+    the parent's high-water RSS into every child that forks and execs, so it reports this
+    process's own peak. The sum of RSS over the tree counts shared pages once per process,
+    so it is an upper bound of the memory the run needs.
+
+    Args:
+      interval: seconds between samples.
+    """
+
+    def __init__(self, interval: float = 0.5):
+        import psutil
+
+        self._process = psutil.Process()
+        self._interval = interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="rss-sampler", daemon=True)
+        self.peak_tree_bytes = 0
+        self.peak_processes = 0
+
+    def _sample(self) -> None:
+        import psutil
+
+        total, processes = 0, [self._process]
+        try:
+            processes += self._process.children(recursive=True)
+        except psutil.Error:
+            pass
+        for process in processes:
+            try:
+                total += process.memory_info().rss
+            except psutil.Error:  # exited between listing and reading
+                continue
+        if total > self.peak_tree_bytes:
+            self.peak_tree_bytes, self.peak_processes = total, len(processes)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._interval):
+            self._sample()
+
+    def __enter__(self) -> "_TreeRssSampler":
+        self._sample()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._sample()
+
+    def as_dict(self) -> Dict[str, Any]:
+        return {"peak_mib": round(self.peak_tree_bytes / 2**20, 1), "processes_at_peak": self.peak_processes,
+                "interval_seconds": self._interval}
+
+
+def _load_average() -> List[float]:
+    return [round(value, 2) for value in os.getloadavg()]
+
+
+def _latest_dir(pattern: str) -> pathlib.Path:
+    """The artifact folder with the highest numeric execution id matching `pattern`."""
+    matches = [pathlib.Path(p) for p in glob.glob(pattern)]
+    if not matches:
+        raise FileNotFoundError(f"no artifact folder matches {pattern}")
+    return max(matches, key=lambda p: int(p.name) if p.name.isdigit() else -1)
+
+
+def _steady_rate(epoch_seconds: List[float], examples: List[int]) -> Tuple[Optional[float], int, str]:
+    """images/s over the epochs after the first; (rate, epochs used, note)."""
+    if len(epoch_seconds) < 2:
+        return None, 0, "only one epoch in this phase: no steady state (the epoch includes tracing)"
+    seconds, images = sum(epoch_seconds[1:]), sum(examples[1:])
+    return images / seconds, len(epoch_seconds) - 1, ""
+
+
+def run_demo(workdir: pathlib.Path, reuse_run: bool = False) -> Dict[str, Any]:
+    """Generates the demo sample and runs the demo pipeline; returns timings and paths.
+
+    Args:
+      workdir: holds sample/ and run/.
+      reuse_run: only read back an existing run/ (no new run; for re-doing part 2).
+    """
+    from histopath.data.sample import make_sample
+    from histopath.errors import NotBlessedError
+    from histopath.pipeline import runs
+    from histopath.pipeline.config import PipelineConfig, load_config_file
+    from histopath.pipeline.local_runner import run_local
+
+    sample_dir, run_dir = workdir / "sample", workdir / "run"
+    if run_dir.exists() and not reuse_run:
+        raise SystemExit(f"{run_dir} already exists: give an empty --workdir so nothing is cached")
+    started = time.perf_counter()
+    if not sample_dir.exists():
+        make_sample("breakhis", str(sample_dir))  # demo.sh: `histopath make-sample --dataset breakhis`
+    sample_seconds = time.perf_counter() - started
+
+    values = load_config_file(DEMO_CONFIG)
+    values.update({"dataset": "breakhis", "data_dir": str(sample_dir), "output_dir": str(run_dir)})
+    config = PipelineConfig.from_dict(values).validate()
+    print(f"[bench.pipeline] running the demo pipeline into {run_dir} ...", flush=True)
+    started = time.perf_counter()
+    pushed, error = True, None
+    with _TreeRssSampler() as tree_rss:
+        try:
+            if not reuse_run:
+                run_local(config)
+        except NotBlessedError as exc:  # timings are still valid; say so in the results
+            pushed, error = False, str(exc)
+    pipeline_seconds = time.perf_counter() - started
+    rss = _peak_rss_mib()
+    executions = runs.component_executions(config.metadata_path)
+    return {
+        "config": config,
+        "sample_seconds": round(sample_seconds, 2),
+        "pipeline_seconds": round(pipeline_seconds, 2),
+        "pushed": pushed,
+        "not_blessed_error": error,
+        "peak_rss_mib_after_pipeline": rss,
+        # children_max is inflated (see _TreeRssSampler); this is the process tree's peak.
+        "peak_rss_tree_during_pipeline": tree_rss.as_dict(),
+        "components": [
+            {"component": e.component_id, "state": e.state, "seconds": round(e.seconds, 2)} for e in executions
+        ],
+    }
+
+
+def _transformed_train_tensors(pipeline_root: pathlib.Path, transform_size: int, model_size: int):
+    """Transform's training examples decoded like the Trainer decodes them."""
+    import tensorflow as tf
+    import tensorflow_transform as tft
+
+    from histopath.components import preprocessing
+
+    graph_dir = _latest_dir(str(pipeline_root / "Transform" / "transform_graph" / "*"))
+    examples_dir = _latest_dir(str(pipeline_root / "Transform" / "transformed_examples" / "*"))
+    files = sorted(glob.glob(str(examples_dir / "Split-train" / "*")))
+    spec = tft.TFTransformOutput(str(graph_dir)).transformed_feature_spec()
+    serialized, labels = [], []
+    for batch in tf.data.TFRecordDataset(files, compression_type="GZIP").batch(256):
+        parsed = tf.io.parse_example(batch, spec)
+        serialized.append(tf.reshape(parsed[preprocessing.TRANSFORMED_IMAGE], [-1]))
+        labels.append(tf.reshape(parsed[preprocessing.TRANSFORMED_LABEL], [-1]))
+    serialized, labels = tf.concat(serialized, 0), tf.concat(labels, 0)
+    images = preprocessing.transformed_to_model_input(serialized, transform_size, model_size)
+    return images, labels, files
+
+
+def _input_pipeline_rate(files: List[str], spec_dir: pathlib.Path, info: Dict[str, Any], weights) -> float:
+    """images/s of a Trainer-like input pipeline alone (read, parse, decode, weights, augment)."""
+    import tensorflow as tf
+    import tensorflow_transform as tft
+
+    from histopath.components import augment, model_config, preprocessing, training
+
+    config = model_config.TrainingConfig.from_dict(info["training_config"])
+    transform_size = int(info["transform_image_size"])
+    model_size = int(info["model_config"]["image_size"])
+    spec = tft.TFTransformOutput(str(spec_dir)).transformed_feature_spec()
+
+    def decode(batch):
+        parsed = tf.io.parse_example(batch, spec)
+        images = preprocessing.transformed_to_model_input(parsed[preprocessing.TRANSFORMED_IMAGE], transform_size,
+                                                          model_size)
+        return images, tf.reshape(parsed[preprocessing.TRANSFORMED_LABEL], [-1])
+
+    dataset = (tf.data.TFRecordDataset(files, compression_type="GZIP").batch(config.batch_size)
+               .map(decode, num_parallel_calls=tf.data.AUTOTUNE))
+    dataset = training._prepare(dataset, weights, info["model_kind"] == "mil")
+    dataset = augment.augment_dataset(dataset, config.augment, config.seed).prefetch(tf.data.AUTOTUNE)
+    for _ in dataset:  # warm-up pass (traces the map functions)
+        pass
+    count, started = 0, time.perf_counter()
+    for passes in range(3):
+        for element in dataset:
+            count += int(element[0].shape[0])
+    return count / (time.perf_counter() - started)
+
+
+def compare_trainer(kind: str, pipeline_root: pathlib.Path) -> Dict[str, Any]:
+    """TFX Trainer images/s (from its model_info) against a bare `model.fit` of the same model."""
+    import numpy as np
+    import tf_keras as keras
+    import tensorflow as tf
+
+    from histopath.components import densenet, mil, model_config, training
+
+    model_dir = _latest_dir(str(pipeline_root / f"trainer_{kind}" / "model" / "*"))
+    info_path = model_dir / "Format-Serving" / "assets.extra" / "model_info.json"
+    info = json.loads(info_path.read_text())
+    history = info["history"]
+    if "epoch_seconds" not in history:
+        raise SystemExit(f"{info_path} has no epoch_seconds: the Trainer ran without training._EpochTimer")
+    phase = COMPARED_PHASE[kind]
+    rows = [i for i, p in enumerate(history["phase"]) if p == phase]
+    tfx_seconds = [history["epoch_seconds"][i] for i in rows]
+    tfx_examples = [history["train_examples"][i] for i in rows]
+    tfx_rate, tfx_epochs, note = _steady_rate(tfx_seconds, tfx_examples)
+    phases = {}
+    for name in dict.fromkeys(history["phase"]):
+        idx = [i for i, p in enumerate(history["phase"]) if p == name]
+        seconds = [history["epoch_seconds"][i] for i in idx]
+        rate, _, phase_note = _steady_rate(seconds, [history["train_examples"][i] for i in idx])
+        phases[name] = {"epoch_seconds": seconds, "train_examples": [history["train_examples"][i] for i in idx],
+                        "steady_images_per_second": None if rate is None else round(rate, 3), "note": phase_note}
+
+    training_config = model_config.TrainingConfig.from_dict(info["training_config"])
+    transform_size = int(info["transform_image_size"])
+    if kind == "densenet":
+        config = model_config.DenseNetConfig.from_dict(info["model_config"])
+        build, learning_rate = densenet.build_densenet_model, config.head_learning_rate
+    else:
+        config = model_config.MilConfig.from_dict(info["model_config"])
+        build, learning_rate = mil.build_mil_model, config.learning_rate
+    images, labels, files = _transformed_train_tensors(pipeline_root, transform_size, int(config.image_size))
+    n_images = int(images.shape[0])
+
+    keras.utils.set_random_seed(training_config.seed)
+    model = build(config)
+    if kind == "densenet":
+        densenet.set_backbone_trainable(model, 0)  # phase 1: head only, as train_model does
+    multi_output = isinstance(model.output, dict)
+    training._compile(model, learning_rate, multi_output)  # the Trainer's optimizer/loss/metrics
+    label_array = labels.numpy()
+    targets = label_array.reshape(-1, 1).astype(np.float32)
+    weights = None
+    if training_config.class_weights:
+        weights = training.class_weights_from_counts(
+            {0: int((label_array == 0).sum()), 1: int((label_array == 1).sum())})
+    tensors: Tuple[Any, ...] = (images, {training.PROBABILITY: targets} if multi_output else targets)
+    if weights is not None:
+        sample_weights = np.asarray(weights, np.float32)[label_array.astype(np.int64)]
+        tensors += ({training.PROBABILITY: sample_weights} if multi_output else sample_weights,)
+    dataset = tf.data.Dataset.from_tensor_slices(tensors).batch(training_config.batch_size)
+    timer = training._EpochTimer(n_images)
+    epochs = len(tfx_seconds)
+    print(f"[bench.pipeline] bare model.fit of {kind}: {n_images} images, {epochs} epochs ...", flush=True)
+    model.fit(dataset, epochs=epochs, callbacks=[timer], verbose=0)
+    bare_rate, bare_epochs, _ = _steady_rate(timer.epoch_seconds, timer.train_examples)
+
+    graph_dir = _latest_dir(str(pipeline_root / "Transform" / "transform_graph" / "*"))
+    input_rate = _input_pipeline_rate(files, graph_dir, info, weights)
+    ratio = None if tfx_rate is None or bare_rate is None else tfx_rate / bare_rate
+    # On a shared 2-core CPU the input pipeline and the train step compete for the same
+    # cores, so their times add: 1/tfx ≈ 1/bare + 1/input (upper bound of the input's share).
+    predicted = None if bare_rate is None else 1.0 / (1.0 / bare_rate + 1.0 / input_rate)
+    return {
+        "model_kind": kind,
+        "compared_phase": phase,
+        "model_info": str(info_path),
+        "train_images": n_images,
+        "batch_size": training_config.batch_size,
+        "epochs_compared": tfx_epochs,
+        "tfx_epoch_seconds": tfx_seconds,
+        "tfx_train_examples": tfx_examples,
+        "tfx_images_per_second": None if tfx_rate is None else round(tfx_rate, 3),
+        "bare_epoch_seconds": timer.epoch_seconds,
+        "bare_images_per_second": None if bare_rate is None else round(bare_rate, 3),
+        "ratio_tfx_over_bare": None if ratio is None else round(ratio, 3),
+        "meets_target": None if ratio is None else ratio >= TARGET_RATIO,
+        "input_pipeline_only_images_per_second": round(input_rate, 1),
+        "predicted_tfx_if_input_and_step_serialize": None if predicted is None else round(predicted, 3),
+        "trainer_train_seconds": info.get("train_seconds"),
+        "phases": phases,
+        "note": note,
+    }
+
+
+def _write_json(path: pathlib.Path, data: Dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    tmp.replace(path)
+
+
+def _plot(path: pathlib.Path, components: List[Dict[str, Any]], total: float) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [c["component"] for c in components][::-1]
+    seconds = [c["seconds"] for c in components][::-1]
+    fig, ax = plt.subplots(figsize=(8, 0.35 * len(names) + 1.5))
+    bars = ax.barh(names, seconds, color="#4c72b0")
+    ax.bar_label(bars, labels=[f"{s:.1f}" for s in seconds], padding=3, fontsize=8)
+    ax.set_xlabel("wall seconds (ML Metadata: execution created → last update)")
+    ax.set_title(f"Demo pipeline: component wall time (whole run {total:.0f} s)")
+    ax.set_xlim(0, max(seconds) * 1.15 if seconds else 1)
+    fig.tight_layout()
+    tmp = path.with_name(path.stem + ".tmp.png")
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    tmp.replace(path)
+
+
+def _print_table(results: Dict[str, Any]) -> None:
+    demo = results["demo_run"]
+    print("\ncomponent                         state       seconds")
+    for c in demo["components"]:
+        print(f"{c['component']:<33} {c['state']:<10} {c['seconds']:>8.1f}")
+    print(f"{'sum of components':<44} {sum(c['seconds'] for c in demo['components']):>8.1f}")
+    print(f"{'run_local wall time':<44} {demo['pipeline_seconds']:>8.1f}")
+    print(f"{'sample generation':<44} {demo['sample_seconds']:>8.1f}")
+    print(f"{'total (sample + pipeline)':<44} {demo['total_seconds']:>8.1f}")
+    print(f"peak RSS MiB of this process: {demo['peak_rss_mib_after_pipeline']['self']}; "
+          f"of the process tree (sum, sampled): {demo['peak_rss_tree_during_pipeline']['peak_mib']}")
+    print("\nmodel     phase      epochs  TFX img/s  bare img/s  ratio  input-only img/s")
+    for row in results["trainer_throughput"].values():
+        def fmt(v, spec):
+            return format(v, spec) if v is not None else "-"
+        print(f"{row['model_kind']:<9} {row['compared_phase']:<10} {row['epochs_compared']:>6}  "
+              f"{fmt(row['tfx_images_per_second'], '9.2f')}  {fmt(row['bare_images_per_second'], '10.2f')}  "
+              f"{fmt(row['ratio_tfx_over_bare'], '5.2f')}  {row['input_pipeline_only_images_per_second']:>16.1f}")
+        if row["note"]:
+            print(f"  note: {row['note']}")
+    print(f"\nload average start {results['load_average_start']}  end {results['load_average_end']}")
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.pipeline", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--output-json", default=str(RESULTS), help=f"results file (default {RESULTS})")
+    parser.add_argument("--workdir", default=None,
+                        help="folder for the sample and the run (default: a new temporary folder); "
+                        "its run/ subfolder must not exist yet")
+    parser.add_argument("--reuse-run", action="store_true", help=argparse.SUPPRESS)  # debugging part 2
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("histopath").setLevel(logging.INFO)
+
+    load_start = _load_average()
+    started = time.perf_counter()
+    workdir = pathlib.Path(args.workdir).resolve() if args.workdir else pathlib.Path(
+        tempfile.mkdtemp(prefix="bench-pipeline-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    print(f"[bench.pipeline] workdir {workdir}; load average {load_start}", flush=True)
+
+    demo = run_demo(workdir, reuse_run=args.reuse_run)
+    demo["reused_existing_run"] = args.reuse_run
+    config = demo.pop("config")
+    demo["total_seconds"] = round(demo["sample_seconds"] + demo["pipeline_seconds"], 2)
+    throughput = {kind: compare_trainer(kind, config.pipeline_root) for kind in config.models}
+
+    results = {
+        "benchmark": "pipeline",
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
+        "workdir": str(workdir),
+        "demo_config": json.loads(DEMO_CONFIG.read_text()),
+        "target_ratio": TARGET_RATIO,
+        "demo_run": demo,
+        "trainer_throughput": throughput,
+        "peak_rss_mib_end": _peak_rss_mib(),
+        "bench_seconds": round(time.perf_counter() - started, 1),
+        "load_average_start": load_start,
+        "load_average_end": _load_average(),
+    }
+    output = pathlib.Path(args.output_json)
+    _write_json(output, results)
+    _plot(output.with_suffix(".png"), demo["components"], demo["pipeline_seconds"])
+    _print_table(results)
+    print(f"\nwrote {output} and {output.with_suffix('.png')}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
