@@ -56,13 +56,17 @@ def densenet_export(densenet_32, tmp_path_factory):
 def test_densenet_export_matches_the_in_memory_model(densenet_32, densenet_export, encoded_images):
     _, loaded = densenet_export
     outputs = loaded.serving_fn(image_bytes=tf.constant(encoded_images))
-    assert set(outputs) == {"probability", "label"}
+    assert set(outputs) == {"probability", "label", "decision_score"}
     assert outputs["probability"].dtype == tf.float32 and outputs["probability"].shape == (3,)
     assert outputs["label"].dtype == tf.int64
     decoded = image_ops.decode_and_resize(tf.constant(encoded_images), 32)
     expected = densenet_32(decoded, training=False).numpy()[:, 0]
     np.testing.assert_allclose(outputs["probability"].numpy(), expected, atol=1e-5)
     np.testing.assert_array_equal(outputs["label"].numpy(), (expected >= 0.3).astype(np.int64))
+    # decision_score = sigmoid(logit(p) - logit(0.3)): same order as p, 0.5 at the threshold
+    logit = lambda x: np.log(x) - np.log1p(-x)  # noqa: E731
+    np.testing.assert_allclose(
+        outputs["decision_score"].numpy(), 1 / (1 + np.exp(-(logit(expected) - logit(0.3)))), atol=1e-5)
     from_examples = loaded.examples_fn(examples=tf.constant([_example(b) for b in encoded_images]))
     np.testing.assert_allclose(from_examples["probability"].numpy(), outputs["probability"].numpy(), atol=1e-6)
     np.testing.assert_array_equal(from_examples["label"].numpy(), outputs["label"].numpy())
@@ -112,7 +116,7 @@ def test_mil_export_parity_attention_and_grid(mil_setup):
     bag, kinds = testdata.bag_image(rng, grid=4, tile=16, positive=True, n_glass=3)
     encoded = [_png(bag), _png(testdata.tissue_image(rng, 80, False))]
     outputs = loaded.serving_fn(image_bytes=tf.constant(encoded))
-    assert set(outputs) == {"probability", "label", "attention", "grid_shape"}
+    assert set(outputs) == {"probability", "label", "decision_score", "attention", "grid_shape"}
     assert outputs["attention"].shape == (2, 16) and outputs["attention"].dtype == tf.float32
     assert outputs["grid_shape"].dtype == tf.int32
     np.testing.assert_array_equal(outputs["grid_shape"].numpy(), [[4, 4], [4, 4]])
