@@ -14,48 +14,39 @@ TINY_MIL = {"image_size": 64, "tile_size": 16, "encoder_filters": (8, 16), "embe
 TINY_DENSENET = {"image_size": 32, "weights": None, "head_units": 0}
 
 
-def _raw_image_preprocessor(size: int):
-    """Encoded bytes -> float images with `image_ops` (what Transform does at training)."""
-    from histopath.components import image_ops
+def export_tiny(kind: str, version_dir: pathlib.Path, seed: int) -> pathlib.Path:
+    """Exports an untrained tiny model of `kind` ("mil" | "densenet") to `version_dir`.
 
-    return lambda image_bytes: image_ops.decode_and_resize(image_bytes, size)
+    The preprocessing is `image_ops.decode_and_resize`, what Transform does at training.
+    """
+    import tensorflow as tf
+
+    from histopath.components import densenet, image_ops, mil
+    from histopath.components.export import export_serving_model
+    from histopath.components.model_config import DenseNetConfig, MilConfig
+
+    tf.keras.utils.set_random_seed(seed)
+    if kind == "mil":
+        config = MilConfig(**TINY_MIL)
+        model = mil.build_mil_model(config)
+    else:
+        config = DenseNetConfig(**TINY_DENSENET)
+        model = densenet.build_densenet_model(config)
+    export_serving_model(
+        model,
+        str(version_dir),
+        preprocess=lambda image_bytes: image_ops.decode_and_resize(image_bytes, config.image_size),
+        model_info={"model_kind": kind, "model_name": kind, "dataset": "test"},
+        decision_threshold=0.5,
+    )
+    return version_dir
 
 
 def export_tiny_mil(version_dir: pathlib.Path, seed: int = 7) -> pathlib.Path:
-    """Exports an untrained 4x4-tile MIL model to `version_dir`."""
-    import tensorflow as tf
-
-    from histopath.components.export import export_serving_model
-    from histopath.components.mil import build_mil_model
-    from histopath.components.model_config import MilConfig
-
-    tf.keras.utils.set_random_seed(seed)
-    config = MilConfig(**TINY_MIL)
-    export_serving_model(
-        build_mil_model(config),
-        str(version_dir),
-        preprocess=_raw_image_preprocessor(config.image_size),
-        model_info={"model_kind": "mil", "model_name": "mil", "dataset": "test"},
-        decision_threshold=0.5,
-    )
-    return version_dir
+    """An untrained 4x4-tile MIL model."""
+    return export_tiny("mil", version_dir, seed)
 
 
 def export_tiny_densenet(version_dir: pathlib.Path, seed: int = 11) -> pathlib.Path:
-    """Exports an untrained 32x32-input DenseNet201 (random weights) to `version_dir`."""
-    import tensorflow as tf
-
-    from histopath.components.densenet import build_densenet_model
-    from histopath.components.export import export_serving_model
-    from histopath.components.model_config import DenseNetConfig
-
-    tf.keras.utils.set_random_seed(seed)
-    config = DenseNetConfig(**TINY_DENSENET)
-    export_serving_model(
-        build_densenet_model(config),
-        str(version_dir),
-        preprocess=_raw_image_preprocessor(config.image_size),
-        model_info={"model_kind": "densenet", "model_name": "densenet", "dataset": "test"},
-        decision_threshold=0.5,
-    )
-    return version_dir
+    """An untrained 32x32-input DenseNet201 (random weights)."""
+    return export_tiny("densenet", version_dir, seed)
