@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import pathlib
 import tempfile
 
@@ -29,8 +28,7 @@ def compile_kubeflow(config: PipelineConfig, output_file: str | pathlib.Path, im
     config.validate()
     output_file = pathlib.Path(output_file).resolve()
     output_file.parent.mkdir(parents=True, exist_ok=True)
-    # Kubeflow provides ML Metadata itself; the cache is Kubeflow's too.
-    config = dataclasses.replace(config, beam_args=tuple(config.beam_args))
+    # No metadata connection: Kubeflow provides ML Metadata (and its cache) itself.
     with tempfile.TemporaryDirectory(dir=output_file.parent) as staging:
         runner = tfx.orchestration.experimental.KubeflowV2DagRunner(
             config=tfx.orchestration.experimental.KubeflowV2DagRunnerConfig(default_image=image),
