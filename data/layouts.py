@@ -205,6 +205,20 @@ _IDC_CLASS_DIR = re.compile(r"\d")
 _IDC_PATIENT_DIR = re.compile(r"\d+")
 
 
+def _match_file_name(pattern: re.Pattern, path: str, expected: str) -> re.Match:
+    """Matches a file's base name against its layout's pattern and checks the extension.
+
+    Raises:
+      LayoutNameError: naming `expected` (the pattern in words) or the bad extension.
+    """
+    match = pattern.match(os.path.basename(path))
+    if not match:
+        raise LayoutNameError(f"file name does not match the {expected}")
+    if "." + match["ext"].lower() not in IMAGE_EXTENSIONS:
+        raise LayoutNameError(f"not an image file extension: .{match['ext']}")
+    return match
+
+
 def parse_breakhis_path(path: str, source: str | None = None) -> ParsedFile:
     """Parses one BreakHis file path and cross-checks it against its folders.
 
@@ -220,15 +234,9 @@ def parse_breakhis_path(path: str, source: str | None = None) -> ParsedFile:
     Raises:
       LayoutNameError: the name does not parse or disagrees with its folders.
     """
-    name = os.path.basename(path)
-    match = _BREAKHIS_FILE.match(name)
-    if not match:
-        raise LayoutNameError(
-            "file name does not match the BreakHis pattern "
-            "SOB_<B|M>_<subtype>-<yy>-<slide>-<mag>-<seq>.png"
-        )
-    if "." + match["ext"].lower() not in IMAGE_EXTENSIONS:
-        raise LayoutNameError(f"not an image file extension: .{match['ext']}")
+    match = _match_file_name(
+        _BREAKHIS_FILE, path, "BreakHis pattern SOB_<B|M>_<subtype>-<yy>-<slide>-<mag>-<seq>.png"
+    )
     label = _CLASS_LETTERS[match["cls"]]
     code = match["code"]
     if code not in BREAKHIS_SUBTYPES:
@@ -286,14 +294,7 @@ def parse_idc_path(path: str, source: str | None = None) -> ParsedFile:
     Raises:
       LayoutNameError: the name does not parse or disagrees with its folders.
     """
-    name = os.path.basename(path)
-    match = _IDC_FILE.match(name)
-    if not match:
-        raise LayoutNameError(
-            "file name does not match the IDC pattern <patient>_idx5_x<X>_y<Y>_class<C>.png"
-        )
-    if "." + match["ext"].lower() not in IMAGE_EXTENSIONS:
-        raise LayoutNameError(f"not an image file extension: .{match['ext']}")
+    match = _match_file_name(_IDC_FILE, path, "IDC pattern <patient>_idx5_x<X>_y<Y>_class<C>.png")
     if match["cls"] not in ("0", "1"):
         raise LayoutNameError(f"class {match['cls']} in the file name is neither 0 nor 1")
     label = int(match["cls"])
