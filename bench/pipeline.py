@@ -42,11 +42,11 @@ import platform
 import resource
 import sys
 import tempfile
-import threading
 import time
 from typing import Any, Dict, List, Optional, Tuple
 
 import histopath  # noqa: F401  (pins Keras 2 before TensorFlow is imported)
+from bench.common import TreeRssSampler, write_json
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
 RESULTS = REPO_ROOT / "bench" / "results" / "pipeline.json"
@@ -60,68 +60,11 @@ def _peak_rss_mib() -> Dict[str, float]:
     """getrusage peaks: this process, and the largest waited-for child.
 
     The children figure is inflated on Linux (a forked+exec'd child inherits this
-    process's high-water RSS), so `_TreeRssSampler` gives the process tree's real peak.
+    process's high-water RSS), so `TreeRssSampler` gives the process tree's real peak.
     """
     own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     return {"self": round(own, 1), "children_max": round(children, 1), "self_plus_children": round(own + children, 1)}
-
-
-class _TreeRssSampler:
-    """Samples the RSS of this process and all its descendants (e.g. Beam workers).
-
-    `getrusage(RUSAGE_CHILDREN).ru_maxrss` is not usable for the children: Linux carries
-    the parent's high-water RSS into every child that forks and execs, so it reports this
-    process's own peak. The sum of RSS over the tree counts shared pages once per process,
-    so it is an upper bound of the memory the run needs.
-
-    Args:
-      interval: seconds between samples.
-    """
-
-    def __init__(self, interval: float = 0.5):
-        import psutil
-
-        self._process = psutil.Process()
-        self._interval = interval
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="rss-sampler", daemon=True)
-        self.peak_tree_bytes = 0
-        self.peak_processes = 0
-
-    def _sample(self) -> None:
-        import psutil
-
-        total, processes = 0, [self._process]
-        try:
-            processes += self._process.children(recursive=True)
-        except psutil.Error:
-            pass
-        for process in processes:
-            try:
-                total += process.memory_info().rss
-            except psutil.Error:  # exited between listing and reading
-                continue
-        if total > self.peak_tree_bytes:
-            self.peak_tree_bytes, self.peak_processes = total, len(processes)
-
-    def _run(self) -> None:
-        while not self._stop.wait(self._interval):
-            self._sample()
-
-    def __enter__(self) -> "_TreeRssSampler":
-        self._sample()
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
-        self._sample()
-
-    def as_dict(self) -> Dict[str, Any]:
-        return {"peak_mib": round(self.peak_tree_bytes / 2**20, 1), "processes_at_peak": self.peak_processes,
-                "interval_seconds": self._interval}
 
 
 def _load_average() -> List[float]:
@@ -171,7 +114,7 @@ def run_demo(workdir: pathlib.Path, reuse_run: bool = False) -> Dict[str, Any]:
     print(f"[bench.pipeline] running the demo pipeline into {run_dir} ...", flush=True)
     started = time.perf_counter()
     pushed, error = True, None
-    with _TreeRssSampler() as tree_rss:
+    with TreeRssSampler() as tree_rss:
         try:
             if not reuse_run:
                 run_local(config)
@@ -187,7 +130,7 @@ def run_demo(workdir: pathlib.Path, reuse_run: bool = False) -> Dict[str, Any]:
         "pushed": pushed,
         "not_blessed_error": error,
         "peak_rss_mib_after_pipeline": rss,
-        # children_max is inflated (see _TreeRssSampler); this is the process tree's peak.
+        # children_max is inflated (see TreeRssSampler); this is the process tree's peak.
         "peak_rss_tree_during_pipeline": tree_rss.as_dict(),
         "components": [
             {"component": e.component_id, "state": e.state, "seconds": round(e.seconds, 2)} for e in executions
@@ -247,8 +190,18 @@ def _input_pipeline_rate(files: List[str], spec_dir: pathlib.Path, info: Dict[st
     return count / (time.perf_counter() - started)
 
 
-def compare_trainer(kind: str, pipeline_root: pathlib.Path) -> Dict[str, Any]:
-    """TFX Trainer images/s (from its model_info) against a bare `model.fit` of the same model."""
+def compare_trainer(kind: str, pipeline_root: pathlib.Path, max_images: Optional[int] = None,
+                    bare_epochs: Optional[int] = None) -> Dict[str, Any]:
+    """TFX Trainer images/s (from its model_info) against a bare `model.fit` of the same model.
+
+    Args:
+      kind: "densenet" or "mil".
+      pipeline_root: the run's pipeline root (holds Transform's and the Trainer's outputs).
+      max_images: fit the bare model on the first N training images only (large data
+        sets; the rate is per image, so it does not depend on N once the epochs are long).
+      bare_epochs: epochs of the bare fit (default: as many as the Trainer's phase ran;
+        the first one traces and is left out of the rate).
+    """
     import numpy as np
     import tf_keras as keras
     import tensorflow as tf
@@ -262,6 +215,8 @@ def compare_trainer(kind: str, pipeline_root: pathlib.Path) -> Dict[str, Any]:
     if "epoch_seconds" not in history:
         raise SystemExit(f"{info_path} has no epoch_seconds: the Trainer ran without training._EpochTimer")
     phase = COMPARED_PHASE[kind]
+    if phase not in history["phase"]:  # e.g. a DenseNet trained from scratch skips its head phase
+        phase = history["phase"][-1]
     rows = [i for i, p in enumerate(history["phase"]) if p == phase]
     tfx_seconds = [history["epoch_seconds"][i] for i in rows]
     tfx_examples = [history["train_examples"][i] for i in rows]
@@ -278,17 +233,22 @@ def compare_trainer(kind: str, pipeline_root: pathlib.Path) -> Dict[str, Any]:
     transform_size = int(info["transform_image_size"])
     if kind == "densenet":
         config = model_config.DenseNetConfig.from_dict(info["model_config"])
-        build, learning_rate = densenet.build_densenet_model, config.head_learning_rate
+        build = densenet.build_densenet_model
+        learning_rate = config.head_learning_rate if phase == "head" else config.fine_tune_learning_rate
     else:
         config = model_config.MilConfig.from_dict(info["model_config"])
         build, learning_rate = mil.build_mil_model, config.learning_rate
     images, labels, files = _transformed_train_tensors(pipeline_root, transform_size, int(config.image_size))
+    if max_images is not None:
+        images, labels = images[:max_images], labels[:max_images]
     n_images = int(images.shape[0])
 
     keras.utils.set_random_seed(training_config.seed)
     model = build(config)
-    if kind == "densenet":
+    if kind == "densenet" and phase == "head":
         densenet.set_backbone_trainable(model, 0)  # phase 1: head only, as train_model does
+    elif kind == "densenet":
+        densenet.set_backbone_trainable(model, config.fine_tune_blocks, config.freeze_batchnorm)
     multi_output = isinstance(model.output, dict)
     training._compile(model, learning_rate, multi_output)  # the Trainer's optimizer/loss/metrics
     label_array = labels.numpy()
@@ -303,7 +263,7 @@ def compare_trainer(kind: str, pipeline_root: pathlib.Path) -> Dict[str, Any]:
         tensors += ({training.PROBABILITY: sample_weights} if multi_output else sample_weights,)
     dataset = tf.data.Dataset.from_tensor_slices(tensors).batch(training_config.batch_size)
     timer = training._EpochTimer(n_images)
-    epochs = len(tfx_seconds)
+    epochs = bare_epochs or max(len(tfx_seconds), 2)
     print(f"[bench.pipeline] bare model.fit of {kind}: {n_images} images, {epochs} epochs ...", flush=True)
     model.fit(dataset, epochs=epochs, callbacks=[timer], verbose=0)
     bare_rate, bare_epochs, _ = _steady_rate(timer.epoch_seconds, timer.train_examples)
@@ -334,13 +294,6 @@ def compare_trainer(kind: str, pipeline_root: pathlib.Path) -> Dict[str, Any]:
         "phases": phases,
         "note": note,
     }
-
-
-def _write_json(path: pathlib.Path, data: Dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    tmp.replace(path)
 
 
 def _plot(path: pathlib.Path, components: List[Dict[str, Any]], total: float) -> None:
@@ -427,7 +380,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         "load_average_end": _load_average(),
     }
     output = pathlib.Path(args.output_json)
-    _write_json(output, results)
+    write_json(output, results)
     _plot(output.with_suffix(".png"), demo["components"], demo["pipeline_seconds"])
     _print_table(results)
     print(f"\nwrote {output} and {output.with_suffix('.png')}")

@@ -21,17 +21,27 @@ _LOG_ADJUST = math.log(1e-6)
 MIN_CROP_PIXELS = 16
 
 
+def _mix_channels(images: tf.Tensor, matrix: tf.Tensor) -> tf.Tensor:
+    """`images[..., c] @ matrix[c, d]` over the last axis.
+
+    Not `tf.einsum("...c,cd->...d")`: with oneDNN on AVX-512/AMX CPUs (TF 2.16) that
+    ellipsis einsum returns wrong values once there are 64 or more pixels (measured
+    here; cf. tensorflow/tensorflow#61510, oneDNN matmul errors on AVX-512 CPUs).
+    """
+    return tf.tensordot(images, matrix, axes=1)
+
+
 def rgb_to_hed(images: tf.Tensor) -> tf.Tensor:
     """RGB in [0, 1] -> haematoxylin, eosin, DAB optical densities (scikit-image scaling,
     without its clipping at 0 so that `hed_to_rgb` inverts it exactly)."""
     hed_from_rgb = tf.linalg.inv(tf.constant(RGB_FROM_HED, tf.float32))
     log_rgb = tf.math.log(tf.maximum(images, 1e-6)) / _LOG_ADJUST
-    return tf.einsum("...c,cd->...d", log_rgb, hed_from_rgb)
+    return _mix_channels(log_rgb, hed_from_rgb)
 
 
 def hed_to_rgb(stains: tf.Tensor) -> tf.Tensor:
     """Inverse of `rgb_to_hed`, clipped to [0, 1]."""
-    log_rgb = tf.einsum("...c,cd->...d", stains, tf.constant(RGB_FROM_HED, tf.float32)) * _LOG_ADJUST
+    log_rgb = _mix_channels(stains, tf.constant(RGB_FROM_HED, tf.float32)) * _LOG_ADJUST
     return tf.clip_by_value(tf.exp(log_rgb), 0.0, 1.0)
 
 

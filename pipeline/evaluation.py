@@ -331,6 +331,88 @@ def _patient_sort_key(patient: str):
     return (len(patient), patient)
 
 
+def score_predictions(
+    labels: Sequence[int],
+    scores: Sequence[float],
+    predictions: Sequence[int],
+    patient_ids: Sequence[str],
+    *,
+    threshold: float,
+    bootstrap: int = 1000,
+    seed: int = 0,
+) -> Dict[str, Any]:
+    """Image- and patient-level metrics of per-image predictions, with patient-bootstrap CIs.
+
+    The scoring half of `evaluate_model`, for predictions made elsewhere (e.g. on ingested
+    records or by a baseline model).
+
+    Args:
+      labels: per image, 0 benign / 1 malignant.
+      scores: per image, the probability of malignant.
+      predictions: per image, the predicted label (usually `score >= threshold`).
+      patient_ids: per image, its patient (the unit of resampling and aggregation).
+      threshold: the decision threshold, applied to patient scores as well.
+      bootstrap: patient-bootstrap resamples (0 = no intervals).
+      seed: seed of the resampling.
+
+    Returns:
+      {"patient_label_rule", "patient_score_rule", "bootstrap", "image_level",
+      "patient_level", "patients"} as in `evaluate_model`'s result.
+    """
+    if bootstrap < 0:
+        raise ConfigError(f"bootstrap resamples must be >= 0, got {bootstrap}")
+    labels = np.asarray(labels, dtype=int)
+    scores = np.asarray(scores, dtype=np.float64)
+    predictions = np.asarray(predictions, dtype=int)
+    if not (len(labels) == len(scores) == len(predictions) == len(patient_ids)) or not len(labels):
+        raise DataError("labels, scores, predictions and patient ids must be non-empty and of one length")
+    patients = sorted({str(p) for p in patient_ids}, key=_patient_sort_key)
+    patient_index = {p: i for i, p in enumerate(patients)}
+    clusters = np.array([patient_index[str(p)] for p in patient_ids], dtype=int)
+    n_patients = len(patients)
+
+    counts = np.bincount(clusters, minlength=n_patients)
+    malignant_counts = np.bincount(clusters, weights=labels, minlength=n_patients).astype(int)
+    patient_labels = (malignant_counts > 0).astype(int)
+    patient_scores = np.bincount(clusters, weights=scores, minlength=n_patients) / counts
+    patient_predictions = (patient_scores >= threshold).astype(int)
+
+    weights = patient_bootstrap_weights(n_patients, bootstrap, seed)
+    image_metrics = cluster_bootstrap_metrics(labels, scores, predictions, clusters, n_patients, weights)
+    patient_metrics = cluster_bootstrap_metrics(
+        patient_labels, patient_scores, patient_predictions, np.arange(n_patients), n_patients, weights)
+
+    def level(n_items, item_labels, item_scores, item_predictions, metrics):
+        return {
+            "n_images": int(len(labels)),
+            "n_patients": n_patients,
+            "n_items": int(n_items),
+            "label_counts": {"benign": int((item_labels == 0).sum()), "malignant": int((item_labels == 1).sum())},
+            "metrics": metrics,
+            "confusion_matrix": _confusion_matrix(item_labels, item_predictions),
+            "calibration": calibration_table(item_labels, item_scores),
+        }
+
+    return {
+        "patient_label_rule": PATIENT_LABEL_RULE,
+        "patient_score_rule": PATIENT_SCORE_RULE,
+        "bootstrap": {
+            "method": "cluster (patient) percentile bootstrap: patients resampled with replacement, "
+                      "all images of a drawn patient kept",
+            "resamples": int(bootstrap), "seed": int(seed), "confidence": CONFIDENCE,
+            "warnings": _bootstrap_warnings(patient_labels),
+        },
+        "image_level": level(len(labels), labels, scores, predictions, image_metrics),
+        "patient_level": level(n_patients, patient_labels, patient_scores, patient_predictions, patient_metrics),
+        "patients": [
+            {"patient_id": p, "n_images": int(counts[i]), "n_malignant_images": int(malignant_counts[i]),
+             "label": int(patient_labels[i]), "score": float(patient_scores[i]),
+             "prediction": int(patient_predictions[i])}
+            for i, p in enumerate(patients)
+        ],
+    }
+
+
 def evaluate_model(
     model_dir: str | os.PathLike,
     data_dir: str | os.PathLike,
@@ -405,36 +487,13 @@ def evaluate_model(
     if not kept:
         raise DataError(f"no image of {data_dir} could be predicted (e.g. {failed[0]['error']})")
 
-    patient_ids = sorted({f.patient_id for f, _ in kept}, key=_patient_sort_key)
-    patient_index = {p: i for i, p in enumerate(patient_ids)}
-    labels = np.array([f.label for f, _ in kept], dtype=int)
-    scores = np.array([row["probability"] for _, row in kept], dtype=np.float64)
-    predictions = np.array([row["label"] for _, row in kept], dtype=int)  # the model's `label`
-    clusters = np.array([patient_index[f.patient_id] for f, _ in kept], dtype=int)
-    n_patients = len(patient_ids)
-
-    counts = np.bincount(clusters, minlength=n_patients)
-    patient_labels = (np.bincount(clusters, weights=labels, minlength=n_patients) > 0).astype(int)
-    patient_scores = np.bincount(clusters, weights=scores, minlength=n_patients) / counts
-    patient_predictions = (patient_scores >= threshold).astype(int)
-    malignant_counts = np.bincount(clusters, weights=labels, minlength=n_patients).astype(int)
-
-    weights = patient_bootstrap_weights(n_patients, bootstrap, seed)
-    image_metrics = cluster_bootstrap_metrics(labels, scores, predictions, clusters, n_patients, weights)
-    patient_metrics = cluster_bootstrap_metrics(
-        patient_labels, patient_scores, patient_predictions, np.arange(n_patients), n_patients, weights)
-
-    def level(n_items, item_labels, item_scores, item_predictions, metrics):
-        return {
-            "n_images": int(len(labels)),
-            "n_patients": n_patients,
-            "n_items": int(n_items),
-            "label_counts": {"benign": int((item_labels == 0).sum()), "malignant": int((item_labels == 1).sum())},
-            "metrics": metrics,
-            "confusion_matrix": _confusion_matrix(item_labels, item_predictions),
-            "calibration": calibration_table(item_labels, item_scores),
-        }
-
+    scored = score_predictions(
+        labels=[f.label for f, _ in kept],
+        scores=[row["probability"] for _, row in kept],
+        predictions=[row["label"] for _, row in kept],  # the model's `label`
+        patient_ids=[f.patient_id for f, _ in kept],
+        threshold=threshold, bootstrap=bootstrap, seed=seed,
+    )
     return {
         "histopath_version": __version__,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -449,22 +508,7 @@ def evaluate_model(
             "skipped_examples": [{"path": s.path, "reason": s.reason} for s in scan.skipped[:20]],
         },
         "decision_threshold": threshold,
-        "patient_label_rule": PATIENT_LABEL_RULE,
-        "patient_score_rule": PATIENT_SCORE_RULE,
-        "bootstrap": {
-            "method": "cluster (patient) percentile bootstrap: patients resampled with replacement, "
-                      "all images of a drawn patient kept",
-            "resamples": int(bootstrap), "seed": int(seed), "confidence": CONFIDENCE,
-            "warnings": _bootstrap_warnings(patient_labels),
-        },
-        "image_level": level(len(labels), labels, scores, predictions, image_metrics),
-        "patient_level": level(n_patients, patient_labels, patient_scores, patient_predictions, patient_metrics),
-        "patients": [
-            {"patient_id": p, "n_images": int(counts[i]), "n_malignant_images": int(malignant_counts[i]),
-             "label": int(patient_labels[i]), "score": float(patient_scores[i]),
-             "prediction": int(patient_predictions[i])}
-            for i, p in enumerate(patient_ids)
-        ],
+        **scored,
         "images": [
             {"path": f.relative_path, "patient_id": f.patient_id, "label": int(f.label),
              "probability": float(row["probability"]), "prediction": int(row["label"])}

@@ -1,0 +1,73 @@
+"""Helpers shared by the benchmarks: process-tree memory sampling and atomic JSON output."""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import threading
+from typing import Any, Dict
+
+
+class TreeRssSampler:
+    """Samples the RSS of this process and all its descendants (e.g. Beam workers).
+
+    `getrusage(RUSAGE_CHILDREN).ru_maxrss` is not usable for the children: Linux carries
+    the parent's high-water RSS into every child that forks and execs, so it reports this
+    process's own peak. The sum of RSS over the tree counts shared pages once per process,
+    so it is an upper bound of the memory the run needs.
+
+    Args:
+      interval: seconds between samples.
+    """
+
+    def __init__(self, interval: float = 0.5):
+        import psutil
+
+        self._process = psutil.Process()
+        self._interval = interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="rss-sampler", daemon=True)
+        self.peak_tree_bytes = 0
+        self.peak_processes = 0
+
+    def _sample(self) -> None:
+        import psutil
+
+        total, processes = 0, [self._process]
+        try:
+            processes += self._process.children(recursive=True)
+        except psutil.Error:
+            pass
+        for process in processes:
+            try:
+                total += process.memory_info().rss
+            except psutil.Error:  # exited between listing and reading
+                continue
+        if total > self.peak_tree_bytes:
+            self.peak_tree_bytes, self.peak_processes = total, len(processes)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._interval):
+            self._sample()
+
+    def __enter__(self) -> "TreeRssSampler":
+        self._sample()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._sample()
+
+    def as_dict(self) -> Dict[str, Any]:
+        return {"peak_mib": round(self.peak_tree_bytes / 2**20, 1), "processes_at_peak": self.peak_processes,
+                "interval_seconds": self._interval}
+
+
+def write_json(path: pathlib.Path, data: Dict[str, Any]) -> None:
+    """Writes `data` as indented JSON (temp name, then renamed)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    tmp.replace(path)
