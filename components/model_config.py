@@ -206,7 +206,8 @@ class TrainingConfig(_JsonConfig):
     `MilConfig.mixed_precision`) because the policy must be known when layers are built.
     """
 
-    # Epochs of the only phase (MIL) or of phase 1, head only (DenseNet).
+    # Epochs of the only phase (MIL, >= 1) or of phase 1, head only (DenseNet; 0 skips
+    # it, e.g. for a randomly initialised backbone, which a head cannot learn from).
     epochs: int = 10
     # Epochs of DenseNet phase 2 (top blocks unfrozen); ignored for MIL.
     fine_tune_epochs: int = 10
@@ -236,7 +237,7 @@ class TrainingConfig(_JsonConfig):
     def __post_init__(self) -> None:
         if isinstance(self.augment, Mapping):  # tolerate a plain dict from custom_config
             object.__setattr__(self, "augment", AugmentConfig.from_dict(self.augment))
-        _check(self.epochs >= 1, "TrainingConfig.epochs must be >= 1")
+        _check(self.epochs >= 0, "TrainingConfig.epochs must be >= 0")
         _check(self.fine_tune_epochs >= 0, "TrainingConfig.fine_tune_epochs must be >= 0")
         _check(self.batch_size >= 1, "TrainingConfig.batch_size must be >= 1")
         _check(0.0 < self.reduce_lr_factor < 1.0, "TrainingConfig.reduce_lr_factor must be in (0, 1)")

@@ -36,7 +36,7 @@ def test_model_config_from_dict_dispatches_on_kind():
     (mc.MilConfig, {"image_size": 100, "tile_size": 32}, "multiple of tile_size"),
     (mc.MilConfig, {"tile_sise": 32}, "unknown option"),
     (mc.AugmentConfig, {"color_space": "lab"}, "color_space"),
-    (mc.TrainingConfig, {"epochs": 0}, "epochs"),
+    (mc.TrainingConfig, {"epochs": -1}, "epochs"),
 ])
 def test_invalid_values_are_clear_config_errors(factory, values, message):
     with pytest.raises(ConfigError, match=message):

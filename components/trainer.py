@@ -9,6 +9,7 @@ and run settings (see `pipeline.create.trainer_custom_config`).
 from __future__ import annotations
 
 import logging
+import os
 import time
 from typing import Any
 
@@ -26,6 +27,9 @@ from histopath.components.export import export_serving_model
 from histopath.components.training import train_model
 
 logger = logging.getLogger(__name__)
+
+# Written by the DenseNet Trainer into its ModelRun artifact (next to the TensorBoard logs).
+BACKBONE_WEIGHTS_FILE = "backbone_weights.h5"
 
 
 def make_dataset(
@@ -107,6 +111,12 @@ def _run(model_kind: str, fn_args: tfx.components.FnArgs) -> None:
     started = time.time()
     history = train_model(model, train_ds, eval_ds, model_config, training_config, fn_args.model_run_dir)
     train_seconds = time.time() - started
+
+    if model_kind == "densenet":
+        from histopath.components.densenet import save_backbone_weights
+
+        # For warm starts: DenseNetConfig(weights=<model_run>/backbone_weights.h5).
+        save_backbone_weights(model, os.path.join(fn_args.model_run_dir, BACKBONE_WEIGHTS_FILE))
 
     labels, scores = _predict_probabilities(model, eval_ds)
     threshold = operating_point.balanced_accuracy_threshold(labels, scores)

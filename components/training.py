@@ -122,17 +122,25 @@ def train_model(
         return float(early_stopping.best)
 
     if isinstance(model_config, DenseNetConfig):
-        densenet.set_backbone_trainable(model, 0)
-        head_best = run_phase("head", model_config.head_learning_rate, config.epochs)
-        if model_config.fine_tune_blocks != 0 and config.fine_tune_epochs > 0:
-            head_weights = model.get_weights()
+        fine_tune = model_config.fine_tune_blocks != 0 and config.fine_tune_epochs > 0
+        if config.epochs == 0 and not fine_tune:
+            raise ConfigError("DenseNet training needs epochs > 0 (head phase) or a fine-tuning phase "
+                              "(fine_tune_epochs > 0 and fine_tune_blocks != 0)")
+        head_best = float("inf")
+        if config.epochs > 0:
+            densenet.set_backbone_trainable(model, 0)
+            head_best = run_phase("head", model_config.head_learning_rate, config.epochs)
+        if fine_tune:
+            head_weights = model.get_weights() if config.epochs > 0 else None
             densenet.set_backbone_trainable(model, model_config.fine_tune_blocks, model_config.freeze_batchnorm)
             tune_best = run_phase("fine_tune", model_config.fine_tune_learning_rate, config.fine_tune_epochs)
-            if not tune_best < head_best:
+            if head_weights is not None and not tune_best < head_best:
                 logger.info("fine-tuning did not improve val_loss (%.4f >= %.4f): keeping the head-phase weights",
                             tune_best, head_best)
                 model.set_weights(head_weights)
     elif isinstance(model_config, MilConfig):
+        if config.epochs == 0:
+            raise ConfigError("MIL training needs epochs >= 1")
         run_phase("train", model_config.learning_rate, config.epochs)
     else:
         raise ConfigError(f"unknown model config type {type(model_config).__name__}")

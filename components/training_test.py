@@ -49,3 +49,25 @@ def test_repeated_datasets_with_step_limits_train(tmp_path, caplog):
     assert all(len(v) == 2 for v in history.values())
     messages = caplog.text
     assert "loss weights [0.666" in messages and "[train] epoch 2/2" in messages
+
+
+def test_densenet_with_zero_head_epochs_only_fine_tunes(tmp_path):
+    from histopath.components import densenet
+
+    images, labels = testdata.image_dataset(8, 32, seed=1)
+    dataset = tf.data.Dataset.from_tensor_slices((images, labels)).batch(4)
+    config = model_config.DenseNetConfig(image_size=32, fine_tune_blocks=-1, freeze_batchnorm=False)
+    history = training.train_model(densenet.build_densenet_model(config), dataset, dataset, config,
+                                   model_config.TrainingConfig(epochs=0, fine_tune_epochs=1, verbose=0),
+                                   str(tmp_path / "logs"))
+    assert history["phase"] == ["fine_tune"]
+    with pytest.raises(ConfigError, match="epochs > 0"):
+        training.train_model(densenet.build_densenet_model(config), dataset, dataset, config,
+                             model_config.TrainingConfig(epochs=0, fine_tune_epochs=0), str(tmp_path / "l2"))
+
+
+def test_mil_needs_at_least_one_epoch(tmp_path):
+    dataset = tf.data.Dataset.from_tensor_slices((np.zeros((4, 32, 32, 3), np.float32), np.arange(4) % 2)).batch(2)
+    with pytest.raises(ConfigError, match="epochs >= 1"):
+        training.train_model(mil.build_mil_model(SMALL_MIL), dataset, dataset, SMALL_MIL,
+                             model_config.TrainingConfig(epochs=0), str(tmp_path))

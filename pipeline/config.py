@@ -53,6 +53,8 @@ class PipelineConfig:
     densenet: dict[str, Any] = dataclasses.field(default_factory=dict)  # DenseNetConfig fields
     mil: dict[str, Any] = dataclasses.field(default_factory=dict)  # MilConfig fields
     training: dict[str, Any] = dataclasses.field(default_factory=dict)  # TrainingConfig fields
+    # Per-model TrainingConfig fields on top of `training`, e.g. {"densenet": {"epochs": 0}}.
+    model_training: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
     thresholds: ThresholdConfig = dataclasses.field(default_factory=ThresholdConfig)
     stop_on_anomalies: bool = False  # fail the run when ExampleValidator finds anomalies
     model_name: str = "histopath"  # TF Serving model name: serving/<model_name>/<version>
@@ -98,6 +100,10 @@ class PipelineConfig:
         unknown = [m for m in self.models if m not in MODEL_KINDS]
         if not self.models or unknown:
             raise ConfigError(f"models must be a non-empty subset of {MODEL_KINDS}, got {list(self.models)}")
+        bad_kinds = sorted(set(self.model_training) - set(MODEL_KINDS))
+        if bad_kinds or not all(isinstance(v, dict) for v in self.model_training.values()):
+            raise ConfigError(f"model_training must map model kinds {MODEL_KINDS} to TrainingConfig fields, "
+                              f"got keys {sorted(self.model_training)}")
         if self.version_policy not in VERSION_POLICIES:
             raise ConfigError(f"version_policy must be one of {VERSION_POLICIES}")
         if self.image_size < 32:

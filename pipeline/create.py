@@ -49,7 +49,8 @@ def model_configs(config: PipelineConfig) -> dict[str, Any]:
 
 def trainer_custom_config(config: PipelineConfig, kind: str) -> dict[str, Any]:
     """Everything a Trainer's run_fn reads, including its code fingerprint."""
-    training = TrainingConfig.from_dict({"seed": config.seed, **config.training})
+    training = TrainingConfig.from_dict(
+        {"seed": config.seed, **config.training, **config.model_training.get(kind, {})})
     return {
         "model": model_configs(config)[kind].to_dict(),
         "training": training.to_dict(),

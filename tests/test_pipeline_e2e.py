@@ -15,6 +15,7 @@ import pytest
 
 from histopath.errors import NotBlessedError
 from histopath.pipeline import runs
+from histopath.components.trainer import BACKBONE_WEIGHTS_FILE
 from histopath.pipeline.config import PipelineConfig, ThresholdConfig
 from histopath.pipeline.local_runner import run_local
 
@@ -46,6 +47,7 @@ def first_run(sample_dir, tmp_path_factory):
         densenet={"image_size": 32},
         mil={"tile_size": 16},
         training={"epochs": 1, "fine_tune_epochs": 1, "batch_size": 16},
+        model_training={"mil": {"epochs": 2}},
         thresholds=ThresholdConfig(min_auc=0.0, min_balanced_accuracy=0.0, max_auc_drop_vs_pushed=1.0),
         version_policy="increment",
         beam_args=("--direct_running_mode=in_memory",),
@@ -78,6 +80,21 @@ def test_every_component_ran_and_the_winner_was_pushed(first_run):
     manifest = json.loads((config.records_path / "manifest.json").read_text())
     patients = [set(manifest["splits"][s]["patient_ids"]) for s in ("train", "eval", "test")]
     assert not (patients[0] & patients[1] or patients[0] & patients[2] or patients[1] & patients[2])
+
+
+def test_trainers_follow_their_own_training_overrides_and_leave_backbone_weights(first_run):
+    config, _, _ = first_run
+    root = config.pipeline_root
+    phases = {}
+    for kind in ("densenet", "mil"):
+        (info_path,) = root.glob(f"trainer_{kind}/model/*/Format-Serving/assets.extra/model_info.json")
+        phases[kind] = json.loads(info_path.read_text())["history"]["phase"]
+    assert phases == {"densenet": ["head", "fine_tune"], "mil": ["train", "train"]}
+    (weights,) = root.glob(f"trainer_densenet/model_run/*/{BACKBONE_WEIGHTS_FILE}")
+    from histopath.components import densenet, model_config
+
+    warm = densenet.build_densenet_model(model_config.DenseNetConfig(image_size=48, weights=str(weights)))
+    assert len(densenet.backbone(warm).weights) > 500  # every backbone tensor came from the file
 
 
 def test_pushed_model_answers_a_prediction(first_run, sample_dir):

@@ -33,6 +33,19 @@ def test_config_round_trip_and_validation(tmp_path):
         PipelineConfig(dataset="camelyon").validate()
     with pytest.raises(ConfigError, match="pipeline_name"):
         PipelineConfig(pipeline_name="Histo_Path").validate()
+    with pytest.raises(ConfigError, match="model_training"):
+        PipelineConfig(model_training={"resnet": {"epochs": 1}}).validate()
+
+
+def test_per_model_training_overrides_reach_only_their_trainer():
+    from histopath.pipeline.create import trainer_custom_config
+
+    config = PipelineConfig(training={"epochs": 3, "batch_size": 8},
+                            model_training={"densenet": {"epochs": 0, "fine_tune_epochs": 2}}).validate()
+    densenet = trainer_custom_config(config, "densenet")["training"]
+    mil = trainer_custom_config(config, "mil")["training"]
+    assert (densenet["epochs"], densenet["fine_tune_epochs"], densenet["batch_size"]) == (0, 2, 8)
+    assert (mil["epochs"], mil["batch_size"]) == (3, 8)
 
 
 @pytest.mark.parametrize(
