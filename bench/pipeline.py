@@ -160,28 +160,21 @@ def _transformed_train_tensors(pipeline_root: pathlib.Path, transform_size: int,
 
 
 def _input_pipeline_rate(files: List[str], spec_dir: pathlib.Path, info: Dict[str, Any], weights) -> float:
-    """images/s of a Trainer-like input pipeline alone (read, parse, decode, weights, augment)."""
+    """images/s of the Trainer's own input pipeline alone (`trainer.make_dataset`, class
+    weights, augmentation), steady state: after one warm-up pass that fills its cache."""
     import tensorflow as tf
     import tensorflow_transform as tft
 
-    from histopath.components import augment, model_config, preprocessing, training
+    from histopath.components import augment, model_config, trainer, training
 
     config = model_config.TrainingConfig.from_dict(info["training_config"])
-    transform_size = int(info["transform_image_size"])
-    model_size = int(info["model_config"]["image_size"])
-    spec = tft.TFTransformOutput(str(spec_dir)).transformed_feature_spec()
-
-    def decode(batch):
-        parsed = tf.io.parse_example(batch, spec)
-        images = preprocessing.transformed_to_model_input(parsed[preprocessing.TRANSFORMED_IMAGE], transform_size,
-                                                          model_size)
-        return images, tf.reshape(parsed[preprocessing.TRANSFORMED_LABEL], [-1])
-
-    dataset = (tf.data.TFRecordDataset(files, compression_type="GZIP").batch(config.batch_size)
-               .map(decode, num_parallel_calls=tf.data.AUTOTUNE))
+    dataset = trainer.make_dataset(
+        files, tft.TFTransformOutput(str(spec_dir)), batch_size=config.batch_size,
+        transform_size=int(info["transform_image_size"]), model_size=int(info["model_config"]["image_size"]),
+        shuffle=True, seed=config.seed, cache=config.cache_examples)
     dataset = training._prepare(dataset, weights, info["model_kind"] == "mil")
     dataset = augment.augment_dataset(dataset, config.augment, config.seed).prefetch(tf.data.AUTOTUNE)
-    for _ in dataset:  # warm-up pass (traces the map functions)
+    for _ in dataset:  # warm-up pass (traces the map functions, fills the cache)
         pass
     count, started = 0, time.perf_counter()
     for passes in range(3):

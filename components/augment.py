@@ -67,11 +67,18 @@ def random_flips_rotations(images: tf.Tensor, seed: tf.Tensor, flips: bool, rota
     """Random horizontal/vertical flips and 90-degree rotations (180 if not square)."""
     batch = tf.shape(images)[0]
     seeds = tf.random.experimental.stateless_split(seed, 3)
+    height, width = images.shape[1], images.shape[2]
+    if flips and rotations and height is not None and height == width:
+        # Random flips plus a random transpose draw uniformly from the 8 symmetries of the
+        # square, the same distribution as flips plus random quarter turns, with one
+        # per-image select instead of three.
+        transposed = tf.transpose(images, [0, 2, 1, 3])
+        images = _per_image(_uniform(seeds[2], [batch], 0, 1) < 0.5, transposed, images)
+        rotations = False
     if flips:
         images = _per_image(_uniform(seeds[0], [batch], 0, 1) < 0.5, tf.reverse(images, [2]), images)
         images = _per_image(_uniform(seeds[1], [batch], 0, 1) < 0.5, tf.reverse(images, [1]), images)
     if rotations:
-        height, width = images.shape[1], images.shape[2]
         square = height is not None and height == width
         turns = tf.random.stateless_uniform([batch], seed=seeds[2], minval=0, maxval=4, dtype=tf.int32)
         if square:

@@ -65,3 +65,16 @@ def test_non_square_images_only_rotate_by_180():
     assert out.shape == image.shape
     for original, augmented in zip(image, out):
         assert np.array_equal(original, augmented) or np.array_equal(original[::-1, ::-1], augmented)
+
+
+def test_flips_and_rotations_reach_all_eight_symmetries_of_the_square():
+    image = np.arange(4 * 4 * 3, dtype=np.float32).reshape(1, 4, 4, 3) / 48.0
+    symmetries = []
+    for turns in range(4):
+        rotated = np.rot90(image[0], turns)
+        symmetries += [rotated, rotated[:, ::-1]]
+    batch = tf.constant(np.repeat(image, 400, axis=0))
+    out = augment.random_flips_rotations(batch, tf.constant([3, 4], tf.int64), flips=True, rotations=True).numpy()
+    counts = [sum(np.array_equal(o, s) for o in out) for s in symmetries]
+    assert sum(counts) == 400  # every output is one of the 8 symmetries
+    assert min(counts) > 25  # each drawn about 400 / 8 = 50 times

@@ -233,6 +233,9 @@ class TrainingConfig(_JsonConfig):
     validation_steps: Optional[int] = None
     # Keras fit verbosity: 0 silent, 1 progress bar, 2 one line per epoch.
     verbose: int = 2
+    # Keep the Trainer's serialized training/eval records in memory after the first epoch
+    # (no re-reading or decompression; about the uncompressed size of the splits).
+    cache_examples: bool = True
 
     def __post_init__(self) -> None:
         if isinstance(self.augment, Mapping):  # tolerate a plain dict from custom_config

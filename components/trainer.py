@@ -18,13 +18,13 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_transform as tft
 from tfx import v1 as tfx
-from tfx_bsl.public import tfxio
 
 from histopath.components import model_config as model_config_lib
 from histopath.components import operating_point
 from histopath.components import preprocessing
 from histopath.components.export import export_serving_model
 from histopath.components.training import train_model
+from histopath.errors import DataError
 
 logger = logging.getLogger(__name__)
 
@@ -32,9 +32,13 @@ logger = logging.getLogger(__name__)
 BACKBONE_WEIGHTS_FILE = "backbone_weights.h5"
 
 
+# Shuffle buffer of the training examples (serialized records; with the in-memory cache
+# this many examples are mixed each epoch, so a split of up to this size is fully reshuffled).
+SHUFFLE_BUFFER = 16384
+
+
 def make_dataset(
     file_pattern: list[str],
-    data_accessor: tfx.components.DataAccessor,
     tf_transform_output: tft.TFTransformOutput,
     *,
     batch_size: int,
@@ -42,28 +46,45 @@ def make_dataset(
     model_size: int,
     shuffle: bool,
     seed: int,
+    cache: bool = True,
 ) -> tf.data.Dataset:
-    """Transformed examples → `(images float32 (b, s, s, 3), labels int64 (b,))`, one pass."""
-    dataset = data_accessor.tf_dataset_factory(
-        file_pattern,
-        tfxio.TensorFlowDatasetOptions(
-            batch_size=batch_size,
-            shuffle=shuffle,
-            shuffle_seed=seed,
-            shuffle_buffer_size=2048,
-            num_epochs=1,
-        ),
-        tf_transform_output.transformed_metadata.schema,
-    )
+    """Transformed examples → `(images float32 (b, s, s, 3), labels int64 (b,))`, one pass.
 
-    def to_model_input(batch: dict[str, tf.Tensor]) -> tuple[tf.Tensor, tf.Tensor]:
+    Transform writes gzip TFRecords of `tf.train.Example`; they are read with plain
+    tf.data (parsed with Transform's output feature spec) so that the serialized records
+    can be cached in memory: from the second epoch on nothing is read or decompressed,
+    and every epoch is reshuffled.
+
+    Args:
+      file_pattern: Transform's split file patterns (`fn_args.train_files`, ...).
+      tf_transform_output: the Transform component's output.
+      batch_size: examples per batch.
+      transform_size: the size Transform resized the images to.
+      model_size: the model's input size.
+      shuffle: reshuffle each epoch (training split).
+      seed: shuffle seed.
+      cache: keep the serialized records in memory after the first pass (about the size
+        of the uncompressed split; turn off for splits that do not fit in memory).
+    """
+    files = sorted(path for pattern in file_pattern for path in tf.io.gfile.glob(pattern))
+    if not files:
+        raise DataError(f"no transformed examples match {file_pattern}")
+    feature_spec = tf_transform_output.transformed_feature_spec()
+    dataset = tf.data.TFRecordDataset(files, compression_type="GZIP", num_parallel_reads=tf.data.AUTOTUNE)
+    if cache:
+        dataset = dataset.cache()
+    if shuffle:
+        dataset = dataset.shuffle(SHUFFLE_BUFFER, seed=seed, reshuffle_each_iteration=True)
+
+    def to_model_input(serialized: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        batch = tf.io.parse_example(serialized, feature_spec)
         images = preprocessing.transformed_to_model_input(
             batch[preprocessing.TRANSFORMED_IMAGE], transform_size, model_size
         )
         labels = tf.reshape(batch[preprocessing.TRANSFORMED_LABEL], [-1])
         return images, labels
 
-    return dataset.map(to_model_input, num_parallel_calls=tf.data.AUTOTUNE).prefetch(
+    return dataset.batch(batch_size).map(to_model_input, num_parallel_calls=tf.data.AUTOTUNE).prefetch(
         tf.data.AUTOTUNE
     )
 
@@ -96,13 +117,13 @@ def _run(model_kind: str, fn_args: tfx.components.FnArgs) -> None:
     def dataset(files: list[str], shuffle: bool) -> tf.data.Dataset:
         return make_dataset(
             files,
-            fn_args.data_accessor,
             tf_transform_output,
             batch_size=training_config.batch_size,
             transform_size=transform_size,
             model_size=model_size,
             shuffle=shuffle,
             seed=training_config.seed,
+            cache=training_config.cache_examples,
         )
 
     train_ds, eval_ds = dataset(fn_args.train_files, True), dataset(fn_args.eval_files, False)
