@@ -265,6 +265,15 @@ def throughput_step(run_dir: str, kind: str, max_images: int):
     return work
 
 
+def precision_speed_step():
+    def work(folder: pathlib.Path) -> Dict[str, Any]:
+        output = folder / "models.json"
+        command = [sys.executable, "-m", "bench.models", "--output-json", str(output)]
+        run_command(command, folder / "log.txt")
+        return {"command": command, "models": json.loads(output.read_text())}
+    return work
+
+
 # --- the experiment plan --------------------------------------------------------------
 
 def run_idc(ctx: Context) -> Dict[str, Any]:
@@ -317,6 +326,17 @@ def run_breakhis(ctx: Context, idc: Optional[Dict[str, Any]]) -> Dict[str, Any]:
             ctx, "breakhis-warm-start-eval",
             evaluate_step(warm["models"]["densenet"], "breakhis", source, records["records"]),
             ["breakhis-warm-start"])
+    # The same two models in float32: does mixed bfloat16 (used above) keep accuracy?
+    fp32 = run_step(ctx, "breakhis-models-fp32",
+                    pipeline_step(ctx, "breakhis", records["records"], "breakhis.json",
+                                  {"densenet.mixed_precision": None, "mil.mixed_precision": None,
+                                   "model_name": "breakhis-fp32"}),
+                    ["breakhis-records"])
+    out["runs"]["models_fp32"] = fp32
+    for kind in fp32["models"]:
+        out["evaluations"][f"{kind}_fp32"] = run_step(
+            ctx, f"breakhis-{kind}-fp32-eval",
+            evaluate_step(fp32["models"][kind], "breakhis", source, records["records"]), ["breakhis-models-fp32"])
     out["evaluations"]["baseline"] = run_step(ctx, "breakhis-baseline",
                                               baseline_step(records["records"], 8, 128, 4.0), ["breakhis-records"])
     out["throughput"] = {kind: run_step(ctx, f"breakhis-{kind}-throughput",
@@ -419,6 +439,42 @@ def throughput_lines(rows: Dict[str, Dict[str, Any]]) -> List[str]:
                      f"{number(row['tfx_images_per_second'])} | {number(row['bare_images_per_second'])} | "
                      f"{'-' if ratio is None else f'{ratio:.2f}'} | "
                      f"{number(row['input_pipeline_only_images_per_second'])} |")
+    return lines
+
+
+def precision_lines(results: Dict[str, Any]) -> List[str]:
+    """Mixed bfloat16 vs float32: speed (bench.models) and test accuracy (BreakHis runs)."""
+    lines = ["## Mixed bfloat16 vs float32", ""]
+    speed = results.get("precision_speed", {}).get("models")
+    if speed:
+        machine = speed["machine"]
+        lines += [f"Speed (bench/models.py, batch {speed['batch_size']}, default input sizes; CPU AMX: "
+                  f"{machine['amx']}, AVX512-BF16: {machine['avx512_bf16']}):", "",
+                  "| model | train img/s fp32 -> bf16 | speed-up | inference img/s fp32 -> bf16 | speed-up |",
+                  "|---|---|---|---|---|"]
+        for kind, figures in speed["results"].items():
+            fp32, bf16 = figures["float32"], figures["mixed_bfloat16"]
+            ratio = speed["ratios"][kind]
+            lines.append(f"| {kind} ({fp32['image_size']} px) | {fp32['train_images_per_second']:.1f} -> "
+                         f"{bf16['train_images_per_second']:.1f} | {ratio['train_images_per_second_bf16_over_fp32']:.2f}x | "
+                         f"{fp32['infer_images_per_second']:.1f} -> {bf16['infer_images_per_second']:.1f} | "
+                         f"{ratio['infer_images_per_second_bf16_over_fp32']:.2f}x |")
+        lines.append("")
+    evaluations = results.get("breakhis", {}).get("evaluations", {})
+    pairs = [(kind, evaluations.get(kind), evaluations.get(f"{kind}_fp32")) for kind in ("densenet", "mil")]
+    pairs = [p for p in pairs if p[1] and p[2]]
+    if pairs:
+        lines += ["Accuracy: the BreakHis runs above use mixed bfloat16; the same runs in float32 "
+                  "(`breakhis-models-fp32`, same seed and split) score:", "",
+                  "| model | image AUC bf16 | image AUC fp32 | balanced accuracy bf16 | balanced accuracy fp32 | "
+                  "Trainer seconds bf16 / fp32 |", "|---|---|---|---|---|---|"]
+        runs = results["breakhis"]["runs"]
+        for kind, bf16, fp32 in pairs:
+            seconds = (runs["models"]["trainers"][kind]["train_seconds"],
+                       runs["models_fp32"]["trainers"][kind]["train_seconds"])
+            lines.append(f"| {kind} | {fmt(metric(bf16, 'image_level', 'auc'))} | {fmt(metric(fp32, 'image_level', 'auc'))} | "
+                         f"{fmt(metric(bf16, 'image_level', 'balanced_accuracy'))} | "
+                         f"{fmt(metric(fp32, 'image_level', 'balanced_accuracy'))} | {seconds[0]:.0f} / {seconds[1]:.0f} |")
     return lines
 
 
@@ -527,6 +583,7 @@ def write_report(ctx: Context, results: Dict[str, Any], docs: pathlib.Path, star
               "augmentation, train step) against the same model fitted by a bare `model.fit` on the same "
               "decoded tensors held in memory, without augmentation (bench/pipeline.compare_trainer).", ""]
     lines += throughput_lines(throughput) + [""]
+    lines += precision_lines(results) + [""]
     lines += ["## Reproducing", "", "```", "python -m bench.results   # skips finished steps; --redo STEP re-runs one",
               "```", "", "Commands run, in order:", ""]
     for command in results["commands"]:
@@ -591,6 +648,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         results["idc"] = run_idc(ctx)
     if "breakhis" in datasets:
         results["breakhis"] = run_breakhis(ctx, results.get("idc"))
+    results["precision_speed"] = run_step(ctx, "precision-speed", precision_speed_step())
     results["commands"] = collect_commands({k: results[k] for k in ("idc", "breakhis") if k in results})
     report = write_report(ctx, results, pathlib.Path(args.docs).resolve(), started)
     print(f"[results] wrote {report}")

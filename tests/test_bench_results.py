@@ -1,0 +1,125 @@
+"""The results page generator (bench/results.py) on synthetic step results.
+
+The real run takes about an hour on real data (`python -m bench.results`); here every step
+result is made from random predictions, so the report's tables, target verdicts, figures
+and reproducibility section are checked in a second.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import time
+
+import numpy as np
+import pytest
+
+from bench import results
+from histopath.pipeline import evaluation
+
+
+def _scored(rng, n_images: int, patients: list[str], auc_shift: float) -> dict:
+    labels = rng.integers(0, 2, n_images)
+    scores = np.clip(rng.normal(0.5 + auc_shift * (labels - 0.5), 0.2), 0, 1)
+    patient_ids = [patients[i % len(patients)] for i in range(n_images)]
+    scored = evaluation.score_predictions(labels, scores, (scores >= 0.5).astype(int), patient_ids,
+                                          threshold=0.5, bootstrap=50, seed=0)
+    return {"decision_threshold": 0.5, **scored}
+
+
+def _png(path: pathlib.Path) -> str:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n")
+    return str(path)
+
+
+def _run(name: str, kinds: list[str]) -> dict:
+    return {"wall_seconds": 600.0, "peak_memory_mib": 3000.0, "command": ["histopath", "run", name],
+            "trainers": {k: {"train_seconds": 100.0, "history": {"epoch": [0, 1]}} for k in kinds}}
+
+
+def _throughput(kind: str) -> dict:
+    return {"model_kind": kind, "compared_phase": "train", "tfx_images_per_second": 90.0,
+            "bare_images_per_second": 100.0, "ratio_tfx_over_bare": 0.9,
+            "input_pipeline_only_images_per_second": 900.0}
+
+
+@pytest.fixture()
+def synthetic_results(tmp_path):
+    rng = np.random.default_rng(0)
+    idc_patients, breakhis_patients = ["8867", "8950", "9077"], ["1", "2", "3", "4", "5"]
+    records = {"splits": {s: {"patients": ["1"], "num_examples": 10, "label_counts": {"benign": 5, "malignant": 5}}
+                          for s in ("train", "eval", "test")}}
+    plots = {"roc": _png(tmp_path / "roc.png"), "calibration": _png(tmp_path / "cal.png")}
+    localisation = {key: {"value": 0.8, "ci_low": 0.7, "ci_high": 0.9, "n_tiles": 40, "n_positive_tiles": 10,
+                          "n_negative_tiles": 30, "n_bags": 10, "n_patients": 3}
+                    for key in ("within_bag", "pooled", "whole_slide")}
+    idc = {
+        "records": records,
+        "runs": {"densenet": _run("idc-densenet", ["densenet"]), "mil": _run("idc-mil", ["mil"])},
+        "evaluations": {
+            "densenet": {**_scored(rng, 300, idc_patients, 0.6), "plots": plots},
+            "mil": {**_scored(rng, 80, idc_patients, 0.3), "localisation": localisation,
+                    "heatmaps": [_png(tmp_path / "slide.png")]},
+            "baseline": _scored(rng, 300, idc_patients, 0.5),
+        },
+        "throughput": {"densenet": _throughput("densenet"), "mil": _throughput("mil")},
+    }
+    breakhis = {
+        "records": records,
+        "runs": {"models": _run("bh", ["densenet", "mil"]), "models_fp32": _run("bh32", ["densenet", "mil"]),
+                 "warm_start": _run("warm", ["densenet"])},
+        "evaluations": {name: {**_scored(rng, 100, breakhis_patients, 0.9), "plots": plots}
+                        for name in ("densenet", "mil", "densenet_fp32", "mil_fp32", "densenet_warm_start",
+                                     "baseline")},
+        "throughput": {"densenet": _throughput("densenet")},
+    }
+    speed = {"batch_size": 8, "machine": {"amx": True, "avx512_bf16": True},
+             "results": {k: {p: {"image_size": 224, "train_images_per_second": 10.0, "infer_images_per_second": 20.0}
+                             for p in ("float32", "mixed_bfloat16")} for k in ("densenet", "mil")},
+             "ratios": {k: {"train_images_per_second_bf16_over_fp32": 1.0, "infer_images_per_second_bf16_over_fp32": 1.0}
+                        for k in ("densenet", "mil")}}
+    data = {"created": "2026-11-26T00:00:00+00:00", "git_commit": "abc1234",
+            "machine": {"cpus": 2, "cpu": "test CPU"}, "packages": {"tfx": "1.16.0"},
+            "rules": {"score": evaluation.PATIENT_SCORE_RULE, "label": evaluation.PATIENT_LABEL_RULE},
+            "idc": idc, "breakhis": breakhis, "precision_speed": {"models": speed}}
+    data["commands"] = results.collect_commands({"idc": idc, "breakhis": breakhis})
+    return data
+
+
+def test_report_has_every_table_verdict_figure_and_command(synthetic_results, tmp_path):
+    ctx = results.Context(data=tmp_path, workdir=tmp_path / "work", redo=set())
+    docs = tmp_path / "docs"
+    page = results.write_report(ctx, synthetic_results, docs, time.perf_counter()).read_text()
+    for heading in ("## IDC", "## BreakHis", "### MIL localisation", "## Reference figures", "## Wall time",
+                    "## Input pipeline vs compute", "## Mixed bfloat16 vs float32", "## Reproducing"):
+        assert heading in page
+    assert "plain 6-conv CNN" in page and "DenseNet201 warm-started from the IDC backbone" in page
+    assert "NOT met" in page  # random predictions cannot reach AUC 0.96
+    assert "(within bag): NOT met" in page  # localisation 0.8 < target 0.9
+    for figure in ("idc-slide-0.png", "idc-densenet-roc.png", "breakhis-densenet-roc.png", "results.json"):
+        assert (docs / "results" / figure).is_file()
+    assert "    histopath run bh" in page  # the commands, in order
+    stored = json.loads((docs / "results" / "results.json").read_text())
+    assert stored["git_commit"] == "abc1234"
+
+
+def test_run_step_reuses_finished_results_and_reruns_dependents(tmp_path):
+    ctx = results.Context(data=tmp_path, workdir=tmp_path / "work", redo=set())
+    calls = []
+
+    def work(name):
+        def run(folder):
+            calls.append(name)
+            return {"value": len(calls)}
+        return run
+
+    first = results.run_step(ctx, "a", work("a"))
+    results.run_step(ctx, "b", work("b"), depends_on=["a"])
+    assert first["value"] == 1 and first["wall_seconds"] >= 0 and "peak_memory_mib" in first
+    again = results.Context(data=tmp_path, workdir=tmp_path / "work", redo={"a"})
+    results.run_step(again, "a", work("a"))
+    results.run_step(again, "b", work("b"), depends_on=["a"])  # re-runs: its input changed
+    results.run_step(again, "c", work("c"))
+    results.run_step(results.Context(data=tmp_path, workdir=tmp_path / "work", redo=set()), "c", work("c"))
+    assert calls == ["a", "b", "a", "b", "c"]
