@@ -31,15 +31,38 @@ def skip_autograph_for_tf_keras() -> None:
     ) + tuple(rules)
 
 
+# CPU features that run bfloat16 matrix work natively (oneDNN uses them); without them
+# TensorFlow emulates bfloat16 and mixed precision is slower than float32.
+NATIVE_BF16_CPU_FLAGS = ("amx_bf16", "avx512_bf16")
+
+
+def cpu_has_native_bfloat16(cpuinfo_path: str = "/proc/cpuinfo") -> bool:
+    """Whether this CPU advertises AMX-BF16 or AVX512-BF16 (Linux; False elsewhere)."""
+    try:
+        with open(cpuinfo_path, encoding="utf-8") as handle:
+            flags = next((line.split(":", 1)[1].split() for line in handle if line.startswith("flags")), [])
+    except OSError:
+        return False
+    return any(flag in flags for flag in NATIVE_BF16_CPU_FLAGS)
+
+
+def resolve_precision(policy: Optional[str]) -> str:
+    """"auto" -> "mixed_bfloat16" on CPUs with native bfloat16, else "float32"; None -> "float32"."""
+    if policy == "auto":
+        return "mixed_bfloat16" if cpu_has_native_bfloat16() else "float32"
+    return policy or "float32"
+
+
 @contextlib.contextmanager
 def precision_policy(policy: Optional[str]) -> Iterator[None]:
     """Builds layers under a Keras precision policy, then restores the previous one.
 
     Args:
-      policy: None or "float32" (full precision) or "mixed_bfloat16".
+      policy: None or "float32" (full precision), "mixed_bfloat16", or "auto" (see
+        `resolve_precision`).
     """
     previous = keras.mixed_precision.global_policy()
-    keras.mixed_precision.set_global_policy(policy or "float32")
+    keras.mixed_precision.set_global_policy(resolve_precision(policy))
     try:
         yield
     finally:

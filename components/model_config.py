@@ -12,7 +12,7 @@ from typing import Any, Mapping, Optional, Tuple, Type, TypeVar
 
 from histopath.errors import ConfigError
 
-PRECISION_POLICIES = (None, "float32", "mixed_bfloat16")
+PRECISION_POLICIES = (None, "float32", "mixed_bfloat16", "auto")
 COLOR_SPACES = ("hed", "hsv")
 
 _ConfigT = TypeVar("_ConfigT", bound="_JsonConfig")

@@ -23,6 +23,7 @@ from histopath.components import model_config as model_config_lib
 from histopath.components import operating_point
 from histopath.components import preprocessing
 from histopath.components.export import export_serving_model
+from histopath.components.keras_utils import resolve_precision
 from histopath.components.training import train_model
 from histopath.errors import DataError
 
@@ -150,6 +151,7 @@ def _run(model_kind: str, fn_args: tfx.components.FnArgs) -> None:
         "train_seconds": round(train_seconds, 1),
         "history": history,
         "model_config": model_config.to_dict(),
+        "precision": resolve_precision(model_config.mixed_precision),  # what "auto" became here
         "training_config": training_config.to_dict(),
     }
     export_serving_model(
