@@ -39,6 +39,7 @@ from histopath.data import features
 from histopath.errors import ConfigError, DataError
 from histopath.pipeline.evaluation import (
     CONFIDENCE, cluster_sums, metrics_for_weights, patient_bootstrap_weights, roc_auc)
+from histopath.pipeline.predict import save_png_atomically
 
 HEATMAP_MAX_SIDE = 1600  # longest side of a written slide PNG
 _HEADER = 22  # pixels of title strip above the panels
@@ -341,20 +342,6 @@ def localisation_scores(bags: Mapping[str, np.ndarray], bootstrap: int = 1000, s
 # --- slide heat-maps ----------------------------------------------------------------------
 
 
-def _write_png_atomically(image, path: pathlib.Path) -> None:
-    """Saves a Pillow image as PNG under a temporary name, then renames it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            image.save(stream, format="PNG")
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
-        raise
-
-
 def _safe_name(patient: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in patient) or "patient"
 
@@ -516,7 +503,7 @@ def slide_heatmaps(
         title = f"patient {patient} ({len(regions)} bags, {int(positive_bags)} positive, max P {probability_max:.2f})"
         figure = _render_slide(canvas, cell_scores, cell_labels, vmax, title)
         path = output / f"{_safe_name(patient)}.localisation.png"
-        _write_png_atomically(figure, path)
+        save_png_atomically(figure, path)
         written.append(path)
     return written
 

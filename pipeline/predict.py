@@ -225,11 +225,16 @@ def write_heatmap(image, attention: Sequence[float], grid_shape: Sequence[int], 
     from histopath.serving.webapp.predictions.heatmap import display_copy, render_overlay
 
     overlay = render_overlay(display_copy(image, HEATMAP_MAX_SIDE), attention, tuple(grid_shape))
+    save_png_atomically(overlay, path)
+
+
+def save_png_atomically(image, path: pathlib.Path) -> None:
+    """Saves a Pillow image as PNG under a temporary name, then renames it into place."""
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(handle, "wb") as stream:
-            overlay.save(stream, format="PNG")
+            image.save(stream, format="PNG")
         os.replace(temporary, path)
     except BaseException:
         if os.path.exists(temporary):
