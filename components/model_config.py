@@ -14,6 +14,7 @@ from histopath.errors import ConfigError
 
 PRECISION_POLICIES = (None, "float32", "mixed_bfloat16", "auto")
 COLOR_SPACES = ("hed", "hsv")
+MONITORS = ("val_loss", "val_auc")
 
 _ConfigT = TypeVar("_ConfigT", bound="_JsonConfig")
 
@@ -214,12 +215,16 @@ class TrainingConfig(_JsonConfig):
     # Examples per batch; used by the caller's input pipeline (the datasets given to
     # `train_model` are already batched) and recorded for reference.
     batch_size: int = 32
-    # ReduceLROnPlateau on validation loss: factor, patience (epochs) and floor.
+    # ReduceLROnPlateau on the monitored value (see `monitor`): factor, patience (epochs) and floor.
     reduce_lr_factor: float = 0.2
     reduce_lr_patience: int = 2
     min_learning_rate: float = 1e-7
-    # EarlyStopping patience on validation loss (best weights are restored).
+    # EarlyStopping patience on the monitored value (best weights are restored).
     early_stopping_patience: int = 4
+    # What ReduceLROnPlateau, EarlyStopping and DenseNet's phase comparison watch on the
+    # eval split: "val_loss" (lower is better) or "val_auc" (higher is better; robust to
+    # the class imbalance between a class-weighted training loss and an unweighted eval).
+    monitor: str = "val_loss"
     # Weight the loss by inverse class frequency computed from the training labels.
     class_weights: bool = True
     # Training-set augmentation.
@@ -250,6 +255,7 @@ class TrainingConfig(_JsonConfig):
             value = getattr(self, name)
             _check(value is None or int(value) >= 1, f"TrainingConfig.{name} must be None or >= 1")
         _check(self.verbose in (0, 1, 2), "TrainingConfig.verbose must be 0, 1 or 2")
+        _check(self.monitor in MONITORS, f"TrainingConfig.monitor must be one of {MONITORS}, got {self.monitor!r}")
 
 
 _NESTED = {("TrainingConfig", "augment"): AugmentConfig}

@@ -91,6 +91,10 @@ def train_model(
     train, evaluation = train.prefetch(tf.data.AUTOTUNE), evaluation.prefetch(tf.data.AUTOTUNE)
 
     os.makedirs(log_dir, exist_ok=True)
+    mode = "min" if config.monitor == "val_loss" else "max"
+    # Keras names a multi-output model's metrics after the output: "val_probability_auc".
+    monitor = config.monitor.replace("val_", f"val_{PROBABILITY}_") if multi_output and mode == "max" \
+        else config.monitor
     history = _History()
     tensorboard = keras.callbacks.TensorBoard(log_dir=log_dir, histogram_freq=0, write_graph=False,
                                               profile_batch=0)
@@ -99,11 +103,12 @@ def train_model(
         _compile(model, learning_rate, multi_output)
         start = len(history.rows["epoch"])
         early_stopping = keras.callbacks.EarlyStopping(
-            monitor="val_loss", patience=config.early_stopping_patience, restore_best_weights=True)
+            monitor=monitor, mode=mode, patience=config.early_stopping_patience,
+            restore_best_weights=True)
         timer = _EpochTimer(examples_per_epoch)
         callbacks = [
             keras.callbacks.ReduceLROnPlateau(
-                monitor="val_loss", factor=config.reduce_lr_factor,
+                monitor=monitor, mode=mode, factor=config.reduce_lr_factor,
                 patience=config.reduce_lr_patience, min_lr=config.min_learning_rate),
             early_stopping,
             tensorboard,
@@ -126,7 +131,7 @@ def train_model(
         if config.epochs == 0 and not fine_tune:
             raise ConfigError("DenseNet training needs epochs > 0 (head phase) or a fine-tuning phase "
                               "(fine_tune_epochs > 0 and fine_tune_blocks != 0)")
-        head_best = float("inf")
+        head_best = float("inf") if mode == "min" else float("-inf")
         if config.epochs > 0:
             densenet.set_backbone_trainable(model, 0)
             head_best = run_phase("head", model_config.head_learning_rate, config.epochs)
@@ -134,9 +139,10 @@ def train_model(
             head_weights = model.get_weights() if config.epochs > 0 else None
             densenet.set_backbone_trainable(model, model_config.fine_tune_blocks, model_config.freeze_batchnorm)
             tune_best = run_phase("fine_tune", model_config.fine_tune_learning_rate, config.fine_tune_epochs)
-            if head_weights is not None and not tune_best < head_best:
-                logger.info("fine-tuning did not improve val_loss (%.4f >= %.4f): keeping the head-phase weights",
-                            tune_best, head_best)
+            improved = tune_best < head_best if mode == "min" else tune_best > head_best
+            if head_weights is not None and not improved:
+                logger.info("fine-tuning did not improve %s (%.4f vs %.4f): keeping the head-phase weights",
+                            config.monitor, tune_best, head_best)
                 model.set_weights(head_weights)
     elif isinstance(model_config, MilConfig):
         if config.epochs == 0:

@@ -71,3 +71,17 @@ def test_mil_needs_at_least_one_epoch(tmp_path):
     with pytest.raises(ConfigError, match="epochs >= 1"):
         training.train_model(mil.build_mil_model(SMALL_MIL), dataset, dataset, SMALL_MIL,
                              model_config.TrainingConfig(epochs=0), str(tmp_path))
+
+
+def test_monitoring_val_auc_restores_the_epoch_with_the_best_eval_auc(tmp_path):
+    images, labels, _ = testdata.bag_dataset(16, grid=2, tile=16, seed=2)
+    dataset = tf.data.Dataset.from_tensor_slices((images, labels)).batch(8)
+    config = model_config.TrainingConfig(epochs=3, monitor="val_auc", early_stopping_patience=5, verbose=0)
+    model = mil.build_mil_model(SMALL_MIL)
+    history = training.train_model(model, dataset, dataset, SMALL_MIL, config, str(tmp_path / "logs"))
+    best = max(history["val_auc"])
+    restored = model.evaluate(dataset, verbose=0, return_dict=True)
+    auc = next(value for name, value in restored.items() if name.endswith("auc"))  # MIL: "probability_auc"
+    assert auc == pytest.approx(best, abs=1e-4)
+    with pytest.raises(ConfigError, match="monitor"):
+        model_config.TrainingConfig(monitor="val_accuracy")
