@@ -29,22 +29,28 @@ class TreeRssSampler:
         self._thread = threading.Thread(target=self._run, name="rss-sampler", daemon=True)
         self.peak_tree_bytes = 0
         self.peak_processes = 0
+        self.peak_children_bytes = 0  # descendants only: what a sub-command needed
 
     def _sample(self) -> None:
         import psutil
 
-        total, processes = 0, [self._process]
+        own, children, processes = 0, 0, [self._process]
         try:
             processes += self._process.children(recursive=True)
         except psutil.Error:
             pass
         for process in processes:
             try:
-                total += process.memory_info().rss
+                rss = process.memory_info().rss
             except psutil.Error:  # exited between listing and reading
                 continue
-        if total > self.peak_tree_bytes:
-            self.peak_tree_bytes, self.peak_processes = total, len(processes)
+            if process is self._process:
+                own = rss
+            else:
+                children += rss
+        if own + children > self.peak_tree_bytes:
+            self.peak_tree_bytes, self.peak_processes = own + children, len(processes)
+        self.peak_children_bytes = max(self.peak_children_bytes, children)
 
     def _run(self) -> None:
         while not self._stop.wait(self._interval):
@@ -62,6 +68,7 @@ class TreeRssSampler:
 
     def as_dict(self) -> Dict[str, Any]:
         return {"peak_mib": round(self.peak_tree_bytes / 2**20, 1), "processes_at_peak": self.peak_processes,
+                "peak_children_mib": round(self.peak_children_bytes / 2**20, 1),
                 "interval_seconds": self._interval}
 
 
