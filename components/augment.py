@@ -8,9 +8,11 @@ reproducible and each epoch sees new augmentations.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import histopath  # noqa: F401  (pins Keras 2 before TensorFlow is imported)
+import numpy as np
 import tensorflow as tf
 
 from histopath.components.model_config import AugmentConfig
@@ -45,6 +47,23 @@ def hed_to_rgb(stains: tf.Tensor) -> tf.Tensor:
     return tf.clip_by_value(tf.exp(log_rgb), 0.0, 1.0)
 
 
+def _jitter_in_hed_space(images: tf.Tensor, scale: tf.Tensor, shift: tf.Tensor) -> tf.Tensor:
+    """`hed_to_rgb(rgb_to_hed(images) * scale + shift)` with per-image `(batch, 3)` factors,
+    folded into one per-image 3x3 map in log-RGB space:
+    `exp(log(x) @ (H diag(scale) R) + L * shift @ R)`, H = inv(R) (R = RGB_FROM_HED,
+    L = log(1e-6)): one batched matmul instead of two colour-space conversions."""
+    rgb_from_hed = tf.constant(RGB_FROM_HED, tf.float32)
+    hed_from_rgb = tf.linalg.inv(rgb_from_hed)
+    mixing = _mix_channels(hed_from_rgb[None, :, :] * scale[:, None, :], rgb_from_hed)  # (batch, 3, 3)
+    offset = _LOG_ADJUST * tf.matmul(shift, rgb_from_hed)  # (batch, 3)
+    shape = tf.shape(images)
+    log_rgb = tf.reshape(tf.math.log(tf.maximum(images, 1e-6)), [shape[0], -1, 3])
+    # A batched matmul with equal batch dimensions (checked against NumPy in the tests;
+    # only the broadcasting form in `_mix_channels` misbehaves under oneDNN).
+    mixed = tf.matmul(log_rgb, mixing) + offset[:, None, :]
+    return tf.reshape(tf.clip_by_value(tf.exp(mixed), 0.0, 1.0), shape)
+
+
 def _uniform(seed: tf.Tensor, shape, low: float, high: float) -> tf.Tensor:
     return tf.random.stateless_uniform(shape, seed=seed, minval=low, maxval=high)
 
@@ -63,18 +82,35 @@ def random_crop_resize(images: tf.Tensor, seed: tf.Tensor, fraction: float) -> t
     return tf.image.crop_and_resize(images, boxes, tf.range(batch), size, method="bilinear")
 
 
+@functools.lru_cache(maxsize=8)
+def _square_symmetry_table(size: int) -> np.ndarray:
+    """(8, size*size) int32: for each symmetry of the square (4 turns x optional mirror),
+    the source pixel of every output pixel, row-major."""
+    pixels = np.arange(size * size, dtype=np.int32).reshape(size, size)
+    tables = []
+    for turns in range(4):
+        turned = np.rot90(pixels, turns)
+        tables += [turned, turned[:, ::-1]]
+    return np.stack([table.reshape(-1) for table in tables])
+
+
+def _square_symmetries(size: int) -> tf.Tensor:
+    return tf.constant(_square_symmetry_table(size))
+
+
 def random_flips_rotations(images: tf.Tensor, seed: tf.Tensor, flips: bool, rotations: bool) -> tf.Tensor:
     """Random horizontal/vertical flips and 90-degree rotations (180 if not square)."""
     batch = tf.shape(images)[0]
     seeds = tf.random.experimental.stateless_split(seed, 3)
     height, width = images.shape[1], images.shape[2]
     if flips and rotations and height is not None and height == width:
-        # Random flips plus a random transpose draw uniformly from the 8 symmetries of the
-        # square, the same distribution as flips plus random quarter turns, with one
-        # per-image select instead of three.
-        transposed = tf.transpose(images, [0, 2, 1, 3])
-        images = _per_image(_uniform(seeds[2], [batch], 0, 1) < 0.5, transposed, images)
-        rotations = False
+        # Flips and quarter turns together: one of the 8 symmetries of the square per
+        # image, uniformly, applied as a single gather of pixels (no per-image selects).
+        choice = tf.random.stateless_uniform([batch], seed=seeds[2], minval=0, maxval=8, dtype=tf.int32)
+        channels = tf.shape(images)[3]
+        pixels = tf.gather(_square_symmetries(int(height)), choice)  # (batch, H*W)
+        flat = tf.reshape(images, [batch, height * width, channels])
+        return tf.reshape(tf.gather(flat, pixels, batch_dims=1), [batch, height, width, channels])
     if flips:
         images = _per_image(_uniform(seeds[0], [batch], 0, 1) < 0.5, tf.reverse(images, [2]), images)
         images = _per_image(_uniform(seeds[1], [batch], 0, 1) < 0.5, tf.reverse(images, [1]), images)
@@ -107,7 +143,7 @@ def random_stain_jitter(images: tf.Tensor, seed: tf.Tensor, strength: float, col
     if color_space == "hed":
         scale = _uniform(seeds[0], [batch, 1, 1, 3], 1.0 - strength, 1.0 + strength)
         shift = _uniform(seeds[1], [batch, 1, 1, 3], -strength, strength)
-        return hed_to_rgb(rgb_to_hed(images) * scale + shift)
+        return _jitter_in_hed_space(images, scale[:, 0, 0, :], shift[:, 0, 0, :])
     hsv = tf.image.rgb_to_hsv(images)
     hue = tf.math.floormod(hsv[..., 0:1] + _uniform(seeds[0], [batch, 1, 1, 1], -strength / 2, strength / 2), 1.0)
     sat_val = hsv[..., 1:3] * _uniform(seeds[1], [batch, 1, 1, 2], 1.0 - 2 * strength, 1.0 + 2 * strength)

@@ -78,3 +78,17 @@ def test_flips_and_rotations_reach_all_eight_symmetries_of_the_square():
     counts = [sum(np.array_equal(o, s) for o in out) for s in symmetries]
     assert sum(counts) == 400  # every output is one of the 8 symmetries
     assert min(counts) > 25  # each drawn about 400 / 8 = 50 times
+
+
+def test_stain_jitter_matches_the_two_conversions_in_float64():
+    rng = np.random.default_rng(5)
+    images = rng.uniform(0.02, 1.0, (70, 24, 24, 3)).astype(np.float32)  # >= 64 images: oneDNN's batched paths
+    scale = rng.uniform(0.9, 1.1, (70, 3)).astype(np.float32)
+    shift = rng.uniform(-0.1, 0.1, (70, 3)).astype(np.float32)
+    rgb_from_hed = np.array(augment.RGB_FROM_HED, np.float64)
+    log_adjust = np.log(1e-6)
+    stains = (np.log(images.astype(np.float64)) / log_adjust) @ np.linalg.inv(rgb_from_hed)
+    stains = stains * scale[:, None, None, :] + shift[:, None, None, :]
+    expected = np.clip(np.exp((stains @ rgb_from_hed) * log_adjust), 0.0, 1.0)
+    jittered = augment._jitter_in_hed_space(tf.constant(images), tf.constant(scale), tf.constant(shift))
+    np.testing.assert_allclose(jittered.numpy(), expected, atol=2e-5)
