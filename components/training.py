@@ -76,14 +76,22 @@ def train_model(
 
     weights = None
     counts = dict(class_counts) if class_counts is not None else None
+    steps_per_epoch = config.steps_per_epoch
+    if steps_per_epoch is None:
+        # A finite dataset is repeated with one pass as an epoch: a single iterator then
+        # serves the whole fit, so the input pipeline (cache, shuffle, parallel maps,
+        # prefetch) keeps running across epoch boundaries instead of restarting each epoch.
+        counted, steps_per_epoch = count_labels_and_batches(train_ds)
+        counts = counts if counts is not None else counted
+        if not steps_per_epoch:
+            raise DataError("the training dataset is empty")
+        train_ds = train_ds.repeat()
+    elif counts is None:
+        counts = count_labels(train_ds, steps_per_epoch)
     if config.class_weights:
-        counts = counts if counts is not None else count_labels(train_ds, config.steps_per_epoch)
         weights = class_weights_from_counts(counts)
         logger.info("class counts %s -> loss weights %s", counts, weights)
-    # Examples in one epoch's training pass, for the throughput in the history (counted
-    # here only when class weighting did not already count them).
-    if counts is None:
-        counts = count_labels(train_ds, config.steps_per_epoch)
+    # Examples in one epoch's training pass, for the throughput in the history.
     examples_per_epoch = int(counts.get(0, 0)) + int(counts.get(1, 0))
     train = _prepare(train_ds, weights, multi_output)
     train = augment.augment_dataset(train, config.augment, config.seed)
@@ -119,7 +127,7 @@ def train_model(
                     phase, epochs, learning_rate, len(model.trainable_weights))
         fit = model.fit(
             train, validation_data=evaluation, epochs=start + epochs, initial_epoch=start,
-            steps_per_epoch=config.steps_per_epoch, validation_steps=config.validation_steps,
+            steps_per_epoch=steps_per_epoch, validation_steps=config.validation_steps,
             callbacks=callbacks, verbose=config.verbose,
         )
         history.add(phase, fit)
@@ -179,13 +187,21 @@ def count_labels(dataset: tf.data.Dataset, max_batches: Optional[int] = None) ->
       dataset: finite, or repeated with `max_batches` given.
       max_batches: read at most this many batches.
     """
+    return count_labels_and_batches(dataset, max_batches)[0]
+
+
+def count_labels_and_batches(
+    dataset: tf.data.Dataset, max_batches: Optional[int] = None
+) -> tuple[Dict[int, int], int]:
+    """`count_labels`, and the number of batches read."""
     labels = dataset.map(lambda images, labels, *rest: tf.reshape(tf.cast(labels, tf.int64), [-1]))
     if max_batches is not None:
         labels = labels.take(max_batches)
-    counts = collections.Counter()
+    counts, batches = collections.Counter(), 0
     for batch in labels.as_numpy_iterator():
         counts.update(int(v) for v in batch)
-    return {0: counts.get(0, 0), 1: counts.get(1, 0)}
+        batches += 1
+    return {0: counts.get(0, 0), 1: counts.get(1, 0)}, batches
 
 
 def _check_finite(dataset: tf.data.Dataset, steps: Optional[int], what: str, option: str) -> None:

@@ -35,7 +35,8 @@ def _png(path: pathlib.Path) -> str:
 
 def _run(name: str, kinds: list[str]) -> dict:
     return {"wall_seconds": 600.0, "peak_memory_mib": 3000.0, "command": ["histopath", "run", name],
-            "trainers": {k: {"train_seconds": 100.0, "history": {"epoch": [0, 1]}} for k in kinds}}
+            "trainers": {k: {"train_seconds": 100.0, "history": {"epoch": [0, 1], "val_auc": [0.8, 0.85]}}
+                         for k in kinds}}
 
 
 def _throughput(kind: str) -> dict:
@@ -61,7 +62,7 @@ def synthetic_results(tmp_path):
             "densenet": {**_scored(rng, 300, idc_patients, 0.6), "plots": plots},
             "mil": {**_scored(rng, 80, idc_patients, 0.3), "localisation": localisation,
                     "heatmaps": [_png(tmp_path / "slide.png")]},
-            "baseline": _scored(rng, 300, idc_patients, 0.5),
+            "baseline": {**_scored(rng, 300, idc_patients, 0.5), "baseline": {"eval_auc": 0.9}},
         },
         "throughput": {"densenet": _throughput("densenet"), "mil": _throughput("mil")},
     }
@@ -69,7 +70,8 @@ def synthetic_results(tmp_path):
         "records": records,
         "runs": {"models": _run("bh", ["densenet", "mil"]), "models_fp32": _run("bh32", ["densenet", "mil"]),
                  "warm_start": _run("warm", ["densenet"])},
-        "evaluations": {name: {**_scored(rng, 100, breakhis_patients, 0.9), "plots": plots}
+        "evaluations": {name: {**_scored(rng, 100, breakhis_patients, 0.9), "plots": plots,
+                               "baseline": {"eval_auc": 0.95}}
                         for name in ("densenet", "mil", "densenet_fp32", "mil_fp32", "densenet_warm_start",
                                      "baseline")},
         "throughput": {"densenet": _throughput("densenet")},
@@ -91,7 +93,8 @@ def test_report_has_every_table_verdict_figure_and_command(synthetic_results, tm
     ctx = results.Context(data=tmp_path, workdir=tmp_path / "work", redo=set())
     docs = tmp_path / "docs"
     page = results.write_report(ctx, synthetic_results, docs, time.perf_counter()).read_text()
-    for heading in ("## IDC", "## BreakHis", "### MIL localisation", "## Reference figures", "## Wall time",
+    assert "| IDC | DenseNet201 from scratch | 0.850 |" in page  # best eval AUC next to the test AUC
+    for heading in ("## Summary", "## IDC", "## BreakHis", "### MIL localisation", "## Reference figures", "## Wall time",
                     "## Input pipeline vs compute", "## Mixed bfloat16 vs float32", "## Reproducing"):
         assert heading in page
     assert "plain 6-conv CNN" in page and "DenseNet201 warm-started from the IDC backbone" in page
