@@ -405,10 +405,18 @@ def table(rows: List[tuple], level: str) -> List[str]:
     return lines
 
 
-def copy_figure(source: str, docs_figures: pathlib.Path, name: str) -> str:
+def copy_figure(source: str, docs_figures: pathlib.Path, name: str, max_side: Optional[int] = None) -> str:
+    """Copies a figure next to results.md (scaled down to `max_side` pixels if given)."""
     docs_figures.mkdir(parents=True, exist_ok=True)
     target = docs_figures / name
-    shutil.copyfile(source, target)
+    if max_side is None:
+        shutil.copyfile(source, target)
+    else:
+        from PIL import Image
+
+        with Image.open(source) as image:
+            image.thumbnail((max_side, max_side))
+            image.save(target, format="PNG", optimize=True)
     return f"results/{name}"
 
 
@@ -577,7 +585,9 @@ def write_report(ctx: Context, results: Dict[str, Any], docs: pathlib.Path, star
         lines += ["", f"Target attention patch-level AUC >= {goal} (within bag): "
                       f"{'met' if value is not None and value >= goal else 'NOT met'}.", ""]
         for index, path in enumerate(ev["mil"]["heatmaps"][:3]):
-            lines.append(f"![MIL attention on a re-assembled test slide]({copy_figure(path, figures, f'idc-slide-{index}.png')})")
+            # Small: a figure of the result, not a copy of the slide.
+            figure = copy_figure(path, figures, f"idc-slide-{index}.png", max_side=900)
+            lines.append(f"![MIL attention (left) and IDC-positive patches (right), test patient]({figure})")
         lines += [""]
         lines.append(f"![ROC, DenseNet201 on IDC test patients]"
                      f"({copy_figure(ev['densenet']['plots']['roc'], figures, 'idc-densenet-roc.png')})")
@@ -635,7 +645,8 @@ def write_report(ctx: Context, results: Dict[str, Any], docs: pathlib.Path, star
         lines.append(f"    {' '.join(command)}")
     lines += ["", "Configs: `bench/configs/*.json` (the exact config of every run is in docs/results/results.json). "
               "Packages: " + ", ".join(f"{k} {v}" for k, v in results["packages"].items()) + ".",
-              "", f"Whole generation: {(time.perf_counter() - started) / 60:.0f} min.", ""]
+              "", f"Compute: the steps' wall times add up to {step_minutes(results):.0f} min; this invocation "
+              f"took {(time.perf_counter() - started) / 60:.0f} min (finished steps are reused).", ""]
     docs.mkdir(parents=True, exist_ok=True)
     write_json(figures / "results.json", results)
     target = docs / "results.md"
@@ -643,6 +654,21 @@ def write_report(ctx: Context, results: Dict[str, Any], docs: pathlib.Path, star
     temporary.write_text("\n".join(lines))
     temporary.replace(target)
     return target
+
+
+def step_minutes(results: Dict[str, Any]) -> float:
+    """Sum of the wall times of every step result in `results`."""
+    total = 0.0
+
+    def walk(node):
+        nonlocal total
+        if isinstance(node, dict):
+            if "step" in node and "wall_seconds" in node:
+                total += float(node["wall_seconds"])
+            for value in node.values():
+                walk(value)
+    walk(results)
+    return total / 60
 
 
 def collect_commands(results: Dict[str, Any]) -> List[List[str]]:

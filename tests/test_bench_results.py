@@ -28,8 +28,10 @@ def _scored(rng, n_images: int, patients: list[str], auc_shift: float) -> dict:
 
 
 def _png(path: pathlib.Path) -> str:
+    from PIL import Image
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n")
+    Image.new("RGB", (1200, 600), (200, 120, 180)).save(path)
     return str(path)
 
 
@@ -102,6 +104,10 @@ def test_report_has_every_table_verdict_figure_and_command(synthetic_results, tm
     assert "(within bag): NOT met" in page  # localisation 0.8 < target 0.9
     for figure in ("idc-slide-0.png", "idc-densenet-roc.png", "breakhis-densenet-roc.png", "results.json"):
         assert (docs / "results" / figure).is_file()
+    from PIL import Image
+
+    with Image.open(docs / "results" / "idc-slide-0.png") as slide:
+        assert max(slide.size) <= 900  # a small figure, not a copy of the slide
     assert "    histopath run bh" in page  # the commands, in order
     stored = json.loads((docs / "results" / "results.json").read_text())
     assert stored["git_commit"] == "abc1234"
