@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import os
+import pathlib
 import sys
 import time
 import warnings
@@ -28,6 +28,7 @@ import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
+from bench.common import write_json
 from histopath.components import image_ops
 from histopath.components.augment import augment_dataset
 from histopath.components.keras_utils import skip_autograph_for_tf_keras
@@ -35,7 +36,7 @@ from histopath.components.model_config import AugmentConfig
 from histopath.components.operating_point import balanced_accuracy_threshold
 from histopath.components.training import class_weights_from_counts
 from histopath.data import features
-from histopath.data.ingest import load_manifest
+from histopath.data.ingest import load_manifest, split_shard_paths
 from histopath.errors import ConfigError, DataError, HistopathError
 from histopath.pipeline.evaluation import roc_auc
 
@@ -138,16 +139,7 @@ def load_split(
       DataError: no manifest, unknown split, missing shard file or an empty split.
     """
     records_dir = os.fspath(records_dir)
-    manifest = load_manifest(records_dir)
-    splits = manifest.get("splits", {})
-    if split not in splits:
-        raise DataError(f"{records_dir}: the manifest has no split {split!r} (it has {sorted(splits)})")
-    shards = [os.path.join(records_dir, shard) for shard in splits[split].get("shards", [])]
-    missing = [path for path in shards if not os.path.isfile(path)]
-    if missing:
-        raise DataError(f"{records_dir}: shard file(s) of split {split!r} missing: {missing}")
-    if not shards or not splits[split].get("num_examples", 0):
-        raise DataError(f"{records_dir}: split {split!r} is empty")
+    shards = split_shard_paths(load_manifest(records_dir), records_dir, split)
 
     spec = {
         features.IMAGE: tf.io.FixedLenFeature([], tf.string),
@@ -352,13 +344,7 @@ def train_and_predict(
                 model.save(path)
 
         _write_atomically(os.path.join(output_dir, MODEL_NAME), save_model)
-
-        def write_json(path: str) -> None:
-            with open(path, "w", encoding="utf-8") as handle:
-                json.dump(result, handle, indent=1)
-                handle.write("\n")
-
-        _write_atomically(os.path.join(output_dir, RESULT_NAME), write_json)
+        write_json(pathlib.Path(output_dir) / RESULT_NAME, result)
     return result
 
 

@@ -23,22 +23,22 @@ from __future__ import annotations
 
 import argparse
 import io
-import json
 import math
 import os
 import pathlib
 import sys
-import tempfile
 from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence
 
 import histopath  # noqa: F401  (pins Keras 2 before TensorFlow is imported)
 import numpy as np
 
+from bench.common import write_json
 from histopath.data import bags as bag_geometry
 from histopath.data import features
 from histopath.errors import ConfigError, DataError
 from histopath.pipeline.evaluation import (
-    CONFIDENCE, cluster_sums, metrics_for_weights, patient_bootstrap_weights, roc_auc)
+    CONFIDENCE, cluster_sums, fill_interval, interval_unavailable, metrics_for_weights, patient_bootstrap_weights,
+    roc_auc)
 from histopath.pipeline.predict import save_png_atomically
 
 HEATMAP_MAX_SIDE = 1600  # longest side of a written slide PNG
@@ -47,6 +47,7 @@ _GAP = 8  # pixels between the two panels
 _TRUTH_COLOUR = np.array([1.0, 0.0, 0.0])  # IDC-positive tint and outline (red)
 _TRUTH_ALPHA = 0.35
 MISSING = bag_geometry.MISSING_LABEL
+_AUC_UNDEFINED = "AUC undefined in them"
 
 
 def _patient_sort_key(patient: str) -> tuple:
@@ -60,21 +61,17 @@ def _split_shards(records_dir: str | os.PathLike, split: str) -> tuple[List[str]
     """The shard files of `split` and the bag size K of a `--bag-size` ingestion.
 
     Raises:
-      DataError: no manifest, or records not ingested with `--bag-size`.
-      ConfigError: the manifest has no such split.
+      DataError: no manifest, records not ingested with `--bag-size`, or no such split
+        (see `data.ingest.split_shard_paths`).
     """
-    from histopath.data.ingest import load_manifest
+    from histopath.data.ingest import load_manifest, split_shard_paths
 
     manifest = load_manifest(os.fspath(records_dir))
     size = manifest.get("bag_size")
     if not size:
         raise DataError(f"{records_dir}: records are single patches, not region bags "
                         "(ingest with `--dataset idc --bag-size K`)")
-    if split not in manifest["splits"]:
-        raise ConfigError(f"{records_dir} has no split {split!r} "
-                          f"(splits: {', '.join(sorted(manifest['splits']))})")
-    shards = [os.path.join(os.fspath(records_dir), s) for s in manifest["splits"][split]["shards"]]
-    return shards, int(size)
+    return split_shard_paths(manifest, os.fspath(records_dir), split), int(size)
 
 
 def _iter_record_batches(
@@ -141,8 +138,7 @@ def predict_bags(
 
     Raises:
       DataError: no model / not a MIL model / its tile grid is not the bags' K x K, or
-        the records are not region bags.
-      ConfigError: unknown split.
+        the records are not region bags, or the split is unknown or empty.
     """
     from histopath.components.export import predict_bytes
     from histopath.pipeline.predict import load_model
@@ -176,20 +172,6 @@ def predict_bags(
 # --- scores ------------------------------------------------------------------------------
 
 
-def _interval(entry: Dict[str, Any], draws: np.ndarray, confidence: float) -> None:
-    """Fills ci_low/ci_high/bootstrap_valid/reason of `entry` from resampled values."""
-    valid = draws[~np.isnan(draws)]
-    entry["bootstrap_valid"] = int(valid.size)
-    if valid.size < 2:
-        entry["reason"] = f"no confidence interval: undefined in {draws.size - valid.size} of {draws.size} resamples"
-        return
-    tail = (1.0 - confidence) / 2.0
-    low, high = np.quantile(valid, [tail, 1.0 - tail])
-    entry["ci_low"], entry["ci_high"] = float(low), float(high)
-    if valid.size < draws.size:
-        entry["reason"] = f"{draws.size - valid.size} of {draws.size} resamples left out (AUC undefined in them)"
-
-
 def _clusters(patient_ids: np.ndarray) -> tuple[np.ndarray, int]:
     """Index of each item's patient in the sorted patient list, and the patient count."""
     patients = sorted(set(patient_ids.tolist()), key=_patient_sort_key)
@@ -211,15 +193,14 @@ def _tile_auc(
     }
     if entry["value"] is None:
         entry["reason"] = "AUC needs both IDC-positive and IDC-negative patches"
-    elif bootstrap <= 0:
-        entry["reason"] = "no confidence interval: bootstrap disabled (0 resamples)"
-    elif n_patients < 2:
-        entry["reason"] = "no confidence interval: resampling needs at least 2 patients"
-    else:
+        return entry
+    entry["reason"] = interval_unavailable(bootstrap, n_patients)
+    if entry["reason"] is None:
         # Per-patient counts at every score level; each resample's AUC is a matrix product.
         positives, negatives, sums = cluster_sums(labels, scores, np.zeros_like(labels), clusters, n_patients)
         weights = patient_bootstrap_weights(n_patients, bootstrap, seed)
-        _interval(entry, metrics_for_weights(weights, positives, negatives, sums)["auc"], CONFIDENCE)
+        fill_interval(entry, metrics_for_weights(weights, positives, negatives, sums)["auc"], CONFIDENCE,
+                      _AUC_UNDEFINED)
     return entry
 
 
@@ -247,11 +228,9 @@ def _within_bag_auc(
     }
     if not aucs:
         entry["reason"] = "no positive bag holds both IDC-positive and IDC-negative patches"
-    elif bootstrap <= 0:
-        entry["reason"] = "no confidence interval: bootstrap disabled (0 resamples)"
-    elif n_patients < 2:
-        entry["reason"] = "no confidence interval: resampling needs at least 2 patients"
-    else:
+        return entry
+    entry["reason"] = interval_unavailable(bootstrap, n_patients)
+    if entry["reason"] is None:
         # Resampled mean of bag AUCs = (W @ per-patient AUC sums) / (W @ per-patient bag counts).
         sums = np.bincount(clusters, weights=aucs_array, minlength=n_patients)
         counts = np.bincount(clusters, minlength=n_patients).astype(np.float64)
@@ -259,7 +238,7 @@ def _within_bag_auc(
         total, number = weights @ sums, weights @ counts
         draws = np.full(len(weights), np.nan)
         np.divide(total, number, out=draws, where=number > 0)
-        _interval(entry, draws, CONFIDENCE)
+        fill_interval(entry, draws, CONFIDENCE, _AUC_UNDEFINED)
     return entry
 
 
@@ -456,7 +435,7 @@ def slide_heatmaps(
       The written paths, in patient order.
 
     Raises:
-      DataError / ConfigError: see `predict_bags` (records).
+      DataError: see `predict_bags` (records).
     """
     patient_ids = np.asarray(bags["patient_id"]).astype(str)
     patients = sorted(set(patient_ids.tolist()), key=_patient_sort_key)
@@ -570,17 +549,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"heat-map: {path}")
     if args.output:
         target = pathlib.Path(args.output)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        handle, temporary = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-        try:
-            with os.fdopen(handle, "w", encoding="utf-8") as stream:
-                json.dump(_json_ready(result), stream, indent=2)
-                stream.write("\n")
-            os.replace(temporary, target)
-        except BaseException:
-            if os.path.exists(temporary):
-                os.unlink(temporary)
-            raise
+        write_json(target, _json_ready(result))
         print(f"scores: {target}")
     return 0
 

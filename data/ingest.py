@@ -481,3 +481,22 @@ def load_manifest(output: str) -> dict:
         raise DataError(f"{output} is not an ingested data set (no {MANIFEST_NAME})")
     with open(path, encoding="utf-8") as handle:
         return json.load(handle)
+
+
+def split_shard_paths(manifest: Mapping, output: str, split: str) -> list[str]:
+    """The shard files of one split of an ingested data set (from `load_manifest`).
+
+    Raises:
+      DataError: the manifest has no such split, a shard file is missing, or the split
+        is empty.
+    """
+    splits = manifest.get("splits", {})
+    if split not in splits:
+        raise DataError(f"{output}: the manifest has no split {split!r} (it has {sorted(splits)})")
+    shards = [os.path.join(output, shard) for shard in splits[split].get("shards", [])]
+    missing = [path for path in shards if not os.path.isfile(path)]
+    if missing:
+        raise DataError(f"{output}: shard file(s) of split {split!r} missing: {missing}")
+    if not shards or not splits[split].get("num_examples", 0):
+        raise DataError(f"{output}: split {split!r} is empty")
+    return shards

@@ -243,7 +243,6 @@ def cluster_bootstrap_metrics(
     positives, negatives, sums = cluster_sums(labels, scores, predictions, clusters, n_clusters)
     point = metrics_for_weights(np.ones((1, n_clusters)), positives, negatives, sums)
     resampled = metrics_for_weights(weights, positives, negatives, sums) if len(weights) else {}
-    tail = (1.0 - confidence) / 2.0
     result = {}
     for name in METRIC_NAMES:
         value = float(point[name][0])
@@ -253,24 +252,41 @@ def cluster_bootstrap_metrics(
             result[name] = entry
             continue
         entry["value"] = value
-        if not len(weights):
-            entry["reason"] = "no confidence interval: bootstrap disabled (0 resamples)"
-        elif n_clusters < 2:
-            entry["reason"] = "no confidence interval: resampling needs at least 2 patients"
-        else:
-            draws = resampled[name]
-            valid = draws[~np.isnan(draws)]
-            entry["bootstrap_valid"] = int(valid.size)
-            if valid.size < 2:
-                entry["reason"] = f"no confidence interval: undefined in {draws.size - valid.size} of {draws.size} resamples"
-            else:
-                low, high = np.quantile(valid, [tail, 1.0 - tail])
-                entry["ci_low"], entry["ci_high"] = float(low), float(high)
-                if valid.size < draws.size:
-                    entry["reason"] = (f"{draws.size - valid.size} of {draws.size} resamples left out "
-                                       f"(metric undefined in them: {_UNDEFINED[name]})")
+        entry["reason"] = interval_unavailable(len(weights), n_clusters)
+        if entry["reason"] is None:
+            fill_interval(entry, resampled[name], confidence, f"metric undefined in them: {_UNDEFINED[name]}")
         result[name] = entry
     return result
+
+
+def interval_unavailable(resamples: int, n_clusters: int) -> Optional[str]:
+    """Why no bootstrap interval can be had at all (None when one can)."""
+    if resamples <= 0:
+        return "no confidence interval: bootstrap disabled (0 resamples)"
+    if n_clusters < 2:
+        return "no confidence interval: resampling needs at least 2 patients"
+    return None
+
+
+def fill_interval(entry: Dict[str, Any], draws: np.ndarray, confidence: float, undefined: str) -> None:
+    """Sets `entry`'s bootstrap_valid, ci_low, ci_high and reason from resampled values.
+
+    Args:
+      entry: a metric entry ("value", "ci_low", "ci_high", "bootstrap_valid", "reason").
+      draws: the metric in every resample; NaN where it is undefined.
+      confidence: interval coverage (percentile interval).
+      undefined: why a resample can leave the metric undefined, for the reason text.
+    """
+    valid = draws[~np.isnan(draws)]
+    entry["bootstrap_valid"] = int(valid.size)
+    if valid.size < 2:
+        entry["reason"] = f"no confidence interval: undefined in {draws.size - valid.size} of {draws.size} resamples"
+        return
+    tail = (1.0 - confidence) / 2.0
+    low, high = np.quantile(valid, [tail, 1.0 - tail])
+    entry["ci_low"], entry["ci_high"] = float(low), float(high)
+    if valid.size < draws.size:
+        entry["reason"] = f"{draws.size - valid.size} of {draws.size} resamples left out ({undefined})"
 
 
 def calibration_table(labels, scores, bins: int = CALIBRATION_BINS) -> Dict[str, Any]:
