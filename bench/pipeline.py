@@ -139,23 +139,21 @@ def run_demo(workdir: pathlib.Path, reuse_run: bool = False) -> Dict[str, Any]:
 
 
 def _transformed_train_tensors(pipeline_root: pathlib.Path, transform_size: int, model_size: int):
-    """Transform's training examples decoded like the Trainer decodes them."""
+    """Transform's training examples, decoded by the Trainer's own reader (`trainer.make_dataset`)."""
     import tensorflow as tf
     import tensorflow_transform as tft
 
-    from histopath.components import preprocessing
+    from histopath.components import trainer
 
     graph_dir = _latest_dir(str(pipeline_root / "Transform" / "transform_graph" / "*"))
     examples_dir = _latest_dir(str(pipeline_root / "Transform" / "transformed_examples" / "*"))
     files = sorted(glob.glob(str(examples_dir / "Split-train" / "*")))
-    spec = tft.TFTransformOutput(str(graph_dir)).transformed_feature_spec()
-    serialized, labels = [], []
-    for batch in tf.data.TFRecordDataset(files, compression_type="GZIP").batch(256):
-        parsed = tf.io.parse_example(batch, spec)
-        serialized.append(tf.reshape(parsed[preprocessing.TRANSFORMED_IMAGE], [-1]))
-        labels.append(tf.reshape(parsed[preprocessing.TRANSFORMED_LABEL], [-1]))
-    serialized, labels = tf.concat(serialized, 0), tf.concat(labels, 0)
-    images = preprocessing.transformed_to_model_input(serialized, transform_size, model_size)
+    dataset = trainer.make_dataset(files, tft.TFTransformOutput(str(graph_dir)), batch_size=256,
+                                   transform_size=transform_size, model_size=model_size, shuffle=False, seed=0,
+                                   cache=False)
+    batches = list(dataset)
+    images = tf.concat([images for images, _ in batches], 0)
+    labels = tf.concat([labels for _, labels in batches], 0)
     return images, labels, files
 
 
