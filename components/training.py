@@ -139,16 +139,16 @@ def train_model(
         if config.epochs == 0 and not fine_tune:
             raise ConfigError("DenseNet training needs epochs > 0 (head phase) or a fine-tuning phase "
                               "(fine_tune_epochs > 0 and fine_tune_blocks != 0)")
-        head_best = float("inf") if mode == "min" else float("-inf")
+        head_best = None  # the head phase's best monitored value, when it ran
         if config.epochs > 0:
             densenet.set_backbone_trainable(model, 0)
             head_best = run_phase("head", model_config.head_learning_rate, config.epochs)
         if fine_tune:
-            head_weights = model.get_weights() if config.epochs > 0 else None
+            head_weights = model.get_weights() if head_best is not None else None
             densenet.set_backbone_trainable(model, model_config.fine_tune_blocks, model_config.freeze_batchnorm)
             tune_best = run_phase("fine_tune", model_config.fine_tune_learning_rate, config.fine_tune_epochs)
-            improved = tune_best < head_best if mode == "min" else tune_best > head_best
-            if head_weights is not None and not improved:
+            improved = head_best is None or (tune_best < head_best if mode == "min" else tune_best > head_best)
+            if not improved:
                 logger.info("fine-tuning did not improve %s (%.4f vs %.4f): keeping the head-phase weights",
                             config.monitor, tune_best, head_best)
                 model.set_weights(head_weights)
