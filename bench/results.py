@@ -656,32 +656,22 @@ def write_report(ctx: Context, results: Dict[str, Any], docs: pathlib.Path, star
     return target
 
 
+def _dicts(node: Any):
+    """Every dict nested in `node` (itself included), depth first."""
+    if isinstance(node, dict):
+        yield node
+        for value in node.values():
+            yield from _dicts(value)
+
+
 def step_minutes(results: Dict[str, Any]) -> float:
     """Sum of the wall times of every step result in `results`."""
-    total = 0.0
-
-    def walk(node):
-        nonlocal total
-        if isinstance(node, dict):
-            if "step" in node and "wall_seconds" in node:
-                total += float(node["wall_seconds"])
-            for value in node.values():
-                walk(value)
-    walk(results)
-    return total / 60
+    return sum(float(d["wall_seconds"]) for d in _dicts(results) if "step" in d and "wall_seconds" in d) / 60
 
 
 def collect_commands(results: Dict[str, Any]) -> List[List[str]]:
-    commands = []
-
-    def walk(node):
-        if isinstance(node, dict):
-            if "command" in node and isinstance(node["command"], list):
-                commands.append(node["command"])
-            for value in node.values():
-                walk(value)
-    walk(results)
-    return commands
+    """The CLI commands the steps in `results` ran, in order."""
+    return [d["command"] for d in _dicts(results) if isinstance(d.get("command"), list)]
 
 
 def main(argv: Optional[List[str]] = None) -> int:
