@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import glob
 import json
+import os
 import pathlib
 import threading
 from typing import Any, Dict
@@ -78,3 +80,11 @@ def write_json(path: pathlib.Path, data: Dict[str, Any]) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(data, indent=2) + "\n")
     tmp.replace(path)
+
+
+def latest_artifact_dir(pattern: str | os.PathLike) -> pathlib.Path:
+    """The artifact folder with the highest numeric execution id matching a glob pattern."""
+    matches = [pathlib.Path(p) for p in glob.glob(os.fspath(pattern))]
+    if not matches:
+        raise FileNotFoundError(f"no artifact folder matches {pattern}")
+    return max(matches, key=lambda p: int(p.name) if p.name.isdigit() else -1)

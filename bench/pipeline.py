@@ -46,7 +46,7 @@ import time
 from typing import Any, Dict, List, Optional, Tuple
 
 import histopath  # noqa: F401  (pins Keras 2 before TensorFlow is imported)
-from bench.common import TreeRssSampler, write_json
+from bench.common import TreeRssSampler, latest_artifact_dir, write_json
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
 RESULTS = REPO_ROOT / "bench" / "results" / "pipeline.json"
@@ -69,14 +69,6 @@ def _peak_rss_mib() -> Dict[str, float]:
 
 def _load_average() -> List[float]:
     return [round(value, 2) for value in os.getloadavg()]
-
-
-def _latest_dir(pattern: str) -> pathlib.Path:
-    """The artifact folder with the highest numeric execution id matching `pattern`."""
-    matches = [pathlib.Path(p) for p in glob.glob(pattern)]
-    if not matches:
-        raise FileNotFoundError(f"no artifact folder matches {pattern}")
-    return max(matches, key=lambda p: int(p.name) if p.name.isdigit() else -1)
 
 
 def _steady_rate(epoch_seconds: List[float], examples: List[int]) -> Tuple[Optional[float], int, str]:
@@ -145,8 +137,8 @@ def _transformed_train_tensors(pipeline_root: pathlib.Path, transform_size: int,
 
     from histopath.components import trainer
 
-    graph_dir = _latest_dir(str(pipeline_root / "Transform" / "transform_graph" / "*"))
-    examples_dir = _latest_dir(str(pipeline_root / "Transform" / "transformed_examples" / "*"))
+    graph_dir = latest_artifact_dir(str(pipeline_root / "Transform" / "transform_graph" / "*"))
+    examples_dir = latest_artifact_dir(str(pipeline_root / "Transform" / "transformed_examples" / "*"))
     files = sorted(glob.glob(str(examples_dir / "Split-train" / "*")))
     dataset = trainer.make_dataset(files, tft.TFTransformOutput(str(graph_dir)), batch_size=256,
                                    transform_size=transform_size, model_size=model_size, shuffle=False, seed=0,
@@ -199,7 +191,7 @@ def compare_trainer(kind: str, pipeline_root: pathlib.Path, max_images: Optional
 
     from histopath.components import densenet, mil, model_config, training
 
-    model_dir = _latest_dir(str(pipeline_root / f"trainer_{kind}" / "model" / "*"))
+    model_dir = latest_artifact_dir(str(pipeline_root / f"trainer_{kind}" / "model" / "*"))
     info_path = model_dir / "Format-Serving" / "assets.extra" / "model_info.json"
     info = json.loads(info_path.read_text())
     history = info["history"]
@@ -259,7 +251,7 @@ def compare_trainer(kind: str, pipeline_root: pathlib.Path, max_images: Optional
     model.fit(dataset, epochs=epochs, callbacks=[timer], verbose=0)
     bare_rate, bare_epochs, _ = _steady_rate(timer.epoch_seconds, timer.train_examples)
 
-    graph_dir = _latest_dir(str(pipeline_root / "Transform" / "transform_graph" / "*"))
+    graph_dir = latest_artifact_dir(str(pipeline_root / "Transform" / "transform_graph" / "*"))
     input_rate = _input_pipeline_rate(files, graph_dir, info, weights)
     ratio = None if tfx_rate is None or bare_rate is None else tfx_rate / bare_rate
     # On a shared 2-core CPU the input pipeline and the train step compete for the same

@@ -35,7 +35,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
-import glob
 import json
 import os
 import pathlib
@@ -46,7 +45,7 @@ import sys
 import time
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
-from bench.common import TreeRssSampler, write_json
+from bench.common import TreeRssSampler, latest_artifact_dir, write_json
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
 CONFIGS = REPO_ROOT / "bench" / "configs"
@@ -177,7 +176,8 @@ def pipeline_step(ctx: Context, dataset: str, records: str, config_name: str,
         code = run_command(command, folder / "log.txt", ok_codes=(0, 3))  # 3: nothing blessed
         models, histories = {}, {}
         for kind in config["models"]:
-            model_dir = latest(run_dir / "pipeline_root" / f"trainer_{kind}" / "model" / "*") / "Format-Serving"
+            trainer_models = run_dir / "pipeline_root" / f"trainer_{kind}" / "model" / "*"
+            model_dir = latest_artifact_dir(trainer_models) / "Format-Serving"
             models[kind] = str(model_dir)
             info = json.loads((model_dir / "assets.extra" / "model_info.json").read_text())
             histories[kind] = {"train_seconds": info.get("train_seconds"), "history": info["history"],
@@ -194,13 +194,6 @@ def component_seconds(metadata: pathlib.Path) -> List[Dict[str, Any]]:
 
     return [{"component": e.component_id, "state": e.state, "seconds": round(e.seconds, 1)}
             for e in runs.component_executions(metadata)]
-
-
-def latest(pattern: pathlib.Path) -> pathlib.Path:
-    matches = [pathlib.Path(p) for p in glob.glob(str(pattern))]
-    if not matches:
-        raise SystemExit(f"nothing matches {pattern}")
-    return max(matches, key=lambda p: int(p.name) if p.name.isdigit() else -1)
 
 
 def evaluate_step(model_dir: str, dataset: str, raw_data: pathlib.Path, records: str):
@@ -319,7 +312,7 @@ def run_breakhis(ctx: Context, idc: Optional[Dict[str, Any]]) -> Dict[str, Any]:
     if idc is not None:
         from histopath.components.trainer import BACKBONE_WEIGHTS_FILE
 
-        weights = latest(pathlib.Path(idc["runs"]["densenet"]["run_dir"]) / "pipeline_root" / "trainer_densenet"
+        weights = latest_artifact_dir(pathlib.Path(idc["runs"]["densenet"]["run_dir"]) / "pipeline_root" / "trainer_densenet"
                          / "model_run" / "*") / BACKBONE_WEIGHTS_FILE
         warm = run_step(ctx, "breakhis-warm-start",
                         pipeline_step(ctx, "breakhis", records["records"], "breakhis_warm_start.json",
