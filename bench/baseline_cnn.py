@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import os
 import pathlib
 import sys
@@ -48,8 +49,9 @@ DROPOUT_RATE = 0.3  # dropout between global average pooling and the output unit
 REDUCE_LR_FACTOR = 0.5
 REDUCE_LR_PATIENCE = 2
 MIN_LEARNING_RATE = 1e-6
-# Flips, 90-degree rotations and mild HED stain jitter; no crops (IDC patches are 50 px).
-AUGMENT = AugmentConfig(flips=True, rotations=True, color_jitter=0.03, color_space="hed",
+# Default augmentation: flips, 90-degree rotations and mild HED stain jitter; no crops
+# (IDC patches are 50 px).
+DEFAULT_AUGMENT = AugmentConfig(flips=True, rotations=True, color_jitter=0.03, color_space="hed",
                         crop_fraction=1.0)
 _READ_BATCH = 256  # records parsed and decoded per tf.data step when loading a split
 _PREDICT_BATCH = 256
@@ -78,6 +80,8 @@ class BaselineConfig:
     max_epochs: int = 100
     # Seed of Python, NumPy, TensorFlow, the shuffle order and the augmentation stream.
     seed: int = 42
+    # Training-time augmentation.
+    augment: AugmentConfig = DEFAULT_AUGMENT
 
     def __post_init__(self) -> None:
         checks = [
@@ -283,7 +287,7 @@ def train_and_predict(
                 .batch(config.batch_size)
                 .map(lambda idx: (tf.gather(train_images, idx), tf.gather(train_labels, idx),
                                   tf.gather(train_weights, idx))))
-    train_ds = augment_dataset(train_ds, AUGMENT, config.seed).prefetch(tf.data.AUTOTUNE)
+    train_ds = augment_dataset(train_ds, config.augment, config.seed).prefetch(tf.data.AUTOTUNE)
     eval_ds = (tf.data.Dataset.from_tensor_slices((eval_x, eval_y.astype(np.float32)[:, None]))
                .batch(_PREDICT_BATCH).prefetch(tf.data.AUTOTUNE))
 
@@ -369,13 +373,17 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--minutes", type=float, default=defaults.minutes, help="wall-clock training budget")
     parser.add_argument("--max-epochs", type=int, default=defaults.max_epochs)
     parser.add_argument("--seed", type=int, default=defaults.seed)
+    parser.add_argument("--augment", type=json.loads, default=None, metavar="JSON",
+                        help="AugmentConfig fields overriding the default augmentation, "
+                             'e.g. \'{"brightness": 0.1, "contrast": 0.2}\'')
     parser.add_argument("--output", help="save baseline.h5 and baseline.json here")
     parser.add_argument("--quiet", action="store_true", help="no per-epoch progress")
     args = parser.parse_args(argv)
     try:
         config = BaselineConfig(conv_layers=args.conv_layers, base_filters=args.base_filters,
                                 image_size=args.image_size, batch_size=args.batch_size,
-                                minutes=args.minutes, max_epochs=args.max_epochs, seed=args.seed)
+                                minutes=args.minutes, max_epochs=args.max_epochs, seed=args.seed,
+                                augment=AugmentConfig.from_dict({**DEFAULT_AUGMENT.to_dict(), **(args.augment or {})}))
         result = train_and_predict(args.records, config, args.output, progress=not args.quiet)
     except HistopathError as error:
         print(f"error: {error}", file=sys.stderr)

@@ -150,6 +150,24 @@ def random_stain_jitter(images: tf.Tensor, seed: tf.Tensor, strength: float, col
     return tf.clip_by_value(tf.image.hsv_to_rgb(tf.concat([hue, tf.clip_by_value(sat_val, 0.0, 1.0)], -1)), 0.0, 1.0)
 
 
+def random_brightness_contrast(images: tf.Tensor, seed: tf.Tensor, brightness: float,
+                               contrast: float) -> tf.Tensor:
+    """Per-image `(x - mean) * U(1-c, 1+c) + mean + U(-b, b)`, clipped to [0, 1].
+
+    Args:
+      images: float32 `(batch, H, W, 3)` in [0, 1].
+      seed: int `(2,)` stateless seed.
+      brightness: `b`, the largest shift of every pixel value.
+      contrast: `c`, the largest relative change of the deviations from the image mean.
+    """
+    batch = tf.shape(images)[0]
+    seeds = tf.random.experimental.stateless_split(seed, 2)
+    mean = tf.reduce_mean(images, axis=[1, 2, 3], keepdims=True)
+    factor = _uniform(seeds[0], [batch, 1, 1, 1], 1.0 - contrast, 1.0 + contrast)
+    shift = _uniform(seeds[1], [batch, 1, 1, 1], -brightness, brightness)
+    return tf.clip_by_value((images - mean) * factor + mean + shift, 0.0, 1.0)
+
+
 def augment_batch(images: tf.Tensor, seed: tf.Tensor, config: AugmentConfig) -> tf.Tensor:
     """Applies the configured random augmentations to one batch.
 
@@ -162,7 +180,7 @@ def augment_batch(images: tf.Tensor, seed: tf.Tensor, config: AugmentConfig) -> 
       float32 tensor of the same shape, in [0, 1].
     """
     images = tf.convert_to_tensor(images, tf.float32)
-    seeds = tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), 3)
+    seeds = tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), 4)
     static_shape = images.shape
     if config.crop_fraction < 1.0:
         known_sides = [side for side in static_shape[1:3] if side is not None]
@@ -172,6 +190,8 @@ def augment_batch(images: tf.Tensor, seed: tf.Tensor, config: AugmentConfig) -> 
         images = random_flips_rotations(images, seeds[1], config.flips, config.rotations)
     if config.color_jitter > 0:
         images = random_stain_jitter(images, seeds[2], config.color_jitter, config.color_space)
+    if config.brightness > 0 or config.contrast > 0:
+        images = random_brightness_contrast(images, seeds[3], config.brightness, config.contrast)
     images = tf.clip_by_value(images, 0.0, 1.0)
     images.set_shape(static_shape)
     return images

@@ -92,3 +92,24 @@ def test_stain_jitter_matches_the_two_conversions_in_float64():
     expected = np.clip(np.exp((stains @ rgb_from_hed) * log_adjust), 0.0, 1.0)
     jittered = augment._jitter_in_hed_space(tf.constant(images), tf.constant(scale), tf.constant(shift))
     np.testing.assert_allclose(jittered.numpy(), expected, atol=2e-5)
+
+
+def test_brightness_contrast_matches_numpy_and_stays_in_range(batch):
+    seed = tf.constant([5, 6], tf.int64)
+    out = augment.random_brightness_contrast(batch, seed, brightness=0.2, contrast=0.4).numpy()
+    assert out.shape == batch.shape and out.min() >= 0.0 and out.max() <= 1.0
+    # Undo the affine map image by image: every image must be a*x + b of its input (in the
+    # unclipped pixels), with a in [0.6, 1.4] and the shift b - (1 - a) * mean in [-0.2, 0.2].
+    for original, augmented in zip(batch, out):
+        inside = (augmented > 1e-4) & (augmented < 1 - 1e-4)
+        a, b = np.polyfit(original[inside], augmented[inside], 1)
+        np.testing.assert_allclose(a * original[inside] + b, augmented[inside], atol=1e-4)
+        assert 0.6 - 1e-3 <= a <= 1.4 + 1e-3
+        assert abs(b - (1 - a) * original.mean()) <= 0.2 + 1e-3
+    config = model_config.AugmentConfig(flips=False, rotations=False, color_jitter=0.0, crop_fraction=1.0,
+                                        brightness=0.2, contrast=0.4)
+    assert config.enabled
+    via_batch = augment.augment_batch(batch, seed, config).numpy()
+    assert not np.allclose(via_batch, batch)
+    with pytest.raises(Exception, match="brightness"):
+        model_config.AugmentConfig(brightness=0.9)

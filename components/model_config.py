@@ -189,6 +189,11 @@ class AugmentConfig(_JsonConfig):
     color_jitter: float = 0.05
     # "hed" (haematoxylin-eosin-DAB stain space, Ruifrok & Johnston) or "hsv".
     color_space: str = "hed"
+    # Brightness jitter: U(-b, b) added to every pixel of an image (pixels in [0, 1]);
+    # 0 disables. Covers pale and dark stainings of other labs (Tellez et al. 2019, "BC").
+    brightness: float = 0.0
+    # Contrast jitter: deviations from the image's mean scaled by U(1-c, 1+c); 0 disables.
+    contrast: float = 0.0
     # Random crop of this fraction of each side, resized back to the input size;
     # 1.0 disables. Skipped when the crop would be smaller than 16 pixels.
     crop_fraction: float = 0.9
@@ -197,12 +202,15 @@ class AugmentConfig(_JsonConfig):
         _check(self.color_space in COLOR_SPACES,
                f"AugmentConfig.color_space must be one of {COLOR_SPACES}, got {self.color_space!r}")
         _check(0.0 <= self.color_jitter <= 0.5, "AugmentConfig.color_jitter must be in [0, 0.5]")
+        _check(0.0 <= self.brightness <= 0.5, "AugmentConfig.brightness must be in [0, 0.5]")
+        _check(0.0 <= self.contrast < 1.0, "AugmentConfig.contrast must be in [0, 1)")
         _check(0.0 < self.crop_fraction <= 1.0, "AugmentConfig.crop_fraction must be in (0, 1]")
 
     @property
     def enabled(self) -> bool:
         """Whether any augmentation is applied."""
-        return self.flips or self.rotations or self.color_jitter > 0 or self.crop_fraction < 1.0
+        return (self.flips or self.rotations or self.color_jitter > 0 or self.brightness > 0
+                or self.contrast > 0 or self.crop_fraction < 1.0)
 
 
 @dataclasses.dataclass(frozen=True)
