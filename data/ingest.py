@@ -31,7 +31,7 @@ import time
 from typing import Mapping, Sequence
 
 import histopath
-from histopath.data import bags, features, layouts
+from histopath.data import bags, beam_workers, features, layouts
 from histopath.data.layouts import ParsedFile
 from histopath.data.records import DEFAULT_COMPRESSION_LEVEL
 from histopath.data.output_dir import (
@@ -174,10 +174,11 @@ def _run_pipeline(
     num_workers: int,
     max_pixels: int,
     compression_level: int,
+    prestarted: beam_workers.PrestartedWorkers | None = None,
 ) -> None:
     import apache_beam as beam
 
-    with beam.Pipeline(options=_beam_options(beam_args, num_workers)) as pipeline:
+    def build(pipeline) -> None:
         _ = (
             pipeline
             # Unique keys + GroupByKey: a fusion break that hands the shard tasks out to the
@@ -195,6 +196,13 @@ def _run_pipeline(
                 compression_level=compression_level,
             )
         )
+
+    options = _beam_options(beam_args, num_workers)
+    if prestarted is not None:
+        beam_workers.run_pipeline_on(prestarted, build, options)
+        return
+    with beam.Pipeline(options=options) as pipeline:
+        build(pipeline)
 
 
 def _files_done(progress_dir: str) -> int:
@@ -397,77 +405,85 @@ def ingest(
     if os.path.isdir(source) and (_is_within(output, source) or _is_within(source, output)):
         raise DataError(f"output {output} and source {source} must not contain each other")
 
+    workers = _direct_num_workers(beam_args, num_workers)
+    # The local worker processes import Beam for seconds before they can work: start them
+    # now, so that they get ready while this process lists the files and imports Beam.
+    prestarted = (beam_workers.PrestartedWorkers(workers)
+                  if beam_workers.uses_local_worker_processes(beam_args) else None)
     # Importing Beam takes seconds; let it overlap with listing and splitting the files.
     beam_import = threading.Thread(target=_import_beam, name="import-beam", daemon=True)
     beam_import.start()
-    scan = layouts.scan_source(dataset, source, magnifications)
-    split_to_files = split_files(scan.files, fractions, seed)  # by patient, from names
-    split_to_items: Mapping[str, Sequence[ParsedFile | bags.Region]] = split_to_files
-    if bag_size is not None:
-        split_to_items = {}
-        for split, files in split_to_files.items():
-            regions, overlapping = bags.group_into_regions(files, bag_size)
-            split_to_items[split] = regions
-            scan.skipped.extend(overlapping)
-    total_items = sum(len(items) for items in split_to_items.values())
-    workers = _direct_num_workers(beam_args, num_workers)
-    tasks = plan_shards(split_to_items, seed, shards, images_per_shard, workers)
-
-    work_dir = make_temp_sibling(output)
-    listed = time.time()
-    beam_import.join()
-    beam_ready = time.time()
     try:
-        for task in tasks:
-            save_task(task, work_dir)
-        _run_with_progress(
-            lambda: _run_pipeline(tasks, source, work_dir, beam_args, num_workers, max_pixels,
-                                  compression_level),
-            total=total_items,
-            progress_dir=os.path.join(work_dir, PROGRESS_DIR),
-            description=f"ingest {dataset}" + (f" {bag_size}x{bag_size} bags" if bag_size else ""),
-            show=progress,
-        )
-        pipeline_done = time.time()
-        summaries = _read_summaries(work_dir, tasks)
-        first_shard = min(s["started_unix"] for s in summaries)
-        last_shard = max(s["started_unix"] + s["seconds"] for s in summaries)
-        timing = {  # seconds since the call started; for finding where the time goes
-            "files_listed_and_split": listed - started,
-            "beam_imported": beam_ready - started,
-            "first_shard_started": first_shard - started,
-            "last_shard_finished": last_shard - started,
-            "pipeline_finished": pipeline_done - started,
-            "shard_work_seconds_total": sum(s["seconds"] for s in summaries),
-        }
-        manifest = _build_manifest(
-            dataset=dataset, source=source, fractions=fractions, seed=seed,
-            magnifications=magnifications, beam_args=beam_args, num_workers=workers,
-            scan=scan, summaries=summaries, seconds=time.time() - started, timing=timing,
-            compression_level=compression_level, bag_size=bag_size,
-        )
-        if manifest["num_examples"] == 0:
-            reasons = "; ".join(f"{s['path']}: {s['reason']}" for s in manifest["skipped"][:3])
-            raise DataError(
-                f"{source} holds no usable image: all {len(manifest['skipped'])} files were "
-                f"skipped (e.g. {reasons})"
+        scan = layouts.scan_source(dataset, source, magnifications)
+        split_to_files = split_files(scan.files, fractions, seed)  # by patient, from names
+        split_to_items: Mapping[str, Sequence[ParsedFile | bags.Region]] = split_to_files
+        if bag_size is not None:
+            split_to_items = {}
+            for split, files in split_to_files.items():
+                regions, overlapping = bags.group_into_regions(files, bag_size)
+                split_to_items[split] = regions
+                scan.skipped.extend(overlapping)
+        total_items = sum(len(items) for items in split_to_items.values())
+        tasks = plan_shards(split_to_items, seed, shards, images_per_shard, workers)
+
+        work_dir = make_temp_sibling(output)
+        listed = time.time()
+        beam_import.join()
+        beam_ready = time.time()
+        try:
+            for task in tasks:
+                save_task(task, work_dir)
+            _run_with_progress(
+                lambda: _run_pipeline(tasks, source, work_dir, beam_args, num_workers, max_pixels,
+                                      compression_level, prestarted),
+                total=total_items,
+                progress_dir=os.path.join(work_dir, PROGRESS_DIR),
+                description=f"ingest {dataset}" + (f" {bag_size}x{bag_size} bags" if bag_size else ""),
+                show=progress,
             )
-        empty = [name for name, split in manifest["splits"].items() if split["num_examples"] == 0]
-        if empty:
-            raise DataError(
-                f"split(s) {', '.join(empty)} received no usable image (their patients' files "
-                "were all skipped); see the skipped files"
+            pipeline_done = time.time()
+            summaries = _read_summaries(work_dir, tasks)
+            first_shard = min(s["started_unix"] for s in summaries)
+            last_shard = max(s["started_unix"] + s["seconds"] for s in summaries)
+            timing = {  # seconds since the call started; for finding where the time goes
+                "files_listed_and_split": listed - started,
+                "beam_imported": beam_ready - started,
+                "first_shard_started": first_shard - started,
+                "last_shard_finished": last_shard - started,
+                "pipeline_finished": pipeline_done - started,
+                "shard_work_seconds_total": sum(s["seconds"] for s in summaries),
+            }
+            manifest = _build_manifest(
+                dataset=dataset, source=source, fractions=fractions, seed=seed,
+                magnifications=magnifications, beam_args=beam_args, num_workers=workers,
+                scan=scan, summaries=summaries, seconds=time.time() - started, timing=timing,
+                compression_level=compression_level, bag_size=bag_size,
             )
-        for folder in (PROGRESS_DIR, SUMMARY_DIR, PLAN_DIR):
-            remove_quietly(os.path.join(work_dir, folder))
-        with open(os.path.join(work_dir, MANIFEST_NAME), "w", encoding="utf-8") as handle:
-            json.dump(manifest, handle, indent=2)
-            handle.write("\n")
-        swap_into_place(work_dir, output, overwrite)
-    except BaseException:
-        remove_quietly(work_dir)
-        raise
-    return manifest
+            if manifest["num_examples"] == 0:
+                reasons = "; ".join(f"{s['path']}: {s['reason']}" for s in manifest["skipped"][:3])
+                raise DataError(
+                    f"{source} holds no usable image: all {len(manifest['skipped'])} files were "
+                    f"skipped (e.g. {reasons})"
+                )
+            empty = [name for name, split in manifest["splits"].items() if split["num_examples"] == 0]
+            if empty:
+                raise DataError(
+                    f"split(s) {', '.join(empty)} received no usable image (their patients' files "
+                    "were all skipped); see the skipped files"
+                )
+            for folder in (PROGRESS_DIR, SUMMARY_DIR, PLAN_DIR):
+                remove_quietly(os.path.join(work_dir, folder))
+            with open(os.path.join(work_dir, MANIFEST_NAME), "w", encoding="utf-8") as handle:
+                json.dump(manifest, handle, indent=2)
+                handle.write("\n")
+            swap_into_place(work_dir, output, overwrite)
+        except BaseException:
+            remove_quietly(work_dir)
+            raise
+        return manifest
+    finally:
+        if prestarted is not None:
+            prestarted.close()
 
 
 def load_manifest(output: str) -> dict:
