@@ -8,7 +8,8 @@ interpreters at the beginning of `ingest`, so that they import Beam and the shar
 while the main process lists the files and imports Beam itself, and gives the runner a
 launch command that hands the runner's connection details to one of them instead of
 starting a cold interpreter. It is the same runner (the DirectRunner's `FnApiRunner`)
-with the same one-process-per-worker execution; only the start of the processes moves.
+with the same one-process-per-worker execution; only the start of the processes moves
+(and the workers skip importing the BigQuery client, which shard writing never uses).
 
 Hand-off: worker `i` waits on the named pipe `worker-<i>.fifo` of the pool folder. The
 launch command (`beam_worker_launcher.py`, standard library only) claims a waiting worker
@@ -34,6 +35,10 @@ from typing import List, Sequence
 LAUNCHER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "beam_worker_launcher.py")
 # Modules a shard-writing worker needs; imported before the hand-off, while waiting.
 _WARM_IMPORTS = ("apache_beam.runners.worker.sdk_worker_main", "histopath.data.shard_writer")
+# Never imported by the workers: Beam's BigQuery IO pulls in the BigQuery client library
+# (~0.5 s of each worker's start-up) but imports it optionally, and shard writing needs no
+# BigQuery. The pool is therefore for pipelines that do not read or write BigQuery.
+_NOT_IMPORTED = ("google.cloud.bigquery",)
 # The runner's logging service lives only as long as the launch command; the handed-off
 # worker logs to its own stderr instead (warnings and errors reach the terminal).
 _DROPPED_VARIABLES = ("LOGGING_API_SERVICE_DESCRIPTOR",)
@@ -155,10 +160,23 @@ class _DropMessage(logging.Filter):
         return self._fragment not in record.getMessage()
 
 
+class _SkipModules:
+    """Import hook: the named packages raise ImportError (as if not installed)."""
+
+    def __init__(self, names: Sequence[str]):
+        self._names = tuple(names)
+
+    def find_spec(self, name, path=None, target=None):
+        if any(name == skipped or name.startswith(skipped + ".") for skipped in self._names):
+            raise ImportError(f"{name} is not imported in a histopath ingest worker")
+        return None
+
+
 def _serve(folder: str, index: int) -> int:
     """A prestarted worker: import, wait for the hand-off, run the SDK harness."""
     import importlib
 
+    sys.meta_path.insert(0, _SkipModules(_NOT_IMPORTED))
     for module in _WARM_IMPORTS:
         importlib.import_module(module)
     from apache_beam.runners.worker import sdk_worker_main
