@@ -15,10 +15,11 @@ import os
 import sys
 import time
 
-# The variables the runner sets for a worker (apache_beam.runners.portability.local_job_service).
-HANDED_OVER = ("CONTROL_API_SERVICE_DESCRIPTOR", "LOGGING_API_SERVICE_DESCRIPTOR",
-               "PIPELINE_OPTIONS", "WORKER_ID", "STATUS_API_SERVICE_DESCRIPTOR",
-               "SEMI_PERSISTENT_DIRECTORY", "RUNNER_CAPABILITIES")
+# The variables the runner sets for a worker (apache_beam.runners.portability.local_job_service),
+# except LOGGING_API_SERVICE_DESCRIPTOR: the runner's logging service lives only as long as
+# this launch command, so the handed-off worker logs to its own stderr instead.
+HANDED_OVER = ("CONTROL_API_SERVICE_DESCRIPTOR", "PIPELINE_OPTIONS", "WORKER_ID",
+               "STATUS_API_SERVICE_DESCRIPTOR", "SEMI_PERSISTENT_DIRECTORY", "RUNNER_CAPABILITIES")
 
 
 def _alive(pid: int) -> bool:

@@ -30,7 +30,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from typing import List, Sequence
+from typing import Iterator, List, Sequence, Tuple
 
 LAUNCHER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "beam_worker_launcher.py")
 # Modules a shard-writing worker needs; imported before the hand-off, while waiting.
@@ -41,24 +41,34 @@ _WARM_IMPORTS = ("apache_beam.runners.worker.sdk_worker_main", "histopath.data.s
 # therefore for pipelines that use none of those (ingest writes local files).
 _NOT_IMPORTED = ("google.cloud.bigquery", "google.cloud.bigquery_storage_v1", "google.cloud.pubsub",
                  "google.cloud.pubsub_v1", "google.pubsub_v1", "google.cloud.storage", "pymongo", "pandas")
-# The runner's logging service lives only as long as the launch command; the handed-off
-# worker logs to its own stderr instead (warnings and errors reach the terminal).
-_DROPPED_VARIABLES = ("LOGGING_API_SERVICE_DESCRIPTOR",)
 _DIRECT_RUNNER_NAMES = {"directrunner", "direct", "apache_beam.runners.direct.direct_runner.directrunner"}
+
+
+def beam_flags(beam_args: Sequence[str]) -> Iterator[Tuple[str, str]]:
+    """`(name, value)` of every flag in `beam_args`, in order.
+
+    Args:
+      beam_args: Beam flags, `--name=value` or `--name value` (as Beam's own parser takes
+        them); a flag without a value gets "".
+    """
+    args = list(beam_args)
+    for index, arg in enumerate(args):
+        if not arg.startswith("--"):
+            continue
+        name, has_value, value = arg.partition("=")
+        if not has_value and index + 1 < len(args) and not args[index + 1].startswith("--"):
+            value = args[index + 1]
+        yield name, value
 
 
 def uses_local_worker_processes(beam_args: Sequence[str]) -> bool:
     """Whether `beam_args` leave the default runner: the DirectRunner, multi-processing.
 
     Args:
-      beam_args: the user's Beam flags, `--name=value` or `--name value`; later ones win.
+      beam_args: the user's Beam flags (see `beam_flags`); later ones win.
     """
     runner, mode = "DirectRunner", "multi_processing"
-    args = list(beam_args)
-    for index, arg in enumerate(args):
-        name, has_value, value = arg.partition("=")
-        if not has_value:
-            value = args[index + 1] if index + 1 < len(args) else ""
+    for name, value in beam_flags(beam_args):
         if name == "--runner":
             runner = value
         elif name == "--direct_running_mode":
@@ -190,8 +200,7 @@ def _serve(folder: str, index: int) -> int:
         return 0  # the pool was closed before any pipeline claimed this worker
     if not handed_over:
         return 0
-    environment = {key: value for key, value in json.loads(handed_over).items()
-                   if key not in _DROPPED_VARIABLES}
+    environment = json.loads(handed_over)  # without the logging service: see the launcher
     os.environ.update(environment)
     if "default_sdk_harness_log_level" not in environment.get("PIPELINE_OPTIONS", ""):
         # Cold workers log to the runner's logging service, which shows nothing; on stderr

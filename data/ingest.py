@@ -136,13 +136,13 @@ def order_for_workers(tasks: Sequence[ShardTask], num_workers: int) -> list[Shar
 def _direct_num_workers(beam_args: Sequence[str], default: int) -> int:
     """The --direct_num_workers the pipeline will run with (last flag wins)."""
     workers = default
-    for arg in beam_args:
-        if arg.startswith("--direct_num_workers="):
+    for name, value in beam_workers.beam_flags(beam_args):
+        if name == "--direct_num_workers":
             try:
-                workers = int(arg.split("=", 1)[1]) or os.cpu_count() or 1
+                workers = int(value) or os.cpu_count() or 1
             except ValueError:
                 pass
-        if arg == "--direct_running_mode=in_memory":
+        if name == "--direct_running_mode" and value == "in_memory":
             workers = 1
     return max(1, workers)
 
@@ -413,6 +413,7 @@ def ingest(
     # Importing Beam takes seconds; let it overlap with listing and splitting the files.
     beam_import = threading.Thread(target=_import_beam, name="import-beam", daemon=True)
     beam_import.start()
+    work_dir = None  # the temporary output folder, once made
     try:
         scan = layouts.scan_source(dataset, source, magnifications)
         split_to_files = split_files(scan.files, fractions, seed)  # by patient, from names
@@ -430,57 +431,57 @@ def ingest(
         listed = time.time()
         beam_import.join()
         beam_ready = time.time()
-        try:
-            for task in tasks:
-                save_task(task, work_dir)
-            _run_with_progress(
-                lambda: _run_pipeline(tasks, source, work_dir, beam_args, num_workers, max_pixels,
-                                      compression_level, prestarted),
-                total=total_items,
-                progress_dir=os.path.join(work_dir, PROGRESS_DIR),
-                description=f"ingest {dataset}" + (f" {bag_size}x{bag_size} bags" if bag_size else ""),
-                show=progress,
+        for task in tasks:
+            save_task(task, work_dir)
+        _run_with_progress(
+            lambda: _run_pipeline(tasks, source, work_dir, beam_args, num_workers, max_pixels,
+                                  compression_level, prestarted),
+            total=total_items,
+            progress_dir=os.path.join(work_dir, PROGRESS_DIR),
+            description=f"ingest {dataset}" + (f" {bag_size}x{bag_size} bags" if bag_size else ""),
+            show=progress,
+        )
+        pipeline_done = time.time()
+        summaries = _read_summaries(work_dir, tasks)
+        first_shard = min(s["started_unix"] for s in summaries)
+        last_shard = max(s["started_unix"] + s["seconds"] for s in summaries)
+        timing = {  # seconds since the call started; for finding where the time goes
+            "files_listed_and_split": listed - started,
+            "beam_imported": beam_ready - started,
+            "first_shard_started": first_shard - started,
+            "last_shard_finished": last_shard - started,
+            "pipeline_finished": pipeline_done - started,
+            "shard_work_seconds_total": sum(s["seconds"] for s in summaries),
+        }
+        manifest = _build_manifest(
+            dataset=dataset, source=source, fractions=fractions, seed=seed,
+            magnifications=magnifications, beam_args=beam_args, num_workers=workers,
+            scan=scan, summaries=summaries, seconds=time.time() - started, timing=timing,
+            compression_level=compression_level, bag_size=bag_size,
+        )
+        if manifest["num_examples"] == 0:
+            reasons = "; ".join(f"{s['path']}: {s['reason']}" for s in manifest["skipped"][:3])
+            raise DataError(
+                f"{source} holds no usable image: all {len(manifest['skipped'])} files were "
+                f"skipped (e.g. {reasons})"
             )
-            pipeline_done = time.time()
-            summaries = _read_summaries(work_dir, tasks)
-            first_shard = min(s["started_unix"] for s in summaries)
-            last_shard = max(s["started_unix"] + s["seconds"] for s in summaries)
-            timing = {  # seconds since the call started; for finding where the time goes
-                "files_listed_and_split": listed - started,
-                "beam_imported": beam_ready - started,
-                "first_shard_started": first_shard - started,
-                "last_shard_finished": last_shard - started,
-                "pipeline_finished": pipeline_done - started,
-                "shard_work_seconds_total": sum(s["seconds"] for s in summaries),
-            }
-            manifest = _build_manifest(
-                dataset=dataset, source=source, fractions=fractions, seed=seed,
-                magnifications=magnifications, beam_args=beam_args, num_workers=workers,
-                scan=scan, summaries=summaries, seconds=time.time() - started, timing=timing,
-                compression_level=compression_level, bag_size=bag_size,
+        empty = [name for name, split in manifest["splits"].items() if split["num_examples"] == 0]
+        if empty:
+            raise DataError(
+                f"split(s) {', '.join(empty)} received no usable image (their patients' files "
+                "were all skipped); see the skipped files"
             )
-            if manifest["num_examples"] == 0:
-                reasons = "; ".join(f"{s['path']}: {s['reason']}" for s in manifest["skipped"][:3])
-                raise DataError(
-                    f"{source} holds no usable image: all {len(manifest['skipped'])} files were "
-                    f"skipped (e.g. {reasons})"
-                )
-            empty = [name for name, split in manifest["splits"].items() if split["num_examples"] == 0]
-            if empty:
-                raise DataError(
-                    f"split(s) {', '.join(empty)} received no usable image (their patients' files "
-                    "were all skipped); see the skipped files"
-                )
-            for folder in (PROGRESS_DIR, SUMMARY_DIR, PLAN_DIR):
-                remove_quietly(os.path.join(work_dir, folder))
-            with open(os.path.join(work_dir, MANIFEST_NAME), "w", encoding="utf-8") as handle:
-                json.dump(manifest, handle, indent=2)
-                handle.write("\n")
-            swap_into_place(work_dir, output, overwrite)
-        except BaseException:
-            remove_quietly(work_dir)
-            raise
+        for folder in (PROGRESS_DIR, SUMMARY_DIR, PLAN_DIR):
+            remove_quietly(os.path.join(work_dir, folder))
+        with open(os.path.join(work_dir, MANIFEST_NAME), "w", encoding="utf-8") as handle:
+            json.dump(manifest, handle, indent=2)
+            handle.write("\n")
+        swap_into_place(work_dir, output, overwrite)
         return manifest
+    except BaseException:
+        if work_dir is not None:
+            remove_quietly(work_dir)
+        raise
     finally:
         if prestarted is not None:
             prestarted.close()

@@ -26,6 +26,24 @@ def test_only_the_local_multi_processing_runner_uses_prestarted_workers(beam_arg
     assert beam_workers.uses_local_worker_processes(beam_args) is expected
 
 
+def test_beam_flags_take_both_spellings_in_order():
+    flags = list(beam_workers.beam_flags(
+        ["--direct_num_workers", "4", "--save_main_session", "--runner=DirectRunner", "stray"]))
+    assert flags == [("--direct_num_workers", "4"), ("--save_main_session", ""), ("--runner", "DirectRunner")]
+
+
+@pytest.mark.parametrize("beam_args, expected", [
+    ([], 2),
+    (["--direct_num_workers=3"], 3),
+    (["--direct_num_workers", "4"], 4),
+    (["--direct_running_mode=in_memory"], 1),
+])
+def test_ingest_counts_the_workers_beam_will_start(beam_args, expected):
+    from histopath.data.ingest import _direct_num_workers
+
+    assert _direct_num_workers(beam_args, 2) == expected
+
+
 def _pid_of(_):
     return os.getpid()
 
@@ -103,8 +121,10 @@ def test_launcher_writes_the_runner_environment_into_the_workers_pipe(tmp_path, 
     reader.start()
     monkeypatch.setenv("CONTROL_API_SERVICE_DESCRIPTOR", "url: 'localhost:1234'")
     monkeypatch.setenv("WORKER_ID", "worker_7")
+    monkeypatch.setenv("LOGGING_API_SERVICE_DESCRIPTOR", "url: 'localhost:99'")  # dies with the launcher
     monkeypatch.setenv("UNRELATED", "x")
     assert beam_worker_launcher.hand_over(str(tmp_path)) is True
     reader.join(timeout=10)
     assert received["CONTROL_API_SERVICE_DESCRIPTOR"] == "url: 'localhost:1234'"
-    assert received["WORKER_ID"] == "worker_7" and "UNRELATED" not in received
+    assert received["WORKER_ID"] == "worker_7"
+    assert "UNRELATED" not in received and "LOGGING_API_SERVICE_DESCRIPTOR" not in received
