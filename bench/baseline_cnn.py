@@ -49,10 +49,9 @@ DROPOUT_RATE = 0.3  # dropout between global average pooling and the output unit
 REDUCE_LR_FACTOR = 0.5
 REDUCE_LR_PATIENCE = 2
 MIN_LEARNING_RATE = 1e-6
-# Default augmentation: flips, 90-degree rotations and mild HED stain jitter; no crops
-# (IDC patches are 50 px).
-DEFAULT_AUGMENT = AugmentConfig(flips=True, rotations=True, color_jitter=0.03, color_space="hed",
-                        crop_fraction=1.0)
+# Default augmentation: the project's default (flips, 90-degree rotations, stain amount,
+# brightness and contrast) without crops (IDC patches are 50 px).
+DEFAULT_AUGMENT = AugmentConfig(crop_fraction=1.0)
 _READ_BATCH = 256  # records parsed and decoded per tf.data step when loading a split
 _PREDICT_BATCH = 256
 MODEL_NAME = "baseline.h5"

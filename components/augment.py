@@ -150,6 +150,30 @@ def random_stain_jitter(images: tf.Tensor, seed: tf.Tensor, strength: float, col
     return tf.clip_by_value(tf.image.hsv_to_rgb(tf.concat([hue, tf.clip_by_value(sat_val, 0.0, 1.0)], -1)), 0.0, 1.0)
 
 
+def random_stain_amount(images: tf.Tensor, seed: tf.Tensor, scale: float, shift: float) -> tf.Tensor:
+    """Random amounts of haematoxylin and eosin, as between laboratories and slides.
+
+    Each image's haematoxylin and eosin optical densities are multiplied by
+    `U(1-scale, 1+scale)` (one factor per stain) and shifted by `U(-shift, shift)`; the
+    DAB channel is left alone, so glass stays white and no colour outside H&E appears.
+    A pale slide is, to a first approximation, the same tissue with less stain: about
+    0.6x the optical density of a dark one.
+
+    Args:
+      images: float32 `(batch, H, W, 3)` in [0, 1].
+      seed: int `(2,)` stateless seed.
+      scale: largest relative change of a stain's optical density.
+      shift: largest additive change, in `rgb_to_hed` units (typical H&E tissue pixels
+        have optical densities of 0.02-0.1 there, so keep this small, about 0.01).
+    """
+    batch = tf.shape(images)[0]
+    seeds = tf.random.experimental.stateless_split(seed, 2)
+    h_and_e = tf.constant([1.0, 1.0, 0.0])  # which stains change: not DAB
+    factors = 1.0 + _uniform(seeds[0], [batch, 3], -scale, scale) * h_and_e
+    offsets = _uniform(seeds[1], [batch, 3], -shift, shift) * h_and_e
+    return _jitter_in_hed_space(images, factors, offsets)
+
+
 def random_brightness_contrast(images: tf.Tensor, seed: tf.Tensor, brightness: float,
                                contrast: float) -> tf.Tensor:
     """Per-image `(x - mean) * U(1-c, 1+c) + mean + U(-b, b)`, clipped to [0, 1].
@@ -180,7 +204,7 @@ def augment_batch(images: tf.Tensor, seed: tf.Tensor, config: AugmentConfig) -> 
       float32 tensor of the same shape, in [0, 1].
     """
     images = tf.convert_to_tensor(images, tf.float32)
-    seeds = tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), 4)
+    seeds = tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), 5)
     static_shape = images.shape
     if config.crop_fraction < 1.0:
         known_sides = [side for side in static_shape[1:3] if side is not None]
@@ -190,6 +214,8 @@ def augment_batch(images: tf.Tensor, seed: tf.Tensor, config: AugmentConfig) -> 
         images = random_flips_rotations(images, seeds[1], config.flips, config.rotations)
     if config.color_jitter > 0:
         images = random_stain_jitter(images, seeds[2], config.color_jitter, config.color_space)
+    if config.stain_scale > 0 or config.stain_shift > 0:
+        images = random_stain_amount(images, seeds[4], config.stain_scale, config.stain_shift)
     if config.brightness > 0 or config.contrast > 0:
         images = random_brightness_contrast(images, seeds[3], config.brightness, config.contrast)
     images = tf.clip_by_value(images, 0.0, 1.0)

@@ -10,6 +10,11 @@ import tensorflow as tf
 from histopath.components import augment, model_config, testdata
 
 
+# Every colour augmentation off (the defaults turn the stain-amount and brightness/contrast
+# jitter on).
+NO_COLOUR = dict(color_jitter=0.0, stain_scale=0.0, stain_shift=0.0, brightness=0.0, contrast=0.0)
+
+
 @pytest.fixture(scope="module")
 def batch():
     return testdata.image_dataset(6, 32, seed=0)[0]
@@ -32,7 +37,7 @@ def test_augment_batch_shape_range_and_determinism(batch, color_space):
 
 
 def test_geometric_only_augmentation_permutes_pixels(batch):
-    config = model_config.AugmentConfig(color_jitter=0.0, crop_fraction=1.0)
+    config = model_config.AugmentConfig(crop_fraction=1.0, **NO_COLOUR)
     out = augment.augment_batch(batch, tf.constant([1, 2], tf.int64), config).numpy()
     for original, augmented in zip(batch, out):
         np.testing.assert_allclose(np.sort(original.ravel()), np.sort(augmented.ravel()), atol=1e-6)
@@ -41,7 +46,7 @@ def test_geometric_only_augmentation_permutes_pixels(batch):
 
 def test_disabled_augmentation_returns_the_dataset_unchanged(batch):
     dataset = tf.data.Dataset.from_tensor_slices((batch, np.zeros(6))).batch(3)
-    config = model_config.AugmentConfig(flips=False, rotations=False, color_jitter=0.0, crop_fraction=1.0)
+    config = model_config.AugmentConfig(flips=False, rotations=False, crop_fraction=1.0, **NO_COLOUR)
     assert augment.augment_dataset(dataset, config, seed=0) is dataset
 
 
@@ -60,7 +65,7 @@ def test_dataset_augmentation_is_seeded_and_differs_between_epochs(batch):
 
 def test_non_square_images_only_rotate_by_180():
     image = np.random.default_rng(0).random((8, 32, 48, 3)).astype(np.float32)
-    config = model_config.AugmentConfig(flips=False, color_jitter=0.0, crop_fraction=1.0)
+    config = model_config.AugmentConfig(flips=False, crop_fraction=1.0, **NO_COLOUR)
     out = augment.augment_batch(image, tf.constant([0, 1], tf.int64), config).numpy()
     assert out.shape == image.shape
     for original, augmented in zip(image, out):
@@ -106,10 +111,41 @@ def test_brightness_contrast_matches_numpy_and_stays_in_range(batch):
         np.testing.assert_allclose(a * original[inside] + b, augmented[inside], atol=1e-4)
         assert 0.6 - 1e-3 <= a <= 1.4 + 1e-3
         assert abs(b - (1 - a) * original.mean()) <= 0.2 + 1e-3
-    config = model_config.AugmentConfig(flips=False, rotations=False, color_jitter=0.0, crop_fraction=1.0,
-                                        brightness=0.2, contrast=0.4)
+    config = model_config.AugmentConfig(flips=False, rotations=False, crop_fraction=1.0,
+                                        **{**NO_COLOUR, "brightness": 0.2, "contrast": 0.4})
     assert config.enabled
     via_batch = augment.augment_batch(batch, seed, config).numpy()
     assert not np.allclose(via_batch, batch)
     with pytest.raises(Exception, match="brightness"):
         model_config.AugmentConfig(brightness=0.9)
+
+
+def test_stain_amount_scales_haematoxylin_and_eosin_per_image_and_keeps_dab_and_glass():
+    rng = np.random.default_rng(7)
+    images = rng.uniform(0.3, 0.95, (6, 16, 16, 3)).astype(np.float32)
+    images[:, :4] = 1.0  # a strip of white glass
+    seed = tf.constant([2, 9], tf.int64)
+    out = augment.random_stain_amount(tf.constant(images), seed, scale=0.4, shift=0.0)
+    np.testing.assert_array_equal(out.numpy(), augment.random_stain_amount(tf.constant(images), seed, 0.4, 0.0).numpy())
+    np.testing.assert_allclose(out.numpy()[:, :4], 1.0, atol=1e-5)  # glass stays white
+    before, after = augment.rgb_to_hed(images).numpy(), augment.rgb_to_hed(out).numpy()
+    # Tissue pixels that the final clip to [0, 1] left alone.
+    unclipped = np.all((out.numpy() > 1e-4) & (out.numpy() < 1 - 1e-4), axis=-1)
+    unclipped[:, :4] = False
+    assert unclipped.mean() > 0.5
+    np.testing.assert_allclose(after[unclipped][:, 2], before[unclipped][:, 2], atol=2e-6)  # DAB unchanged
+    factors = []
+    for stain in (0, 1):  # one factor per image and stain, within [0.6, 1.4]
+        for index in range(len(images)):
+            keep = unclipped[index] & (np.abs(before[index, ..., stain]) > 1e-3)
+            ratio = after[index, ..., stain][keep] / before[index, ..., stain][keep]
+            np.testing.assert_allclose(ratio, np.median(ratio), rtol=1e-3)
+            factors.append(np.median(ratio))
+    assert np.all((np.array(factors) >= 0.6 - 1e-4) & (np.array(factors) <= 1.4 + 1e-4))
+    assert np.std(factors) > 0.01  # images and stains get different draws
+    config = model_config.AugmentConfig(flips=False, rotations=False, crop_fraction=1.0,
+                                        **{**NO_COLOUR, "stain_scale": 0.4, "stain_shift": 0.01})
+    assert config.enabled
+    assert not np.allclose(augment.augment_batch(images, seed, config).numpy(), images)
+    with pytest.raises(Exception, match="stain_scale"):
+        model_config.AugmentConfig(stain_scale=1.0)

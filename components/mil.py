@@ -9,6 +9,11 @@ are masked: they get exactly zero attention and cannot change the prediction.
       -> instance encoder per tile -> h (B, N, F)
       -> gated attention pooling -> z (B, F), a (B, N)
       -> dense -> P(malignant) (B, 1)
+
+Optionally (`MilConfig.instance_loss_weight > 0`) a linear instance classifier on `h`
+is trained alongside from the bag labels only (`instance_loss`, after CLAM, Lu et al.
+2021): it shapes the tile embeddings so that malignant tiles stand apart, which the
+attention then ranks; the bag prediction and the attention are computed as without it.
 """
 
 from __future__ import annotations
@@ -27,6 +32,8 @@ skip_autograph_for_tf_keras()
 
 PROBABILITY = "probability"
 ATTENTION = "attention"
+INSTANCE_LOGIT = "instance_logit"  # (B, N) logits of the optional instance classifier
+TISSUE_MASK = "tissue_mask"  # (B, N) 1.0 = tissue tile (only with the instance classifier)
 
 
 @keras.utils.register_keras_serializable(package="histopath")
@@ -190,6 +197,78 @@ def build_instance_encoder(config: MilConfig) -> keras.Model:
     return keras.Model(tile, x, name="instance_encoder")
 
 
+def instance_loss(bag_labels: tf.Tensor, attention: tf.Tensor, instance_logits: tf.Tensor,
+                  tissue_mask: tf.Tensor) -> tf.Tensor:
+    """Instance-level loss from bag labels only (CLAM's instance clustering, simplified).
+
+    Every tissue tile of a benign bag is benign (the MIL assumption); of a malignant bag
+    only the tile the attention ranks highest is taken as malignant (a pseudo-label; the
+    others may be benign). Per bag: the mean binary cross-entropy over a benign bag's
+    tissue tiles, or the cross-entropy of a malignant bag's top tile; averaged over bags.
+
+    Args:
+      bag_labels: `(B,)` or `(B, 1)`, 0 benign / 1 malignant.
+      attention: `(B, N)` attention weights (only their order within a bag is used).
+      instance_logits: `(B, N)` logits of the instance classifier.
+      tissue_mask: `(B, N)`, nonzero/True = tissue tile.
+
+    Returns:
+      Scalar float32 loss.
+    """
+    labels = tf.reshape(tf.cast(bag_labels, tf.float32), [-1])
+    logits = tf.cast(instance_logits, tf.float32)
+    mask = tf.cast(tf.cast(tissue_mask, tf.bool), tf.float32)
+    benign = tf.nn.sigmoid_cross_entropy_with_logits(tf.zeros_like(logits), logits)
+    benign_bag_loss = tf.math.divide_no_nan(tf.reduce_sum(benign * mask, axis=-1), tf.reduce_sum(mask, axis=-1))
+    ranked = tf.where(mask > 0, tf.cast(attention, tf.float32), -1.0)
+    top_logit = tf.gather(logits, tf.argmax(ranked, axis=-1), batch_dims=1)
+    malignant_bag_loss = tf.nn.sigmoid_cross_entropy_with_logits(tf.ones_like(top_logit), top_logit)
+    return tf.reduce_mean(tf.where(labels > 0.5, malignant_bag_loss, benign_bag_loss))
+
+
+@keras.utils.register_keras_serializable(package="histopath")
+class AttentionMilModel(keras.Model):
+    """The functional MIL model, plus `instance_loss` in its training objective.
+
+    Args:
+      inputs: the functional model's inputs.
+      outputs: its outputs (a dict with at least `PROBABILITY` and `ATTENTION`).
+      name: model name.
+      trainable: standard `keras.Model` argument.
+      **kwargs: `instance_loss_weight`, the weight of `instance_loss` added to the
+        compiled loss (used when the outputs include `INSTANCE_LOGIT` and
+        `TISSUE_MASK`; default 0), and other `keras.Model` keyword arguments.
+    """
+
+    # The constructor mirrors Functional's, so Keras saves and revives this as a
+    # functional model (see `from_config` for the extra weight).
+    def __init__(self, inputs, outputs, name=None, trainable=True, **kwargs):
+        weight = float(kwargs.pop("instance_loss_weight", 0.0))
+        super().__init__(inputs, outputs, name=name, trainable=trainable, **kwargs)
+        self.instance_loss_weight = weight
+
+    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None):
+        loss = super().compute_loss(x, y, y_pred, sample_weight)
+        if self.instance_loss_weight and y is not None and INSTANCE_LOGIT in y_pred:
+            labels = y[PROBABILITY] if isinstance(y, dict) else y
+            loss += self.instance_loss_weight * instance_loss(
+                labels, y_pred[ATTENTION], y_pred[INSTANCE_LOGIT], y_pred[TISSUE_MASK])
+        return loss
+
+    def get_config(self) -> dict:
+        config = super().get_config()
+        config["instance_loss_weight"] = self.instance_loss_weight
+        return config
+
+    @classmethod
+    def from_config(cls, config, custom_objects=None):
+        config = dict(config)
+        weight = config.pop("instance_loss_weight", 0.0)
+        model = super().from_config(config, custom_objects)
+        model.instance_loss_weight = float(weight)
+        return model
+
+
 def build_mil_model(config: MilConfig) -> keras.Model:
     """Builds the attention-MIL classifier.
 
@@ -197,10 +276,11 @@ def build_mil_model(config: MilConfig) -> keras.Model:
       config: model options.
 
     Returns:
-      An uncompiled `tf_keras.Model` named "mil_classifier": float32 image
+      An uncompiled `AttentionMilModel` named "mil_classifier": float32 image
       `(batch, S, S, 3)` in [0, 1] -> {"probability": float32 (batch, 1),
       "attention": float32 (batch, n_tiles)}, tiles in row-major grid order
-      (`config.grid_shape`).
+      (`config.grid_shape`); with `config.instance_loss_weight > 0` also
+      "instance_logit" and "tissue_mask" float32 (batch, n_tiles) for `instance_loss`.
     """
     size = int(config.image_size)
     with precision_policy(config.mixed_precision):
@@ -215,9 +295,15 @@ def build_mil_model(config: MilConfig) -> keras.Model:
         x = keras.layers.Dropout(config.dropout, name="bag_dropout")(bag_embedding)
         probability = keras.layers.Dense(1, activation="sigmoid", dtype="float32", name=PROBABILITY)(x)
         attention = keras.layers.Activation("linear", dtype="float32", name=ATTENTION)(attention)
-        return keras.Model(
-            images, {PROBABILITY: probability, ATTENTION: attention}, name="mil_classifier"
-        )
+        outputs = {PROBABILITY: probability, ATTENTION: attention}
+        if config.instance_loss_weight > 0:
+            logits = keras.layers.Dense(1, dtype="float32", name="instance_classifier")(embeddings)
+            outputs[INSTANCE_LOGIT] = keras.layers.Reshape((config.n_tiles,), dtype="float32",
+                                                           name=INSTANCE_LOGIT)(logits)
+            outputs[TISSUE_MASK] = keras.layers.Activation("linear", dtype="float32", name=TISSUE_MASK)(
+                tf.cast(mask, tf.float32))
+        return AttentionMilModel(images, outputs, name="mil_classifier",
+                                 instance_loss_weight=config.instance_loss_weight)
 
 
 def find_image_to_bag(model: keras.Model) -> Optional[ImageToBag]:
@@ -228,4 +314,5 @@ def find_image_to_bag(model: keras.Model) -> Optional[ImageToBag]:
     return None
 
 
-CUSTOM_OBJECTS = {"ImageToBag": ImageToBag, "GatedAttentionPooling": GatedAttentionPooling}
+CUSTOM_OBJECTS = {"ImageToBag": ImageToBag, "GatedAttentionPooling": GatedAttentionPooling,
+                  "AttentionMilModel": AttentionMilModel}

@@ -166,3 +166,54 @@ def test_mil_learns_bags_with_a_few_malignant_tiles(tmp_path):
     attention = outputs["attention"].numpy()
     np.testing.assert_allclose(attention.sum(axis=1), 1.0, atol=1e-5)
     assert np.all(attention[test_kinds == 2] == 0.0)
+
+
+def test_instance_loss_on_tiny_bags_matches_the_rule():
+    # Bag 0 benign: every tissue tile (not tile 3) is a benign target.
+    # Bag 1 malignant: only its most-attended tissue tile (tile 2; tile 0 is glass) is malignant.
+    labels = np.array([[0.0], [1.0]], np.float32)
+    attention = np.array([[0.1, 0.2, 0.7, 0.0], [0.0, 0.3, 0.7, 0.0]], np.float32)
+    logits = np.array([[0.5, -1.0, 2.0, 9.0], [9.0, 3.0, -0.5, 4.0]], np.float32)
+    mask = np.array([[1, 1, 1, 0], [0, 1, 1, 1]], np.float32)
+    attention[1, 0] = 0.9  # glass with high attention must not count as the top tile
+
+    def bce(target, logit):
+        probability = 1.0 / (1.0 + np.exp(-logit))
+        return -(target * np.log(probability) + (1 - target) * np.log(1 - probability))
+
+    benign = np.mean([bce(0.0, v) for v in (0.5, -1.0, 2.0)])
+    malignant = bce(1.0, -0.5)
+    got = mil.instance_loss(labels, attention, logits, mask).numpy()
+    assert got == pytest.approx((benign + malignant) / 2, rel=1e-5)
+
+
+def test_instance_classifier_outputs_train_and_round_trip(bags, tmp_path):
+    images, labels, kinds = bags
+    config = CONFIG.replace(instance_loss_weight=0.5)
+    keras.utils.set_random_seed(0)
+    model = mil.build_mil_model(config)
+    assert isinstance(model, mil.AttentionMilModel) and model.instance_loss_weight == 0.5
+    outputs = model(images, training=False)
+    assert set(outputs) == {"probability", "attention", "instance_logit", "tissue_mask"}
+    assert outputs["instance_logit"].shape == (6, CONFIG.n_tiles)
+    np.testing.assert_array_equal(outputs["tissue_mask"].numpy(), (kinds != 2).astype(np.float32))
+    # The compiled loss gains exactly weight * instance_loss.
+    training._compile(model, 1e-3, multi_output=True)
+    targets = {"probability": tf.constant(labels.reshape(-1, 1).astype(np.float32))}
+    with_instance = float(model.compute_loss(images, targets, outputs))
+    model.instance_loss_weight = 0.0
+    bag_only = float(model.compute_loss(images, targets, outputs))
+    model.instance_loss_weight = 0.5
+    expected = 0.5 * mil.instance_loss(labels, outputs["attention"], outputs["instance_logit"],
+                                       outputs["tissue_mask"]).numpy()
+    assert with_instance - bag_only == pytest.approx(expected, rel=1e-4)
+    dataset = tf.data.Dataset.from_tensor_slices((images, labels)).batch(3)
+    history = training.train_model(model, dataset, dataset, config,
+                                   model_config.TrainingConfig(epochs=1, verbose=0), str(tmp_path / "logs"))
+    assert np.isfinite(history["loss"][0])
+    path = str(tmp_path / "mil.keras")
+    model.save(path)
+    loaded = keras.models.load_model(path)
+    assert isinstance(loaded, mil.AttentionMilModel) and loaded.instance_loss_weight == 0.5
+    np.testing.assert_allclose(loaded(images)["probability"].numpy(), model(images)["probability"].numpy(),
+                               atol=1e-6)

@@ -108,7 +108,7 @@ def train_model(
                                               profile_batch=0)
 
     def run_phase(phase: str, learning_rate: float, epochs: int) -> float:
-        _compile(model, learning_rate, multi_output)
+        _compile(model, learning_rate, multi_output, config.weight_averaging)
         start = len(history.rows["epoch"])
         early_stopping = keras.callbacks.EarlyStopping(
             monitor=monitor, mode=mode, patience=config.early_stopping_patience,
@@ -123,6 +123,9 @@ def train_model(
             _EpochLogger(phase, start + epochs),
             timer,
         ]
+        if config.weight_averaging is not None:
+            # Last: the callbacks above see the averaged weights at the end of an epoch.
+            callbacks.append(_ValidateAveragedWeights())
         logger.info("phase %s: %d epochs at learning rate %g, %d trainable weight tensors",
                     phase, epochs, learning_rate, len(model.trainable_weights))
         fit = model.fit(
@@ -228,12 +231,21 @@ def _prepare(dataset: tf.data.Dataset, weights: Optional[Sequence[float]], multi
     return dataset.map(convert, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
 
-def _compile(model: keras.Model, learning_rate: float, multi_output: bool) -> None:
+def _compile(model: keras.Model, learning_rate: float, multi_output: bool,
+             weight_averaging: Optional[float] = None) -> None:
+    """Compiles with Adam, binary cross-entropy, accuracy and AUC.
+
+    Args:
+      weight_averaging: momentum of an exponential moving average of the weights kept by
+        the optimizer (`TrainingConfig.weight_averaging`); None keeps no average.
+    """
     metrics = [keras.metrics.BinaryAccuracy(name="accuracy"), keras.metrics.AUC(name="auc")]
     loss = keras.losses.BinaryCrossentropy()
     if multi_output:
         loss, metrics = {PROBABILITY: loss}, {PROBABILITY: metrics}
-    model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss=loss, metrics=metrics)
+    optimizer = keras.optimizers.Adam(
+        learning_rate, use_ema=weight_averaging is not None, ema_momentum=weight_averaging or 0.99)
+    model.compile(optimizer=optimizer, loss=loss, metrics=metrics)
 
 
 class _History:
@@ -275,6 +287,47 @@ class _EpochLogger(keras.callbacks.Callback):
                            for k, v in sorted(logs.items()) if k != "lr" and np.ndim(v) == 0)
         lr = float(keras.backend.get_value(self.model.optimizer.learning_rate))
         logger.info("[%s] epoch %d/%d %s lr=%.2e", self.phase, epoch + 1, self.last_epoch, metrics, lr)
+
+
+def averaged_weight(optimizer: keras.optimizers.Optimizer, variable: tf.Variable) -> tf.Variable:
+    """The optimizer's moving average of `variable` (an optimizer built with `use_ema`).
+
+    tf_keras 2.16 keeps the averages in a private list indexed like its variables; this is
+    the one place that reads it.
+    """
+    index = optimizer._index_dict[optimizer._var_key(variable)]  # pylint: disable=protected-access
+    return optimizer._model_variables_moving_average[index]  # pylint: disable=protected-access
+
+
+class _ValidateAveragedWeights(keras.callbacks.Callback):
+    """Validates the moving average of the weights instead of the latest weights.
+
+    The optimizer keeps the average (`use_ema`) and Keras writes it into the model when
+    `fit` ends. This callback also puts it in place from the start of each epoch's
+    validation until the end of the epoch, then restores the latest weights for training.
+    Placed last, it lets every other callback's `on_epoch_end` see the averaged model:
+    the monitored metric, ReduceLROnPlateau and EarlyStopping's best weights (restored at
+    the end of `fit`) all describe it.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self._latest: Optional[List[np.ndarray]] = None
+
+    def on_test_begin(self, logs=None):
+        optimizer = self.model.optimizer
+        if self._latest is not None or not getattr(optimizer, "_model_variables_moving_average", None):
+            return  # already swapped, or no step taken yet (the averages do not exist)
+        variables = self.model.trainable_variables
+        self._latest = [variable.numpy() for variable in variables]
+        for variable in variables:
+            variable.assign(averaged_weight(optimizer, variable))
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self._latest is not None:
+            for variable, value in zip(self.model.trainable_variables, self._latest):
+                variable.assign(value)
+            self._latest = None
 
 
 class _EpochTimer(keras.callbacks.Callback):

@@ -85,3 +85,66 @@ def test_monitoring_val_auc_restores_the_epoch_with_the_best_eval_auc(tmp_path):
     assert auc == pytest.approx(best, abs=1e-4)
     with pytest.raises(ConfigError, match="monitor"):
         model_config.TrainingConfig(monitor="val_accuracy")
+
+
+def test_validation_sees_the_averaged_weights_and_training_the_latest():
+    import tf_keras as keras
+
+    rng = np.random.default_rng(3)
+    features = rng.normal(size=(64, 4)).astype(np.float32)
+    targets = (features[:, :1] > 0).astype(np.float32)
+    dataset = tf.data.Dataset.from_tensor_slices((features, targets)).batch(16)
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(1, activation="sigmoid")])
+    training._compile(model, 0.1, multi_output=False, weight_averaging=0.9)
+
+    class Recorder(keras.callbacks.Callback):
+        """Sees the weights at the end of training steps and (before the swap-back) of epochs."""
+
+        def __init__(self):
+            super().__init__()
+            self.latest, self.epoch_end, self.averages, self.epoch_begin, self.val_loss = [], [], [], [], []
+            self.latest_at_epoch_end = []
+
+        def on_train_batch_end(self, batch, logs=None):
+            self.latest = [v.numpy() for v in model.trainable_variables]
+
+        def on_epoch_begin(self, epoch, logs=None):
+            self.epoch_begin.append([v.numpy() for v in model.trainable_variables])
+
+        def on_epoch_end(self, epoch, logs=None):
+            self.epoch_end.append([v.numpy() for v in model.trainable_variables])
+            self.averages.append([training.averaged_weight(model.optimizer, v).numpy()
+                                  for v in model.trainable_variables])
+            self.val_loss.append(logs["val_loss"])
+            self.latest_at_epoch_end.append(self.latest)
+
+    recorder = Recorder()
+    model.fit(dataset, validation_data=dataset, epochs=2, verbose=0,
+              callbacks=[recorder, training._ValidateAveragedWeights()])
+    for seen, averaged in zip(recorder.epoch_end[0], recorder.averages[0]):
+        np.testing.assert_array_equal(seen, averaged)  # validated: the average
+    assert not np.allclose(recorder.epoch_end[0][0], recorder.latest_at_epoch_end[0][0])  # average != latest
+    # The next epoch trains on from the latest weights, not from the average.
+    for begin, latest in zip(recorder.epoch_begin[1], recorder.latest_at_epoch_end[0]):
+        np.testing.assert_array_equal(begin, latest)
+    # The logged validation loss is the averaged model's.
+    for variable, value in zip(model.trainable_variables, recorder.epoch_end[1]):
+        variable.assign(value)
+    assert model.evaluate(dataset, verbose=0, return_dict=True)["loss"] == pytest.approx(recorder.val_loss[1], rel=1e-5)
+    # fit ends with the average written into the model (Keras's finalize step).
+    for variable, averaged in zip(model.trainable_variables, recorder.averages[1]):
+        np.testing.assert_allclose(variable.numpy(), averaged, rtol=1e-6)
+
+
+def test_weight_averaging_restores_the_best_averaged_epoch(tmp_path):
+    images, labels, _ = testdata.bag_dataset(16, grid=2, tile=16, seed=2)
+    dataset = tf.data.Dataset.from_tensor_slices((images, labels)).batch(8)
+    config = model_config.TrainingConfig(epochs=3, monitor="val_loss", early_stopping_patience=5, verbose=0,
+                                         weight_averaging=0.8)
+    model = mil.build_mil_model(SMALL_MIL)
+    history = training.train_model(model, dataset, dataset, SMALL_MIL, config, str(tmp_path / "logs"))
+    restored = model.evaluate(dataset, verbose=0, return_dict=True)
+    assert restored["loss"] == pytest.approx(min(history["val_loss"]), rel=1e-4)
+    with pytest.raises(ConfigError, match="weight_averaging"):
+        model_config.TrainingConfig(weight_averaging=1.0)

@@ -1,0 +1,301 @@
+"""Patient-level cross-validation of training recipes, on the non-test patients only.
+
+    python -m bench.patient_cv --records DIR [--bag-records DIR] [--config FILE]
+                               [--output FILE.json] [--only patch|mil]
+
+How the IDC training recipes (augmentation, weight averaging, MIL instance loss) were
+chosen without looking at the test patients: the patients of the `train` and `eval`
+splits of an ingested records folder are cut into `folds` groups (sorted ids, every
+k-th patient), and each recipe is trained on all groups but one and scored on the one
+left out, for every group in turn. The test split is never read.
+
+- `patch`: the plain CNN of the baseline (`bench.baseline_cnn.build_plain_cnn`) on 50 px
+  patches, compiled like the Trainers (`training._compile`, optionally with weight
+  averaging), a fixed number of epochs, the project's augmentation
+  (`augment.augment_dataset`). Score: patch AUC of the held-out patients; with
+  `--bag-records`, also how well its patch scores rank the IDC-positive patches inside
+  the held-out positive regions (`within_bag`: a reference for the MIL attention from a
+  model that was trained WITH patch labels).
+- `mil`: the project's MIL model (`mil.build_mil_model`) on the region bags of
+  `histopath ingest --bag-size K`, a fixed number of epochs. Scores: region AUC and the
+  attention's localisation of the IDC-positive patches (`mil_localisation`).
+
+Recipes and budgets come from `bench/configs/patient_cv.json`. Nothing is chosen on the
+held-out group (no early stopping, no epoch selection), so its scores are unbiased
+estimates for patients the recipe has not seen.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import sys
+import time
+from typing import Any, Dict, List, Mapping, Optional, Sequence
+
+import histopath  # noqa: F401  (pins Keras 2 before TensorFlow is imported)
+import numpy as np
+
+from bench.common import write_json
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
+DEFAULT_CONFIG = REPO_ROOT / "bench" / "configs" / "patient_cv.json"
+CV_SPLITS = ("train", "eval")  # the patients a recipe may be chosen on; never "test"
+_PREDICT_BATCH = 256
+
+
+def patient_folds(patients: Sequence[str], folds: int) -> List[List[str]]:
+    """Cuts the distinct patients into `folds` groups: sorted, every `folds`-th patient.
+
+    Args:
+      patients: patient ids (repeats are fine).
+      folds: number of groups, at least 2 and at most the number of patients.
+
+    Returns:
+      `folds` lists of patient ids, disjoint, together all patients.
+    """
+    from histopath.errors import ConfigError
+
+    distinct = sorted(set(patients), key=lambda p: (len(p), p))
+    if not 2 <= folds <= len(distinct):
+        raise ConfigError(f"cannot cut {len(distinct)} patients into {folds} folds")
+    return [distinct[index::folds] for index in range(folds)]
+
+
+def load_patches(records_dir: str, image_size: int = 50) -> Dict[str, np.ndarray]:
+    """Decodes the train and eval splits of an ingested records folder (uint8 images)."""
+    from bench.baseline_cnn import load_split
+
+    images, labels, patients = [], [], []
+    for split in CV_SPLITS:
+        split_images, split_labels, split_patients = load_split(records_dir, split, image_size)
+        images.append(np.round(split_images * 255.0).astype(np.uint8))
+        labels.append(split_labels)
+        patients += split_patients
+    return {"images": np.concatenate(images), "labels": np.concatenate(labels), "patients": np.array(patients)}
+
+
+def load_bags(bag_records_dir: str) -> Dict[str, np.ndarray]:
+    """Decodes the train and eval region bags of `ingest --bag-size K` (uint8 mosaics)."""
+    import tensorflow as tf
+
+    from bench.mil_localisation import _iter_record_batches
+
+    columns: Dict[str, list] = {"images": [], "labels": [], "patch_labels": [], "patients": []}
+    for split in CV_SPLITS:
+        for batch in _iter_record_batches(bag_records_dir, split, 128):
+            columns["images"] += [tf.io.decode_png(item, channels=3).numpy() for item in batch["image"]]
+            columns["labels"].append(batch["label"])
+            columns["patch_labels"].append(batch["patch_labels"])
+            columns["patients"] += list(batch["patient_id"])
+    return {"images": np.stack(columns["images"]), "labels": np.concatenate(columns["labels"]),
+            "patch_labels": np.concatenate(columns["patch_labels"]), "patients": np.array(columns["patients"])}
+
+
+def _training_dataset(images: np.ndarray, labels: np.ndarray, batch_size: int, augment_config, seed: int,
+                      multi_output: bool):
+    """Shuffled, class-weighted, augmented batches gathered from in-memory uint8 images."""
+    import tensorflow as tf
+
+    from histopath.components import augment, training
+
+    weights = training.class_weights_from_counts({0: int((labels == 0).sum()), 1: int((labels == 1).sum())})
+    sample_weights = np.asarray(weights, np.float32)[labels] if weights else np.ones(len(labels), np.float32)
+    image_tensor = tf.constant(images)
+    target_tensor = tf.constant(labels.astype(np.float32)[:, None])
+    weight_tensor = tf.constant(sample_weights)
+
+    def gather(indices):
+        batch = tf.cast(tf.gather(image_tensor, indices), tf.float32) / 255.0
+        targets, weights_ = tf.gather(target_tensor, indices), tf.gather(weight_tensor, indices)
+        if multi_output:
+            return batch, {training.PROBABILITY: targets}, {training.PROBABILITY: weights_}
+        return batch, targets, weights_
+
+    dataset = (tf.data.Dataset.range(len(labels)).shuffle(len(labels), seed=seed, reshuffle_each_iteration=True)
+               .batch(batch_size).map(gather))
+    return augment.augment_dataset(dataset, augment_config, seed).prefetch(tf.data.AUTOTUNE)
+
+
+def _fit(model, dataset, epochs: int, learning_rate: float, weight_averaging: Optional[float],
+         multi_output: bool) -> float:
+    """Fits for a fixed number of epochs (LR halved on a training-loss plateau); seconds."""
+    import tf_keras as keras
+
+    from histopath.components import training
+
+    training._compile(model, learning_rate, multi_output, weight_averaging)
+    started = time.perf_counter()
+    model.fit(dataset, epochs=epochs, verbose=0,
+              callbacks=[keras.callbacks.ReduceLROnPlateau("loss", factor=0.5, patience=2)])
+    return time.perf_counter() - started  # with weight averaging, fit leaves the average in the model
+
+
+def _within_bag_auc(scores: np.ndarray, patch_labels: np.ndarray, bag_labels: np.ndarray) -> Optional[float]:
+    """Mean per-bag AUC of tile scores over positive bags holding both kinds of patch."""
+    from bench.mil_localisation import localisation_scores
+
+    bags = {"attention": scores, "patch_labels": patch_labels, "label": bag_labels,
+            "probability": np.ones(len(bag_labels)), "patient_id": np.zeros(len(bag_labels)).astype(str)}
+    return localisation_scores(bags, bootstrap=0)["within_bag"]["value"]
+
+
+def _bag_tiles(mosaics: np.ndarray, tile: int) -> np.ndarray:
+    """(n, K*t, K*t, 3) mosaics -> (n * K*K, t, t, 3) tiles, row-major per bag."""
+    n, side = mosaics.shape[0], mosaics.shape[1]
+    grid = side // tile
+    tiles = mosaics.reshape(n, grid, tile, grid, tile, 3).transpose(0, 1, 3, 2, 4, 5)
+    return tiles.reshape(n * grid * grid, tile, tile, 3)
+
+
+def patch_fold(data: Mapping[str, np.ndarray], held_out: Sequence[str], recipe: Mapping[str, Any],
+               settings: Mapping[str, Any], bags: Optional[Mapping[str, np.ndarray]] = None) -> Dict[str, Any]:
+    """Trains the plain CNN on all patients but `held_out` and scores the held-out ones."""
+    import tf_keras as keras
+
+    from bench.baseline_cnn import BaselineConfig, build_plain_cnn
+    from histopath.components.model_config import AugmentConfig
+    from histopath.pipeline.evaluation import roc_auc
+
+    seed = int(settings["seed"])
+    keras.utils.set_random_seed(seed)
+    held = np.isin(data["patients"], list(held_out))
+    augment_config = AugmentConfig.from_dict({**settings.get("augment", {}), **recipe.get("augment", {})})
+    model = build_plain_cnn(BaselineConfig(conv_layers=int(settings["conv_layers"]), image_size=data["images"].shape[1]))
+    dataset = _training_dataset(data["images"][~held], data["labels"][~held], int(settings["batch_size"]),
+                                augment_config, seed, multi_output=False)
+    seconds = _fit(model, dataset, int(settings["epochs"]), float(settings["learning_rate"]),
+                   recipe.get("weight_averaging"), multi_output=False)
+    scores = model.predict(data["images"][held].astype(np.float32) / 255.0, batch_size=_PREDICT_BATCH,
+                           verbose=0).reshape(-1)
+    labels, patients = data["labels"][held], data["patients"][held]
+    result = {"held_out": list(held_out), "train_seconds": round(seconds, 1), "n_held_out": int(held.sum()),
+              "auc": roc_auc(labels, scores),
+              "per_patient_auc": {p: roc_auc(labels[patients == p], scores[patients == p])
+                                  for p in sorted(set(patients), key=lambda p: (len(p), p))}}
+    if bags is not None:
+        positive = np.isin(bags["patients"], list(held_out)) & (bags["labels"] == 1)
+        size = data["images"].shape[1]
+        tiles = _bag_tiles(bags["images"][positive], size).astype(np.float32) / 255.0
+        tile_scores = model.predict(tiles, batch_size=_PREDICT_BATCH, verbose=0).reshape(positive.sum(), -1)
+        result["within_bag"] = _within_bag_auc(tile_scores, bags["patch_labels"][positive],
+                                               bags["labels"][positive])
+    return result
+
+
+def mil_fold(bags: Mapping[str, np.ndarray], held_out: Sequence[str], recipe: Mapping[str, Any],
+             settings: Mapping[str, Any]) -> Dict[str, Any]:
+    """Trains the MIL model on the bags of all patients but `held_out`; scores the rest."""
+    import tf_keras as keras
+
+    from bench.mil_localisation import localisation_scores
+    from histopath.components import mil
+    from histopath.components.model_config import AugmentConfig, MilConfig
+    from histopath.pipeline.evaluation import roc_auc
+
+    seed = int(settings["seed"])
+    keras.utils.set_random_seed(seed)
+    held = np.isin(bags["patients"], list(held_out))
+    config = MilConfig.from_dict({**settings["model"], **recipe.get("model", {})})
+    augment_config = AugmentConfig.from_dict({**settings.get("augment", {}), **recipe.get("augment", {})})
+    model = mil.build_mil_model(config)
+    dataset = _training_dataset(bags["images"][~held], bags["labels"][~held], int(settings["batch_size"]),
+                                augment_config, seed, multi_output=True)
+    seconds = _fit(model, dataset, int(settings["epochs"]), config.learning_rate, recipe.get("weight_averaging"),
+                   multi_output=True)
+    outputs = model.predict(bags["images"][held].astype(np.float32) / 255.0, batch_size=64, verbose=0)
+    probability = np.asarray(outputs[mil.PROBABILITY], np.float64).reshape(-1)
+    labels, patients = bags["labels"][held], bags["patients"][held]
+    scores = localisation_scores({"attention": np.asarray(outputs[mil.ATTENTION], np.float64),
+                                  "patch_labels": bags["patch_labels"][held], "label": labels,
+                                  "probability": probability, "patient_id": patients}, bootstrap=0)
+    return {"held_out": list(held_out), "train_seconds": round(seconds, 1), "n_held_out": int(held.sum()),
+            "auc": roc_auc(labels, probability), "within_bag": scores["within_bag"]["value"],
+            "pooled": scores["pooled"]["value"]}
+
+
+def _scores_line(run_result: Mapping[str, Any], keys: Sequence[str]) -> str:
+    return ", ".join(f"{key} " + ("n/a" if run_result.get(key) is None else f"{run_result[key]:.4f}")
+                     for key in keys)
+
+
+def _summarise(folds: List[Dict[str, Any]], keys: Sequence[str]) -> Dict[str, Any]:
+    summary = {}
+    for key in keys:
+        values = [fold[key] for fold in folds if fold.get(key) is not None]
+        summary[key] = {"mean": float(np.mean(values)) if values else None, "folds": [fold.get(key) for fold in folds]}
+    return summary
+
+
+def run(records: Optional[str], bag_records: Optional[str], config: Mapping[str, Any],
+        only: Optional[str] = None, progress: bool = True) -> Dict[str, Any]:
+    """Runs every configured recipe on every fold; returns per-fold and mean scores."""
+    def say(message: str) -> None:
+        if progress:
+            print(f"[patient_cv] {message}", file=sys.stderr, flush=True)
+
+    result: Dict[str, Any] = {"config": dict(config), "splits_used": list(CV_SPLITS)}
+    bags = load_bags(bag_records) if bag_records else None
+    if records and only in (None, "patch"):
+        settings = config["patch"]
+        data = load_patches(records)
+        groups = patient_folds(data["patients"].tolist(), int(config["folds"]))
+        result["patch"] = {"folds": groups, "recipes": {}}
+        for name, recipe in settings["recipes"].items():
+            runs = []
+            for index, held_out in enumerate(groups):
+                say(f"patch recipe {name}, fold {index + 1}/{len(groups)} (held out: {', '.join(held_out)})")
+                runs.append(patch_fold(data, held_out, recipe, {**settings, "seed": config["seed"]}, bags))
+                say("  " + _scores_line(runs[-1], ("auc", "within_bag")))
+            result["patch"]["recipes"][name] = {"recipe": recipe, "runs": runs,
+                                                **_summarise(runs, ("auc", "within_bag"))}
+    if bags is not None and only in (None, "mil"):
+        settings = config["mil"]
+        groups = patient_folds(bags["patients"].tolist(), int(config["folds"]))
+        result["mil"] = {"folds": groups, "recipes": {}}
+        for name, recipe in settings["recipes"].items():
+            runs = []
+            for index, held_out in enumerate(groups):
+                say(f"mil recipe {name}, fold {index + 1}/{len(groups)} (held out: {', '.join(held_out)})")
+                runs.append(mil_fold(bags, held_out, recipe, {**settings, "seed": config["seed"]}))
+                say("  " + _scores_line(runs[-1], ("auc", "within_bag")))
+            result["mil"]["recipes"][name] = {"recipe": recipe, "runs": runs,
+                                              **_summarise(runs, ("auc", "within_bag", "pooled"))}
+    return result
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.patient_cv", description=__doc__.split("\n")[0])
+    parser.add_argument("--records", help="`histopath ingest --dataset idc` output (patches)")
+    parser.add_argument("--bag-records", help="`histopath ingest --dataset idc --bag-size K` output")
+    parser.add_argument("--config", default=str(DEFAULT_CONFIG), help="recipes and budgets (JSON)")
+    parser.add_argument("--only", choices=("patch", "mil"), help="run one experiment")
+    parser.add_argument("--output", help="write the result here (JSON)")
+    args = parser.parse_args(argv)
+    from histopath.errors import HistopathError
+
+    if not args.records and not args.bag_records:
+        parser.error("give --records and/or --bag-records")
+    try:
+        config = json.loads(pathlib.Path(args.config).read_text())
+    except (OSError, ValueError) as error:
+        print(f"error: cannot read the config {args.config}: {error}", file=sys.stderr)
+        return 1
+    try:
+        result = run(args.records, args.bag_records, config, args.only)
+    except HistopathError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return error.exit_code
+    if args.output:
+        write_json(pathlib.Path(args.output), result)
+    for experiment in ("patch", "mil"):
+        for name, entry in result.get(experiment, {}).get("recipes", {}).items():
+            means = ", ".join(f"{key} {value['mean']:.4f}" for key, value in entry.items()
+                              if isinstance(value, dict) and value.get("mean") is not None)
+            print(f"{experiment} {name}: {means}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

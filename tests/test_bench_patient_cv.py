@@ -1,0 +1,96 @@
+"""bench/patient_cv.py: patient folds, and a tiny real cross-validation run.
+
+The run ingests four real IDC patients (symlinked patches) as patches and as 2x2
+region bags, then runs one patch recipe and one MIL recipe for one epoch each: every
+held-out patient is scored by a model that never trained on it, and the test split is
+never read.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import histopath  # noqa: F401  (Keras 2 before TensorFlow)
+import numpy as np
+import pytest
+
+from bench import patient_cv
+from histopath.errors import ConfigError
+
+IN_MEMORY = ["--direct_running_mode=in_memory", "--direct_num_workers=1"]
+PATIENTS = ("8916", "9022", "9124", "8951")  # small slides (171-613 patches), both classes each
+
+
+def test_patient_folds_are_disjoint_cover_everyone_and_sort_ids_numerically():
+    patients = ["10", "9", "9", "8", "11", "12", "8"]
+    folds = patient_cv.patient_folds(patients, 2)
+    assert folds == [["8", "10", "12"], ["9", "11"]]
+    assert sorted(sum(folds, []), key=int) == ["8", "9", "10", "11", "12"]
+    with pytest.raises(ConfigError, match="folds"):
+        patient_cv.patient_folds(["1", "2"], 3)
+
+
+def test_bag_tiles_are_row_major_per_bag():
+    mosaics = np.zeros((2, 4, 4, 3), np.uint8)
+    for bag in range(2):
+        for row in range(2):
+            for col in range(2):
+                mosaics[bag, row * 2:(row + 1) * 2, col * 2:(col + 1) * 2] = 10 * bag + 2 * row + col
+    tiles = patient_cv._bag_tiles(mosaics, 2)
+    assert tiles.shape == (8, 2, 2, 3)
+    assert [int(t[0, 0, 0]) for t in tiles] == [0, 1, 2, 3, 10, 11, 12, 13]
+
+
+@pytest.fixture(scope="module")
+def ingested(shared_data, tmp_path_factory):
+    from histopath.data.ingest import ingest
+
+    root = tmp_path_factory.mktemp("patient_cv")
+    source = root / "idc"
+    source.mkdir()
+    for patient in PATIENTS:  # whole slides, so that regions hold neighbouring patches
+        os.symlink(shared_data / "idc" / patient, source / patient)
+    splits = {"train": 0.5, "eval": 0.25, "test": 0.25}
+    ingest("idc", str(source), str(root / "patches"), splits=splits, beam_args=IN_MEMORY, progress=False)
+    ingest("idc", str(source), str(root / "bags"), splits=splits, bag_size=2, beam_args=IN_MEMORY, progress=False)
+    return root
+
+
+def test_a_tiny_cross_validation_scores_every_non_test_patient_held_out(ingested, tmp_path):
+    manifest = json.loads((ingested / "patches" / "manifest.json").read_text())
+    test_patients = set(manifest["splits"]["test"]["patient_ids"])
+    config = json.loads(patient_cv.DEFAULT_CONFIG.read_text())
+    config["folds"] = 2
+    config["patch"].update(epochs=1, batch_size=16)
+    config["patch"]["recipes"] = {"stain_amount": config["patch"]["recipes"]["stain_amount"]}
+    config["mil"].update(epochs=1, batch_size=4)
+    config["mil"]["model"] = {"image_size": 100, "tile_size": 50, "encoder_filters": [4], "embedding_units": 8,
+                              "attention_dim": 4}
+    config["mil"]["recipes"] = {"instance_loss": config["mil"]["recipes"]["stain_amount_instance_loss"]}
+    result = patient_cv.run(str(ingested / "patches"), str(ingested / "bags"), config, progress=False)
+
+    folds = result["patch"]["folds"]
+    assert len(folds) == 2 and not set(folds[0]) & set(folds[1])
+    assert set(folds[0]) | set(folds[1]) == set(PATIENTS) - test_patients  # test patients never used
+    patch = result["patch"]["recipes"]["stain_amount"]
+    assert [run["held_out"] for run in patch["runs"]] == folds
+    for run in patch["runs"]:
+        assert set(run["per_patient_auc"]) == set(run["held_out"])
+        assert 0.0 <= run["auc"] <= 1.0 and 0.0 <= run["within_bag"] <= 1.0
+    assert patch["auc"]["mean"] == pytest.approx(np.mean([run["auc"] for run in patch["runs"]]))
+    mil = result["mil"]["recipes"]["instance_loss"]
+    assert result["mil"]["folds"] == folds
+    for run in mil["runs"]:
+        assert 0.0 <= run["auc"] <= 1.0 and 0.0 <= run["within_bag"] <= 1.0
+
+
+def test_cli_errors_are_clear(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        patient_cv.main([])  # neither --records nor --bag-records
+    assert "--records" in capsys.readouterr().err
+    missing = tmp_path / "missing.json"
+    assert patient_cv.main(["--records", str(tmp_path), "--config", str(missing)]) == 1
+    assert f"{missing}" in capsys.readouterr().err
+    assert patient_cv.main(["--records", str(tmp_path / "nowhere")]) != 0
+    assert "nowhere" in capsys.readouterr().err
