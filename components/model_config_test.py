@@ -46,3 +46,11 @@ def test_invalid_values_are_clear_config_errors(factory, values, message):
 def test_mil_grid():
     config = mc.MilConfig(image_size=224, tile_size=32)
     assert config.grid_shape == (7, 7) and config.n_tiles == 49
+
+
+def test_default_augmentation_is_the_stain_amount_recipe():
+    # The cross-validated default (docs/results.md): stain amount + brightness/contrast, and
+    # not the all-channel HED jitter that tints glass.
+    config = mc.AugmentConfig()
+    assert (config.stain_scale, config.stain_shift, config.brightness, config.contrast) == (0.4, 0.01, 0.1, 0.2)
+    assert config.color_jitter == 0.0
