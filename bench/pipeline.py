@@ -249,7 +249,8 @@ def compare_trainer(kind: str, pipeline_root: pathlib.Path, max_images: Optional
         elif kind == "densenet":
             densenet.set_backbone_trainable(model, config.fine_tune_blocks, config.freeze_batchnorm)
         multi_output = isinstance(model.output, dict)
-        training._compile(model, learning_rate, multi_output)  # the Trainer's optimizer/loss/metrics
+        # The Trainer's optimizer (with its weight averaging), loss and metrics.
+        training._compile(model, learning_rate, multi_output, training_config.weight_averaging)
         targets = label_array.reshape(-1, 1).astype(np.float32)
         tensors: Tuple[Any, ...] = (images, {training.PROBABILITY: targets} if multi_output else targets)
         if weights is not None:
