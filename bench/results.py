@@ -517,6 +517,15 @@ def precision_lines(results: Dict[str, Any]) -> List[str]:
     return lines
 
 
+def recipe_settings(recipe: Dict[str, Any]) -> str:
+    """A recipe of bench/configs/patient_cv.json as text: what it changes from the defaults."""
+    parts = [f"{key} {value}" for key, value in recipe.get("augment", {}).items()]
+    parts += [f"{key} {value}" for key, value in recipe.get("model", {}).items()]
+    if recipe.get("weight_averaging") is not None:
+        parts.append(f"weight averaging {recipe['weight_averaging']}")
+    return ", ".join(parts) or "defaults"
+
+
 def recipe_cv_lines(cv: Dict[str, Any]) -> List[str]:
     """The IDC recipe choice: patient-level cross-validation on the non-test patients."""
     def cell(entry: Dict[str, Any]) -> str:
@@ -533,20 +542,20 @@ def recipe_cv_lines(cv: Dict[str, Any]) -> List[str]:
              + "; ".join(", ".join(f) for f in folds) + "). Each recipe is trained on two folds and scored on "
              "the third, for each fold in turn, with a fixed number of epochs (nothing chosen on the held-out "
              "fold). The test patients above were not used. Mean over folds, then each fold:", "",
-             "| experiment | recipe | held-out AUC | attention / patch-score within-region AUC |", "|---|---|---|---|"]
-    for experiment, label, block in (("patch", "plain CNN on patches", patch), ("mil", "attention MIL on regions", mil)):
+             "| experiment | recipe | changes from the defaults | held-out AUC | within-region AUC |",
+             "|---|---|---|---|---|"]
+    for label, block in (("plain CNN on patches", patch), ("attention MIL on regions", mil)):
         for name, entry in block.get("recipes", {}).items():
             within = cell(entry["within_bag"]) if "within_bag" in entry else "-"
-            lines.append(f"| {label} | {name.replace('_', ' ')} | {cell(entry['auc'])} | {within} |")
-    lines += ["", "Recipes (bench/configs/patient_cv.json): *hed jitter* = the former default, haematoxylin, "
-              "eosin AND DAB optical densities scaled by U(0.95, 1.05) and shifted by U(-0.05, 0.05) "
-              "(which tints glass yellow or green) plus brightness 0.15 / contrast 0.3; *stain amount* = the "
-              "new default, H and E optical densities scaled by U(0.6, 1.4) (pale to dark slides), shifted by "
-              "U(-0.01, 0.01), brightness 0.1 / contrast 0.2, with weight averaging (EMA 0.998 patches, 0.99 "
-              "regions); *instance loss* = the MIL's instance classifier trained from region labels only "
-              "(`MilConfig.instance_loss_weight` 0.5). The plain CNN's within-region column scores ITS patch "
-              "probabilities inside the held-out positive regions: a model trained WITH patch labels, the "
-              "reference for what attention trained without them can reach on these patients.", ""]
+            lines.append(f"| {label} | {name.replace('_', ' ')} | {recipe_settings(entry['recipe'])} | "
+                         f"{cell(entry['auc'])} | {within} |")
+    lines += ["", "Defaults: `AugmentConfig()` = flips, 90-degree rotations, stain amount (H and E optical "
+              "densities x U(1-s, 1+s), s = `stain_scale`, + U(-0.01, 0.01)), brightness 0.1, contrast 0.2; "
+              "*hed jitter* is the former default (all three HED channels scaled by U(0.95, 1.05) and shifted "
+              "by U(-0.05, 0.05), which tints glass yellow or green). Within-region AUC: for the MIL, how its "
+              "attention ranks the IDC-positive patches inside the held-out positive regions (trained on "
+              "region labels only); for the plain CNN, how ITS patch probabilities rank them — a model "
+              "trained WITH patch labels, the reference for what attention can reach on these patients.", ""]
     return lines
 
 
@@ -581,8 +590,9 @@ def summary_lines(results: Dict[str, Any]) -> List[str]:
     lines += ["", "How to read it: the eval split chose each model's epoch and decision threshold; the test "
               "patients were never used. The IDC eval split is 2 patients: its AUC is a noisy guide, and an "
               "eval AUC far above the test AUC means the held-out patients differ from the eval patients (two "
-              "of the three IDC test patients are stained much paler than the training slides; the IDC models "
-              "train with brightness/contrast jitter for that, see the configs). IDC: every test patient has IDC-positive patches, so patient-level AUC is undefined "
+              "of the three IDC test patients are stained much paler than the training slides; every model here "
+              "trains with stain-amount jitter for that, H and E optical densities scaled by U(0.6, 1.4), "
+              "chosen by the cross-validation below). IDC: every test patient has IDC-positive patches, so patient-level AUC is undefined "
               "and the patient rule below (mean patch probability, made for BreakHis where a patient has one "
               "label) says little; the patch level is the meaningful one. BreakHis: 4 test patients, one of "
               "them benign, so specificity and patient-level figures rest on one patient."]
