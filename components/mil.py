@@ -246,13 +246,21 @@ class AttentionMilModel(keras.Model):
         weight = float(kwargs.pop("instance_loss_weight", 0.0))
         super().__init__(inputs, outputs, name=name, trainable=trainable, **kwargs)
         self.instance_loss_weight = weight
+        # Keras logs "loss" from the compiled loss only; this shows the added term.
+        self._instance_loss_tracker = keras.metrics.Mean(name="instance_loss")
+
+    @property
+    def metrics(self):
+        others = [m for m in super().metrics if m is not self._instance_loss_tracker]
+        return others + ([self._instance_loss_tracker] if self.instance_loss_weight else [])
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None):
         loss = super().compute_loss(x, y, y_pred, sample_weight)
         if self.instance_loss_weight and y is not None and INSTANCE_LOGIT in y_pred:
             labels = y[PROBABILITY] if isinstance(y, dict) else y
-            loss += self.instance_loss_weight * instance_loss(
-                labels, y_pred[ATTENTION], y_pred[INSTANCE_LOGIT], y_pred[TISSUE_MASK])
+            value = instance_loss(labels, y_pred[ATTENTION], y_pred[INSTANCE_LOGIT], y_pred[TISSUE_MASK])
+            self._instance_loss_tracker.update_state(value)
+            loss += self.instance_loss_weight * value
         return loss
 
     def get_config(self) -> dict:

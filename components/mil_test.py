@@ -211,6 +211,8 @@ def test_instance_classifier_outputs_train_and_round_trip(bags, tmp_path):
     history = training.train_model(model, dataset, dataset, config,
                                    model_config.TrainingConfig(epochs=1, verbose=0), str(tmp_path / "logs"))
     assert np.isfinite(history["loss"][0])
+    assert np.isfinite(history["instance_loss"][0]) and history["instance_loss"][0] > 0
+    assert np.isfinite(history["val_instance_loss"][0])
     path = str(tmp_path / "mil.keras")
     model.save(path)
     loaded = keras.models.load_model(path)

@@ -46,6 +46,7 @@ def test_repeated_datasets_with_step_limits_train(tmp_path, caplog):
                                    str(tmp_path / "logs"))
     assert history["phase"] == ["train", "train"] and history["epoch"] == [0, 1]
     assert {"loss", "val_loss", "auc", "val_auc", "accuracy", "lr"} <= set(history)
+    assert "instance_loss" not in history  # no instance classifier, no such metric
     assert all(len(v) == 2 for v in history.values())
     messages = caplog.text
     assert "loss weights [0.666" in messages and "[train] epoch 2/2" in messages
