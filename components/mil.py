@@ -247,7 +247,8 @@ class AttentionMilModel(keras.Model):
         super().__init__(inputs, outputs, name=name, trainable=trainable, **kwargs)
         self.instance_loss_weight = weight
         # Keras logs "loss" from the compiled loss only; this shows the added term.
-        self._instance_loss_tracker = keras.metrics.Mean(name="instance_loss")
+        # Set without Keras attribute tracking: the tracker's state is no model weight.
+        object.__setattr__(self, "_instance_loss_tracker", keras.metrics.Mean(name="instance_loss"))
 
     @property
     def metrics(self):
