@@ -559,6 +559,121 @@ def recipe_cv_lines(cv: Dict[str, Any]) -> List[str]:
     return lines
 
 
+def per_patient_lines(rows: List[tuple]) -> List[str]:
+    """Each test patient's own images scored per model: AUC (both classes needed) / accuracy."""
+    patients: Dict[str, Dict[str, Any]] = {}
+    for _, _, block in rows:
+        for row in block.get("patients", []):
+            patients.setdefault(row["patient_id"], row)
+    lines = ["| patient | images (malignant) | " + " | ".join(label for label, _, _ in rows) + " |",
+             "|" + "---|" * (2 + len(rows))]
+    for patient, info in patients.items():
+        cells = []
+        for _, _, block in rows:
+            row = next((r for r in block.get("patients", []) if r["patient_id"] == patient), None)
+            if row is None or "image_accuracy" not in row:
+                cells.append("-")
+                continue
+            auc = "n/a" if row["image_auc"] is None else f"{row['image_auc']:.3f}"
+            cells.append(f"{auc} / {row['image_accuracy']:.3f}")
+        lines.append(f"| {patient} | {info['n_images']} ({info['n_malignant_images']}) | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _unmet(block: Dict[str, Any], targets: Dict[str, float]) -> List[str]:
+    """`level name value [CI] < goal` for every target `block` misses."""
+    misses = []
+    for key, goal in targets.items():
+        level, name = key.split(".")
+        entry = metric(block, level, name)
+        if entry["value"] is None or entry["value"] < goal:
+            misses.append(f"{level.split('_')[0]} {name.replace('_', ' ')} {fmt(entry)} < {goal}")
+    return misses
+
+
+def _best_recipe(block: Dict[str, Any], score: str) -> Optional[tuple]:
+    """(name, mean, folds) of the recipe with the highest cross-validated mean `score`."""
+    scored = [(name, entry[score]["mean"], entry[score]["folds"]) for name, entry in block.get("recipes", {}).items()
+              if score in entry and entry[score]["mean"] is not None]
+    return max(scored, key=lambda item: item[1]) if scored else None
+
+
+def shortfall_lines(results: Dict[str, Any]) -> List[str]:
+    """Every target not met, with the measured evidence on why (all figures from this run)."""
+    lines = ["## Targets not met, and why", ""]
+    idc, breakhis = results.get("idc"), results.get("breakhis")
+    bullets = []
+    if idc:
+        ev, cv = idc["evaluations"], idc.get("recipe_cv", {})
+        for label, key, run in (("DenseNet201", "densenet", "densenet"), ("attention MIL (regions)", "mil", "mil")):
+            misses = _unmet(ev[key], TARGETS["idc"])
+            if not misses:
+                continue
+            text = f"**IDC, {label}:** {'; '.join(misses)}."
+            per_patient = [(r["patient_id"], r["image_auc"]) for r in ev[key].get("patients", [])
+                           if r.get("image_auc") is not None]
+            if per_patient:
+                reached = sum(auc >= TARGETS["idc"]["image_level.auc"] for _, auc in per_patient)
+                text += (" Per test patient, the AUC of its own " + ("patches" if key == "densenet" else "regions")
+                         + ": " + ", ".join(f"{p} {auc:.3f}" for p, auc in per_patient)
+                         + f" ({reached} of {len(per_patient)} at or above the target).")
+            eval_auc = best_eval_auc(idc["runs"][run], key)
+            if eval_auc is not None:
+                text += f" Its best eval-split AUC during training was {eval_auc:.3f} (2 eval patients)."
+            bullets.append(text)
+        if any(_unmet(ev[key], TARGETS["idc"]) for key in ("densenet", "mil")):
+            best = _best_recipe(cv.get("patch", {}), "auc")
+            evidence = []
+            if best:
+                evidence.append(
+                    f"in patient-level cross-validation on the {sum(len(f) for f in cv['patch']['folds'])} non-test "
+                    f"patients, the best patch recipe tried ({best[0].replace('_', ' ')}) reaches a mean held-out "
+                    f"AUC of {best[1]:.3f} (folds " + " / ".join("n/a" if v is None else f"{v:.3f}" for v in best[2])
+                    + ")")
+            baseline = metric(ev["baseline"], "image_level", "auc")
+            if baseline["value"] is not None:
+                evidence.append(f"the plain 6-convolution CNN (10 CPU minutes, same augmentation) scores "
+                                f"{fmt(baseline)} on these test patients, not the ~0.93 quoted in the issue")
+            if evidence:
+                n_test = len(idc["records"]["splits"]["test"]["patients"])
+                text = ("**Why (IDC classification):** nothing was tuned on the test patients, and "
+                        + "; ".join(evidence) + f". The test figure rests on {n_test} patients (see the per-patient "
+                        "table).")
+                if best and best[1] < TARGETS["idc"]["image_level.auc"]:
+                    text += " No recipe measured here reaches the target AUC on patients it has not seen."
+                bullets.append(text)
+        loc = ev["mil"].get("localisation", {}).get("within_bag", {})
+        goal = TARGETS["localisation"]["within_bag"]
+        if loc and (loc.get("value") is None or loc["value"] < goal):
+            text = f"**IDC, MIL localisation:** within-bag attention AUC {fmt(loc)} < {goal}."
+            supervised = _best_recipe(cv.get("patch", {}), "within_bag")
+            attention = _best_recipe(cv.get("mil", {}), "within_bag")
+            if supervised:
+                text += (f" A plain CNN trained WITH patch labels ranks the IDC-positive patches inside held-out "
+                         f"positive regions at a cross-validated mean AUC of {supervised[1]:.3f} "
+                         f"({supervised[0].replace('_', ' ')}): the target is above what patch-level supervision "
+                         "reaches on these patients, so attention trained on region labels alone is not expected "
+                         "to reach it here.")
+            if attention:
+                text += (f" The best MIL recipe's attention reaches {attention[1]:.3f} in the same cross-validation "
+                         f"({attention[0].replace('_', ' ')}).")
+            bullets.append(text)
+    if breakhis:
+        ev = breakhis["evaluations"]
+        models = [("DenseNet201 from scratch", "densenet"), ("attention MIL", "mil")]
+        if "densenet_warm_start" in ev:
+            models.insert(1, ("DenseNet201 warm-started from IDC", "densenet_warm_start"))
+        for label, key in models:
+            misses = _unmet(ev[key], TARGETS["breakhis"])
+            if misses:
+                counts = ev[key]["patient_level"]["label_counts"]
+                bullets.append(f"**BreakHis, {label}:** {'; '.join(misses)}. The test split has "
+                               f"{counts['benign'] + counts['malignant']} patients, {counts['benign']} of them benign: "
+                               "specificity and every patient-level figure rest on that many benign patients.")
+    lines += [f"- {bullet}" for bullet in bullets] if bullets else ["Every target is met."]
+    return lines
+
+
 def best_eval_auc(run: Dict[str, Any], kind: str) -> Optional[float]:
     """The best eval-split AUC a Trainer saw (what early stopping kept)."""
     values = [v for v in run["trainers"][kind]["history"].get("val_auc", []) if v is not None]
@@ -623,7 +738,7 @@ def write_report(ctx: Context, results: Dict[str, Any], docs: pathlib.Path, star
         "",
     ]
     idc, breakhis = results.get("idc"), results.get("breakhis")
-    lines += summary_lines(results) + [""]
+    lines += summary_lines(results) + [""] + shortfall_lines(results) + [""]
     if idc:
         ev = idc["evaluations"]
         lines += ["## IDC (Breast Histopathology Images, 50x50 patches)", ""]
@@ -633,6 +748,8 @@ def write_report(ctx: Context, results: Dict[str, Any], docs: pathlib.Path, star
                 ("attention MIL", f"region ({IDC_BAG_SIZE}x{IDC_BAG_SIZE} patches)", ev["mil"])]
         lines += ["### Image (patch / region) level", ""] + table(rows, "image_level") + [""]
         lines += ["### Patient level", ""] + table(rows, "patient_level") + [""]
+        lines += ["### Each test patient (AUC / accuracy of its own patches or regions)", ""]
+        lines += per_patient_lines(rows) + [""]
         lines += ["Targets (patch level): " + "; ".join(
             f"{label}: {target_check(block, TARGETS['idc'])}" for label, _, block in rows[:2]), ""]
         if "recipe_cv" in idc:

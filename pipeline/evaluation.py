@@ -423,7 +423,11 @@ def score_predictions(
         "patients": [
             {"patient_id": p, "n_images": int(counts[i]), "n_malignant_images": int(malignant_counts[i]),
              "label": int(patient_labels[i]), "score": float(patient_scores[i]),
-             "prediction": int(patient_predictions[i])}
+             "prediction": int(patient_predictions[i]),
+             # Within the patient: how its own images are ranked and classified (the AUC is
+             # None unless the patient has images of both classes, e.g. an IDC slide).
+             "image_auc": roc_auc(labels[clusters == i], scores[clusters == i]),
+             "image_accuracy": float(np.mean(predictions[clusters == i] == labels[clusters == i]))}
             for i, p in enumerate(patients)
         ],
     }

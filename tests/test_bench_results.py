@@ -152,3 +152,43 @@ def test_recipe_cross_validation_table_shows_settings_means_and_folds():
     assert "| plain CNN on patches | hed jitter | color_jitter 0.05, weight averaging 0.998 | **0.800** (0.700 / 0.900) | n/a |" in text
     assert "| plain CNN on patches | stain amount | defaults | **0.850** (0.800 / 0.900) | **0.750** (0.700 / 0.800) |" in text
     assert "| attention MIL on regions | instance loss | instance_loss_weight 0.5 | **0.900** (0.880 / 0.920) |" in text
+
+
+def _recipe_cv() -> dict:
+    def scores(mean):
+        return {"mean": mean, "folds": [mean - 0.01, mean + 0.01]}
+    return {"patch": {"folds": [["1", "3"], ["2", "4"]], "recipes": {
+                "a": {"recipe": {}, "auc": scores(0.85), "within_bag": scores(0.80)},
+                "b": {"recipe": {}, "auc": scores(0.89), "within_bag": scores(0.78)}}},
+            "mil": {"folds": [["1", "3"], ["2", "4"]], "recipes": {
+                "c": {"recipe": {}, "auc": scores(0.90), "within_bag": scores(0.69)}}}}
+
+
+def test_report_says_which_targets_are_not_met_and_why(synthetic_results, tmp_path):
+    synthetic_results["idc"]["recipe_cv"] = _recipe_cv()
+    densenet = synthetic_results["idc"]["evaluations"]["densenet"]
+    densenet["image_level"]["metrics"]["auc"].update(value=0.88, ci_low=0.8, ci_high=0.95)
+    text = "\n".join(results.shortfall_lines(synthetic_results))
+    assert "**IDC, DenseNet201:** image auc 0.880 [0.800, 0.950] < 0.96" in text
+    first = densenet["patients"][0]
+    assert f"{first['patient_id']} {first['image_auc']:.3f}" in text  # each test patient's own AUC
+    assert "best patch recipe tried (b) reaches a mean held-out AUC of 0.890 (folds 0.880 / 0.900)" in text
+    assert "No recipe measured here reaches the target AUC" in text
+    assert "**IDC, MIL localisation:** within-bag attention AUC 0.800 [0.700, 0.900] < 0.9" in text
+    assert "mean AUC of 0.800 (a)" in text and "reaches 0.690 in the same cross-validation (c)" in text
+    # A model meeting every target gets no bullet.
+    for level in ("image_level", "patient_level"):
+        for entry in synthetic_results["breakhis"]["evaluations"]["mil"][level]["metrics"].values():
+            entry["value"] = 1.0
+    assert "**BreakHis, attention MIL:**" not in "\n".join(results.shortfall_lines(synthetic_results))
+
+
+def test_per_patient_table_scores_each_test_patient():
+    rows = [("model A", "patch", {"patients": [
+                {"patient_id": "7", "n_images": 10, "n_malignant_images": 4, "image_auc": 0.91, "image_accuracy": 0.8},
+                {"patient_id": "9", "n_images": 5, "n_malignant_images": 0, "image_auc": None, "image_accuracy": 1.0}]}),
+            ("model B", "patch", {"patients": [{"patient_id": "7", "n_images": 10, "n_malignant_images": 4}]})]
+    lines = results.per_patient_lines(rows)
+    assert lines[0] == "| patient | images (malignant) | model A | model B |"
+    assert "| 7 | 10 (4) | 0.910 / 0.800 | - |" in lines  # B's result predates per-patient scores
+    assert "| 9 | 5 (0) | n/a / 1.000 | - |" in lines

@@ -201,6 +201,20 @@ def test_bootstrap_of_large_image_sets_is_fast():
 # --- model folder resolution and manifests ----------------------------------------------
 
 
+def test_per_patient_rows_score_each_patients_own_images():
+    # Patient "a": both classes, ranked 3 of 4 pairs right; "b": benign only (AUC undefined).
+    labels = [1, 1, 0, 0, 0, 0]
+    scores = [0.9, 0.3, 0.5, 0.1, 0.2, 0.7]
+    predictions = [int(s >= 0.5) for s in scores]
+    result = evaluation.score_predictions(labels, scores, predictions, ["a", "a", "a", "a", "b", "b"],
+                                          threshold=0.5, bootstrap=0)
+    a, b = result["patients"]
+    assert (a["patient_id"], a["n_images"], a["n_malignant_images"], a["label"]) == ("a", 4, 2, 1)
+    assert a["image_auc"] == pytest.approx(0.75) and a["image_accuracy"] == pytest.approx(0.5)
+    assert a["score"] == pytest.approx(0.45) and a["prediction"] == 0
+    assert b["image_auc"] is None and b["image_accuracy"] == pytest.approx(0.5)
+
+
 def test_model_folder_resolution_picks_the_newest_complete_integer_version(tmp_path):
     model = tmp_path / "mil"
     for name, complete in [("1", True), ("2", True), ("10", True), ("11", False), (".12.tmp", True), ("13.tmp", True)]:
