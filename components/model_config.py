@@ -257,6 +257,10 @@ class TrainingConfig(_JsonConfig):
     min_learning_rate: float = 1e-7
     # EarlyStopping patience on the monitored value (best weights are restored).
     early_stopping_patience: int = 4
+    # Epochs of each phase that EarlyStopping ignores (Keras `start_from_epoch`): a model
+    # trained from scratch, or a weight average still holding its random start, can score a
+    # lucky eval AUC in its first epochs that early stopping would otherwise keep.
+    early_stopping_start_epoch: int = 0
     # What ReduceLROnPlateau, EarlyStopping and DenseNet's phase comparison watch on the
     # eval split: "val_loss" (lower is better) or "val_auc" (higher is better; robust to
     # the class imbalance between a class-weighted training loss and an unweighted eval).
@@ -291,6 +295,7 @@ class TrainingConfig(_JsonConfig):
         _check(0.0 < self.reduce_lr_factor < 1.0, "TrainingConfig.reduce_lr_factor must be in (0, 1)")
         _check(self.reduce_lr_patience >= 0 and self.early_stopping_patience >= 0,
                "TrainingConfig patience values must be >= 0")
+        _check(self.early_stopping_start_epoch >= 0, "TrainingConfig.early_stopping_start_epoch must be >= 0")
         for name in ("steps_per_epoch", "validation_steps"):
             value = getattr(self, name)
             _check(value is None or int(value) >= 1, f"TrainingConfig.{name} must be None or >= 1")

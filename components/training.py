@@ -112,7 +112,7 @@ def train_model(
         start = len(history.rows["epoch"])
         early_stopping = keras.callbacks.EarlyStopping(
             monitor=monitor, mode=mode, patience=config.early_stopping_patience,
-            restore_best_weights=True)
+            restore_best_weights=True, start_from_epoch=start + config.early_stopping_start_epoch)
         timer = _EpochTimer(examples_per_epoch)
         callbacks = [
             keras.callbacks.ReduceLROnPlateau(
@@ -135,7 +135,10 @@ def train_model(
         )
         history.add(phase, fit)
         history.extend(timer.rows())
-        return float(early_stopping.best)
+        if np.isfinite(early_stopping.best):
+            return float(early_stopping.best)
+        # The phase ended before early stopping started watching: its last value.
+        return float(fit.history[monitor][-1])
 
     if isinstance(model_config, DenseNetConfig):
         fine_tune = model_config.fine_tune_blocks != 0 and config.fine_tune_epochs > 0

@@ -62,6 +62,12 @@ def test_densenet_with_zero_head_epochs_only_fine_tunes(tmp_path):
                                    model_config.TrainingConfig(epochs=0, fine_tune_epochs=1, verbose=0),
                                    str(tmp_path / "logs"))
     assert history["phase"] == ["fine_tune"]
+    # Phases shorter than early stopping's start epoch compare by their last values.
+    history = training.train_model(densenet.build_densenet_model(config), dataset, dataset, config,
+                                   model_config.TrainingConfig(epochs=1, fine_tune_epochs=1, verbose=0,
+                                                               early_stopping_start_epoch=2),
+                                   str(tmp_path / "logs-short"))
+    assert history["phase"] == ["head", "fine_tune"]
     with pytest.raises(ConfigError, match="epochs > 0"):
         training.train_model(densenet.build_densenet_model(config), dataset, dataset, config,
                              model_config.TrainingConfig(epochs=0, fine_tune_epochs=0), str(tmp_path / "l2"))
@@ -149,3 +155,20 @@ def test_weight_averaging_restores_the_best_averaged_epoch(tmp_path):
     assert restored["loss"] == pytest.approx(min(history["val_loss"]), rel=1e-4)
     with pytest.raises(ConfigError, match="weight_averaging"):
         model_config.TrainingConfig(weight_averaging=1.0)
+
+
+def test_early_stopping_ignores_the_first_epochs_of_a_phase(tmp_path):
+    images, labels, _ = testdata.bag_dataset(16, grid=2, tile=16, seed=2)
+    dataset = tf.data.Dataset.from_tensor_slices((images, labels)).batch(8)
+    # A learning rate this large makes the first epoch's eval loss the lowest.
+    model_options = SMALL_MIL.replace(learning_rate=0.5)
+    config = model_config.TrainingConfig(epochs=4, monitor="val_loss", early_stopping_patience=0, verbose=0,
+                                         early_stopping_start_epoch=2, seed=3)
+    model = mil.build_mil_model(model_options)
+    history = training.train_model(model, dataset, dataset, model_options, config, str(tmp_path / "logs"))
+    assert len(history["val_loss"]) >= 3, "no stop before the start epoch, patience 0 or not"
+    assert min(history["val_loss"][:2]) < min(history["val_loss"][2:]), "the test needs a better early epoch"
+    restored = model.evaluate(dataset, verbose=0, return_dict=True)
+    assert restored["loss"] == pytest.approx(min(history["val_loss"][2:]), rel=1e-4)
+    with pytest.raises(ConfigError, match="early_stopping_start_epoch"):
+        model_config.TrainingConfig(early_stopping_start_epoch=-1)
