@@ -174,6 +174,8 @@ def test_report_says_which_targets_are_not_met_and_why(synthetic_results, tmp_pa
     assert f"{first['patient_id']} {first['image_auc']:.3f}" in text  # each test patient's own AUC
     assert "best patch recipe tried (b) reaches a mean held-out AUC of 0.890 (folds 0.880 / 0.900)" in text
     assert "No recipe measured here reaches the target AUC" in text
+    baseline = synthetic_results["idc"]["evaluations"]["baseline"]["image_level"]["metrics"]["auc"]["value"]
+    assert baseline > 0.88 and "**IDC, against the plain baseline:**" in text and "DenseNet201 0.880" in text
     assert "**IDC, MIL localisation:** within-bag attention AUC 0.800 [0.700, 0.900] < 0.9" in text
     assert "mean AUC of 0.800 (a)" in text and "reaches 0.690 in the same cross-validation (c)" in text
     # A model meeting every target gets no bullet.
