@@ -228,6 +228,20 @@ def _summarise(folds: List[Dict[str, Any]], keys: Sequence[str]) -> Dict[str, An
     return summary
 
 
+def _cross_validate(kind: str, groups: List[List[str]], settings: Mapping[str, Any], seed: int,
+                    run_fold, keys: Sequence[str], say) -> Dict[str, Any]:
+    """Every recipe of `settings["recipes"]` on every fold: `run_fold(held_out, recipe, settings)`."""
+    block: Dict[str, Any] = {"folds": groups, "recipes": {}}
+    for name, recipe in settings["recipes"].items():
+        runs = []
+        for index, held_out in enumerate(groups):
+            say(f"{kind} recipe {name}, fold {index + 1}/{len(groups)} (held out: {', '.join(held_out)})")
+            runs.append(run_fold(held_out, recipe, {**settings, "seed": seed}))
+            say("  " + _scores_line(runs[-1], ("auc", "within_bag")))
+        block["recipes"][name] = {"recipe": recipe, "runs": runs, **_summarise(runs, keys)}
+    return block
+
+
 def run(records: Optional[str], bag_records: Optional[str], config: Mapping[str, Any],
         only: Optional[str] = None, progress: bool = True) -> Dict[str, Any]:
     """Runs every configured recipe on every fold; returns per-fold and mean scores."""
@@ -237,31 +251,18 @@ def run(records: Optional[str], bag_records: Optional[str], config: Mapping[str,
 
     result: Dict[str, Any] = {"config": dict(config), "splits_used": list(CV_SPLITS)}
     bags = load_bags(bag_records) if bag_records else None
+    folds, seed = int(config["folds"]), config["seed"]
     if records and only in (None, "patch"):
-        settings = config["patch"]
         data = load_patches(records)
-        groups = patient_folds(data["patients"].tolist(), int(config["folds"]))
-        result["patch"] = {"folds": groups, "recipes": {}}
-        for name, recipe in settings["recipes"].items():
-            runs = []
-            for index, held_out in enumerate(groups):
-                say(f"patch recipe {name}, fold {index + 1}/{len(groups)} (held out: {', '.join(held_out)})")
-                runs.append(patch_fold(data, held_out, recipe, {**settings, "seed": config["seed"]}, bags))
-                say("  " + _scores_line(runs[-1], ("auc", "within_bag")))
-            result["patch"]["recipes"][name] = {"recipe": recipe, "runs": runs,
-                                                **_summarise(runs, ("auc", "within_bag"))}
+        result["patch"] = _cross_validate(
+            "patch", patient_folds(data["patients"].tolist(), folds), config["patch"], seed,
+            lambda held_out, recipe, settings: patch_fold(data, held_out, recipe, settings, bags),
+            ("auc", "within_bag"), say)
     if bags is not None and only in (None, "mil"):
-        settings = config["mil"]
-        groups = patient_folds(bags["patients"].tolist(), int(config["folds"]))
-        result["mil"] = {"folds": groups, "recipes": {}}
-        for name, recipe in settings["recipes"].items():
-            runs = []
-            for index, held_out in enumerate(groups):
-                say(f"mil recipe {name}, fold {index + 1}/{len(groups)} (held out: {', '.join(held_out)})")
-                runs.append(mil_fold(bags, held_out, recipe, {**settings, "seed": config["seed"]}))
-                say("  " + _scores_line(runs[-1], ("auc", "within_bag")))
-            result["mil"]["recipes"][name] = {"recipe": recipe, "runs": runs,
-                                              **_summarise(runs, ("auc", "within_bag", "pooled"))}
+        result["mil"] = _cross_validate(
+            "mil", patient_folds(bags["patients"].tolist(), folds), config["mil"], seed,
+            lambda held_out, recipe, settings: mil_fold(bags, held_out, recipe, settings),
+            ("auc", "within_bag", "pooled"), say)
     return result
 
 

@@ -400,14 +400,18 @@ def fmt(entry: Dict[str, Any]) -> str:
     return f"{entry['value']:.3f} [{entry['ci_low']:.3f}, {entry['ci_high']:.3f}]"
 
 
-def target_check(block: Dict[str, Any], targets: Dict[str, float]) -> str:
-    verdicts = []
+def target_results(block: Dict[str, Any], targets: Dict[str, float]):
+    """Per target: (`"image auc"`-style label, metric entry, goal, whether it is met)."""
     for key, goal in targets.items():
         level, name = key.split(".")
-        value = metric(block, level, name)["value"]
-        ok = value is not None and value >= goal
-        verdicts.append(f"{level.split('_')[0]} {name.replace('_', ' ')} >= {goal}: {'met' if ok else 'NOT met'}")
-    return "; ".join(verdicts)
+        entry = metric(block, level, name)
+        met = entry["value"] is not None and entry["value"] >= goal
+        yield f"{level.split('_')[0]} {name.replace('_', ' ')}", entry, goal, met
+
+
+def target_check(block: Dict[str, Any], targets: Dict[str, float]) -> str:
+    return "; ".join(f"{label} >= {goal}: {'met' if met else 'NOT met'}"
+                     for label, _, goal, met in target_results(block, targets))
 
 
 def table(rows: List[tuple], level: str) -> List[str]:
@@ -582,13 +586,8 @@ def per_patient_lines(rows: List[tuple]) -> List[str]:
 
 def _unmet(block: Dict[str, Any], targets: Dict[str, float]) -> List[str]:
     """`level name value [CI] < goal` for every target `block` misses."""
-    misses = []
-    for key, goal in targets.items():
-        level, name = key.split(".")
-        entry = metric(block, level, name)
-        if entry["value"] is None or entry["value"] < goal:
-            misses.append(f"{level.split('_')[0]} {name.replace('_', ' ')} {fmt(entry)} < {goal}")
-    return misses
+    return [f"{label} {fmt(entry)} < {goal}" for label, entry, goal, met in target_results(block, targets)
+            if not met]
 
 
 def _best_recipe(block: Dict[str, Any], score: str) -> Optional[tuple]:
@@ -605,8 +604,9 @@ def shortfall_lines(results: Dict[str, Any]) -> List[str]:
     bullets = []
     if idc:
         ev, cv = idc["evaluations"], idc.get("recipe_cv", {})
-        for label, key, run in (("DenseNet201", "densenet", "densenet"), ("attention MIL (regions)", "mil", "mil")):
-            misses = _unmet(ev[key], TARGETS["idc"])
+        idc_misses = {key: _unmet(ev[key], TARGETS["idc"]) for key in ("densenet", "mil")}
+        for label, key in (("DenseNet201", "densenet"), ("attention MIL (regions)", "mil")):
+            misses = idc_misses[key]
             if not misses:
                 continue
             text = f"**IDC, {label}:** {'; '.join(misses)}."
@@ -617,11 +617,11 @@ def shortfall_lines(results: Dict[str, Any]) -> List[str]:
                 text += (" Per test patient, the AUC of its own " + ("patches" if key == "densenet" else "regions")
                          + ": " + ", ".join(f"{p} {auc:.3f}" for p, auc in per_patient)
                          + f" ({reached} of {len(per_patient)} at or above the target).")
-            eval_auc = best_eval_auc(idc["runs"][run], key)
+            eval_auc = best_eval_auc(idc["runs"][key], key)
             if eval_auc is not None:
                 text += f" Its best eval-split AUC during training was {eval_auc:.3f} (2 eval patients)."
             bullets.append(text)
-        if any(_unmet(ev[key], TARGETS["idc"]) for key in ("densenet", "mil")):
+        if any(idc_misses.values()):
             best = _best_recipe(cv.get("patch", {}), "auc")
             evidence = []
             if best:

@@ -141,8 +141,8 @@ class MilConfig(_JsonConfig):
     dropout: float = 0.25
     # Weight of the instance loss (`mil.instance_loss`: a linear tile classifier trained
     # from the bag labels only, after CLAM) added to the bag loss; 0 disables. On IDC
-    # regions 0.5 raised the attention's within-region ranking of IDC-positive patches
-    # in all three patient folds (mean within-bag AUC 0.667 -> 0.694, docs/results.md).
+    # regions 0.5 changed the attention's within-region ranking of IDC-positive patches
+    # little (cross-validated mean within-bag AUC 0.670 -> 0.676, docs/results.md).
     instance_loss_weight: float = 0.0
     # Adam learning rate.
     learning_rate: float = 5e-4
