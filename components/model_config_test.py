@@ -54,3 +54,10 @@ def test_default_augmentation_is_the_stain_amount_recipe():
     config = mc.AugmentConfig()
     assert (config.stain_scale, config.stain_shift, config.brightness, config.contrast) == (0.4, 0.01, 0.1, 0.2)
     assert config.color_jitter == 0.0
+
+
+@pytest.mark.parametrize("config_type", [mc.DenseNetConfig, mc.MilConfig])
+def test_both_models_default_to_bfloat16_where_the_cpu_runs_it_natively(config_type):
+    assert config_type().mixed_precision == "auto"
+    assert config_type.from_dict({}).mixed_precision == "auto"
+    assert config_type.from_dict({"mixed_precision": None}).mixed_precision is None  # float32 stays selectable
