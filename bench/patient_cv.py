@@ -20,9 +20,9 @@ left out, for every group in turn. The test split is never read.
   `histopath ingest --bag-size K`, a fixed number of epochs. Scores: region AUC and the
   attention's localisation of the IDC-positive patches (`mil_localisation`).
 
-Recipes and budgets come from `bench/configs/patient_cv.json`. Nothing is chosen on the
-held-out group (no early stopping, no epoch selection), so its scores are unbiased
-estimates for patients the recipe has not seen.
+Recipes and budgets come from `bench/configs/patient_cv.json` (a recipe may set its own
+`epochs`). Nothing is chosen on the held-out group (no early stopping, no epoch
+selection), so its scores are unbiased estimates for patients the recipe has not seen.
 """
 
 from __future__ import annotations
@@ -165,7 +165,7 @@ def patch_fold(data: Mapping[str, np.ndarray], held_out: Sequence[str], recipe: 
     model = build_plain_cnn(BaselineConfig(conv_layers=int(settings["conv_layers"]), image_size=data["images"].shape[1]))
     dataset = _training_dataset(data["images"][~held], data["labels"][~held], int(settings["batch_size"]),
                                 augment_config, seed, multi_output=False)
-    seconds = _fit(model, dataset, int(settings["epochs"]), float(settings["learning_rate"]),
+    seconds = _fit(model, dataset, int(recipe.get("epochs", settings["epochs"])), float(settings["learning_rate"]),
                    recipe.get("weight_averaging"), multi_output=False)
     scores = model.predict(data["images"][held].astype(np.float32) / 255.0, batch_size=_PREDICT_BATCH,
                            verbose=0).reshape(-1)
@@ -202,7 +202,7 @@ def mil_fold(bags: Mapping[str, np.ndarray], held_out: Sequence[str], recipe: Ma
     model = mil.build_mil_model(config)
     dataset = _training_dataset(bags["images"][~held], bags["labels"][~held], int(settings["batch_size"]),
                                 augment_config, seed, multi_output=True)
-    seconds = _fit(model, dataset, int(settings["epochs"]), config.learning_rate, recipe.get("weight_averaging"),
+    seconds = _fit(model, dataset, int(recipe.get("epochs", settings["epochs"])), config.learning_rate, recipe.get("weight_averaging"),
                    multi_output=True)
     outputs = model.predict(bags["images"][held].astype(np.float32) / 255.0, batch_size=64, verbose=0)
     probability = np.asarray(outputs[mil.PROBABILITY], np.float64).reshape(-1)

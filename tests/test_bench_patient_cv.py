@@ -57,7 +57,7 @@ def ingested(shared_data, tmp_path_factory):
     return root
 
 
-def test_a_tiny_cross_validation_scores_every_non_test_patient_held_out(ingested, tmp_path):
+def test_a_tiny_cross_validation_scores_every_non_test_patient_held_out(ingested, tmp_path, monkeypatch):
     manifest = json.loads((ingested / "patches" / "manifest.json").read_text())
     test_patients = set(manifest["splits"]["test"]["patient_ids"])
     config = json.loads(patient_cv.DEFAULT_CONFIG.read_text())
@@ -67,8 +67,15 @@ def test_a_tiny_cross_validation_scores_every_non_test_patient_held_out(ingested
     config["mil"].update(epochs=1, batch_size=4)
     config["mil"]["model"] = {"image_size": 100, "tile_size": 50, "encoder_filters": [4], "embedding_units": 8,
                               "attention_dim": 4}
-    config["mil"]["recipes"] = {"instance_loss": config["mil"]["recipes"]["stain_amount_instance_loss"]}
+    instance_loss = config["mil"]["recipes"]["stain_amount_instance_loss"]
+    config["mil"]["recipes"] = {"instance_loss": instance_loss, "two_epochs": {**instance_loss, "epochs": 2}}
+    fitted_epochs = []
+    real_fit = patient_cv._fit
+    monkeypatch.setattr(patient_cv, "_fit",
+                        lambda model, dataset, epochs, *args, **kwargs:
+                        fitted_epochs.append(epochs) or real_fit(model, dataset, epochs, *args, **kwargs))
     result = patient_cv.run(str(ingested / "patches"), str(ingested / "bags"), config, progress=False)
+    assert fitted_epochs == [1, 1, 1, 1, 2, 2]  # patch x 2 folds, MIL x 2 folds, then the recipe's own epochs
 
     folds = result["patch"]["folds"]
     assert len(folds) == 2 and not set(folds[0]) & set(folds[1])
