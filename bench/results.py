@@ -637,7 +637,7 @@ def shortfall_lines(results: Dict[str, Any]) -> List[str]:
             best_mil = _best_recipe(cv.get("mil", {}), "auc")
             if best_mil:
                 evidence.append(
-                    f"the {len(mil_means)} MIL recipes tried on regions (see the table above) reach mean held-out "
+                    f"the {len(mil_means)} MIL recipes tried on regions (recipe table below) reach mean held-out "
                     f"AUCs from {min(mil_means):.3f} to {best_mil[1]:.3f} ({best_mil[0].replace('_', ' ')})")
             if evidence:
                 n_test = len(idc["records"]["splits"]["test"]["patients"])

@@ -174,7 +174,7 @@ def test_report_says_which_targets_are_not_met_and_why(synthetic_results, tmp_pa
     first = densenet["patients"][0]
     assert f"{first['patient_id']} {first['image_auc']:.3f}" in text  # each test patient's own AUC
     assert "best patch recipe tried (b) reaches a mean held-out AUC of 0.890 (folds 0.880 / 0.900)" in text
-    assert "the 2 MIL recipes tried on regions (see the table above) reach mean held-out AUCs from 0.900 to 0.910 (d)" in text
+    assert "the 2 MIL recipes tried on regions (recipe table below) reach mean held-out AUCs from 0.900 to 0.910 (d)" in text
     assert "No recipe measured here reaches the target AUC" in text
     baseline = synthetic_results["idc"]["evaluations"]["baseline"]["image_level"]["metrics"]["auc"]["value"]
     assert baseline > 0.88 and "**IDC, against the plain baseline:**" in text and "DenseNet201 0.880" in text
