@@ -165,7 +165,7 @@ def patch_fold(data: Mapping[str, np.ndarray], held_out: Sequence[str], recipe: 
     model = build_plain_cnn(BaselineConfig(conv_layers=int(settings["conv_layers"]), image_size=data["images"].shape[1]))
     dataset = _training_dataset(data["images"][~held], data["labels"][~held], int(settings["batch_size"]),
                                 augment_config, seed, multi_output=False)
-    seconds = _fit(model, dataset, int(recipe.get("epochs", settings["epochs"])), float(settings["learning_rate"]),
+    seconds = _fit(model, dataset, int(settings["epochs"]), float(settings["learning_rate"]),
                    recipe.get("weight_averaging"), multi_output=False)
     scores = model.predict(data["images"][held].astype(np.float32) / 255.0, batch_size=_PREDICT_BATCH,
                            verbose=0).reshape(-1)
@@ -202,7 +202,7 @@ def mil_fold(bags: Mapping[str, np.ndarray], held_out: Sequence[str], recipe: Ma
     model = mil.build_mil_model(config)
     dataset = _training_dataset(bags["images"][~held], bags["labels"][~held], int(settings["batch_size"]),
                                 augment_config, seed, multi_output=True)
-    seconds = _fit(model, dataset, int(recipe.get("epochs", settings["epochs"])), config.learning_rate, recipe.get("weight_averaging"),
+    seconds = _fit(model, dataset, int(settings["epochs"]), config.learning_rate, recipe.get("weight_averaging"),
                    multi_output=True)
     outputs = model.predict(bags["images"][held].astype(np.float32) / 255.0, batch_size=64, verbose=0)
     probability = np.asarray(outputs[mil.PROBABILITY], np.float64).reshape(-1)
@@ -230,13 +230,17 @@ def _summarise(folds: List[Dict[str, Any]], keys: Sequence[str]) -> Dict[str, An
 
 def _cross_validate(kind: str, groups: List[List[str]], settings: Mapping[str, Any], seed: int,
                     run_fold, keys: Sequence[str], say) -> Dict[str, Any]:
-    """Every recipe of `settings["recipes"]` on every fold: `run_fold(held_out, recipe, settings)`."""
+    """Every recipe of `settings["recipes"]` on every fold: `run_fold(held_out, recipe, settings)`.
+
+    The settings passed on carry the seed and the recipe's own `epochs` when it sets them.
+    """
     block: Dict[str, Any] = {"folds": groups, "recipes": {}}
     for name, recipe in settings["recipes"].items():
         runs = []
         for index, held_out in enumerate(groups):
             say(f"{kind} recipe {name}, fold {index + 1}/{len(groups)} (held out: {', '.join(held_out)})")
-            runs.append(run_fold(held_out, recipe, {**settings, "seed": seed}))
+            runs.append(run_fold(held_out, recipe,
+                                 {**settings, "seed": seed, "epochs": recipe.get("epochs", settings["epochs"])}))
             say("  " + _scores_line(runs[-1], ("auc", "within_bag")))
         block["recipes"][name] = {"recipe": recipe, "runs": runs, **_summarise(runs, keys)}
     return block
