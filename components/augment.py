@@ -9,59 +9,15 @@ reproducible and each epoch sees new augmentations.
 from __future__ import annotations
 
 import functools
-import math
 
 import histopath  # noqa: F401  (pins Keras 2 before TensorFlow is imported)
 import numpy as np
 import tensorflow as tf
 
+from histopath.components.image_ops import RGB_FROM_HED, hed_to_rgb, rgb_to_hed, scale_stains  # noqa: F401
 from histopath.components.model_config import AugmentConfig
 
-# Ruifrok & Johnston (2001) stain vectors, as in scikit-image's `rgb2hed`.
-RGB_FROM_HED = ((0.65, 0.70, 0.29), (0.07, 0.99, 0.11), (0.27, 0.57, 0.78))
-_LOG_ADJUST = math.log(1e-6)
 MIN_CROP_PIXELS = 16
-
-
-def _mix_channels(images: tf.Tensor, matrix: tf.Tensor) -> tf.Tensor:
-    """`images[..., c] @ matrix[c, d]` over the last axis.
-
-    Not `tf.einsum("...c,cd->...d")`: with oneDNN on AVX-512/AMX CPUs (TF 2.16) that
-    ellipsis einsum returns wrong values once there are 64 or more pixels (measured
-    here; cf. tensorflow/tensorflow#61510, oneDNN matmul errors on AVX-512 CPUs).
-    """
-    return tf.tensordot(images, matrix, axes=1)
-
-
-def rgb_to_hed(images: tf.Tensor) -> tf.Tensor:
-    """RGB in [0, 1] -> haematoxylin, eosin, DAB optical densities (scikit-image scaling,
-    without its clipping at 0 so that `hed_to_rgb` inverts it exactly)."""
-    hed_from_rgb = tf.linalg.inv(tf.constant(RGB_FROM_HED, tf.float32))
-    log_rgb = tf.math.log(tf.maximum(images, 1e-6)) / _LOG_ADJUST
-    return _mix_channels(log_rgb, hed_from_rgb)
-
-
-def hed_to_rgb(stains: tf.Tensor) -> tf.Tensor:
-    """Inverse of `rgb_to_hed`, clipped to [0, 1]."""
-    log_rgb = _mix_channels(stains, tf.constant(RGB_FROM_HED, tf.float32)) * _LOG_ADJUST
-    return tf.clip_by_value(tf.exp(log_rgb), 0.0, 1.0)
-
-
-def _jitter_in_hed_space(images: tf.Tensor, scale: tf.Tensor, shift: tf.Tensor) -> tf.Tensor:
-    """`hed_to_rgb(rgb_to_hed(images) * scale + shift)` with per-image `(batch, 3)` factors,
-    folded into one per-image 3x3 map in log-RGB space:
-    `exp(log(x) @ (H diag(scale) R) + L * shift @ R)`, H = inv(R) (R = RGB_FROM_HED,
-    L = log(1e-6)): one batched matmul instead of two colour-space conversions."""
-    rgb_from_hed = tf.constant(RGB_FROM_HED, tf.float32)
-    hed_from_rgb = tf.linalg.inv(rgb_from_hed)
-    mixing = _mix_channels(hed_from_rgb[None, :, :] * scale[:, None, :], rgb_from_hed)  # (batch, 3, 3)
-    offset = _LOG_ADJUST * tf.matmul(shift, rgb_from_hed)  # (batch, 3)
-    shape = tf.shape(images)
-    log_rgb = tf.reshape(tf.math.log(tf.maximum(images, 1e-6)), [shape[0], -1, 3])
-    # A batched matmul with equal batch dimensions (checked against NumPy in the tests;
-    # only the broadcasting form in `_mix_channels` misbehaves under oneDNN).
-    mixed = tf.matmul(log_rgb, mixing) + offset[:, None, :]
-    return tf.reshape(tf.clip_by_value(tf.exp(mixed), 0.0, 1.0), shape)
 
 
 def _uniform(seed: tf.Tensor, shape, low: float, high: float) -> tf.Tensor:
@@ -143,7 +99,7 @@ def random_stain_jitter(images: tf.Tensor, seed: tf.Tensor, strength: float, col
     if color_space == "hed":
         scale = _uniform(seeds[0], [batch, 1, 1, 3], 1.0 - strength, 1.0 + strength)
         shift = _uniform(seeds[1], [batch, 1, 1, 3], -strength, strength)
-        return _jitter_in_hed_space(images, scale[:, 0, 0, :], shift[:, 0, 0, :])
+        return scale_stains(images, scale[:, 0, 0, :], shift[:, 0, 0, :])
     hsv = tf.image.rgb_to_hsv(images)
     hue = tf.math.floormod(hsv[..., 0:1] + _uniform(seeds[0], [batch, 1, 1, 1], -strength / 2, strength / 2), 1.0)
     sat_val = hsv[..., 1:3] * _uniform(seeds[1], [batch, 1, 1, 2], 1.0 - 2 * strength, 1.0 + 2 * strength)
@@ -171,7 +127,7 @@ def random_stain_amount(images: tf.Tensor, seed: tf.Tensor, scale: float, shift:
     h_and_e = tf.constant([1.0, 1.0, 0.0])  # which stains change: not DAB
     factors = 1.0 + _uniform(seeds[0], [batch, 3], -scale, scale) * h_and_e
     offsets = _uniform(seeds[1], [batch, 3], -shift, shift) * h_and_e
-    return _jitter_in_hed_space(images, factors, offsets)
+    return scale_stains(images, factors, offsets)
 
 
 def random_brightness_contrast(images: tf.Tensor, seed: tf.Tensor, brightness: float,

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from histopath.components import augment, model_config, testdata
+from histopath.components import augment, image_ops, model_config, testdata
 
 
 # Every colour augmentation off (the defaults turn the stain-amount and brightness/contrast
@@ -95,7 +95,7 @@ def test_stain_jitter_matches_the_two_conversions_in_float64():
     stains = (np.log(images.astype(np.float64)) / log_adjust) @ np.linalg.inv(rgb_from_hed)
     stains = stains * scale[:, None, None, :] + shift[:, None, None, :]
     expected = np.clip(np.exp((stains @ rgb_from_hed) * log_adjust), 0.0, 1.0)
-    jittered = augment._jitter_in_hed_space(tf.constant(images), tf.constant(scale), tf.constant(shift))
+    jittered = image_ops.scale_stains(tf.constant(images), tf.constant(scale), tf.constant(shift))
     np.testing.assert_allclose(jittered.numpy(), expected, atol=2e-5)
 
 

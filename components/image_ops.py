@@ -9,6 +9,8 @@ Conventions: images are `float32` in `[0, 1]`, channels-last RGB.
 
 from __future__ import annotations
 
+import math
+
 import histopath  # noqa: F401  (pins Keras 2 before TensorFlow is imported)
 import tensorflow as tf
 
@@ -143,3 +145,112 @@ def dequantize_from_bytes(serialized: tf.Tensor, height: int, width: int | None 
     )
     images = tf.reshape(images, [-1, height, width, 3])
     return tf.cast(images, tf.float32) / 255.0
+
+
+# Ruifrok & Johnston (2001) stain vectors, as in scikit-image's `rgb2hed`.
+RGB_FROM_HED = ((0.65, 0.70, 0.29), (0.07, 0.99, 0.11), (0.27, 0.57, 0.78))
+_LOG_ADJUST = math.log(1e-6)
+
+
+def _mix_channels(images: tf.Tensor, matrix: tf.Tensor) -> tf.Tensor:
+    """`images[..., c] @ matrix[c, d]` over the last axis.
+
+    Not `tf.einsum("...c,cd->...d")`: with oneDNN on AVX-512/AMX CPUs (TF 2.16) that
+    ellipsis einsum returns wrong values once there are 64 or more pixels (measured
+    here; cf. tensorflow/tensorflow#61510, oneDNN matmul errors on AVX-512 CPUs).
+    """
+    return tf.tensordot(images, matrix, axes=1)
+
+
+def rgb_to_hed(images: tf.Tensor) -> tf.Tensor:
+    """RGB in [0, 1] -> haematoxylin, eosin, DAB optical densities (scikit-image scaling,
+    without its clipping at 0 so that `hed_to_rgb` inverts it exactly)."""
+    hed_from_rgb = tf.linalg.inv(tf.constant(RGB_FROM_HED, tf.float32))
+    log_rgb = tf.math.log(tf.maximum(images, 1e-6)) / _LOG_ADJUST
+    return _mix_channels(log_rgb, hed_from_rgb)
+
+
+def hed_to_rgb(stains: tf.Tensor) -> tf.Tensor:
+    """Inverse of `rgb_to_hed`, clipped to [0, 1]."""
+    log_rgb = _mix_channels(stains, tf.constant(RGB_FROM_HED, tf.float32)) * _LOG_ADJUST
+    return tf.clip_by_value(tf.exp(log_rgb), 0.0, 1.0)
+
+
+def scale_stains(images: tf.Tensor, scale: tf.Tensor, shift: tf.Tensor) -> tf.Tensor:
+    """`hed_to_rgb(rgb_to_hed(images) * scale + shift)` with per-image `(batch, 3)` factors,
+    folded into one per-image 3x3 map in log-RGB space:
+    `exp(log(x) @ (H diag(scale) R) + L * shift @ R)`, H = inv(R) (R = RGB_FROM_HED,
+    L = log(1e-6)): one batched matmul instead of two colour-space conversions."""
+    rgb_from_hed = tf.constant(RGB_FROM_HED, tf.float32)
+    hed_from_rgb = tf.linalg.inv(rgb_from_hed)
+    mixing = _mix_channels(hed_from_rgb[None, :, :] * scale[:, None, :], rgb_from_hed)  # (batch, 3, 3)
+    offset = _LOG_ADJUST * tf.matmul(shift, rgb_from_hed)  # (batch, 3)
+    shape = tf.shape(images)
+    log_rgb = tf.reshape(tf.math.log(tf.maximum(images, 1e-6)), [shape[0], -1, 3])
+    # A batched matmul with equal batch dimensions (checked against NumPy in the tests;
+    # only the broadcasting form in `_mix_channels` misbehaves under oneDNN).
+    mixed = tf.matmul(log_rgb, mixing) + offset[:, None, :]
+    return tf.reshape(tf.clip_by_value(tf.exp(mixed), 0.0, 1.0), shape)
+
+
+# Stain normalisation: every image's haematoxylin and eosin amounts are scaled so that the
+# 95th percentile of each stain's optical density over its tissue pixels matches a fixed
+# reference, which removes most of the slide-to-slide (laboratory, staining-time)
+# difference in how dark the same tissue looks.
+STAIN_PERCENTILE = 0.95  # the quantile of each stain's tissue densities that is matched
+# Reference H and E densities at that quantile (`rgb_to_hed` units): the median over the
+# 18 non-test patients of ../shared/data/idc (their per-patient values span 0.049-0.109
+# for H and 0.027-0.055 for E).
+STAIN_REFERENCE = (0.0656, 0.0366)
+TISSUE_DENSITY = 0.02  # a pixel whose H + E density exceeds this is tissue, not glass
+MIN_TISSUE_FRACTION = 0.01  # fewer tissue pixels than this (glass only): left unchanged
+STAIN_SCALE_LIMITS = (1.0 / 3.0, 3.0)  # the largest darkening / lightening applied
+
+
+def stain_quantiles(images: tf.Tensor) -> tf.Tensor:
+    """Per-image `STAIN_PERCENTILE` quantile of the H and E densities of tissue pixels.
+
+    Args:
+      images: float tensor `(n, h, w, 3)` in [0, 1].
+
+    Returns:
+      `(quantiles, tissue_fraction)`: float32 `(n, 2)` H and E densities (nearest rank;
+      0 for an image without tissue) and float32 `(n,)` share of tissue pixels.
+    """
+    images = tf.convert_to_tensor(images, tf.float32)
+    shape = tf.shape(images)
+    stains = tf.reshape(rgb_to_hed(images)[..., :2], [shape[0], -1, 2])  # (n, pixels, 2)
+    tissue = tf.reduce_sum(stains, axis=-1) > TISSUE_DENSITY
+    count = tf.reduce_sum(tf.cast(tissue, tf.int32), axis=1)  # (n,)
+    # Glass pixels sort first (-inf), so the tissue values are the last `count` ones.
+    ordered = tf.sort(tf.where(tissue[..., None], stains, -float("inf")), axis=1)
+    pixels = tf.shape(stains)[1]
+    rank = pixels - count + tf.cast(tf.floor(STAIN_PERCENTILE * tf.cast(tf.maximum(count - 1, 0), tf.float32)),
+                                    tf.int32)
+    quantiles = tf.gather(ordered, tf.minimum(rank, pixels - 1), axis=1, batch_dims=1)  # (n, 2)
+    quantiles = tf.where(count[:, None] > 0, quantiles, 0.0)
+    return quantiles, tf.cast(count, tf.float32) / tf.cast(tf.maximum(pixels, 1), tf.float32)
+
+
+def normalize_stain(images: tf.Tensor) -> tf.Tensor:
+    """Scales each image's H and E amounts to the reference stain intensity.
+
+    A pale slide is, to a first approximation, the same tissue with less stain (see
+    `augment.random_stain_amount`); dividing each stain's optical density by its upper
+    quantile over the image's tissue, times `STAIN_REFERENCE`, makes pale and dark slides
+    look alike. Per image, so serving needs nothing but the image. DAB is left alone;
+    an image that is nearly all glass is returned unchanged.
+
+    Args:
+      images: float tensor `(n, h, w, 3)` in [0, 1].
+
+    Returns:
+      float32 tensor of the same shape in [0, 1].
+    """
+    images = tf.convert_to_tensor(images, tf.float32)
+    quantiles, tissue_fraction = stain_quantiles(images)
+    low, high = STAIN_SCALE_LIMITS
+    scale = tf.clip_by_value(tf.constant(STAIN_REFERENCE) / tf.maximum(quantiles, 1e-6), low, high)
+    scale = tf.where((tissue_fraction >= MIN_TISSUE_FRACTION)[:, None] & (quantiles > 0), scale, 1.0)
+    factors = tf.concat([scale, tf.ones_like(scale[:, :1])], axis=-1)  # DAB unchanged
+    return scale_stains(images, factors, tf.zeros_like(factors))

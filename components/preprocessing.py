@@ -1,7 +1,7 @@
 """tf.Transform preprocessing: the deterministic half of image preparation.
 
 Transform runs once over the data, so it only does what is the same for every epoch:
-decode, resize to `image_size` and scale. Augmentation is random and belongs to training.
+decode, resize to `image_size`, scale and, when asked, normalise the stain. Augmentation is random and belongs to training.
 The Transform graph is embedded in every exported model (`TransformedImagePreprocessor`),
 so serving decodes and resizes with the very graph that prepared the training data.
 """
@@ -25,13 +25,16 @@ def preprocessing_fn(inputs: dict[str, tf.Tensor], custom_config: dict[str, Any]
 
     Args:
       inputs: raw features, batched; only `image` and `label` are used.
-      custom_config: `{"image_size": int, ...}` from the Transform component.
+      custom_config: `{"image_size": int, "stain_normalization": 0 or 1, ...}` from the
+        Transform component.
 
     Returns:
       The transformed features `image_xf` and `label_xf`.
     """
     size = int(custom_config["image_size"])
     images = image_ops.decode_and_resize(inputs[features.IMAGE], size)
+    if custom_config.get("stain_normalization"):
+        images = image_ops.normalize_stain(images)
     outputs = {TRANSFORMED_IMAGE: image_ops.quantize_to_bytes(images)}
     if features.LABEL in inputs:
         outputs[TRANSFORMED_LABEL] = tf.reshape(tf.cast(inputs[features.LABEL], tf.int64), [-1])

@@ -45,6 +45,9 @@ class PipelineConfig:
     pipeline_name: str = "histopath"  # [a-z0-9-]+ (Kubeflow's rule)
     models: tuple[str, ...] = MODEL_KINDS  # which Trainers run: subset of MODEL_KINDS
     image_size: int = 224  # Transform's output size; each model resizes from it
+    # Transform scales every image's H and E stain amounts to a reference
+    # (`image_ops.normalize_stain`); in the exported graph, so serving does the same.
+    stain_normalization: bool = False
     splits: dict[str, float] = dataclasses.field(
         default_factory=lambda: {"train": 0.7, "eval": 0.15, "test": 0.15}
     )  # patient-level split fractions used when the CLI ingests

@@ -96,6 +96,7 @@ def create_components(config: PipelineConfig, *, with_baseline: bool = True) -> 
         disable_statistics=True,
         custom_config={
             "image_size": config.image_size,
+            "stain_normalization": int(config.stain_normalization),
             "code_fingerprint": fingerprint.source_fingerprint(fingerprint.TRANSFORM_MODULES),
         },
     )

@@ -37,6 +37,17 @@ def test_config_round_trip_and_validation(tmp_path):
         PipelineConfig(model_training={"resnet": {"epochs": 1}}).validate()
 
 
+@pytest.mark.parametrize("normalize", [False, True])
+def test_stain_normalization_reaches_transform(tmp_path, normalize):
+    from histopath.pipeline.create import create_components
+
+    config = PipelineConfig(dataset="idc", records_dir=str(tmp_path), output_dir=str(tmp_path),
+                            stain_normalization=normalize).validate()
+    transform = create_components(config)["Transform"]
+    custom_config = json.loads(transform.exec_properties["custom_config"])
+    assert custom_config["stain_normalization"] == int(normalize)
+
+
 def test_per_model_training_overrides_reach_only_their_trainer():
     from histopath.pipeline.create import trainer_custom_config
 
