@@ -21,13 +21,21 @@ left out, for every group in turn. The test split is never read.
   attention's localisation of the IDC-positive patches (`mil_localisation`).
 
 Recipes and budgets come from `bench/configs/patient_cv.json` (a recipe may set its own
-`epochs`). Nothing is chosen on the held-out group (no early stopping, no epoch
-selection), so its scores are unbiased estimates for patients the recipe has not seen.
+`epochs`, and `"stain_normalization": true` trains and scores on stain-normalised images,
+`image_ops.normalize_stain`, as the pipeline's Transform makes them with the same option).
+Nothing is chosen on the held-out group (no early stopping, no epoch selection), so its
+scores are unbiased estimates for patients the recipe has not seen.
+
+With `--cache DIR`, each fold's result is stored under a hash of everything that decides
+it (experiment, recipe, budgets, seed, held-out patients, data folders); a later run with
+an unchanged recipe reads it back instead of training again (the runs are deterministic:
+a re-run reproduced every fold AUC to 4 decimals). Delete the folder to recompute all.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import pathlib
 import sys
@@ -91,6 +99,33 @@ def load_bags(bag_records_dir: str) -> Dict[str, np.ndarray]:
             columns["patients"] += list(batch["patient_id"])
     return {"images": np.stack(columns["images"]), "labels": np.concatenate(columns["labels"]),
             "patch_labels": np.concatenate(columns["patch_labels"]), "patients": np.array(columns["patients"])}
+
+
+def stain_normalized(images: np.ndarray, batch: int = 512) -> np.ndarray:
+    """`image_ops.normalize_stain` over uint8 images `(n, h, w, 3)`, in batches; uint8 out."""
+    import tensorflow as tf
+
+    from histopath.components import image_ops
+
+    out = np.empty_like(images)
+    for start in range(0, len(images), batch):
+        chunk = tf.constant(images[start:start + batch], tf.float32) / 255.0
+        out[start:start + batch] = np.round(image_ops.normalize_stain(chunk).numpy() * 255.0).astype(np.uint8)
+    return out
+
+
+class _Normalized:
+    """Stain-normalised copies of the data, made on first use and kept for later recipes."""
+
+    def __init__(self):
+        self._copies: Dict[int, Dict[str, np.ndarray]] = {}
+
+    def __call__(self, data: Optional[Mapping[str, np.ndarray]], recipe: Mapping[str, Any]):
+        if data is None or not recipe.get("stain_normalization"):
+            return data
+        if id(data) not in self._copies:
+            self._copies[id(data)] = {**data, "images": stain_normalized(data["images"])}
+        return self._copies[id(data)]
 
 
 def _training_dataset(images: np.ndarray, labels: np.ndarray, batch_size: int, augment_config, seed: int,
@@ -177,7 +212,10 @@ def patch_fold(data: Mapping[str, np.ndarray], held_out: Sequence[str], recipe: 
     if bags is not None:
         positive = np.isin(bags["patients"], list(held_out)) & (bags["labels"] == 1)
         size = data["images"].shape[1]
-        tiles = _bag_tiles(bags["images"][positive], size).astype(np.float32) / 255.0
+        tiles = _bag_tiles(bags["images"][positive], size)
+        if recipe.get("stain_normalization"):  # each patch on its own, as the patch model saw them
+            tiles = stain_normalized(tiles)
+        tiles = tiles.astype(np.float32) / 255.0
         tile_scores = model.predict(tiles, batch_size=_PREDICT_BATCH, verbose=0).reshape(positive.sum(), -1)
         result["within_bag"] = _within_bag_auc(tile_scores, bags["patch_labels"][positive],
                                                bags["labels"][positive])
@@ -228,26 +266,46 @@ def _summarise(folds: List[Dict[str, Any]], keys: Sequence[str]) -> Dict[str, An
     return summary
 
 
+def fold_key(kind: str, recipe: Mapping[str, Any], settings: Mapping[str, Any], held_out: Sequence[str],
+             data_dirs: Sequence[Optional[str]]) -> str:
+    """The cache key of one fold: a hash of everything its result depends on."""
+    budgets = {key: value for key, value in settings.items() if key != "recipes"}
+    text = json.dumps({"kind": kind, "recipe": recipe, "settings": budgets, "held_out": list(held_out),
+                       "data": [str(pathlib.Path(path).resolve()) if path else None for path in data_dirs]},
+                      sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:24]
+
+
 def _cross_validate(kind: str, groups: List[List[str]], settings: Mapping[str, Any], seed: int,
-                    run_fold, keys: Sequence[str], say) -> Dict[str, Any]:
+                    run_fold, keys: Sequence[str], say, cache: Optional[pathlib.Path] = None,
+                    data_dirs: Sequence[Optional[str]] = ()) -> Dict[str, Any]:
     """Every recipe of `settings["recipes"]` on every fold: `run_fold(held_out, recipe, settings)`.
 
     The settings passed on carry the seed and the recipe's own `epochs` when it sets them.
+    With `cache`, a fold already run with the same key is read back, not trained again.
     """
     block: Dict[str, Any] = {"folds": groups, "recipes": {}}
     for name, recipe in settings["recipes"].items():
         runs = []
         for index, held_out in enumerate(groups):
+            fold_settings = {**settings, "seed": seed, "epochs": recipe.get("epochs", settings["epochs"])}
+            cached = cache / f"{kind}-{fold_key(kind, recipe, fold_settings, held_out, data_dirs)}.json" \
+                if cache else None
+            if cached is not None and cached.exists():
+                runs.append(json.loads(cached.read_text()))
+                say(f"{kind} recipe {name}, fold {index + 1}/{len(groups)}: cached ({cached.name})")
+                continue
             say(f"{kind} recipe {name}, fold {index + 1}/{len(groups)} (held out: {', '.join(held_out)})")
-            runs.append(run_fold(held_out, recipe,
-                                 {**settings, "seed": seed, "epochs": recipe.get("epochs", settings["epochs"])}))
+            runs.append(run_fold(held_out, recipe, fold_settings))
             say("  " + _scores_line(runs[-1], ("auc", "within_bag")))
+            if cached is not None:
+                write_json(cached, runs[-1])
         block["recipes"][name] = {"recipe": recipe, "runs": runs, **_summarise(runs, keys)}
     return block
 
 
 def run(records: Optional[str], bag_records: Optional[str], config: Mapping[str, Any],
-        only: Optional[str] = None, progress: bool = True) -> Dict[str, Any]:
+        only: Optional[str] = None, progress: bool = True, cache: Optional[str] = None) -> Dict[str, Any]:
     """Runs every configured recipe on every fold; returns per-fold and mean scores."""
     def say(message: str) -> None:
         if progress:
@@ -256,17 +314,20 @@ def run(records: Optional[str], bag_records: Optional[str], config: Mapping[str,
     result: Dict[str, Any] = {"config": dict(config), "splits_used": list(CV_SPLITS)}
     bags = load_bags(bag_records) if bag_records else None
     folds, seed = int(config["folds"]), config["seed"]
+    cache_dir = pathlib.Path(cache) if cache else None
+    normalized = _Normalized()
     if records and only in (None, "patch"):
         data = load_patches(records)
         result["patch"] = _cross_validate(
             "patch", patient_folds(data["patients"].tolist(), folds), config["patch"], seed,
-            lambda held_out, recipe, settings: patch_fold(data, held_out, recipe, settings, bags),
-            ("auc", "within_bag"), say)
+            lambda held_out, recipe, settings: patch_fold(normalized(data, recipe), held_out, recipe, settings,
+                                                          bags),
+            ("auc", "within_bag"), say, cache_dir, (records, bag_records))
     if bags is not None and only in (None, "mil"):
         result["mil"] = _cross_validate(
             "mil", patient_folds(bags["patients"].tolist(), folds), config["mil"], seed,
-            lambda held_out, recipe, settings: mil_fold(bags, held_out, recipe, settings),
-            ("auc", "within_bag", "pooled"), say)
+            lambda held_out, recipe, settings: mil_fold(normalized(bags, recipe), held_out, recipe, settings),
+            ("auc", "within_bag", "pooled"), say, cache_dir, (bag_records,))
     return result
 
 
@@ -277,6 +338,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--config", default=str(DEFAULT_CONFIG), help="recipes and budgets (JSON)")
     parser.add_argument("--only", choices=("patch", "mil"), help="run one experiment")
     parser.add_argument("--output", help="write the result here (JSON)")
+    parser.add_argument("--cache", help="folder of per-fold results to reuse for unchanged recipes")
     args = parser.parse_args(argv)
     from histopath.errors import HistopathError
 
@@ -288,7 +350,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"error: cannot read the config {args.config}: {error}", file=sys.stderr)
         return 1
     try:
-        result = run(args.records, args.bag_records, config, args.only)
+        result = run(args.records, args.bag_records, config, args.only, cache=args.cache)
     except HistopathError as error:
         print(f"error: {error}", file=sys.stderr)
         return error.exit_code

@@ -63,7 +63,8 @@ def test_a_tiny_cross_validation_scores_every_non_test_patient_held_out(ingested
     config = json.loads(patient_cv.DEFAULT_CONFIG.read_text())
     config["folds"] = 2
     config["patch"].update(epochs=1, batch_size=16)
-    config["patch"]["recipes"] = {"stain_amount": config["patch"]["recipes"]["stain_amount"]}
+    config["patch"]["recipes"] = {"stain_amount": config["patch"]["recipes"]["stain_amount"],
+                                  "normalized": config["patch"]["recipes"]["stain_normalized"]}
     config["mil"].update(epochs=1, batch_size=4)
     config["mil"]["model"] = {"image_size": 100, "tile_size": 50, "encoder_filters": [4], "embedding_units": 8,
                               "attention_dim": 4}
@@ -74,8 +75,32 @@ def test_a_tiny_cross_validation_scores_every_non_test_patient_held_out(ingested
     monkeypatch.setattr(patient_cv, "_fit",
                         lambda model, dataset, epochs, *args, **kwargs:
                         fitted_epochs.append(epochs) or real_fit(model, dataset, epochs, *args, **kwargs))
-    result = patient_cv.run(str(ingested / "patches"), str(ingested / "bags"), config, progress=False)
-    assert fitted_epochs == [1, 1, 1, 1, 2, 2]  # patch x 2 folds, MIL x 2 folds, then the recipe's own epochs
+    normalized_batches = []
+    real_normalized = patient_cv.stain_normalized
+    monkeypatch.setattr(patient_cv, "stain_normalized",
+                        lambda images: normalized_batches.append(images.shape) or real_normalized(images))
+    cache = tmp_path / "cache"
+    result = patient_cv.run(str(ingested / "patches"), str(ingested / "bags"), config, progress=False,
+                            cache=str(cache))
+    # patch x 2 recipes x 2 folds, MIL x 2 folds, then the recipe's own epochs
+    assert fitted_epochs == [1, 1, 1, 1, 1, 1, 2, 2]
+    # The normalised recipe: all patches once (kept for both folds), then each fold's region tiles.
+    assert len(normalized_batches) == 3 and normalized_batches[0][1:] == (50, 50, 3)
+    assert all(shape[1:] == (50, 50, 3) for shape in normalized_batches)
+    normalized, plain = result["patch"]["recipes"]["normalized"], result["patch"]["recipes"]["stain_amount"]
+    assert [run["auc"] for run in normalized["runs"]] != [run["auc"] for run in plain["runs"]]
+
+    # A second run reads every fold back from the cache: no training, same numbers.
+    fitted_epochs.clear()
+    again = patient_cv.run(str(ingested / "patches"), str(ingested / "bags"), config, progress=False,
+                           cache=str(cache))
+    assert fitted_epochs == [] and len(list(cache.glob("*.json"))) == 8
+    assert again["patch"]["recipes"] == result["patch"]["recipes"]
+    assert again["mil"]["recipes"] == result["mil"]["recipes"]
+    # A changed recipe is not mistaken for a cached one.
+    config["patch"]["recipes"] = {"normalized": {**config["patch"]["recipes"]["normalized"], "weight_averaging": None}}
+    patient_cv.run(str(ingested / "patches"), None, config, progress=False, cache=str(cache))
+    assert fitted_epochs == [1, 1]
 
     folds = result["patch"]["folds"]
     assert len(folds) == 2 and not set(folds[0]) & set(folds[1])
