@@ -28,6 +28,8 @@ def _add_config_arguments(parser: argparse.ArgumentParser, *, need_data: bool) -
     parser.add_argument("--models", type=_model_list, help="comma-separated subset of densenet,mil (default both)")
     parser.add_argument("--epochs", type=int, help="training epochs per phase (overrides the config file)")
     parser.add_argument("--image-size", type=int, help="Transform output size in pixels (default 224)")
+    parser.add_argument("--stain-normalization", action="store_true", default=None,
+                        help="Transform scales each image's H and E stain to a reference amount")
     parser.add_argument("--config", help="JSON file of PipelineConfig fields (flags override it)")
     parser.add_argument("--model-name", help="TF Serving model name (folder under serving/)")
     parser.add_argument("--serving-dir", help="push destination (default OUTPUT/serving)")
@@ -43,7 +45,7 @@ def config_from_args(args: argparse.Namespace) -> PipelineConfig:
     flag_values = {
         "dataset": args.dataset, "data_dir": args.data_dir, "output_dir": args.output_dir,
         "models": args.models, "image_size": args.image_size, "model_name": args.model_name,
-        "serving_dir": args.serving_dir,
+        "serving_dir": args.serving_dir, "stain_normalization": getattr(args, "stain_normalization", None),
         "beam_args": tuple(args.beam_args) if args.beam_args else None,
     }
     values.update({key: value for key, value in flag_values.items() if value is not None})
@@ -111,6 +113,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     for flag, kwargs in {
         "--models": dict(type=_model_list), "--epochs": dict(type=int), "--image-size": dict(type=int),
         "--config": {}, "--model-name": {}, "--serving-dir": {},
+        "--stain-normalization": dict(action="store_true", default=None),
     }.items():
         compile_parser.add_argument(flag, **kwargs)
     compile_parser.add_argument("--beam-arg", action="append", dest="beam_args", metavar="ARG")

@@ -48,6 +48,22 @@ def test_stain_normalization_reaches_transform(tmp_path, normalize):
     assert custom_config["stain_normalization"] == int(normalize)
 
 
+def test_stain_normalization_flag_and_config_file(tmp_path):
+    import argparse
+
+    from histopath.pipeline import cli as pipeline_cli
+
+    parser = argparse.ArgumentParser()
+    pipeline_cli.register(parser.add_subparsers())
+    base = ["run", "--dataset", "idc", "--data", str(tmp_path), "--output", str(tmp_path / "out")]
+    assert pipeline_cli.config_from_args(parser.parse_args(base)).stain_normalization is False
+    assert pipeline_cli.config_from_args(parser.parse_args(base + ["--stain-normalization"])).stain_normalization
+    config_file = tmp_path / "config.json"
+    config_file.write_text(json.dumps({"stain_normalization": True}))
+    from_file = pipeline_cli.config_from_args(parser.parse_args(base + ["--config", str(config_file)]))
+    assert from_file.stain_normalization is True  # an absent flag does not override the file
+
+
 def test_per_model_training_overrides_reach_only_their_trainer():
     from histopath.pipeline.create import trainer_custom_config
 
