@@ -69,6 +69,9 @@ class BaselineConfig:
     base_filters: int = 32
     # Images are decoded and resized to this square size (pixels).
     image_size: int = 50
+    # Stain-normalise every image after resizing (`image_ops.normalize_stain`), as the
+    # pipeline's Transform does with `stain_normalization`.
+    stain_normalization: bool = False
     # Training images per batch.
     batch_size: int = 64
     # Initial Adam learning rate (lowered by ReduceLROnPlateau on the eval loss).
@@ -125,7 +128,7 @@ def build_plain_cnn(config: BaselineConfig) -> keras.Model:
 
 
 def load_split(
-    records_dir: str | os.PathLike, split: str, image_size: int
+    records_dir: str | os.PathLike, split: str, image_size: int, stain_normalization: bool = False
 ) -> Tuple[np.ndarray, np.ndarray, List[str]]:
     """Reads and decodes one split of an ingested records folder into memory.
 
@@ -133,6 +136,7 @@ def load_split(
       records_dir: folder written by `histopath ingest` (holds `manifest.json`).
       split: split name in the manifest, e.g. "train".
       image_size: images are resized to `image_size x image_size`.
+      stain_normalization: then stain-normalised (`image_ops.normalize_stain`).
 
     Returns:
       `(images, labels, patient_ids)`: float32 `(n, size, size, 3)` in [0, 1], int64
@@ -153,6 +157,8 @@ def load_split(
     def parse(serialized):
         parsed = tf.io.parse_example(serialized, spec)
         images = image_ops.decode_and_resize(parsed[features.IMAGE], image_size)
+        if stain_normalization:
+            images = image_ops.normalize_stain(images)
         return images, parsed[features.LABEL], parsed[features.PATIENT_ID]
 
     dataset = (tf.data.TFRecordDataset(shards, compression_type="GZIP")
@@ -267,9 +273,12 @@ def train_and_predict(
     manifest = load_manifest(records_dir)
     keras.utils.set_random_seed(config.seed)
 
-    train_x, train_y, _ = load_split(records_dir, "train", config.image_size)
-    eval_x, eval_y, _ = load_split(records_dir, "eval", config.image_size)
-    test_x, test_y, test_patients = load_split(records_dir, "test", config.image_size)
+    train_x, train_y, _ = load_split(records_dir, "train", config.image_size,
+                                  config.stain_normalization)
+    eval_x, eval_y, _ = load_split(records_dir, "eval", config.image_size,
+                                  config.stain_normalization)
+    test_x, test_y, test_patients = load_split(records_dir, "test", config.image_size,
+                                                  config.stain_normalization)
 
     # Balanced class weights, applied as per-example loss weights.
     weights = class_weights_from_counts({0: int((train_y == 0).sum()), 1: int((train_y == 1).sum())})
@@ -369,6 +378,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--base-filters", type=int, default=defaults.base_filters)
     parser.add_argument("--image-size", type=int, default=defaults.image_size)
     parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
+    parser.add_argument("--stain-normalization", action="store_true", help="stain-normalise every image")
     parser.add_argument("--minutes", type=float, default=defaults.minutes, help="wall-clock training budget")
     parser.add_argument("--max-epochs", type=int, default=defaults.max_epochs)
     parser.add_argument("--seed", type=int, default=defaults.seed)
@@ -381,6 +391,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         config = BaselineConfig(conv_layers=args.conv_layers, base_filters=args.base_filters,
                                 image_size=args.image_size, batch_size=args.batch_size,
+                                stain_normalization=args.stain_normalization,
                                 minutes=args.minutes, max_epochs=args.max_epochs, seed=args.seed,
                                 augment=AugmentConfig.from_dict({**DEFAULT_AUGMENT.to_dict(), **(args.augment or {})}))
         result = train_and_predict(args.records, config, args.output, progress=not args.quiet)

@@ -243,20 +243,22 @@ def mil_regions_step(model_dir: str, bag_records: str):
 def baseline_step(records: str, conv_layers: int, image_size: int, minutes: float,
                   colour_augmentation_from: Optional[str] = None):
     """The plain-CNN baseline; `colour_augmentation_from` names a bench config whose colour
-    augmentation (stain jitter, brightness, contrast) the baseline shares with the pipeline's
-    models, so that they are compared on the same training-time augmentation."""
+    augmentation (stain jitter, brightness, contrast) and stain normalisation the baseline
+    shares with the pipeline's models, so that they are compared on the same input."""
     def work(folder: pathlib.Path) -> Dict[str, Any]:
         from bench import baseline_cnn
         from histopath.components.model_config import AugmentConfig
         from histopath.pipeline import evaluation
 
-        augment = baseline_cnn.DEFAULT_AUGMENT
+        augment, stain_normalization = baseline_cnn.DEFAULT_AUGMENT, False
         if colour_augmentation_from:
-            shared = json.loads((CONFIGS / colour_augmentation_from).read_text())["training"]["augment"]
+            pipeline_config = json.loads((CONFIGS / colour_augmentation_from).read_text())
+            shared = pipeline_config["training"]["augment"]
             colour = {key: shared[key] for key in COLOUR_AUGMENTATION if key in shared}
             augment = AugmentConfig.from_dict({**augment.to_dict(), **colour})
+            stain_normalization = bool(pipeline_config.get("stain_normalization", False))
         config = baseline_cnn.BaselineConfig(conv_layers=conv_layers, image_size=image_size, minutes=minutes,
-                                             seed=SEED, augment=augment)
+                                             seed=SEED, augment=augment, stain_normalization=stain_normalization)
         result = baseline_cnn.train_and_predict(records, config, output_dir=folder)
         test = result.pop("test")
         scored = evaluation.score_predictions(test["labels"], test["scores"], test["predictions"],
@@ -276,11 +278,14 @@ def throughput_step(run_dir: str, kind: str, max_images: int):
     return work
 
 
-def patient_cv_step(records: str, bag_records: str):
+def patient_cv_step(records: str, bag_records: str, cache: pathlib.Path, data_changed: bool):
+    """The patient CV; folds of unchanged recipes come from `cache` unless the data was re-ingested."""
     def work(folder: pathlib.Path) -> Dict[str, Any]:
+        if data_changed and cache.exists():
+            shutil.rmtree(cache)
         output = folder / "patient_cv.json"
         command = [sys.executable, "-m", "bench.patient_cv", "--records", records, "--bag-records", bag_records,
-                   "--output", str(output)]
+                   "--output", str(output), "--cache", str(cache)]
         run_command(command, folder / "log.txt")
         return {"command": command, **json.loads(output.read_text())}
     return work
@@ -521,6 +526,17 @@ def precision_lines(results: Dict[str, Any]) -> List[str]:
     return lines
 
 
+def idc_stain_normalisation_note() -> str:
+    """Which IDC runs (bench configs) see stain-normalised images, as a clause for the report."""
+    normalised = [label for label, name in (("DenseNet201 and the baseline", "idc_densenet.json"),
+                                            ("the MIL", "idc_mil.json"))
+                  if json.loads((CONFIGS / name).read_text()).get("stain_normalization")]
+    if not normalised:
+        return ""
+    return (", and on IDC " + " and ".join(normalised) + " see stain-normalised images (each image's H and E "
+            "scaled to a reference amount, in Transform and therefore also at serving)")
+
+
 def recipe_settings(recipe: Dict[str, Any]) -> str:
     """A recipe of bench/configs/patient_cv.json as text: what it changes from the defaults."""
     parts = [f"{key} {value}" for key, value in recipe.get("augment", {}).items()]
@@ -529,6 +545,8 @@ def recipe_settings(recipe: Dict[str, Any]) -> str:
         parts.append(f"weight averaging {recipe['weight_averaging']}")
     if recipe.get("epochs") is not None:
         parts.append(f"{recipe['epochs']} epochs")
+    if recipe.get("stain_normalization"):
+        parts.insert(0, "stain normalisation")
     return ", ".join(parts) or "defaults"
 
 
@@ -558,7 +576,10 @@ def recipe_cv_lines(cv: Dict[str, Any]) -> List[str]:
     lines += ["", "Defaults: `AugmentConfig()` = flips, 90-degree rotations, stain amount (H and E optical "
               "densities x U(1-s, 1+s), s = `stain_scale`, + U(-0.01, 0.01)), brightness 0.1, contrast 0.2; "
               "*hed jitter* is the former default (all three HED channels scaled by U(0.95, 1.05) and shifted "
-              "by U(-0.05, 0.05), which tints glass yellow or green). Within-region AUC: for the MIL, how its "
+              "by U(-0.05, 0.05), which tints glass yellow or green). *Stain normalisation*: every image's H and "
+              "E optical densities scaled so that their 95th percentile over its tissue pixels matches a fixed "
+              "reference (`image_ops.normalize_stain`; each patch on its own, each region as a whole), the "
+              "pipeline's `stain_normalization` option. Within-region AUC: for the MIL, how its "
               "attention ranks the IDC-positive patches inside the held-out positive regions (trained on "
               "region labels only); for the plain CNN, how ITS patch probabilities rank them — a model "
               "trained WITH patch labels, the reference for what attention can reach on these patients.", ""]
@@ -655,7 +676,7 @@ def shortfall_lines(results: Dict[str, Any]) -> List[str]:
         if behind:
             bullets.append(
                 "**IDC, against the plain baseline:** the pipeline's models should clearly beat the plain "
-                f"6-convolution CNN (10 CPU minutes, same augmentation), which scores AUC {fmt(baseline)} on these "
+                f"6-convolution CNN (10 CPU minutes, same augmentation and preprocessing), which scores AUC {fmt(baseline)} on these "
                 "test patients; " + ", ".join(f"{label} {fmt(auc)}" for label, auc in behind) + " do not (the "
                 "intervals overlap widely). Likely reason: a small network suits 50-pixel patches from "
                 f"{len(idc['records']['splits']['train']['patients'])} training patients, while DenseNet201 starts from random weights here (no ImageNet weights can be "
@@ -724,8 +745,8 @@ def summary_lines(results: Dict[str, Any]) -> List[str]:
               "patients were never used. The IDC eval split is 2 patients: its AUC is a noisy guide, and an "
               "eval AUC far above the test AUC means the held-out patients differ from the eval patients (two "
               "of the three IDC test patients are stained much paler than the training slides; every model here "
-              "trains with stain-amount jitter for that, H and E optical densities scaled by U(0.6, 1.4), "
-              "chosen by the cross-validation below). IDC: every test patient has IDC-positive patches, so patient-level AUC is undefined "
+              "trains with stain-amount jitter for that, H and E optical densities scaled by U(0.6, 1.4)"
+              + idc_stain_normalisation_note() + ", chosen by the cross-validation below). IDC: every test patient has IDC-positive patches, so patient-level AUC is undefined "
               "and the patient rule below (mean patch probability, made for BreakHis where a patient has one "
               "label) says little; the patch level is the meaningful one. BreakHis: 4 test patients, one of "
               "them benign, so specificity and patient-level figures rest on one patient."]
@@ -920,9 +941,12 @@ def main(argv: Optional[List[str]] = None) -> int:
         results["breakhis"] = run_breakhis(ctx, results.get("idc"))
     if "idc" in results:
         idc = results["idc"]
+        ingest_steps = ["idc-records", "idc-bag-records"]
         idc["recipe_cv"] = run_step(ctx, "idc-patient-cv",
-                                    patient_cv_step(idc["records"]["records"], idc["bag_records"]["records"]),
-                                    ["idc-records", "idc-bag-records"])
+                                    patient_cv_step(idc["records"]["records"], idc["bag_records"]["records"],
+                                                    ctx.workdir / "patient-cv-cache",
+                                                    any(step in ctx.done_now for step in ingest_steps)),
+                                    ingest_steps)
     results["precision_speed"] = run_step(ctx, "precision-speed", precision_speed_step())
     results["commands"] = collect_commands({k: results[k] for k in ("idc", "breakhis") if k in results})
     report = write_report(ctx, results, pathlib.Path(args.docs).resolve(), started)

@@ -125,6 +125,17 @@ def test_load_split_decodes_the_records(records):
     assert sorted(set(patients)) == manifest["splits"]["test"]["patient_ids"]
 
 
+def test_load_split_stain_normalises_like_the_pipeline_transform(records):
+    from histopath.components import image_ops
+
+    plain, labels, patients = load_split(records, "test", 40)
+    normalized, same_labels, same_patients = load_split(records, "test", 40, stain_normalization=True)
+    np.testing.assert_array_equal(labels, same_labels)
+    assert patients == same_patients
+    np.testing.assert_allclose(normalized, image_ops.normalize_stain(plain).numpy(), atol=1e-5)
+    assert np.abs(normalized - plain).mean() > 0.005
+
+
 def test_budget_stops_training_after_the_first_batch(trained):
     result, _, _ = trained
     assert result["time_budget_reached"]

@@ -143,7 +143,8 @@ def test_recipe_cross_validation_table_shows_settings_means_and_folds():
         "stain_amount": {"recipe": {"augment": {}}, "auc": {"mean": 0.85, "folds": [0.8, 0.9]},
                          "within_bag": {"mean": 0.75, "folds": [0.7, 0.8]}}}},
           "mil": {"folds": [["1", "3"], ["2"]], "recipes": {
-              "instance_loss": {"recipe": {"model": {"instance_loss_weight": 0.5}, "epochs": 32},
+              "instance_loss": {"recipe": {"model": {"instance_loss_weight": 0.5}, "epochs": 32,
+                                           "stain_normalization": True},
                                 "auc": {"mean": 0.9, "folds": [0.88, 0.92]},
                                 "within_bag": {"mean": 0.7, "folds": [0.65, 0.75]},
                                 "pooled": {"mean": 0.6, "folds": [0.6, 0.6]}}}}}
@@ -151,7 +152,8 @@ def test_recipe_cross_validation_table_shows_settings_means_and_folds():
     assert "3 train and eval patients" in text and "1, 3; 2" in text
     assert "| plain CNN on patches | hed jitter | color_jitter 0.05, weight averaging 0.998 | **0.800** (0.700 / 0.900) | n/a |" in text
     assert "| plain CNN on patches | stain amount | defaults | **0.850** (0.800 / 0.900) | **0.750** (0.700 / 0.800) |" in text
-    assert "| attention MIL on regions | instance loss | instance_loss_weight 0.5, 32 epochs | **0.900** (0.880 / 0.920) |" in text
+    assert ("| attention MIL on regions | instance loss | stain normalisation, instance_loss_weight 0.5, "
+            "32 epochs | **0.900** (0.880 / 0.920) |") in text
 
 
 def _recipe_cv() -> dict:
