@@ -27,15 +27,18 @@ Nothing is chosen on the held-out group (no early stopping, no epoch selection),
 scores are unbiased estimates for patients the recipe has not seen.
 
 With `--cache DIR`, each fold's result is stored under a hash of everything that decides
-it (experiment, recipe, budgets, seed, held-out patients, data folders); a later run with
-an unchanged recipe reads it back instead of training again (the runs are deterministic:
-a re-run reproduced every fold AUC to 4 decimals). Delete the folder to recompute all.
+it (experiment, recipe, budgets, seed, held-out patients, data folders, and the source of
+the model, training, augmentation and image code and of this file's fold functions); a
+later run with nothing of that changed reads it back instead of training again (the runs
+are deterministic: a re-run reproduced every fold AUC to 4 decimals). Delete the folder to
+recompute all.
 """
 
 from __future__ import annotations
 
 import argparse
 import hashlib
+import inspect
 import json
 import pathlib
 import sys
@@ -266,13 +269,29 @@ def _summarise(folds: List[Dict[str, Any]], keys: Sequence[str]) -> Dict[str, An
     return summary
 
 
+# The library code a fold's result depends on (hashed into the cache key).
+FOLD_MODULES = ("histopath.components.image_ops", "histopath.components.augment", "histopath.components.mil",
+                "histopath.components.model_config", "histopath.components.training", "bench.baseline_cnn",
+                "bench.mil_localisation")
+
+
+def code_fingerprint() -> str:
+    """Hash of the source a fold runs: `FOLD_MODULES` and this file's fold functions."""
+    from histopath.pipeline.fingerprint import source_fingerprint
+
+    local = "".join(inspect.getsource(function) for function in (
+        stain_normalized, _training_dataset, _fit, _within_bag_auc, _bag_tiles, patch_fold, mil_fold))
+    return hashlib.sha256((source_fingerprint(FOLD_MODULES) + local).encode()).hexdigest()[:16]
+
+
 def fold_key(kind: str, recipe: Mapping[str, Any], settings: Mapping[str, Any], held_out: Sequence[str],
-             data_dirs: Sequence[Optional[str]]) -> str:
-    """The cache key of one fold: a hash of everything its result depends on."""
+             data_dirs: Sequence[Optional[str]], code: str) -> str:
+    """The cache key of one fold: a hash of everything its result depends on (`code`: the
+    `code_fingerprint()`)."""
     budgets = {key: value for key, value in settings.items() if key != "recipes"}
     text = json.dumps({"kind": kind, "recipe": recipe, "settings": budgets, "held_out": list(held_out),
-                       "data": [str(pathlib.Path(path).resolve()) if path else None for path in data_dirs]},
-                      sort_keys=True)
+                       "data": [str(pathlib.Path(path).resolve()) if path else None for path in data_dirs],
+                       "code": code}, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:24]
 
 
@@ -285,11 +304,12 @@ def _cross_validate(kind: str, groups: List[List[str]], settings: Mapping[str, A
     With `cache`, a fold already run with the same key is read back, not trained again.
     """
     block: Dict[str, Any] = {"folds": groups, "recipes": {}}
+    code = code_fingerprint() if cache else ""
     for name, recipe in settings["recipes"].items():
         runs = []
         for index, held_out in enumerate(groups):
             fold_settings = {**settings, "seed": seed, "epochs": recipe.get("epochs", settings["epochs"])}
-            cached = cache / f"{kind}-{fold_key(kind, recipe, fold_settings, held_out, data_dirs)}.json" \
+            cached = cache / f"{kind}-{fold_key(kind, recipe, fold_settings, held_out, data_dirs, code)}.json" \
                 if cache else None
             if cached is not None and cached.exists():
                 runs.append(json.loads(cached.read_text()))

@@ -31,6 +31,13 @@ def test_patient_folds_are_disjoint_cover_everyone_and_sort_ids_numerically():
         patient_cv.patient_folds(["1", "2"], 3)
 
 
+def test_code_fingerprint_follows_the_fold_code(monkeypatch):
+    first = patient_cv.code_fingerprint()
+    assert first == patient_cv.code_fingerprint() and len(first) == 16
+    monkeypatch.setattr(patient_cv, "FOLD_MODULES", patient_cv.FOLD_MODULES[:-1])
+    assert patient_cv.code_fingerprint() != first
+
+
 def test_bag_tiles_are_row_major_per_bag():
     mosaics = np.zeros((2, 4, 4, 3), np.uint8)
     for bag in range(2):
@@ -97,10 +104,13 @@ def test_a_tiny_cross_validation_scores_every_non_test_patient_held_out(ingested
     assert fitted_epochs == [] and len(list(cache.glob("*.json"))) == 8
     assert again["patch"]["recipes"] == result["patch"]["recipes"]
     assert again["mil"]["recipes"] == result["mil"]["recipes"]
-    # A changed recipe is not mistaken for a cached one.
+    # A changed recipe, or changed code, is not mistaken for a cached one.
     config["patch"]["recipes"] = {"normalized": {**config["patch"]["recipes"]["normalized"], "weight_averaging": None}}
     patient_cv.run(str(ingested / "patches"), None, config, progress=False, cache=str(cache))
     assert fitted_epochs == [1, 1]
+    monkeypatch.setattr(patient_cv, "code_fingerprint", lambda: "edited")
+    patient_cv.run(str(ingested / "patches"), None, config, progress=False, cache=str(cache))
+    assert fitted_epochs == [1, 1, 1, 1]
 
     folds = result["patch"]["folds"]
     assert len(folds) == 2 and not set(folds[0]) & set(folds[1])
