@@ -1,4 +1,5 @@
-"""The one implementation of image decoding, resizing, scaling and MIL tiling.
+"""The one implementation of image decoding, resizing, scaling, MIL tiling and of the H&E
+stain colour space (stain normalisation, and the stain augmentation built on it).
 
 Pure TensorFlow functions, used unchanged by the Transform `preprocessing_fn`, the
 training input pipeline, the exported serving signatures and the web app's heat-map, so
