@@ -93,9 +93,15 @@ def synthetic_results(tmp_path):
 
 
 def test_report_has_every_table_verdict_figure_and_command(synthetic_results, tmp_path):
+    import copy
+
     ctx = results.Context(data=tmp_path, workdir=tmp_path / "work", redo=set())
     docs = tmp_path / "docs"
+    ev = synthetic_results["idc"]["evaluations"]
+    ev["baseline_raw"] = copy.deepcopy(ev["baseline"])
     page = results.write_report(ctx, synthetic_results, docs, time.perf_counter()).read_text()
+    assert "| IDC | plain 6-conv CNN, no stain normalisation |" in page
+    assert "| plain 6-conv CNN, 10 min, no stain normalisation | patch |" in page
     assert "| IDC | DenseNet201 from scratch | 0.850 |" in page  # best eval AUC next to the test AUC
     for heading in ("## Summary", "## IDC", "## BreakHis", "### MIL localisation", "## Reference figures", "## Wall time",
                     "## Input pipeline vs compute", "## Mixed bfloat16 vs float32", "## Reproducing"):
@@ -165,6 +171,28 @@ def _recipe_cv() -> dict:
             "mil": {"folds": [["1", "3"], ["2", "4"]], "recipes": {
                 "c": {"recipe": {}, "auc": scores(0.90), "within_bag": scores(0.69)},
                 "d": {"recipe": {"epochs": 32}, "auc": scores(0.91), "within_bag": scores(0.66)}}}}
+
+
+def test_baseline_comparison_says_clearly_only_when_the_intervals_do_not_overlap(synthetic_results):
+    import copy
+
+    idc = copy.deepcopy(synthetic_results["idc"])
+    ev = idc["evaluations"]
+
+    def set_auc(block, value, low, high):
+        block["image_level"]["metrics"]["auc"].update(value=value, ci_low=low, ci_high=high)
+
+    set_auc(ev["baseline"], 0.88, 0.76, 0.97)
+    ev["baseline_raw"] = copy.deepcopy(ev["baseline"])
+    set_auc(ev["baseline_raw"], 0.93, 0.77, 0.97)
+    set_auc(ev["densenet"], 0.915, 0.75, 0.98)
+    set_auc(ev["mil"], 0.99, 0.98, 1.0)
+    text = results.baseline_comparison(idc)
+    assert "the issue's plain baseline), AUC 0.930 [0.770, 0.970]" in text
+    assert "DenseNet201 0.915 [0.750, 0.980]: above, intervals overlapping 0.880; not above 0.930" in text
+    assert "attention MIL (regions) 0.990 [0.980, 1.000]: clearly above 0.880; clearly above 0.930" in text
+    set_auc(ev["densenet"], 0.99, 0.98, 1.0)
+    assert results.baseline_comparison(idc) is None  # every model clearly above every baseline
 
 
 def test_report_says_which_targets_are_not_met_and_why(synthetic_results, tmp_path):
