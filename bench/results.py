@@ -538,13 +538,14 @@ def precision_lines(results: Dict[str, Any]) -> List[str]:
 
 def idc_stain_normalisation_note() -> str:
     """Which IDC runs (bench configs) see stain-normalised images, as a clause for the report."""
-    normalised = [label for label, name in (("DenseNet201 and the baseline", "idc_densenet.json"),
+    normalised = [label for label, name in (("DenseNet201 and the plain baseline", "idc_densenet.json"),
                                             ("the MIL", "idc_mil.json"))
                   if json.loads((CONFIGS / name).read_text()).get("stain_normalization")]
     if not normalised:
         return ""
-    return (", and on IDC " + " and ".join(normalised) + " see stain-normalised images (each image's H and E "
-            "scaled to a reference amount, in Transform and therefore also at serving)")
+    return (", and on IDC " + ", ".join(normalised) + " see stain-normalised images (each image's H and E "
+            "scaled to a reference amount, in Transform and therefore also at serving; the second plain baseline "
+            "does without, as the issue's baseline)")
 
 
 def baseline_comparison(idc: Dict[str, Any]) -> Optional[str]:
