@@ -226,3 +226,26 @@ def test_per_patient_table_scores_each_test_patient():
     assert lines[0] == "| patient | images (malignant) | model A | model B |"
     assert "| 7 | 10 (4) | 0.910 / 0.800 | - |" in lines  # B's result predates per-patient scores
     assert "| 9 | 5 (0) | n/a / 1.000 | - |" in lines
+
+
+@pytest.mark.parametrize("override, expected", [(None, True), (False, False)])
+def test_baseline_step_follows_the_configs_stain_normalisation_unless_told(tmp_path, monkeypatch, override,
+                                                                          expected):
+    from bench import baseline_cnn
+
+    seen = []
+
+    def train_and_predict(records, config, output_dir=None):  # a spy: the step's config, no training
+        seen.append(config)
+        return {"threshold": 0.5, "eval_auc": 1.0, "history": {},
+                "test": {"labels": [0, 1, 0, 1], "scores": [0.1, 0.9, 0.2, 0.8], "predictions": [0, 1, 0, 1],
+                         "patient_ids": ["a", "a", "b", "b"]}}
+
+    monkeypatch.setattr(baseline_cnn, "train_and_predict", train_and_predict)
+    assert json.loads((results.CONFIGS / "idc_densenet.json").read_text())["stain_normalization"] is True
+    step = results.baseline_step("records", 6, 50, 10.0, "idc_densenet.json", override)
+    out = step(tmp_path)
+    assert seen[0].stain_normalization is expected and seen[0].augment.stain_scale == 0.4
+    assert out["decision_threshold"] == 0.5
+    results.baseline_step("records", 8, 128, 4.0)(tmp_path)  # no shared config: plain input
+    assert seen[1].stain_normalization is False
