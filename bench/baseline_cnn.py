@@ -273,12 +273,10 @@ def train_and_predict(
     manifest = load_manifest(records_dir)
     keras.utils.set_random_seed(config.seed)
 
-    train_x, train_y, _ = load_split(records_dir, "train", config.image_size,
-                                  config.stain_normalization)
-    eval_x, eval_y, _ = load_split(records_dir, "eval", config.image_size,
-                                  config.stain_normalization)
-    test_x, test_y, test_patients = load_split(records_dir, "test", config.image_size,
-                                                  config.stain_normalization)
+    size, normalize = config.image_size, config.stain_normalization
+    train_x, train_y, _ = load_split(records_dir, "train", size, normalize)
+    eval_x, eval_y, _ = load_split(records_dir, "eval", size, normalize)
+    test_x, test_y, test_patients = load_split(records_dir, "test", size, normalize)
 
     # Balanced class weights, applied as per-example loss weights.
     weights = class_weights_from_counts({0: int((train_y == 0).sum()), 1: int((train_y == 1).sum())})

@@ -794,7 +794,8 @@ def summary_lines(results: Dict[str, Any]) -> List[str]:
               "eval AUC far above the test AUC means the held-out patients differ from the eval patients (two "
               "of the three IDC test patients are stained much paler than the training slides; every model here "
               "trains with stain-amount jitter for that, H and E optical densities scaled by U(0.6, 1.4)"
-              + idc_stain_normalisation_note() + ", chosen by the cross-validation below). IDC: every test patient has IDC-positive patches, so patient-level AUC is undefined "
+              + idc_stain_normalisation_note() + ", chosen by the cross-validation below). IDC: every test "
+              "patient has IDC-positive patches, so patient-level AUC is undefined "
               "and the patient rule below (mean patch probability, made for BreakHis where a patient has one "
               "label) says little; the patch level is the meaningful one. BreakHis: 4 test patients, one of "
               "them benign, so specificity and patient-level figures rest on one patient."]

@@ -1,9 +1,10 @@
 """tf.Transform preprocessing: the deterministic half of image preparation.
 
 Transform runs once over the data, so it only does what is the same for every epoch:
-decode, resize to `image_size`, scale and, when asked, normalise the stain. Augmentation is random and belongs to training.
-The Transform graph is embedded in every exported model (`TransformedImagePreprocessor`),
-so serving decodes and resizes with the very graph that prepared the training data.
+decode, resize to `image_size`, scale and, when asked, normalise the stain. Augmentation
+is random and belongs to training. The Transform graph is embedded in every exported model
+(`TransformedImagePreprocessor`), so serving prepares an image with the very graph that
+prepared the training data.
 """
 
 from __future__ import annotations
