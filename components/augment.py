@@ -14,7 +14,7 @@ import histopath  # noqa: F401  (pins Keras 2 before TensorFlow is imported)
 import numpy as np
 import tensorflow as tf
 
-from histopath.components.image_ops import RGB_FROM_HED, hed_to_rgb, rgb_to_hed, scale_stains  # noqa: F401
+from histopath.components.image_ops import scale_stains
 from histopath.components.model_config import AugmentConfig
 
 MIN_CROP_PIXELS = 16

@@ -21,7 +21,7 @@ def batch():
 
 
 def test_hed_round_trip_is_exact(batch):
-    np.testing.assert_allclose(augment.hed_to_rgb(augment.rgb_to_hed(batch)).numpy(), batch, atol=1e-5)
+    np.testing.assert_allclose(image_ops.hed_to_rgb(image_ops.rgb_to_hed(batch)).numpy(), batch, atol=1e-5)
 
 
 @pytest.mark.parametrize("color_space", ["hed", "hsv"])
@@ -90,7 +90,7 @@ def test_stain_jitter_matches_the_two_conversions_in_float64():
     images = rng.uniform(0.02, 1.0, (70, 24, 24, 3)).astype(np.float32)  # >= 64 images: oneDNN's batched paths
     scale = rng.uniform(0.9, 1.1, (70, 3)).astype(np.float32)
     shift = rng.uniform(-0.1, 0.1, (70, 3)).astype(np.float32)
-    rgb_from_hed = np.array(augment.RGB_FROM_HED, np.float64)
+    rgb_from_hed = np.array(image_ops.RGB_FROM_HED, np.float64)
     log_adjust = np.log(1e-6)
     stains = (np.log(images.astype(np.float64)) / log_adjust) @ np.linalg.inv(rgb_from_hed)
     stains = stains * scale[:, None, None, :] + shift[:, None, None, :]
@@ -128,7 +128,7 @@ def test_stain_amount_scales_haematoxylin_and_eosin_per_image_and_keeps_dab_and_
     out = augment.random_stain_amount(tf.constant(images), seed, scale=0.4, shift=0.0)
     np.testing.assert_array_equal(out.numpy(), augment.random_stain_amount(tf.constant(images), seed, 0.4, 0.0).numpy())
     np.testing.assert_allclose(out.numpy()[:, :4], 1.0, atol=1e-5)  # glass stays white
-    before, after = augment.rgb_to_hed(images).numpy(), augment.rgb_to_hed(out).numpy()
+    before, after = image_ops.rgb_to_hed(images).numpy(), image_ops.rgb_to_hed(out).numpy()
     # Tissue pixels that the final clip to [0, 1] left alone.
     unclipped = np.all((out.numpy() > 1e-4) & (out.numpy() < 1 - 1e-4), axis=-1)
     unclipped[:, :4] = False
