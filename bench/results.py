@@ -324,7 +324,7 @@ def run_idc(ctx: Context) -> Dict[str, Any]:
         "baseline": run_step(ctx, "idc-baseline", baseline_step(records["records"], 6, 50, 10.0, "idc_densenet.json"),
                              ["idc-records"]),
     }
-    if json.loads((CONFIGS / "idc_densenet.json").read_text()).get("stain_normalization"):
+    if stain_normalised("idc_densenet.json"):
         # The issue's plain baseline has no stain normalisation: keep that bar too.
         out["evaluations"]["baseline_raw"] = run_step(
             ctx, "idc-baseline-raw", baseline_step(records["records"], 6, 50, 10.0, "idc_densenet.json", False),
@@ -535,11 +535,16 @@ def precision_lines(results: Dict[str, Any]) -> List[str]:
     return lines
 
 
+def stain_normalised(config_name: str) -> bool:
+    """Whether a bench config (bench/configs/NAME) turns on the Transform's stain normalisation."""
+    return bool(json.loads((CONFIGS / config_name).read_text()).get("stain_normalization", False))
+
+
 def idc_stain_normalisation_note() -> str:
     """Which IDC runs (bench configs) see stain-normalised images, as a clause for the report."""
     normalised = [label for labels, name in ((("DenseNet201", "the plain baseline"), "idc_densenet.json"),
                                              (("the MIL",), "idc_mil.json"))
-                  if json.loads((CONFIGS / name).read_text()).get("stain_normalization") for label in labels]
+                  if stain_normalised(name) for label in labels]
     if not normalised:
         return ""
     listed = normalised[0] if len(normalised) == 1 else ", ".join(normalised[:-1]) + " and " + normalised[-1]
