@@ -9,8 +9,9 @@
 Both return `probability` float32 [None], `label` int64 [None] (probability >= the
 stored `decision_threshold` variable), `decision_score` float32 [None] (the probability
 re-centred so the threshold maps to 0.5; for TFMA) and, for MIL models, `attention` float32
-[None, n_tiles] and `grid_shape` int32 [None, 2]. `<version>/assets.extra/model_info.json`
-describes the model.
+[None, n_tiles] and `grid_shape` int32 [None, 2]. A model exported with test-time
+augmentation returns means over the 8 symmetries of the square (`make_predictor`).
+`<version>/assets.extra/model_info.json` describes the model.
 
 The Keras model is NOT serialised as Keras layers (that traces each of DenseNet201's 707
 layers again, minutes on this CPU); the SavedModel holds its variables and the traced
@@ -32,7 +33,7 @@ import histopath  # noqa: F401  (pins Keras 2 before TensorFlow is imported)
 import tensorflow as tf
 import tf_keras as keras
 
-from histopath.components import mil
+from histopath.components import image_ops, mil
 from histopath.components.keras_utils import skip_autograph_for_tf_keras
 from histopath.data import features
 from histopath.errors import ConfigError, DataError
@@ -59,11 +60,64 @@ def _decision_score(probability: tf.Tensor, threshold: tf.Tensor) -> tf.Tensor:
     return tf.sigmoid(logit(p) - logit(t))
 
 
+def make_predictor(model: keras.Model, test_time_augmentation: bool = False
+                   ) -> Callable[[tf.Tensor], Dict[str, tf.Tensor]]:
+    """The model's prediction as exported: what the serving signatures and the Trainer's
+    choice of decision threshold both compute.
+
+    Args:
+      model: built by `build_densenet_model` or `build_mil_model`.
+      test_time_augmentation: average over the 8 symmetries of the square
+        (`image_ops.square_symmetry`): the model sees every quarter turn of each image,
+        with and without a mirror; the probability is their mean and a MIL model's
+        attention is mapped back onto the original tile grid before averaging (so it still
+        sums to 1 over the bag). Histology has no up or left; 8x the compute.
+
+    Returns:
+      A `tf.function` from float32 images `[B, S, S, 3]` in [0, 1] to "probability"
+      float32 `[B]` and, for MIL models, "attention" float32 `[B, n_tiles]`.
+    """
+    height, width = model.input_shape[1:3]
+    bagger = mil.find_image_to_bag(model)
+    grid_shape = None if bagger is None else (int(height) // bagger.tile_size, int(width) // bagger.tile_size)
+    symmetries = range(image_ops.SQUARE_SYMMETRIES if test_time_augmentation else 1)  # inputs are square
+    image_spec = tf.TensorSpec([None, height, width, 3], tf.float32)
+
+    # One traced model call, invoked once per symmetry: the SavedModel holds the model's
+    # graph once, and each call keeps the caller's batch size (memory as without averaging).
+    @tf.function(input_signature=[image_spec])
+    def call_model(images):
+        outputs = model(images, training=False)
+        probability = outputs[mil.PROBABILITY] if grid_shape else outputs
+        result = {"probability": tf.reshape(tf.cast(probability, tf.float32), [-1])}
+        if grid_shape:
+            result["attention"] = tf.cast(outputs[mil.ATTENTION], tf.float32)
+        return result
+
+    @tf.function(input_signature=[image_spec])
+    def predict(images):
+        probabilities, attentions = [], []
+        for index in symmetries:
+            outputs = call_model(image_ops.square_symmetry(images, index) if index else images)
+            probabilities.append(outputs["probability"])
+            if grid_shape:
+                grid = tf.reshape(outputs["attention"], [-1, grid_shape[0], grid_shape[1], 1])
+                attentions.append(image_ops.invert_square_symmetry(grid, index))
+        result = {"probability": tf.add_n(probabilities) / len(probabilities)}
+        if grid_shape:
+            mean = tf.add_n(attentions) / len(attentions)
+            result["attention"] = tf.reshape(mean, [-1, grid_shape[0] * grid_shape[1]])
+        return result
+
+    return predict
+
+
 class _ServingModule(tf.Module):
     """Holds what the signatures need: model variables, preprocessing, threshold."""
 
     def __init__(self, model: keras.Model, preprocess: Callable[[tf.Tensor], tf.Tensor],
-                 decision_threshold: float, grid_shape: Optional[Sequence[int]]):
+                 decision_threshold: float, grid_shape: Optional[Sequence[int]],
+                 test_time_augmentation: bool):
         super().__init__(name="histopath_serving")
         # Track the variables (not the Keras layers): see the module docstring.
         self.model_variables = [getattr(v, "_variable", v) for v in model.variables]
@@ -72,20 +126,19 @@ class _ServingModule(tf.Module):
         self.decision_threshold = tf.Variable(
             float(decision_threshold), dtype=tf.float32, trainable=False, name="decision_threshold")
         size = model.input_shape[1:3]
-        is_mil = grid_shape is not None
+        predict = make_predictor(model, test_time_augmentation)
 
         @tf.function(input_signature=[tf.TensorSpec([None, size[0], size[1], 3], tf.float32)])
         def predict_images(images):
-            outputs = model(images, training=False)
-            probability = outputs[mil.PROBABILITY] if is_mil else outputs
-            probability = tf.reshape(tf.cast(probability, tf.float32), [-1])
+            outputs = predict(images)
+            probability = outputs["probability"]
             result = {
                 "probability": probability,
                 "label": tf.cast(probability >= self.decision_threshold, tf.int64),
                 "decision_score": _decision_score(probability, self.decision_threshold),
             }
-            if is_mil:
-                result["attention"] = tf.cast(outputs[mil.ATTENTION], tf.float32)
+            if grid_shape is not None:
+                result["attention"] = outputs["attention"]
                 result["grid_shape"] = tf.tile(
                     tf.constant([list(grid_shape)], tf.int32), [tf.shape(probability)[0], 1])
             return result
@@ -112,6 +165,7 @@ def export_serving_model(
     preprocess: Callable[[tf.Tensor], tf.Tensor],
     model_info: Mapping[str, Any],
     decision_threshold: float = 0.5,
+    test_time_augmentation: bool = False,
 ) -> None:
     """Writes the serving SavedModel and `assets.extra/model_info.json` to `export_dir`.
 
@@ -129,14 +183,17 @@ def export_serving_model(
         "dataset", ... Image size, tile size, grid shape, decision threshold, label
         names, signatures and creation time are filled in here.
       decision_threshold: probability at or above which `label` is 1 (malignant).
+      test_time_augmentation: predict the mean over the 8 symmetries of the square (see
+        `make_predictor`); recorded in `model_info`.
 
     Raises:
       ConfigError: invalid `model_info` or threshold, or the model kind disagrees with
         the model.
     """
     info = _complete_model_info(model, model_info, decision_threshold)
+    info["test_time_augmentation"] = bool(test_time_augmentation)
     grid_shape = info.get("grid_shape")
-    module = _ServingModule(model, preprocess, decision_threshold, grid_shape)
+    module = _ServingModule(model, preprocess, decision_threshold, grid_shape, test_time_augmentation)
     signatures = {
         SERVING_DEFAULT: module.serve_image_bytes.get_concrete_function(),
         SERVING_EXAMPLES: module.serve_examples.get_concrete_function(),

@@ -130,8 +130,58 @@ def test_mil_export_parity_attention_and_grid(mil_setup):
         np.testing.assert_allclose(from_examples[key].numpy(), outputs[key].numpy(), atol=1e-6)
     info = loaded.model_info
     assert info["model_kind"] == "mil" and info["tile_size"] == 16 and info["grid_shape"] == [4, 4]
+    assert info["test_time_augmentation"] is False
     row = export.predict_bytes(loaded, encoded[:1])[0]
     assert row["grid_shape"] == [4, 4] and len(row["attention"]) == 16
+
+
+def _symmetries(array: np.ndarray) -> list[np.ndarray]:
+    """The 8 symmetries of a square array in `image_ops.square_symmetry`'s order, in NumPy."""
+    turns = [np.rot90(array, index // 2) for index in range(8)]
+    return [np.ascontiguousarray(t[:, ::-1] if index % 2 else t) for index, t in enumerate(turns)]
+
+
+def test_test_time_augmentation_averages_the_eight_symmetries(mil_setup, tmp_path):
+    model, _ = mil_setup
+    bag, _ = testdata.bag_image(np.random.default_rng(5), grid=4, tile=16, positive=True, n_glass=3)
+    plain = export.make_predictor(model)
+    averaged = export.make_predictor(model, test_time_augmentation=True)
+    variants = _symmetries(bag)
+    plain_probabilities = [float(plain(tf.constant(v[None]))["probability"][0]) for v in variants]
+    assert np.ptp(plain_probabilities) > 1e-4  # the model alone is not invariant
+    got = averaged(tf.constant(bag[None]))
+    assert got["probability"].shape == (1,) and got["attention"].shape == (1, 16)
+    np.testing.assert_allclose(got["probability"].numpy(), [np.mean(plain_probabilities)], atol=1e-6)
+    np.testing.assert_allclose(got["attention"].numpy().sum(), 1.0, atol=1e-5)
+    # Averaged over the group: every turn or mirror of the image gets the same probability,
+    # and its attention map is the original map turned or mirrored alike.
+    attention_grids = _symmetries(got["attention"].numpy().reshape(4, 4))
+    for variant, attention_grid in zip(variants, attention_grids):
+        moved = averaged(tf.constant(variant[None]))
+        np.testing.assert_allclose(moved["probability"].numpy(), got["probability"].numpy(), atol=1e-6)
+        np.testing.assert_allclose(moved["attention"].numpy().reshape(4, 4), attention_grid, atol=1e-6)
+    # The exported signatures compute the same, and say so in model_info.
+    path = str(tmp_path / "1")
+    export.export_serving_model(model, path, preprocess=lambda b: image_ops.decode_and_resize(b, 64),
+                                model_info={"model_kind": "mil"}, test_time_augmentation=True)
+    loaded = export.load_serving_model(path)
+    assert loaded.model_info["test_time_augmentation"] is True
+    encoded = [_png(bag)]
+    served = loaded.serving_fn(image_bytes=tf.constant(encoded))
+    expected = averaged(image_ops.decode_and_resize(tf.constant(encoded), 64))
+    np.testing.assert_allclose(served["probability"].numpy(), expected["probability"].numpy(), atol=1e-6)
+    np.testing.assert_allclose(served["attention"].numpy(), expected["attention"].numpy(), atol=1e-6)
+
+
+def test_test_time_augmentation_of_densenet_is_invariant(densenet_32):
+    image = testdata.tissue_image(np.random.default_rng(6), 32, True).astype(np.float32)
+    plain = export.make_predictor(densenet_32)
+    averaged = export.make_predictor(densenet_32, test_time_augmentation=True)
+    variants = np.stack(_symmetries(image))
+    plain_probabilities = plain(tf.constant(variants))["probability"].numpy()
+    assert np.ptp(plain_probabilities) > 1e-5
+    np.testing.assert_allclose(averaged(tf.constant(variants))["probability"].numpy(),
+                               np.full(8, plain_probabilities.mean()), atol=1e-5)
 
 
 def test_export_replaces_an_existing_version_and_validates(mil_setup, tmp_path):

@@ -1,5 +1,6 @@
-"""The one implementation of image decoding, resizing, scaling, MIL tiling and of the H&E
-stain colour space (stain normalisation, and the stain augmentation built on it).
+"""The one implementation of image decoding, resizing, scaling, MIL tiling, the symmetries
+of the square (test-time averaging) and of the H&E stain colour space (stain
+normalisation, and the stain augmentation built on it).
 
 Pure TensorFlow functions, used unchanged by the Transform `preprocessing_fn`, the
 training input pipeline, the exported serving signatures and the web app's heat-map, so
@@ -96,6 +97,31 @@ def tile_image(image: tf.Tensor, tile_size: int) -> tf.Tensor:
         static_n_tiles = (image.shape[1] // tile_size) * (image.shape[2] // tile_size)
         tiles.set_shape([image.shape[0], static_n_tiles, tile_size, tile_size, static_c])
     return tiles
+
+
+SQUARE_SYMMETRIES = 8  # 4 quarter turns, each with or without a left-right mirror
+
+
+def square_symmetry(images: tf.Tensor, index: int) -> tf.Tensor:
+    """Applies symmetry `index` of the square: `index // 2` counter-clockwise quarter
+    turns, then a left-right mirror when `index` is odd (0 is the identity).
+
+    Args:
+      images: tensor `(n, s, s, c)` with square images.
+      index: 0 to `SQUARE_SYMMETRIES - 1` (a Python int).
+    """
+    turned = tf.image.rot90(images, index // 2)
+    return tf.image.flip_left_right(turned) if index % 2 else turned
+
+
+def invert_square_symmetry(images: tf.Tensor, index: int) -> tf.Tensor:
+    """Undoes `square_symmetry(images, index)`: the mirror first, then the turns back.
+
+    Maps a per-tile map computed on a transformed image (e.g. a MIL attention grid as
+    `(n, rows, cols, 1)`) back onto the original image's tile grid.
+    """
+    unmirrored = tf.image.flip_left_right(images) if index % 2 else images
+    return tf.image.rot90(unmirrored, (4 - index // 2) % 4)
 
 
 def tissue_mask(tiles: tf.Tensor) -> tf.Tensor:

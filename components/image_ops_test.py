@@ -1,4 +1,4 @@
-"""Tests of the shared image operations: stain normalisation."""
+"""Tests of the shared image operations: symmetries of the square, stain normalisation."""
 
 from __future__ import annotations
 
@@ -14,6 +14,19 @@ def _stains(images: np.ndarray) -> np.ndarray:
     """`rgb_to_hed` in float64 NumPy (H, E, DAB densities)."""
     log_rgb = np.log(np.maximum(images.astype(np.float64), 1e-6)) / np.log(1e-6)
     return log_rgb @ np.linalg.inv(np.array(image_ops.RGB_FROM_HED, np.float64))
+
+
+def test_square_symmetries_are_the_eight_turns_and_mirrors_and_invert():
+    grid = tf.reshape(tf.range(9, dtype=tf.float32), [1, 3, 3, 1])
+    moved = [image_ops.square_symmetry(grid, index) for index in range(image_ops.SQUARE_SYMMETRIES)]
+    assert len({tuple(m.numpy().ravel()) for m in moved}) == 8
+    np.testing.assert_array_equal(moved[0], grid)
+    as_rows = lambda m: m.numpy()[0, :, :, 0].tolist()  # noqa: E731
+    assert as_rows(moved[1]) == [[2, 1, 0], [5, 4, 3], [8, 7, 6]]  # mirrored left-right
+    assert as_rows(moved[2]) == [[2, 5, 8], [1, 4, 7], [0, 3, 6]]  # a counter-clockwise quarter turn
+    assert as_rows(moved[3]) == [[8, 5, 2], [7, 4, 1], [6, 3, 0]]  # the turn, then the mirror
+    for index, m in enumerate(moved):
+        np.testing.assert_array_equal(image_ops.invert_square_symmetry(m, index), grid)
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from typing import Any
+from typing import Callable, Dict
 
 import histopath  # noqa: F401  (pins Keras 2 before TensorFlow is imported)
 import numpy as np
@@ -22,7 +22,7 @@ from tfx import v1 as tfx
 from histopath.components import model_config as model_config_lib
 from histopath.components import operating_point
 from histopath.components import preprocessing
-from histopath.components.export import export_serving_model
+from histopath.components.export import export_serving_model, make_predictor
 from histopath.components.keras_utils import resolve_precision
 from histopath.components.training import train_model
 from histopath.errors import DataError
@@ -90,12 +90,12 @@ def make_dataset(
     )
 
 
-def _predict_probabilities(model: Any, dataset: tf.data.Dataset) -> tuple[np.ndarray, np.ndarray]:
+def _predict_probabilities(predict: Callable[[tf.Tensor], Dict[str, tf.Tensor]],
+                           dataset: tf.data.Dataset) -> tuple[np.ndarray, np.ndarray]:
+    """Labels and probabilities of a dataset, from `export.make_predictor` (as served)."""
     labels, scores = [], []
     for images, batch_labels in dataset:
-        outputs = model(images, training=False)
-        probability = outputs["probability"] if isinstance(outputs, dict) else outputs
-        scores.append(np.asarray(tf.cast(probability, tf.float32)).reshape(-1))
+        scores.append(predict(tf.cast(images, tf.float32))["probability"].numpy())
         labels.append(batch_labels.numpy().reshape(-1))
     return np.concatenate(labels), np.concatenate(scores)
 
@@ -140,7 +140,10 @@ def _run(model_kind: str, fn_args: tfx.components.FnArgs) -> None:
         # For warm starts: DenseNetConfig(weights=<model_run>/backbone_weights.h5).
         save_backbone_weights(model, os.path.join(fn_args.model_run_dir, BACKBONE_WEIGHTS_FILE))
 
-    labels, scores = _predict_probabilities(model, eval_ds)
+    # The threshold is chosen on the model's predictions as exported (with test-time
+    # augmentation when configured), so it fits what serving computes.
+    labels, scores = _predict_probabilities(
+        make_predictor(model, model_config.test_time_augmentation), eval_ds)
     threshold = operating_point.balanced_accuracy_threshold(labels, scores)
     logger.info("%s: decision threshold %.4f chosen on %d eval images", model_kind, threshold, len(labels))
     model_info = {
@@ -162,6 +165,7 @@ def _run(model_kind: str, fn_args: tfx.components.FnArgs) -> None:
         ),
         model_info=model_info,
         decision_threshold=threshold,
+        test_time_augmentation=model_config.test_time_augmentation,
     )
 
 

@@ -45,7 +45,7 @@ def first_run(sample_dir, tmp_path_factory):
         output_dir=str(tmp_path_factory.mktemp("run")),
         image_size=64,
         densenet={"image_size": 32},
-        mil={"tile_size": 16},
+        mil={"tile_size": 16, "test_time_augmentation": True},
         training={"epochs": 1, "fine_tune_epochs": 1, "batch_size": 16},
         model_training={"mil": {"epochs": 2}},
         thresholds=ThresholdConfig(min_auc=0.0, min_balanced_accuracy=0.0, max_auc_drop_vs_pushed=1.0),
@@ -85,11 +85,13 @@ def test_every_component_ran_and_the_winner_was_pushed(first_run):
 def test_trainers_follow_their_own_training_overrides_and_leave_backbone_weights(first_run):
     config, _, _ = first_run
     root = config.pipeline_root
-    phases = {}
+    phases, averaged = {}, {}
     for kind in ("densenet", "mil"):
         (info_path,) = root.glob(f"trainer_{kind}/model/*/Format-Serving/assets.extra/model_info.json")
-        phases[kind] = json.loads(info_path.read_text())["history"]["phase"]
+        info = json.loads(info_path.read_text())
+        phases[kind], averaged[kind] = info["history"]["phase"], info["test_time_augmentation"]
     assert phases == {"densenet": ["head", "fine_tune"], "mil": ["train", "train"]}
+    assert averaged == {"densenet": False, "mil": True}  # each trainer's own model config
     (weights,) = root.glob(f"trainer_densenet/model_run/*/{BACKBONE_WEIGHTS_FILE}")
     from histopath.components import densenet, model_config
 
