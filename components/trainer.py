@@ -26,6 +26,7 @@ from histopath.components.export import export_serving_model, make_predictor
 from histopath.components.keras_utils import resolve_precision
 from histopath.components.training import train_model
 from histopath.errors import DataError
+from histopath.pipeline.evaluation import roc_auc
 
 logger = logging.getLogger(__name__)
 
@@ -146,6 +147,11 @@ def _run(model_kind: str, fn_args: tfx.components.FnArgs) -> None:
         make_predictor(model, model_config.test_time_augmentation), eval_ds)
     threshold = operating_point.balanced_accuracy_threshold(labels, scores)
     logger.info("%s: decision threshold %.4f chosen on %d eval images", model_kind, threshold, len(labels))
+    eval_split = {"images": int(len(labels)), "auc": roc_auc(labels, scores)}
+    if model_config.test_time_augmentation:
+        # What the averaging changes: the same eval images predicted once each.
+        eval_split["auc_single_view"] = roc_auc(labels, _predict_probabilities(make_predictor(model), eval_ds)[1])
+    logger.info("%s: eval split %s", model_kind, eval_split)
     model_info = {
         "model_kind": model_kind,
         "model_name": settings.get("model_name", "histopath"),
@@ -156,6 +162,7 @@ def _run(model_kind: str, fn_args: tfx.components.FnArgs) -> None:
         "model_config": model_config.to_dict(),
         "precision": resolve_precision(model_config.mixed_precision),  # what "auto" became here
         "training_config": training_config.to_dict(),
+        "eval_split": eval_split,
     }
     export_serving_model(
         model,

@@ -99,12 +99,18 @@ def test_report_has_every_table_verdict_figure_and_command(synthetic_results, tm
     docs = tmp_path / "docs"
     ev = synthetic_results["idc"]["evaluations"]
     ev["baseline_raw"] = copy.deepcopy(ev["baseline"])
+    densenet = synthetic_results["idc"]["runs"]["densenet"]["trainers"]["densenet"]
+    densenet.update(test_time_augmentation=True, eval_split={"images": 40, "auc": 0.93, "auc_single_view": 0.91})
     page = results.write_report(ctx, synthetic_results, docs, time.perf_counter()).read_text()
+    section = page.split("## Test-time augmentation")[1].split("\n## ")[0]
+    rows = [line for line in section.splitlines() if line.startswith(("| idc", "| breakhis"))]
+    assert rows == ["| idc densenet | densenet | 40 | 0.910 | 0.930 | +0.020 |"]  # only the averaging model
     assert "| IDC | plain 6-conv CNN, no stain normalisation |" in page
     assert "| plain 6-conv CNN, 10 min, no stain normalisation | patch |" in page
     assert "| IDC | DenseNet201 from scratch | 0.850 |" in page  # best eval AUC next to the test AUC
     for heading in ("## Summary", "## IDC", "## BreakHis", "### MIL localisation", "## Reference figures", "## Wall time",
-                    "## Input pipeline vs compute", "## Mixed bfloat16 vs float32", "## Reproducing"):
+                    "## Input pipeline vs compute", "## Mixed bfloat16 vs float32", "## Reproducing",
+                    "## Test-time augmentation"):
         assert heading in page
     assert "plain 6-conv CNN" in page and "DenseNet201 warm-started from the IDC backbone" in page
     assert "NOT met" in page  # random predictions cannot reach AUC 0.96

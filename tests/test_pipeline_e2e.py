@@ -90,6 +90,8 @@ def test_trainers_follow_their_own_training_overrides_and_leave_backbone_weights
         (info_path,) = root.glob(f"trainer_{kind}/model/*/Format-Serving/assets.extra/model_info.json")
         info = json.loads(info_path.read_text())
         phases[kind], averaged[kind] = info["history"]["phase"], info["test_time_augmentation"]
+        assert info["eval_split"]["images"] > 0
+        assert ("auc_single_view" in info["eval_split"]) == averaged[kind]
     assert phases == {"densenet": ["head", "fine_tune"], "mil": ["train", "train"]}
     assert averaged == {"densenet": False, "mil": True}  # each trainer's own model config
     (weights,) = root.glob(f"trainer_densenet/model_run/*/{BACKBONE_WEIGHTS_FILE}")
