@@ -776,13 +776,19 @@ def shortfall_lines(results: Dict[str, Any]) -> List[str]:
         models = [("DenseNet201 from scratch", "densenet"), ("attention MIL", "mil")]
         if "densenet_warm_start" in ev:
             models.insert(1, ("DenseNet201 warm-started from IDC", "densenet_warm_start"))
+        tuning = breakhis["records"]["splits"]["eval"]
         for label, key in models:
             misses = _unmet(ev[key], TARGETS["breakhis"])
             if misses:
                 counts = ev[key]["patient_level"]["label_counts"]
                 bullets.append(f"**BreakHis, {label}:** {'; '.join(misses)}. The test split has "
                                f"{counts['benign'] + counts['malignant']} patients, {counts['benign']} of them benign: "
-                               "specificity and every patient-level figure rest on that many benign patients.")
+                               "specificity and every patient-level figure rest on that many benign patients. "
+                               f"The decision threshold ({ev[key]['decision_threshold']:.3f}) was chosen on the eval "
+                               f"split's {tuning['label_counts']['benign']} benign and "
+                               f"{tuning['label_counts']['malignant']} malignant images ({len(tuning['patients'])} "
+                               f"patient{'' if len(tuning['patients']) == 1 else 's'}), so the balanced accuracy also rests on how well those few benign images "
+                               "stand for the test patients'.")
     lines += [f"- {bullet}" for bullet in bullets] if bullets else ["Every target is met."]
     return lines
 
