@@ -133,7 +133,8 @@ def predict_bags(
       Per bag, in record order: "probability" float `[n]`, "predicted_label" `[n]` (the
       model's label at its threshold), "label" `[n]` (bag label), "patient_id" str `[n]`,
       "origin_x"/"origin_y" `[n]` (region origin in slide pixels), "bag_size" `[n]`,
-      "attention" float `[n, K*K]` (row-major tiles) and "patch_labels" `[n, K*K]`
+      "attention" float `[n, K*K]` (row-major tiles), "tile_probability" likewise when
+      the model has an instance classifier, and "patch_labels" `[n, K*K]`
       (-1 = no patch in that cell).
 
     Raises:
@@ -162,6 +163,8 @@ def predict_bags(
         batch["probability"] = np.array([r["probability"] for r in rows], dtype=np.float64)
         batch["predicted_label"] = np.array([r["label"] for r in rows], dtype=np.int64)
         batch["attention"] = np.array([r["attention"] for r in rows], dtype=np.float64)
+        if "tile_probability" in rows[0]:
+            batch["tile_probability"] = np.array([r["tile_probability"] for r in rows], dtype=np.float64)
         for key, value in batch.items():
             columns.setdefault(key, []).append(value)
     if not columns:

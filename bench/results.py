@@ -238,9 +238,13 @@ def mil_regions_step(model_dir: str, bag_records: str):
             threshold=threshold, bootstrap=1000, seed=0)
         localisation = mil_localisation.localisation_scores(bags, bootstrap=1000, seed=0)
         heatmaps = mil_localisation.slide_heatmaps(bags, bag_records, "test", folder / "heatmaps")
-        return {"decision_threshold": threshold, "unit": f"region of {IDC_BAG_SIZE}x{IDC_BAG_SIZE} patches",
-                **scored, "localisation": mil_localisation._json_ready(localisation),
-                "heatmaps": [str(p) for p in heatmaps]}
+        result = {"decision_threshold": threshold, "unit": f"region of {IDC_BAG_SIZE}x{IDC_BAG_SIZE} patches",
+                  **scored, "localisation": mil_localisation._json_ready(localisation),
+                  "heatmaps": [str(p) for p in heatmaps]}
+        if "tile_probability" in bags:  # the instance classifier's ranking, scored the same way
+            result["tile_localisation"] = mil_localisation._json_ready(mil_localisation.localisation_scores(
+                {**bags, "attention": bags["tile_probability"]}, bootstrap=1000, seed=0))
+        return result
     return work
 
 
@@ -887,16 +891,25 @@ def write_report(ctx: Context, results: Dict[str, Any], docs: pathlib.Path, star
             "scored against the patch labels of the test regions:", "",
             "| score | AUC [95 % CI] | tiles (positive/negative) | bags | patients |", "|---|---|---|---|---|",
         ]
-        for key, label in (("within_bag", "within positive bags (mean per-bag AUC)"),
-                           ("pooled", "pooled over positive bags"),
-                           ("whole_slide", "attention x region probability, all regions")):
-            entry = loc[key]
+        rows = [(loc, "within_bag", "within positive bags (mean per-bag AUC)"),
+                (loc, "pooled", "pooled over positive bags"),
+                (loc, "whole_slide", "attention x region probability, all regions")]
+        tiles = ev["mil"].get("tile_localisation")
+        if tiles:
+            rows += [(tiles, "within_bag", "instance classifier's tile probability, within positive bags"),
+                     (tiles, "pooled", "instance classifier's tile probability, pooled over positive bags")]
+        for scores, key, label in rows:
+            entry = scores[key]
             lines.append(f"| {label} | {fmt(entry)} | {entry.get('n_tiles')} ({entry.get('n_positive_tiles')}/"
                          f"{entry.get('n_negative_tiles')}) | {entry.get('n_bags')} | {entry.get('n_patients')} |")
         goal = TARGETS["localisation"]["within_bag"]
         value = loc["within_bag"]["value"]
         lines += ["", f"Target attention patch-level AUC >= {goal} (within bag): "
                       f"{'met' if value is not None and value >= goal else 'NOT met'}.", ""]
+        if tiles:
+            lines += ["The instance classifier's rows: the MIL's tile classifier (`instance_loss_weight`), also "
+                      "trained from region labels only, scores each patch by itself; the exported model returns it "
+                      "as `tile_probability` beside `attention`.", ""]
         for index, path in enumerate(ev["mil"]["heatmaps"][:3]):
             # Small: a figure of the result, not a copy of the slide.
             figure = copy_figure(path, figures, f"idc-slide-{index}.png", max_side=900)

@@ -9,7 +9,8 @@
 Both return `probability` float32 [None], `label` int64 [None] (probability >= the
 stored `decision_threshold` variable), `decision_score` float32 [None] (the probability
 re-centred so the threshold maps to 0.5; for TFMA) and, for MIL models, `attention` float32
-[None, n_tiles] and `grid_shape` int32 [None, 2]. A model exported with test-time
+[None, n_tiles], `grid_shape` int32 [None, 2] and, with an instance classifier,
+`tile_probability` float32 [None, n_tiles]. A model exported with test-time
 augmentation returns means over the 8 symmetries of the square (`make_predictor`).
 `<version>/assets.extra/model_info.json` describes the model.
 
@@ -60,6 +61,21 @@ def _decision_score(probability: tf.Tensor, threshold: tf.Tensor) -> tf.Tensor:
     return tf.sigmoid(logit(p) - logit(t))
 
 
+TILE_PROBABILITY = "tile_probability"
+
+
+def tile_outputs(model: keras.Model) -> List[str]:
+    """The per-tile outputs a model's signatures return, row-major over its tile grid.
+
+    "attention" for every MIL model; "tile_probability" too for a MIL model with an
+    instance classifier (`MilConfig.instance_loss_weight > 0`): each tissue tile's own
+    P(malignant) from that classifier, trained from bag labels only (0 for glass tiles).
+    """
+    if mil.find_image_to_bag(model) is None:
+        return []
+    return [mil.ATTENTION] + ([TILE_PROBABILITY] if mil.INSTANCE_LOGIT in model.output_names else [])
+
+
 def make_predictor(model: keras.Model, test_time_augmentation: bool = False
                    ) -> Callable[[tf.Tensor], Dict[str, tf.Tensor]]:
     """The model's prediction as exported: what the serving signatures and the Trainer's
@@ -75,11 +91,13 @@ def make_predictor(model: keras.Model, test_time_augmentation: bool = False
 
     Returns:
       A `tf.function` from float32 images `[B, S, S, 3]` in [0, 1] to "probability"
-      float32 `[B]` and, for MIL models, "attention" float32 `[B, n_tiles]`.
+      float32 `[B]` and, for MIL models, "attention" float32 `[B, n_tiles]` and, with an
+      instance classifier, "tile_probability" float32 `[B, n_tiles]` (see `tile_outputs`).
     """
     height, width = model.input_shape[1:3]
     bagger = mil.find_image_to_bag(model)
     grid_shape = None if bagger is None else (int(height) // bagger.tile_size, int(width) // bagger.tile_size)
+    grid_outputs = tile_outputs(model)
     symmetries = range(image_ops.SQUARE_SYMMETRIES if test_time_augmentation else 1)  # inputs are square
     image_spec = tf.TensorSpec([None, height, width, 3], tf.float32)
 
@@ -91,22 +109,24 @@ def make_predictor(model: keras.Model, test_time_augmentation: bool = False
         probability = outputs[mil.PROBABILITY] if grid_shape else outputs
         result = {"probability": tf.reshape(tf.cast(probability, tf.float32), [-1])}
         if grid_shape:
-            result["attention"] = tf.cast(outputs[mil.ATTENTION], tf.float32)
+            result[mil.ATTENTION] = tf.cast(outputs[mil.ATTENTION], tf.float32)
+        if TILE_PROBABILITY in grid_outputs:  # glass tiles (no instance loss there) get 0
+            result[TILE_PROBABILITY] = tf.sigmoid(tf.cast(outputs[mil.INSTANCE_LOGIT], tf.float32)) * tf.cast(
+                outputs[mil.TISSUE_MASK], tf.float32)
         return result
 
     @tf.function(input_signature=[image_spec])
     def predict(images):
-        probabilities, attentions = [], []
+        probabilities, grids = [], {key: [] for key in grid_outputs}
         for index in symmetries:
             outputs = call_model(image_ops.square_symmetry(images, index) if index else images)
             probabilities.append(outputs["probability"])
-            if grid_shape:
-                grid = tf.reshape(outputs["attention"], [-1, grid_shape[0], grid_shape[1], 1])
-                attentions.append(image_ops.invert_square_symmetry(grid, index))
+            for key in grid_outputs:
+                grid = tf.reshape(outputs[key], [-1, grid_shape[0], grid_shape[1], 1])
+                grids[key].append(image_ops.invert_square_symmetry(grid, index))
         result = {"probability": tf.add_n(probabilities) / len(probabilities)}
-        if grid_shape:
-            mean = tf.add_n(attentions) / len(attentions)
-            result["attention"] = tf.reshape(mean, [-1, grid_shape[0] * grid_shape[1]])
+        for key, maps in grids.items():
+            result[key] = tf.reshape(tf.add_n(maps) / len(maps), [-1, grid_shape[0] * grid_shape[1]])
         return result
 
     return predict
@@ -138,7 +158,7 @@ class _ServingModule(tf.Module):
                 "decision_score": _decision_score(probability, self.decision_threshold),
             }
             if grid_shape is not None:
-                result["attention"] = outputs["attention"]
+                result.update({key: outputs[key] for key in tile_outputs(model)})
                 result["grid_shape"] = tf.tile(
                     tf.constant([list(grid_shape)], tf.int32), [tf.shape(probability)[0], 1])
             return result
@@ -233,7 +253,7 @@ def _complete_model_info(model: keras.Model, model_info: Mapping[str, Any], thre
         SERVING_DEFAULT: {"input": "image_bytes"},
         SERVING_EXAMPLES: {"input": "examples", "feature": features.IMAGE},
     }
-    info["outputs"] = ["probability", "label", "decision_score"] + (["attention", "grid_shape"] if bagger else [])
+    info["outputs"] = ["probability", "label", "decision_score"] + tile_outputs(model) + (["grid_shape"] if bagger else [])
     if bagger is not None:
         info["tile_size"] = bagger.tile_size
         info["grid_shape"] = [int(height) // bagger.tile_size, int(width) // bagger.tile_size]
@@ -324,7 +344,7 @@ def predict_bytes(
     Returns:
       One dict per image: "probability" (float), "label" (int), "label_name" (str) and,
       for MIL models, "attention" (list of floats, row-major tiles) and "grid_shape"
-      ([rows, cols]).
+      ([rows, cols]), and "tile_probability" (list of floats) when the model has it.
 
     Raises:
       DataError: an image cannot be decoded (the message names it).
@@ -355,5 +375,7 @@ def predict_bytes(
         if "attention" in outputs:
             row["attention"] = [float(a) for a in outputs["attention"][index].numpy()]
             row["grid_shape"] = [int(g) for g in outputs["grid_shape"][index].numpy()]
+        if TILE_PROBABILITY in outputs:
+            row[TILE_PROBABILITY] = [float(p) for p in outputs[TILE_PROBABILITY][index].numpy()]
         results.append(row)
     return results

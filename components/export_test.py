@@ -173,6 +173,33 @@ def test_test_time_augmentation_averages_the_eight_symmetries(mil_setup, tmp_pat
     np.testing.assert_allclose(served["attention"].numpy(), expected["attention"].numpy(), atol=1e-6)
 
 
+def test_mil_with_an_instance_classifier_also_returns_tile_probabilities(tmp_path):
+    config = model_config.MilConfig(image_size=64, tile_size=16, encoder_filters=(8, 16), embedding_units=16,
+                                    attention_dim=8, instance_loss_weight=0.5)
+    model = mil.build_mil_model(config)
+    bag, kinds = testdata.bag_image(np.random.default_rng(7), grid=4, tile=16, positive=True, n_glass=3)
+    path = str(tmp_path / "1")
+    export.export_serving_model(model, path, preprocess=lambda b: image_ops.decode_and_resize(b, 64),
+                                model_info={"model_kind": "mil"})
+    loaded = export.load_serving_model(path)
+    assert loaded.model_info["outputs"] == ["probability", "label", "decision_score", "attention",
+                                            "tile_probability", "grid_shape"]
+    encoded = [_png(bag)]
+    served = loaded.serving_fn(image_bytes=tf.constant(encoded))
+    expected = model(image_ops.decode_and_resize(tf.constant(encoded), 64), training=False)
+    tiles = served["tile_probability"].numpy()[0]
+    np.testing.assert_allclose(tiles[kinds != 2], tf.sigmoid(expected["instance_logit"]).numpy()[0][kinds != 2],
+                               atol=1e-5)
+    assert np.all(tiles[kinds == 2] == 0.0)  # glass
+    assert len(export.predict_bytes(loaded, encoded)[0]["tile_probability"]) == 16
+    # Averaged over the 8 symmetries, the map turns with the image, like the attention.
+    averaged = export.make_predictor(model, test_time_augmentation=True)
+    grids = _symmetries(averaged(tf.constant(bag[None]))["tile_probability"].numpy().reshape(4, 4))
+    for variant, grid in zip(_symmetries(bag), grids):
+        moved = averaged(tf.constant(variant[None]))["tile_probability"].numpy().reshape(4, 4)
+        np.testing.assert_allclose(moved, grid, atol=1e-6)
+
+
 def test_test_time_augmentation_of_densenet_is_invariant(densenet_32):
     image = testdata.tissue_image(np.random.default_rng(6), 32, True).astype(np.float32)
     plain = export.make_predictor(densenet_32)

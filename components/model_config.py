@@ -148,7 +148,8 @@ class MilConfig(_JsonConfig):
     # Weight of the instance loss (`mil.instance_loss`: a linear tile classifier trained
     # from the bag labels only, after CLAM) added to the bag loss; 0 disables. On IDC
     # regions 0.5 changed the attention's within-region ranking of IDC-positive patches
-    # little (cross-validated mean within-bag AUC 0.670 -> 0.676, docs/results.md).
+    # little (cross-validated mean within-bag AUC 0.670 -> 0.676, docs/results.md). The
+    # exported model then also returns the classifier's own per-tile probability.
     instance_loss_weight: float = 0.0
     # Adam learning rate.
     learning_rate: float = 5e-4

@@ -115,6 +115,11 @@ def test_report_has_every_table_verdict_figure_and_command(synthetic_results, tm
     assert "plain 6-conv CNN" in page and "DenseNet201 warm-started from the IDC backbone" in page
     assert "NOT met" in page  # random predictions cannot reach AUC 0.96
     assert "(within bag): NOT met" in page  # localisation 0.8 < target 0.9
+    assert "instance classifier's tile probability" not in page  # the synthetic MIL has no instance classifier
+    synthetic_results["idc"]["evaluations"]["mil"]["tile_localisation"] = copy.deepcopy(
+        synthetic_results["idc"]["evaluations"]["mil"]["localisation"])
+    page = results.write_report(ctx, synthetic_results, docs, time.perf_counter()).read_text()
+    assert "| instance classifier's tile probability, within positive bags | 0.800 [0.700, 0.900] |" in page
     for figure in ("idc-slide-0.png", "idc-densenet-roc.png", "breakhis-densenet-roc.png", "results.json"):
         assert (docs / "results" / figure).is_file()
     from PIL import Image
