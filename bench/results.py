@@ -774,6 +774,12 @@ def shortfall_lines(results: Dict[str, Any]) -> List[str]:
             if attention:
                 text += (f" The best MIL recipe's attention reaches {attention[1]:.3f} in the same cross-validation "
                          f"({attention[0].replace('_', ' ')}).")
+            tiles = ev["mil"].get("tile_localisation", {}).get("within_bag", {})
+            if tiles.get("value") is not None:
+                better = loc.get("value") is not None and tiles["value"] > loc["value"]
+                text += (f" The same MIL's instance classifier (also trained on region labels only) ranks them at "
+                         f"{fmt(tiles)} on the test regions ({'above' if better else 'not above'} its attention"
+                         f"{'' if tiles['value'] >= goal else f', short of {goal}'}).")
             bullets.append(text)
     if breakhis:
         ev = breakhis["evaluations"]
