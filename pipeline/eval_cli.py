@@ -119,7 +119,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "model_name, model_version. Folders are searched recursively for .png/.jpg/.jpeg/.tif "
             "files. A missing or corrupt file prints a line with an \"error\" naming it; the other "
             "images are still predicted and the exit code is 1 at the end. With --heatmap-dir, MIL "
-            "models also write the attention heat-map over each image as <name>.heatmap.png."
+            "models also write the attention heat-map over each image as <name>.heatmap.png and, "
+            "with an instance classifier, each tile's probability as <name>.tiles.png."
         ),
     )
     predict.add_argument("--model", required=True, help=MODEL_HELP)

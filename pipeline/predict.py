@@ -216,15 +216,17 @@ def _unique_heatmap_path(heatmap_dir: pathlib.Path, source: str, used: set) -> p
     return heatmap_dir / candidate
 
 
-def write_heatmap(image, attention: Sequence[float], grid_shape: Sequence[int], path: pathlib.Path) -> None:
+def write_heatmap(image, attention: Sequence[float], grid_shape: Sequence[int], path: pathlib.Path,
+                  absolute: bool = False) -> None:
     """Writes the attention overlay of one image as PNG (temp name, then rename).
 
     Uses the web app's renderer (`serving/webapp/predictions/heatmap.py`, no Django), so
     the CLI and the web app draw identical heat-maps (image_ops' row-major tile order).
+    `absolute`: the values are probabilities (coloured on 0..1, not relative to the largest).
     """
     from histopath.serving.webapp.predictions.heatmap import display_copy, render_overlay
 
-    overlay = render_overlay(display_copy(image, HEATMAP_MAX_SIDE), attention, tuple(grid_shape))
+    overlay = render_overlay(display_copy(image, HEATMAP_MAX_SIDE), attention, tuple(grid_shape), absolute)
     save_png_atomically(overlay, path)
 
 
@@ -254,12 +256,13 @@ def predict_paths(
       model_dir: `<name>/<version>` or `<name>` (newest version), see `resolve_model_dir`.
       paths: image files and folders (searched recursively for images).
       heatmap_dir: for MIL models, write `<stem>.heatmap.png` (attention over the image)
-        per image here; ignored with a warning for models without attention.
+        per image here, and `<stem>.tiles.png` (each tile's probability) when the model
+        has an instance classifier; ignored with a warning for models without attention.
       batch_size: images per signature call.
 
     Yields:
       Per image, in input order: {"file", "probability", "label", "label_name",
-      "model_name", "model_version"} (+ "heatmap" path when written), or {"file",
+      "model_name", "model_version"} (+ "heatmap" and "tile_map" paths when written), or {"file",
       "error", "model_name", "model_version"} for a missing/corrupt/unsupported file.
 
     Raises:
@@ -292,6 +295,10 @@ def predict_paths(
                 try:
                     write_heatmap(outcome.image, row["attention"], row["grid_shape"], target)
                     result["heatmap"] = str(target)
+                    if "tile_probability" in row:
+                        tiles = target.with_name(target.name.replace(".heatmap.png", ".tiles.png"))
+                        write_heatmap(outcome.image, row["tile_probability"], row["grid_shape"], tiles, absolute=True)
+                        result["tile_map"] = str(tiles)
                 except (OSError, ValueError) as error:
                     result["heatmap_error"] = f"{target}: cannot write heat-map ({error})"
             yield result

@@ -10,7 +10,9 @@ import pathlib
 
 import histopath  # noqa: F401  (Keras 2 before TensorFlow)
 
-TINY_MIL = {"image_size": 64, "tile_size": 16, "encoder_filters": (8, 16), "embedding_units": 16, "attention_dim": 8}
+# With the instance classifier, so the signatures also return `tile_probability`.
+TINY_MIL = {"image_size": 64, "tile_size": 16, "encoder_filters": (8, 16), "embedding_units": 16, "attention_dim": 8,
+            "instance_loss_weight": 0.5}
 TINY_DENSENET = {"image_size": 32, "weights": None, "head_units": 0}
 
 

@@ -55,11 +55,13 @@ def test_predict_cli_reports_bad_files_and_writes_heatmaps(exported_models, shar
         assert (row["model_name"], row["model_version"]) == ("mil", 1)
         heatmap = pathlib.Path(row["heatmap"])
         assert heatmap.parent == heatmaps
-        with Image.open(row["file"]) as source, Image.open(heatmap) as overlay:
-            assert overlay.format == "PNG" and overlay.size == source.size
+        assert row["tile_map"] == str(heatmap).replace(".heatmap.png", ".tiles.png")
+        with Image.open(row["file"]) as source, Image.open(heatmap) as overlay, Image.open(row["tile_map"]) as tiles:
+            assert overlay.format == tiles.format == "PNG" and overlay.size == tiles.size == source.size
     reference = reference_outputs(exported_models.mil, {"image_bytes": [full_size.read_bytes()]})
     assert by_name[full_size.name]["probability"] == pytest.approx(float(reference["probability"][0]), abs=1e-6)
-    assert sorted(p.name for p in heatmaps.iterdir()) == sorted(pathlib.Path(r["heatmap"]).name for r in good)
+    assert sorted(p.name for p in heatmaps.iterdir()) == sorted(
+        pathlib.Path(r[key]).name for r in good for key in ("heatmap", "tile_map"))
 
 
 def test_evaluate_cli_on_the_test_split_of_a_manifest(exported_models, tmp_path):

@@ -50,10 +50,11 @@ def _predict(server, body, path: str = f"/v1/models/{MIL_NAME}:predict", **kwarg
 
 
 def _assert_mil_row(row: dict, expected: dict, index: int) -> None:
-    assert set(row) == {"probability", "label", "decision_score", "attention", "grid_shape"}
+    assert set(row) == {"probability", "label", "decision_score", "attention", "tile_probability", "grid_shape"}
     assert row["probability"] == pytest.approx(float(expected["probability"][index]), abs=TOLERANCE)
     assert row["label"] == int(expected["label"][index])
     np.testing.assert_allclose(row["attention"], expected["attention"][index], atol=TOLERANCE)
+    np.testing.assert_allclose(row["tile_probability"], expected["tile_probability"][index], atol=TOLERANCE)
     assert row["grid_shape"] == expected["grid_shape"][index].tolist()
     assert sum(row["attention"]) == pytest.approx(1.0, abs=1e-4)
 
@@ -73,7 +74,7 @@ def test_metadata_lists_the_contract_signatures(server):
     signatures = metadata["metadata"]["signature_def"]["signature_def"]
     default = signatures["serving_default"]
     assert default["inputs"]["image_bytes"]["dtype"] == "DT_STRING"
-    assert set(default["outputs"]) == {"probability", "label", "decision_score", "attention", "grid_shape"}
+    assert set(default["outputs"]) == {"probability", "label", "decision_score", "attention", "tile_probability", "grid_shape"}
     assert signatures["serving_examples"]["inputs"]["examples"]["dtype"] == "DT_STRING"
 
 
@@ -138,10 +139,11 @@ def test_grpc_predict_metadata_and_status(server, exported_models, images):
         response = stub.Predict(request, timeout=60)
         assert response.model_spec.name == MIL_NAME and response.model_spec.version.value == 1
         outputs = {name: tf.make_ndarray(proto) for name, proto in response.outputs.items()}
-        assert set(outputs) == {"probability", "label", "decision_score", "attention", "grid_shape"}
+        assert set(outputs) == {"probability", "label", "decision_score", "attention", "tile_probability", "grid_shape"}
         np.testing.assert_allclose(outputs["probability"], expected["probability"], atol=TOLERANCE)
         np.testing.assert_array_equal(outputs["label"], expected["label"])
         np.testing.assert_allclose(outputs["attention"], expected["attention"], atol=TOLERANCE)
+        np.testing.assert_allclose(outputs["tile_probability"], expected["tile_probability"], atol=TOLERANCE)
         np.testing.assert_array_equal(outputs["grid_shape"], expected["grid_shape"])
 
         request.output_filter.append("probability")

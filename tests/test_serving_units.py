@@ -99,6 +99,12 @@ def test_heatmap_maps_each_tile_to_its_image_ops_position():
     assert np.unravel_index(tile_means.argmax(), tile_means.shape) == (1, 2)
     with pytest.raises(ValueError, match="do not fit a 3x4 grid"):
         render_overlay(image, attention[:-1], (rows, cols))
+    # Probabilities keep their scale: a uniform 0.2 map is not stretched to the top colour.
+    def colour(values, absolute):
+        return np.asarray(render_overlay(image, values, (rows, cols), absolute=absolute))[50, 50]
+    low = np.full(rows * cols, 0.2)
+    assert not np.array_equal(colour(low, True), colour(low, False))
+    np.testing.assert_array_equal(colour(np.ones(rows * cols), True), colour(low, False))
 
 
 def test_serve_refuses_production_without_secret_key(tmp_path, monkeypatch, capsys):

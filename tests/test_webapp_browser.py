@@ -63,6 +63,7 @@ def test_upload_shows_label_probability_and_heatmap(exported_models, shared_data
                 expect(heatmap).to_be_visible()
                 width, height = heatmap.evaluate("img => [img.naturalWidth, img.naturalHeight]")
                 assert (width, height) == (640, 421)  # 700x460 shown at most 640 px wide (PIL thumbnail)
+                expect(page.get_by_role("img", name=re.compile("Tile malignancy map"))).to_be_visible()
                 original = page.get_by_role("img", name="The submitted image")
                 assert original.evaluate("img => img.complete && img.naturalWidth") == 640
                 page.screenshot(path=str(artifacts_dir / "webapp-result.png"), full_page=True)

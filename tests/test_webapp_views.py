@@ -74,6 +74,7 @@ def test_upload_of_real_image_shows_result_and_records_it(client, shared_data, e
     assert f"{probability * 100:.1f} %" in html
     assert '<dd id="result-model">mil</dd>' in html and '<dd id="result-version">1</dd>' in html
     assert 'id="heatmap" src="data:image/png;base64,' in html
+    assert 'id="tile-map" src="data:image/png;base64,' in html  # the instance classifier's map
     assert 'id="original-image" src="data:image/png;base64,' in html
 
     record = Prediction.objects.get()

@@ -43,6 +43,8 @@ class ModelAnswer:
       model_version: the version that answered.
       attention: MIL attention per tile (row-major), None for a whole-image model.
       grid_shape: MIL tile grid (rows, cols), None for a whole-image model.
+      tile_probability: P(malignant) of each tile from a MIL model's instance classifier
+        (row-major), None when the model has none.
     """
 
     probability: float
@@ -52,12 +54,14 @@ class ModelAnswer:
     model_version: str
     attention: tuple[float, ...] | None = None
     grid_shape: tuple[int, int] | None = None
+    tile_probability: tuple[float, ...] | None = None
 
 
 def _answer(outputs: dict, model_name: str, version: str, label_names) -> ModelAnswer:
     label = int(outputs["label"])
     attention = outputs.get("attention")
     grid = outputs.get("grid_shape")
+    tiles = outputs.get("tile_probability")
     return ModelAnswer(
         probability=float(outputs["probability"]),
         label=label,
@@ -66,6 +70,7 @@ def _answer(outputs: dict, model_name: str, version: str, label_names) -> ModelA
         model_version=version,
         attention=tuple(float(value) for value in attention) if attention is not None else None,
         grid_shape=(int(grid[0]), int(grid[1])) if grid is not None else None,
+        tile_probability=tuple(float(value) for value in tiles) if tiles is not None else None,
     )
 
 

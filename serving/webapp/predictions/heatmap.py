@@ -1,4 +1,5 @@
-"""Renders the MIL attention grid as a colour overlay on the pathologist's image.
+"""Renders a MIL tile grid (attention, or tile probabilities) as a colour overlay on the
+pathologist's image.
 
 Tiling follows `histopath.components.image_ops`: the model resizes the whole image to a
 square of `grid_rows * tile_size` pixels and cuts it row-major with `tile_image`, so
@@ -41,13 +42,16 @@ def attention_grid(attention: Sequence[float], grid_shape: tuple[int, int]) -> n
     return values.reshape(rows, cols)
 
 
-def render_overlay(image: Image.Image, attention: Sequence[float], grid_shape: tuple[int, int]) -> Image.Image:
+def render_overlay(image: Image.Image, attention: Sequence[float], grid_shape: tuple[int, int],
+                   absolute: bool = False) -> Image.Image:
     """Blends a colour map of the attention grid over `image`, with tile outlines.
 
     Args:
       image: the image as shown (any size; tiles are mapped proportionally).
       attention: one weight per tile, row-major.
       grid_shape: (rows, cols) of the tile grid.
+      absolute: colour the values as they are (probabilities, 0 to 1) instead of
+        relative to the largest (attention weights, which sum to 1 over the bag).
 
     Returns:
       An RGB image of the same size as `image`.
@@ -56,7 +60,7 @@ def render_overlay(image: Image.Image, attention: Sequence[float], grid_shape: t
 
     grid = attention_grid(attention, grid_shape)
     peak = grid.max()
-    normalised = grid / peak if peak > 0 else grid
+    normalised = np.clip(grid, 0.0, 1.0) if absolute else (grid / peak if peak > 0 else grid)
     colours = colormaps[COLORMAP](normalised)[..., :3]  # (rows, cols, 3) in [0, 1]
     base = np.asarray(image.convert("RGB"), dtype=np.float64) / 255.0
     height, width = base.shape[:2]

@@ -91,10 +91,14 @@ def index(request: HttpRequest) -> HttpResponse:
         label_name=answer.label_name,
     )
     shown = heatmap.display_copy(image)
-    heatmap_url = None
-    if answer.attention is not None and answer.grid_shape is not None:
+    heatmap_url = tile_map_url = None
+    if answer.grid_shape is not None:
         try:
-            heatmap_url = heatmap.png_data_url(heatmap.render_overlay(shown, answer.attention, answer.grid_shape))
+            if answer.attention is not None:
+                heatmap_url = heatmap.png_data_url(heatmap.render_overlay(shown, answer.attention, answer.grid_shape))
+            if answer.tile_probability is not None:
+                tile_map_url = heatmap.png_data_url(
+                    heatmap.render_overlay(shown, answer.tile_probability, answer.grid_shape, absolute=True))
         except ValueError as error:
             logger.warning("no heat-map for prediction %d: %s", record.pk, error)
     context = {
@@ -105,6 +109,7 @@ def index(request: HttpRequest) -> HttpResponse:
         "image_size": f"{header.width} × {header.height}",
         "original_url": heatmap.png_data_url(shown),
         "heatmap_url": heatmap_url,
+        "tile_map_url": tile_map_url,
         "grid_text": f"{answer.grid_shape[0]} × {answer.grid_shape[1]}" if answer.grid_shape else "",
         "probability_percent": f"{answer.probability * 100:.1f}",
     }
