@@ -329,16 +329,17 @@ def _safe_name(patient: str) -> str:
 
 
 def _render_slide(
-    canvas: np.ndarray, scores: np.ndarray, labels: np.ndarray, vmax: float, title: str,
+    canvas: np.ndarray, scores: np.ndarray, labels: np.ndarray, vmax: float, title: str, score_name: str,
 ):
     """Two panels side by side: heat-map overlay and ground-truth positive patches.
 
     Args:
       canvas: uint8 `(rows*P, cols*P, 3)` re-assembled slide (white = no patch).
-      scores: `(rows, cols)` attention x bag probability per patch cell, NaN = no patch.
+      scores: `(rows, cols)` score per patch cell (see `SLIDE_SCORES`), NaN = no patch.
       labels: `(rows, cols)` patch labels, -1 = no patch.
       vmax: score mapped to the top of the colour map (shared by all slides of a run).
       title: the patient's line in the title strip.
+      score_name: what the scores are, for the title strip.
 
     Returns:
       An RGB Pillow image whose longest side is at most `HEATMAP_MAX_SIDE`.
@@ -383,7 +384,7 @@ def _render_slide(
         figure[6:_HEADER - 6, panel_w - bar_w:panel_w] = colormaps[COLORMAP](np.linspace(0, 1, bar_w))[None, :, :3]
     image = Image.fromarray(np.clip(figure * 255.0 + 0.5, 0, 255).astype(np.uint8))
     draw = ImageDraw.Draw(image)
-    draw.text((2, 5), f"{title}  attention x P(malignant), 0..{vmax:.3g}", fill=(0, 0, 0))
+    draw.text((2, 5), f"{title}  {score_name}, 0..{vmax:.3g}", fill=(0, 0, 0))
     draw.text((panel_w + _GAP + 2, 5), "ground truth: IDC-positive patches (red)", fill=(0, 0, 0))
     return image
 
@@ -411,19 +412,26 @@ def assemble_slide(mosaics: Mapping[tuple[int, int], bytes], bag_size: int) -> n
     return canvas
 
 
+# What a slide heat-map can show: name in the title strip, file suffix.
+SLIDE_SCORES = {"attention": ("attention x P(malignant)", ".localisation.png"),
+                "tile_probability": ("tile P(malignant)", ".tiles.png")}
+
+
 def slide_heatmaps(
     bags: Mapping[str, np.ndarray],
     records_dir: str | os.PathLike,
     split: str,
     output_dir: str | os.PathLike,
     max_patients: Optional[int] = None,
+    score: str = "attention",
 ) -> List[pathlib.Path]:
-    """Writes one whole-slide PNG per patient: attention heat-map | ground truth.
+    """Writes one whole-slide PNG per patient: heat-map | ground truth.
 
     The slide is re-assembled from the region mosaics (read again from the same records)
-    at their origins. Left panel: attention x bag probability per patch, on one colour
-    scale for all patients of the call (0 .. the largest score over `bags`), so slides
-    compare; cells without a patch are not coloured. Right panel: the same slide with
+    at their origins. Left panel, per patch: with `score="attention"` the attention x bag
+    probability, on one colour scale for all patients of the call (0 .. the largest score
+    over `bags`), so slides compare; with `score="tile_probability"` the instance
+    classifier's probability of the patch, on 0 .. 1. Cells without a patch are not coloured. Right panel: the same slide with
     the IDC-positive patches tinted and outlined in red. Scaled down so the PNG's longest
     side is at most 1600 px; written under a temporary name, then renamed.
 
@@ -431,15 +439,19 @@ def slide_heatmaps(
       bags: from `predict_bags` on `records_dir` / `split`.
       records_dir: the ingested region-bag records.
       split: the split `bags` came from.
-      output_dir: folder for `<patient>.localisation.png` (created).
+      output_dir: folder for `<patient>.localisation.png` (or `.tiles.png`; created).
       max_patients: only the first N patients (numeric order); None = all.
+      score: "attention" or "tile_probability" (`bags` must hold it).
 
     Returns:
       The written paths, in patient order.
 
     Raises:
-      DataError: see `predict_bags` (records).
+      DataError: see `predict_bags` (records), or `bags` lacks the score.
     """
+    if score not in SLIDE_SCORES or score not in bags:
+        raise DataError(f"no {score!r} in the predictions to draw (the model may lack an instance classifier)")
+    score_name, suffix = SLIDE_SCORES[score]
     patient_ids = np.asarray(bags["patient_id"]).astype(str)
     patients = sorted(set(patient_ids.tolist()), key=_patient_sort_key)
     if max_patients is not None:
@@ -448,8 +460,11 @@ def slide_heatmaps(
         return []
     wanted = set(patients)
     size = int(np.asarray(bags["bag_size"]).ravel()[0])
-    scores = np.asarray(bags["attention"], dtype=np.float64) * np.asarray(bags["probability"], dtype=np.float64)[:, None]
-    vmax = float(scores.max()) if scores.size else 0.0
+    if score == "attention":
+        scores = np.asarray(bags["attention"], dtype=np.float64) * np.asarray(bags["probability"], dtype=np.float64)[:, None]
+        vmax = float(scores.max()) if scores.size else 0.0
+    else:
+        scores, vmax = np.asarray(bags[score], dtype=np.float64), 1.0
     by_region = {(p, int(x), int(y)): i for i, (p, x, y) in
                  enumerate(zip(patient_ids, bags["origin_x"], bags["origin_y"]))}
 
@@ -483,8 +498,8 @@ def slide_heatmaps(
             positive_bags += float(bags["label"][index] == 1)
             probability_max = max(probability_max, float(bags["probability"][index]))
         title = f"patient {patient} ({len(regions)} bags, {int(positive_bags)} positive, max P {probability_max:.2f})"
-        figure = _render_slide(canvas, cell_scores, cell_labels, vmax, title)
-        path = output / f"{_safe_name(patient)}.localisation.png"
+        figure = _render_slide(canvas, cell_scores, cell_labels, vmax, title, score_name)
+        path = output / f"{_safe_name(patient)}{suffix}"
         save_png_atomically(figure, path)
         written.append(path)
     return written

@@ -244,6 +244,8 @@ def mil_regions_step(model_dir: str, bag_records: str):
         if "tile_probability" in bags:  # the instance classifier's ranking, scored the same way
             result["tile_localisation"] = mil_localisation._json_ready(mil_localisation.localisation_scores(
                 {**bags, "attention": bags["tile_probability"]}, bootstrap=1000, seed=0))
+            result["tile_heatmaps"] = [str(p) for p in mil_localisation.slide_heatmaps(
+                bags, bag_records, "test", folder / "heatmaps", score="tile_probability")]
         return result
     return work
 
@@ -920,6 +922,11 @@ def write_report(ctx: Context, results: Dict[str, Any], docs: pathlib.Path, star
             # Small: a figure of the result, not a copy of the slide.
             figure = copy_figure(path, figures, f"idc-slide-{index}.png", max_side=900)
             lines.append(f"![MIL attention (left) and IDC-positive patches (right), test patient]({figure})")
+        lines += [""]
+        for index, path in enumerate(ev["mil"].get("tile_heatmaps", [])[:3]):
+            figure = copy_figure(path, figures, f"idc-slide-tiles-{index}.png", max_side=900)
+            lines.append(f"![MIL instance classifier's tile probabilities (left) and IDC-positive patches (right), "
+                         f"test patient]({figure})")
         lines += [""]
         lines.append(f"![ROC, DenseNet201 on IDC test patients]"
                      f"({copy_figure(ev['densenet']['plots']['roc'], figures, 'idc-densenet-roc.png')})")

@@ -18,6 +18,7 @@ from PIL import Image
 
 from bench import mil_localisation as ml
 from histopath.data import features
+from histopath.errors import DataError
 
 IN_MEMORY = ["--direct_running_mode=in_memory", "--direct_num_workers=1"]
 PATIENTS = ("8916", "9124", "9022")  # the smallest real slides; all have IDC-positive patches
@@ -142,7 +143,8 @@ def real_run(shared_data, tmp_path_factory):
 
     # What tests/model_exports.py does, at image_size = 2 * 50 and tile_size = 50.
     tf.keras.utils.set_random_seed(3)
-    config = MilConfig(image_size=100, tile_size=50, encoder_filters=(4, 8), embedding_units=8, attention_dim=4)
+    config = MilConfig(image_size=100, tile_size=50, encoder_filters=(4, 8), embedding_units=8, attention_dim=4,
+                       instance_loss_weight=0.5)  # with the instance classifier: tile probabilities too
     model_dir = root / "model" / "mil"
     export_serving_model(
         mil.build_mil_model(config), str(model_dir / "1"),
@@ -160,7 +162,8 @@ def test_predict_bags_on_real_region_bags(real_run):
     assert n > 0 and len(test["patient_ids"]) >= 1
     for key in ("probability", "predicted_label", "label", "patient_id", "origin_x", "origin_y", "bag_size"):
         assert bags[key].shape == (n,), key
-    assert bags["attention"].shape == bags["patch_labels"].shape == (n, 4)
+    assert bags["attention"].shape == bags["patch_labels"].shape == bags["tile_probability"].shape == (n, 4)
+    assert ((bags["tile_probability"] >= 0) & (bags["tile_probability"] <= 1)).all()
     assert set(bags["patient_id"]) == set(test["patient_ids"])
     assert (bags["bag_size"] == 2).all()
     assert ((bags["probability"] >= 0) & (bags["probability"] <= 1)).all()
@@ -173,6 +176,7 @@ def test_predict_bags_on_real_region_bags(real_run):
     # The tissue mask gives empty (white) cells no attention whenever the bag has tissue.
     empty = bags["patch_labels"] == -1
     assert (bags["attention"][empty] <= 1e-6).mean() > 0.9
+    assert (bags["tile_probability"][empty] == 0).mean() > 0.9
 
     # Same answers as the model's `serving_examples` signature on the raw records.
     import tensorflow as tf
@@ -207,6 +211,14 @@ def test_scores_and_slide_heatmaps_on_real_bags(real_run, tmp_path):
             assert max(image.size) <= ml.HEATMAP_MAX_SIDE and image.width > image.height
     assert not [p for p in os.listdir(tmp_path / "maps") if p.endswith(".tmp")]
     assert len(ml.slide_heatmaps(bags, records, "test", tmp_path / "one", max_patients=1)) == 1
+    tiles = ml.slide_heatmaps(bags, records, "test", tmp_path / "maps", score="tile_probability")
+    assert [p.name for p in tiles] == [f"{p}.tiles.png" for p in patients]
+    with Image.open(tiles[0]) as tile_map, Image.open(written[0]) as attention_map:
+        assert tile_map.size == attention_map.size
+        assert not np.array_equal(np.asarray(tile_map), np.asarray(attention_map))
+    with pytest.raises(DataError, match="no 'tile_probability'"):
+        ml.slide_heatmaps({k: v for k, v in bags.items() if k != "tile_probability"}, records, "test",
+                          tmp_path / "none", score="tile_probability")
 
     # The re-assembled slide puts every patch file at its slide offset.
     patient = patients[0]
@@ -244,8 +256,6 @@ def test_cli_writes_json_and_heatmaps(real_run, tmp_path, capsys):
 
 
 def test_rejects_patch_records_and_mismatched_models(real_run, tmp_path):
-    from histopath.errors import DataError
-
     bad = tmp_path / "patches"
     bad.mkdir()
     manifest = dict(real_run["manifest"], bag_size=None)
