@@ -8,13 +8,10 @@ reproducible and each epoch sees new augmentations.
 
 from __future__ import annotations
 
-import functools
-
 import histopath  # noqa: F401  (pins Keras 2 before TensorFlow is imported)
-import numpy as np
 import tensorflow as tf
 
-from histopath.components.image_ops import scale_stains
+from histopath.components import image_ops
 from histopath.components.model_config import AugmentConfig
 
 MIN_CROP_PIXELS = 16
@@ -38,20 +35,12 @@ def random_crop_resize(images: tf.Tensor, seed: tf.Tensor, fraction: float) -> t
     return tf.image.crop_and_resize(images, boxes, tf.range(batch), size, method="bilinear")
 
 
-@functools.lru_cache(maxsize=8)
-def _square_symmetry_table(size: int) -> np.ndarray:
-    """(8, size*size) int32: for each symmetry of the square (4 turns x optional mirror),
-    the source pixel of every output pixel, row-major."""
-    pixels = np.arange(size * size, dtype=np.int32).reshape(size, size)
-    tables = []
-    for turns in range(4):
-        turned = np.rot90(pixels, turns)
-        tables += [turned, turned[:, ::-1]]
-    return np.stack([table.reshape(-1) for table in tables])
-
-
 def _square_symmetries(size: int) -> tf.Tensor:
-    return tf.constant(_square_symmetry_table(size))
+    """(8, size*size) int32: for each of `image_ops.square_symmetry`'s symmetries, the
+    source pixel of every output pixel, row-major."""
+    pixels = tf.reshape(tf.range(size * size, dtype=tf.int32), [1, size, size, 1])
+    return tf.concat([tf.reshape(image_ops.square_symmetry(pixels, index), [1, -1])
+                      for index in range(image_ops.SQUARE_SYMMETRIES)], axis=0)
 
 
 def random_flips_rotations(images: tf.Tensor, seed: tf.Tensor, flips: bool, rotations: bool) -> tf.Tensor:
@@ -99,7 +88,7 @@ def random_stain_jitter(images: tf.Tensor, seed: tf.Tensor, strength: float, col
     if color_space == "hed":
         scale = _uniform(seeds[0], [batch, 1, 1, 3], 1.0 - strength, 1.0 + strength)
         shift = _uniform(seeds[1], [batch, 1, 1, 3], -strength, strength)
-        return scale_stains(images, scale[:, 0, 0, :], shift[:, 0, 0, :])
+        return image_ops.scale_stains(images, scale[:, 0, 0, :], shift[:, 0, 0, :])
     hsv = tf.image.rgb_to_hsv(images)
     hue = tf.math.floormod(hsv[..., 0:1] + _uniform(seeds[0], [batch, 1, 1, 1], -strength / 2, strength / 2), 1.0)
     sat_val = hsv[..., 1:3] * _uniform(seeds[1], [batch, 1, 1, 2], 1.0 - 2 * strength, 1.0 + 2 * strength)
@@ -127,7 +116,7 @@ def random_stain_amount(images: tf.Tensor, seed: tf.Tensor, scale: float, shift:
     h_and_e = tf.constant([1.0, 1.0, 0.0])  # which stains change: not DAB
     factors = 1.0 + _uniform(seeds[0], [batch, 3], -scale, scale) * h_and_e
     offsets = _uniform(seeds[1], [batch, 3], -shift, shift) * h_and_e
-    return scale_stains(images, factors, offsets)
+    return image_ops.scale_stains(images, factors, offsets)
 
 
 def random_brightness_contrast(images: tf.Tensor, seed: tf.Tensor, brightness: float,
