@@ -431,9 +431,10 @@ def slide_heatmaps(
     at their origins. Left panel, per patch: with `score="attention"` the attention x bag
     probability, on one colour scale for all patients of the call (0 .. the largest score
     over `bags`), so slides compare; with `score="tile_probability"` the instance
-    classifier's probability of the patch, on 0 .. 1. Cells without a patch are not coloured. Right panel: the same slide with
-    the IDC-positive patches tinted and outlined in red. Scaled down so the PNG's longest
-    side is at most 1600 px; written under a temporary name, then renamed.
+    classifier's probability of the patch, on 0 .. 1. Cells without a patch are not
+    coloured. Right panel: the same slide with the IDC-positive patches tinted and
+    outlined in red. Scaled down so the PNG's longest side is at most 1600 px; written
+    under a temporary name, then renamed.
 
     Args:
       bags: from `predict_bags` on `records_dir` / `split`.

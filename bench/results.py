@@ -799,8 +799,8 @@ def shortfall_lines(results: Dict[str, Any]) -> List[str]:
                                f"The decision threshold ({ev[key]['decision_threshold']:.3f}) was chosen on the eval "
                                f"split's {tuning['label_counts']['benign']} benign and "
                                f"{tuning['label_counts']['malignant']} malignant images ({len(tuning['patients'])} "
-                               f"patient{'' if len(tuning['patients']) == 1 else 's'}), so the balanced accuracy also rests on how well those few benign images "
-                               "stand for the test patients'.")
+                               f"patient{'' if len(tuning['patients']) == 1 else 's'}), so the balanced accuracy also "
+                               "rests on how well those few benign images stand for the test patients'.")
     lines += [f"- {bullet}" for bullet in bullets] if bullets else ["Every target is met."]
     return lines
 
