@@ -30,7 +30,7 @@ import tensorflow as tf
 import tf_keras as keras
 
 from bench.common import write_json
-from histopath.components import image_ops
+from histopath.components import image_ops, slide_context
 from histopath.components.augment import augment_dataset
 from histopath.components.keras_utils import skip_autograph_for_tf_keras
 from histopath.components.model_config import AugmentConfig
@@ -224,6 +224,59 @@ class _Progress(keras.callbacks.Callback):
         if self.budget.exhausted:
             parts.append("(time budget reached)")
         print("  ".join(parts), file=sys.stderr, flush=True)
+
+
+def load_positions(records_dir: str | os.PathLike, split: str) -> Tuple[np.ndarray, np.ndarray]:
+    """`(patch_x, patch_y)` of one split's records, in record order (as `load_split`).
+
+    Raises:
+      DataError: as `load_split`, or records without slide positions (not IDC patches).
+    """
+    records_dir = os.fspath(records_dir)
+    shards = split_shard_paths(load_manifest(records_dir), records_dir, split)
+    spec = {name: tf.io.FixedLenFeature([], tf.int64, default_value=-1)
+            for name in (features.PATCH_X, features.PATCH_Y)}
+    dataset = (tf.data.TFRecordDataset(shards, compression_type="GZIP").batch(_READ_BATCH)
+               .map(lambda serialized: tf.io.parse_example(serialized, spec)))
+    xs, ys = [], []
+    for batch in dataset.as_numpy_iterator():
+        xs.append(batch[features.PATCH_X])
+        ys.append(batch[features.PATCH_Y])
+    xs, ys = np.concatenate(xs), np.concatenate(ys)
+    if (xs < 0).any() or (ys < 0).any():
+        raise DataError(f"{records_dir}: split {split!r} has records without slide positions")
+    return xs, ys
+
+
+def slide_context_predictions(
+    output_dir: str | os.PathLike, records_dir: str | os.PathLike, config: BaselineConfig, sigma: float
+) -> Dict[str, Any]:
+    """The saved baseline with slide context (`slide_context.py`), as the pipeline's Trainer does it.
+
+    The model `train_and_predict` saved in `output_dir` predicts the eval and test patches;
+    each probability is averaged over its slide neighbourhood; the decision threshold is
+    chosen on the smoothed eval probabilities.
+
+    Returns:
+      `sigma`, `grid_step`, `threshold`, `eval_auc` and `test` (per-image `labels`,
+      smoothed `scores`, `predictions`, `patient_ids`), like `train_and_predict`'s result.
+    """
+    model = keras.models.load_model(os.path.join(os.fspath(output_dir), MODEL_NAME), compile=False)
+    smoothed = {}
+    for split in ("eval", "test"):
+        images, labels, patients = load_split(records_dir, split, config.image_size, config.stain_normalization)
+        xs, ys = load_positions(records_dir, split)
+        step = slide_context.grid_step(xs, ys, patients)
+        smoothed[split] = (labels, slide_context.smooth_slide_scores(_predict(model, images), patients, xs, ys,
+                                                                       sigma, step), patients, step)
+    eval_labels, eval_scores, _, _ = smoothed["eval"]
+    test_labels, test_scores, test_patients, step = smoothed["test"]
+    threshold = float(balanced_accuracy_threshold(eval_labels, eval_scores))
+    return {"sigma": float(sigma), "grid_step": int(step), "threshold": threshold,
+            "eval_auc": roc_auc(eval_labels, eval_scores),
+            "test": {"labels": [int(v) for v in test_labels], "scores": [float(v) for v in test_scores],
+                     "predictions": [int(v) for v in test_scores >= threshold],
+                     "patient_ids": list(test_patients)}}
 
 
 def _predict(model: keras.Model, images: np.ndarray) -> np.ndarray:

@@ -221,7 +221,7 @@ def evaluate_step(model_dir: str, dataset: str, raw_data: pathlib.Path, records:
 def compact_evaluation(result: Dict[str, Any]) -> Dict[str, Any]:
     """The parts of an evaluation the report needs (no per-image rows)."""
     keep = ("decision_threshold", "patient_label_rule", "patient_score_rule", "bootstrap", "image_level",
-            "patient_level", "patients")
+            "patient_level", "patients", "slide_context")
     return {key: result[key] for key in keep if key in result}
 
 
@@ -281,6 +281,25 @@ def baseline_step(records: str, conv_layers: int, image_size: int, minutes: floa
     return work
 
 
+def baseline_context_step(records: str, baseline_folder: pathlib.Path, sigma: float):
+    """A finished baseline step's saved model scored with slide context (no retraining)."""
+    def work(folder: pathlib.Path) -> Dict[str, Any]:
+        from bench import baseline_cnn
+        from histopath.pipeline import evaluation
+
+        from histopath.components.model_config import AugmentConfig
+
+        trained = json.loads((baseline_folder / "result.json").read_text())["baseline"]["config"]
+        config = baseline_cnn.BaselineConfig(**{**trained, "augment": AugmentConfig.from_dict(trained["augment"])})
+        result = baseline_cnn.slide_context_predictions(baseline_folder, records, config, sigma)
+        test = result.pop("test")
+        scored = evaluation.score_predictions(test["labels"], test["scores"], test["predictions"],
+                                              test["patient_ids"], threshold=result["threshold"],
+                                              bootstrap=1000, seed=0)
+        return {"slide_context": result, "decision_threshold": result["threshold"], **scored}
+    return work
+
+
 def throughput_step(run_dir: str, kind: str, max_images: int):
     def work(folder: pathlib.Path) -> Dict[str, Any]:
         from bench.pipeline import compare_trainer
@@ -337,6 +356,14 @@ def run_idc(ctx: Context) -> Dict[str, Any]:
         out["evaluations"]["baseline_raw"] = run_step(
             ctx, "idc-baseline-raw", baseline_step(records["records"], 6, 50, 10.0, "idc_densenet.json", False),
             ["idc-records"])
+    sigma = float(json.loads((CONFIGS / "idc_densenet.json").read_text()).get("slide_context_sigma", 0.0))
+    if sigma:
+        # The baselines with the same slide context as the pipeline's DenseNet.
+        for key, step in (("baseline", "idc-baseline"), ("baseline_raw", "idc-baseline-raw")):
+            if key in out["evaluations"]:
+                out["evaluations"][f"{key}_context"] = run_step(
+                    ctx, f"{step}-context", baseline_context_step(records["records"], ctx.step_dir(step), sigma),
+                    [step])
     out["throughput"] = {
         "densenet": run_step(ctx, "idc-densenet-throughput",
                              throughput_step(densenet["run_dir"], "densenet", 1024), ["idc-densenet"]),

@@ -19,18 +19,22 @@ from histopath.data import features
 
 TRANSFORMED_IMAGE = "image_xf"  # string: uint8 (image_size, image_size, 3) tensor, serialized
 TRANSFORMED_LABEL = "label_xf"  # int64: 0 benign, 1 malignant
+# Passed through unchanged when the records have them (IDC): where each patch lies on its
+# patient's slide, for the Trainer's slide-context threshold (`slide_context.py`).
+SLIDE_POSITION_FEATURES = (features.PATIENT_ID, features.PATCH_X, features.PATCH_Y)
 
 
 def preprocessing_fn(inputs: dict[str, tf.Tensor], custom_config: dict[str, Any]) -> dict[str, tf.Tensor]:
     """tf.Transform preprocessing_fn: encoded image → resized image; label passed on.
 
     Args:
-      inputs: raw features, batched; only `image` and `label` are used.
+      inputs: raw features, batched; `image` and `label` are used, the
+        `SLIDE_POSITION_FEATURES` passed on when all are present.
       custom_config: `{"image_size": int, "stain_normalization": 0 or 1, ...}` from the
         Transform component.
 
     Returns:
-      The transformed features `image_xf` and `label_xf`.
+      The transformed features `image_xf` and `label_xf`, plus the slide positions.
     """
     size = int(custom_config["image_size"])
     images = image_ops.decode_and_resize(inputs[features.IMAGE], size)
@@ -39,6 +43,8 @@ def preprocessing_fn(inputs: dict[str, tf.Tensor], custom_config: dict[str, Any]
     outputs = {TRANSFORMED_IMAGE: image_ops.quantize_to_bytes(images)}
     if features.LABEL in inputs:
         outputs[TRANSFORMED_LABEL] = tf.reshape(tf.cast(inputs[features.LABEL], tf.int64), [-1])
+    if all(name in inputs for name in SLIDE_POSITION_FEATURES):
+        outputs.update({name: tf.reshape(inputs[name], [-1]) for name in SLIDE_POSITION_FEATURES})
     return outputs
 
 

@@ -22,9 +22,11 @@ from tfx import v1 as tfx
 from histopath.components import model_config as model_config_lib
 from histopath.components import operating_point
 from histopath.components import preprocessing
+from histopath.components import slide_context
 from histopath.components.export import export_serving_model, make_predictor
 from histopath.components.keras_utils import resolve_precision
 from histopath.components.training import train_model
+from histopath.data import features
 from histopath.errors import DataError
 from histopath.pipeline.evaluation import roc_auc
 
@@ -49,6 +51,7 @@ def make_dataset(
     shuffle: bool,
     seed: int,
     cache: bool = True,
+    with_slide_positions: bool = False,
 ) -> tf.data.Dataset:
     """Transformed examples → `(images float32 (b, s, s, 3), labels int64 (b,))`, one pass.
 
@@ -67,23 +70,32 @@ def make_dataset(
       seed: shuffle seed.
       cache: keep the serialized records in memory after the first pass (about the size
         of the uncompressed split; turn off for splits that do not fit in memory).
+      with_slide_positions: add a third element, `{name: (b,) tensor}` of the
+        `preprocessing.SLIDE_POSITION_FEATURES` (DataError when the examples lack them).
     """
     files = sorted(path for pattern in file_pattern for path in tf.io.gfile.glob(pattern))
     if not files:
         raise DataError(f"no transformed examples match {file_pattern}")
     feature_spec = tf_transform_output.transformed_feature_spec()
+    missing = [name for name in preprocessing.SLIDE_POSITION_FEATURES if name not in feature_spec]
+    if with_slide_positions and missing:
+        raise DataError(f"slide context needs the slide positions {', '.join(missing)} in the examples "
+                        "(IDC patch records have them)")
     dataset = tf.data.TFRecordDataset(files, compression_type="GZIP", num_parallel_reads=tf.data.AUTOTUNE)
     if cache:
         dataset = dataset.cache()
     if shuffle:
         dataset = dataset.shuffle(SHUFFLE_BUFFER, seed=seed, reshuffle_each_iteration=True)
 
-    def to_model_input(serialized: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    def to_model_input(serialized: tf.Tensor) -> tuple:
         batch = tf.io.parse_example(serialized, feature_spec)
         images = preprocessing.transformed_to_model_input(
             batch[preprocessing.TRANSFORMED_IMAGE], transform_size, model_size
         )
         labels = tf.reshape(batch[preprocessing.TRANSFORMED_LABEL], [-1])
+        if with_slide_positions:
+            return images, labels, {name: tf.reshape(batch[name], [-1])
+                                    for name in preprocessing.SLIDE_POSITION_FEATURES}
         return images, labels
 
     return dataset.batch(batch_size).map(to_model_input, num_parallel_calls=tf.data.AUTOTUNE).prefetch(
@@ -95,10 +107,39 @@ def _predict_probabilities(predict: Callable[[tf.Tensor], Dict[str, tf.Tensor]],
                            dataset: tf.data.Dataset) -> tuple[np.ndarray, np.ndarray]:
     """Labels and probabilities of a dataset, from `export.make_predictor` (as served)."""
     labels, scores = [], []
-    for images, batch_labels in dataset:
+    for images, batch_labels, *_ in dataset:
         scores.append(predict(tf.cast(images, tf.float32))["probability"].numpy())
         labels.append(batch_labels.numpy().reshape(-1))
     return np.concatenate(labels), np.concatenate(scores)
+
+
+def _slide_positions(dataset: tf.data.Dataset) -> Dict[str, np.ndarray]:
+    """The `preprocessing.SLIDE_POSITION_FEATURES` of a `with_slide_positions` dataset."""
+    columns: Dict[str, list] = {name: [] for name in preprocessing.SLIDE_POSITION_FEATURES}
+    for _, _, positions in dataset:
+        for name, values in positions.items():
+            columns[name].append(values.numpy())
+    return {name: np.concatenate(values) for name, values in columns.items()}
+
+
+def slide_context_info(labels: np.ndarray, scores: np.ndarray, positions: Dict[str, np.ndarray],
+                       sigma: float) -> Dict[str, object]:
+    """Eval-split slide context: its own decision threshold and AUCs (`model_info`).
+
+    Args:
+      labels, scores: the eval images' labels and probabilities (as exported).
+      positions: their `preprocessing.SLIDE_POSITION_FEATURES`.
+      sigma: the Gaussian's width in patches (`slide_context.smooth_slide_scores`).
+    """
+    patients = [p.decode("utf-8") if isinstance(p, bytes) else str(p)
+                for p in positions[features.PATIENT_ID]]
+    xs, ys = positions[features.PATCH_X], positions[features.PATCH_Y]
+    step = slide_context.grid_step(xs, ys, patients)
+    smoothed = slide_context.smooth_slide_scores(scores, patients, xs, ys, sigma, step)
+    return {"sigma": float(sigma), "grid_step": int(step), "rule": slide_context.RULE,
+            "decision_threshold": float(operating_point.balanced_accuracy_threshold(labels, smoothed)),
+            "eval_auc": roc_auc(labels, smoothed), "eval_auc_without": roc_auc(labels, scores),
+            "eval_patients": len(set(patients))}
 
 
 def _run(model_kind: str, fn_args: tfx.components.FnArgs) -> None:
@@ -114,9 +155,10 @@ def _run(model_kind: str, fn_args: tfx.components.FnArgs) -> None:
         model_config = model_config_lib.MilConfig.from_dict(settings.get("model", {}))
     transform_size = int(settings["transform_image_size"])
     model_size = int(model_config.image_size)
+    slide_context_sigma = float(settings.get("slide_context_sigma", 0.0))
     tf_transform_output = tft.TFTransformOutput(fn_args.transform_output)
 
-    def dataset(files: list[str], shuffle: bool) -> tf.data.Dataset:
+    def dataset(files: list[str], shuffle: bool, with_slide_positions: bool = False) -> tf.data.Dataset:
         return make_dataset(
             files,
             tf_transform_output,
@@ -126,6 +168,7 @@ def _run(model_kind: str, fn_args: tfx.components.FnArgs) -> None:
             shuffle=shuffle,
             seed=training_config.seed,
             cache=training_config.cache_examples,
+            with_slide_positions=with_slide_positions,
         )
 
     train_ds, eval_ds = dataset(fn_args.train_files, True), dataset(fn_args.eval_files, False)
@@ -143,8 +186,9 @@ def _run(model_kind: str, fn_args: tfx.components.FnArgs) -> None:
 
     # The threshold is chosen on the model's predictions as exported (with test-time
     # augmentation when configured), so it fits what serving computes.
+    threshold_ds = dataset(fn_args.eval_files, False, with_slide_positions=True) if slide_context_sigma else eval_ds
     labels, scores = _predict_probabilities(
-        make_predictor(model, model_config.test_time_augmentation), eval_ds)
+        make_predictor(model, model_config.test_time_augmentation), threshold_ds)
     threshold = operating_point.balanced_accuracy_threshold(labels, scores)
     logger.info("%s: decision threshold %.4f chosen on %d eval images", model_kind, threshold, len(labels))
     eval_split = {"images": int(len(labels)), "auc": roc_auc(labels, scores)}
@@ -152,6 +196,10 @@ def _run(model_kind: str, fn_args: tfx.components.FnArgs) -> None:
         # What the averaging changes: the same eval images predicted once each.
         eval_split["auc_single_view"] = roc_auc(labels, _predict_probabilities(make_predictor(model), eval_ds)[1])
     logger.info("%s: eval split %s", model_kind, eval_split)
+    slide_context_block = None
+    if slide_context_sigma:
+        slide_context_block = slide_context_info(labels, scores, _slide_positions(threshold_ds), slide_context_sigma)
+        logger.info("%s: slide context %s", model_kind, slide_context_block)
     model_info = {
         "model_kind": model_kind,
         "model_name": settings.get("model_name", "histopath"),
@@ -164,6 +212,8 @@ def _run(model_kind: str, fn_args: tfx.components.FnArgs) -> None:
         "training_config": training_config.to_dict(),
         "eval_split": eval_split,
     }
+    if slide_context_block is not None:
+        model_info["slide_context"] = slide_context_block
     export_serving_model(
         model,
         fn_args.serving_model_dir,

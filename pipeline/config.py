@@ -48,6 +48,10 @@ class PipelineConfig:
     # Transform scales every image's H and E stain amounts to a reference
     # (`image_ops.normalize_stain`); in the exported graph, so serving does the same.
     stain_normalization: bool = False
+    # IDC only: each Trainer also chooses a decision threshold for patch probabilities
+    # averaged over the slide (`slide_context.py`; Gaussian width in patches, 0 = off),
+    # stored with the model for `histopath evaluate` and whole-slide prediction.
+    slide_context_sigma: float = 0.0
     splits: dict[str, float] = dataclasses.field(
         default_factory=lambda: {"train": 0.7, "eval": 0.15, "test": 0.15}
     )  # patient-level split fractions used when the CLI ingests
@@ -109,6 +113,9 @@ class PipelineConfig:
                               f"got keys {sorted(self.model_training)}")
         if self.version_policy not in VERSION_POLICIES:
             raise ConfigError(f"version_policy must be one of {VERSION_POLICIES}")
+        if self.slide_context_sigma < 0 or (self.slide_context_sigma and self.dataset != "idc"):
+            raise ConfigError("slide_context_sigma must be >= 0, and 0 unless dataset is idc (only IDC "
+                              f"patches carry slide positions), got {self.slide_context_sigma} for {self.dataset}")
         if self.image_size < 32:
             raise ConfigError(f"image_size must be at least 32, got {self.image_size}")
         if not re.fullmatch(r"[a-z0-9-]+", self.pipeline_name):

@@ -55,6 +55,7 @@ def trainer_custom_config(config: PipelineConfig, kind: str) -> dict[str, Any]:
         "model": model_configs(config)[kind].to_dict(),
         "training": training.to_dict(),
         "transform_image_size": config.image_size,
+        "slide_context_sigma": float(config.slide_context_sigma),
         "dataset": config.dataset,
         "model_name": config.model_name,
         "code_fingerprint": fingerprint.source_fingerprint(fingerprint.TRAINER_MODULES[kind]),

@@ -26,7 +26,7 @@ import math
 import os
 import pathlib
 import tempfile
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
+from typing import Any, Callable, Dict, List, Mapping, NamedTuple, Optional, Sequence
 
 import numpy as np
 
@@ -507,13 +507,17 @@ def evaluate_model(
     if not kept:
         raise DataError(f"no image of {data_dir} could be predicted (e.g. {failed[0]['error']})")
 
+    labels = [f.label for f, _ in kept]
+    scores = [row["probability"] for _, row in kept]
+    patient_ids = [f.patient_id for f, _ in kept]
     scored = score_predictions(
-        labels=[f.label for f, _ in kept],
-        scores=[row["probability"] for _, row in kept],
+        labels=labels, scores=scores,
         predictions=[row["label"] for _, row in kept],  # the model's `label`
-        patient_ids=[f.patient_id for f, _ in kept],
-        threshold=threshold, bootstrap=bootstrap, seed=seed,
+        patient_ids=patient_ids, threshold=threshold, bootstrap=bootstrap, seed=seed,
     )
+    context = slide_context_evaluation(
+        loaded.model_info.get("slide_context"), labels, scores, patient_ids,
+        [f.patch_x for f, _ in kept], [f.patch_y for f, _ in kept], bootstrap=bootstrap, seed=seed)
     return {
         "histopath_version": __version__,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -531,11 +535,58 @@ def evaluate_model(
         **scored,
         "images": [
             {"path": f.relative_path, "patient_id": f.patient_id, "label": int(f.label),
-             "probability": float(row["probability"]), "prediction": int(row["label"])}
-            for f, row in kept
+             "probability": float(row["probability"]), "prediction": int(row["label"]),
+             **({} if context is None else {"context_probability": float(context.scores[index])})}
+            for index, (f, row) in enumerate(kept)
         ],
         "failed_images": failed,
+        **({} if context is None else {"slide_context": context.report}),
     }
+
+
+class SlideContextResult(NamedTuple):
+    """`slide_context_evaluation`'s report and the per-image smoothed probabilities."""
+
+    report: Dict[str, Any]
+    scores: np.ndarray
+
+
+def slide_context_evaluation(
+    setting: Optional[Mapping[str, Any]],
+    labels: Sequence[int],
+    scores: Sequence[float],
+    patient_ids: Sequence[str],
+    xs: Sequence[Optional[int]],
+    ys: Sequence[Optional[int]],
+    *,
+    bootstrap: int,
+    seed: int,
+) -> Optional[SlideContextResult]:
+    """Scores the slide-context probabilities of a model that carries a setting for them.
+
+    Args:
+      setting: the model's `model_info["slide_context"]` (written by the Trainer: sigma,
+        grid_step, rule and the decision threshold chosen on the eval split); None = off.
+      labels, scores, patient_ids: per image, as for `score_predictions`.
+      xs, ys: per image, its slide position (None when the layout has none).
+
+    Returns:
+      None without a setting or without positions; else the report (sigma, grid step,
+      rule, threshold and `score_predictions`' blocks) and the smoothed probabilities.
+    """
+    from histopath.components import slide_context
+
+    if not setting or any(x is None for x in xs) or any(y is None for y in ys):
+        return None
+    threshold = float(setting["decision_threshold"])
+    smoothed = slide_context.smooth_slide_scores(scores, patient_ids, xs, ys, float(setting["sigma"]),
+                                                 setting.get("grid_step"))
+    scored = score_predictions(labels, smoothed, (smoothed >= threshold).astype(int), patient_ids,
+                               threshold=threshold, bootstrap=bootstrap, seed=seed)
+    report = {"sigma": float(setting["sigma"]), "grid_step": setting.get("grid_step"),
+              "rule": setting.get("rule", slide_context.RULE), "decision_threshold": threshold,
+              **{key: scored[key] for key in ("image_level", "patient_level", "patients")}}
+    return SlideContextResult(report, smoothed)
 
 
 def _bootstrap_warnings(patient_labels: np.ndarray) -> List[str]:
@@ -578,6 +629,12 @@ def write_evaluation(result: Mapping[str, Any], path: str | os.PathLike) -> Dict
         auc = result[level]["metrics"]["auc"]
         curves[name] = plots.RocCurve(fpr, tpr, auc["value"], auc["ci_low"], auc["ci_high"],
                                       n_items=len(labels))
+    if "slide_context" in result:
+        labels = [i["label"] for i in images]
+        fpr, tpr, _ = roc_curve(labels, [i["context_probability"] for i in images])
+        auc = result["slide_context"]["image_level"]["metrics"]["auc"]
+        curves["images, slide context"] = plots.RocCurve(fpr, tpr, auc["value"], auc["ci_low"], auc["ci_high"],
+                                                         n_items=len(labels))
     model = result["model"]
     title = f"{model['model_name']} v{model['model_version']} on {result['data']['dataset']}"
     plots.plot_roc(curves, targets["roc"], title=title)
@@ -605,9 +662,13 @@ def _atomic_write_text(path: pathlib.Path, text: str) -> None:
 def summary_lines(result: Mapping[str, Any]) -> List[str]:
     """A human-readable table of the metrics with their intervals."""
     lines = []
-    for level in ("image_level", "patient_level"):
-        block = result[level]
-        lines.append(f"{level.replace('_', ' ')}: {block['n_items']} "
+    levels = [(level.replace("_", " "), result[level]) for level in ("image_level", "patient_level")]
+    if "slide_context" in result:
+        context = result["slide_context"]
+        levels.append((f"image level with slide context (sigma {context['sigma']:g} patches, "
+                       f"threshold {context['decision_threshold']:.3f})", context["image_level"]))
+    for title, block in levels:
+        lines.append(f"{title}: {block['n_items']} "
                      f"({block['label_counts']['benign']} benign, {block['label_counts']['malignant']} malignant)")
         for name in METRIC_NAMES:
             metric = block["metrics"][name]

@@ -41,6 +41,7 @@ TRAINER_MODULES = {
         "histopath.components.export",
         "histopath.components.model_config",
         "histopath.components.operating_point",
+        "histopath.components.slide_context",
     )
     for kind in ("densenet", "mil")
 }
