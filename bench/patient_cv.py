@@ -22,7 +22,9 @@ left out, for every group in turn. The test split is never read.
 
 Recipes and budgets come from `bench/configs/patient_cv.json` (a recipe may set its own
 `epochs`, and `"stain_normalization": true` trains and scores on stain-normalised images,
-`image_ops.normalize_stain`, as the pipeline's Transform makes them with the same option).
+`image_ops.normalize_stain`, as the pipeline's Transform makes them with the same option;
+`"slide_context_sigmas": [...]` also scores the held-out patch probabilities averaged over
+each slide, `slide_context.smooth_slide_scores`, at each Gaussian width).
 Nothing is chosen on the held-out group (no early stopping, no epoch selection), so its
 scores are unbiased estimates for patients the recipe has not seen.
 
@@ -75,33 +77,42 @@ def patient_folds(patients: Sequence[str], folds: int) -> List[List[str]]:
 
 
 def load_patches(records_dir: str, image_size: int = 50) -> Dict[str, np.ndarray]:
-    """Decodes the train and eval splits of an ingested records folder (uint8 images)."""
-    from bench.baseline_cnn import load_split
+    """Decodes the train and eval splits of an ingested records folder (uint8 images), with
+    each patch's slide position (`x`, `y`)."""
+    from bench.baseline_cnn import load_positions, load_split
 
-    images, labels, patients = [], [], []
+    images, labels, patients, xs, ys = [], [], [], [], []
     for split in CV_SPLITS:
         split_images, split_labels, split_patients = load_split(records_dir, split, image_size)
         images.append(np.round(split_images * 255.0).astype(np.uint8))
         labels.append(split_labels)
         patients += split_patients
-    return {"images": np.concatenate(images), "labels": np.concatenate(labels), "patients": np.array(patients)}
+        split_xs, split_ys = load_positions(records_dir, split)
+        xs.append(split_xs)
+        ys.append(split_ys)
+    return {"images": np.concatenate(images), "labels": np.concatenate(labels), "patients": np.array(patients),
+            "x": np.concatenate(xs), "y": np.concatenate(ys)}
 
 
 def load_bags(bag_records_dir: str) -> Dict[str, np.ndarray]:
-    """Decodes the train and eval region bags of `ingest --bag-size K` (uint8 mosaics)."""
+    """Decodes the train and eval region bags of `ingest --bag-size K` (uint8 mosaics), with
+    each region's slide position (`x`, `y`: its origin)."""
     import tensorflow as tf
 
     from bench.mil_localisation import _iter_record_batches
 
-    columns: Dict[str, list] = {"images": [], "labels": [], "patch_labels": [], "patients": []}
+    columns: Dict[str, list] = {"images": [], "labels": [], "patch_labels": [], "patients": [], "x": [], "y": []}
     for split in CV_SPLITS:
         for batch in _iter_record_batches(bag_records_dir, split, 128):
             columns["images"] += [tf.io.decode_png(item, channels=3).numpy() for item in batch["image"]]
             columns["labels"].append(batch["label"])
             columns["patch_labels"].append(batch["patch_labels"])
             columns["patients"] += list(batch["patient_id"])
+            columns["x"].append(batch["origin_x"])
+            columns["y"].append(batch["origin_y"])
     return {"images": np.stack(columns["images"]), "labels": np.concatenate(columns["labels"]),
-            "patch_labels": np.concatenate(columns["patch_labels"]), "patients": np.array(columns["patients"])}
+            "patch_labels": np.concatenate(columns["patch_labels"]), "patients": np.array(columns["patients"]),
+            "x": np.concatenate(columns["x"]), "y": np.concatenate(columns["y"])}
 
 
 def stain_normalized(images: np.ndarray, batch: int = 512) -> np.ndarray:
@@ -179,6 +190,16 @@ def _within_bag_auc(scores: np.ndarray, patch_labels: np.ndarray, bag_labels: np
     return localisation_scores(bags, bootstrap=0)["within_bag"]["value"]
 
 
+def _slide_context_aucs(labels, scores, patients, xs, ys, sigmas: Sequence[float]) -> Dict[str, Optional[float]]:
+    """Held-out AUC of the scores averaged over each slide (`slide_context`), per width."""
+    from histopath.components import slide_context
+    from histopath.pipeline.evaluation import roc_auc
+
+    return {f"{float(sigma):g}": roc_auc(labels, slide_context.smooth_slide_scores(scores, patients, xs, ys,
+                                                                                    float(sigma)))
+            for sigma in sigmas}
+
+
 def _bag_tiles(mosaics: np.ndarray, tile: int) -> np.ndarray:
     """(n, K*t, K*t, 3) mosaics -> (n * K*K, t, t, 3) tiles, row-major per bag."""
     n, side = mosaics.shape[0], mosaics.shape[1]
@@ -212,6 +233,9 @@ def patch_fold(data: Mapping[str, np.ndarray], held_out: Sequence[str], recipe: 
               "auc": roc_auc(labels, scores),
               "per_patient_auc": {p: roc_auc(labels[patients == p], scores[patients == p])
                                   for p in sorted(set(patients), key=lambda p: (len(p), p))}}
+    if recipe.get("slide_context_sigmas"):
+        result["slide_context"] = _slide_context_aucs(labels, scores, patients, data["x"][held], data["y"][held],
+                                                      recipe["slide_context_sigmas"])
     if bags is not None:
         positive = np.isin(bags["patients"], list(held_out)) & (bags["labels"] == 1)
         size = data["images"].shape[1]
@@ -251,9 +275,13 @@ def mil_fold(bags: Mapping[str, np.ndarray], held_out: Sequence[str], recipe: Ma
     scores = localisation_scores({"attention": np.asarray(outputs[mil.ATTENTION], np.float64),
                                   "patch_labels": bags["patch_labels"][held], "label": labels,
                                   "probability": probability, "patient_id": patients}, bootstrap=0)
-    return {"held_out": list(held_out), "train_seconds": round(seconds, 1), "n_held_out": int(held.sum()),
-            "auc": roc_auc(labels, probability), "within_bag": scores["within_bag"]["value"],
-            "pooled": scores["pooled"]["value"]}
+    result = {"held_out": list(held_out), "train_seconds": round(seconds, 1), "n_held_out": int(held.sum()),
+              "auc": roc_auc(labels, probability), "within_bag": scores["within_bag"]["value"],
+              "pooled": scores["pooled"]["value"]}
+    if recipe.get("slide_context_sigmas"):  # regions averaged over their neighbouring regions
+        result["slide_context"] = _slide_context_aucs(labels, probability, patients, bags["x"][held],
+                                                      bags["y"][held], recipe["slide_context_sigmas"])
+    return result
 
 
 def _scores_line(run_result: Mapping[str, Any], keys: Sequence[str]) -> str:
@@ -272,7 +300,7 @@ def _summarise(folds: List[Dict[str, Any]], keys: Sequence[str]) -> Dict[str, An
 # The library code a fold's result depends on (hashed into the cache key).
 FOLD_MODULES = ("histopath.components.image_ops", "histopath.components.augment", "histopath.components.mil",
                 "histopath.components.model_config", "histopath.components.training", "bench.baseline_cnn",
-                "bench.mil_localisation")
+                "bench.mil_localisation", "histopath.components.slide_context")
 
 
 def code_fingerprint() -> str:
@@ -280,7 +308,8 @@ def code_fingerprint() -> str:
     from histopath.pipeline.fingerprint import source_fingerprint
 
     local = "".join(inspect.getsource(function) for function in (
-        stain_normalized, _training_dataset, _fit, _within_bag_auc, _bag_tiles, patch_fold, mil_fold))
+        stain_normalized, _training_dataset, _fit, _within_bag_auc, _slide_context_aucs, _bag_tiles, patch_fold,
+        mil_fold))
     return hashlib.sha256((source_fingerprint(FOLD_MODULES) + local).encode()).hexdigest()[:16]
 
 

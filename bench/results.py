@@ -231,11 +231,17 @@ def mil_regions_step(model_dir: str, bag_records: str):
         from histopath.pipeline import evaluation
 
         bags = mil_localisation.predict_bags(model_dir, bag_records, "test")
-        threshold = float(json.loads(
-            (pathlib.Path(model_dir) / "assets.extra" / "model_info.json").read_text())["decision_threshold"])
+        info = json.loads((pathlib.Path(model_dir) / "assets.extra" / "model_info.json").read_text())
+        threshold = float(info["decision_threshold"])
+        patients = [str(p) for p in bags["patient_id"]]
         scored = evaluation.score_predictions(
-            bags["label"], bags["probability"], bags["predicted_label"], [str(p) for p in bags["patient_id"]],
+            bags["label"], bags["probability"], bags["predicted_label"], patients,
             threshold=threshold, bootstrap=1000, seed=0)
+        context = evaluation.slide_context_evaluation(  # regions averaged over their neighbouring regions
+            info.get("slide_context"), bags["label"], bags["probability"], patients, bags["origin_x"],
+            bags["origin_y"], bootstrap=1000, seed=0)
+        if context is not None:
+            scored["slide_context"] = context.report
         localisation = mil_localisation.localisation_scores(bags, bootstrap=1000, seed=0)
         heatmaps = mil_localisation.slide_heatmaps(bags, bag_records, "test", folder / "heatmaps")
         result = {"decision_threshold": threshold, "unit": f"region of {IDC_BAG_SIZE}x{IDC_BAG_SIZE} patches",
@@ -356,6 +362,12 @@ def run_idc(ctx: Context) -> Dict[str, Any]:
         out["evaluations"]["baseline_raw"] = run_step(
             ctx, "idc-baseline-raw", baseline_step(records["records"], 6, 50, 10.0, "idc_densenet.json", False),
             ["idc-records"])
+    for kind, run in (("densenet", densenet), ("mil", mil)):
+        context = out["evaluations"][kind].get("slide_context")
+        if context:  # the same test predictions, averaged over each slide at the model's own threshold
+            info = json.loads((pathlib.Path(run["models"][kind]) / "assets.extra" / "model_info.json")
+                              .read_text())["slide_context"]
+            out["evaluations"][f"{kind}_context"] = {**context, "eval": info}
     sigma = float(json.loads((CONFIGS / "idc_densenet.json").read_text()).get("slide_context_sigma", 0.0))
     if sigma:
         # The baselines with the same slide context as the pipeline's DenseNet.
@@ -622,12 +634,19 @@ def baseline_comparison(idc: Dict[str, Any]) -> Optional[str]:
     if "baseline_raw" in ev:
         baselines.append(("the same CNN without stain normalisation (the issue's plain baseline)",
                           metric(ev["baseline_raw"], "image_level", "auc")))
-    models = [("DenseNet201", metric(ev["densenet"], "image_level", "auc")),
-              ("attention MIL (regions)", metric(ev["mil"], "image_level", "auc"))]
+    context_baselines = [(f"the {'unnormalised ' if key == 'baseline_raw_context' else ''}plain CNN with the "
+                          "same slide context", metric(ev[key], "image_level", "auc"))
+                         for key in ("baseline_context", "baseline_raw_context") if key in ev]
+    models = [("DenseNet201", metric(ev["densenet"], "image_level", "auc"), baselines),
+              ("attention MIL (regions)", metric(ev["mil"], "image_level", "auc"), baselines)]
+    for key, label in (("densenet_context", "DenseNet201 with slide context"),
+                       ("mil_context", "attention MIL (regions) with slide context")):
+        if key in ev:
+            models.append((label, metric(ev[key], "image_level", "auc"), context_baselines or baselines))
     verdicts, all_clear, any_behind = [], True, False
-    for label, auc in models:
+    for label, auc, bars in models:
         parts = []
-        for name, base in baselines:
+        for name, base in bars:
             if auc["value"] is None or base["value"] is None:
                 continue
             if auc["ci_low"] is not None and base["ci_high"] is not None and auc["ci_low"] > base["ci_high"]:
@@ -636,7 +655,7 @@ def baseline_comparison(idc: Dict[str, Any]) -> Optional[str]:
                 word = "above, intervals overlapping"
             else:
                 word = "not above"
-            parts.append(f"{word} {base['value']:.3f}")
+            parts.append(f"{word} {base['value']:.3f}" + (" (with slide context)" if bars is not baselines else ""))
             all_clear = all_clear and word == "clearly above"
             any_behind = any_behind or word == "not above"
         verdicts.append(f"{label} {fmt(auc)}: " + "; ".join(parts))
@@ -645,13 +664,160 @@ def baseline_comparison(idc: Dict[str, Any]) -> Optional[str]:
     train_patients = len(idc["records"]["splits"]["train"]["patients"])
     test_patients = len(idc["records"]["splits"]["test"]["patients"])
     text = ("**IDC, against the plain baseline:** the pipeline's models should clearly beat "
-            + " and ".join(f"{name}, AUC {fmt(base)}" for name, base in baselines) + ". "
+            + " and ".join(f"{name}, AUC {fmt(base)}" for name, base in baselines + context_baselines) + ". "
             + ". ".join(verdicts) + f". Not clearly, then: with {test_patients} test patients the intervals are "
             "wide.")
     if any_behind:
         text += (f" A small network suits 50-pixel patches from {train_patients} training patients, while "
                  "DenseNet201 starts from random weights here (no ImageNet weights can be downloaded).")
     return text
+
+
+def context_models(ev: Dict[str, Any]) -> List[tuple]:
+    """(evaluation key, label, eval-split AUC) of the IDC patch models scored with slide context."""
+    rows = []
+    for key, label in (("baseline_context", "plain 6-conv CNN, slide context"),
+                       ("baseline_raw_context", "plain 6-conv CNN, no stain normalisation, slide context"),
+                       ("densenet_context", "DenseNet201 from scratch, slide context"),
+                       ("mil_context", "attention MIL (regions), slide context")):
+        if key in ev:
+            rows.append((key, label, ev[key].get("eval", ev[key].get("slide_context", {})).get("eval_auc")))
+    return rows
+
+
+def slide_context_sweep(cv: Dict[str, Any], experiment: str = "patch") -> List[tuple]:
+    """(sigma, mean held-out AUC, per-fold AUCs) of an experiment's slide-context recipe(s)."""
+    rows = []
+    for entry in cv.get(experiment, {}).get("recipes", {}).values():
+        runs = [run for run in entry.get("runs", []) if "slide_context" in run]
+        if not runs:
+            continue
+        for sigma in runs[0]["slide_context"]:
+            folds = [run["slide_context"].get(sigma) for run in runs]
+            known = [v for v in folds if v is not None]
+            rows.append((sigma, sum(known) / len(known) if known else None, folds))
+    return [row for row in rows if row[1] is not None]
+
+
+def slide_context_maps(images: List[Dict[str, Any]], figures: pathlib.Path, prefix: str) -> List[str]:
+    """Per test patient: patch probabilities alone, with slide context, and the IDC-positive patches.
+
+    Args:
+      images: an evaluation's per-image rows (`path`, `patient_id`, `label`, `probability`,
+        `context_probability`), IDC file names.
+      figures: the folder next to results.md.
+      prefix: file name prefix of the PNGs.
+
+    Returns:
+      The figures' paths relative to results.md, one per patient.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    from histopath.data import layouts
+    from histopath.data.bags import IDC_PATCH_SIZE
+    from histopath.pipeline.evaluation import roc_auc
+
+    figures.mkdir(parents=True, exist_ok=True)
+    by_patient: Dict[str, List[tuple]] = {}
+    for row in images:
+        position = layouts.idc_patch_position(row["path"])
+        if position is not None and "context_probability" in row:
+            by_patient.setdefault(row["patient_id"], []).append(
+                (position[1], position[2], row["probability"], row["context_probability"], row["label"]))
+    written = []
+    for index, (patient, rows) in enumerate(sorted(by_patient.items())):
+        xs, ys, alone, context, labels = (np.array(column) for column in zip(*rows))
+        columns, rows_ = (xs - xs.min()) // IDC_PATCH_SIZE, (ys - ys.min()) // IDC_PATCH_SIZE
+        panels = []
+        for values in (alone, context, labels.astype(float)):
+            grid = np.full((rows_.max() + 1, columns.max() + 1), np.nan)
+            grid[rows_, columns] = values
+            panels.append(grid)
+        figure, axes = plt.subplots(1, 3, figsize=(13, 4.6))
+        titles = (f"patch alone (AUC {roc_auc(labels, alone):.3f})",
+                  f"slide context (AUC {roc_auc(labels, context):.3f})", "IDC-positive patches (truth)")
+        for axis, grid, title in zip(axes, panels, titles):
+            shown = axis.imshow(grid, cmap="magma", vmin=0.0, vmax=1.0, interpolation="nearest")
+            axis.set_title(title, fontsize=10)
+            axis.set_axis_off()
+        figure.colorbar(shown, ax=axes, fraction=0.02, label="P(IDC)")
+        figure.suptitle(f"IDC test patient {patient}: DenseNet201, {len(rows)} patches")
+        name = f"{prefix}-{index}.png"
+        figure.savefig(figures / name, dpi=80)
+        plt.close(figure)
+        written.append(f"results/{name}")
+    return written
+
+
+def slide_context_lines(idc: Dict[str, Any], maps: Sequence[str] = ()) -> List[str]:
+    """How slide context works, how its width was chosen, and what it does on eval and test."""
+    ev = idc["evaluations"]
+    models = context_models(ev)
+    if not models:
+        return []
+    sigma = ev[models[0][0]].get("eval", ev[models[0][0]].get("slide_context", {})).get("sigma")
+    lines = ["### Slide context", "",
+             "An IDC patch is 50 pixels of a whole slide; tumour comes in regions many patches wide. With slide "
+             "context, each patch's probability (from the model seeing that patch alone, exactly as served) is "
+             f"replaced by the Gaussian-weighted mean of the probabilities of the patches around it on the same "
+             f"patient's slide (sigma {sigma} patch widths; itself included; patches absent from the data take no "
+             "part; for the MIL, regions and region widths), using the positions in the IDC file names and no "
+             "label. The Trainer chooses a separate "
+             "decision threshold for these scores on the eval split (`slide_context_sigma` in the pipeline config; "
+             "stored in the model's `model_info.json`), `histopath evaluate` reports both, and the baselines are "
+             "scored the same way (their threshold also from their eval split).", ""]
+    cv = idc.get("recipe_cv", {})
+    for experiment, what, unit, config_name in (("patch", "plain CNN, stain normalised", "patch", "idc_densenet.json"),
+                                                ("mil", "attention MIL, stain normalised, instance loss", "region",
+                                                 "idc_mil.json")):
+        sweep = slide_context_sweep(cv, experiment)
+        if not sweep:
+            continue
+        raw = _best_recipe({"recipes": {name: entry for name, entry in cv[experiment]["recipes"].items()
+                                        if "slide_context_sigmas" in entry["recipe"]}}, "auc")
+        lines += [f"{'The width was' if experiment == 'patch' else 'For the MIL, widths in regions were'} chosen by "
+                  f"the patient-level cross-validation of the recipe table below ({what}; non-test patients only): "
+                  f"held-out {unit} AUC by width", "", f"| sigma ({unit}s) | held-out AUC, mean (folds) |", "|---|---|"]
+        if raw:
+            lines.append(f"| none | {raw[1]:.3f} (" + " / ".join(f"{v:.3f}" for v in raw[2]) + ") |")
+        best = max(sweep, key=lambda row: row[1])
+        for width, mean, folds in sweep:
+            text = f"{mean:.3f} (" + " / ".join("n/a" if v is None else f"{v:.3f}" for v in folds) + ")"
+            lines.append(f"| {width} | {'**' + text + '**' if width == best[0] else text} |")
+        used = float(json.loads((CONFIGS / config_name).read_text()).get("slide_context_sigma", 0.0)) \
+            if (CONFIGS / config_name).exists() else 0.0
+        if experiment == "patch":
+            used = sigma if sigma is not None else used
+        if used:
+            chosen = "the best" if float(best[0]) == float(used) else f"not the best ({best[0]})"
+            lines += ["", f"The pipeline ({config_name}) uses sigma {used:g}: {chosen} of these.", ""]
+        else:
+            lines += ["", f"The pipeline ({config_name}) does not use slide context.", ""]
+    lines += ["| model | sigma | eval AUC, alone | eval AUC, slide context | threshold | test AUC, alone | "
+              "test AUC, slide context |", "|---|---|---|---|---|---|---|"]
+    plain = {"baseline_context": "baseline", "baseline_raw_context": "baseline_raw", "densenet_context": "densenet",
+             "mil_context": "mil"}
+    for key, label, eval_auc in models:
+        block = ev[key]
+        setting = block.get("eval") or block.get("slide_context", {})
+        without = setting.get("eval_auc_without")
+        if without is None and plain[key] in ev and "baseline" in ev[plain[key]]:
+            without = ev[plain[key]]["baseline"].get("eval_auc")
+        width = f"{setting['sigma']:g} {'regions' if key == 'mil_context' else 'patches'}" if "sigma" in setting else "-"
+        lines.append(f"| {label.replace(', slide context', '')} | {width} | {'-' if without is None else f'{without:.3f}'} | "
+                     f"{'-' if eval_auc is None else f'{eval_auc:.3f}'} | {block['decision_threshold']:.3f} | "
+                     f"{fmt(metric(ev[plain[key]], 'image_level', 'auc'))} | "
+                     f"{fmt(metric(block, 'image_level', 'auc'))} |")
+    lines += ["", "Slide context needs the slide: it applies when a slide's patches are predicted together "
+              "(`histopath evaluate` on an IDC folder, `histopath predict --slide-context`), not to one uploaded "
+              "image, which the web app and TF Serving still score alone.", ""]
+    lines += [f"![DenseNet201 patch probabilities alone, with slide context, and the truth, test patient]({path})"
+              for path in maps]
+    return lines + ([""] if maps else [])
 
 
 def recipe_settings(recipe: Dict[str, Any]) -> str:
@@ -664,6 +830,9 @@ def recipe_settings(recipe: Dict[str, Any]) -> str:
         parts.append(f"{recipe['epochs']} epochs")
     if recipe.get("stain_normalization"):
         parts.insert(0, "stain normalisation")
+    if recipe.get("slide_context_sigmas"):
+        parts.append("also scored with slide context (widths " + ", ".join(f"{v:g}" for v in recipe["slide_context_sigmas"])
+                     + "; see Slide context)")
     return ", ".join(parts) or "defaults"
 
 
@@ -744,8 +913,10 @@ def shortfall_lines(results: Dict[str, Any]) -> List[str]:
     bullets = []
     if idc:
         ev, cv = idc["evaluations"], idc.get("recipe_cv", {})
-        idc_misses = {key: _unmet(ev[key], TARGETS["idc"]) for key in ("densenet", "mil")}
-        for label, key in (("DenseNet201", "densenet"), ("attention MIL (regions)", "mil")):
+        judged = [("DenseNet201", "densenet"), ("attention MIL (regions)", "mil")]
+        judged += [(label, key) for key, label, _ in context_models(ev) if key in ("densenet_context", "mil_context")]
+        idc_misses = {key: _unmet(ev[key], TARGETS["idc"]) for _, key in judged}
+        for label, key in judged:
             misses = idc_misses[key]
             if not misses:
                 continue
@@ -754,10 +925,11 @@ def shortfall_lines(results: Dict[str, Any]) -> List[str]:
                            if r.get("image_auc") is not None]
             if per_patient:
                 reached = sum(auc >= TARGETS["idc"]["image_level.auc"] for _, auc in per_patient)
-                text += (" Per test patient, the AUC of its own " + ("patches" if key == "densenet" else "regions")
+                text += (" Per test patient, the AUC of its own " + ("regions" if key.startswith("mil") else "patches")
                          + ": " + ", ".join(f"{p} {auc:.3f}" for p, auc in per_patient)
                          + f" ({reached} of {len(per_patient)} at or above the target).")
-            eval_auc = best_eval_auc(idc["runs"][key], key)
+            eval_auc = (ev[key]["eval"].get("eval_auc") if key.endswith("_context")
+                        else best_eval_auc(idc["runs"][key], key))
             if eval_auc is not None:
                 text += f" Its best eval-split AUC during training was {eval_auc:.3f} (2 eval patients)."
             bullets.append(text)
@@ -777,12 +949,19 @@ def shortfall_lines(results: Dict[str, Any]) -> List[str]:
                 evidence.append(
                     f"the {len(mil_means)} MIL recipes tried on regions (recipe table below) reach mean held-out "
                     f"AUCs from {min(mil_means):.3f} to {best_mil[1]:.3f} ({best_mil[0].replace('_', ' ')})")
+            sweep = slide_context_sweep(cv)
+            if sweep:
+                best_sigma, best_mean, best_folds = max(sweep, key=lambda row: row[1])
+                evidence.append(
+                    f"with slide context the same cross-validation reaches {best_mean:.3f} (sigma {best_sigma} "
+                    "patches; folds " + " / ".join("n/a" if v is None else f"{v:.3f}" for v in best_folds) + ")")
             if evidence:
                 n_test = len(idc["records"]["splits"]["test"]["patients"])
                 text = ("**Why (IDC classification):** nothing was tuned on the test patients, and "
                         + "; ".join(evidence) + f". The test figure rests on {n_test} patients (see the per-patient "
                         "table).")
-                if max([best[1] if best else 0.0] + mil_means) < TARGETS["idc"]["image_level.auc"]:
+                if max([best[1] if best else 0.0] + mil_means + [row[1] for row in sweep]) \
+                        < TARGETS["idc"]["image_level.auc"]:
                     text += " No recipe measured here reaches the target AUC on patients it has not seen."
                 bullets.append(text)
         comparison = baseline_comparison(idc)
@@ -852,6 +1031,7 @@ def summary_lines(results: Dict[str, Any]) -> List[str]:
                          ev["baseline_raw"]["baseline"].get("eval_auc"), ev["baseline_raw"]))
         rows += [("IDC", "DenseNet201 from scratch", best_eval_auc(runs["densenet"], "densenet"), ev["densenet"]),
                  ("IDC", "attention MIL (regions)", best_eval_auc(runs["mil"], "mil"), ev["mil"])]
+        rows += [("IDC", label, eval_auc, ev[key]) for key, label, eval_auc in context_models(ev)]
     if breakhis:
         ev, runs = breakhis["evaluations"], breakhis["runs"]
         rows += [("BreakHis", "plain 8-conv CNN", ev["baseline"]["baseline"].get("eval_auc"), ev["baseline"]),
@@ -910,12 +1090,18 @@ def write_report(ctx: Context, results: Dict[str, Any], docs: pathlib.Path, star
             rows.append(("plain 6-conv CNN, 10 min, no stain normalisation", "patch", ev["baseline_raw"]))
         rows += [("DenseNet201 from scratch", "patch", ev["densenet"]),
                  ("attention MIL", f"region ({IDC_BAG_SIZE}x{IDC_BAG_SIZE} patches)", ev["mil"])]
+        rows += [(label, f"region ({IDC_BAG_SIZE}x{IDC_BAG_SIZE} patches)" if key == "mil_context" else "patch", ev[key])
+                 for key, label, _ in context_models(ev)]
         lines += ["### Image (patch / region) level", ""] + table(rows, "image_level") + [""]
         lines += ["### Patient level", ""] + table(rows, "patient_level") + [""]
         lines += ["### Each test patient (AUC / accuracy of its own patches or regions)", ""]
         lines += per_patient_lines(rows) + [""]
         lines += ["Targets (patch level): " + "; ".join(
             f"{label}: {target_check(block, TARGETS['idc'])}" for label, unit, block in rows if unit == "patch"), ""]
+        evaluation_json = ctx.step_dir("idc-densenet-eval") / "evaluation.json"
+        maps = (slide_context_maps(json.loads(evaluation_json.read_text())["images"], figures, "idc-densenet-context")
+                if "densenet_context" in ev and evaluation_json.exists() else [])
+        lines += slide_context_lines(idc, maps)
         if "recipe_cv" in idc:
             lines += recipe_cv_lines(idc["recipe_cv"])
         loc = ev["mil"]["localisation"]

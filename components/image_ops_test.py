@@ -87,3 +87,19 @@ def test_transform_applies_stain_normalisation_only_when_configured(tissue, norm
     expected = (image_ops.normalize_stain(resized) if normalize else resized).numpy()
     np.testing.assert_allclose(images, expected, atol=0.5 / 255 + 1e-6)
     assert normalize == (np.abs(images - resized.numpy()).max() > 0.05)
+
+
+def test_transform_passes_slide_positions_on_only_when_the_records_have_them(tissue):
+    encoded = tf.stack([tf.io.encode_png(tf.cast(np.round(image * 255), tf.uint8)) for image in tissue])
+    n = int(encoded.shape[0])
+    positions = {"patient_id": tf.constant([[b"8863"]] * n), "patch_x": tf.constant([[1 + 50 * i] for i in range(n)],
+                                                                                     tf.int64),
+                 "patch_y": tf.constant([[51]] * n, tf.int64)}
+    config = {"image_size": 40, "stain_normalization": 0}
+    outputs = preprocessing.preprocessing_fn({"image": encoded, **positions}, config)
+    assert outputs["patient_id"].numpy().tolist() == [b"8863"] * n
+    assert outputs["patch_x"].numpy().tolist() == [1 + 50 * i for i in range(n)]
+    assert outputs["patch_y"].shape == (n,)
+    # BreakHis records have a patient but no slide position: nothing is passed on.
+    breakhis = preprocessing.preprocessing_fn({"image": encoded, "patient_id": positions["patient_id"]}, config)
+    assert set(breakhis) == {preprocessing.TRANSFORMED_IMAGE}

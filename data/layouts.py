@@ -57,6 +57,13 @@ _IDC_FILE = re.compile(
 )
 
 
+def idc_patch_position(path: str) -> tuple[str, int, int] | None:
+    """`(patient, x, y)` from an IDC patch file name (`<patient>_idx5_x<X>_y<Y>_class<C>.png`),
+    whatever folder it is in; None for any other name."""
+    match = _IDC_FILE.match(os.path.basename(path))
+    return (match["patient"], int(match["x"]), int(match["y"])) if match else None
+
+
 class LayoutNameError(ValueError):
     """A file name or its folders do not follow the data set's layout (message = reason)."""
 

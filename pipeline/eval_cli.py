@@ -65,12 +65,17 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 def _predict(args: argparse.Namespace) -> int:
     import histopath  # noqa: F401
-    from histopath.pipeline.predict import predict_paths
+    from histopath.pipeline.predict import add_slide_context, predict_paths, read_model_info
 
     logging.basicConfig(level=logging.WARNING, format="histopath predict: %(message)s", stream=sys.stderr)
+    rows = predict_paths(args.model, args.inputs, heatmap_dir=args.heatmap_dir, batch_size=args.batch_size)
+    if args.slide_context:  # every patch first: each answer depends on its neighbours'
+        info = read_model_info(args.model)
+        add_slide_context([], info)  # fails now, before predicting, if the model has no setting
+        rows = add_slide_context(list(rows), info)
     failures = 0
-    for row in predict_paths(args.model, args.inputs, heatmap_dir=args.heatmap_dir, batch_size=args.batch_size):
-        failures += int("error" in row or "heatmap_error" in row)
+    for row in rows:
+        failures += int("error" in row or "heatmap_error" in row or "context_error" in row)
         print(json.dumps(row), flush=True)
     if failures:
         print(f"histopath predict: {failures} file(s) failed (see the \"error\" lines)", file=sys.stderr)
@@ -95,7 +100,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "plots FILE.roc.png and FILE.calibration.png next to the JSON (FILE without .json).",
             f"Rules: {PATIENT_SCORE_RULE}; {PATIENT_LABEL_RULE}.",
             "Evaluate on held-out patients with --split-manifest OUTPUT/manifest.json --split test "
-            "(the manifest written by `histopath ingest`)."
+            "(the manifest written by `histopath ingest`).",
+            "IDC models trained with slide_context_sigma are also scored with slide context (each "
+            "patch's probability averaged over its neighbours on the patient's slide, at the model's "
+            "slide-context threshold): the report's slide_context block, context_probability per image, "
+            "and a third ROC curve."
         ),
     )
     evaluate.add_argument("--model", required=True, help=MODEL_HELP)
@@ -120,11 +129,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "files. A missing or corrupt file prints a line with an \"error\" naming it; the other "
             "images are still predicted and the exit code is 1 at the end. With --heatmap-dir, MIL "
             "models also write the attention heat-map over each image as <name>.heatmap.png and, "
-            "with an instance classifier, each tile's probability as <name>.tiles.png."
+            "with an instance classifier, each tile's probability as <name>.tiles.png. With "
+            "--slide-context (IDC patches of models trained with slide_context_sigma), every line also "
+            "gets context_probability, context_label and context_label_name: the patch answered from "
+            "its slide neighbourhood, the patches of one patient (read from the file names) forming a slide."
         ),
     )
     predict.add_argument("--model", required=True, help=MODEL_HELP)
     predict.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR", help="image files and/or folders")
     predict.add_argument("--heatmap-dir", help="write MIL attention heat-maps (PNG) here")
     predict.add_argument("--batch-size", type=positive_int, default=16, help="images per model call (default 16)")
+    predict.add_argument("--slide-context", action="store_true",
+                         help="IDC patches: also answer each patch from its slide neighbourhood (patients and "
+                              "positions from the IDC file names; needs a model trained with slide_context_sigma)")
     predict.set_defaults(handler=_predict)

@@ -17,7 +17,7 @@ import pathlib
 import tempfile
 from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence
 
-from histopath.errors import DataError
+from histopath.errors import ConfigError, DataError
 
 logger = logging.getLogger(__name__)
 
@@ -313,3 +313,65 @@ def predict_paths(
         if len(pending) >= batch_size:
             yield from flush()
     yield from flush()
+
+
+def add_slide_context(rows: Sequence[Dict[str, Any]], model_info: Dict[str, Any]) -> List[Dict[str, Any]]:
+    """`predict_paths` rows of IDC patches, plus each patch's slide-context answer.
+
+    The patches of one patient (from the IDC file names, in any folder) are one slide; each
+    successful row gains `context_probability` (`slide_context.smooth_slide_scores` with the
+    model's sigma), `context_label` and `context_label_name` (at the model's slide-context
+    threshold). A row whose name is not an IDC patch name gets `context_error` instead.
+
+    Raises:
+      ConfigError: the model was trained without a slide-context setting.
+    """
+    from histopath.components import slide_context
+    from histopath.data import layouts
+    from histopath.data.features import LABEL_NAMES
+
+    setting = model_info.get("slide_context")
+    if not setting:
+        raise ConfigError(f"model {model_info.get('model_name', '?')} has no slide-context threshold: train it with "
+                          "\"slide_context_sigma\" > 0 in the pipeline config (IDC only)")
+    rows = [dict(row) for row in rows]
+    placed = []
+    for index, row in enumerate(rows):
+        if "error" in row:
+            continue
+        position = layouts.idc_patch_position(row["file"])
+        if position is None:
+            row["context_error"] = (f"{row['file']}: not an IDC patch name "
+                                    "(<patient>_idx5_x<X>_y<Y>_class<C>.png), so its slide position is unknown")
+            continue
+        placed.append((index, *position))
+    if placed:
+        indices, patients, xs, ys = zip(*placed)
+        try:
+            smoothed = slide_context.smooth_slide_scores(
+                [rows[i]["probability"] for i in indices], patients, xs, ys, float(setting["sigma"]),
+                setting.get("grid_step"))
+        except DataError as error:  # e.g. the same patch given twice
+            for i in indices:
+                rows[i]["context_error"] = str(error)
+            return rows
+        threshold = float(setting["decision_threshold"])
+        for i, value in zip(indices, smoothed):
+            label = int(value >= threshold)
+            rows[i].update(context_probability=float(value), context_label=label,
+                           context_label_name=LABEL_NAMES[label])
+    return rows
+
+
+def read_model_info(model_dir: str | os.PathLike) -> Dict[str, Any]:
+    """`assets.extra/model_info.json` of a pushed model (`resolve_model_dir` rules), without
+    loading the model."""
+    import json
+
+    from histopath.components.export import MODEL_INFO_PATH
+
+    path = resolve_model_dir(model_dir) / MODEL_INFO_PATH
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as error:
+        raise DataError(f"{path}: cannot read the model description ({error})") from None

@@ -125,6 +125,40 @@ def test_load_split_decodes_the_records(records):
     assert sorted(set(patients)) == manifest["splits"]["test"]["patient_ids"]
 
 
+def test_load_positions_follow_the_record_order(records):
+    import tensorflow as tf
+
+    from histopath.data import layouts
+    from histopath.data.ingest import load_manifest, split_shard_paths
+
+    xs, ys = baseline_cnn.load_positions(records, "test")
+    shards = split_shard_paths(load_manifest(str(records)), str(records), "test")
+    paths = [tf.train.Example.FromString(raw).features.feature["source_path"].bytes_list.value[0].decode()
+             for raw in tf.data.TFRecordDataset(shards, compression_type="GZIP").as_numpy_iterator()]
+    assert [(x, y) for x, y in zip(xs.tolist(), ys.tolist())] == \
+        [layouts.idc_patch_position(path)[1:] for path in paths]
+
+
+def test_slide_context_scores_the_saved_model_with_an_eval_threshold(trained, records):
+    from histopath.components import slide_context
+    from histopath.pipeline.evaluation import roc_auc
+
+    _, _, output = trained
+    result = baseline_cnn.slide_context_predictions(output, records, TINY, 1.5)
+    model = keras.models.load_model(output / baseline_cnn.MODEL_NAME, compile=False)
+    smoothed = {}
+    for split in ("eval", "test"):
+        images, labels, patients = load_split(records, split, TINY.image_size)
+        xs, ys = baseline_cnn.load_positions(records, split)
+        scores = model.predict(images, verbose=0).reshape(-1)
+        smoothed[split] = labels, slide_context.smooth_slide_scores(scores, patients, xs, ys, 1.5, 50)
+    assert (result["sigma"], result["grid_step"]) == (1.5, 50)
+    assert result["threshold"] == pytest.approx(balanced_accuracy_threshold(*smoothed["eval"]))
+    assert result["eval_auc"] == pytest.approx(roc_auc(*smoothed["eval"]))
+    np.testing.assert_allclose(result["test"]["scores"], smoothed["test"][1], rtol=1e-5)
+    assert result["test"]["predictions"] == [int(v >= result["threshold"]) for v in result["test"]["scores"]]
+
+
 def test_load_split_stain_normalises_like_the_pipeline_transform(records):
     from histopath.components import image_ops
 

@@ -268,3 +268,52 @@ def test_baseline_step_follows_the_configs_stain_normalisation_unless_told(tmp_p
     assert out["decision_threshold"] == 0.5
     results.baseline_step("records", 8, 128, 4.0)(tmp_path)  # no shared config: plain input
     assert seen[1].stain_normalization is False
+
+
+def test_slide_context_rows_section_and_verdicts(synthetic_results, tmp_path):
+    rng = np.random.default_rng(1)
+    idc = synthetic_results["idc"]
+    ev = idc["evaluations"]
+    ev["densenet_context"] = {**_scored(rng, 300, ["8867", "8950", "9077"], 0.8),
+                              "eval": {"sigma": 1.5, "eval_auc": 0.95, "eval_auc_without": 0.92}}
+    ev["baseline_context"] = {**_scored(rng, 300, ["8867", "8950", "9077"], 0.7),
+                              "slide_context": {"sigma": 1.5, "eval_auc": 0.97}}
+    cv = _recipe_cv()
+    runs = [{"slide_context": {"0.5": 0.90, "1.5": 0.94, "3": 0.92}}, {"slide_context": {"0.5": 0.92, "1.5": 0.96,
+                                                                                          "3": None}}]
+    cv["patch"]["recipes"]["e"] = {"recipe": {"stain_normalization": True, "slide_context_sigmas": [0.5, 1.5, 3]},
+                                   "auc": {"mean": 0.89, "folds": [0.88, 0.90]}, "runs": runs}
+    idc["recipe_cv"] = cv
+    assert results.slide_context_sweep(cv) == [("0.5", pytest.approx(0.91), [0.90, 0.92]),
+                                               ("1.5", pytest.approx(0.95), [0.94, 0.96]), ("3", 0.92, [0.92, None])]
+    section = "\n".join(results.slide_context_lines(idc))
+    assert "| none | 0.890 (0.880 / 0.900) |" in section
+    assert "| 1.5 | **0.950 (0.940 / 0.960)** |" in section and "| 3 | 0.920 (0.920 / n/a) |" in section
+    assert "The pipeline (idc_densenet.json) uses sigma 1.5: the best of these." in section
+    densenet_auc = results.fmt(results.metric(ev["densenet_context"], "image_level", "auc"))
+    assert "| DenseNet201 from scratch | 1.5 patches | 0.920 | 0.950 | 0.500 | " in section and densenet_auc in section
+    summary = "\n".join(results.summary_lines(synthetic_results))
+    assert f"| IDC | DenseNet201 from scratch, slide context | 0.950 | {densenet_auc} |" in summary
+    assert "| IDC | plain 6-conv CNN, slide context | 0.970 |" in summary
+    shortfall = "\n".join(results.shortfall_lines(synthetic_results))
+    assert "with slide context the same cross-validation reaches 0.950 (sigma 1.5 patches; folds 0.940 / 0.960)" \
+        in shortfall
+    assert "No recipe measured here reaches the target AUC" in shortfall  # 0.95 < 0.96
+    assert f"DenseNet201 with slide context {densenet_auc}: " in shortfall and "(with slide context)" in shortfall
+    report = results.write_report(results.Context(workdir=tmp_path, data=tmp_path, redo=set()), synthetic_results,
+                                  tmp_path / "docs", time.perf_counter())
+    assert "### Slide context" in report.read_text()
+
+
+def test_slide_context_maps_draw_one_figure_per_patient(tmp_path):
+    from PIL import Image
+
+    rows = [{"path": f"{p}/{c}/{p}_idx5_x{1 + 50 * x}_y{1 + 50 * y}_class{c}.png", "patient_id": p, "label": c,
+             "probability": 0.3 + 0.4 * c, "context_probability": 0.2 + 0.6 * c}
+            for p in ("8867", "9077") for x in range(6) for y in range(4) for c in [int(x >= 3)]]
+    rows.append({"path": "elsewhere/scan.png", "patient_id": "8867", "label": 0, "probability": 0.1,
+                 "context_probability": 0.1})  # no position in the name: left out
+    written = results.slide_context_maps(rows, tmp_path / "figures", "ctx")
+    assert written == ["results/ctx-0.png", "results/ctx-1.png"]
+    with Image.open(tmp_path / "figures" / "ctx-0.png") as image:
+        assert image.size[0] > 600

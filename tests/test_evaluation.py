@@ -215,6 +215,35 @@ def test_per_patient_rows_score_each_patients_own_images():
     assert b["image_auc"] is None and b["image_accuracy"] == pytest.approx(0.5)
 
 
+def test_slide_context_evaluation_scores_the_smoothed_probabilities_at_the_models_threshold():
+    from histopath.components import slide_context
+
+    columns, rows = np.meshgrid(np.arange(6), np.arange(5))
+    columns, rows = np.tile(columns.ravel(), 2), np.tile(rows.ravel(), 2)
+    patients = ["a"] * 30 + ["b"] * 30
+    labels = (columns >= 3).astype(int)
+    scores = np.clip(0.3 + 0.3 * labels + np.random.default_rng(1).normal(0, 0.2, 60), 0, 1)
+    xs, ys = (1 + 50 * columns).tolist(), (1 + 50 * rows).tolist()
+    setting = {"sigma": 1.5, "grid_step": 50, "rule": slide_context.RULE, "decision_threshold": 0.5}
+    assert evaluation.slide_context_evaluation(None, labels, scores, patients, xs, ys, bootstrap=0, seed=0) is None
+    assert evaluation.slide_context_evaluation(setting, labels, scores, patients, [None] * 60, ys,
+                                               bootstrap=0, seed=0) is None  # a layout without positions
+
+    context = evaluation.slide_context_evaluation(setting, labels, scores, patients, xs, ys, bootstrap=20, seed=0)
+    expected = slide_context.smooth_slide_scores(scores, patients, xs, ys, 1.5)
+    np.testing.assert_allclose(context.scores, expected)
+    report = context.report
+    assert (report["sigma"], report["grid_step"], report["decision_threshold"]) == (1.5, 50, 0.5)
+    assert report["image_level"]["metrics"]["auc"]["value"] == pytest.approx(roc_auc(labels, expected))
+    assert report["image_level"]["confusion_matrix"]["tp"] == int(((expected >= 0.5) & (labels == 1)).sum())
+    assert [p["patient_id"] for p in report["patients"]] == ["a", "b"]
+    lines = evaluation.summary_lines({**evaluation.score_predictions(labels, scores, (scores >= 0.5).astype(int),
+                                                                     patients, threshold=0.5, bootstrap=0),
+                                      "slide_context": report})
+    assert any(line.startswith("image level with slide context (sigma 1.5 patches, threshold 0.500): 60")
+               for line in lines)
+
+
 def test_model_folder_resolution_picks_the_newest_complete_integer_version(tmp_path):
     model = tmp_path / "mil"
     for name, complete in [("1", True), ("2", True), ("10", True), ("11", False), (".12.tmp", True), ("13.tmp", True)]:

@@ -144,3 +144,62 @@ def test_unreachable_thresholds_push_nothing(first_run):
     assert states["trainer_densenet"] == states["trainer_mil"] == "CACHED"
     assert states["evaluator_densenet"] == states["evaluator_mil"] == "COMPLETE"
     assert sorted(p.name for p in (config.serving_path / config.model_name).iterdir()) == ["1"]
+
+
+# --- IDC with slide context ------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def idc_slide_context_run(tmp_path_factory):
+    """DenseNet201 alone on a generated IDC sample (one tumour region per positive slide)."""
+    from histopath.data import sample
+
+    data = tmp_path_factory.mktemp("idc_sample") / "idc"
+    sample.make_sample("idc", str(data), patients=12, images_per_patient=36, seed=3)
+    config = PipelineConfig(
+        dataset="idc", data_dir=str(data), output_dir=str(tmp_path_factory.mktemp("idc_run")),
+        models=("densenet",), image_size=48, densenet={"image_size": 32}, slide_context_sigma=1.5,
+        training={"epochs": 1, "fine_tune_epochs": 1, "batch_size": 16},
+        thresholds=ThresholdConfig(min_auc=0.0, min_balanced_accuracy=0.0, max_auc_drop_vs_pushed=1.0),
+        version_policy="increment", beam_args=("--direct_running_mode=in_memory",),
+    ).validate()
+    run_local(config)
+    return data, next(config.serving_path.glob(f"{config.model_name}/*"))
+
+
+def test_idc_trainer_stores_a_slide_context_threshold_that_evaluate_applies(idc_slide_context_run, tmp_path):
+    import subprocess
+    import sys
+
+    import numpy as np
+
+    from histopath.components import slide_context
+    from histopath.data import layouts
+
+    data, model_dir = idc_slide_context_run
+    info = json.loads((model_dir / "assets.extra" / "model_info.json").read_text())
+    setting = info["slide_context"]
+    assert (setting["sigma"], setting["grid_step"], setting["rule"]) == (1.5, 50, slide_context.RULE)
+    assert 0.0 <= setting["decision_threshold"] <= 1.0 and setting["eval_patients"] >= 1
+    assert 0.0 <= setting["eval_auc"] <= 1.0 and 0.0 <= setting["eval_auc_without"] <= 1.0
+
+    output = tmp_path / "evaluation.json"
+    histopath = pathlib.Path(sys.executable).parent / "histopath"
+    completed = subprocess.run([str(histopath), "evaluate", "--model", str(model_dir), "--data", str(data),
+                                "--dataset", "idc", "--bootstrap", "50", "--output", str(output)],
+                               capture_output=True, text=True, timeout=600)
+    assert completed.returncode == 0, completed.stderr
+    assert "image level with slide context (sigma 1.5 patches, threshold" in completed.stdout
+    result = json.loads(output.read_text())
+    # The served model still takes one image: the context is computed from its answers.
+    positions = {f.relative_path: (f.patch_x, f.patch_y) for f in layouts.scan_source("idc", str(data)).files}
+    images = result["images"]
+    expected = slide_context.smooth_slide_scores(
+        [i["probability"] for i in images], [i["patient_id"] for i in images],
+        [positions[i["path"]][0] for i in images], [positions[i["path"]][1] for i in images], 1.5)
+    np.testing.assert_allclose([i["context_probability"] for i in images], expected, rtol=1e-9)
+    context = result["slide_context"]
+    assert context["decision_threshold"] == setting["decision_threshold"]
+    predicted = int((expected >= setting["decision_threshold"]).sum())
+    matrix = context["image_level"]["confusion_matrix"]
+    assert matrix["tp"] + matrix["fp"] == predicted and context["image_level"]["n_items"] == 12 * 36
+    assert pathlib.Path(result["plots"]["roc"]).stat().st_size > 0

@@ -37,6 +37,18 @@ def test_config_round_trip_and_validation(tmp_path):
         PipelineConfig(model_training={"resnet": {"epochs": 1}}).validate()
 
 
+def test_slide_context_sigma_is_validated_and_reaches_the_trainers():
+    from histopath.pipeline.create import trainer_custom_config
+
+    config = PipelineConfig(dataset="idc", slide_context_sigma=1.5).validate()
+    assert trainer_custom_config(config, "densenet")["slide_context_sigma"] == 1.5
+    assert trainer_custom_config(PipelineConfig().validate(), "mil")["slide_context_sigma"] == 0.0
+    with pytest.raises(ConfigError, match="0 unless dataset is idc .only IDC patches carry slide positions., got 1.5 for breakhis"):
+        PipelineConfig(dataset="breakhis", slide_context_sigma=1.5).validate()
+    with pytest.raises(ConfigError, match="slide_context_sigma must be >= 0"):
+        PipelineConfig(dataset="idc", slide_context_sigma=-1).validate()
+
+
 @pytest.mark.parametrize("normalize", [False, True])
 def test_stain_normalization_reaches_transform(tmp_path, normalize):
     from histopath.pipeline.create import create_components

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import json
 import pathlib
+import shutil
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -98,3 +100,41 @@ def test_evaluate_cli_on_the_test_split_of_a_manifest(exported_models, tmp_path)
     assert wrong.returncode == 1
     assert "not in the idc layout" in wrong.stderr and "--dataset breakhis?" in wrong.stderr
     assert "Traceback" not in wrong.stderr and not (tmp_path / "never.json").exists()
+
+
+def test_predict_slide_context_answers_each_patch_from_its_slide(exported_models, shared_data, tmp_path):
+    from histopath.components import slide_context
+    from histopath.data import layouts
+
+    model = tmp_path / "model"
+    shutil.copytree(exported_models.base / "mil" / "1", model / "1")
+    info_path = model / "1" / "assets.extra" / "model_info.json"
+    patches = sorted((shared_data / "idc" / "8863" / "1").glob("*.png"))[:12]
+    patches += sorted((shared_data / "idc" / "8863" / "0").glob("*.png"))[:12]
+    folder = tmp_path / "slide"
+    folder.mkdir()
+    for patch in patches:
+        (folder / patch.name).symlink_to(patch)
+    (folder / "scan.png").symlink_to(patches[0])  # an image whose name gives no position
+    (folder / "corrupt.png").write_bytes(patches[1].read_bytes()[:60])
+
+    refused = _run("predict", "--model", str(model), "--slide-context", str(folder), cwd=tmp_path)
+    assert refused.returncode != 0 and refused.stdout == ""
+    assert "has no slide-context threshold" in refused.stderr
+
+    info = json.loads(info_path.read_text())
+    info["slide_context"] = {"sigma": 1.5, "grid_step": 50, "decision_threshold": 0.4, "rule": slide_context.RULE}
+    info_path.write_text(json.dumps(info))
+    completed = _run("predict", "--model", str(model), "--slide-context", str(folder), cwd=tmp_path)
+    assert completed.returncode == 1  # the corrupt file and the unplaceable one are reported
+    rows = {pathlib.Path(row["file"]).name: row for row in map(json.loads, completed.stdout.splitlines())}
+    assert "error" in rows["corrupt.png"] and "context_probability" not in rows["corrupt.png"]
+    assert "scan.png: not an IDC patch name" in rows["scan.png"]["context_error"]
+    placed = [rows[p.name] for p in patches]
+    positions = [layouts.idc_patch_position(row["file"]) for row in placed]
+    expected = slide_context.smooth_slide_scores([row["probability"] for row in placed], [p for p, _, _ in positions],
+                                                 [x for _, x, _ in positions], [y for _, _, y in positions], 1.5, 50)
+    np.testing.assert_allclose([row["context_probability"] for row in placed], expected, rtol=1e-9)
+    assert [row["context_label"] for row in placed] == [int(v >= 0.4) for v in expected]
+    assert {row["context_label_name"] for row in placed} <= {"benign", "malignant"}
+    assert not np.allclose(expected, [row["probability"] for row in placed])  # neighbours did change it

@@ -1,0 +1,27 @@
+"""trainer.slide_context_info: the eval-split threshold and AUCs of slide-context scores."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from histopath.components import operating_point, slide_context
+from histopath.components.trainer import slide_context_info
+from histopath.pipeline.evaluation import roc_auc
+
+
+def test_slide_context_threshold_is_chosen_on_the_smoothed_eval_scores():
+    rng = np.random.default_rng(0)
+    columns, rows = np.meshgrid(np.arange(8), np.arange(8))
+    columns, rows = columns.ravel(), rows.ravel()
+    labels = (columns >= 4).astype(int)  # a tumour half of the slide
+    scores = np.clip(0.35 * labels + 0.3 + rng.normal(0, 0.2, labels.size), 0, 1)  # noisy single patches
+    positions = {"patient_id": np.array([b"8914"] * labels.size), "patch_x": 1 + 50 * columns,
+                 "patch_y": 1 + 50 * rows}
+    info = slide_context_info(labels, scores, positions, 1.5)
+    smoothed = slide_context.smooth_slide_scores(scores, ["8914"] * labels.size, positions["patch_x"],
+                                                 positions["patch_y"], 1.5)
+    assert info["grid_step"] == 50 and info["sigma"] == 1.5 and info["eval_patients"] == 1
+    assert info["decision_threshold"] == operating_point.balanced_accuracy_threshold(labels, smoothed)
+    assert info["eval_auc"] == roc_auc(labels, smoothed)
+    assert info["eval_auc_without"] == roc_auc(labels, scores)
+    assert info["eval_auc"] > info["eval_auc_without"]  # neighbours outvote the noise
