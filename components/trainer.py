@@ -104,22 +104,17 @@ def make_dataset(
 
 
 def _predict_probabilities(predict: Callable[[tf.Tensor], Dict[str, tf.Tensor]],
-                           dataset: tf.data.Dataset) -> tuple[np.ndarray, np.ndarray]:
-    """Labels and probabilities of a dataset, from `export.make_predictor` (as served)."""
-    labels, scores = [], []
-    for images, batch_labels, *_ in dataset:
+                           dataset: tf.data.Dataset) -> tuple[np.ndarray, np.ndarray, Dict[str, np.ndarray]]:
+    """Labels and probabilities of a dataset, from `export.make_predictor` (as served), and
+    the slide positions of a `with_slide_positions` dataset ({} otherwise), in one pass."""
+    labels, scores, positions = [], [], {}
+    for images, batch_labels, *extra in dataset:
         scores.append(predict(tf.cast(images, tf.float32))["probability"].numpy())
         labels.append(batch_labels.numpy().reshape(-1))
-    return np.concatenate(labels), np.concatenate(scores)
-
-
-def _slide_positions(dataset: tf.data.Dataset) -> Dict[str, np.ndarray]:
-    """The `preprocessing.SLIDE_POSITION_FEATURES` of a `with_slide_positions` dataset."""
-    columns: Dict[str, list] = {name: [] for name in preprocessing.SLIDE_POSITION_FEATURES}
-    for _, _, positions in dataset:
-        for name, values in positions.items():
-            columns[name].append(values.numpy())
-    return {name: np.concatenate(values) for name, values in columns.items()}
+        for name, values in (extra[0] if extra else {}).items():
+            positions.setdefault(name, []).append(values.numpy())
+    return (np.concatenate(labels), np.concatenate(scores),
+            {name: np.concatenate(values) for name, values in positions.items()})
 
 
 def slide_context_info(labels: np.ndarray, scores: np.ndarray, positions: Dict[str, np.ndarray],
@@ -187,7 +182,7 @@ def _run(model_kind: str, fn_args: tfx.components.FnArgs) -> None:
     # The threshold is chosen on the model's predictions as exported (with test-time
     # augmentation when configured), so it fits what serving computes.
     threshold_ds = dataset(fn_args.eval_files, False, with_slide_positions=True) if slide_context_sigma else eval_ds
-    labels, scores = _predict_probabilities(
+    labels, scores, positions = _predict_probabilities(
         make_predictor(model, model_config.test_time_augmentation), threshold_ds)
     threshold = operating_point.balanced_accuracy_threshold(labels, scores)
     logger.info("%s: decision threshold %.4f chosen on %d eval images", model_kind, threshold, len(labels))
@@ -198,7 +193,7 @@ def _run(model_kind: str, fn_args: tfx.components.FnArgs) -> None:
     logger.info("%s: eval split %s", model_kind, eval_split)
     slide_context_block = None
     if slide_context_sigma:
-        slide_context_block = slide_context_info(labels, scores, _slide_positions(threshold_ds), slide_context_sigma)
+        slide_context_block = slide_context_info(labels, scores, positions, slide_context_sigma)
         logger.info("%s: slide context %s", model_kind, slide_context_block)
     model_info = {
         "model_kind": model_kind,
