@@ -685,6 +685,12 @@ def context_models(ev: Dict[str, Any]) -> List[tuple]:
     return rows
 
 
+def _widths(sigma: Any, units: str) -> str:
+    """`1.5 patch widths`, `1 region width`: a slide-context sigma with its unit."""
+    value = float(sigma)
+    return f"{value:g} {units[:-2] if units.endswith('ches') else units[:-1]} width{'' if value == 1 else 's'}"
+
+
 def slide_context_sweep(cv: Dict[str, Any], experiment: str = "patch") -> List[tuple]:
     """(sigma, mean held-out AUC, per-fold AUCs) of an experiment's slide-context recipe(s)."""
     rows = []
@@ -771,9 +777,9 @@ def slide_context_lines(idc: Dict[str, Any], maps: Sequence[str] = ()) -> List[s
              "stored in the model's `model_info.json`), `histopath evaluate` reports both, and the baselines are "
              "scored the same way (their threshold also from their eval split).", ""]
     cv = idc.get("recipe_cv", {})
-    for experiment, what, unit, config_name in (("patch", "plain CNN, stain normalised", "patch", "idc_densenet.json"),
-                                                ("mil", "attention MIL, stain normalised, instance loss", "region",
-                                                 "idc_mil.json")):
+    for experiment, what, unit, units, config_name in (
+            ("patch", "plain CNN, stain normalised", "patch", "patches", "idc_densenet.json"),
+            ("mil", "attention MIL, stain normalised, instance loss", "region", "regions", "idc_mil.json")):
         sweep = slide_context_sweep(cv, experiment)
         if not sweep:
             continue
@@ -781,7 +787,7 @@ def slide_context_lines(idc: Dict[str, Any], maps: Sequence[str] = ()) -> List[s
                                         if "slide_context_sigmas" in entry["recipe"]}}, "auc")
         lines += [f"{'The width was' if experiment == 'patch' else 'For the MIL, widths in regions were'} chosen by "
                   f"the patient-level cross-validation of the recipe table below ({what}; non-test patients only): "
-                  f"held-out {unit} AUC by width", "", f"| sigma ({unit}s) | held-out AUC, mean (folds) |", "|---|---|"]
+                  f"held-out {unit} AUC by width", "", f"| sigma ({units}) | held-out AUC, mean (folds) |", "|---|---|"]
         if raw:
             lines.append(f"| none | {raw[1]:.3f} (" + " / ".join(f"{v:.3f}" for v in raw[2]) + ") |")
         best = max(sweep, key=lambda row: row[1])
@@ -807,7 +813,7 @@ def slide_context_lines(idc: Dict[str, Any], maps: Sequence[str] = ()) -> List[s
         without = setting.get("eval_auc_without")
         if without is None and plain[key] in ev and "baseline" in ev[plain[key]]:
             without = ev[plain[key]]["baseline"].get("eval_auc")
-        width = f"{setting['sigma']:g} {'regions' if key == 'mil_context' else 'patches'}" if "sigma" in setting else "-"
+        width = _widths(setting["sigma"], "regions" if key == "mil_context" else "patches") if "sigma" in setting else "-"
         lines.append(f"| {label.replace(', slide context', '')} | {width} | {'-' if without is None else f'{without:.3f}'} | "
                      f"{'-' if eval_auc is None else f'{eval_auc:.3f}'} | {block['decision_threshold']:.3f} | "
                      f"{fmt(metric(ev[plain[key]], 'image_level', 'auc'))} | "
@@ -928,10 +934,16 @@ def shortfall_lines(results: Dict[str, Any]) -> List[str]:
                 text += (" Per test patient, the AUC of its own " + ("regions" if key.startswith("mil") else "patches")
                          + ": " + ", ".join(f"{p} {auc:.3f}" for p, auc in per_patient)
                          + f" ({reached} of {len(per_patient)} at or above the target).")
-            eval_auc = (ev[key]["eval"].get("eval_auc") if key.endswith("_context")
-                        else best_eval_auc(idc["runs"][key], key))
-            if eval_auc is not None:
-                text += f" Its best eval-split AUC during training was {eval_auc:.3f} (2 eval patients)."
+            if key.endswith("_context"):
+                setting, image_level = ev[key]["eval"], ev[key]["image_level"]["metrics"]
+                text += (f" Its threshold ({ev[key]['decision_threshold']:.3f}) was chosen on the "
+                         f"{setting.get('eval_patients', 2)} eval patients' slide-context scores (eval AUC "
+                         f"{setting['eval_auc']:.3f}); on the test patients it gives sensitivity "
+                         f"{fmt(image_level['sensitivity'])} and specificity {fmt(image_level['specificity'])}.")
+            else:
+                eval_auc = best_eval_auc(idc["runs"][key], key)
+                if eval_auc is not None:
+                    text += f" Its best eval-split AUC during training was {eval_auc:.3f} (2 eval patients)."
             bullets.append(text)
         if any(idc_misses.values()):
             best = _best_recipe(cv.get("patch", {}), "auc")
@@ -949,12 +961,16 @@ def shortfall_lines(results: Dict[str, Any]) -> List[str]:
                 evidence.append(
                     f"the {len(mil_means)} MIL recipes tried on regions (recipe table below) reach mean held-out "
                     f"AUCs from {min(mil_means):.3f} to {best_mil[1]:.3f} ({best_mil[0].replace('_', ' ')})")
-            sweep = slide_context_sweep(cv)
-            if sweep:
-                best_sigma, best_mean, best_folds = max(sweep, key=lambda row: row[1])
-                evidence.append(
-                    f"with slide context the same cross-validation reaches {best_mean:.3f} (sigma {best_sigma} "
-                    "patches; folds " + " / ".join("n/a" if v is None else f"{v:.3f}" for v in best_folds) + ")")
+            sweep = []
+            for experiment, units in (("patch", "patches"), ("mil", "regions")):
+                rows = slide_context_sweep(cv, experiment)
+                if rows:
+                    best_sigma, best_mean, best_folds = max(rows, key=lambda row: row[1])
+                    evidence.append(
+                        f"with slide context the same cross-validation reaches {best_mean:.3f} on "
+                        f"{'patches' if experiment == 'patch' else 'regions (MIL)'} (sigma {_widths(best_sigma, units)}; "
+                        "folds " + " / ".join("n/a" if v is None else f"{v:.3f}" for v in best_folds) + ")")
+                    sweep += rows
             if evidence:
                 n_test = len(idc["records"]["splits"]["test"]["patients"])
                 text = ("**Why (IDC classification):** nothing was tuned on the test patients, and "
@@ -1019,7 +1035,7 @@ def best_eval_auc(run: Dict[str, Any], kind: str) -> Optional[float]:
 
 def summary_lines(results: Dict[str, Any]) -> List[str]:
     """Eval-split AUC next to test AUC for every model: how far the held-out patients differ."""
-    lines = ["## Summary", "", "| data set | model | best eval-split AUC (during training) | test AUC |",
+    lines = ["## Summary", "", "| data set | model | eval-split AUC | test AUC |",
              "|---|---|---|---|"]
     rows = []
     idc, breakhis = results.get("idc"), results.get("breakhis")
@@ -1044,7 +1060,8 @@ def summary_lines(results: Dict[str, Any]) -> List[str]:
         eval_text = "-" if eval_auc is None else f"{eval_auc:.3f}"
         lines.append(f"| {dataset} | {label} | {eval_text} | {fmt(metric(block, 'image_level', 'auc'))} |")
     lines += ["", "How to read it: the eval split chose each model's epoch and decision threshold; the test "
-              "patients were never used. The IDC eval split is 2 patients: its AUC is a noisy guide, and an "
+              "patients were never used. Eval-split AUC: the best one during training (what early stopping "
+              "kept); for slide-context rows, the exported model's with slide context. The IDC eval split is 2 patients: its AUC is a noisy guide, and an "
               "eval AUC far above the test AUC means the held-out patients differ from the eval patients (two "
               "of the three IDC test patients are stained much paler than the training slides; every model here "
               "trains with stain-amount jitter for that, H and E optical densities scaled by U(0.6, 1.4)"

@@ -291,13 +291,17 @@ def test_slide_context_rows_section_and_verdicts(synthetic_results, tmp_path):
     assert "| 1.5 | **0.950 (0.940 / 0.960)** |" in section and "| 3 | 0.920 (0.920 / n/a) |" in section
     assert "The pipeline (idc_densenet.json) uses sigma 1.5: the best of these." in section
     densenet_auc = results.fmt(results.metric(ev["densenet_context"], "image_level", "auc"))
-    assert "| DenseNet201 from scratch | 1.5 patches | 0.920 | 0.950 | 0.500 | " in section and densenet_auc in section
+    assert "| DenseNet201 from scratch | 1.5 patch widths | 0.920 | 0.950 | 0.500 | " in section and densenet_auc in section
     summary = "\n".join(results.summary_lines(synthetic_results))
     assert f"| IDC | DenseNet201 from scratch, slide context | 0.950 | {densenet_auc} |" in summary
     assert "| IDC | plain 6-conv CNN, slide context | 0.970 |" in summary
+    ev["densenet_context"]["image_level"]["metrics"]["balanced_accuracy"].update(value=0.85, ci_low=0.8, ci_high=0.9)
     shortfall = "\n".join(results.shortfall_lines(synthetic_results))
-    assert "with slide context the same cross-validation reaches 0.950 (sigma 1.5 patches; folds 0.940 / 0.960)" \
-        in shortfall
+    assert ("with slide context the same cross-validation reaches 0.950 on patches (sigma 1.5 patch widths; folds "
+            "0.940 / 0.960)") in shortfall
+    assert ("**IDC, DenseNet201 from scratch, slide context:** image balanced accuracy 0.850 [0.800, 0.900] < 0.9"
+            in shortfall)
+    assert "Its threshold (0.500) was chosen on the 2 eval patients' slide-context scores (eval AUC 0.950)" in shortfall
     assert "No recipe measured here reaches the target AUC" in shortfall  # 0.95 < 0.96
     assert f"DenseNet201 with slide context {densenet_auc}: " in shortfall and "(with slide context)" in shortfall
     report = results.write_report(results.Context(workdir=tmp_path, data=tmp_path, redo=set()), synthetic_results,
