@@ -30,6 +30,9 @@ def _add_config_arguments(parser: argparse.ArgumentParser, *, need_data: bool) -
     parser.add_argument("--image-size", type=int, help="Transform output size in pixels (default 224)")
     parser.add_argument("--stain-normalization", action="store_true", default=None,
                         help="Transform scales each image's H and E stain to a reference amount")
+    parser.add_argument("--slide-context-sigma", type=float, metavar="PATCHES",
+                        help="IDC: the Trainers also choose a threshold for patch probabilities averaged over the "
+                        "slide (Gaussian width in patches, e.g. 1.5; default 0 = off)")
     parser.add_argument("--config", help="JSON file of PipelineConfig fields (flags override it)")
     parser.add_argument("--model-name", help="TF Serving model name (folder under serving/)")
     parser.add_argument("--serving-dir", help="push destination (default OUTPUT/serving)")
@@ -46,6 +49,7 @@ def config_from_args(args: argparse.Namespace) -> PipelineConfig:
         "dataset": args.dataset, "data_dir": args.data_dir, "output_dir": args.output_dir,
         "models": args.models, "image_size": args.image_size, "model_name": args.model_name,
         "serving_dir": args.serving_dir, "stain_normalization": getattr(args, "stain_normalization", None),
+        "slide_context_sigma": getattr(args, "slide_context_sigma", None),
         "beam_args": tuple(args.beam_args) if args.beam_args else None,
     }
     values.update({key: value for key, value in flag_values.items() if value is not None})
@@ -114,6 +118,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--models": dict(type=_model_list), "--epochs": dict(type=int), "--image-size": dict(type=int),
         "--config": {}, "--model-name": {}, "--serving-dir": {},
         "--stain-normalization": dict(action="store_true", default=None),
+        "--slide-context-sigma": dict(type=float),
     }.items():
         compile_parser.add_argument(flag, **kwargs)
     compile_parser.add_argument("--beam-arg", action="append", dest="beam_args", metavar="ARG")

@@ -48,6 +48,17 @@ def test_slide_context_sigma_is_validated_and_reaches_the_trainers():
     with pytest.raises(ConfigError, match="slide_context_sigma must be >= 0"):
         PipelineConfig(dataset="idc", slide_context_sigma=-1).validate()
 
+    import argparse
+
+    from histopath.pipeline import cli as pipeline_cli
+
+    parser = argparse.ArgumentParser()
+    pipeline_cli.register(parser.add_subparsers())
+    base = ["run", "--dataset", "idc", "--data", "d", "--output", "o"]
+    assert pipeline_cli.config_from_args(parser.parse_args(base)).slide_context_sigma == 0.0
+    assert pipeline_cli.config_from_args(parser.parse_args(base + ["--slide-context-sigma", "1.5"])) \
+        .slide_context_sigma == 1.5
+
 
 @pytest.mark.parametrize("normalize", [False, True])
 def test_stain_normalization_reaches_transform(tmp_path, normalize):
