@@ -65,20 +65,22 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 def _predict(args: argparse.Namespace) -> int:
     import histopath  # noqa: F401
-    from histopath.pipeline.predict import add_slide_context, predict_paths, read_model_info
+    from histopath.pipeline.predict import add_slide_context, predict_paths, read_model_info, slide_context_setting
 
     logging.basicConfig(level=logging.WARNING, format="histopath predict: %(message)s", stream=sys.stderr)
+    info = read_model_info(args.model) if args.slide_context else {}
+    if args.slide_context:
+        slide_context_setting(info)  # a model without one is refused before anything is predicted
     rows = predict_paths(args.model, args.inputs, heatmap_dir=args.heatmap_dir, batch_size=args.batch_size)
     if args.slide_context:  # every patch first: each answer depends on its neighbours'
-        info = read_model_info(args.model)
-        add_slide_context([], info)  # fails now, before predicting, if the model has no setting
         rows = add_slide_context(list(rows), info)
     failures = 0
     for row in rows:
         failures += int("error" in row or "heatmap_error" in row or "context_error" in row)
         print(json.dumps(row), flush=True)
     if failures:
-        print(f"histopath predict: {failures} file(s) failed (see the \"error\" lines)", file=sys.stderr)
+        print(f"histopath predict: {failures} file(s) failed (see the \"error\" / \"context_error\" lines)",
+              file=sys.stderr)
         return 1
     return 0
 

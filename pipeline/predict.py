@@ -315,6 +315,19 @@ def predict_paths(
     yield from flush()
 
 
+def slide_context_setting(model_info: Dict[str, Any]) -> Dict[str, Any]:
+    """The model's slide-context setting (sigma, grid step, threshold), written by its Trainer.
+
+    Raises:
+      ConfigError: the model was trained without one.
+    """
+    setting = model_info.get("slide_context")
+    if not setting:
+        raise ConfigError(f"model {model_info.get('model_name', '?')} has no slide-context threshold: train it with "
+                          "\"slide_context_sigma\" > 0 in the pipeline config (IDC only)")
+    return setting
+
+
 def add_slide_context(rows: Sequence[Dict[str, Any]], model_info: Dict[str, Any]) -> List[Dict[str, Any]]:
     """`predict_paths` rows of IDC patches, plus each patch's slide-context answer.
 
@@ -330,10 +343,7 @@ def add_slide_context(rows: Sequence[Dict[str, Any]], model_info: Dict[str, Any]
     from histopath.data import layouts
     from histopath.data.features import LABEL_NAMES
 
-    setting = model_info.get("slide_context")
-    if not setting:
-        raise ConfigError(f"model {model_info.get('model_name', '?')} has no slide-context threshold: train it with "
-                          "\"slide_context_sigma\" > 0 in the pipeline config (IDC only)")
+    setting = slide_context_setting(model_info)
     rows = [dict(row) for row in rows]
     placed = []
     for index, row in enumerate(rows):
