@@ -462,7 +462,8 @@ def evaluate_model(
       The evaluation (JSON-serialisable): "model", "data", "decision_threshold",
       "patient_label_rule", "patient_score_rule", "bootstrap", "image_level",
       "patient_level", "patients" (per-patient table), "images" (per-image predictions),
-      "failed_images".
+      "failed_images"; and for a model with a slide-context setting on IDC data,
+      "slide_context" (see `slide_context_evaluation`) and `context_probability` per image.
 
     Raises:
       DataError: no model, data folder missing / wrong layout, none of the requested
