@@ -76,11 +76,15 @@ def make_dataset(
     files = sorted(path for pattern in file_pattern for path in tf.io.gfile.glob(pattern))
     if not files:
         raise DataError(f"no transformed examples match {file_pattern}")
-    feature_spec = tf_transform_output.transformed_feature_spec()
-    missing = [name for name in preprocessing.SLIDE_POSITION_FEATURES if name not in feature_spec]
+    all_features = tf_transform_output.transformed_feature_spec()
+    missing = [name for name in preprocessing.SLIDE_POSITION_FEATURES if name not in all_features]
     if with_slide_positions and missing:
         raise DataError(f"slide context needs the slide positions {', '.join(missing)} in the examples "
                         "(IDC patch records have them)")
+    # Only what is used is parsed (training batches need no patient ids or positions).
+    used = (preprocessing.TRANSFORMED_IMAGE, preprocessing.TRANSFORMED_LABEL) + (
+        preprocessing.SLIDE_POSITION_FEATURES if with_slide_positions else ())
+    feature_spec = {name: all_features[name] for name in used}
     dataset = tf.data.TFRecordDataset(files, compression_type="GZIP", num_parallel_reads=tf.data.AUTOTUNE)
     if cache:
         dataset = dataset.cache()
