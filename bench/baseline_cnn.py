@@ -258,25 +258,24 @@ def slide_context_predictions(
     chosen on the smoothed eval probabilities.
 
     Returns:
-      `sigma`, `grid_step`, `threshold`, `eval_auc` and `test` (per-image `labels`,
-      smoothed `scores`, `predictions`, `patient_ids`), like `train_and_predict`'s result.
+      The setting `slide_context.eval_split_setting` chooses on the eval split (sigma,
+      grid_step, rule, decision_threshold, eval_auc, eval_auc_without, eval_patients), plus
+      `threshold` (= decision_threshold) and `test` (per-image `labels`, smoothed `scores`,
+      `predictions`, `patient_ids`), like `train_and_predict`'s result.
     """
     model = keras.models.load_model(os.path.join(os.fspath(output_dir), MODEL_NAME), compile=False)
-    smoothed = {}
-    for split in ("eval", "test"):
+
+    def predicted(split: str):
         images, labels, patients = load_split(records_dir, split, config.image_size, config.stain_normalization)
-        xs, ys = load_positions(records_dir, split)
-        step = slide_context.grid_step(xs, ys, patients)
-        smoothed[split] = (labels, slide_context.smooth_slide_scores(_predict(model, images), patients, xs, ys,
-                                                                       sigma, step), patients, step)
-    eval_labels, eval_scores, _, _ = smoothed["eval"]
-    test_labels, test_scores, test_patients, step = smoothed["test"]
-    threshold = float(balanced_accuracy_threshold(eval_labels, eval_scores))
-    return {"sigma": float(sigma), "grid_step": int(step), "threshold": threshold,
-            "eval_auc": roc_auc(eval_labels, eval_scores),
-            "test": {"labels": [int(v) for v in test_labels], "scores": [float(v) for v in test_scores],
-                     "predictions": [int(v) for v in test_scores >= threshold],
-                     "patient_ids": list(test_patients)}}
+        return (labels, _predict(model, images), patients, *load_positions(records_dir, split))
+
+    setting = slide_context.eval_split_setting(*predicted("eval"), sigma)
+    threshold = setting["decision_threshold"]
+    labels, scores, patients, xs, ys = predicted("test")
+    smoothed = slide_context.smooth_slide_scores(scores, patients, xs, ys, sigma)  # its own grid step
+    return {**setting, "threshold": threshold,
+            "test": {"labels": [int(v) for v in labels], "scores": [float(v) for v in smoothed],
+                     "predictions": [int(v) for v in smoothed >= threshold], "patient_ids": list(patients)}}
 
 
 def _predict(model: keras.Model, images: np.ndarray) -> np.ndarray:

@@ -302,7 +302,7 @@ def baseline_context_step(records: str, baseline_folder: pathlib.Path, sigma: fl
         scored = evaluation.score_predictions(test["labels"], test["scores"], test["predictions"],
                                               test["patient_ids"], threshold=result["threshold"],
                                               bootstrap=1000, seed=0)
-        return {"slide_context": result, "decision_threshold": result["threshold"], **scored}
+        return {"eval": result, "decision_threshold": result["threshold"], **scored}
     return work
 
 
@@ -681,7 +681,7 @@ def context_models(ev: Dict[str, Any]) -> List[tuple]:
                        ("densenet_context", "DenseNet201 from scratch, slide context"),
                        ("mil_context", "attention MIL (regions), slide context")):
         if key in ev:
-            rows.append((key, label, ev[key].get("eval", ev[key].get("slide_context", {})).get("eval_auc")))
+            rows.append((key, label, ev[key]["eval"]["eval_auc"]))
     return rows
 
 
@@ -765,7 +765,7 @@ def slide_context_lines(idc: Dict[str, Any], maps: Sequence[str] = ()) -> List[s
     models = context_models(ev)
     if not models:
         return []
-    sigma = ev[models[0][0]].get("eval", ev[models[0][0]].get("slide_context", {})).get("sigma")
+    sigma = ev[models[0][0]]["eval"]["sigma"]
     lines = ["### Slide context", "",
              "An IDC patch is 50 pixels of a whole slide; tumour comes in regions many patches wide. With slide "
              "context, each patch's probability (from the model seeing that patch alone, exactly as served) is "
@@ -809,11 +809,9 @@ def slide_context_lines(idc: Dict[str, Any], maps: Sequence[str] = ()) -> List[s
              "mil_context": "mil"}
     for key, label, eval_auc in models:
         block = ev[key]
-        setting = block.get("eval") or block.get("slide_context", {})
-        without = setting.get("eval_auc_without")
-        if without is None and plain[key] in ev and "baseline" in ev[plain[key]]:
-            without = ev[plain[key]]["baseline"].get("eval_auc")
-        width = _widths(setting["sigma"], "regions" if key == "mil_context" else "patches") if "sigma" in setting else "-"
+        setting = block["eval"]
+        without = setting["eval_auc_without"]
+        width = _widths(setting["sigma"], "regions" if key == "mil_context" else "patches")
         lines.append(f"| {label.replace(', slide context', '')} | {width} | {'-' if without is None else f'{without:.3f}'} | "
                      f"{'-' if eval_auc is None else f'{eval_auc:.3f}'} | {block['decision_threshold']:.3f} | "
                      f"{fmt(metric(ev[plain[key]], 'image_level', 'auc'))} | "

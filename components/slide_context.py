@@ -23,7 +23,7 @@ import numpy as np
 
 from histopath.errors import DataError
 
-TRUNCATE = 3.0  # the Gaussian is cut at this many sigmas (as scipy.ndimage's default is 4)
+TRUNCATE = 3.0  # the Gaussian is cut at this many sigmas (scipy.ndimage's default is 4)
 
 RULE = ("slide context: each patch's probability replaced by the Gaussian-weighted mean "
         "(sigma in patch widths) of the probabilities of the patches of the same patient "
@@ -117,3 +117,34 @@ def smooth_slide_scores(
         weighted, weights = _blur(values, kernel), _blur(present, kernel)
         smoothed[mine] = weighted[rows, columns] / weights[rows, columns]
     return smoothed
+
+
+def eval_split_setting(
+    labels: Sequence[int],
+    scores: Sequence[float],
+    patient_ids: Sequence[str],
+    xs: Sequence[int],
+    ys: Sequence[int],
+    sigma: float,
+) -> dict:
+    """A model's slide-context setting, chosen on its eval split (stored in `model_info`).
+
+    Args:
+      labels, scores: the eval images' labels and probabilities (as the model answers).
+      patient_ids, xs, ys: their patients and slide positions.
+      sigma: the Gaussian's width in patches (`smooth_slide_scores`).
+
+    Returns:
+      sigma, grid_step, rule, the decision threshold of maximum balanced accuracy on the
+      smoothed eval probabilities, the eval AUC with and without slide context, and the
+      number of eval patients.
+    """
+    from histopath.components import operating_point
+    from histopath.pipeline.evaluation import roc_auc
+
+    step = grid_step(xs, ys, patient_ids)
+    smoothed = smooth_slide_scores(scores, patient_ids, xs, ys, sigma, step)
+    return {"sigma": float(sigma), "grid_step": int(step), "rule": RULE,
+            "decision_threshold": float(operating_point.balanced_accuracy_threshold(labels, smoothed)),
+            "eval_auc": roc_auc(labels, smoothed), "eval_auc_without": roc_auc(labels, scores),
+            "eval_patients": len(set(map(str, patient_ids)))}

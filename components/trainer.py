@@ -132,13 +132,8 @@ def slide_context_info(labels: np.ndarray, scores: np.ndarray, positions: Dict[s
     """
     patients = [p.decode("utf-8") if isinstance(p, bytes) else str(p)
                 for p in positions[features.PATIENT_ID]]
-    xs, ys = positions[features.PATCH_X], positions[features.PATCH_Y]
-    step = slide_context.grid_step(xs, ys, patients)
-    smoothed = slide_context.smooth_slide_scores(scores, patients, xs, ys, sigma, step)
-    return {"sigma": float(sigma), "grid_step": int(step), "rule": slide_context.RULE,
-            "decision_threshold": float(operating_point.balanced_accuracy_threshold(labels, smoothed)),
-            "eval_auc": roc_auc(labels, smoothed), "eval_auc_without": roc_auc(labels, scores),
-            "eval_patients": len(set(patients))}
+    return slide_context.eval_split_setting(labels, scores, patients, positions[features.PATCH_X],
+                                            positions[features.PATCH_Y], sigma)
 
 
 def _run(model_kind: str, fn_args: tfx.components.FnArgs) -> None:

@@ -277,7 +277,7 @@ def test_slide_context_rows_section_and_verdicts(synthetic_results, tmp_path):
     ev["densenet_context"] = {**_scored(rng, 300, ["8867", "8950", "9077"], 0.8),
                               "eval": {"sigma": 1.5, "eval_auc": 0.95, "eval_auc_without": 0.92}}
     ev["baseline_context"] = {**_scored(rng, 300, ["8867", "8950", "9077"], 0.7),
-                              "slide_context": {"sigma": 1.5, "eval_auc": 0.97}}
+                              "eval": {"sigma": 1.5, "eval_auc": 0.97, "eval_auc_without": 0.9}}
     cv = _recipe_cv()
     runs = [{"slide_context": {"0.5": 0.90, "1.5": 0.94, "3": 0.92}}, {"slide_context": {"0.5": 0.92, "1.5": 0.96,
                                                                                           "3": None}}]
