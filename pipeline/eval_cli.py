@@ -68,11 +68,12 @@ def _predict(args: argparse.Namespace) -> int:
     from histopath.pipeline.predict import add_slide_context, predict_paths, read_model_info, slide_context_setting
 
     logging.basicConfig(level=logging.WARNING, format="histopath predict: %(message)s", stream=sys.stderr)
-    info = read_model_info(args.model) if args.slide_context else {}
-    if args.slide_context:
-        slide_context_setting(info)  # a model without one is refused before anything is predicted
+    info = None
+    if args.slide_context:  # a model without a setting is refused before anything is predicted
+        info = read_model_info(args.model)
+        slide_context_setting(info)
     rows = predict_paths(args.model, args.inputs, heatmap_dir=args.heatmap_dir, batch_size=args.batch_size)
-    if args.slide_context:  # every patch first: each answer depends on its neighbours'
+    if info is not None:  # every patch first: each answer depends on its neighbours'
         rows = add_slide_context(list(rows), info)
     failures = 0
     for row in rows:
