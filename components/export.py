@@ -28,7 +28,7 @@ import os
 import shutil
 import tempfile
 import uuid
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import histopath  # noqa: F401  (pins Keras 2 before TensorFlow is imported)
 import tensorflow as tf
@@ -76,6 +76,15 @@ def tile_outputs(model: keras.Model) -> List[str]:
     return [mil.ATTENTION] + ([TILE_PROBABILITY] if mil.INSTANCE_LOGIT in model.output_names else [])
 
 
+def tile_grid_shape(model: keras.Model) -> Optional[Tuple[int, int]]:
+    """(rows, columns) of a MIL model's tile grid; None for a model without tiles."""
+    bagger = mil.find_image_to_bag(model)
+    if bagger is None:
+        return None
+    height, width = model.input_shape[1:3]
+    return int(height) // bagger.tile_size, int(width) // bagger.tile_size
+
+
 def make_predictor(model: keras.Model, test_time_augmentation: bool = False
                    ) -> Callable[[tf.Tensor], Dict[str, tf.Tensor]]:
     """The model's prediction as exported: what the serving signatures and the Trainer's
@@ -95,8 +104,7 @@ def make_predictor(model: keras.Model, test_time_augmentation: bool = False
       instance classifier, "tile_probability" float32 `[B, n_tiles]` (see `tile_outputs`).
     """
     height, width = model.input_shape[1:3]
-    bagger = mil.find_image_to_bag(model)
-    grid_shape = None if bagger is None else (int(height) // bagger.tile_size, int(width) // bagger.tile_size)
+    grid_shape = tile_grid_shape(model)
     grid_outputs = tile_outputs(model)
     symmetries = range(image_ops.SQUARE_SYMMETRIES if test_time_augmentation else 1)  # inputs are square
     image_spec = tf.TensorSpec([None, height, width, 3], tf.float32)
@@ -256,7 +264,7 @@ def _complete_model_info(model: keras.Model, model_info: Mapping[str, Any], thre
     info["outputs"] = ["probability", "label", "decision_score"] + tile_outputs(model) + (["grid_shape"] if bagger else [])
     if bagger is not None:
         info["tile_size"] = bagger.tile_size
-        info["grid_shape"] = [int(height) // bagger.tile_size, int(width) // bagger.tile_size]
+        info["grid_shape"] = list(tile_grid_shape(model))
         info["tissue_masking"] = bagger.tissue_masking
     info.setdefault("created", datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
     json.dumps(info)  # fail here, not after saving, on a non-JSON value
