@@ -409,6 +409,11 @@ def score_predictions(
             "calibration": calibration_table(item_labels, item_scores),
         }
 
+    def own_rate(i: int, label: int) -> Optional[float]:
+        """Within patient i: the share of its images of class `label` predicted as such."""
+        mine = (clusters == i) & (labels == label)
+        return float(np.mean(predictions[mine] == label)) if mine.any() else None
+
     return {
         "patient_label_rule": PATIENT_LABEL_RULE,
         "patient_score_rule": PATIENT_SCORE_RULE,
@@ -425,9 +430,11 @@ def score_predictions(
              "label": int(patient_labels[i]), "score": float(patient_scores[i]),
              "prediction": int(patient_predictions[i]),
              # Within the patient: how its own images are ranked and classified (the AUC is
-             # None unless the patient has images of both classes, e.g. an IDC slide).
+             # None unless the patient has images of both classes, e.g. an IDC slide; the
+             # sensitivity / specificity None when it has no malignant / benign image).
              "image_auc": roc_auc(labels[clusters == i], scores[clusters == i]),
-             "image_accuracy": float(np.mean(predictions[clusters == i] == labels[clusters == i]))}
+             "image_accuracy": float(np.mean(predictions[clusters == i] == labels[clusters == i])),
+             "image_sensitivity": own_rate(i, 1), "image_specificity": own_rate(i, 0)}
             for i, p in enumerate(patients)
         ],
     }
@@ -660,6 +667,9 @@ def _atomic_write_text(path: pathlib.Path, text: str) -> None:
         raise
 
 
+SUMMARY_PATIENTS = 30  # per-patient lines `summary_lines` prints; the JSON has them all
+
+
 def summary_lines(result: Mapping[str, Any]) -> List[str]:
     """A human-readable table of the metrics with their intervals."""
     lines = []
@@ -681,4 +691,17 @@ def summary_lines(result: Mapping[str, Any]) -> List[str]:
             lines.append(f"  {name:18s} {metric['value']:.3f}{interval}")
         cm = block["confusion_matrix"]
         lines.append(f"  confusion          TN={cm['tn']} FP={cm['fp']} FN={cm['fn']} TP={cm['tp']}")
+    patients = result.get("patients", [])
+    if patients:
+        lines.append("per patient, its own images (AUC, sensitivity, specificity at the threshold):")
+
+        def number(value: Optional[float]) -> str:
+            return "n/a" if value is None else f"{value:.3f}"
+
+        for row in patients[:SUMMARY_PATIENTS]:
+            lines.append(f"  {row['patient_id']:18s} {row['n_images']} images ({row['n_malignant_images']} malignant)"
+                         f"  AUC {number(row['image_auc'])}  sensitivity {number(row.get('image_sensitivity'))}"
+                         f"  specificity {number(row.get('image_specificity'))}")
+        if len(patients) > SUMMARY_PATIENTS:
+            lines.append(f"  ... {len(patients) - SUMMARY_PATIENTS} more in the JSON's \"patients\"")
     return lines

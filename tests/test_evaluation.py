@@ -213,6 +213,10 @@ def test_per_patient_rows_score_each_patients_own_images():
     assert a["image_auc"] == pytest.approx(0.75) and a["image_accuracy"] == pytest.approx(0.5)
     assert a["score"] == pytest.approx(0.45) and a["prediction"] == 0
     assert b["image_auc"] is None and b["image_accuracy"] == pytest.approx(0.5)
+    # At the threshold: "a" finds 1 of its 2 malignant and clears 1 of its 2 benign images;
+    # "b" has no malignant image to find.
+    assert a["image_sensitivity"] == pytest.approx(0.5) and a["image_specificity"] == pytest.approx(0.5)
+    assert b["image_sensitivity"] is None and b["image_specificity"] == pytest.approx(0.5)
 
 
 def test_slide_context_evaluation_scores_the_smoothed_probabilities_at_the_models_threshold():
@@ -237,11 +241,14 @@ def test_slide_context_evaluation_scores_the_smoothed_probabilities_at_the_model
     assert report["image_level"]["metrics"]["auc"]["value"] == pytest.approx(roc_auc(labels, expected))
     assert report["image_level"]["confusion_matrix"]["tp"] == int(((expected >= 0.5) & (labels == 1)).sum())
     assert [p["patient_id"] for p in report["patients"]] == ["a", "b"]
-    lines = evaluation.summary_lines({**evaluation.score_predictions(labels, scores, (scores >= 0.5).astype(int),
-                                                                     patients, threshold=0.5, bootstrap=0),
-                                      "slide_context": report})
+    scored = evaluation.score_predictions(labels, scores, (scores >= 0.5).astype(int), patients, threshold=0.5,
+                                          bootstrap=0)
+    lines = evaluation.summary_lines({**scored, "slide_context": report})
     assert any(line.startswith("image level with slide context (sigma 1.5 patches, threshold 0.500): 60")
                for line in lines)
+    first = scored["patients"][0]  # and each patient's own images
+    assert (f"  a                  30 images ({first['n_malignant_images']} malignant)  AUC {first['image_auc']:.3f}"
+            f"  sensitivity {first['image_sensitivity']:.3f}  specificity {first['image_specificity']:.3f}") in lines
 
 
 def test_model_folder_resolution_picks_the_newest_complete_integer_version(tmp_path):
