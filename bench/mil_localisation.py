@@ -412,9 +412,49 @@ def assemble_slide(mosaics: Mapping[tuple[int, int], bytes], bag_size: int) -> n
     return canvas
 
 
+def tile_slide_context(tile_scores: np.ndarray, patch_labels: np.ndarray, patient_ids: Sequence[str],
+                       origin_x: Sequence[int], origin_y: Sequence[int], sigma: float) -> np.ndarray:
+    """Tile scores averaged over each patient's slide: slide context for the tiles of bags.
+
+    Every present tile (patch label not -1) of the patient's bags given is a neighbour,
+    negative bags included; `slide_context.smooth_slide_scores` does the averaging, with
+    `sigma` in tile (patch) widths.
+
+    Args:
+      tile_scores: `(n, K*K)` per-tile scores, row-major (e.g. `tile_probability`).
+      patch_labels: `(n, K*K)`, -1 where the cell has no patch.
+      patient_ids: per bag.
+      origin_x: per bag, its region origin in slide pixels (`predict_bags`' "origin_x").
+      origin_y: likewise y.
+      sigma: Gaussian width in tiles (> 0).
+
+    Returns:
+      float64 `(n, K*K)`: the averaged scores; 0 where the cell has no patch.
+
+    Raises:
+      ValueError: inconsistent shapes or a non-square tile grid.
+    """
+    from histopath.components import slide_context
+
+    scores = np.asarray(tile_scores, dtype=np.float64)
+    labels = np.asarray(patch_labels)
+    grid = int(round(math.sqrt(scores.shape[1]))) if scores.ndim == 2 else 0
+    if scores.shape != labels.shape or grid * grid != scores.shape[1] or len(patient_ids) != scores.shape[0]:
+        raise ValueError(f"inconsistent tile arrays: scores {scores.shape}, patch_labels {labels.shape}, "
+                         f"{len(patient_ids)} patient ids")
+    columns, rows = bag_geometry.tile_cells(origin_x, origin_y, grid)
+    present = labels != MISSING
+    patients = np.broadcast_to(np.asarray(patient_ids).astype(str)[:, None], labels.shape)
+    smoothed = np.zeros(scores.shape)
+    smoothed[present] = slide_context.smooth_slide_scores(scores[present], patients[present], columns[present],
+                                                          rows[present], float(sigma))
+    return smoothed
+
+
 # What a slide heat-map can show: name in the title strip, file suffix.
 SLIDE_SCORES = {"attention": ("attention x P(malignant)", ".localisation.png"),
-                "tile_probability": ("tile P(malignant)", ".tiles.png")}
+                "tile_probability": ("tile P(malignant)", ".tiles.png"),
+                "tile_context": ("tile P(malignant), slide context", ".tiles-context.png")}
 
 
 def slide_heatmaps(
@@ -423,49 +463,55 @@ def slide_heatmaps(
     split: str,
     output_dir: str | os.PathLike,
     max_patients: Optional[int] = None,
-    score: str = "attention",
-) -> List[pathlib.Path]:
-    """Writes one whole-slide PNG per patient: heat-map | ground truth.
+    scores: Sequence[str] = ("attention",),
+) -> Dict[str, List[pathlib.Path]]:
+    """Writes whole-slide PNGs per patient, one per score: heat-map | ground truth.
 
-    The slide is re-assembled from the region mosaics (read again from the same records)
-    at their origins. Left panel, per patch: with `score="attention"` the attention x bag
-    probability, on one colour scale for all patients of the call (0 .. the largest score
-    over `bags`), so slides compare; with `score="tile_probability"` the instance
-    classifier's probability of the patch, on 0 .. 1. Cells without a patch are not
+    The slide is re-assembled once per patient from the region mosaics (read again from
+    the same records) at their origins. Left panel, per patch: for "attention" the
+    attention x bag probability, on one colour scale for all patients of the call (0 ..
+    the largest score over `bags`), so slides compare; for "tile_probability" the instance
+    classifier's probability of the patch and for "tile_context" that probability with
+    slide context (`tile_slide_context`), each on 0 .. 1. Cells without a patch are not
     coloured. Right panel: the same slide with the IDC-positive patches tinted and
     outlined in red. Scaled down so the PNG's longest side is at most 1600 px; written
     under a temporary name, then renamed.
 
     Args:
-      bags: from `predict_bags` on `records_dir` / `split`.
+      bags: from `predict_bags` on `records_dir` / `split` (plus "tile_context" if drawn).
       records_dir: the ingested region-bag records.
       split: the split `bags` came from.
-      output_dir: folder for `<patient>.localisation.png` (or `.tiles.png`; created).
+      output_dir: folder for `<patient>.localisation.png` (`.tiles.png`,
+        `.tiles-context.png`; created).
       max_patients: only the first N patients (numeric order); None = all.
-      score: "attention" or "tile_probability" (`bags` must hold it).
+      scores: which of `SLIDE_SCORES` to draw (`bags` must hold each).
 
     Returns:
-      The written paths, in patient order.
+      score -> the written paths, in patient order.
 
     Raises:
-      DataError: see `predict_bags` (records), or `bags` lacks the score.
+      DataError: see `predict_bags` (records), or `bags` lacks a score.
     """
-    if score not in SLIDE_SCORES or score not in bags:
-        raise DataError(f"no {score!r} in the predictions to draw (the model may lack an instance classifier)")
-    score_name, suffix = SLIDE_SCORES[score]
+    for score in scores:
+        if score not in SLIDE_SCORES or score not in bags:
+            raise DataError(f"no {score!r} in the predictions to draw (the model may lack an instance classifier)")
     patient_ids = np.asarray(bags["patient_id"]).astype(str)
     patients = sorted(set(patient_ids.tolist()), key=_patient_sort_key)
     if max_patients is not None:
         patients = patients[:max(0, int(max_patients))]
+    written: Dict[str, List[pathlib.Path]] = {score: [] for score in scores}
     if not patients:
-        return []
+        return written
     wanted = set(patients)
     size = int(np.asarray(bags["bag_size"]).ravel()[0])
-    if score == "attention":
-        scores = np.asarray(bags["attention"], dtype=np.float64) * np.asarray(bags["probability"], dtype=np.float64)[:, None]
-        vmax = float(scores.max()) if scores.size else 0.0
-    else:
-        scores, vmax = np.asarray(bags[score], dtype=np.float64), 1.0
+    maps = {}  # score -> (per-tile values (n, K*K), colour-scale top)
+    for score in scores:
+        if score == "attention":
+            values = np.asarray(bags["attention"], dtype=np.float64) * np.asarray(
+                bags["probability"], dtype=np.float64)[:, None]
+            maps[score] = (values, float(values.max()) if values.size else 0.0)
+        else:
+            maps[score] = (np.asarray(bags[score], dtype=np.float64), 1.0)
     by_region = {(p, int(x), int(y)): i for i, (p, x, y) in
                  enumerate(zip(patient_ids, bags["origin_x"], bags["origin_y"]))}
 
@@ -477,14 +523,13 @@ def slide_heatmaps(
                 mosaics[patient][(int(x), int(y))] = image
 
     output = pathlib.Path(output_dir)
-    written = []
     for patient in patients:
         regions = mosaics[patient]
         if not regions:
             continue
         canvas = assemble_slide(regions, size)
         rows, cols = (side // bag_geometry.IDC_PATCH_SIZE for side in canvas.shape[:2])
-        cell_scores = np.full((rows, cols), np.nan)
+        cell_scores = {score: np.full((rows, cols), np.nan) for score in scores}
         cell_labels = np.full((rows, cols), MISSING, dtype=np.int64)
         positive_bags = probability_max = 0.0
         for x, y in regions:
@@ -494,15 +539,18 @@ def slide_heatmaps(
             labels = np.asarray(bags["patch_labels"][index]).reshape(size, size)
             r0, c0 = y // bag_geometry.IDC_PATCH_SIZE, x // bag_geometry.IDC_PATCH_SIZE
             cell_labels[r0:r0 + size, c0:c0 + size] = labels
-            cell_scores[r0:r0 + size, c0:c0 + size] = np.where(
-                labels != MISSING, scores[index].reshape(size, size), np.nan)
+            for score in scores:
+                cell_scores[score][r0:r0 + size, c0:c0 + size] = np.where(
+                    labels != MISSING, maps[score][0][index].reshape(size, size), np.nan)
             positive_bags += float(bags["label"][index] == 1)
             probability_max = max(probability_max, float(bags["probability"][index]))
         title = f"patient {patient} ({len(regions)} bags, {int(positive_bags)} positive, max P {probability_max:.2f})"
-        figure = _render_slide(canvas, cell_scores, cell_labels, vmax, title, score_name)
-        path = output / f"{_safe_name(patient)}{suffix}"
-        save_png_atomically(figure, path)
-        written.append(path)
+        for score in scores:
+            score_name, suffix = SLIDE_SCORES[score]
+            figure = _render_slide(canvas, cell_scores[score], cell_labels, maps[score][1], title, score_name)
+            path = output / f"{_safe_name(patient)}{suffix}"
+            save_png_atomically(figure, path)
+            written[score].append(path)
     return written
 
 
@@ -554,7 +602,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
         bags = predict_bags(args.model, args.records, args.split, args.batch_size)
         scores = localisation_scores(bags, args.bootstrap, args.seed)
-        heatmaps = (slide_heatmaps(bags, args.records, args.split, args.heatmaps, args.max_patients)
+        heatmaps = (slide_heatmaps(bags, args.records, args.split, args.heatmaps, args.max_patients)["attention"]
                     if args.heatmaps else [])
         result = {"model": str(resolve_model_dir(args.model).resolve()),
                   "records": os.path.abspath(args.records), "split": args.split,

@@ -24,7 +24,12 @@ Recipes and budgets come from `bench/configs/patient_cv.json` (a recipe may set 
 `epochs`, and `"stain_normalization": true` trains and scores on stain-normalised images,
 `image_ops.normalize_stain`, as the pipeline's Transform makes them with the same option;
 `"slide_context_sigmas": [...]` also scores the held-out patch probabilities averaged over
-each slide, `slide_context.smooth_slide_scores`, at each Gaussian width).
+each slide, `slide_context.smooth_slide_scores`, at each Gaussian width, and for a patch
+recipe with `--bag-records` how those averaged probabilities rank the IDC-positive patches
+inside the held-out positive regions (`within_bag_context`); a MIL recipe's
+`"tile_context_sigmas": [...]` scores its instance classifier's tile probabilities the same
+way, alone (`tile_within_bag`) and averaged over each slide's tiles
+(`tile_within_bag_context`)).
 Nothing is chosen on the held-out group (no early stopping, no epoch selection), so its
 scores are unbiased estimates for patients the recipe has not seen.
 
@@ -200,6 +205,20 @@ def _slide_context_aucs(labels, scores, patients, xs, ys, sigmas: Sequence[float
             for sigma in sigmas}
 
 
+def _within_bag_context_aucs(tile_scores: np.ndarray, patch_labels: np.ndarray, bag_labels: np.ndarray,
+                             patients: np.ndarray, origin_x: np.ndarray, origin_y: np.ndarray,
+                             sigmas: Sequence[float]) -> Dict[str, Optional[float]]:
+    """Within-bag AUC (`_within_bag_auc`) of tile scores averaged over each slide's tiles
+    (`mil_localisation.tile_slide_context`, sigma in tile widths), per width."""
+    from bench.mil_localisation import tile_slide_context
+
+    positive = bag_labels == 1
+    return {f"{float(sigma):g}": _within_bag_auc(
+                tile_slide_context(tile_scores, patch_labels, patients, origin_x, origin_y, float(sigma))[positive],
+                patch_labels[positive], bag_labels[positive])
+            for sigma in sigmas}
+
+
 def _bag_tiles(mosaics: np.ndarray, tile: int) -> np.ndarray:
     """(n, K*t, K*t, 3) mosaics -> (n * K*K, t, t, 3) tiles, row-major per bag."""
     n, side = mosaics.shape[0], mosaics.shape[1]
@@ -246,6 +265,24 @@ def patch_fold(data: Mapping[str, np.ndarray], held_out: Sequence[str], recipe: 
         tile_scores = model.predict(tiles, batch_size=_PREDICT_BATCH, verbose=0).reshape(positive.sum(), -1)
         result["within_bag"] = _within_bag_auc(tile_scores, bags["patch_labels"][positive],
                                                bags["labels"][positive])
+        if recipe.get("slide_context_sigmas"):
+            # The held-out patch probabilities at the cells of the held-out regions (every
+            # patch is one region's tile), averaged over the slide as above: how well a model
+            # trained WITH patch labels localises once it has slide context.
+            from histopath.data.bags import tile_cells
+
+            held_bags = np.isin(bags["patients"], list(held_out))
+            grid = int(round(np.sqrt(bags["patch_labels"].shape[1])))
+            columns, rows = tile_cells(bags["x"][held_bags], bags["y"][held_bags], grid, size)
+            cell_index = {(patient, int(x) // size, int(y) // size): index
+                          for index, (patient, x, y) in enumerate(zip(patients, data["x"][held], data["y"][held]))}
+            lookup = np.array([[cell_index.get((patient, int(column), int(row)), -1)
+                                for column, row in zip(bag_columns, bag_rows)]
+                               for patient, bag_columns, bag_rows in zip(bags["patients"][held_bags], columns, rows)])
+            patch_labels = np.where(lookup < 0, -1, bags["patch_labels"][held_bags])  # no patch, no part
+            result["within_bag_context"] = _within_bag_context_aucs(
+                scores[np.maximum(lookup, 0)], patch_labels, bags["labels"][held_bags], bags["patients"][held_bags],
+                bags["x"][held_bags], bags["y"][held_bags], recipe["slide_context_sigmas"])
     return result
 
 
@@ -281,6 +318,17 @@ def mil_fold(bags: Mapping[str, np.ndarray], held_out: Sequence[str], recipe: Ma
     if recipe.get("slide_context_sigmas"):  # regions averaged over their neighbouring regions
         result["slide_context"] = _slide_context_aucs(labels, probability, patients, bags["x"][held],
                                                       bags["y"][held], recipe["slide_context_sigmas"])
+    if recipe.get("tile_context_sigmas"):
+        # The instance classifier's tile probabilities (as exported: 0 on glass tiles) ranked
+        # within the positive regions like the attention, alone and averaged over each slide.
+        tile_probability = np.asarray(outputs[mil.TISSUE_MASK], np.float64) / (
+            1.0 + np.exp(-np.asarray(outputs[mil.INSTANCE_LOGIT], np.float64)))
+        patch_labels = bags["patch_labels"][held]
+        result["tile_within_bag"] = _within_bag_auc(tile_probability[labels == 1], patch_labels[labels == 1],
+                                                    labels[labels == 1])
+        result["tile_within_bag_context"] = _within_bag_context_aucs(
+            tile_probability, patch_labels, labels, patients, bags["x"][held], bags["y"][held],
+            recipe["tile_context_sigmas"])
     return result
 
 
@@ -300,7 +348,7 @@ def _summarise(folds: List[Dict[str, Any]], keys: Sequence[str]) -> Dict[str, An
 # The library code a fold's result depends on (hashed into the cache key).
 FOLD_MODULES = ("histopath.components.image_ops", "histopath.components.augment", "histopath.components.mil",
                 "histopath.components.model_config", "histopath.components.training", "bench.baseline_cnn",
-                "bench.mil_localisation", "histopath.components.slide_context")
+                "bench.mil_localisation", "histopath.components.slide_context", "histopath.data.bags")
 
 
 def code_fingerprint() -> str:
@@ -308,8 +356,8 @@ def code_fingerprint() -> str:
     from histopath.pipeline.fingerprint import source_fingerprint
 
     local = "".join(inspect.getsource(function) for function in (
-        stain_normalized, _training_dataset, _fit, _within_bag_auc, _slide_context_aucs, _bag_tiles, patch_fold,
-        mil_fold))
+        stain_normalized, _training_dataset, _fit, _within_bag_auc, _slide_context_aucs, _within_bag_context_aucs,
+        _bag_tiles, patch_fold, mil_fold))
     return hashlib.sha256((source_fingerprint(FOLD_MODULES) + local).encode()).hexdigest()[:16]
 
 

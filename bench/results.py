@@ -243,16 +243,33 @@ def mil_regions_step(model_dir: str, bag_records: str):
         if context is not None:
             scored["slide_context"] = context.report
         localisation = mil_localisation.localisation_scores(bags, bootstrap=1000, seed=0)
-        heatmaps = mil_localisation.slide_heatmaps(bags, bag_records, "test", folder / "heatmaps")
+        drawn = ("attention", "tile_probability") if "tile_probability" in bags else ("attention",)
+        heatmaps = mil_localisation.slide_heatmaps(bags, bag_records, "test", folder / "heatmaps", scores=drawn)
         result = {"decision_threshold": threshold, "unit": f"region of {IDC_BAG_SIZE}x{IDC_BAG_SIZE} patches",
                   **scored, "localisation": mil_localisation._json_ready(localisation),
-                  "heatmaps": [str(p) for p in heatmaps]}
+                  "heatmaps": [str(p) for p in heatmaps["attention"]]}
         if "tile_probability" in bags:  # the instance classifier's ranking, scored the same way
             result["tile_localisation"] = mil_localisation._json_ready(mil_localisation.localisation_scores(
                 {**bags, "attention": bags["tile_probability"]}, bootstrap=1000, seed=0))
-            result["tile_heatmaps"] = [str(p) for p in mil_localisation.slide_heatmaps(
-                bags, bag_records, "test", folder / "heatmaps", score="tile_probability")]
+            result["tile_heatmaps"] = [str(p) for p in heatmaps["tile_probability"]]
         return result
+    return work
+
+
+def mil_tile_context_step(model_dir: str, bag_records: str, sigma: float):
+    """The MIL instance classifier's tile probabilities with slide context (`sigma` tile
+    widths, chosen by the patient CV) scored as localisation on the test regions."""
+    def work(folder: pathlib.Path) -> Dict[str, Any]:
+        from bench import mil_localisation
+
+        bags = mil_localisation.predict_bags(model_dir, bag_records, "test")
+        context = mil_localisation.tile_slide_context(bags["tile_probability"], bags["patch_labels"],
+                                                      bags["patient_id"], bags["origin_x"], bags["origin_y"], sigma)
+        scores = mil_localisation.localisation_scores({**bags, "attention": context}, bootstrap=1000, seed=0)
+        heatmaps = mil_localisation.slide_heatmaps({**bags, "tile_context": context}, bag_records, "test",
+                                                   folder / "heatmaps", scores=("tile_context",))
+        return {"sigma": sigma, "localisation": mil_localisation._json_ready(scores),
+                "heatmaps": [str(p) for p in heatmaps["tile_context"]]}
     return work
 
 
@@ -629,6 +646,8 @@ def baseline_comparison(idc: Dict[str, Any]) -> Optional[str]:
     baseline's upper bound). Returns None when every model clearly beats every baseline.
     """
     ev = idc["evaluations"]
+    baseline_keys = [key for key in ("baseline", "baseline_raw", "baseline_context", "baseline_raw_context")
+                     if key in ev]
     baselines = [("the plain 6-convolution CNN (10 CPU minutes, same augmentation and preprocessing)",
                   metric(ev["baseline"], "image_level", "auc"))]
     if "baseline_raw" in ev:
@@ -639,10 +658,12 @@ def baseline_comparison(idc: Dict[str, Any]) -> Optional[str]:
                          for key in ("baseline_context", "baseline_raw_context") if key in ev]
     models = [("DenseNet201", metric(ev["densenet"], "image_level", "auc"), baselines),
               ("attention MIL (regions)", metric(ev["mil"], "image_level", "auc"), baselines)]
+    model_keys = ["densenet", "mil"]
     for key, label in (("densenet_context", "DenseNet201 with slide context"),
                        ("mil_context", "attention MIL (regions) with slide context")):
         if key in ev:
             models.append((label, metric(ev[key], "image_level", "auc"), context_baselines or baselines))
+            model_keys.append(key)
     verdicts, all_clear, any_behind = [], True, False
     for label, auc, bars in models:
         parts = []
@@ -665,8 +686,26 @@ def baseline_comparison(idc: Dict[str, Any]) -> Optional[str]:
     test_patients = len(idc["records"]["splits"]["test"]["patients"])
     text = ("**IDC, against the plain baseline:** the pipeline's models should clearly beat "
             + " and ".join(f"{name}, AUC {fmt(base)}" for name, base in baselines + context_baselines) + ". "
-            + ". ".join(verdicts) + f". Not clearly, then: with {test_patients} test patients the intervals are "
-            "wide.")
+            + ". ".join(verdicts) + ". Not clearly, then")
+
+    def patient_aucs(key):
+        return [(row["patient_id"], row["image_auc"]) for row in ev[key].get("patients", [])
+                if row.get("image_auc") is not None]
+    best = [max(patient_aucs(key), key=lambda item: item[1]) for key in baseline_keys if patient_aucs(key)]
+    worst = [min(patient_aucs(key), key=lambda item: item[1]) for key in model_keys if patient_aucs(key)]
+    scored = ev["baseline"]["image_level"]["n_patients"]
+    if best and worst and 2 <= scored and scored ** scored * 0.025 < 1:
+        # Each patient drawn every time is more than the 2.5 % in an interval's tail.
+        text += (f". With {scored} test patients, 1 resample in {scored ** scored} draws the same patient every "
+                 "time, more than the 2.5 % an interval leaves out at either end: a baseline's upper bound is at "
+                 "least its AUC on its best test patient alone (" + ", ".join(f"{p} {auc:.3f}" for p, auc in best)
+                 + ") and a model's lower bound at most its AUC on its worst one ("
+                 + ", ".join(f"{p} {auc:.3f}" for p, auc in worst) + "). Non-overlapping intervals need every "
+                 f"model's worst test patient above {max(auc for _, auc in best):.3f}, the baselines' best: only a "
+                 "model near-perfect on every test patient could show a clear win on this split; the per-patient "
+                 "table compares them patient by patient.")
+    else:
+        text += f": with {test_patients} test patients the intervals are wide."
     if any_behind:
         text += (f" A small network suits 50-pixel patches from {train_patients} training patients, while "
                  "DenseNet201 starts from random weights here (no ImageNet weights can be downloaded).")
@@ -691,18 +730,85 @@ def _widths(sigma: Any, units: str) -> str:
     return f"{value:g} {units[:-2] if units.endswith('ches') else units[:-1]} width{'' if value == 1 else 's'}"
 
 
-def slide_context_sweep(cv: Dict[str, Any], experiment: str = "patch") -> List[tuple]:
-    """(sigma, mean held-out AUC, per-fold AUCs) of an experiment's slide-context recipe(s)."""
+def slide_context_sweep(cv: Dict[str, Any], experiment: str = "patch", key: str = "slide_context") -> List[tuple]:
+    """(sigma, mean held-out AUC, per-fold AUCs) of an experiment's slide-context recipe(s):
+    `key` "slide_context" (classification), "within_bag_context" (patch model) or
+    "tile_within_bag_context" (MIL tiles) for the within-region ranking."""
     rows = []
     for entry in cv.get(experiment, {}).get("recipes", {}).values():
-        runs = [run for run in entry.get("runs", []) if "slide_context" in run]
+        runs = [run for run in entry.get("runs", []) if key in run]
         if not runs:
             continue
-        for sigma in runs[0]["slide_context"]:
-            folds = [run["slide_context"].get(sigma) for run in runs]
+        for sigma in runs[0][key]:
+            folds = [run[key].get(sigma) for run in runs]
             known = [v for v in folds if v is not None]
             rows.append((sigma, sum(known) / len(known) if known else None, folds))
     return [row for row in rows if row[1] is not None]
+
+
+def _context_recipe_runs(cv: Dict[str, Any], experiment: str, key: str) -> List[Dict[str, Any]]:
+    """The fold results of the experiment's recipe that scored `key` (the first such recipe)."""
+    for entry in cv.get(experiment, {}).get("recipes", {}).values():
+        runs = [run for run in entry.get("runs", []) if key in run]
+        if runs:
+            return runs
+    return []
+
+
+def localisation_context_sweeps(cv: Dict[str, Any]) -> Dict[str, Dict[str, tuple]]:
+    """Cross-validated within-region AUCs with slide context, by width.
+
+    Returns:
+      {"patch": ..., "tile": ...}: sigma ("none" for no context) -> (mean, per-fold AUCs),
+      for the plain CNN trained with patch labels and for the MIL's instance classifier
+      (region labels only); an experiment without such a recipe is left out.
+    """
+    sweeps = {}
+    for name, experiment, key, plain in (("patch", "patch", "within_bag_context", "within_bag"),
+                                         ("tile", "mil", "tile_within_bag_context", "tile_within_bag")):
+        runs = _context_recipe_runs(cv, experiment, key)
+        if not runs:
+            continue
+        folds = [run.get(plain) for run in runs]
+        known = [v for v in folds if v is not None]
+        rows = {"none": (sum(known) / len(known) if known else None, folds)}
+        rows.update({sigma: (mean, values) for sigma, mean, values in slide_context_sweep(cv, experiment, key)})
+        sweeps[name] = rows
+    return sweeps
+
+
+def best_context_sigma(rows: Dict[str, tuple]) -> Optional[str]:
+    """The width (not "none") with the highest mean of a `localisation_context_sweeps` entry."""
+    widths = [(sigma, mean) for sigma, (mean, _) in rows.items() if sigma != "none" and mean is not None]
+    return max(widths, key=lambda item: item[1])[0] if widths else None
+
+
+def localisation_context_lines(cv: Dict[str, Any]) -> List[str]:
+    """The CV table: how well patch scores averaged over the slide localise inside regions."""
+    sweeps = localisation_context_sweeps(cv)
+    if not sweeps:
+        return []
+    columns = [(name, label) for name, label in (
+        ("patch", "plain CNN trained WITH patch labels, its patch probabilities"),
+        ("tile", "MIL instance classifier (region labels only), its tile probabilities")) if name in sweeps]
+    widths = sorted({sigma for rows in sweeps.values() for sigma in rows if sigma != "none"}, key=float)
+    best = {name: best_context_sigma(sweeps[name]) for name, _ in columns}
+    lines = ["Localisation with slide context, chosen without the test patients: the same patient-level "
+             "cross-validation scores how well each patch's score averaged over its neighbours on the slide (slide "
+             "context, sigma in patch widths; every held-out patch is a neighbour, negative regions included) ranks "
+             "the IDC-positive patches inside the held-out positive regions (mean per-region AUC, mean over folds "
+             "and each fold):", "",
+             "| sigma (patches) | " + " | ".join(label for _, label in columns) + " |",
+             "|---|" + "---|" * len(columns)]
+    for sigma in ["none"] + widths:
+        cells = []
+        for name, _ in columns:
+            mean, folds = sweeps[name].get(sigma, (None, []))
+            text = "-" if mean is None else f"{mean:.3f} (" + " / ".join(
+                "n/a" if v is None else f"{v:.3f}" for v in folds) + ")"
+            cells.append(f"**{text}**" if sigma == best[name] else text)
+        lines.append(f"| {sigma} | " + " | ".join(cells) + " |")
+    return lines + [""]
 
 
 def slide_context_maps(images: List[Dict[str, Any]], figures: pathlib.Path, prefix: str) -> List[str]:
@@ -897,6 +1003,20 @@ def per_patient_lines(rows: List[tuple]) -> List[str]:
     return lines
 
 
+def per_patient_rates(rows: List[Dict[str, Any]], units: str) -> str:
+    """`; per test patient, sensitivity / specificity: 8867 0.944 / 0.997 (162 of 1642 ...)`,
+    or "" when the rows do not carry them (results from before they were recorded)."""
+    cells = []
+    for row in rows:
+        if "image_specificity" not in row:
+            return ""
+        rates = " / ".join("n/a" if row[name] is None else f"{row[name]:.3f}"
+                           for name in ("image_sensitivity", "image_specificity"))
+        cells.append(f"{row['patient_id']} {rates} ({row['n_malignant_images']} of {row['n_images']} {units} "
+                     "malignant)")
+    return "; per test patient, sensitivity / specificity: " + ", ".join(cells) if cells else ""
+
+
 def _unmet(block: Dict[str, Any], targets: Dict[str, float]) -> List[str]:
     """`level name value [CI] < goal` for every target `block` misses."""
     return [f"{label} {fmt(entry)} < {goal}" for label, entry, goal, met in target_results(block, targets)
@@ -937,7 +1057,9 @@ def shortfall_lines(results: Dict[str, Any]) -> List[str]:
                 text += (f" Its threshold ({ev[key]['decision_threshold']:.3f}) was chosen on the "
                          f"{setting.get('eval_patients', 2)} eval patients' slide-context scores (eval AUC "
                          f"{setting['eval_auc']:.3f}); on the test patients it gives sensitivity "
-                         f"{fmt(image_level['sensitivity'])} and specificity {fmt(image_level['specificity'])}.")
+                         f"{fmt(image_level['sensitivity'])} and specificity {fmt(image_level['specificity'])}"
+                         + per_patient_rates(ev[key].get("patients", []), "regions" if key.startswith("mil")
+                                             else "patches") + ".")
             else:
                 eval_auc = best_eval_auc(idc["runs"][key], key)
                 if eval_auc is not None:
@@ -987,12 +1109,19 @@ def shortfall_lines(results: Dict[str, Any]) -> List[str]:
             text = f"**IDC, MIL localisation:** within-bag attention AUC {fmt(loc)} < {goal}."
             supervised = _best_recipe(cv.get("patch", {}), "within_bag")
             attention = _best_recipe(cv.get("mil", {}), "within_bag")
+            sweeps = localisation_context_sweeps(cv)
+            context_best = {name: (sigma, rows[sigma][0]) for name, rows in sweeps.items()
+                            for sigma in [best_context_sigma(rows)] if sigma is not None}
             if supervised:
+                ceiling = max([supervised[1]] + ([context_best["patch"][1]] if "patch" in context_best else []))
                 text += (f" A plain CNN trained WITH patch labels ranks the IDC-positive patches inside held-out "
                          f"positive regions at a cross-validated mean AUC of {supervised[1]:.3f} "
-                         f"({supervised[0].replace('_', ' ')}): the target is above what patch-level supervision "
-                         "reaches on these patients, so attention trained on region labels alone is not expected "
-                         "to reach it here.")
+                         f"({supervised[0].replace('_', ' ')})"
+                         + (f", {context_best['patch'][1]:.3f} with slide context (sigma "
+                            f"{_widths(context_best['patch'][0], 'patches')})" if "patch" in context_best else "")
+                         + (": the target is above what patch-level supervision reaches on these patients, so "
+                            "attention trained on region labels alone is not expected to reach it here."
+                            if ceiling < goal else "."))
             if attention:
                 text += (f" The best MIL recipe's attention reaches {attention[1]:.3f} in the same cross-validation "
                          f"({attention[0].replace('_', ' ')}).")
@@ -1002,6 +1131,12 @@ def shortfall_lines(results: Dict[str, Any]) -> List[str]:
                 text += (f" The same MIL's instance classifier (also trained on region labels only) ranks them at "
                          f"{fmt(tiles)} on the test regions ({'above' if better else 'not above'} its attention"
                          f"{'' if tiles['value'] >= goal else f', short of {goal}'}).")
+            tile_context = ev.get("mil_tile_context", {}).get("localisation", {}).get("within_bag", {})
+            if "tile" in context_best and tile_context.get("value") is not None:
+                text += (f" With slide context its tile probabilities reach {context_best['tile'][1]:.3f} in the "
+                         f"cross-validation (sigma {_widths(context_best['tile'][0], 'patches')}) and "
+                         f"{fmt(tile_context)} on the test regions"
+                         f"{'' if tile_context['value'] >= goal else f', short of {goal}'}.")
             bullets.append(text)
     if breakhis:
         ev = breakhis["evaluations"]
@@ -1020,7 +1155,12 @@ def shortfall_lines(results: Dict[str, Any]) -> List[str]:
                                f"split's {tuning['label_counts']['benign']} benign and "
                                f"{tuning['label_counts']['malignant']} malignant images ({len(tuning['patients'])} "
                                f"patient{'' if len(tuning['patients']) == 1 else 's'}), so the balanced accuracy also "
-                               "rests on how well those few benign images stand for the test patients'.")
+                               "rests on how well those few benign images stand for the test patients'."
+                               + (" This is the no-transfer reference: initialised from the backbone trained on IDC "
+                                  "(the transfer that replaces ImageNet here, `breakhis_warm_start.json`), the same "
+                                  "DenseNet201 meets every BreakHis target."
+                                  if key == "densenet" and "densenet_warm_start" in ev
+                                  and not _unmet(ev["densenet_warm_start"], TARGETS["breakhis"]) else ""))
     lines += [f"- {bullet}" for bullet in bullets] if bullets else ["Every target is met."]
     return lines
 
@@ -1134,6 +1274,13 @@ def write_report(ctx: Context, results: Dict[str, Any], docs: pathlib.Path, star
         if tiles:
             rows += [(tiles, "within_bag", "instance classifier's tile probability, within positive bags"),
                      (tiles, "pooled", "instance classifier's tile probability, pooled over positive bags")]
+        tile_context = ev.get("mil_tile_context")
+        if tile_context:
+            width = _widths(tile_context["sigma"], "patches")
+            rows += [(tile_context["localisation"], "within_bag",
+                      f"tile probability with slide context ({width}), within positive bags"),
+                     (tile_context["localisation"], "pooled",
+                      f"tile probability with slide context ({width}), pooled over positive bags")]
         for scores, key, label in rows:
             entry = scores[key]
             lines.append(f"| {label} | {fmt(entry)} | {entry.get('n_tiles')} ({entry.get('n_positive_tiles')}/"
@@ -1146,6 +1293,12 @@ def write_report(ctx: Context, results: Dict[str, Any], docs: pathlib.Path, star
             lines += ["The instance classifier's rows: the MIL's tile classifier (`instance_loss_weight`), also "
                       "trained from region labels only, scores each patch by itself; the exported model returns it "
                       "as `tile_probability` beside `attention`.", ""]
+        if tile_context:
+            lines += [f"With slide context: each tile probability averaged over its neighbours on the whole slide "
+                      f"(`mil_localisation.tile_slide_context`, sigma {_widths(tile_context['sigma'], 'patches')}, the "
+                      "best width of the cross-validation below; neighbours across region borders count, no label "
+                      "is used).", ""]
+        lines += localisation_context_lines(idc.get("recipe_cv", {}))
         for index, path in enumerate(ev["mil"]["heatmaps"][:3]):
             # Small: a figure of the result, not a copy of the slide.
             figure = copy_figure(path, figures, f"idc-slide-{index}.png", max_side=900)
@@ -1156,6 +1309,11 @@ def write_report(ctx: Context, results: Dict[str, Any], docs: pathlib.Path, star
             lines.append(f"![MIL instance classifier's tile probabilities (left) and IDC-positive patches (right), "
                          f"test patient]({figure})")
         lines += [""]
+        for index, path in enumerate((tile_context or {}).get("heatmaps", [])[:3]):
+            figure = copy_figure(path, figures, f"idc-slide-tiles-context-{index}.png", max_side=900)
+            lines.append(f"![MIL tile probabilities with slide context (left) and IDC-positive patches (right), "
+                         f"test patient]({figure})")
+        lines += [""] if tile_context else []
         lines.append(f"![ROC, DenseNet201 on IDC test patients]"
                      f"({copy_figure(ev['densenet']['plots']['roc'], figures, 'idc-densenet-roc.png')})")
         lines += [""]
@@ -1288,6 +1446,13 @@ def main(argv: Optional[List[str]] = None) -> int:
                                                     ctx.workdir / "patient-cv-cache",
                                                     any(step in ctx.done_now for step in ingest_steps)),
                                     ingest_steps)
+        tile_sigma = best_context_sigma(localisation_context_sweeps(idc["recipe_cv"]).get("tile", {}))
+        if tile_sigma is not None:  # the MIL's tile probabilities with the width the CV chose
+            idc["evaluations"]["mil_tile_context"] = run_step(
+                ctx, "idc-mil-tile-context",
+                mil_tile_context_step(idc["runs"]["mil"]["models"]["mil"], idc["bag_records"]["records"],
+                                      float(tile_sigma)),
+                ["idc-mil", "idc-patient-cv"])
     results["precision_speed"] = run_step(ctx, "precision-speed", precision_speed_step())
     results["commands"] = collect_commands({k: results[k] for k in ("idc", "breakhis") if k in results})
     report = write_report(ctx, results, pathlib.Path(args.docs).resolve(), started)

@@ -79,6 +79,31 @@ def region_origin(
     return key[0] * span, key[1] * span
 
 
+def tile_cells(
+    origin_x: Sequence[int], origin_y: Sequence[int], region_patches: int,
+    patch_size: int = IDC_PATCH_SIZE
+) -> tuple[np.ndarray, np.ndarray]:
+    """The slide grid cell of every tile of regions given by their origins.
+
+    Args:
+      origin_x: per region, the x offset of its top-left corner in slide pixels.
+      origin_y: likewise y.
+      region_patches: K.
+      patch_size: P.
+
+    Returns:
+      `(columns, rows)`, each int64 `(n, K*K)`, row-major like the tiles of
+      `image_ops.tile_image(mosaic, P)`: tile `r * K + c` of a region at origin (x0, y0)
+      is cell `(x0 // P + c, y0 // P + r)`, the same cell as a patch at slide offset
+      (x, y) has as `(x // P, y // P)`.
+    """
+    check_region_patches(region_patches)
+    index = np.arange(region_patches * region_patches)
+    columns, rows = index % region_patches, index // region_patches
+    return (np.asarray(origin_x, np.int64)[:, None] // patch_size + columns[None, :],
+            np.asarray(origin_y, np.int64)[:, None] // patch_size + rows[None, :])
+
+
 def region_id(patient_id: str, origin_x: int, origin_y: int) -> str:
     """The record's source path of a region: `<patient>/region_x<X>_y<Y>`."""
     return f"{patient_id}/region_x{origin_x}_y{origin_y}"

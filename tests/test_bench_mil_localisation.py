@@ -122,6 +122,30 @@ def test_bootstrap_interval_contains_the_point_value_and_is_seeded():
         ml.localisation_scores({**bags, "probability": probability[:-1]})
 
 
+def test_tile_slide_context_averages_over_the_slide_not_the_bag():
+    from histopath.components import slide_context
+
+    # Two 2x2 regions side by side on patient "a" (origins 0 and 100 px), one on "b" at the
+    # same place as a's first: a's tiles are each other's neighbours across the region
+    # border, b's are not, and the cell without a patch takes no part.
+    scores = np.array([[0.9, 0.1, 0.8, 0.2], [0.3, 0.4, 0.5, 0.6], [0.0, 1.0, 1.0, 0.0]])
+    labels = np.array([[1, 0, 1, -1], [0, 0, 1, 1], [0, 1, 1, 0]])
+    smoothed = ml.tile_slide_context(scores, labels, ["a", "a", "b"], [0, 100, 0], [0, 0, 0], 1.0)
+    present = labels != -1
+    columns = np.array([[0, 1, 0, 1], [2, 3, 2, 3], [0, 1, 0, 1]])
+    rows = np.array([[0, 0, 1, 1]] * 3)
+    expected = slide_context.smooth_slide_scores(scores[present], np.repeat(["a", "a", "b"], present.sum(axis=1)),
+                                                 columns[present], rows[present], 1.0)
+    np.testing.assert_allclose(smoothed[present], expected)
+    assert smoothed[0, 3] == 0.0  # no patch there
+    # b alone gives the same values: a's tiles never leak into b's slide.
+    alone = ml.tile_slide_context(scores[2:], labels[2:], ["b"], [0], [0], 1.0)
+    np.testing.assert_allclose(alone[0], smoothed[2])
+    assert not np.allclose(smoothed[0, :3], ml.tile_slide_context(scores[:1], labels[:1], ["a"], [0], [0], 1.0)[0, :3])
+    with pytest.raises(ValueError, match="inconsistent"):
+        ml.tile_slide_context(scores[:, :3], labels[:, :3], ["a", "a", "b"], [0, 100, 0], [0, 0, 0], 1.0)
+
+
 @pytest.fixture(scope="module")
 def real_run(shared_data, tmp_path_factory):
     """Region bags (K = 2) of 3 real patients and an untrained 2x2-tile MIL model."""
@@ -203,22 +227,29 @@ def test_scores_and_slide_heatmaps_on_real_bags(real_run, tmp_path):
     json.dumps(scores)  # JSON-ready
 
     patients = sorted(set(bags["patient_id"]), key=lambda p: (len(p), p))
-    written = ml.slide_heatmaps(bags, records, "test", tmp_path / "maps")
+    bags = {**bags, "tile_context": ml.tile_slide_context(bags["tile_probability"], bags["patch_labels"],
+                                                          bags["patient_id"], bags["origin_x"], bags["origin_y"], 1.0)}
+    maps = ml.slide_heatmaps(bags, records, "test", tmp_path / "maps",
+                             scores=("attention", "tile_probability", "tile_context"))
+    written = maps["attention"]
     assert [p.name for p in written] == [f"{p}.localisation.png" for p in patients]
     for path in written:
         with Image.open(path) as image:
             assert image.format == "PNG" and image.mode == "RGB"
             assert max(image.size) <= ml.HEATMAP_MAX_SIDE and image.width > image.height
     assert not [p for p in os.listdir(tmp_path / "maps") if p.endswith(".tmp")]
-    assert len(ml.slide_heatmaps(bags, records, "test", tmp_path / "one", max_patients=1)) == 1
-    tiles = ml.slide_heatmaps(bags, records, "test", tmp_path / "maps", score="tile_probability")
+    assert len(ml.slide_heatmaps(bags, records, "test", tmp_path / "one", max_patients=1)["attention"]) == 1
+    tiles, context = maps["tile_probability"], maps["tile_context"]
     assert [p.name for p in tiles] == [f"{p}.tiles.png" for p in patients]
-    with Image.open(tiles[0]) as tile_map, Image.open(written[0]) as attention_map:
-        assert tile_map.size == attention_map.size
+    assert [p.name for p in context] == [f"{p}.tiles-context.png" for p in patients]
+    with Image.open(tiles[0]) as tile_map, Image.open(written[0]) as attention_map, \
+            Image.open(context[0]) as context_map:
+        assert tile_map.size == attention_map.size == context_map.size
         assert not np.array_equal(np.asarray(tile_map), np.asarray(attention_map))
+        assert not np.array_equal(np.asarray(tile_map), np.asarray(context_map))
     with pytest.raises(DataError, match="no 'tile_probability'"):
         ml.slide_heatmaps({k: v for k, v in bags.items() if k != "tile_probability"}, records, "test",
-                          tmp_path / "none", score="tile_probability")
+                          tmp_path / "none", scores=("tile_probability",))
 
     # The re-assembled slide puts every patch file at its slide offset.
     patient = patients[0]

@@ -71,12 +71,14 @@ def test_a_tiny_cross_validation_scores_every_non_test_patient_held_out(ingested
     config["folds"] = 2
     config["patch"].update(epochs=1, batch_size=16)
     config["patch"]["recipes"] = {"stain_amount": config["patch"]["recipes"]["stain_amount"],
-                                  "normalized": config["patch"]["recipes"]["stain_normalized"]}
+                                  "normalized": {**config["patch"]["recipes"]["stain_normalized"],
+                                                 "slide_context_sigmas": [0.01, 1]}}
     config["mil"].update(epochs=1, batch_size=4)
     config["mil"]["model"] = {"image_size": 100, "tile_size": 50, "encoder_filters": [4], "embedding_units": 8,
                               "attention_dim": 4}
     instance_loss = config["mil"]["recipes"]["stain_amount_instance_loss"]
-    config["mil"]["recipes"] = {"instance_loss": instance_loss, "two_epochs": {**instance_loss, "epochs": 2}}
+    config["mil"]["recipes"] = {"instance_loss": {**instance_loss, "tile_context_sigmas": [0.01, 1]},
+                                "two_epochs": {**instance_loss, "epochs": 2}}
     fitted_epochs = []
     real_fit = patient_cv._fit
     monkeypatch.setattr(patient_cv, "_fit",
@@ -125,6 +127,16 @@ def test_a_tiny_cross_validation_scores_every_non_test_patient_held_out(ingested
     assert result["mil"]["folds"] == folds
     for run in mil["runs"]:
         assert 0.0 <= run["auc"] <= 1.0 and 0.0 <= run["within_bag"] <= 1.0
+        # A width far below one tile leaves each tile to itself: the tile probabilities alone.
+        assert run["tile_within_bag_context"]["0.01"] == pytest.approx(run["tile_within_bag"])
+        assert 0.0 <= run["tile_within_bag_context"]["1"] <= 1.0
+    assert "tile_within_bag" not in result["mil"]["recipes"]["two_epochs"]["runs"][0]  # not asked for
+    for run in normalized["runs"]:
+        # The patch probabilities at the regions' cells: alone they rank like the tiles the model
+        # scored from the region mosaics (the same patches, read from the other records).
+        assert run["within_bag_context"]["0.01"] == pytest.approx(run["within_bag"], abs=0.02)
+        assert 0.0 <= run["within_bag_context"]["1"] <= 1.0
+        assert set(run["slide_context"]) == {"0.01", "1"}
 
 
 def test_cli_errors_are_clear(tmp_path, capsys):

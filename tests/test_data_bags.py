@@ -44,6 +44,18 @@ def test_region_key_and_cell_follow_the_idc_offsets():
         bags.check_region_patches(1)
 
 
+def test_tile_cells_put_each_tile_where_its_patch_lies_on_the_slide():
+    # Every patch of a 3x3 region: its tile index (row-major) maps back to its own cell.
+    x, y = 1 + 50 * 7, 1 + 50 * 3
+    origin = bags.region_origin(bags.region_key(x, y, 50, 3), 50, 3)
+    columns, rows = bags.tile_cells([origin[0], 0], [origin[1], 600], 3, 50)
+    assert columns.shape == rows.shape == (2, 9)
+    column, row = bags.cell_in_region(x, y, 50, 3)
+    assert (columns[0, row * 3 + column], rows[0, row * 3 + column]) == (x // 50, y // 50)
+    np.testing.assert_array_equal(columns[1], [0, 1, 2] * 3)
+    np.testing.assert_array_equal(rows[1], [12] * 3 + [13] * 3 + [14] * 3)
+
+
 def test_assemble_region_places_patches_and_fills_white():
     edge = np.arange(30 * 50 * 3, dtype=np.uint8).reshape(30, 50, 3)  # a bottom-edge patch
     narrow = _patch(7, height=50, width=12)  # a right-edge patch
