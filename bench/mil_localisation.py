@@ -17,6 +17,11 @@ Every AUC has a 95 % patient-cluster bootstrap interval (patients resampled with
 replacement, all their bags kept; `histopath.pipeline.evaluation`). With `--heatmaps`,
 one PNG per patient shows the re-assembled slide with the attention x probability map
 next to the ground-truth IDC-positive patches.
+
+A MIL model with an instance classifier also returns each tile's own probability; with
+`--tile-context-sigma S` those probabilities averaged over each slide's tiles
+(`tile_slide_context`: slide context, S in tile widths) are scored the same way
+("tile_context" in the JSON) and drawn as `<patient>.tiles-context.png`.
 """
 
 from __future__ import annotations
@@ -596,23 +601,44 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples (0 = none)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the bootstrap")
     parser.add_argument("--batch-size", type=int, default=32, help="bags per model call")
+    parser.add_argument("--tile-context-sigma", type=float,
+                        help="also score the instance classifier's tile probabilities with slide context "
+                             "(Gaussian width in tiles, > 0)")
     args = parser.parse_args(argv)
+    if args.tile_context_sigma is not None and not args.tile_context_sigma > 0:
+        parser.error(f"--tile-context-sigma must be > 0, got {args.tile_context_sigma}")
     try:
         from histopath.pipeline.predict import resolve_model_dir
 
         bags = predict_bags(args.model, args.records, args.split, args.batch_size)
         scores = localisation_scores(bags, args.bootstrap, args.seed)
-        heatmaps = (slide_heatmaps(bags, args.records, args.split, args.heatmaps, args.max_patients)["attention"]
-                    if args.heatmaps else [])
+        drawn = ["attention"]
         result = {"model": str(resolve_model_dir(args.model).resolve()),
                   "records": os.path.abspath(args.records), "split": args.split,
-                  "bag_size": int(bags["bag_size"][0]), **scores,
-                  "heatmaps": [str(p) for p in heatmaps]}
+                  "bag_size": int(bags["bag_size"][0]), **scores}
+        if args.tile_context_sigma is not None:
+            if "tile_probability" not in bags:
+                raise DataError(f"{args.model} has no instance classifier: no tile probabilities to average "
+                                "(--tile-context-sigma)")
+            bags = {**bags, "tile_context": tile_slide_context(
+                bags["tile_probability"], bags["patch_labels"], bags["patient_id"], bags["origin_x"],
+                bags["origin_y"], args.tile_context_sigma)}
+            context = localisation_scores({**bags, "attention": bags["tile_context"]}, args.bootstrap, args.seed)
+            result["tile_context"] = {"sigma": args.tile_context_sigma, **context}
+            drawn.append("tile_context")
+        heatmaps = (slide_heatmaps(bags, args.records, args.split, args.heatmaps, args.max_patients, scores=drawn)
+                    if args.heatmaps else {})
+        result["heatmaps"] = [str(p) for p in heatmaps.get("attention", [])]
+        if "tile_context" in result:
+            result["tile_context"]["heatmaps"] = [str(p) for p in heatmaps.get("tile_context", [])]
     except (DataError, ConfigError) as error:
         print(f"{parser.prog}: error: {error}", file=sys.stderr)
         return 2
     print("\n".join(summary_lines(scores)))
-    for path in heatmaps:
+    if "tile_context" in result:
+        print(f"tile probabilities with slide context (sigma {args.tile_context_sigma:g} tiles):")
+        print("\n".join(summary_lines(result["tile_context"])[1:]))
+    for path in (path for paths in heatmaps.values() for path in paths):
         print(f"heat-map: {path}")
     if args.output:
         target = pathlib.Path(args.output)

@@ -207,15 +207,18 @@ def _slide_context_aucs(labels, scores, patients, xs, ys, sigmas: Sequence[float
 
 def _within_bag_context_aucs(tile_scores: np.ndarray, patch_labels: np.ndarray, bag_labels: np.ndarray,
                              patients: np.ndarray, origin_x: np.ndarray, origin_y: np.ndarray,
-                             sigmas: Sequence[float]) -> Dict[str, Optional[float]]:
+                             sigmas: Sequence[float], times: Optional[np.ndarray] = None
+                             ) -> Dict[str, Optional[float]]:
     """Within-bag AUC (`_within_bag_auc`) of tile scores averaged over each slide's tiles
-    (`mil_localisation.tile_slide_context`, sigma in tile widths), per width."""
+    (`mil_localisation.tile_slide_context`, sigma in tile widths), per width; with `times`
+    (per tile, e.g. the attention), of the averaged scores multiplied by it."""
     from bench.mil_localisation import tile_slide_context
 
     positive = bag_labels == 1
+    factor = np.ones(patch_labels.shape) if times is None else np.asarray(times, np.float64)
     return {f"{float(sigma):g}": _within_bag_auc(
-                tile_slide_context(tile_scores, patch_labels, patients, origin_x, origin_y, float(sigma))[positive],
-                patch_labels[positive], bag_labels[positive])
+                (tile_slide_context(tile_scores, patch_labels, patients, origin_x, origin_y, float(sigma))
+                 * factor)[positive], patch_labels[positive], bag_labels[positive])
             for sigma in sigmas}
 
 
@@ -329,6 +332,10 @@ def mil_fold(bags: Mapping[str, np.ndarray], held_out: Sequence[str], recipe: Ma
         result["tile_within_bag_context"] = _within_bag_context_aucs(
             tile_probability, patch_labels, labels, patients, bags["x"][held], bags["y"][held],
             recipe["tile_context_sigmas"])
+        # ... and times the attention: do the two carry different evidence?
+        result["tile_attention_within_bag_context"] = _within_bag_context_aucs(
+            tile_probability, patch_labels, labels, patients, bags["x"][held], bags["y"][held],
+            recipe["tile_context_sigmas"], times=np.asarray(outputs[mil.ATTENTION], np.float64))
     return result
 
 

@@ -808,6 +808,14 @@ def localisation_context_lines(cv: Dict[str, Any]) -> List[str]:
                 "n/a" if v is None else f"{v:.3f}" for v in folds) + ")"
             cells.append(f"**{text}**" if sigma == best[name] else text)
         lines.append(f"| {sigma} | " + " | ".join(cells) + " |")
+    with_attention = slide_context_sweep(cv, "mil", "tile_attention_within_bag_context")
+    if with_attention and best.get("tile") is not None:
+        width, mean, _ = max(with_attention, key=lambda row: row[1])
+        alone = sweeps["tile"][best["tile"]][0]
+        lines += ["", f"Multiplied by the MIL's attention, the tile probabilities with slide context reach at best "
+                      f"{mean:.3f} (sigma {width}), {'above' if mean > alone else 'below'} the {alone:.3f} they reach "
+                      "alone: " + ("the attention adds evidence." if mean > alone else
+                                   "the attention adds nothing the tile classifier has not.")]
     return lines + [""]
 
 

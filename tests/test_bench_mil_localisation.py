@@ -285,6 +285,24 @@ def test_cli_writes_json_and_heatmaps(real_run, tmp_path, capsys):
                     "--split", "nope"]) == 2
     assert "no split 'nope'" in capsys.readouterr().err
 
+    # With slide context for the tile probabilities: scored and drawn too.
+    code = ml.main(["--model", str(real_run["model_dir"]), "--records", str(real_run["records"]),
+                    "--heatmaps", str(tmp_path / "maps"), "--max-patients", "1", "--output", str(output),
+                    "--bootstrap", "0", "--tile-context-sigma", "1"])
+    assert code == 0 and "tile probabilities with slide context (sigma 1 tiles):" in capsys.readouterr().out
+    context = json.loads(output.read_text())["tile_context"]
+    bags = real_run["bags"]
+    expected = ml.localisation_scores({**bags, "attention": ml.tile_slide_context(
+        bags["tile_probability"], bags["patch_labels"], bags["patient_id"], bags["origin_x"], bags["origin_y"],
+        1.0)}, bootstrap=0)
+    assert context["sigma"] == 1.0 and context["within_bag"]["value"] == pytest.approx(expected["within_bag"]["value"])
+    assert [os.path.basename(p) for p in context["heatmaps"]] == [
+        f"{sorted(set(bags['patient_id']), key=lambda p: (len(p), p))[0]}.tiles-context.png"]
+    with pytest.raises(SystemExit):
+        ml.main(["--model", str(real_run["model_dir"]), "--records", str(real_run["records"]),
+                 "--tile-context-sigma", "0"])
+    assert "--tile-context-sigma must be > 0" in capsys.readouterr().err
+
 
 def test_rejects_patch_records_and_mismatched_models(real_run, tmp_path):
     bad = tmp_path / "patches"

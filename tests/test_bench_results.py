@@ -364,6 +364,10 @@ def test_localisation_with_slide_context_sweeps_table_rows_and_shortfall(synthet
     assert "| 1 | **0.870 (0.860 / 0.880)** | 0.810 (0.800 / 0.820) |" in table
     assert "| 2 | - | **0.820 (0.790 / 0.850)** |" in table
     assert results.localisation_context_lines(_recipe_cv()) == []  # no recipe scored it
+    for run, value in zip(cv["mil"]["recipes"]["f"]["runs"], (0.76, 0.78)):
+        run["tile_attention_within_bag_context"] = {"1": value, "2": value - 0.01}
+    assert ("Multiplied by the MIL's attention, the tile probabilities with slide context reach at best 0.770 "
+            "(sigma 1), below the 0.820 they reach alone") in "\n".join(results.localisation_context_lines(cv))
 
     idc = synthetic_results["idc"]
     idc["recipe_cv"] = cv
