@@ -417,6 +417,58 @@ def assemble_slide(mosaics: Mapping[tuple[int, int], bytes], bag_size: int) -> n
     return canvas
 
 
+def patches_as_bags(scores: Sequence[float], labels: Sequence[int], patient_ids: Sequence[str],
+                    xs: Sequence[int], ys: Sequence[int], region_patches: int) -> Dict[str, np.ndarray]:
+    """Per-patch scores regrouped into the region bags `ingest --bag-size K` would make.
+
+    So that a patch model's scores (e.g. `histopath evaluate`'s per-image probabilities) are
+    scored by `localisation_scores` on the same regions as the MIL's attention: each patch
+    goes to its region's cell (`data.bags` geometry), a region's label is 1 if any of its
+    patches is positive.
+
+    Args:
+      scores: per patch.
+      labels: per patch, 0 / 1.
+      patient_ids: per patch.
+      xs: per patch, its slide x offset in pixels (from the IDC file name).
+      ys: likewise y.
+      region_patches: K.
+
+    Returns:
+      {"attention": the scores `(n, K*K)` (0 where no patch), "patch_labels" (-1 where no
+      patch), "label", "probability" (1.0: no region score), "patient_id", "origin_x",
+      "origin_y"}, regions sorted by (patient, row, column).
+
+    Raises:
+      ValueError: inputs of different lengths, or two patches in one cell.
+    """
+    if not len(scores) == len(labels) == len(patient_ids) == len(xs) == len(ys):
+        raise ValueError("scores, labels, patient ids and positions must be of one length")
+    cells: Dict[tuple, Dict[int, tuple]] = {}
+    for score, label, patient, x, y in zip(scores, labels, patient_ids, xs, ys):
+        column, row = bag_geometry.region_key(int(x), int(y), bag_geometry.IDC_PATCH_SIZE, region_patches)
+        cell_column, cell_row = bag_geometry.cell_in_region(int(x), int(y), bag_geometry.IDC_PATCH_SIZE,
+                                                            region_patches)
+        region = cells.setdefault((str(patient), row, column), {})
+        index = cell_row * region_patches + cell_column
+        if index in region:
+            raise ValueError(f"patient {patient}: two patches in the cell of ({x}, {y})")
+        region[index] = (float(score), int(label))
+    keys = sorted(cells, key=lambda key: (_patient_sort_key(key[0]), key[1], key[2]))
+    attention = np.zeros((len(keys), region_patches * region_patches))
+    patch_labels = np.full(attention.shape, MISSING, dtype=np.int64)
+    for row_index, key in enumerate(keys):
+        for index, (score, label) in cells[key].items():
+            attention[row_index, index], patch_labels[row_index, index] = score, label
+    origins = [bag_geometry.region_origin((column, row), bag_geometry.IDC_PATCH_SIZE, region_patches)
+               for _, row, column in keys]
+    return {"attention": attention, "patch_labels": patch_labels,
+            "label": (patch_labels == 1).any(axis=1).astype(np.int64), "probability": np.ones(len(keys)),
+            "patient_id": np.array([key[0] for key in keys]),
+            "origin_x": np.array([x for x, _ in origins], np.int64),
+            "origin_y": np.array([y for _, y in origins], np.int64)}
+
+
 def tile_slide_context(tile_scores: np.ndarray, patch_labels: np.ndarray, patient_ids: Sequence[str],
                        origin_x: Sequence[int], origin_y: Sequence[int], sigma: float) -> np.ndarray:
     """Tile scores averaged over each patient's slide: slide context for the tiles of bags.

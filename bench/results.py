@@ -256,6 +256,29 @@ def mil_regions_step(model_dir: str, bag_records: str):
     return work
 
 
+def patch_localisation_step(evaluation_json: pathlib.Path):
+    """How a patch model trained WITH patch labels (its `histopath evaluate` probabilities,
+    alone and with slide context) ranks the IDC-positive patches inside the test regions
+    the MIL is scored on: the test-split reference for the MIL's localisation."""
+    def work(folder: pathlib.Path) -> Dict[str, Any]:
+        from bench import mil_localisation
+        from histopath.data.layouts import idc_patch_position
+
+        images = json.loads(evaluation_json.read_text())["images"]
+        positions = [idc_patch_position(row["path"]) for row in images]
+        result = {"evaluation": str(evaluation_json)}
+        for name, key in (("alone", "probability"), ("slide_context", "context_probability")):
+            if all(key in row for row in images):
+                bags = mil_localisation.patches_as_bags(
+                    [row[key] for row in images], [row["label"] for row in images],
+                    [row["patient_id"] for row in images], [x for _, x, _ in positions],
+                    [y for _, _, y in positions], IDC_BAG_SIZE)
+                result[name] = mil_localisation._json_ready(
+                    mil_localisation.localisation_scores(bags, bootstrap=1000, seed=0))
+        return result
+    return work
+
+
 def mil_tile_context_step(model_dir: str, bag_records: str, sigma: float):
     """The MIL instance classifier's tile probabilities with slide context (`sigma` tile
     widths, chosen by the patient CV) scored as localisation on the test regions."""
@@ -379,6 +402,9 @@ def run_idc(ctx: Context) -> Dict[str, Any]:
         out["evaluations"]["baseline_raw"] = run_step(
             ctx, "idc-baseline-raw", baseline_step(records["records"], 6, 50, 10.0, "idc_densenet.json", False),
             ["idc-records"])
+    out["evaluations"]["densenet_localisation"] = run_step(
+        ctx, "idc-densenet-localisation",
+        patch_localisation_step(ctx.step_dir("idc-densenet-eval") / "evaluation.json"), ["idc-densenet-eval"])
     for kind, run in (("densenet", densenet), ("mil", mil)):
         context = out["evaluations"][kind].get("slide_context")
         if context:  # the same test predictions, averaged over each slide at the model's own threshold
@@ -1145,6 +1171,11 @@ def shortfall_lines(results: Dict[str, Any]) -> List[str]:
                          f"cross-validation (sigma {_widths(context_best['tile'][0], 'patches')}) and "
                          f"{fmt(tile_context)} on the test regions"
                          f"{'' if tile_context['value'] >= goal else f', short of {goal}'}.")
+            reference = ev.get("densenet_localisation", {})
+            if all(name in reference for name in ("alone", "slide_context")):
+                text += (" On the same test regions DenseNet201, trained WITH the patch labels, ranks them at "
+                         f"{fmt(reference['alone']['within_bag'])} alone and "
+                         f"{fmt(reference['slide_context']['within_bag'])} with slide context.")
             bullets.append(text)
     if breakhis:
         ev = breakhis["evaluations"]
@@ -1289,6 +1320,11 @@ def write_report(ctx: Context, results: Dict[str, Any], docs: pathlib.Path, star
                       f"tile probability with slide context ({width}), within positive bags"),
                      (tile_context["localisation"], "pooled",
                       f"tile probability with slide context ({width}), pooled over positive bags")]
+        reference = ev.get("densenet_localisation", {})
+        for name, label in (("alone", "patch probability"), ("slide_context", "patch probability with slide context")):
+            if name in reference:
+                rows.append((reference[name], "within_bag",
+                             f"reference, trained WITH patch labels: DenseNet201's {label}, within positive bags"))
         for scores, key, label in rows:
             entry = scores[key]
             lines.append(f"| {label} | {fmt(entry)} | {entry.get('n_tiles')} ({entry.get('n_positive_tiles')}/"
@@ -1301,6 +1337,11 @@ def write_report(ctx: Context, results: Dict[str, Any], docs: pathlib.Path, star
             lines += ["The instance classifier's rows: the MIL's tile classifier (`instance_loss_weight`), also "
                       "trained from region labels only, scores each patch by itself; the exported model returns it "
                       "as `tile_probability` beside `attention`.", ""]
+        if reference:
+            lines += ["Reference rows: DenseNet201 was trained WITH the patch labels; its per-patch probabilities "
+                      "(from `histopath evaluate`, alone and with its slide context) are regrouped into the same "
+                      "test regions and scored the same way: what patch-level supervision reaches on these "
+                      "patients.", ""]
         if tile_context:
             lines += [f"With slide context: each tile probability averaged over its neighbours on the whole slide "
                       f"(`mil_localisation.tile_slide_context`, sigma {_widths(tile_context['sigma'], 'patches')}, the "

@@ -146,6 +146,21 @@ def test_tile_slide_context_averages_over_the_slide_not_the_bag():
         ml.tile_slide_context(scores[:, :3], labels[:, :3], ["a", "a", "b"], [0, 100, 0], [0, 0, 0], 1.0)
 
 
+def test_patches_as_bags_put_each_patch_in_its_region_cell():
+    # Patient "7": three patches of region (0, 0) and one of region (1, 0), K = 2; IDC
+    # offsets are 1 + 50 n.
+    xs, ys = [1, 51, 1, 101], [1, 1, 51, 1]
+    bags = ml.patches_as_bags([0.9, 0.2, 0.4, 0.7], [1, 0, 0, 0], ["7"] * 4, xs, ys, 2)
+    np.testing.assert_allclose(bags["attention"], [[0.9, 0.2, 0.4, 0.0], [0.7, 0.0, 0.0, 0.0]])
+    np.testing.assert_array_equal(bags["patch_labels"], [[1, 0, 0, -1], [0, -1, -1, -1]])
+    np.testing.assert_array_equal(bags["label"], [1, 0])
+    np.testing.assert_array_equal(bags["origin_x"], [0, 100])
+    scores = ml.localisation_scores(bags, bootstrap=0)
+    assert scores["within_bag"]["value"] == 1.0 and scores["within_bag"]["n_tiles"] == 3
+    with pytest.raises(ValueError, match="two patches in the cell"):
+        ml.patches_as_bags([0.1, 0.2], [0, 0], ["7", "7"], [1, 1], [1, 1], 2)
+
+
 @pytest.fixture(scope="module")
 def real_run(shared_data, tmp_path_factory):
     """Region bags (K = 2) of 3 real patients and an untrained 2x2-tile MIL model."""
