@@ -29,7 +29,9 @@ recipe with `--bag-records` how those averaged probabilities rank the IDC-positi
 inside the held-out positive regions (`within_bag_context`); a MIL recipe's
 `"tile_context_sigmas": [...]` scores its instance classifier's tile probabilities the same
 way, alone (`tile_within_bag`) and averaged over each slide's tiles
-(`tile_within_bag_context`)).
+(`tile_within_bag_context`)). Slide-context recipes also record `best_balanced_accuracy`:
+alone and per width, the balanced accuracy at the threshold best on the held-out patients
+themselves, chosen in hindsight, so an upper bound for any threshold rule.
 Nothing is chosen on the held-out group (no early stopping, no epoch selection), so its
 scores are unbiased estimates for patients the recipe has not seen.
 
@@ -205,6 +207,26 @@ def _slide_context_aucs(labels, scores, patients, xs, ys, sigmas: Sequence[float
             for sigma in sigmas}
 
 
+def _best_balanced_accuracy(labels: np.ndarray, scores: np.ndarray) -> float:
+    """Balanced accuracy at the threshold that is best ON THESE scores (chosen in hindsight):
+    an upper bound for any threshold rule on the same held-out patients."""
+    from histopath.components.operating_point import balanced_accuracy_in_hindsight
+
+    return balanced_accuracy_in_hindsight(labels, scores)[1]
+
+
+def _slide_context_best_balanced_accuracies(labels, scores, patients, xs, ys,
+                                            sigmas: Sequence[float]) -> Dict[str, float]:
+    """`_best_balanced_accuracy` of the scores alone ("none") and with slide context, per width."""
+    from histopath.components import slide_context
+
+    result = {"none": _best_balanced_accuracy(labels, scores)}
+    for sigma in sigmas:
+        result[f"{float(sigma):g}"] = _best_balanced_accuracy(
+            labels, slide_context.smooth_slide_scores(scores, patients, xs, ys, float(sigma)))
+    return result
+
+
 def _within_bag_context_aucs(tile_scores: np.ndarray, patch_labels: np.ndarray, bag_labels: np.ndarray,
                              patients: np.ndarray, origin_x: np.ndarray, origin_y: np.ndarray,
                              sigmas: Sequence[float], times: Optional[np.ndarray] = None
@@ -258,6 +280,8 @@ def patch_fold(data: Mapping[str, np.ndarray], held_out: Sequence[str], recipe: 
     if recipe.get("slide_context_sigmas"):
         result["slide_context"] = _slide_context_aucs(labels, scores, patients, data["x"][held], data["y"][held],
                                                       recipe["slide_context_sigmas"])
+        result["best_balanced_accuracy"] = _slide_context_best_balanced_accuracies(
+            labels, scores, patients, data["x"][held], data["y"][held], recipe["slide_context_sigmas"])
     if bags is not None:
         positive = np.isin(bags["patients"], list(held_out)) & (bags["labels"] == 1)
         size = data["images"].shape[1]
@@ -321,6 +345,8 @@ def mil_fold(bags: Mapping[str, np.ndarray], held_out: Sequence[str], recipe: Ma
     if recipe.get("slide_context_sigmas"):  # regions averaged over their neighbouring regions
         result["slide_context"] = _slide_context_aucs(labels, probability, patients, bags["x"][held],
                                                       bags["y"][held], recipe["slide_context_sigmas"])
+        result["best_balanced_accuracy"] = _slide_context_best_balanced_accuracies(
+            labels, probability, patients, bags["x"][held], bags["y"][held], recipe["slide_context_sigmas"])
     if recipe.get("tile_context_sigmas"):
         # The instance classifier's tile probabilities (as exported: 0 on glass tiles) ranked
         # within the positive regions like the attention, alone and averaged over each slide.
@@ -355,7 +381,8 @@ def _summarise(folds: List[Dict[str, Any]], keys: Sequence[str]) -> Dict[str, An
 # The library code a fold's result depends on (hashed into the cache key).
 FOLD_MODULES = ("histopath.components.image_ops", "histopath.components.augment", "histopath.components.mil",
                 "histopath.components.model_config", "histopath.components.training", "bench.baseline_cnn",
-                "bench.mil_localisation", "histopath.components.slide_context", "histopath.data.bags")
+                "bench.mil_localisation", "histopath.components.slide_context", "histopath.data.bags",
+                "histopath.components.operating_point")
 
 
 def code_fingerprint() -> str:
@@ -363,8 +390,8 @@ def code_fingerprint() -> str:
     from histopath.pipeline.fingerprint import source_fingerprint
 
     local = "".join(inspect.getsource(function) for function in (
-        stain_normalized, _training_dataset, _fit, _within_bag_auc, _slide_context_aucs, _within_bag_context_aucs,
-        _bag_tiles, patch_fold, mil_fold))
+        stain_normalized, _training_dataset, _fit, _within_bag_auc, _slide_context_aucs, _best_balanced_accuracy,
+        _slide_context_best_balanced_accuracies, _within_bag_context_aucs, _bag_tiles, patch_fold, mil_fold))
     return hashlib.sha256((source_fingerprint(FOLD_MODULES) + local).encode()).hexdigest()[:16]
 
 

@@ -32,3 +32,28 @@ def balanced_accuracy_threshold(labels: np.ndarray, probabilities: np.ndarray) -
     score = sensitivity + specificity
     best = np.flatnonzero(np.isclose(score, score.max()))
     return float(cuts[best[len(best) // 2]])
+
+
+def balanced_accuracy_in_hindsight(labels: np.ndarray, probabilities: np.ndarray) -> tuple[float, float]:
+    """The best balanced accuracy any threshold reaches on THESE scores, and that threshold.
+
+    The threshold is chosen on the very labels it is scored on, so this is a diagnostic,
+    never an operating point: an upper bound for every threshold rule on the same images.
+    When it is close to the balanced accuracy at the model's own threshold, the threshold
+    is not what limits the model; its ranking is.
+
+    Args:
+      labels: 0/1 array.
+      probabilities: scores in [0, 1], same length.
+
+    Returns:
+      `(threshold, balanced_accuracy)`; the balanced accuracy is NaN when the labels hold
+      only one class.
+    """
+    labels = np.asarray(labels).astype(int).ravel()
+    probabilities = np.asarray(probabilities, dtype=np.float64).ravel()
+    threshold = balanced_accuracy_threshold(labels, probabilities)
+    if labels.size == 0 or labels.min() == labels.max():
+        return threshold, float("nan")
+    predicted = probabilities >= threshold
+    return threshold, float((np.mean(predicted[labels == 1]) + np.mean(~predicted[labels == 0])) / 2.0)

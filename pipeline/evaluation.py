@@ -375,6 +375,8 @@ def score_predictions(
       {"patient_label_rule", "patient_score_rule", "bootstrap", "image_level",
       "patient_level", "patients"} as in `evaluate_model`'s result.
     """
+    from histopath.components import operating_point
+
     if bootstrap < 0:
         raise ConfigError(f"bootstrap resamples must be >= 0, got {bootstrap}")
     labels = np.asarray(labels, dtype=int)
@@ -399,6 +401,7 @@ def score_predictions(
         patient_labels, patient_scores, patient_predictions, np.arange(n_patients), n_patients, weights)
 
     def level(n_items, item_labels, item_scores, item_predictions, metrics):
+        hindsight_threshold, hindsight = operating_point.balanced_accuracy_in_hindsight(item_labels, item_scores)
         return {
             "n_images": int(len(labels)),
             "n_patients": n_patients,
@@ -407,6 +410,10 @@ def score_predictions(
             "metrics": metrics,
             "confusion_matrix": _confusion_matrix(item_labels, item_predictions),
             "calibration": calibration_table(item_labels, item_scores),
+            # A diagnostic, not an operating point: the best balanced accuracy any threshold
+            # reaches on these very labels. Close to the model's own: its ranking limits it.
+            "balanced_accuracy_in_hindsight": {
+                "value": None if math.isnan(hindsight) else hindsight, "threshold": hindsight_threshold},
         }
 
     def own_rate(i: int, label: int) -> Optional[float]:
@@ -691,6 +698,10 @@ def summary_lines(result: Mapping[str, Any]) -> List[str]:
             lines.append(f"  {name:18s} {metric['value']:.3f}{interval}")
         cm = block["confusion_matrix"]
         lines.append(f"  confusion          TN={cm['tn']} FP={cm['fp']} FN={cm['fn']} TP={cm['tp']}")
+        hindsight = block.get("balanced_accuracy_in_hindsight", {})
+        if hindsight.get("value") is not None:
+            lines.append(f"  in hindsight       balanced accuracy {hindsight['value']:.3f} at threshold "
+                         f"{hindsight['threshold']:.3f}, chosen on these labels (a bound, not an operating point)")
     patients = result.get("patients", [])
     if patients:
         lines.append("per patient, its own images (AUC, sensitivity, specificity at the threshold):")

@@ -38,6 +38,19 @@ def test_code_fingerprint_follows_the_fold_code(monkeypatch):
     assert patient_cv.code_fingerprint() != first
 
 
+def test_best_balanced_accuracy_is_in_hindsight_and_bounds_a_fixed_threshold():
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 2, 400)
+    scores = np.clip(0.5 + 0.25 * (labels - 0.5) + rng.normal(0, 0.2, 400), 0, 1)
+    best = patient_cv._best_balanced_accuracy(labels, scores)
+    for threshold in (0.3, 0.5, 0.7):
+        predicted = scores >= threshold
+        fixed = (np.mean(predicted[labels == 1]) + np.mean(~predicted[labels == 0])) / 2
+        assert best >= fixed
+    assert patient_cv._best_balanced_accuracy([0, 0, 1, 1], [0.1, 0.4, 0.35, 0.9]) == 0.75
+    assert patient_cv._best_balanced_accuracy([0, 1], [0.2, 0.8]) == 1.0
+
+
 def test_bag_tiles_are_row_major_per_bag():
     mosaics = np.zeros((2, 4, 4, 3), np.uint8)
     for bag in range(2):
@@ -137,6 +150,8 @@ def test_a_tiny_cross_validation_scores_every_non_test_patient_held_out(ingested
         assert run["within_bag_context"]["0.01"] == pytest.approx(run["within_bag"], abs=0.02)
         assert 0.0 <= run["within_bag_context"]["1"] <= 1.0
         assert set(run["slide_context"]) == {"0.01", "1"}
+        assert set(run["best_balanced_accuracy"]) == {"none", "0.01", "1"}
+        assert run["best_balanced_accuracy"]["0.01"] == pytest.approx(run["best_balanced_accuracy"]["none"])
 
 
 def test_cli_errors_are_clear(tmp_path, capsys):

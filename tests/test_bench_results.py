@@ -215,8 +215,11 @@ def test_report_says_which_targets_are_not_met_and_why(synthetic_results, tmp_pa
     synthetic_results["idc"]["recipe_cv"] = _recipe_cv()
     densenet = synthetic_results["idc"]["evaluations"]["densenet"]
     densenet["image_level"]["metrics"]["auc"].update(value=0.88, ci_low=0.8, ci_high=0.95)
+    densenet["image_level"]["metrics"]["balanced_accuracy"].update(value=0.85, ci_low=0.8, ci_high=0.9)
     text = "\n".join(results.shortfall_lines(synthetic_results))
     assert "**IDC, DenseNet201:** image auc 0.880 [0.800, 0.950] < 0.96" in text
+    hindsight = densenet["image_level"]["balanced_accuracy_in_hindsight"]["value"]
+    assert f"test images in hindsight would give a balanced accuracy of {hindsight:.3f}" in text
     first = densenet["patients"][0]
     assert f"{first['patient_id']} {first['image_auc']:.3f}" in text  # each test patient's own AUC
     assert "best patch recipe tried (b) reaches a mean held-out AUC of 0.890 (folds 0.880 / 0.900)" in text
@@ -393,3 +396,19 @@ def test_localisation_with_slide_context_sweeps_table_rows_and_shortfall(synthet
             "context.") in text
     assert ("| reference, trained WITH patch labels: DenseNet201's patch probability with slide context, within "
             "positive bags | 0.850 [0.800, 0.900] |") in page
+
+
+def test_best_balanced_accuracy_in_hindsight_bounds_any_threshold_rule():
+    cv = _recipe_cv()
+    assert results.best_balanced_accuracy_text(cv) is None  # not scored
+    cv["patch"]["recipes"]["e"] = {"recipe": {}, "auc": {"mean": 0.9, "folds": [0.9, 0.9]}, "runs": [
+        {"best_balanced_accuracy": {"none": 0.84, "1": 0.87, "1.5": 0.88}},
+        {"best_balanced_accuracy": {"none": 0.86, "1": 0.89, "1.5": 0.88}}]}
+    cv["mil"]["recipes"]["f"] = {"recipe": {}, "auc": {"mean": 0.9, "folds": [0.9, 0.9]}, "runs": [
+        {"best_balanced_accuracy": {"none": 0.85, "1": 0.86}}, {"best_balanced_accuracy": {"none": 0.87, "1": 0.88}}]}
+    text = results.best_balanced_accuracy_text(cv)
+    assert ("reaches a balanced accuracy of 0.880 on patches with slide context (sigma 1 patch width; folds 0.870 / "
+            "0.890; 0.850 alone) and 0.870 on regions with slide context (sigma 1 region width; folds 0.860 / 0.880; "
+            "0.860 alone): below 0.9 for the recipes measured here, whatever the threshold.") in text
+    cv["mil"]["recipes"]["f"]["runs"][1]["best_balanced_accuracy"]["1"] = 0.95
+    assert results.best_balanced_accuracy_text(cv).endswith("0.860 alone).")

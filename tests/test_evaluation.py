@@ -246,6 +246,9 @@ def test_slide_context_evaluation_scores_the_smoothed_probabilities_at_the_model
     lines = evaluation.summary_lines({**scored, "slide_context": report})
     assert any(line.startswith("image level with slide context (sigma 1.5 patches, threshold 0.500): 60")
                for line in lines)
+    hindsight = scored["image_level"]["balanced_accuracy_in_hindsight"]
+    assert hindsight["value"] >= scored["image_level"]["metrics"]["balanced_accuracy"]["value"]  # a bound
+    assert f"  in hindsight       balanced accuracy {hindsight['value']:.3f} at threshold" in "\n".join(lines)
     first = scored["patients"][0]  # and each patient's own images
     assert (f"  a                  30 images ({first['n_malignant_images']} malignant)  AUC {first['image_auc']:.3f}"
             f"  sensitivity {first['image_sensitivity']:.3f}  specificity {first['image_specificity']:.3f}") in lines

@@ -257,3 +257,15 @@ def test_threshold_maximises_balanced_accuracy():
     predicted = scores >= threshold
     assert (predicted == labels.astype(bool)).all()
     assert operating_point.balanced_accuracy_threshold(np.ones(3), np.array([0.1, 0.2, 0.3])) == 0.5
+
+
+def test_balanced_accuracy_in_hindsight_is_the_best_any_threshold_reaches():
+    labels = np.array([0, 0, 1, 1, 0, 1])
+    scores = np.array([0.1, 0.4, 0.35, 0.9, 0.5, 0.6])
+    threshold, best = operating_point.balanced_accuracy_in_hindsight(labels, scores)
+    for cut in np.linspace(0, 1, 101):  # no threshold does better
+        predicted = scores >= cut
+        assert best >= (predicted[labels == 1].mean() + (~predicted[labels == 0]).mean()) / 2 - 1e-12
+    predicted = scores >= threshold
+    assert best == pytest.approx((predicted[labels == 1].mean() + (~predicted[labels == 0]).mean()) / 2)
+    assert np.isnan(operating_point.balanced_accuracy_in_hindsight(np.ones(3), np.array([0.1, 0.2, 0.3]))[1])
