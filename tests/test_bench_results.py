@@ -400,15 +400,17 @@ def test_localisation_with_slide_context_sweeps_table_rows_and_shortfall(synthet
 
 def test_best_balanced_accuracy_in_hindsight_bounds_any_threshold_rule():
     cv = _recipe_cv()
-    assert results.best_balanced_accuracy_text(cv) is None  # not scored
+    assert results.best_balanced_accuracy_text(cv, 2) is None  # not scored
     cv["patch"]["recipes"]["e"] = {"recipe": {}, "auc": {"mean": 0.9, "folds": [0.9, 0.9]}, "runs": [
         {"best_balanced_accuracy": {"none": 0.84, "1": 0.87, "1.5": 0.88}},
         {"best_balanced_accuracy": {"none": 0.86, "1": 0.89, "1.5": 0.88}}]}
     cv["mil"]["recipes"]["f"] = {"recipe": {}, "auc": {"mean": 0.9, "folds": [0.9, 0.9]}, "runs": [
         {"best_balanced_accuracy": {"none": 0.85, "1": 0.86}}, {"best_balanced_accuracy": {"none": 0.87, "1": 0.88}}]}
-    text = results.best_balanced_accuracy_text(cv)
+    text = results.best_balanced_accuracy_text(cv, 2)
     assert ("reaches a balanced accuracy of 0.880 on patches with slide context (sigma 1 patch width; folds 0.870 / "
             "0.890; 0.850 alone) and 0.870 on regions with slide context (sigma 1 region width; folds 0.860 / 0.880; "
             "0.860 alone): below 0.9 for the recipes measured here, whatever the threshold.") in text
     cv["mil"]["recipes"]["f"]["runs"][1]["best_balanced_accuracy"]["1"] = 0.95
-    assert results.best_balanced_accuracy_text(cv).endswith("0.860 alone).")
+    assert results.best_balanced_accuracy_text(cv, 2).endswith(
+        "0.860 alone): at best the target itself, and only at a threshold as good as one chosen in hindsight, "
+        "while the pipeline has 2 eval patients to choose it on.")
