@@ -197,34 +197,21 @@ def _within_bag_auc(scores: np.ndarray, patch_labels: np.ndarray, bag_labels: np
     return localisation_scores(bags, bootstrap=0)["within_bag"]["value"]
 
 
-def _slide_context_aucs(labels, scores, patients, xs, ys, sigmas: Sequence[float]) -> Dict[str, Optional[float]]:
-    """Held-out AUC of the scores averaged over each slide (`slide_context`), per width."""
+def _slide_context_scores(labels, scores, patients, xs, ys, sigmas: Sequence[float]) -> Dict[str, Dict[str, Any]]:
+    """The held-out scores averaged over each slide (`slide_context`), each width smoothed once:
+    "slide_context", the AUC per width; "best_balanced_accuracy", alone ("none") and per
+    width, the balanced accuracy at the threshold best on these patients themselves
+    (`operating_point.balanced_accuracy_in_hindsight`: an upper bound for any threshold rule)."""
     from histopath.components import slide_context
+    from histopath.components.operating_point import balanced_accuracy_in_hindsight
     from histopath.pipeline.evaluation import roc_auc
 
-    return {f"{float(sigma):g}": roc_auc(labels, slide_context.smooth_slide_scores(scores, patients, xs, ys,
-                                                                                    float(sigma)))
-            for sigma in sigmas}
-
-
-def _best_balanced_accuracy(labels: np.ndarray, scores: np.ndarray) -> float:
-    """Balanced accuracy at the threshold that is best ON THESE scores (chosen in hindsight):
-    an upper bound for any threshold rule on the same held-out patients."""
-    from histopath.components.operating_point import balanced_accuracy_in_hindsight
-
-    return balanced_accuracy_in_hindsight(labels, scores)[1]
-
-
-def _slide_context_best_balanced_accuracies(labels, scores, patients, xs, ys,
-                                            sigmas: Sequence[float]) -> Dict[str, float]:
-    """`_best_balanced_accuracy` of the scores alone ("none") and with slide context, per width."""
-    from histopath.components import slide_context
-
-    result = {"none": _best_balanced_accuracy(labels, scores)}
+    aucs, best = {}, {"none": balanced_accuracy_in_hindsight(labels, scores)[1]}
     for sigma in sigmas:
-        result[f"{float(sigma):g}"] = _best_balanced_accuracy(
-            labels, slide_context.smooth_slide_scores(scores, patients, xs, ys, float(sigma)))
-    return result
+        smoothed = slide_context.smooth_slide_scores(scores, patients, xs, ys, float(sigma))
+        aucs[f"{float(sigma):g}"] = roc_auc(labels, smoothed)
+        best[f"{float(sigma):g}"] = balanced_accuracy_in_hindsight(labels, smoothed)[1]
+    return {"slide_context": aucs, "best_balanced_accuracy": best}
 
 
 def _within_bag_context_aucs(tile_scores: np.ndarray, patch_labels: np.ndarray, bag_labels: np.ndarray,
@@ -278,10 +265,8 @@ def patch_fold(data: Mapping[str, np.ndarray], held_out: Sequence[str], recipe: 
               "per_patient_auc": {p: roc_auc(labels[patients == p], scores[patients == p])
                                   for p in sorted(set(patients), key=lambda p: (len(p), p))}}
     if recipe.get("slide_context_sigmas"):
-        result["slide_context"] = _slide_context_aucs(labels, scores, patients, data["x"][held], data["y"][held],
-                                                      recipe["slide_context_sigmas"])
-        result["best_balanced_accuracy"] = _slide_context_best_balanced_accuracies(
-            labels, scores, patients, data["x"][held], data["y"][held], recipe["slide_context_sigmas"])
+        result.update(_slide_context_scores(labels, scores, patients, data["x"][held], data["y"][held],
+                                            recipe["slide_context_sigmas"]))
     if bags is not None:
         positive = np.isin(bags["patients"], list(held_out)) & (bags["labels"] == 1)
         size = data["images"].shape[1]
@@ -293,23 +278,16 @@ def patch_fold(data: Mapping[str, np.ndarray], held_out: Sequence[str], recipe: 
         result["within_bag"] = _within_bag_auc(tile_scores, bags["patch_labels"][positive],
                                                bags["labels"][positive])
         if recipe.get("slide_context_sigmas"):
-            # The held-out patch probabilities at the cells of the held-out regions (every
-            # patch is one region's tile), averaged over the slide as above: how well a model
-            # trained WITH patch labels localises once it has slide context.
-            from histopath.data.bags import tile_cells
+            # The held-out patch probabilities regrouped into the same regions, averaged over
+            # the slide as above: how well a model trained WITH patch labels localises once it
+            # has slide context.
+            from bench.mil_localisation import patches_as_bags
 
-            held_bags = np.isin(bags["patients"], list(held_out))
-            grid = int(round(np.sqrt(bags["patch_labels"].shape[1])))
-            columns, rows = tile_cells(bags["x"][held_bags], bags["y"][held_bags], grid, size)
-            cell_index = {(patient, int(x) // size, int(y) // size): index
-                          for index, (patient, x, y) in enumerate(zip(patients, data["x"][held], data["y"][held]))}
-            lookup = np.array([[cell_index.get((patient, int(column), int(row)), -1)
-                                for column, row in zip(bag_columns, bag_rows)]
-                               for patient, bag_columns, bag_rows in zip(bags["patients"][held_bags], columns, rows)])
-            patch_labels = np.where(lookup < 0, -1, bags["patch_labels"][held_bags])  # no patch, no part
+            regions = patches_as_bags(scores, labels, patients, data["x"][held], data["y"][held],
+                                      int(round(np.sqrt(bags["patch_labels"].shape[1]))))
             result["within_bag_context"] = _within_bag_context_aucs(
-                scores[np.maximum(lookup, 0)], patch_labels, bags["labels"][held_bags], bags["patients"][held_bags],
-                bags["x"][held_bags], bags["y"][held_bags], recipe["slide_context_sigmas"])
+                regions["attention"], regions["patch_labels"], regions["label"], regions["patient_id"],
+                regions["origin_x"], regions["origin_y"], recipe["slide_context_sigmas"])
     return result
 
 
@@ -343,10 +321,8 @@ def mil_fold(bags: Mapping[str, np.ndarray], held_out: Sequence[str], recipe: Ma
               "auc": roc_auc(labels, probability), "within_bag": scores["within_bag"]["value"],
               "pooled": scores["pooled"]["value"]}
     if recipe.get("slide_context_sigmas"):  # regions averaged over their neighbouring regions
-        result["slide_context"] = _slide_context_aucs(labels, probability, patients, bags["x"][held],
-                                                      bags["y"][held], recipe["slide_context_sigmas"])
-        result["best_balanced_accuracy"] = _slide_context_best_balanced_accuracies(
-            labels, probability, patients, bags["x"][held], bags["y"][held], recipe["slide_context_sigmas"])
+        result.update(_slide_context_scores(labels, probability, patients, bags["x"][held], bags["y"][held],
+                                            recipe["slide_context_sigmas"]))
     if recipe.get("tile_context_sigmas"):
         # The instance classifier's tile probabilities (as exported: 0 on glass tiles) ranked
         # within the positive regions like the attention, alone and averaged over each slide.
@@ -390,8 +366,8 @@ def code_fingerprint() -> str:
     from histopath.pipeline.fingerprint import source_fingerprint
 
     local = "".join(inspect.getsource(function) for function in (
-        stain_normalized, _training_dataset, _fit, _within_bag_auc, _slide_context_aucs, _best_balanced_accuracy,
-        _slide_context_best_balanced_accuracies, _within_bag_context_aucs, _bag_tiles, patch_fold, mil_fold))
+        stain_normalized, _training_dataset, _fit, _within_bag_auc, _slide_context_scores, _within_bag_context_aucs,
+        _bag_tiles, patch_fold, mil_fold))
     return hashlib.sha256((source_fingerprint(FOLD_MODULES) + local).encode()).hexdigest()[:16]
 
 

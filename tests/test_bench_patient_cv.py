@@ -38,19 +38,6 @@ def test_code_fingerprint_follows_the_fold_code(monkeypatch):
     assert patient_cv.code_fingerprint() != first
 
 
-def test_best_balanced_accuracy_is_in_hindsight_and_bounds_a_fixed_threshold():
-    rng = np.random.default_rng(0)
-    labels = rng.integers(0, 2, 400)
-    scores = np.clip(0.5 + 0.25 * (labels - 0.5) + rng.normal(0, 0.2, 400), 0, 1)
-    best = patient_cv._best_balanced_accuracy(labels, scores)
-    for threshold in (0.3, 0.5, 0.7):
-        predicted = scores >= threshold
-        fixed = (np.mean(predicted[labels == 1]) + np.mean(~predicted[labels == 0])) / 2
-        assert best >= fixed
-    assert patient_cv._best_balanced_accuracy([0, 0, 1, 1], [0.1, 0.4, 0.35, 0.9]) == 0.75
-    assert patient_cv._best_balanced_accuracy([0, 1], [0.2, 0.8]) == 1.0
-
-
 def test_bag_tiles_are_row_major_per_bag():
     mosaics = np.zeros((2, 4, 4, 3), np.uint8)
     for bag in range(2):

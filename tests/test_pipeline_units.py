@@ -259,6 +259,19 @@ def test_threshold_maximises_balanced_accuracy():
     assert operating_point.balanced_accuracy_threshold(np.ones(3), np.array([0.1, 0.2, 0.3])) == 0.5
 
 
+def test_best_balanced_accuracy_is_in_hindsight_and_bounds_a_fixed_threshold():
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 2, 400)
+    scores = np.clip(0.5 + 0.25 * (labels - 0.5) + rng.normal(0, 0.2, 400), 0, 1)
+    best = operating_point.balanced_accuracy_in_hindsight(labels, scores)[1]
+    for threshold in (0.3, 0.5, 0.7):
+        predicted = scores >= threshold
+        fixed = (np.mean(predicted[labels == 1]) + np.mean(~predicted[labels == 0])) / 2
+        assert best >= fixed
+    assert operating_point.balanced_accuracy_in_hindsight([0, 0, 1, 1], [0.1, 0.4, 0.35, 0.9])[1] == 0.75
+    assert operating_point.balanced_accuracy_in_hindsight([0, 1], [0.2, 0.8])[1] == 1.0
+
+
 def test_balanced_accuracy_in_hindsight_is_the_best_any_threshold_reaches():
     labels = np.array([0, 0, 1, 1, 0, 1])
     scores = np.array([0.1, 0.4, 0.35, 0.9, 0.5, 0.6])
