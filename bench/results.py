@@ -762,14 +762,20 @@ def slide_context_sweep(cv: Dict[str, Any], experiment: str = "patch", key: str 
     "tile_within_bag_context" (MIL tiles) for the within-region ranking."""
     rows = []
     for entry in cv.get(experiment, {}).get("recipes", {}).values():
-        runs = [run for run in entry.get("runs", []) if key in run]
-        if not runs:
-            continue
-        for sigma in runs[0][key]:
-            folds = [run[key].get(sigma) for run in runs]
-            known = [v for v in folds if v is not None]
-            rows.append((sigma, sum(known) / len(known) if known else None, folds))
-    return [row for row in rows if row[1] is not None]
+        rows += _sweep_rows([run for run in entry.get("runs", []) if key in run], key)
+    return rows
+
+
+def _sweep_rows(runs: List[Dict[str, Any]], key: str) -> List[tuple]:
+    """(sigma, mean over folds, per-fold values) of the runs' `key` mapping, widths in the
+    first run's order; widths no fold scored are left out."""
+    rows = []
+    for sigma in runs[0][key] if runs else ():
+        folds = [run[key].get(sigma) for run in runs]
+        known = [v for v in folds if v is not None]
+        if known:
+            rows.append((sigma, sum(known) / len(known), folds))
+    return rows
 
 
 def _context_recipe_runs(cv: Dict[str, Any], experiment: str, key: str) -> List[Dict[str, Any]]:
@@ -798,7 +804,7 @@ def localisation_context_sweeps(cv: Dict[str, Any]) -> Dict[str, Dict[str, tuple
         folds = [run.get(plain) for run in runs]
         known = [v for v in folds if v is not None]
         rows = {"none": (sum(known) / len(known) if known else None, folds)}
-        rows.update({sigma: (mean, values) for sigma, mean, values in slide_context_sweep(cv, experiment, key)})
+        rows.update({sigma: (mean, values) for sigma, mean, values in _sweep_rows(runs, key)})
         sweeps[name] = rows
     return sweeps
 
