@@ -8,6 +8,11 @@ import pathlib
 import histopath  # noqa: F401  (pins Keras 2 before any test imports TensorFlow)
 import pytest
 
+# Session-scoped fixtures of several folders' tests (exported test models, the web app),
+# registered once here so that "session" means one instance per run (tests/ is on the
+# import path: pytest.ini `pythonpath`).
+from serving_fixtures import django_app, exported_densenet, exported_models  # noqa: F401,E402
+
 REPO_ROOT = pathlib.Path(__file__).resolve().parent
 
 

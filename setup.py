@@ -1,7 +1,7 @@
 """Packaging for histopath-tfx.
 
-The design card keeps `data/`, `components/`, `pipeline/` and `serving/` at the top of the
-repository; they are installed as sub-packages of one `histopath` namespace so that nothing
+The design card keeps `data/`, `models/`, `evaluation/`, `components/`, `pipeline/` and
+`serving/` at the top of the repository; they are installed as sub-packages of one `histopath` namespace so that nothing
 generic (`data`, `pipeline`) lands at the top level of site-packages.
 """
 
@@ -18,6 +18,8 @@ VERSION = re.search(
 # folder at the repository root -> package name
 SUBPACKAGE_DIRS = {
     "data": "histopath.data",
+    "models": "histopath.models",
+    "evaluation": "histopath.evaluation",
     "components": "histopath.components",
     "pipeline": "histopath.pipeline",
     "serving": "histopath.serving",

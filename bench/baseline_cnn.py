@@ -30,16 +30,17 @@ import tensorflow as tf
 import tf_keras as keras
 
 from bench.common import write_json
-from histopath.components import image_ops, slide_context
-from histopath.components.augment import augment_dataset
-from histopath.components.keras_utils import skip_autograph_for_tf_keras
-from histopath.components.model_config import AugmentConfig
-from histopath.components.operating_point import balanced_accuracy_threshold
-from histopath.components.training import class_weights_from_counts
+from histopath.models import image_ops
+from histopath.evaluation import slide_context
+from histopath.models.augment import augment_dataset
+from histopath.models.keras_utils import skip_autograph_for_tf_keras
+from histopath.models.config import AugmentConfig
+from histopath.evaluation.operating_point import balanced_accuracy_threshold
+from histopath.models.training import class_weights_from_counts
 from histopath.data import features
-from histopath.data.ingest import load_manifest, split_shard_paths
+from histopath.data.manifest import load_manifest, split_shard_paths
 from histopath.errors import ConfigError, DataError, HistopathError
-from histopath.pipeline.evaluation import roc_auc
+from histopath.evaluation.metrics import roc_auc
 
 skip_autograph_for_tf_keras()
 

@@ -126,7 +126,6 @@ def main(argv: list[str] | None = None) -> int:
             args.dataset, args.source, os.path.join(scratch, "out"),
             num_workers=args.workers, compression_level=args.compression_level,
             beam_args=args.beam_arg,
-            progress=False,
         )
         ingest_s = time.perf_counter() - started
         shard_bytes = sum(

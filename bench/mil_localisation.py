@@ -14,7 +14,7 @@ attention can be scored against the patch labels the bag-level training never sa
 - whole_slide: AUC of attention x bag probability vs patch label over all bags.
 
 Every AUC has a 95 % patient-cluster bootstrap interval (patients resampled with
-replacement, all their bags kept; `histopath.pipeline.evaluation`). With `--heatmaps`,
+replacement, all their bags kept; `histopath.evaluation.evaluate`). With `--heatmaps`,
 one PNG per patient shows the re-assembled slide with the attention x probability map
 next to the ground-truth IDC-positive patches.
 
@@ -41,10 +41,10 @@ from bench.common import write_json
 from histopath.data import bags as bag_geometry
 from histopath.data import features
 from histopath.errors import ConfigError, DataError
-from histopath.pipeline.evaluation import (
-    CONFIDENCE, cluster_sums, fill_interval, interval_unavailable, metrics_for_weights, patient_bootstrap_weights,
-    roc_auc)
-from histopath.pipeline.predict import save_png_atomically
+from histopath.evaluation.bootstrap import (
+    CONFIDENCE, cluster_sums, fill_interval, interval_unavailable, metrics_for_weights, patient_bootstrap_weights)
+from histopath.evaluation.metrics import roc_auc
+from histopath.evaluation.predict import save_png_atomically
 
 HEATMAP_MAX_SIDE = 1600  # longest side of a written slide PNG
 _HEADER = 22  # pixels of title strip above the panels
@@ -69,7 +69,7 @@ def _split_shards(records_dir: str | os.PathLike, split: str) -> tuple[List[str]
       DataError: no manifest, records not ingested with `--bag-size`, or no such split
         (see `data.ingest.split_shard_paths`).
     """
-    from histopath.data.ingest import load_manifest, split_shard_paths
+    from histopath.data.manifest import load_manifest, split_shard_paths
 
     manifest = load_manifest(os.fspath(records_dir))
     size = manifest.get("bag_size")
@@ -124,12 +124,12 @@ def predict_bags(
 ) -> Dict[str, np.ndarray]:
     """Runs a pushed MIL model on every region bag of one split.
 
-    The mosaics go through `serving_default` (`export.predict_bytes`, as
+    The mosaics go through `serving_default` (`exported.predict_bytes`, as
     `histopath predict` does), so decoding and tiling are the serving graph's own.
 
     Args:
       model_dir: `<name>/<version>` or `<name>` (newest version); see
-        `pipeline.predict.load_model`. Must be a MIL model whose tile grid is K x K.
+        `exported.load`. Must be a MIL model whose tile grid is K x K.
       records_dir: output folder of `histopath ingest --dataset idc --bag-size K`.
       split: the manifest split to read.
       batch_size: bags per signature call.
@@ -146,8 +146,8 @@ def predict_bags(
       DataError: no model / not a MIL model / its tile grid is not the bags' K x K, or
         the records are not region bags, or the split is unknown or empty.
     """
-    from histopath.components.export import predict_bytes
-    from histopath.pipeline.predict import load_model
+    from histopath.models.exported import predict_bytes
+    from histopath.models.exported import load as load_model
 
     loaded = load_model(model_dir)
     kind = loaded.model_info.get("model_kind")
@@ -205,9 +205,9 @@ def _tile_auc(
     entry["reason"] = interval_unavailable(bootstrap, n_patients)
     if entry["reason"] is None:
         # Per-patient counts at every score level; each resample's AUC is a matrix product.
-        positives, negatives, sums = cluster_sums(labels, scores, np.zeros_like(labels), clusters, n_patients)
+        statistics = cluster_sums(labels, scores, np.zeros_like(labels), clusters, n_patients)
         weights = patient_bootstrap_weights(n_patients, bootstrap, seed)
-        fill_interval(entry, metrics_for_weights(weights, positives, negatives, sums)["auc"], CONFIDENCE,
+        fill_interval(entry, metrics_for_weights(weights, statistics)["auc"], CONFIDENCE,
                       _AUC_UNDEFINED)
     return entry
 
@@ -352,7 +352,7 @@ def _render_slide(
     from matplotlib import colormaps
     from PIL import Image, ImageDraw
 
-    from histopath.serving.webapp.predictions.heatmap import COLORMAP, OVERLAY_ALPHA
+    from histopath.models.heatmap import COLORMAP, OVERLAY_ALPHA
 
     height, width = canvas.shape[:2]
     rows, cols = labels.shape
@@ -491,7 +491,7 @@ def tile_slide_context(tile_scores: np.ndarray, patch_labels: np.ndarray, patien
     Raises:
       ValueError: inconsistent shapes or a non-square tile grid.
     """
-    from histopath.components import slide_context
+    from histopath.evaluation import slide_context
 
     scores = np.asarray(tile_scores, dtype=np.float64)
     labels = np.asarray(patch_labels)
@@ -660,12 +660,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.tile_context_sigma is not None and not args.tile_context_sigma > 0:
         parser.error(f"--tile-context-sigma must be > 0, got {args.tile_context_sigma}")
     try:
-        from histopath.pipeline.predict import resolve_model_dir
+        from histopath.models.exported import resolve_version_dir
 
         bags = predict_bags(args.model, args.records, args.split, args.batch_size)
         scores = localisation_scores(bags, args.bootstrap, args.seed)
         drawn = ["attention"]
-        result = {"model": str(resolve_model_dir(args.model).resolve()),
+        result = {"model": resolve_version_dir(args.model),
                   "records": os.path.abspath(args.records), "split": args.split,
                   "bag_size": int(bags["bag_size"][0]), **scores}
         if args.tile_context_sigma is not None:

@@ -31,7 +31,8 @@ def _measure(model_kind: str, precision: str, batch_size: int, steps: int) -> Di
     import numpy as np
     import tensorflow as tf
 
-    from histopath.components import densenet, mil, model_config, testdata, training
+    from histopath.models import densenet, mil, config as model_config, training
+    import synthetic_images
 
     policy = None if precision == "float32" else precision
     started = time.perf_counter()
@@ -47,7 +48,7 @@ def _measure(model_kind: str, precision: str, batch_size: int, steps: int) -> Di
     build_seconds = time.perf_counter() - started
     training._compile(model, learning_rate, multi_output)  # the loss/metrics train_model uses
 
-    images, labels = testdata.image_dataset(batch_size, size, seed=0)
+    images, labels = synthetic_images.image_dataset(batch_size, size, seed=0)
     images = tf.constant(images)
     targets = {"probability": labels[:, None].astype(np.float32)} if multi_output else labels[:, None].astype(np.float32)
 

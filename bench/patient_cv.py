@@ -126,7 +126,7 @@ def stain_normalized(images: np.ndarray, batch: int = 512) -> np.ndarray:
     """`image_ops.normalize_stain` over uint8 images `(n, h, w, 3)`, in batches; uint8 out."""
     import tensorflow as tf
 
-    from histopath.components import image_ops
+    from histopath.models import image_ops
 
     out = np.empty_like(images)
     for start in range(0, len(images), batch):
@@ -154,7 +154,7 @@ def _training_dataset(images: np.ndarray, labels: np.ndarray, batch_size: int, a
     """Shuffled, class-weighted, augmented batches gathered from in-memory uint8 images."""
     import tensorflow as tf
 
-    from histopath.components import augment, training
+    from histopath.models import augment, training
 
     weights = training.class_weights_from_counts({0: int((labels == 0).sum()), 1: int((labels == 1).sum())})
     sample_weights = np.asarray(weights, np.float32)[labels] if weights else np.ones(len(labels), np.float32)
@@ -179,7 +179,7 @@ def _fit(model, dataset, epochs: int, learning_rate: float, weight_averaging: Op
     """Fits for a fixed number of epochs (LR halved on a training-loss plateau); seconds."""
     import tf_keras as keras
 
-    from histopath.components import training
+    from histopath.models import training
 
     training._compile(model, learning_rate, multi_output, weight_averaging)
     started = time.perf_counter()
@@ -202,9 +202,9 @@ def _slide_context_scores(labels, scores, patients, xs, ys, sigmas: Sequence[flo
     "slide_context", the AUC per width; "best_balanced_accuracy", alone ("none") and per
     width, the balanced accuracy at the threshold best on these patients themselves
     (`operating_point.balanced_accuracy_in_hindsight`: an upper bound for any threshold rule)."""
-    from histopath.components import slide_context
-    from histopath.components.operating_point import balanced_accuracy_in_hindsight
-    from histopath.pipeline.evaluation import roc_auc
+    from histopath.evaluation import slide_context
+    from histopath.evaluation.operating_point import balanced_accuracy_in_hindsight
+    from histopath.evaluation.metrics import roc_auc
 
     aucs, best = {}, {"none": balanced_accuracy_in_hindsight(labels, scores)[1]}
     for sigma in sigmas:
@@ -245,8 +245,8 @@ def patch_fold(data: Mapping[str, np.ndarray], held_out: Sequence[str], recipe: 
     import tf_keras as keras
 
     from bench.baseline_cnn import BaselineConfig, build_plain_cnn
-    from histopath.components.model_config import AugmentConfig
-    from histopath.pipeline.evaluation import roc_auc
+    from histopath.models.config import AugmentConfig
+    from histopath.evaluation.metrics import roc_auc
 
     seed = int(settings["seed"])
     keras.utils.set_random_seed(seed)
@@ -297,9 +297,9 @@ def mil_fold(bags: Mapping[str, np.ndarray], held_out: Sequence[str], recipe: Ma
     import tf_keras as keras
 
     from bench.mil_localisation import localisation_scores
-    from histopath.components import mil
-    from histopath.components.model_config import AugmentConfig, MilConfig
-    from histopath.pipeline.evaluation import roc_auc
+    from histopath.models import mil
+    from histopath.models.config import AugmentConfig, MilConfig
+    from histopath.evaluation.metrics import roc_auc
 
     seed = int(settings["seed"])
     keras.utils.set_random_seed(seed)
@@ -355,10 +355,10 @@ def _summarise(folds: List[Dict[str, Any]], keys: Sequence[str]) -> Dict[str, An
 
 
 # The library code a fold's result depends on (hashed into the cache key).
-FOLD_MODULES = ("histopath.components.image_ops", "histopath.components.augment", "histopath.components.mil",
-                "histopath.components.model_config", "histopath.components.training", "bench.baseline_cnn",
-                "bench.mil_localisation", "histopath.components.slide_context", "histopath.data.bags",
-                "histopath.components.operating_point")
+FOLD_MODULES = ("histopath.models.image_ops", "histopath.models.augment", "histopath.models.mil",
+                "histopath.models.config", "histopath.models.training", "bench.baseline_cnn",
+                "bench.mil_localisation", "histopath.evaluation.slide_context", "histopath.data.bags",
+                "histopath.evaluation.operating_point")
 
 
 def code_fingerprint() -> str:

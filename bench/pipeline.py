@@ -161,7 +161,8 @@ def _input_pipeline_rate(files: List[str], spec_dir: pathlib.Path, info: Dict[st
     import tensorflow as tf
     import tensorflow_transform as tft
 
-    from histopath.components import augment, model_config, trainer, training
+    from histopath.models import augment, config as model_config, training
+    from histopath.components import trainer
 
     config = model_config.TrainingConfig.from_dict(info["training_config"])
     dataset = trainer.make_dataset(
@@ -196,7 +197,7 @@ def compare_trainer(kind: str, pipeline_root: pathlib.Path, max_images: Optional
     import tf_keras as keras
     import tensorflow as tf
 
-    from histopath.components import augment, densenet, mil, model_config, training
+    from histopath.models import augment, densenet, mil, config as model_config, training
 
     model_dir = latest_artifact_dir(str(pipeline_root / f"trainer_{kind}" / "model" / "*"))
     info_path = model_dir / "Format-Serving" / "assets.extra" / "model_info.json"

@@ -228,7 +228,7 @@ def compact_evaluation(result: Dict[str, Any]) -> Dict[str, Any]:
 def mil_regions_step(model_dir: str, bag_records: str):
     def work(folder: pathlib.Path) -> Dict[str, Any]:
         from bench import mil_localisation
-        from histopath.pipeline import evaluation
+        from histopath.evaluation import scoring as evaluation
 
         bags = mil_localisation.predict_bags(model_dir, bag_records, "test")
         info = json.loads((pathlib.Path(model_dir) / "assets.extra" / "model_info.json").read_text())
@@ -304,8 +304,8 @@ def baseline_step(records: str, conv_layers: int, image_size: int, minutes: floa
     `stain_normalization` (not None) overrides the config's choice."""
     def work(folder: pathlib.Path) -> Dict[str, Any]:
         from bench import baseline_cnn
-        from histopath.components.model_config import AugmentConfig
-        from histopath.pipeline import evaluation
+        from histopath.models.config import AugmentConfig
+        from histopath.evaluation import scoring as evaluation
 
         augment, normalize = baseline_cnn.DEFAULT_AUGMENT, bool(stain_normalization)
         if colour_augmentation_from:
@@ -331,9 +331,9 @@ def baseline_context_step(records: str, baseline_folder: pathlib.Path, sigma: fl
     """A finished baseline step's saved model scored with slide context (no retraining)."""
     def work(folder: pathlib.Path) -> Dict[str, Any]:
         from bench import baseline_cnn
-        from histopath.pipeline import evaluation
+        from histopath.evaluation import scoring as evaluation
 
-        from histopath.components.model_config import AugmentConfig
+        from histopath.models.config import AugmentConfig
 
         trained = json.loads((baseline_folder / "result.json").read_text())["baseline"]["config"]
         config = baseline_cnn.BaselineConfig(**{**trained, "augment": AugmentConfig.from_dict(trained["augment"])})
@@ -871,7 +871,7 @@ def slide_context_maps(images: List[Dict[str, Any]], figures: pathlib.Path, pref
 
     from histopath.data import layouts
     from histopath.data.bags import IDC_PATCH_SIZE
-    from histopath.pipeline.evaluation import roc_auc
+    from histopath.evaluation.metrics import roc_auc
 
     figures.mkdir(parents=True, exist_ok=True)
     by_patient: Dict[str, List[tuple]] = {}
@@ -1512,7 +1512,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--redo", action="append", default=[], metavar="STEP", help="run this step again")
     args = parser.parse_args(argv)
     import histopath  # noqa: F401  (Keras 2 before TensorFlow)
-    from histopath.pipeline.evaluation import PATIENT_LABEL_RULE, PATIENT_SCORE_RULE
+    from histopath.evaluation.scoring import PATIENT_LABEL_RULE, PATIENT_SCORE_RULE
 
     data = pathlib.Path(args.data).resolve()
     for folder in ("idc", "breakhis-200x-224"):

@@ -62,10 +62,10 @@ def _export_tiny_mil(version_dir: pathlib.Path) -> None:
     the project's exporter."""
     import tensorflow as tf
 
-    from histopath.components import image_ops
-    from histopath.components.export import export_serving_model
-    from histopath.components.mil import build_mil_model
-    from histopath.components.model_config import MilConfig
+    from histopath.models import image_ops
+    from histopath.models.export import export_serving_model
+    from histopath.models.mil import build_mil_model
+    from histopath.models.config import MilConfig
 
     tf.keras.utils.set_random_seed(0)
     config = MilConfig(image_size=224, tile_size=32)

@@ -5,18 +5,18 @@ why, where it was pushed, and what ExampleValidator found.
 """
 
 import json
-import os
-import pathlib
-import shutil
 import time
-import uuid
 from typing import Any
 
-import tensorflow as tf
+import numpy as np
 from tfx import v1 as tfx
 from tfx.types import standard_artifacts
 
+from histopath import fileio
 from histopath.components.anomaly_gate import SUMMARY_FILE as ANOMALIES_FILE
+from histopath.components.artifacts import IngestReport, RunReportArtifact
+from histopath.components.ingest import REPORT_FILE as INGEST_REPORT_FILE
+from histopath.data.span_store import write_trained
 from histopath.components.winner_selection import (
     REPORTED_METRICS,
     SELECTION_FILE,
@@ -24,12 +24,6 @@ from histopath.components.winner_selection import (
 )
 
 REPORT_JSON, SUMMARY_MD, ROC_PNG = "report.json", "summary.md", "roc.png"
-
-
-class RunReportArtifact(tfx.dsl.Artifact):
-    """A folder with report.json, summary.md and roc.png."""
-
-    TYPE_NAME = "histopath.RunReport"  # <namespace>.<Name>: the form Kubeflow v2 requires
 
 
 def _flatten(metrics: dict[str, Any]) -> dict[str, float]:
@@ -73,30 +67,28 @@ def evaluation_summary(evaluation_uri: str) -> dict[str, Any]:
 
 
 def plot_roc(curves: dict[str, dict[str, Any]], path: str) -> None:
-    """One ROC plot with a curve per candidate."""
-    import matplotlib
+    """One ROC plot with a curve per candidate (`evaluation.plots`)."""
+    from histopath.evaluation import plots
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, axes = plt.subplots(figsize=(5, 5), dpi=120)
+    roc_curves = {}
     for name, summary in curves.items():
-        points = [(0.0, 0.0)] + summary["roc"] + [(1.0, 1.0)]
-        auc = summary["metrics"]["overall"].get("auc", float("nan"))
-        axes.plot([p[0] for p in points], [p[1] for p in points], label=f"{name} (AUC {auc:.3f})")
-    axes.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1)
-    axes.set(xlabel="False positive rate (1 - specificity)", ylabel="True positive rate (sensitivity)",
-             title="ROC on the test patients", xlim=(0, 1), ylim=(0, 1.01))
-    axes.legend(loc="lower right")
-    figure.tight_layout()
-    with tf.io.gfile.GFile(path, "wb") as handle:
-        figure.savefig(handle, format="png")
-    plt.close(figure)
+        points = [(0.0, 0.0)] + [tuple(point) for point in summary["roc"]] + [(1.0, 1.0)]
+        roc_curves[name] = plots.RocCurve(
+            fpr=np.array([p[0] for p in points]), tpr=np.array([p[1] for p in points]),
+            auc=summary["metrics"]["overall"].get("auc"),
+            n_items=int(summary["metrics"]["overall"].get("example_count", 0)))
+    plots.plot_roc(roc_curves, path, title="ROC on the test patients")
 
 
 def render_summary(report: dict[str, Any]) -> str:
     """The human-readable summary (Markdown)."""
     lines = [f"# histopath run report — {report['created']}", ""]
+    data = report.get("data")
+    if data:
+        lines += _data_lines(data) + [""]
+    if not report.get("retrained", True):
+        lines.append(f"No retraining: {report['reason']}. Nothing was pushed.")
+        return "\n".join(lines) + "\n"
     lines.append(f"Winner: **{report['winner'] or 'none'}** — {report['reason']}")
     pushed = report["pushed"]
     if pushed["pushed"]:
@@ -119,60 +111,79 @@ def render_summary(report: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _data_lines(data: dict[str, Any]) -> list[str]:
+    """Spans, what was new, and the patients per split with their class balance."""
+    lines = ["| span | images | new this run |", "|---|---|---|"]
+    for span in data["window"]:
+        lines.append(f"| {span['span']} | {span['examples']} | {'yes' if span['ingested_now'] else 'no'} |")
+    skipped = sum(len(span["skipped"]) for span in data["window"])
+    lines += ["", f"Skipped files: {skipped}" + (" (listed in ingest_report.json)" if skipped else ""), "",
+              "| split | patients (benign / malignant) | images (benign / malignant) | malignant share vs all |",
+              "|---|---|---|---|"]
+    for name, entry in data["balance"].items():
+        difference = entry["difference_from_all"]["malignant_share_of_images"]
+        lines.append(f"| {name} | {entry['patients']['benign']} / {entry['patients']['malignant']} | "
+                     f"{entry['images']['benign']} / {entry['images']['malignant']} | "
+                     + ("-" if difference is None else f"{difference:+.3f}") + " |")
+    return lines
+
+
+def _read_json(folder: str, name: str) -> Any:
+    return fileio.read_json(fileio.join(folder, name))
+
+
 @tfx.dsl.components.component
 def RunReport(
-    selection: tfx.dsl.components.InputArtifact[standard_artifacts.ModelBlessing],
-    pushed_model: tfx.dsl.components.InputArtifact[standard_artifacts.PushedModel],
-    anomalies: tfx.dsl.components.InputArtifact[standard_artifacts.ExampleAnomalies],
     report: tfx.dsl.components.OutputArtifact[RunReportArtifact],
+    examples: tfx.dsl.components.InputArtifact[standard_artifacts.Examples] = None,
+    ingest_report: tfx.dsl.components.InputArtifact[IngestReport] = None,
+    selection: tfx.dsl.components.InputArtifact[standard_artifacts.ModelBlessing] = None,
+    pushed_model: tfx.dsl.components.InputArtifact[standard_artifacts.PushedModel] = None,
+    anomalies: tfx.dsl.components.InputArtifact[standard_artifacts.ExampleAnomalies] = None,
     densenet_evaluation: tfx.dsl.components.InputArtifact[standard_artifacts.ModelEvaluation] = None,
     mil_evaluation: tfx.dsl.components.InputArtifact[standard_artifacts.ModelEvaluation] = None,
     report_dir: tfx.dsl.components.Parameter[str] = "",
 ) -> None:
-    """Writes the report into its artifact and, when `report_dir` is set, there too."""
-    with tf.io.gfile.GFile(os.path.join(selection.uri, SELECTION_FILE)) as handle:
-        chosen = json.load(handle)
-    with tf.io.gfile.GFile(os.path.join(anomalies.uri, ANOMALIES_FILE)) as handle:
-        found_anomalies = json.load(handle)
-    evaluations = {"densenet": densenet_evaluation, "mil": mil_evaluation}
-    summaries = {name: evaluation_summary(e.uri) for name, e in evaluations.items() if e is not None}
-    content = {
-        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "winner": chosen["winner"],
-        "reason": chosen["reason"],
-        "already_serving": chosen.get("already_serving", False),
-        "pushed": {
-            "pushed": bool(pushed_model.get_int_custom_property("pushed")),
-            "destination": pushed_model.get_string_custom_property("pushed_destination"),
-            "version": pushed_model.get_string_custom_property("pushed_version"),
-        },
-        "candidates": {
-            name: {"blessed": chosen["candidates"][name]["blessed"], "metrics": summary["metrics"],
-                   "roc": summary["roc"]}
-            for name, summary in summaries.items()
-        },
-        "anomalies": found_anomalies,
-    }
-    tf.io.gfile.makedirs(report.uri)
-    with tf.io.gfile.GFile(os.path.join(report.uri, REPORT_JSON), "w") as handle:
-        json.dump(content, handle, indent=2, sort_keys=True)
-    with tf.io.gfile.GFile(os.path.join(report.uri, SUMMARY_MD), "w") as handle:
-        handle.write(render_summary(content))
-    plot_roc(summaries, os.path.join(report.uri, ROC_PNG))
+    """Writes the report into its artifact and, when `report_dir` is set, there too.
+
+    Without `selection` (the run did not retrain: the training nodes were skipped) the
+    report says why. After a run that trained, the window it trained on is recorded in
+    the span store (the next run's "last trained").
+    """
+    data = _read_json(ingest_report.uri, INGEST_REPORT_FILE) if ingest_report is not None else None
+    content: dict[str, Any] = {"created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "data": data}
+    if selection is None:
+        reason = data["plan"]["reason"] if data else "the training nodes did not run"
+        content.update(retrained=False, winner=None, reason=reason, already_serving=False, candidates={},
+                       anomalies={}, pushed={"pushed": False, "destination": "", "version": ""})
+        summaries = {}
+    else:
+        chosen = _read_json(selection.uri, SELECTION_FILE)
+        evaluations = {"densenet": densenet_evaluation, "mil": mil_evaluation}
+        summaries = {name: evaluation_summary(e.uri) for name, e in evaluations.items() if e is not None}
+        content.update(
+            retrained=True, winner=chosen["winner"], reason=chosen["reason"],
+            already_serving=chosen.get("already_serving", False),
+            pushed={
+                "pushed": bool(pushed_model is not None and pushed_model.get_int_custom_property("pushed")),
+                "destination": pushed_model.get_string_custom_property("pushed_destination") if pushed_model else "",
+                "version": pushed_model.get_string_custom_property("pushed_version") if pushed_model else "",
+            },
+            candidates={name: {"blessed": chosen["candidates"][name]["blessed"], "metrics": summary["metrics"],
+                               "roc": summary["roc"]} for name, summary in summaries.items()},
+            anomalies=_read_json(anomalies.uri, ANOMALIES_FILE) if anomalies is not None else {},
+        )
+    fileio.write_json(fileio.join(report.uri, REPORT_JSON), content)
+    fileio.write_text(fileio.join(report.uri, SUMMARY_MD), render_summary(content))
+    if summaries:
+        plot_roc(summaries, fileio.join(report.uri, ROC_PNG))
+    if content["retrained"] and examples is not None and examples.has_custom_property("span_store"):
+        write_trained(examples.get_string_custom_property("span_store"),
+                      json.loads(examples.get_string_custom_property("spans")))
     if report_dir:
         publish_report(report.uri, report_dir)
 
 
 def publish_report(source: str, report_dir: str) -> None:
-    """Replaces `report_dir` with a copy of `source` (copy to a temp name, then rename)."""
-    target = pathlib.Path(report_dir)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = target.with_name(f".{target.name}.tmp-{uuid.uuid4().hex[:8]}")
-    shutil.copytree(source, staging)
-    if target.exists():
-        retired = target.with_name(f".{target.name}.old-{uuid.uuid4().hex[:8]}")
-        os.rename(target, retired)
-        os.rename(staging, target)
-        shutil.rmtree(retired, ignore_errors=True)
-    else:
-        os.rename(staging, target)
+    """Replaces `report_dir` with a copy of `source`, never leaving a partial report."""
+    fileio.replace_tree(source, report_dir, marker=[REPORT_JSON])

@@ -19,16 +19,16 @@ import tensorflow as tf
 import tensorflow_transform as tft
 from tfx import v1 as tfx
 
-from histopath.components import model_config as model_config_lib
-from histopath.components import operating_point
-from histopath.components import preprocessing
-from histopath.components import slide_context
-from histopath.components.export import export_serving_model, make_predictor
-from histopath.components.keras_utils import resolve_precision
-from histopath.components.training import train_model
+from histopath.models import config as model_config_lib
+from histopath.evaluation import operating_point
+from histopath.models import preprocessing
+from histopath.evaluation import slide_context
+from histopath.models.export import export_serving_model, make_predictor
+from histopath.models.keras_utils import resolve_precision
+from histopath.models.training import train_model
 from histopath.data import features
 from histopath.errors import DataError
-from histopath.pipeline.evaluation import roc_auc
+from histopath.evaluation.metrics import roc_auc
 
 logger = logging.getLogger(__name__)
 
@@ -140,11 +140,11 @@ def _run(model_kind: str, fn_args: tfx.components.FnArgs) -> None:
     settings = dict(fn_args.custom_config or {})
     training_config = model_config_lib.TrainingConfig.from_dict(settings.get("training", {}))
     if model_kind == "densenet":
-        from histopath.components.densenet import build_densenet_model as build_model
+        from histopath.models.densenet import build_densenet_model as build_model
 
         model_config = model_config_lib.DenseNetConfig.from_dict(settings.get("model", {}))
     else:
-        from histopath.components.mil import build_mil_model as build_model
+        from histopath.models.mil import build_mil_model as build_model
 
         model_config = model_config_lib.MilConfig.from_dict(settings.get("model", {}))
     transform_size = int(settings["transform_image_size"])
@@ -173,7 +173,7 @@ def _run(model_kind: str, fn_args: tfx.components.FnArgs) -> None:
     train_seconds = time.time() - started
 
     if model_kind == "densenet":
-        from histopath.components.densenet import save_backbone_weights
+        from histopath.models.densenet import save_backbone_weights
 
         # For warm starts: DenseNetConfig(weights=<model_run>/backbone_weights.h5).
         save_backbone_weights(model, os.path.join(fn_args.model_run_dir, BACKBONE_WEIGHTS_FILE))
@@ -186,9 +186,6 @@ def _run(model_kind: str, fn_args: tfx.components.FnArgs) -> None:
     threshold = operating_point.balanced_accuracy_threshold(labels, scores)
     logger.info("%s: decision threshold %.4f chosen on %d eval images", model_kind, threshold, len(labels))
     eval_split = {"images": int(len(labels)), "auc": roc_auc(labels, scores)}
-    if model_config.test_time_augmentation:
-        # What the averaging changes: the same eval images predicted once each.
-        eval_split["auc_single_view"] = roc_auc(labels, _predict_probabilities(make_predictor(model), eval_ds)[1])
     logger.info("%s: eval split %s", model_kind, eval_split)
     slide_context_block = None
     if slide_context_sigma:
@@ -205,6 +202,7 @@ def _run(model_kind: str, fn_args: tfx.components.FnArgs) -> None:
         "precision": resolve_precision(model_config.mixed_precision),  # what "auto" became here
         "training_config": training_config.to_dict(),
         "eval_split": eval_split,
+        "trained_in": fn_args.serving_model_dir,  # the Trainer's output (to recognise it once pushed)
     }
     if slide_context_block is not None:
         model_info["slide_context"] = slide_context_block

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from histopath.components import operating_point, slide_context
+from histopath.evaluation import operating_point, slide_context
 from histopath.components.trainer import slide_context_info
-from histopath.pipeline.evaluation import roc_auc
+from histopath.evaluation.metrics import roc_auc
 
 
 def test_slide_context_threshold_is_chosen_on_the_smoothed_eval_scores():

@@ -8,8 +8,7 @@ The rule, in order:
 3. ties (AUC within 1e-6) go to the higher balanced accuracy, then to the name;
 4. a winner that is the very model pushed last is not pushed again (`already_serving`).
 
-The output blessing names the winner's Trainer model (`current_model_id`), which is how the
-next run's `LatestBlessedModelStrategy` resolver finds "the model pushed last".
+The output blessing names the winner's Trainer model (`current_model_id`).
 """
 
 import json
@@ -20,6 +19,8 @@ import tensorflow as tf
 from tfx import v1 as tfx
 from tfx.types import standard_artifacts
 from tfx.utils import io_utils
+
+from histopath.components.pushed_model import SERVING_MODEL_DIR
 
 SELECTION_FILE = "selection.json"
 CANDIDATE_MODEL_NAME = "candidate"  # model_spec name of the model under evaluation
@@ -128,7 +129,9 @@ def SelectWinner(
         }
     winner, reason = choose_winner(candidates)
     already_serving = bool(
-        winner and pushed_model is not None and pushed_model.id == candidates[winner]["model_id"]
+        winner and pushed_model is not None and pushed_model.get_int_custom_property("found")
+        and pushed_model.get_string_custom_property("trained_in")
+        == os.path.join(candidates[winner]["model_uri"], SERVING_MODEL_DIR)
     )
     if already_serving:
         reason += "; it is already the model pushed last, so nothing new is pushed"

@@ -11,8 +11,8 @@ import json
 import os
 
 from histopath.argtypes import positive_int
+from histopath.data.layouts import DATASETS
 
-DATASET_CHOICES = ("breakhis", "idc")
 
 
 def _bag_size(text: str) -> int:
@@ -22,50 +22,44 @@ def _bag_size(text: str) -> int:
     return value
 
 
-def _quiet_beam_workers() -> None:
-    """Keeps Beam's worker chatter (Python-version FutureWarnings, 'No semi_persistent_
-    directory') off the terminal so the progress bar and real errors stay readable."""
-    import logging
-    import warnings
-
-    warnings.filterwarnings("ignore", category=FutureWarning)
-    os.environ.setdefault("PYTHONWARNINGS", "ignore::FutureWarning")  # worker processes
-    logging.getLogger("apache_beam").setLevel(logging.ERROR)
-
-
 def _run_ingest(args: argparse.Namespace) -> int:
-    _quiet_beam_workers()
+    from histopath import fileio
+    from histopath.console import Console
     from histopath.data.ingest import ingest
 
-    manifest = ingest(
-        dataset=args.dataset,
-        source=args.source,
-        output=args.output,
-        splits=args.splits,
-        seed=args.seed,
-        magnifications=args.magnifications,
-        shards=args.shards,
-        beam_args=args.beam_arg,
-        overwrite=args.overwrite,
-        compression_level=args.compression_level,
-        max_pixels=int(args.max_megapixels * 1_000_000),
-        bag_size=args.bag_size,
-    )
-    unit = f"{args.bag_size}x{args.bag_size}-patch bags" if args.bag_size else "images"
-    for name, split in manifest["splits"].items():
-        counts = ", ".join(f"{n} {label}" for label, n in split["label_counts"].items())
-        print(
-            f"{name}: {split['num_examples']} {unit} ({counts}) from "
-            f"{split['num_patients']} patients in {len(split['shards'])} shard(s)"
+    output = fileio.absolute(args.output)
+    log_dir = None if fileio.is_uri(output) else os.path.dirname(output)
+    log_name = f"{os.path.basename(output.rstrip('/'))}.ingest"
+    with Console(log_dir, verbose=args.verbose, first_log=log_name) as console:
+        console.line(f"ingest {args.dataset} from {args.source}")
+        manifest = ingest(
+            dataset=args.dataset,
+            source=args.source,
+            output=args.output,
+            splits=args.splits,
+            seed=args.seed,
+            magnifications=args.magnifications,
+            shards=args.shards,
+            beam_args=args.beam_arg,
+            overwrite=args.overwrite,
+            compression_level=args.compression_level,
+            max_pixels=int(args.max_megapixels * 1_000_000),
+            bag_size=args.bag_size,
         )
-    if manifest["num_skipped"]:
-        print(f"skipped {manifest['num_skipped']} file(s); reasons in the manifest:")
-        for item in manifest["skipped"][:10]:
-            print(f"  {item['path']}: {item['reason']}")
-        if manifest["num_skipped"] > 10:
-            print(f"  ... and {manifest['num_skipped'] - 10} more")
-    print(f"wrote {os.path.join(os.path.abspath(args.output), 'manifest.json')} "
-          f"({manifest['seconds']:.1f} s)")
+        unit = f"{args.bag_size}x{args.bag_size}-patch bags" if args.bag_size else "images"
+        lines = []
+        for name, split in manifest["splits"].items():
+            counts = ", ".join(f"{n} {label}" for label, n in split["label_counts"].items())
+            lines.append(f"{name}: {split['num_examples']} {unit} ({counts}) from "
+                         f"{split['num_patients']} patients in {len(split['shards'])} shard(s)")
+        if manifest["num_skipped"]:
+            lines.append(f"skipped {manifest['num_skipped']} file(s); reasons in the manifest:")
+            lines += [f"  {item['path']}: {item['reason']}" for item in manifest["skipped"][:10]]
+            if manifest["num_skipped"] > 10:
+                lines.append(f"  ... and {manifest['num_skipped'] - 10} more")
+        lines.append(f"wrote {fileio.join(output, 'manifest.json')} ({manifest['seconds']:.1f} s)"
+                     + (f"; log: {console.log_path(log_name)}" if log_dir else ""))
+        console.write("\n".join(lines))
     return 0
 
 
@@ -91,7 +85,7 @@ def register(subparsers) -> None:
         help="turn a BreakHis or IDC folder into patient-disjoint TFRecord splits",
         description=(
             "Reads a BreakHis (BreaKHis_v1 tree) or IDC (<patient>/<class>/...png) folder, "
-            "splits it by patient (stratified by label, seeded), and writes gzip TFRecord "
+            "splits it by patient (each patient's split a pure function of its id and the seed), and writes gzip TFRecord "
             "shards OUTPUT/<split>/data-NNNNN-of-NNNNN.tfrecord.gz (one tf.train.Example per "
             "image, the image bytes as stored) plus OUTPUT/manifest.json with counts, "
             "patients, shards and every skipped file with its reason. Runs on Apache Beam "
@@ -100,7 +94,7 @@ def register(subparsers) -> None:
         ),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    ingest.add_argument("--dataset", required=True, choices=DATASET_CHOICES,
+    ingest.add_argument("--dataset", required=True, choices=DATASETS,
                         help="layout of the source folder")
     ingest.add_argument("--source", required=True, metavar="DIR",
                         help="the data set folder (BreakHis: the folder holding BreaKHis_v1 "
@@ -126,6 +120,8 @@ def register(subparsers) -> None:
                         "writes gzip files without compressing")
     ingest.add_argument("--max-megapixels", type=float, default=50.0,
                         help="skip larger images as decompression bombs")
+    ingest.add_argument("--verbose", action="store_true",
+                        help="show every log line (default: in OUTPUT.ingest.log beside OUTPUT)")
     ingest.add_argument("--bag-size", type=_bag_size, default=None, metavar="K",
                         help="IDC only: write one record per region of KxK patches of a "
                         "patient's slide (a spatial MIL bag) instead of one per patch: a "
@@ -147,7 +143,7 @@ def register(subparsers) -> None:
         ),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    sample.add_argument("--dataset", required=True, choices=DATASET_CHOICES,
+    sample.add_argument("--dataset", required=True, choices=DATASETS,
                         help="layout to write")
     sample.add_argument("--output", required=True, metavar="DIR", help="folder to create")
     sample.add_argument("--patients", type=positive_int, default=12,

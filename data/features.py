@@ -35,3 +35,8 @@ LABEL_NAMES = ("benign", "malignant")
 # Features that identify a patient or a file. They must never become part of a schema's
 # value domain (a new patient is not an anomaly) nor a model input.
 IDENTIFIER_FEATURES = (PATIENT_ID, SOURCE_PATH, SLIDE_ID)
+
+
+def patient_sort_key(patient_id: str) -> tuple[int, str]:
+    """Orders patient ids as people read them: numeric ids numerically ("9" before "10")."""
+    return (len(patient_id), patient_id)

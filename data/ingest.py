@@ -5,7 +5,8 @@
       train/data-00000-of-00008.tfrecord.gz one tf.train.Example per image
       eval/...  test/...
 
-The driver lists and parses the file names (no image read), splits the patients and cuts
+The driver lists and parses the file names (no image read), splits the patients (each by a
+keyed hash of its id: `split.assign_split`, so a patient never changes split) and cuts
 each split into shards. Apache Beam then runs one element per shard: a worker reads,
 validates (full PIL decode) and serializes that shard's images and writes the shard file
 itself, so no record is shuffled and Beam's per-element cost is paid per shard, not per
@@ -25,21 +26,17 @@ import json
 import math
 import os
 import random
-import sys
 import threading
 import time
 from typing import Mapping, Sequence
 
 import histopath
-from histopath.data import bags, beam_workers, features, layouts
+from histopath import fileio
+from histopath.console import elapsed, progress_logger
+from histopath.data import bags, features, layouts
 from histopath.data.layouts import ParsedFile
 from histopath.data.records import DEFAULT_COMPRESSION_LEVEL
-from histopath.data.output_dir import (
-    check_output_free,
-    make_temp_sibling,
-    remove_quietly,
-    swap_into_place,
-)
+from histopath.data.output_dir import check_output_free, make_work_dir, publish, remove_quietly
 from histopath.data.shard_writer import (
     DEFAULT_MAX_PIXELS,
     PROGRESS_DIR,
@@ -49,14 +46,21 @@ from histopath.data.shard_writer import (
     save_task,
     write_planned_shard,
 )
-from histopath.data.split import DEFAULT_SPLITS, parse_split_spec, split_files
+from histopath.data.manifest import MANIFEST_NAME
+from histopath.data.split import (
+    DEFAULT_SPLITS,
+    check_every_split_has_patients,
+    parse_split_spec,
+    split_files,
+)
+from histopath.data.split import balance as split_balance
 from histopath.errors import ConfigError, DataError
 
-MANIFEST_NAME = "manifest.json"
 MANIFEST_VERSION = 1
 DEFAULT_SEED = 42
 DEFAULT_IMAGES_PER_SHARD = 2000  # automatic --shards: ceil(images in split / this)
 DEFAULT_NUM_WORKERS = 2
+PROGRESS_INTERVAL_S = 30.0  # seconds between progress lines of a long ingestion
 
 
 def _is_within(path: str, folder: str) -> bool:
@@ -86,6 +90,7 @@ def plan_shards(
       The tasks, ordered for `num_workers` workers dealt round-robin (see
       `order_for_workers`).
     """
+    split_to_files = {split: files for split, files in split_to_files.items() if files}
     counts = {}
     for split, files in split_to_files.items():
         wanted = shards if shards is not None else math.ceil(len(files) / images_per_shard)
@@ -134,25 +139,14 @@ def order_for_workers(tasks: Sequence[ShardTask], num_workers: int) -> list[Shar
 
 
 def _direct_num_workers(beam_args: Sequence[str], default: int) -> int:
-    """The --direct_num_workers the pipeline will run with (last flag wins)."""
-    workers = default
-    for name, value in beam_workers.beam_flags(beam_args):
-        if name == "--direct_num_workers":
-            try:
-                workers = int(value) or os.cpu_count() or 1
-            except ValueError:
-                pass
-        if name == "--direct_running_mode" and value == "in_memory":
-            workers = 1
-    return max(1, workers)
+    """The number of local worker processes the DirectRunner will use for `beam_args`."""
+    from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions
 
-
-def _import_beam() -> None:
-    try:
-        import apache_beam  # noqa: F401
-        from apache_beam.options import pipeline_options  # noqa: F401
-    except Exception:  # reported by the real import in _run_pipeline
-        pass
+    defaults = ["--direct_running_mode=multi_processing", f"--direct_num_workers={default}"]
+    options = PipelineOptions(defaults + list(beam_args)).view_as(DirectOptions)
+    if options.direct_running_mode == "in_memory":
+        return 1
+    return max(1, options.direct_num_workers or os.cpu_count() or 1)
 
 
 def _beam_options(beam_args: Sequence[str], num_workers: int):
@@ -174,7 +168,6 @@ def _run_pipeline(
     num_workers: int,
     max_pixels: int,
     compression_level: int,
-    prestarted: beam_workers.PrestartedWorkers | None = None,
 ) -> None:
     import apache_beam as beam
 
@@ -197,11 +190,7 @@ def _run_pipeline(
             )
         )
 
-    options = _beam_options(beam_args, num_workers)
-    if prestarted is not None:
-        beam_workers.run_pipeline_on(prestarted, build, options)
-        return
-    with beam.Pipeline(options=options) as pipeline:
+    with beam.Pipeline(options=_beam_options(beam_args, num_workers)) as pipeline:
         build(pipeline)
 
 
@@ -222,10 +211,9 @@ def _files_done(progress_dir: str) -> int:
     return total
 
 
-def _run_with_progress(run, total: int, progress_dir: str, description: str, show: bool | None):
-    """Runs `run()` in a thread while a tqdm bar polls the workers' progress files."""
-    from tqdm import tqdm
-
+def _run_with_progress(run, total: int, progress_dir: str, description: str) -> None:
+    """Runs `run()` in a thread; every `PROGRESS_INTERVAL_S` a progress line (the
+    workers' progress files) goes to the `histopath.progress` logger."""
     outcome: dict = {}
 
     def target():
@@ -236,17 +224,14 @@ def _run_with_progress(run, total: int, progress_dir: str, description: str, sho
 
     thread = threading.Thread(target=target, name="beam-ingest", daemon=True)
     thread.start()
-    with tqdm(total=total, unit="img", desc=description, file=sys.stderr,
-              disable=(not show) if show is not None else None, dynamic_ncols=True) as bar:
-        bar.set_postfix_str("starting Beam workers")
-        while thread.is_alive():
-            thread.join(0.25)
+    started = last_line = time.monotonic()
+    while thread.is_alive():
+        thread.join(0.5)
+        if time.monotonic() - last_line >= PROGRESS_INTERVAL_S and thread.is_alive():
+            last_line = time.monotonic()
             done = _files_done(progress_dir)
-            if done and not bar.n:
-                bar.set_postfix_str("")
-            bar.update(max(0, done - bar.n))
-        if "error" not in outcome:
-            bar.update(total - bar.n)
+            progress_logger().info(f"    {description}: {done:,} of {total:,} ({100 * done // max(total, 1)} %), "
+                                   f"{elapsed(last_line - started)}")
     if "error" in outcome:
         raise outcome["error"]
 
@@ -276,7 +261,6 @@ def _build_manifest(
     scan: layouts.ScanResult,
     summaries: Sequence[dict],
     seconds: float,
-    timing: Mapping[str, float],
     compression_level: int,
     bag_size: int | None = None,
 ) -> dict:
@@ -284,17 +268,19 @@ def _build_manifest(
     for split in fractions:
         mine = sorted((s for s in summaries if s["split"] == split), key=lambda s: s["shard"])
         label_counts = {name: 0 for name in features.LABEL_NAMES}
-        patients: set[str] = set()
+        patients: dict[str, int] = {}
         for summary in mine:
             for label, count in summary["label_counts"].items():
                 label_counts[features.LABEL_NAMES[int(label)]] += count
-            patients.update(summary["patients"])
+            for patient, label in summary["patient_labels"].items():
+                patients[patient] = max(patients.get(patient, 0), int(label))
         splits[split] = {
             "fraction": fractions[split],
             "num_examples": sum(s["examples"] for s in mine),
             "label_counts": label_counts,
             "num_patients": len(patients),
-            "patient_ids": sorted(patients, key=lambda p: (len(p), p)),
+            "patient_ids": sorted(patients, key=features.patient_sort_key),
+            "patient_labels": {p: patients[p] for p in sorted(patients, key=features.patient_sort_key)},
             "file_pattern": f"{split}/*",
             "shards": [s["shard"] for s in mine],
         }
@@ -309,6 +295,7 @@ def _build_manifest(
         "histopath_version": histopath.__version__,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "seed": seed,
+        "split_rule": "a patient's split is a pure function of its id and the seed (data.split.assign_split)",
         "split_fractions": dict(fractions),
         "magnifications": list(magnifications) if magnifications else None,
         "compression": "GZIP",
@@ -330,7 +317,6 @@ def _build_manifest(
         "beam_args": list(beam_args),
         "num_workers": num_workers,
         "seconds": round(seconds, 2),
-        "timing": {name: round(value, 2) for name, value in timing.items()},
     }
 
 
@@ -348,8 +334,8 @@ def ingest(
     max_pixels: int = DEFAULT_MAX_PIXELS,
     compression_level: int = DEFAULT_COMPRESSION_LEVEL,
     images_per_shard: int = DEFAULT_IMAGES_PER_SHARD,
-    progress: bool | None = None,
     bag_size: int | None = None,
+    require_every_split: bool = True,
 ) -> dict:
     """Ingests a BreakHis or IDC folder into patient-disjoint gzip TFRecord splits.
 
@@ -370,7 +356,6 @@ def ingest(
       compression_level: gzip level 0-9 of the shards; the default 0 writes gzip files
         without compressing (the encoded images do not compress; see `records`).
       images_per_shard: target shard size (records) for the automatic shard count.
-      progress: show a progress bar on stderr; None = only when stderr is a terminal.
       bag_size: IDC only: K >= 2 writes one record per region of K x K patches of a
         patient's slide (a spatial MIL bag, see `histopath.data.bags`) instead of one per
         patch: the region mosaic (K*50 px square, white where there is no patch) ENCODED
@@ -378,6 +363,8 @@ def ingest(
         storing the file's bytes), label 1 if any valid patch is positive, source path
         `<patient>/region_x<X>_y<Y>`, patch_x/patch_y the region origin, and the features
         `bag_patch_labels` (row-major, -1 = no patch) and `bag_size`. None = per patch.
+      require_every_split: refuse a split without patients or usable images (False for
+        one span of several: the window as a whole is checked).
 
     Returns:
       The manifest (also written to `output/manifest.json`).
@@ -399,24 +386,19 @@ def ingest(
             raise ConfigError("--bag-size applies to IDC only (spatial regions of patches)")
         if isinstance(bag_size, bool) or not isinstance(bag_size, int) or bag_size < 2:
             raise ConfigError(f"--bag-size must be an integer of at least 2, got {bag_size!r}")
-    source = os.path.abspath(source)
-    output = os.path.abspath(output)
+    source, output = fileio.absolute(source), fileio.absolute(output)
     check_output_free(output, overwrite)
-    if os.path.isdir(source) and (_is_within(output, source) or _is_within(source, output)):
+    if not fileio.is_uri(source) and not fileio.is_uri(output) and os.path.isdir(source) and (
+            _is_within(output, source) or _is_within(source, output)):
         raise DataError(f"output {output} and source {source} must not contain each other")
 
     workers = _direct_num_workers(beam_args, num_workers)
-    # The local worker processes import Beam for seconds before they can work: start them
-    # now, so that they get ready while this process lists the files and imports Beam.
-    prestarted = (beam_workers.PrestartedWorkers(workers)
-                  if beam_workers.uses_local_worker_processes(beam_args) else None)
-    # Importing Beam takes seconds; let it overlap with listing and splitting the files.
-    beam_import = threading.Thread(target=_import_beam, name="import-beam", daemon=True)
-    beam_import.start()
     work_dir = None  # the temporary output folder, once made
     try:
         scan = layouts.scan_source(dataset, source, magnifications)
         split_to_files = split_files(scan.files, fractions, seed)  # by patient, from names
+        if require_every_split:
+            check_every_split_has_patients(split_to_files, seed, source)
         split_to_items: Mapping[str, Sequence[ParsedFile | bags.Region]] = split_to_files
         if bag_size is not None:
             split_to_items = {}
@@ -427,38 +409,24 @@ def ingest(
         total_items = sum(len(items) for items in split_to_items.values())
         tasks = plan_shards(split_to_items, seed, shards, images_per_shard, workers)
 
-        work_dir = make_temp_sibling(output)
-        listed = time.time()
-        beam_import.join()
-        beam_ready = time.time()
+        work_dir = make_work_dir(output)
         for task in tasks:
             save_task(task, work_dir)
         _run_with_progress(
             lambda: _run_pipeline(tasks, source, work_dir, beam_args, num_workers, max_pixels,
-                                  compression_level, prestarted),
+                                  compression_level),
             total=total_items,
             progress_dir=os.path.join(work_dir, PROGRESS_DIR),
             description=f"ingest {dataset}" + (f" {bag_size}x{bag_size} bags" if bag_size else ""),
-            show=progress,
         )
-        pipeline_done = time.time()
         summaries = _read_summaries(work_dir, tasks)
-        first_shard = min(s["started_unix"] for s in summaries)
-        last_shard = max(s["started_unix"] + s["seconds"] for s in summaries)
-        timing = {  # seconds since the call started; for finding where the time goes
-            "files_listed_and_split": listed - started,
-            "beam_imported": beam_ready - started,
-            "first_shard_started": first_shard - started,
-            "last_shard_finished": last_shard - started,
-            "pipeline_finished": pipeline_done - started,
-            "shard_work_seconds_total": sum(s["seconds"] for s in summaries),
-        }
         manifest = _build_manifest(
             dataset=dataset, source=source, fractions=fractions, seed=seed,
             magnifications=magnifications, beam_args=beam_args, num_workers=workers,
-            scan=scan, summaries=summaries, seconds=time.time() - started, timing=timing,
+            scan=scan, summaries=summaries, seconds=time.time() - started,
             compression_level=compression_level, bag_size=bag_size,
         )
+        manifest["balance"] = split_balance(manifest["splits"])
         if manifest["num_examples"] == 0:
             reasons = "; ".join(f"{s['path']}: {s['reason']}" for s in manifest["skipped"][:3])
             raise DataError(
@@ -466,54 +434,17 @@ def ingest(
                 f"skipped (e.g. {reasons})"
             )
         empty = [name for name, split in manifest["splits"].items() if split["num_examples"] == 0]
-        if empty:
+        if empty and require_every_split:
             raise DataError(
                 f"split(s) {', '.join(empty)} received no usable image (their patients' files "
                 "were all skipped); see the skipped files"
             )
         for folder in (PROGRESS_DIR, SUMMARY_DIR, PLAN_DIR):
             remove_quietly(os.path.join(work_dir, folder))
-        with open(os.path.join(work_dir, MANIFEST_NAME), "w", encoding="utf-8") as handle:
-            json.dump(manifest, handle, indent=2)
-            handle.write("\n")
-        swap_into_place(work_dir, output, overwrite)
+        fileio.write_json(os.path.join(work_dir, MANIFEST_NAME), manifest, sort_keys=False)
+        publish(work_dir, output, overwrite, marker=[MANIFEST_NAME])
         return manifest
     except BaseException:
         if work_dir is not None:
             remove_quietly(work_dir)
         raise
-    finally:
-        if prestarted is not None:
-            prestarted.close()
-
-
-def load_manifest(output: str) -> dict:
-    """Reads `output/manifest.json` of an ingested data set.
-
-    Raises:
-      DataError: there is no manifest (not an ingested data set, or an unfinished one).
-    """
-    path = os.path.join(output, MANIFEST_NAME)
-    if not os.path.exists(path):
-        raise DataError(f"{output} is not an ingested data set (no {MANIFEST_NAME})")
-    with open(path, encoding="utf-8") as handle:
-        return json.load(handle)
-
-
-def split_shard_paths(manifest: Mapping, output: str, split: str) -> list[str]:
-    """The shard files of one split of an ingested data set (from `load_manifest`).
-
-    Raises:
-      DataError: the manifest has no such split, a shard file is missing, or the split
-        is empty.
-    """
-    splits = manifest.get("splits", {})
-    if split not in splits:
-        raise DataError(f"{output}: the manifest has no split {split!r} (it has {sorted(splits)})")
-    shards = [os.path.join(output, shard) for shard in splits[split].get("shards", [])]
-    missing = [path for path in shards if not os.path.isfile(path)]
-    if missing:
-        raise DataError(f"{output}: shard file(s) of split {split!r} missing: {missing}")
-    if not shards or not splits[split].get("num_examples", 0):
-        raise DataError(f"{output}: split {split!r} is empty")
-    return shards

@@ -21,6 +21,7 @@ import os
 import re
 from typing import Iterable, Iterator, Sequence
 
+from histopath import fileio
 from histopath.data import features
 from histopath.errors import ConfigError, DataError
 
@@ -157,6 +158,8 @@ def _parent_folders(path: str, source: str | None) -> tuple[list[str], int]:
 
 @functools.lru_cache(maxsize=64)
 def _folders_innermost_first(folder: str) -> list[str]:
+    if fileio.is_uri(folder):  # gs://bucket/a/b -> b, a (the bucket is no layout folder)
+        return [p for p in folder.split("://", 1)[1].split("/")[1:] if p][::-1]
     return [p for p in os.path.normpath(os.path.abspath(folder)).split(os.sep) if p][::-1]
 
 
@@ -328,10 +331,21 @@ PARSERS = {BREAKHIS: parse_breakhis_path, IDC: parse_idc_path}
 
 
 def walk_files(source: str) -> Iterator[str]:
-    """Yields every regular file under `source` (following symlinks, loop-safe), sorted.
+    """Yields every regular file under `source` (a local folder or a URI), sorted.
 
-    Hidden files and folders (name starting with '.') are ignored.
+    Local folders: symlinks are followed, loop-safe. Hidden files and folders (name
+    starting with '.') are ignored.
     """
+    for relative, _, _ in list_files(source):
+        yield fileio.join(source, *relative.split("/"))
+
+
+def list_files(source: str) -> list[tuple[str, int, int]]:
+    """Every regular file under `source` as (relative path with '/', size in bytes,
+    modification time in ns), sorted; hidden files and folders left out."""
+    if fileio.is_uri(source):
+        return _list_uri_files(source)
+    found = []
     seen_dirs: set[str] = set()
     for root, dirs, files in os.walk(source, followlinks=True):
         real = os.path.realpath(root)
@@ -341,8 +355,35 @@ def walk_files(source: str) -> Iterator[str]:
         seen_dirs.add(real)
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         for name in sorted(files):
-            if not name.startswith("."):
-                yield os.path.join(root, name)
+            if name.startswith("."):
+                continue
+            path = os.path.join(root, name)
+            try:
+                stat = os.stat(path)
+            except OSError:  # a dangling link: listed, refused when read
+                stat = None
+            relative = os.path.relpath(path, source).replace(os.sep, "/")
+            found.append((relative, stat.st_size if stat else -1, stat.st_mtime_ns if stat else -1))
+    return sorted(found)
+
+
+def _list_uri_files(source: str) -> list[tuple[str, int, int]]:
+    import histopath  # noqa: F401  (pins Keras 2 before TensorFlow is imported)
+    import tensorflow as tf
+
+    source = source.rstrip("/")
+    found = []
+    for root, dirs, files in tf.io.gfile.walk(source):
+        relative_root = root.rstrip("/")[len(source):].strip("/")
+        if any(part.startswith(".") for part in relative_root.split("/") if part):
+            continue
+        for name in files:
+            if name.startswith("."):
+                continue
+            stat = tf.io.gfile.stat(f"{root.rstrip('/')}/{name}")
+            relative = f"{relative_root}/{name}" if relative_root else name
+            found.append((relative, int(stat.length), int(stat.mtime_nsec)))
+    return sorted(found)
 
 
 def parse_magnifications(text: str | Sequence[int] | None) -> tuple[int, ...] | None:
@@ -390,11 +431,11 @@ def scan_source(
         raise ConfigError(f"unknown dataset {dataset!r} (expected one of {', '.join(DATASETS)})")
     if magnifications is not None and dataset != BREAKHIS:
         raise ConfigError("--magnifications applies to BreakHis only")
-    if not os.path.exists(source):
+    source = fileio.absolute(source)
+    if not fileio.exists(source):
         raise DataError(f"source folder {source} does not exist")
-    if not os.path.isdir(source):
+    if not fileio.isdir(source):
         raise DataError(f"source {source} is not a folder")
-    source = os.path.abspath(source)
     parser = PARSERS[dataset]
     files: list[ParsedFile] = []
     skipped: list[SkippedFile] = []

@@ -21,6 +21,7 @@ from typing import Sequence, Union
 import numpy as np
 from PIL import Image
 
+from histopath import fileio
 from histopath.data import bags, features
 from histopath.data.layouts import ParsedFile
 from histopath.data.records import (
@@ -167,12 +168,11 @@ def _read_valid_image(
 ) -> tuple[bytes, ImageInfo] | None:
     """The file's bytes and image info, or None after appending `[path, reason]` to
     `skipped`."""
-    path = os.path.join(source, file.relative_path)
+    path = fileio.join(source, *file.relative_path.split("/"))
     try:
-        with open(path, "rb") as handle:
-            data = handle.read()
-    except OSError as error:
-        skipped.append([file.relative_path, f"cannot read file ({error.strerror})"])
+        data = fileio.read_bytes(path)
+    except Exception as error:  # OSError locally, tf.errors.OpError for a URI
+        skipped.append([file.relative_path, f"cannot read file ({getattr(error, 'strerror', None) or error})"])
         return None
     try:
         return data, validate_image(data, max_pixels)
@@ -282,15 +282,15 @@ def write_shard(
 
     Returns:
       The summary: {"split", "shard", "examples", "label_counts" (label -> n),
-      "patients" (sorted ids), "skipped" ([path, reason] pairs), "seconds"}.
+      "patients" (sorted ids), "patient_labels" (id -> highest label), "skipped" ([path,
+      reason] pairs), "seconds"}.
     """
     started = time.monotonic()
-    started_unix = time.time()
     for folder in (task.split, PROGRESS_DIR, SUMMARY_DIR):
         os.makedirs(os.path.join(output, folder), exist_ok=True)
     progress_path = os.path.join(output, PROGRESS_DIR, task.key)
     label_counts = {0: 0, 1: 0}
-    patients: set[str] = set()
+    patients: dict[str, int] = {}  # patient -> highest label of its records
     skipped: list[list[str]] = []
     last_report = 0.0
     shard_path = os.path.join(output, task.relative_path)
@@ -310,7 +310,8 @@ def write_shard(
                 continue
             writer.write(serialize_example(values))
             label_counts[values[features.LABEL]] += 1
-            patients.add(values[features.PATIENT_ID])
+            patient = values[features.PATIENT_ID]
+            patients[patient] = max(patients.get(patient, 0), int(values[features.LABEL]))
     _write_atomically(progress_path, str(len(task.files)))
     summary = {
         "split": task.split,
@@ -319,9 +320,9 @@ def write_shard(
         "examples": writer.records,
         "label_counts": label_counts,
         "patients": sorted(patients),
+        "patient_labels": dict(sorted(patients.items())),
         "skipped": skipped,
         "seconds": round(time.monotonic() - started, 3),
-        "started_unix": round(started_unix, 3),
         "worker_pid": os.getpid(),
     }
     _write_atomically(

@@ -12,3 +12,14 @@ os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    """The project's artifact types by their type names (`histopath.RunReport`,
+    `histopath.IngestReport`): TFX's Kubeflow entrypoint imports an artifact's class by the
+    type name it was compiled with. Imported on first use, so this package stays light."""
+    if name in ("RunReport", "IngestReport"):
+        from histopath.components import artifacts
+
+        return {"RunReport": artifacts.RunReportArtifact, "IngestReport": artifacts.IngestReport}[name]
+    raise AttributeError(f"module 'histopath' has no attribute {name!r}")

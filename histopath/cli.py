@@ -18,7 +18,7 @@ COMMAND_MODULES = (
     "histopath.data.cli",
     "histopath.pipeline.cli",
     "histopath.serving.cli",
-    "histopath.pipeline.eval_cli",
+    "histopath.evaluation.cli",
 )
 
 

@@ -1,14 +1,15 @@
-"""`histopath run` and `histopath compile`."""
+"""`histopath run`, `histopath compile` and `histopath presets`: argument parsing only."""
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import json
-import logging
 import sys
+from typing import Any
 
-from histopath.pipeline.config import DATASETS, MODEL_KINDS, PipelineConfig, load_config_file
+from histopath.argtypes import non_negative_int
+from histopath.errors import ConfigError
+from histopath.data.layouts import DATASETS
+from histopath.models.config import MODEL_KINDS
 
 
 def _model_list(text: str) -> tuple[str, ...]:
@@ -19,108 +20,217 @@ def _model_list(text: str) -> tuple[str, ...]:
     return models
 
 
-def _add_config_arguments(parser: argparse.ArgumentParser, *, need_data: bool) -> None:
-    parser.add_argument("--dataset", choices=DATASETS, required=need_data, help="layout of the data folder")
-    parser.add_argument("--data", dest="data_dir", required=need_data,
-                        help="raw image folder (BreaKHis_v1 tree or IDC tree) or a folder made by `histopath ingest`")
-    parser.add_argument("--output", dest="output_dir", required=need_data,
-                        help="run folder: records, pipeline root, metadata, serving/, report/")
-    parser.add_argument("--models", type=_model_list, help="comma-separated subset of densenet,mil (default both)")
-    parser.add_argument("--epochs", type=int, help="training epochs per phase (overrides the config file)")
-    parser.add_argument("--image-size", type=int, help="Transform output size in pixels (default 224)")
+def add_config_arguments(parser: argparse.ArgumentParser, *, need_data: bool) -> None:
+    """The flags that set PipelineConfig fields (shared by `run` and `compile`)."""
+    parser.add_argument("--dataset", choices=DATASETS, required=need_data, help="layout of the data")
+    parser.add_argument("--data", dest="data_dir", required=need_data, metavar="DIR",
+                        help="raw image root (a BreaKHis_v1 or IDC tree, or one folder per span: DIR/<span>/...), "
+                        "local or gs://..., or a folder made by `histopath ingest`")
+    parser.add_argument("--preset", help="named recipe to start from (default: the data set's own; "
+                        "`histopath presets` lists them)")
+    parser.add_argument("--config", help="JSON file of settings over the preset (flags override it)")
+    parser.add_argument("--models", type=_model_list, help="comma-separated subset of densenet,mil")
+    parser.add_argument("--epochs", type=non_negative_int, help="epochs of every training phase of every model")
+    parser.add_argument("--image-size", type=int, help="Transform output size in pixels")
     parser.add_argument("--stain-normalization", action="store_true", default=None,
                         help="Transform scales each image's H and E stain to a reference amount")
     parser.add_argument("--slide-context-sigma", type=float, metavar="PATCHES",
                         help="IDC: the Trainers also choose a threshold for patch probabilities averaged over the "
-                        "slide (Gaussian width in patches, e.g. 1.5; default 0 = off)")
-    parser.add_argument("--config", help="JSON file of PipelineConfig fields (flags override it)")
-    parser.add_argument("--model-name", help="TF Serving model name (folder under serving/)")
-    parser.add_argument("--serving-dir", help="push destination (default OUTPUT/serving)")
+                        "slide (Gaussian width in patches; 0 = off)")
+    parser.add_argument("--warm-start", dest="warm_start", metavar="WEIGHTS",
+                        help="DenseNet201 backbone weights (.h5) to start from, e.g. an IDC run's "
+                        "model_run/backbone_weights.h5")
+    parser.add_argument("--span-window", metavar="all|N", help="train on every span (all) or the last N")
+    parser.add_argument("--min-new-patients", type=non_negative_int, metavar="K",
+                        help="retrain only when new spans bring at least K new patients (default 0: on every new span)")
+    parser.add_argument("--seed", type=int, help="patient split and training seed")
+    parser.add_argument("--model-name", help="TF Serving model name (folder under the serving dir)")
+    parser.add_argument("--serving-dir", help="push destination (default OUTPUT/serving); a path or gs://...")
     parser.add_argument("--beam-arg", action="append", dest="beam_args", metavar="ARG",
                         help="Beam pipeline option for every Beam-powered component, repeatable, "
                         "e.g. --beam-arg=--direct_running_mode=in_memory or --beam-arg=--runner=DataflowRunner")
     parser.add_argument("--no-cache", action="store_true", help="re-run every component")
 
 
-def config_from_args(args: argparse.Namespace) -> PipelineConfig:
-    """Defaults < --config file < flags."""
-    values = load_config_file(args.config) if getattr(args, "config", None) else {}
-    flag_values = {
-        "dataset": args.dataset, "data_dir": args.data_dir, "output_dir": args.output_dir,
-        "models": args.models, "image_size": args.image_size, "model_name": args.model_name,
-        "serving_dir": args.serving_dir, "stain_normalization": getattr(args, "stain_normalization", None),
-        "slide_context_sigma": getattr(args, "slide_context_sigma", None),
-        "beam_args": tuple(args.beam_args) if args.beam_args else None,
+def config_from_args(args: argparse.Namespace, **fixed: Any):
+    """defaults < preset < --config file < flags (and `fixed`), resolved once."""
+    from histopath.errors import ConfigError
+    from histopath.pipeline import presets
+    from histopath.pipeline.config import load_config_file, resolve
+
+    file_values = load_config_file(args.config) if getattr(args, "config", None) else {}
+    dataset = args.dataset or file_values.get("dataset")
+    preset = getattr(args, "preset", None) or file_values.get("preset") or presets.DEFAULT_PRESETS.get(dataset or "")
+    layers = [presets.layer(preset)] if preset else []
+    if preset and dataset and presets.get(preset).settings.get("dataset") not in (None, dataset):
+        raise ConfigError(f"preset {preset} is for {presets.get(preset).settings['dataset']}, not {dataset}")
+    flags = {
+        "dataset": args.dataset, "data_dir": args.data_dir, "output_dir": args.output_dir, "models": args.models,
+        "image_size": args.image_size, "model_name": args.model_name, "serving_dir": args.serving_dir,
+        "stain_normalization": args.stain_normalization, "slide_context_sigma": args.slide_context_sigma,
+        "beam_args": list(args.beam_args) if args.beam_args else None, "seed": args.seed,
+        "span_window": args.span_window, "min_new_patients": args.min_new_patients,
+        "enable_cache": False if args.no_cache else None,
     }
-    values.update({key: value for key, value in flag_values.items() if value is not None})
+    flags = {key: value for key, value in flags.items() if value is not None}
     if args.epochs is not None:
-        # both DenseNet phases (head, then fine-tuning) and the MIL model
-        values["training"] = {
-            **values.get("training", {}), "epochs": args.epochs, "fine_tune_epochs": args.epochs,
-        }
-    if args.no_cache:
-        values["enable_cache"] = False
-    return PipelineConfig.from_dict(values).validate()
+        flags["training"] = {"epochs": args.epochs, "fine_tune_epochs": args.epochs}
+        flags["model_training"] = {kind: {"epochs": args.epochs, "fine_tune_epochs": args.epochs}
+                                   for kind in MODEL_KINDS}
+    if args.warm_start:
+        flags["densenet"] = {"weights": args.warm_start}
+    config = resolve(*layers, file_values, flags, fixed)
+    if preset:
+        presets.check_needs(preset, config.to_dict())
+    return config
 
 
 def _run(args: argparse.Namespace) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from histopath.pipeline.local_runner import run_local
+    from histopath.console import Console
+    from histopath.pipeline.local_runner import check_runnable, read_summary, run_local
 
     config = config_from_args(args)
-    report = run_local(config)
-    summary = config.report_dir / "summary.md"
-    print(summary.read_text() if summary.exists() else json.dumps(report, indent=2))
-    print(f"report: {config.report_dir}")
+    check_runnable(config)
+    with Console(config.logs_dir, verbose=args.verbose, first_log="pipeline") as console:
+        run_local(config, console=console)
+        console.write(read_summary(config))
     return 0
 
 
 def _compile(args: argparse.Namespace) -> int:
+    from histopath.console import Console
     from histopath.pipeline.kubeflow_runner import compile_kubeflow
 
-    if args.runner != "kubeflow":
-        print(f"unsupported runner {args.runner}", file=sys.stderr)
-        return 2
     config = config_from_args(args)
-    config = dataclasses.replace(config, records_dir=config.data_dir)  # ingested in the cluster
-    path = compile_kubeflow(config, args.pipeline_output, image=args.image)
-    print(f"wrote {path}")
+    with Console(None, verbose=args.verbose) as console:
+        path = compile_kubeflow(config, args.pipeline_output, image=args.image)
+        console.write(f"wrote {path}")
     return 0
 
 
+def _presets(args: argparse.Namespace) -> int:
+    from histopath.pipeline import presets
+
+    for preset in presets.PRESETS.values():
+        default = [d for d, name in presets.DEFAULT_PRESETS.items() if name == preset.name]
+        print(f"{preset.name}{' (default for ' + ', '.join(default) + ')' if default else ''}")
+        print(f"    trains:  {preset.trains}")
+        for key, hint in preset.needs.items():
+            print(f"    needs:   {key}: {hint}")
+        if preset.results:
+            print(f"    results: {preset.results}")
+    return 0
+
+
+def _submit(args: argparse.Namespace) -> int:
+    import json
+
+    from histopath.pipeline import cron, submit
+
+    spec = submit.load_spec(args.spec)
+    name = args.name or spec.name
+    scheduled = args.command == "schedule"
+    try:
+        if args.kfp_host:
+            if scheduled:
+                request = submit.kfp_recurring_run_request(
+                    spec, name=name, cron=args.cron, max_concurrency=args.max_concurrency,
+                    no_catchup=args.no_catchup, experiment=args.experiment, pipeline_root=args.pipeline_root)
+            else:
+                request = submit.kfp_run_request(spec, run_name=name, experiment=args.experiment,
+                                                 pipeline_root=args.pipeline_root)
+        elif scheduled:
+            request = submit.vertex_schedule_request(
+                spec, args.vertex, name=name, cron=args.cron, max_concurrency=args.max_concurrency,
+                pipeline_root=args.pipeline_root, service_account=args.service_account)
+        else:
+            request = submit.vertex_job_request(spec, args.vertex, display_name=name, pipeline_root=args.pipeline_root,
+                                                service_account=args.service_account)
+    except cron.CronError as error:
+        raise ConfigError(f"--cron {args.cron!r}: {error}") from None
+    if args.dry_run:
+        print(json.dumps(request, indent=2, sort_keys=True))
+        print("dry run: nothing was sent", file=sys.stderr)
+        return 0
+    if args.kfp_host and scheduled:
+        result = submit.kfp_schedule(args.kfp_host, spec, name=name, cron=args.cron,
+                                     max_concurrency=args.max_concurrency, no_catchup=args.no_catchup,
+                                     experiment=args.experiment, pipeline_root=args.pipeline_root)
+    elif args.kfp_host:
+        result = submit.kfp_submit(args.kfp_host, spec, run_name=name, experiment=args.experiment,
+                                   pipeline_root=args.pipeline_root)
+    elif scheduled:
+        result = submit.vertex_schedule(spec, args.vertex, name=name, cron=args.cron,
+                                        max_concurrency=args.max_concurrency, pipeline_root=args.pipeline_root,
+                                        service_account=args.service_account)
+    else:
+        result = submit.vertex_submit(spec, args.vertex, display_name=name, pipeline_root=args.pipeline_root,
+                                      service_account=args.service_account)
+    print(json.dumps(result, sort_keys=True))
+    return 0
+
+
+def _add_submit_arguments(parser: argparse.ArgumentParser, *, schedule: bool) -> None:
+    parser.add_argument("--spec", required=True, metavar="PIPELINE.yaml", help="the spec `histopath compile` wrote")
+    target = parser.add_mutually_exclusive_group(required=True)
+    target.add_argument("--kfp-host", metavar="URL", help="Kubeflow Pipelines API, e.g. http://ml-pipeline-ui:80")
+    target.add_argument("--vertex", metavar="PROJECT/REGION", help="Vertex AI Pipelines project and region")
+    parser.add_argument("--experiment", help="KFP experiment (default: Default)")
+    parser.add_argument("--service-account", metavar="SA", help="Vertex: the service account the run uses")
+    parser.add_argument("--pipeline-root", metavar="URI", help="override the spec's pipeline root")
+    parser.add_argument("--name", help="run or schedule name (default: the pipeline's name)")
+    if schedule:
+        parser.add_argument("--cron", required=True, help='5-field cron, e.g. "0 2 * * 1" (Mondays 02:00; UTC on KFP)')
+        parser.add_argument("--max-concurrency", type=int, default=1, choices=range(1, 11), metavar="1-10",
+                            help="runs of this schedule at once (default 1)")
+        parser.add_argument("--no-catchup", action="store_true",
+                            help="KFP: after a pause, do not start the runs that were missed")
+    parser.add_argument("--dry-run", action="store_true", help="print the request; send nothing")
+    parser.set_defaults(handler=_submit)
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
-    """Adds `run` and `compile`."""
+    """Adds `run`, `compile`, `presets`, `submit` and `schedule`."""
     run = subparsers.add_parser(
-        "run", help="run the whole TFX pipeline locally (ingest, validate, transform, train, evaluate, push)",
-        description="Runs ExampleGen → StatisticsGen → SchemaGen → ExampleValidator → Transform → "
-        "Trainers (DenseNet201, attention MIL) → Evaluators → winner selection → Pusher with "
-        "LocalDagRunner and an SQLite ML-Metadata store under OUTPUT. Exit code 3: no model "
-        "passed its thresholds, nothing was pushed.",
+        "run", help="run the whole TFX pipeline here (ingest, validate, transform, train, evaluate, push)",
+        description="Runs IngestImages → StatisticsGen → SchemaGen → ExampleValidator → Transform → Trainers "
+        "(DenseNet201, attention MIL) → Evaluators → winner selection → Pusher with LocalDagRunner and an "
+        "SQLite ML-Metadata store under OUTPUT. Settings: the preset, then --config, then flags. Prints one "
+        "line per component; the components' output is in OUTPUT/logs/. Exit code 3: no model passed its "
+        "thresholds, nothing was pushed.",
     )
-    _add_config_arguments(run, need_data=True)
+    add_config_arguments(run, need_data=True)
+    run.add_argument("--output", dest="output_dir", required=True, metavar="DIR",
+                     help="run folder: pipeline root, span store, metadata, serving/, report/, logs/")
+    run.add_argument("--verbose", action="store_true", help="show every log line instead of one per component")
     run.set_defaults(handler=_run)
 
     compile_parser = subparsers.add_parser(
-        "compile", help="compile the pipeline for Kubeflow Pipelines (pipeline-spec JSON)",
-        description="Compiles the same pipeline with KubeflowV2DagRunner. Paths in the config "
-        "(--data, --output) must be reachable from the cluster (gs://... or a mounted volume).",
+        "compile", help="compile the pipeline for Kubeflow Pipelines / Vertex AI (PipelineSpec YAML)",
+        description="Compiles the same pipeline for Kubeflow Pipelines and Vertex AI Pipelines. Every path "
+        "(--data, --pipeline-root, --serving-dir) must be one the cluster's pods reach (gs://... or a "
+        "mounted volume).",
     )
-    compile_parser.add_argument("--runner", choices=["kubeflow"], default="kubeflow")
-    compile_parser.add_argument("--output", dest="pipeline_output", required=True, help="pipeline.json to write")
-    compile_parser.add_argument("--image", default="histopath-tfx-pipeline:latest",
+    add_config_arguments(compile_parser, need_data=False)
+    compile_parser.add_argument("--output", dest="pipeline_output", required=True, metavar="FILE",
+                                help="pipeline.yaml to write")
+    compile_parser.add_argument("--pipeline-root", dest="output_dir", required=True, metavar="URI",
+                                help="run folder on the cluster, e.g. gs://bucket/histopath")
+    compile_parser.add_argument("--image", default=None,
                                 help="container image of the components (built from pipeline/Dockerfile)")
-    compile_parser.add_argument("--pipeline-root", dest="output_dir", default="/pipeline",
-                                help="run folder inside the cluster (default /pipeline)")
-    compile_parser.add_argument("--dataset", choices=DATASETS, default="breakhis")
-    compile_parser.add_argument("--data", dest="data_dir", default="/data/records",
-                                help="ingested records inside the cluster (default /data/records)")
-    for flag, kwargs in {
-        "--models": dict(type=_model_list), "--epochs": dict(type=int), "--image-size": dict(type=int),
-        "--config": {}, "--model-name": {}, "--serving-dir": {},
-        "--stain-normalization": dict(action="store_true", default=None),
-        "--slide-context-sigma": dict(type=float),
-    }.items():
-        compile_parser.add_argument(flag, **kwargs)
-    compile_parser.add_argument("--beam-arg", action="append", dest="beam_args", metavar="ARG")
-    compile_parser.add_argument("--no-cache", action="store_true")
+    compile_parser.add_argument("--verbose", action="store_true", help="show the compiler's log lines")
     compile_parser.set_defaults(handler=_compile)
+
+    presets_parser = subparsers.add_parser("presets", help="list the named training recipes")
+    presets_parser.set_defaults(handler=_presets)
+
+    _add_submit_arguments(subparsers.add_parser(
+        "submit", help="start one run of a compiled pipeline on Kubeflow Pipelines or Vertex AI",
+        description="Submits the spec written by `histopath compile`: to Kubeflow Pipelines with kfp.Client "
+        "(credentials from your kubeconfig or KF_PIPELINES_* settings) or to Vertex AI with "
+        "google-cloud-aiplatform (Application Default Credentials)."), schedule=False)
+    _add_submit_arguments(subparsers.add_parser(
+        "schedule", help="run a compiled pipeline on a cron schedule (Kubeflow recurring run / Vertex schedule)",
+        description="Creates a recurring run: each run ingests the spans that arrived since the last and "
+        "retrains when they bring new patients."), schedule=True)
+

@@ -1,30 +1,38 @@
-"""The one typed configuration of a pipeline run.
+"""The one typed configuration of a pipeline run, resolved once.
 
-A `PipelineConfig` is built from defaults, an optional JSON file (`--config`) and CLI
-flags, in that order; it is written next to every run's outputs (`run_config.json`) so a
-result can always be traced to the exact settings that produced it.
+Values come, each layer over the one before: the defaults below < a named preset
+(`pipeline.presets`) < a JSON file (`--config`) < command-line flags. `resolve()` merges
+the layers (nested settings key by key) and returns a validated `PipelineConfig` whose
+model and training settings are typed (`DenseNetConfig`, `MilConfig`, one
+`TrainingConfig` per model); `to_dict()` of that is what every run records
+(`run_config.json`), and `from_dict()` reads it back.
+
+Every path may be a local path or a URI (`gs://`, `s3://`, `hdfs://`): a local path is
+made absolute, a URI is kept as it is (`histopath.fileio`).
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
-import json
-import pathlib
 import re
-from typing import Any
+from typing import Any, Mapping, Optional, Sequence
 
+from histopath import fileio
+from histopath.data import spans as spans_lib
+from histopath.data.layouts import DATASETS
 from histopath.errors import ConfigError
+from histopath.models.config import MODEL_KINDS, DenseNetConfig, MilConfig, TrainingConfig
 
-DATASETS = ("breakhis", "idc")
-MODEL_KINDS = ("densenet", "mil")
 VERSION_POLICIES = ("timestamp", "increment")
-
-# Local Beam default: DirectRunner with one worker process per core (the issue's choice);
-# `--beam-arg` replaces it, e.g. `--beam-arg=--direct_running_mode=in_memory`.
+# The local Beam default: DirectRunner with one worker process per core. `--beam-arg`
+# replaces it, e.g. `--beam-arg=--direct_running_mode=in_memory`.
 DEFAULT_BEAM_ARGS = ("--direct_running_mode=multi_processing", "--direct_num_workers=0")
+# Settings given as JSON objects that merge key by key across the layers.
+NESTED_KEYS = ("densenet", "mil", "training", "model_training", "thresholds", "splits")
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class ThresholdConfig:
     """What a candidate must reach on the test split to be blessed."""
 
@@ -34,70 +42,84 @@ class ThresholdConfig:
     max_auc_drop_vs_pushed: float = 0.01
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class PipelineConfig:
-    """Everything one pipeline run needs; serialised with the run's outputs."""
+    """Everything one pipeline run needs; recorded with the run's outputs."""
 
-    dataset: str = "breakhis"  # "breakhis" | "idc": layout of the raw data folder
-    data_dir: str = ""  # raw image folder, or an already ingested folder (manifest.json)
-    output_dir: str = "outputs"  # records/, pipeline_root/, metadata.sqlite, serving/
-    records_dir: str = ""  # ingested TFRecords; default OUTPUT/records (or data_dir if ingested)
+    dataset: str = "breakhis"  # "breakhis" | "idc": layout of the raw data
+    data_dir: str = ""  # raw image root (local path or URI), or ingested records (manifest.json)
+    output_dir: str = "outputs"  # pipeline_root/, metadata.sqlite, serving/, report/, logs/
+    preset: str = ""  # the named preset the run started from ("" = none)
     pipeline_name: str = "histopath"  # [a-z0-9-]+ (Kubeflow's rule)
     models: tuple[str, ...] = MODEL_KINDS  # which Trainers run: subset of MODEL_KINDS
     image_size: int = 224  # Transform's output size; each model resizes from it
     # Transform scales every image's H and E stain amounts to a reference
-    # (`image_ops.normalize_stain`); in the exported graph, so serving does the same.
+    # (`image_ops.normalize_stain`), inside the exported graph, so serving does the same.
     stain_normalization: bool = False
     # IDC only: each Trainer also chooses a decision threshold for patch probabilities
-    # averaged over the slide (`slide_context.py`; Gaussian width in patches, 0 = off),
-    # stored with the model for `histopath evaluate` and whole-slide prediction.
+    # averaged over the slide (`evaluation.slide_context`; Gaussian width in patches,
+    # 0 = off), stored with the model for `histopath evaluate` and slide prediction.
     slide_context_sigma: float = 0.0
-    splits: dict[str, float] = dataclasses.field(
-        default_factory=lambda: {"train": 0.7, "eval": 0.15, "test": 0.15}
-    )  # patient-level split fractions used when the CLI ingests
-    seed: int = 42  # split, augmentation and initialisation seed
+    # Patient-level split fractions of ingestion (names and fractions; sum 1).
+    splits: Mapping[str, float] = dataclasses.field(
+        default_factory=lambda: {"train": 0.7, "eval": 0.15, "test": 0.15})
+    seed: int = 42  # patient split, augmentation and initialisation seed
     magnifications: tuple[int, ...] = ()  # BreakHis magnifications to keep; () = all
-    densenet: dict[str, Any] = dataclasses.field(default_factory=dict)  # DenseNetConfig fields
-    mil: dict[str, Any] = dataclasses.field(default_factory=dict)  # MilConfig fields
-    training: dict[str, Any] = dataclasses.field(default_factory=dict)  # TrainingConfig fields
-    # Per-model TrainingConfig fields on top of `training`, e.g. {"densenet": {"epochs": 0}}.
-    model_training: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
+    # IDC only: K >= 2 ingests one record per K x K region of patches (a MIL bag,
+    # `data.bags`) instead of one per patch; None = one record per patch.
+    bag_size: Optional[int] = None
+    # Which spans a run trains on: "all", or the last N spans (a number).
+    span_window: str = "all"
+    # Retrain only when the new spans bring at least this many new patients (0 = on every
+    # new or changed span).
+    min_new_patients: int = 0
+    span_store_dir: str = ""  # where each span's records are kept; default OUTPUT/span_store
+    densenet: DenseNetConfig = dataclasses.field(default_factory=DenseNetConfig)  # the DenseNet201 model
+    mil: MilConfig = dataclasses.field(default_factory=MilConfig)  # the attention-MIL model
+    # How each model is trained, resolved per model kind (shared settings, the model's own
+    # overrides and the run's seed).
+    training: Mapping[str, TrainingConfig] = dataclasses.field(
+        default_factory=lambda: {kind: TrainingConfig() for kind in MODEL_KINDS})
     thresholds: ThresholdConfig = dataclasses.field(default_factory=ThresholdConfig)
     stop_on_anomalies: bool = False  # fail the run when ExampleValidator finds anomalies
-    model_name: str = "histopath"  # TF Serving model name: serving/<model_name>/<version>
-    version_policy: str = "timestamp"  # "timestamp" (TFX default) | "increment"
+    model_name: str = "histopath"  # TF Serving model name: <serving_dir>/<model_name>/<version>
+    version_policy: str = "timestamp"  # "timestamp" (TFX's default) | "increment"
     serving_dir: str = ""  # push destination; default OUTPUT/serving
     beam_args: tuple[str, ...] = DEFAULT_BEAM_ARGS  # every Beam-powered component gets these
     enable_cache: bool = True  # skip components whose inputs, code and settings are unchanged
 
-    # ---- derived paths -----------------------------------------------------------------
+    # ---- derived paths (strings: local absolute paths or URIs) --------------------------
     @property
-    def output_path(self) -> pathlib.Path:
-        return pathlib.Path(self.output_dir).resolve()
+    def output_path(self) -> str:
+        return fileio.absolute(self.output_dir)
 
     @property
-    def records_path(self) -> pathlib.Path:
-        return pathlib.Path(self.records_dir).resolve() if self.records_dir else (
-            self.output_path / "records"
-        )
+    def span_store_path(self) -> str:
+        return fileio.absolute(self.span_store_dir) if self.span_store_dir else fileio.join(self.output_path, "span_store")
 
     @property
-    def pipeline_root(self) -> pathlib.Path:
-        return self.output_path / "pipeline_root"
+    def pipeline_root(self) -> str:
+        return fileio.join(self.output_path, "pipeline_root")
 
     @property
-    def metadata_path(self) -> pathlib.Path:
-        return self.output_path / "metadata.sqlite"
+    def metadata_path(self) -> str:
+        return fileio.join(self.output_path, "metadata.sqlite")
 
     @property
-    def serving_path(self) -> pathlib.Path:
-        return pathlib.Path(self.serving_dir).resolve() if self.serving_dir else (
-            self.output_path / "serving"
-        )
+    def serving_path(self) -> str:
+        return fileio.absolute(self.serving_dir) if self.serving_dir else fileio.join(self.output_path, "serving")
 
     @property
-    def report_dir(self) -> pathlib.Path:
-        return self.output_path / "report"
+    def report_dir(self) -> str:
+        return fileio.join(self.output_path, "report")
+
+    @property
+    def logs_dir(self) -> str:
+        return fileio.join(self.output_path, "logs")
+
+    def model_config(self, kind: str) -> DenseNetConfig | MilConfig:
+        """The typed config of model `kind`."""
+        return {"densenet": self.densenet, "mil": self.mil}[kind]
 
     # ---- validation and (de)serialisation ----------------------------------------------
     def validate(self) -> "PipelineConfig":
@@ -107,10 +129,6 @@ class PipelineConfig:
         unknown = [m for m in self.models if m not in MODEL_KINDS]
         if not self.models or unknown:
             raise ConfigError(f"models must be a non-empty subset of {MODEL_KINDS}, got {list(self.models)}")
-        bad_kinds = sorted(set(self.model_training) - set(MODEL_KINDS))
-        if bad_kinds or not all(isinstance(v, dict) for v in self.model_training.values()):
-            raise ConfigError(f"model_training must map model kinds {MODEL_KINDS} to TrainingConfig fields, "
-                              f"got keys {sorted(self.model_training)}")
         if self.version_policy not in VERSION_POLICIES:
             raise ConfigError(f"version_policy must be one of {VERSION_POLICIES}")
         if self.slide_context_sigma < 0 or (self.slide_context_sigma and self.dataset != "idc"):
@@ -122,50 +140,164 @@ class PipelineConfig:
             raise ConfigError(f"pipeline_name must match [a-z0-9-]+, got {self.pipeline_name!r}")
         if not re.fullmatch(r"[A-Za-z0-9_.-]+", self.model_name):
             raise ConfigError(f"model_name must be a plain folder name, got {self.model_name!r}")
+        spans_lib.parse_window(self.span_window)
+        if self.min_new_patients < 0:
+            raise ConfigError(f"min_new_patients must be >= 0, got {self.min_new_patients}")
+        if self.bag_size is not None and (self.dataset != "idc" or int(self.bag_size) < 2):
+            raise ConfigError(f"bag_size must be None, or at least 2 for idc, got {self.bag_size} for {self.dataset}")
+        if sorted(self.training) != sorted(MODEL_KINDS):
+            raise ConfigError(f"training must hold one TrainingConfig per model kind {MODEL_KINDS}")
         return self
 
     def to_dict(self) -> dict[str, Any]:
-        data = dataclasses.asdict(self)
-        data["models"] = list(self.models)
-        data["magnifications"] = list(self.magnifications)
-        data["beam_args"] = list(self.beam_args)
+        """The fully resolved settings as JSON values."""
+        data = {field.name: getattr(self, field.name) for field in dataclasses.fields(self)}
+        data.update(
+            models=list(self.models), magnifications=list(self.magnifications), beam_args=list(self.beam_args),
+            splits=dict(self.splits), densenet=self.densenet.to_dict(), mil=self.mil.to_dict(),
+            training={kind: config.to_dict() for kind, config in self.training.items()},
+            thresholds=dataclasses.asdict(self.thresholds),
+        )
         return data
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "PipelineConfig":
-        names = {field.name for field in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - names)
-        if unknown:
-            raise ConfigError(f"unknown configuration keys: {', '.join(unknown)}")
-        values = dict(data)
-        if "thresholds" in values and isinstance(values["thresholds"], dict):
-            threshold_names = {f.name for f in dataclasses.fields(ThresholdConfig)}
-            bad = sorted(set(values["thresholds"]) - threshold_names)
-            if bad:
-                raise ConfigError(f"unknown thresholds keys: {', '.join(bad)}")
-            values["thresholds"] = ThresholdConfig(**values["thresholds"])
-        for key in ("models", "magnifications", "beam_args"):
-            if key in values:
-                values[key] = tuple(values[key])
-        return cls(**values)
-
-    def write(self, path: pathlib.Path) -> None:
-        """Writes the config as JSON (write then rename)."""
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
-        tmp.replace(path)
+    def from_dict(cls, values: Mapping[str, Any]) -> "PipelineConfig":
+        """Builds a config from settings in the file form (see `resolve`) or from `to_dict()`."""
+        return resolve(values)
 
 
-def load_config_file(path: str | pathlib.Path) -> dict[str, Any]:
-    """Reads a JSON config file into a dict of PipelineConfig fields."""
-    path = pathlib.Path(path)
+def _check_keys(values: Mapping[str, Any], known: Sequence[str], where: str) -> None:
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        raise ConfigError(f"unknown {where} key(s): {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+
+
+_FILE_KEYS = tuple(field.name for field in dataclasses.fields(PipelineConfig)) + ("model_training",)
+
+
+def merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    """`override` over `base`; the `NESTED_KEYS` (and settings inside them) merge key by key.
+
+    Raises:
+      ConfigError: a key no layer knows.
+    """
+    _check_keys(override, _FILE_KEYS, "configuration")
+    result = copy.deepcopy(dict(base))
+    for key, value in override.items():
+        if key in NESTED_KEYS and isinstance(value, Mapping) and isinstance(result.get(key), Mapping):
+            result[key] = _merge_nested(result[key], value)
+        else:
+            result[key] = copy.deepcopy(value)
+    return result
+
+
+def _merge_nested(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    result = dict(base)
+    for key, value in override.items():
+        if isinstance(value, Mapping) and isinstance(result.get(key), Mapping):
+            result[key] = _merge_nested(result[key], value)
+        else:
+            result[key] = copy.deepcopy(value)
+    return result
+
+
+def _training_configs(values: Mapping[str, Any], seed: int) -> dict[str, TrainingConfig]:
+    """One TrainingConfig per model: shared `training` < `model_training[kind]` (file
+    form), or `training[kind]` (the resolved form written by `to_dict`)."""
+    training = dict(values.get("training") or {})
+    per_model = dict(values.get("model_training") or {})
+    bad_kinds = sorted(set(per_model) - set(MODEL_KINDS))
+    if bad_kinds or not all(isinstance(v, Mapping) for v in per_model.values()):
+        raise ConfigError(f"model_training must map model kinds {MODEL_KINDS} to TrainingConfig fields, "
+                          f"got keys {sorted(per_model)}")
+    resolved_form = bool(training) and set(training) <= set(MODEL_KINDS) and all(
+        isinstance(v, Mapping) for v in training.values())
+    configs = {}
+    for kind in MODEL_KINDS:
+        settings = dict(training.get(kind, {})) if resolved_form else {"seed": seed, **training}
+        settings = _merge_nested(settings, per_model.get(kind, {}))
+        configs[kind] = TrainingConfig.from_dict(settings)
+    return configs
+
+
+def resolve(*layers: Mapping[str, Any]) -> PipelineConfig:
+    """Merges settings layers (later ones win, see `merge`) and builds the typed config.
+
+    The file form is `PipelineConfig`'s fields as JSON, with `densenet`, `mil` and
+    `thresholds` partial, `training` the TrainingConfig fields every model shares and
+    `model_training` a model's own on top (e.g. `{"mil": {"epochs": 6}}`). A model's
+    `image_size` defaults to the Transform size (for MIL: the largest multiple of its
+    tile size that fits).
+
+    Raises:
+      ConfigError: an unknown key or an invalid value, naming it.
+    """
+    values: dict[str, Any] = {}
+    for layer in layers:
+        values = merge(values, layer)
+    seed = int(values.get("seed", PipelineConfig.seed))
+    image_size = int(values.get("image_size", PipelineConfig.image_size))
+    densenet_values = {"image_size": image_size, **dict(values.get("densenet") or {})}
+    mil_values = dict(values.get("mil") or {})
+    tile = int(mil_values.get("tile_size", MilConfig.tile_size))
+    mil_values = {"image_size": max(tile, image_size // tile * tile), **mil_values}
+    thresholds = values.get("thresholds") or {}
+    if not isinstance(thresholds, Mapping):
+        raise ConfigError("thresholds must be an object of ThresholdConfig fields")
+    _check_keys(thresholds, [f.name for f in dataclasses.fields(ThresholdConfig)], "thresholds")
+    kwargs = {key: value for key, value in values.items() if key not in ("model_training",)}
+    if "span_window" in kwargs:
+        kwargs["span_window"] = str(kwargs["span_window"])
+    kwargs.update(
+        densenet=DenseNetConfig.from_dict(densenet_values),
+        mil=MilConfig.from_dict(mil_values),
+        training=_training_configs(values, seed),
+        thresholds=ThresholdConfig(**thresholds),
+    )
+    for key in ("models", "magnifications", "beam_args"):
+        if key in kwargs:
+            kwargs[key] = tuple(kwargs[key])
+    if "splits" in kwargs:
+        kwargs["splits"] = dict(kwargs["splits"])
     try:
-        data = json.loads(path.read_text())
-    except OSError as error:
-        raise ConfigError(f"cannot read config file {path}: {error.strerror}") from error
+        return PipelineConfig(**kwargs).validate()
+    except TypeError as error:  # a value of the wrong JSON type
+        raise ConfigError(f"invalid configuration: {error}") from None
+
+
+def load_config_file(path: str) -> dict[str, Any]:
+    """Reads a JSON config file (local path or URI) into a dict of settings.
+
+    Raises:
+      ConfigError: unreadable, not JSON, or not an object.
+    """
+    import json
+
+    try:
+        text = fileio.read_text(path)
+    except Exception as error:  # OSError, tf.errors.NotFoundError, ...
+        raise ConfigError(f"cannot read config file {path}: {getattr(error, 'strerror', None) or error}") from None
+    try:
+        data = json.loads(text)
     except json.JSONDecodeError as error:
-        raise ConfigError(f"config file {path} is not valid JSON: {error}") from error
+        raise ConfigError(f"config file {path} is not valid JSON: {error}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path} must hold a JSON object")
     return data
+
+
+def write_config(config: PipelineConfig, path: str) -> None:
+    """Records the resolved settings as JSON (written whole)."""
+    fileio.write_json(path, config.to_dict())
+
+
+def model_settings(config: PipelineConfig, kind: str) -> dict[str, Any]:
+    """What a Trainer of model `kind` needs from the run config (its `custom_config`)."""
+    return {
+        "model": config.model_config(kind).to_dict(),
+        "training": config.training[kind].to_dict(),
+        "transform_image_size": config.image_size,
+        "slide_context_sigma": float(config.slide_context_sigma),
+        "dataset": config.dataset,
+        "model_name": config.model_name,
+    }

@@ -1,96 +1,93 @@
-"""`create_pipeline()`: the one pipeline definition every runner uses.
+"""`create_pipeline()`: the one pipeline definition every runner uses (LocalDagRunner,
+InteractiveContext, Kubeflow Pipelines and Vertex AI).
 
-    ImportExampleGen (patient-level splits from `histopath ingest`)
+    IngestImages (raw images, spans; or ImportExampleGen for ingested records)
+      ── when the ingestion says retrain ──────────────────────────────────────────────
       → StatisticsGen → SchemaGen → CurateSchema → ExampleValidator → AnomalyGate
-      → Transform (decode, resize, scale)
-      → Trainer "trainer_densenet" / "trainer_mil"
-      → Evaluator per candidate (test split; thresholds; baseline = model pushed last)
-      → SelectWinner → Pusher (atomic) → RunReport
+      → Transform (decode, resize, scale) → Trainer "trainer_densenet" / "trainer_mil"
+      → LatestPushedModel → Evaluator per candidate (test split; thresholds; the pushed
+        model as baseline) → SelectWinner → Pusher (whole versions only)
+      ──────────────────────────────────────────────────────────────────────────────────
+      → RunReport
 """
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import histopath  # noqa: F401  (pins Keras 2 before TensorFlow is imported)
 from tfx import v1 as tfx
-from tfx.dsl.components.base import executor_spec
-from tfx.types import standard_artifacts
 
+from histopath import fileio
 from histopath.components.anomaly_gate import AnomalyGate
-from histopath.components.atomic_pusher import AtomicPusherExecutor
-from histopath.components.model_config import DenseNetConfig, MilConfig, TrainingConfig
+from histopath.components.ingest import IngestImages
+from histopath.components.pushed_model import Evaluator, LatestPushedModel
+from histopath.components.pusher import Pusher
 from histopath.components.run_report import RunReport
 from histopath.components.schema_curation import CurateSchema
 from histopath.components.winner_selection import SelectWinner
+from histopath.data.manifest import MANIFEST_NAME
 from histopath.pipeline import fingerprint
-from histopath.pipeline.config import PipelineConfig
+from histopath.pipeline.config import PipelineConfig, model_settings
 from histopath.pipeline.eval_config import EVAL_SPLIT, build_eval_config
 
 RUN_FNS = {
     "densenet": "histopath.components.trainer.densenet_run_fn",
     "mil": "histopath.components.trainer.mil_run_fn",
 }
-PREPROCESSING_FN = "histopath.components.preprocessing.preprocessing_fn"
-SPLIT_NAMES = ("train", "eval", "test")
+PREPROCESSING_FN = "histopath.models.preprocessing.preprocessing_fn"
+INGEST_NODE = "IngestImages"
 
 
-def model_configs(config: PipelineConfig) -> dict[str, Any]:
-    """The typed model configs of a run, from defaults and the config's overrides."""
-    densenet = {"image_size": config.image_size, **config.densenet}
-    mil_defaults = MilConfig()
-    tile = int(config.mil.get("tile_size", mil_defaults.tile_size))
-    mil = {"image_size": max(tile, config.image_size // tile * tile), **config.mil}
-    return {
-        "densenet": DenseNetConfig.from_dict(densenet),
-        "mil": MilConfig.from_dict(mil),
-    }
+def uses_ingested_records(config: PipelineConfig) -> bool:
+    """Whether `data_dir` holds records of `histopath ingest` (then ImportExampleGen reads
+    them) rather than raw images."""
+    return bool(config.data_dir) and fileio.exists(fileio.join(config.data_dir, MANIFEST_NAME))
+
+
+def ingest_settings(config: PipelineConfig) -> dict[str, Any]:
+    """The ingestion's settings, as the IngestImages node receives them."""
+    return {"dataset": config.dataset, "splits": dict(config.splits), "seed": config.seed,
+            "magnifications": list(config.magnifications), "bag_size": config.bag_size,
+            "window": config.span_window, "min_new_patients": config.min_new_patients,
+            "beam_args": list(config.beam_args)}
 
 
 def trainer_custom_config(config: PipelineConfig, kind: str) -> dict[str, Any]:
     """Everything a Trainer's run_fn reads, including its code fingerprint."""
-    training = TrainingConfig.from_dict(
-        {"seed": config.seed, **config.training, **config.model_training.get(kind, {})})
-    return {
-        "model": model_configs(config)[kind].to_dict(),
-        "training": training.to_dict(),
-        "transform_image_size": config.image_size,
-        "slide_context_sigma": float(config.slide_context_sigma),
-        "dataset": config.dataset,
-        "model_name": config.model_name,
-        "code_fingerprint": fingerprint.source_fingerprint(fingerprint.TRAINER_MODULES[kind]),
-    }
+    return {**model_settings(config, kind),
+            "code_fingerprint": fingerprint.source_fingerprint(fingerprint.TRAINER_MODULES[kind])}
 
 
-def create_components(config: PipelineConfig, *, with_baseline: bool = True) -> dict[str, Any]:
-    """The pipeline's components by id, in execution order.
+def _example_source(config: PipelineConfig, data_fingerprint: str, records: bool):
+    if records:
+        manifest = fileio.read_json(fileio.join(config.data_dir, MANIFEST_NAME))
+        return tfx.components.ImportExampleGen(
+            input_base=fileio.absolute(config.data_dir),
+            input_config=tfx.proto.Input(splits=[
+                tfx.proto.Input.Split(name=name, pattern=f"{name}/*") for name in manifest["splits"]]),
+        ), None
+    ingest = IngestImages(
+        data_root=fileio.absolute(config.data_dir),
+        span_store_dir=config.span_store_path,
+        settings=json.dumps(ingest_settings(config), sort_keys=True),
+        data_fingerprint=data_fingerprint,
+    ).with_id(INGEST_NODE)
+    return ingest, ingest.outputs["report"]
 
-    Args:
-      config: the run's configuration (already validated).
-      with_baseline: compare candidates with the model pushed last (a Resolver node);
-        the notebook's InteractiveContext runs without it.
-    """
-    example_gen = tfx.components.ImportExampleGen(
-        input_base=str(config.records_path),
-        input_config=tfx.proto.Input(
-            splits=[tfx.proto.Input.Split(name=name, pattern=f"{name}/*") for name in SPLIT_NAMES]
-        ),
-    )
-    statistics_gen = tfx.components.StatisticsGen(examples=example_gen.outputs["examples"])
-    schema_gen = tfx.components.SchemaGen(
-        statistics=statistics_gen.outputs["statistics"], infer_feature_shape=True
-    )
+
+def _training_components(config: PipelineConfig, examples) -> dict[str, Any]:
+    """Everything between the examples and the report, by id, in execution order."""
+    statistics_gen = tfx.components.StatisticsGen(examples=examples)
+    schema_gen = tfx.components.SchemaGen(statistics=statistics_gen.outputs["statistics"], infer_feature_shape=True)
     curate_schema = CurateSchema(schema=schema_gen.outputs["schema"])
     schema = curate_schema.outputs["curated_schema"]
-    example_validator = tfx.components.ExampleValidator(
-        statistics=statistics_gen.outputs["statistics"], schema=schema
-    )
-    anomaly_gate = AnomalyGate(
-        anomalies=example_validator.outputs["anomalies"],
-        stop_on_anomalies=int(config.stop_on_anomalies),
-    )
+    example_validator = tfx.components.ExampleValidator(statistics=statistics_gen.outputs["statistics"], schema=schema)
+    anomaly_gate = AnomalyGate(anomalies=example_validator.outputs["anomalies"],
+                               stop_on_anomalies=int(config.stop_on_anomalies))
     transform = tfx.components.Transform(
-        examples=example_gen.outputs["examples"],
+        examples=examples,
         schema=schema,
         preprocessing_fn=PREPROCESSING_FN,
         splits_config=tfx.proto.SplitsConfig(analyze=["train"], transform=["train", "eval"]),
@@ -102,26 +99,10 @@ def create_components(config: PipelineConfig, *, with_baseline: bool = True) -> 
         },
     )
     transform.add_upstream_node(anomaly_gate)
-
-    components = [
-        example_gen, statistics_gen, schema_gen, curate_schema, example_validator,
-        anomaly_gate, transform,
-    ]
-    baseline_model = None
-    if with_baseline:
-        # The model pushed last: the latest Trainer model that SelectWinner blessed.
-        latest_pushed = tfx.dsl.Resolver(
-            strategy_class=tfx.dsl.experimental.LatestBlessedModelStrategy,
-            model=tfx.dsl.Channel(type=standard_artifacts.Model),
-            model_blessing=tfx.dsl.Channel(
-                type=standard_artifacts.ModelBlessing,
-                producer_component_id="SelectWinner",
-                output_key="blessing",
-            ),
-        ).with_id("latest_pushed_model_resolver")
-        components.append(latest_pushed)
-        baseline_model = latest_pushed.outputs["model"]
-
+    latest_pushed = LatestPushedModel(
+        examples=examples, serving_model_dir=fileio.join(config.serving_path, config.model_name))
+    components = [statistics_gen, schema_gen, curate_schema, example_validator, anomaly_gate, transform,
+                  latest_pushed]
     eval_config = build_eval_config(config)
     selector_inputs = {}
     for kind in config.models:
@@ -132,10 +113,10 @@ def create_components(config: PipelineConfig, *, with_baseline: bool = True) -> 
             schema=schema,
             custom_config=trainer_custom_config(config, kind),
         ).with_id(f"trainer_{kind}")
-        evaluator = tfx.components.Evaluator(
-            examples=example_gen.outputs["examples"],
+        evaluator = Evaluator(
+            examples=examples,
             model=trainer.outputs["model"],
-            baseline_model=baseline_model,
+            baseline_model=latest_pushed.outputs["model"],
             eval_config=eval_config,
             example_splits=[EVAL_SPLIT],
         ).with_id(f"evaluator_{kind}")
@@ -145,44 +126,73 @@ def create_components(config: PipelineConfig, *, with_baseline: bool = True) -> 
             f"{kind}_evaluation": evaluator.outputs["evaluation"],
             f"{kind}_blessing": evaluator.outputs["blessing"],
         })
-
-    if baseline_model is not None:
-        selector_inputs["pushed_model"] = baseline_model
-    select_winner = SelectWinner(**selector_inputs)
-    pusher = tfx.components.Pusher(
+    select_winner = SelectWinner(pushed_model=latest_pushed.outputs["model"], **selector_inputs)
+    pusher = Pusher(
         model=select_winner.outputs["model"],
         model_blessing=select_winner.outputs["blessing"],
-        push_destination=tfx.proto.PushDestination(
-            filesystem=tfx.proto.PushDestination.Filesystem(
-                base_directory=str(config.serving_path / config.model_name)
-            )
-        ),
+        push_destination=tfx.proto.PushDestination(filesystem=tfx.proto.PushDestination.Filesystem(
+            base_directory=fileio.join(config.serving_path, config.model_name))),
         custom_config={"version_policy": config.version_policy},
-        custom_executor_spec=executor_spec.ExecutorClassSpec(AtomicPusherExecutor),
     )
-    report = RunReport(
-        selection=select_winner.outputs["blessing"],
-        pushed_model=pusher.outputs["pushed_model"],
-        anomalies=anomaly_gate.outputs["summary"],
-        report_dir=str(config.report_dir),
-        **{key: value for key, value in selector_inputs.items() if key.endswith("_evaluation")},
-    )
-    components += [select_winner, pusher, report]
+    components += [select_winner, pusher]
     return {component.id: component for component in components}
 
 
-def create_pipeline(config: PipelineConfig, metadata_connection_config: Any = None) -> tfx.dsl.Pipeline:
+def create_components(config: PipelineConfig, data_fingerprint: str = "",
+                      records: bool | None = None, retrain_gate: bool = True) -> dict[str, Any]:
+    """The pipeline's components by id, in execution order.
+
+    With raw images (`IngestImages`) every node between the ingestion and the report runs
+    only when the ingestion says the run retrains (a `tfx.dsl.Cond` on its `retrain`
+    property); the report always runs.
+
+    Args:
+      config: the run's configuration (already validated).
+      data_fingerprint: a hash of the data root's files (`components.ingest.data_fingerprint`),
+        so that an unchanged data root is a cache hit; "" (when compiling for a cluster,
+        where each run looks at the data itself) makes the ingestion run every time.
+      records: `data_dir` holds ingested records (ImportExampleGen) rather than raw
+        images; None = look (`uses_ingested_records`).
+      retrain_gate: run the training nodes only when the ingestion says so (False: the
+        InteractiveContext notebook, which runs the nodes one by one itself).
+    """
+    if records is None:
+        records = uses_ingested_records(config)
+    source, ingest_report = _example_source(config, data_fingerprint, records)
+    examples = source.outputs["examples"]
+    if ingest_report is not None and retrain_gate:
+        with tfx.dsl.Cond(examples.future()[0].custom_property("retrain") == 1):
+            training = _training_components(config, examples)
+    else:
+        training = _training_components(config, examples)
+    evaluations = {f"{kind}_evaluation": training[f"evaluator_{kind}"].outputs["evaluation"]
+                   for kind in config.models}
+    report = RunReport(
+        examples=examples,
+        ingest_report=ingest_report,
+        selection=training["SelectWinner"].outputs["blessing"],
+        pushed_model=training["Pusher"].outputs["pushed_model"],
+        anomalies=training["AnomalyGate"].outputs["summary"],
+        report_dir=config.report_dir,
+        **evaluations,
+    )
+    return {source.id: source, **training, report.id: report}
+
+
+def create_pipeline(config: PipelineConfig, metadata_connection_config: Any = None,
+                    data_fingerprint: str = "", records: bool | None = None) -> tfx.dsl.Pipeline:
     """Builds the TFX pipeline for `config` (already validated).
 
     Args:
       config: the run's configuration.
       metadata_connection_config: ML Metadata connection; None lets the runner decide
         (Kubeflow provides its own).
+      data_fingerprint, records: see `create_components`.
     """
     return tfx.dsl.Pipeline(
         pipeline_name=config.pipeline_name,
-        pipeline_root=str(config.pipeline_root),
-        components=list(create_components(config).values()),
+        pipeline_root=config.pipeline_root,
+        components=list(create_components(config, data_fingerprint, records).values()),
         enable_cache=config.enable_cache,
         metadata_connection_config=metadata_connection_config,
         beam_pipeline_args=list(config.beam_args),

@@ -27,21 +27,24 @@ def source_fingerprint(module_names: Iterable[str]) -> str:
 
 _SHARED = (
     "histopath.data.features",
-    "histopath.components.image_ops",
-    "histopath.components.preprocessing",
+    "histopath.models.image_ops",
+    "histopath.models.preprocessing",
 )
 TRANSFORM_MODULES = _SHARED
 TRAINER_MODULES = {
     kind: _SHARED
     + (
-        f"histopath.components.{kind}",
+        f"histopath.models.{kind}",
         "histopath.components.trainer",
-        "histopath.components.training",
-        "histopath.components.augment",
-        "histopath.components.export",
-        "histopath.components.model_config",
-        "histopath.components.operating_point",
-        "histopath.components.slide_context",
+        "histopath.models.training",
+        "histopath.models.augment",
+        "histopath.models.export",
+        "histopath.models.exported",
+        "histopath.models.config",
+        "histopath.models.keras_utils",
+        "histopath.evaluation.operating_point",
+        "histopath.evaluation.slide_context",
+        "histopath.evaluation.metrics",
     )
     for kind in ("densenet", "mil")
 }

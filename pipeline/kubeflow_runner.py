@@ -1,40 +1,100 @@
-"""Compiles the same pipeline to a Kubeflow Pipelines (v2) pipeline-spec JSON."""
+"""Compiles the same pipeline to a Kubeflow Pipelines v2 PipelineSpec (YAML), the form the
+KFP UI, `kfp.Client` and Vertex AI Pipelines accept.
+
+TFX's `KubeflowV2DagRunner` builds the spec (PipelineSpec schema 2.1: open-source KFP's
+driver reads only that form of constants and parameters); this module then
+
+- records the pipeline root as `defaultPipelineRoot` (Vertex reads it; on open-source KFP
+  `histopath submit` passes it with the run);
+- turns off the cache of the ingestion task, so that every (scheduled) run looks at the
+  data root itself and picks up the spans that arrived since the last;
+- checks the result the way `kfp.Client` reads a package (strict `PipelineSpec`) and
+  writes it whole (write, then rename).
+
+Every path a pod uses (data root, pipeline root, serving and span-store folders) must be
+a URI (`gs://...`) or an absolute path of a volume mounted in the pods.
+"""
 
 from __future__ import annotations
 
-import pathlib
-import tempfile
+import os
+from typing import Any
 
 import histopath  # noqa: F401  (pins Keras 2 before TensorFlow is imported)
+from histopath import fileio
+from histopath.errors import ConfigError
 from histopath.pipeline.config import PipelineConfig
 
-# The image built from pipeline/Dockerfile (TFX's own image + this project).
-DEFAULT_IMAGE = "histopath-tfx-pipeline:latest"
+# The image built from pipeline/Dockerfile (scripts/build-pipeline-image.sh).
+DEFAULT_IMAGE = "histopath/pipeline:latest"
+SPEC_SUFFIXES = (".yaml", ".yml")
 
 
-def compile_kubeflow(config: PipelineConfig, output_file: str | pathlib.Path, image: str = DEFAULT_IMAGE) -> pathlib.Path:
-    """Writes the KubeflowV2DagRunner pipeline spec of `config` to `output_file`.
+def check_cluster_paths(config: PipelineConfig) -> None:
+    """Refuses paths a pod cannot reach: relative local paths (and an empty data root).
+
+    Raises:
+      ConfigError: naming the setting and the path.
+    """
+    settings = {"--data": config.data_dir, "--pipeline-root": config.output_dir,
+                "--serving-dir": config.serving_dir, "span_store_dir": config.span_store_dir}
+    if not config.data_dir:
+        raise ConfigError("--data is required: the raw image root as the pods see it (gs://... or a mounted path)")
+    for flag, path in settings.items():
+        if path and not fileio.is_uri(path) and not os.path.isabs(path):
+            raise ConfigError(f"{flag} {path!r} is a relative local path, which the cluster's pods cannot reach: "
+                              "give a URI (gs://bucket/...) or the absolute path of a volume mounted in the pods")
+
+
+def pipeline_spec(config: PipelineConfig, image: str | None = None) -> dict[str, Any]:
+    """The PipelineSpec of `config` as a dict (checked as `kfp.Client` reads it).
 
     Args:
-      config: the run configuration; its paths (records, pipeline root, serving dir) must
-        be paths the cluster's pods can reach (e.g. `gs://...` or a mounted volume).
-      output_file: where the JSON goes (written to a temp name, then renamed).
+      config: the run configuration, its paths as the pods see them.
       image: the container image every component runs in.
     """
+    from google.protobuf import json_format
+    from kfp.pipeline_spec import pipeline_spec_pb2
     from tfx import v1 as tfx
 
-    from histopath.pipeline.create import create_pipeline
+    from histopath.pipeline.create import INGEST_NODE, create_pipeline
 
     config.validate()
-    output_file = pathlib.Path(output_file).resolve()
-    output_file.parent.mkdir(parents=True, exist_ok=True)
-    # No metadata connection: Kubeflow provides ML Metadata (and its cache) itself.
-    with tempfile.TemporaryDirectory(dir=output_file.parent) as staging:
-        runner = tfx.orchestration.experimental.KubeflowV2DagRunner(
-            config=tfx.orchestration.experimental.KubeflowV2DagRunnerConfig(default_image=image),
-            output_dir=staging,
-            output_filename=output_file.name,
-        )
-        runner.run(create_pipeline(config), write_out=True)
-        (pathlib.Path(staging) / output_file.name).replace(output_file)
-    return output_file
+    check_cluster_paths(config)
+    runner = tfx.orchestration.experimental.KubeflowV2DagRunner(
+        config=tfx.orchestration.experimental.KubeflowV2DagRunnerConfig(
+            default_image=image or DEFAULT_IMAGE, use_pipeline_spec_2_1=True))
+    # No metadata connection and no data fingerprint: the cluster provides ML Metadata,
+    # and each run fingerprints the data itself.
+    job = runner.run(create_pipeline(config, records=False), write_out=False)
+    spec = job["pipelineSpec"]
+    root = job.get("runtimeConfig", {}).get("gcsOutputDirectory")
+    if root:
+        spec["defaultPipelineRoot"] = root
+    tasks = spec["root"]["dag"]["tasks"]
+    if INGEST_NODE in tasks:
+        tasks[INGEST_NODE].setdefault("cachingOptions", {})["enableCache"] = False
+    json_format.ParseDict(spec, pipeline_spec_pb2.PipelineSpec(), ignore_unknown_fields=False)
+    return spec
+
+
+def write_spec(spec: dict[str, Any], path: str) -> str:
+    """Writes the spec as YAML (a `# PIPELINE DEFINITION` header, as KFP's compiler writes)."""
+    import yaml
+
+    text = f"# PIPELINE DEFINITION\n# Name: {spec['pipelineInfo']['name']}\n" + yaml.safe_dump(spec, sort_keys=True)
+    fileio.write_text(path, text)
+    return path
+
+
+def compile_kubeflow(config: PipelineConfig, output_file: str, image: str | None = None) -> str:
+    """Writes the PipelineSpec YAML of `config` to `output_file` (.yaml or .yml).
+
+    Raises:
+      ConfigError: another file suffix, or a path the pods cannot reach.
+    """
+    output_file = os.fspath(output_file)
+    if not output_file.endswith(SPEC_SUFFIXES):
+        raise ConfigError(f"--output {output_file}: a pipeline spec is written as .yaml (what the KFP UI, "
+                          "kfp.Client and Vertex AI accept)")
+    return write_spec(pipeline_spec(config, image), fileio.absolute(output_file))

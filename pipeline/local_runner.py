@@ -1,103 +1,99 @@
-"""Runs the pipeline on this machine: LocalDagRunner + an SQLite ML-Metadata store.
+"""Runs the pipeline on this machine: LocalDagRunner and an SQLite ML-Metadata store.
 
-    OUTPUT/records/          TFRecords from `histopath ingest` (reused when unchanged)
     OUTPUT/pipeline_root/    every component's artifacts (the cache)
+    OUTPUT/span_store/       each span's ingested records, kept between runs
     OUTPUT/metadata.sqlite   ML Metadata: lineage and cache keys
     OUTPUT/serving/<model>/<version>/   the pushed winner (TF Serving layout)
     OUTPUT/report/           report.json, summary.md, roc.png
+    OUTPUT/logs/<component>.log         everything the components printed
     OUTPUT/run_config.json   the exact configuration of the last run
 """
 
 from __future__ import annotations
 
-import dataclasses
-import json
+import contextlib
 import logging
-import pathlib
-from typing import Any
+from typing import Any, Optional
 
 import histopath  # noqa: F401  (pins Keras 2 before TensorFlow is imported)
+from histopath import fileio
+from histopath.console import Console, elapsed
 from histopath.errors import ConfigError, DataError, NotBlessedError
-from histopath.pipeline.config import PipelineConfig
+from histopath.pipeline.config import PipelineConfig, write_config
 
 logger = logging.getLogger(__name__)
-MANIFEST = "manifest.json"
 
 
-def _manifest(folder: pathlib.Path) -> dict[str, Any] | None:
-    path = folder / MANIFEST
-    if not path.is_file():
-        return None
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as error:
-        raise DataError(f"{path}: unreadable ingestion manifest ({error})") from error
+def run_local(config: PipelineConfig, *, verbose: bool = False, console: Optional[Console] = None) -> dict[str, Any]:
+    """Runs the whole pipeline and returns the run report.
 
-
-def prepare_records(config: PipelineConfig) -> pathlib.Path:
-    """Returns the folder of ingested records, ingesting `config.data_dir` if needed.
-
-    `data_dir` may already be an ingested folder (it has a manifest.json); otherwise the
-    raw images are ingested into OUTPUT/records, unless a previous run already ingested the
-    same source with the same dataset, seed, splits and magnifications.
-    """
-    if not config.data_dir:
-        raise ConfigError("no data folder given (--data)")
-    source = pathlib.Path(config.data_dir).resolve()
-    if not source.is_dir():
-        raise DataError(f"data folder {source} does not exist")
-    ingested = _manifest(source)
-    if ingested is not None:
-        if ingested.get("dataset") != config.dataset:
-            raise ConfigError(
-                f"{source} holds {ingested.get('dataset')!r} records, not {config.dataset!r}"
-            )
-        return source
-
-    from histopath.data import ingest as ingest_lib
-
-    wanted = {
-        "dataset": config.dataset,
-        "source": str(source),
-        "seed": config.seed,
-        "split_fractions": config.splits,
-        "magnifications": list(config.magnifications) or None,
-    }
-    previous = _manifest(config.records_path)
-    if previous is not None and all(previous.get(key) == value for key, value in wanted.items()):
-        logger.info("reusing ingested records in %s", config.records_path)
-        return config.records_path
-    ingest_lib.ingest(
-        dataset=config.dataset,
-        source=source,
-        output=config.records_path,
-        splits=config.splits,
-        seed=config.seed,
-        magnifications=config.magnifications or None,
-        overwrite=True,
-    )
-    return config.records_path
-
-
-def run_local(config: PipelineConfig) -> dict[str, Any]:
-    """Ingests if needed, runs the whole pipeline, and returns the run report.
+    Progress goes to the terminal one line per component; the components' output goes to
+    `OUTPUT/logs/<component>.log` (`verbose`: everything to the terminal).
 
     Raises:
-      NotBlessedError: no candidate passed its thresholds, so nothing was pushed.
+      ConfigError / DataError: bad settings or data (before anything runs).
+      NotBlessedError: the run trained, but no candidate passed its thresholds.
     """
+    check_runnable(config)
+    with contextlib.ExitStack() as stack:
+        if console is None:
+            console = stack.enter_context(Console(config.logs_dir, verbose=verbose, first_log="pipeline"))
+        return _run(config, console)
+
+
+def check_runnable(config: PipelineConfig) -> None:
+    """What the local runner needs before anything starts (a local output folder for ML
+    Metadata and the logs; a data folder).
+
+    Raises:
+      ConfigError: naming the problem.
+    """
+    config.validate()
+    if not config.data_dir:
+        raise ConfigError("no data folder given (--data)")
+    if fileio.is_uri(config.output_dir):
+        raise ConfigError("the local runner keeps ML Metadata in a local SQLite file: --output must be a local "
+                          f"folder, got {config.output_dir} (compile for Kubeflow or Vertex to run on a cluster)")
+
+
+def _run(config: PipelineConfig, console: Console) -> dict[str, Any]:
     from tfx import v1 as tfx
 
-    from histopath.pipeline.create import create_pipeline
+    from histopath.components.ingest import data_fingerprint
+    from histopath.data.manifest import load_manifest
+    from histopath.pipeline import progress
+    from histopath.pipeline.create import create_pipeline, uses_ingested_records
 
-    config.validate()
-    config = dataclasses.replace(config, records_dir=str(prepare_records(config)))
-    config.output_path.mkdir(parents=True, exist_ok=True)
-    config.write(config.output_path / "run_config.json")
-    metadata = tfx.orchestration.metadata.sqlite_metadata_connection_config(str(config.metadata_path))
-    tfx.orchestration.LocalDagRunner().run(create_pipeline(config, metadata))
-    report_path = config.report_dir / "report.json"
-    report = json.loads(report_path.read_text())
-    if not report["pushed"]["pushed"] and not report.get("already_serving"):
+    if uses_ingested_records(config):
+        ingested = load_manifest(config.data_dir).get("dataset")
+        if ingested != config.dataset:
+            raise ConfigError(f"{config.data_dir} holds {ingested!r} records, not {config.dataset!r}")
+        fingerprint = ""
+    else:
+        fingerprint = data_fingerprint(config.data_dir, config.dataset)
+    fileio.makedirs(config.output_path)
+    write_config(config, fileio.join(config.output_path, "run_config.json"))
+    console.line(f"histopath run: {config.dataset} from {config.data_dir}"
+                 + (f" (preset {config.preset})" if config.preset else "") + f"; logs in {config.logs_dir}")
+    metadata = tfx.orchestration.metadata.sqlite_metadata_connection_config(config.metadata_path)
+    handler = progress.attach(console)
+    try:
+        tfx.orchestration.LocalDagRunner().run(create_pipeline(config, metadata, data_fingerprint=fingerprint))
+    except Exception as error:
+        handler.failed(error)
+        raise
+    finally:
+        progress.detach(handler)
+    report = fileio.read_json(fileio.join(config.report_dir, "report.json"))
+    console.line(f"done in {elapsed(console.seconds)}; report in {config.report_dir}")
+    if report.get("retrained", True) and not report["pushed"]["pushed"] and not report.get("already_serving"):
         raise NotBlessedError(f"nothing pushed: {report['reason']} (report: {config.report_dir})")
     return report
 
+
+def read_summary(config: PipelineConfig) -> str:
+    """The run report's summary (Markdown), for the terminal."""
+    path = fileio.join(config.report_dir, "summary.md")
+    if not fileio.exists(path):
+        raise DataError(f"{path}: the run wrote no report")
+    return fileio.read_text(path)

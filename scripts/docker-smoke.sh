@@ -99,9 +99,9 @@ import sys
 import histopath  # noqa: F401  (Keras 2 before TensorFlow)
 import tensorflow as tf
 from histopath.components import image_ops
-from histopath.components.export import export_serving_model
-from histopath.components.mil import build_mil_model
-from histopath.components.model_config import MilConfig
+from histopath.models.export import export_serving_model
+from histopath.models.mil import build_mil_model
+from histopath.models.config import MilConfig
 
 tf.keras.utils.set_random_seed(0)
 config = MilConfig()

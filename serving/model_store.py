@@ -1,9 +1,7 @@
 """Finds, loads and hot-swaps the newest pushed version of an exported model.
 
-Layout (the exported model contract): `<base_path>/<model_name>/<version>/` holds a
-SavedModel (`saved_model.pb`, `variables/`) and `assets.extra/model_info.json`. Only folders
-named by a positive integer that already contain `saved_model.pb` count as versions, so a
-push in progress (temporary name, or files still being written) is never picked up.
+The layout and what counts as a version are the exported-model contract
+(`histopath.models.exported`): a push in progress is never picked up.
 
 Both the model server and the web app's embedded backend use `ModelStore`: it loads a
 newer version completely (and runs one warm-up prediction) before swapping it in, so
@@ -23,34 +21,12 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from histopath.models.exported import MODEL_INFO_PATH, SAVED_MODEL_FILE, SERVING_DEFAULT, list_versions
+
 logger = logging.getLogger(__name__)
 
-SAVED_MODEL_FILE = "saved_model.pb"
-MODEL_INFO_FILE = pathlib.Path("assets.extra") / "model_info.json"
-DEFAULT_SIGNATURE = "serving_default"
+DEFAULT_SIGNATURE = SERVING_DEFAULT
 VERSION_HEADER = "x-model-version"  # REST response header naming the version that answered
-
-
-def list_versions(model_dir: pathlib.Path) -> list[int]:
-    """Lists the complete versions under `<base>/<name>/`, oldest first.
-
-    Args:
-      model_dir: the model's folder (`<base_path>/<model_name>`).
-
-    Returns:
-      Version numbers of sub-folders named by a positive integer that contain a
-      `saved_model.pb`; empty when the folder does not exist.
-    """
-    if not model_dir.is_dir():
-        return []
-    versions = []
-    for entry in model_dir.iterdir():
-        name = entry.name
-        if not (name.isascii() and name.isdigit()) or int(name) <= 0:
-            continue
-        if (entry / SAVED_MODEL_FILE).is_file():
-            versions.append(int(name))
-    return sorted(versions)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -105,7 +81,7 @@ class LoadedModel:
         self.signatures: dict[str, SignatureInfo] = {
             key: _signature_info(key, fn) for key, fn in self._functions.items()
         }
-        info_path = path / MODEL_INFO_FILE
+        info_path = path / MODEL_INFO_PATH
         self.info: dict[str, Any] = (
             json.loads(info_path.read_text(encoding="utf-8")) if info_path.is_file() else {}
         )
@@ -238,7 +214,7 @@ class ModelStore:
             current_version = self._current.version if self._current else 0
             candidates = [
                 version
-                for version in list_versions(self.model_dir)
+                for version in list_versions(str(self.model_dir))
                 if version > current_version and version not in self._failures
             ]
             for version in reversed(candidates):  # newest first; fall back to older ones

@@ -23,9 +23,9 @@ def export_tiny(kind: str, version_dir: pathlib.Path, seed: int) -> pathlib.Path
     """
     import tensorflow as tf
 
-    from histopath.components import densenet, image_ops, mil
-    from histopath.components.export import export_serving_model
-    from histopath.components.model_config import DenseNetConfig, MilConfig
+    from histopath.models import densenet, image_ops, mil
+    from histopath.models.export import export_serving_model
+    from histopath.models.config import DenseNetConfig, MilConfig
 
     tf.keras.utils.set_random_seed(seed)
     if kind == "mil":

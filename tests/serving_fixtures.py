@@ -2,7 +2,7 @@
 
 Test modules import what they need: `from serving_fixtures import ...` (pytest puts
 `tests/` on `sys.path`). The exported models are REAL SavedModels written by
-`histopath.components.export.export_serving_model` from tiny, untrained MIL (and, in the
+`histopath.models.export.export_serving_model` from tiny, untrained MIL (and, in the
 `e2e` test, DenseNet) models: the contract is what is tested, not accuracy.
 """
 

@@ -11,11 +11,12 @@ import time
 import histopath  # noqa: F401  (before TensorFlow)
 import numpy as np
 import pytest
+from split_seeds import seed_for_every_split
 import tf_keras as keras
 
 from bench import baseline_cnn
 from bench.baseline_cnn import BaselineConfig, build_plain_cnn, load_split, train_and_predict
-from histopath.components.operating_point import balanced_accuracy_threshold
+from histopath.evaluation.operating_point import balanced_accuracy_threshold
 from histopath.errors import ConfigError, DataError
 
 IN_MEMORY = ["--direct_running_mode=in_memory", "--direct_num_workers=1"]
@@ -39,7 +40,7 @@ def records(shared_data, tmp_path_factory):
             for name in sorted(os.listdir(folder))[:FILES_PER_CLASS]:
                 os.symlink(folder / name, source / patient / label / name)
     output = root / "records"
-    ingest("idc", str(source), str(output), beam_args=IN_MEMORY, progress=False)
+    ingest("idc", str(source), str(output), seed=seed_for_every_split(PATIENTS), beam_args=IN_MEMORY)
     return output
 
 
@@ -55,7 +56,7 @@ def trained(records, tmp_path_factory):
     output = tmp_path_factory.mktemp("baseline_out")
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(baseline_cnn, "balanced_accuracy_threshold", spy)
-        result = train_and_predict(records, TINY, output_dir=output, progress=False)
+        result = train_and_predict(records, TINY, output_dir=output)
     return result, calls, output
 
 
@@ -104,7 +105,7 @@ def test_missing_manifest_is_a_data_error_naming_the_folder(tmp_path):
     with pytest.raises(DataError, match=str(tmp_path)):
         load_split(tmp_path, "train", 32)
     with pytest.raises(DataError, match=str(tmp_path)):
-        train_and_predict(tmp_path, TINY, progress=False)
+        train_and_predict(tmp_path, TINY)
 
 
 def test_missing_or_empty_split_is_a_data_error(tmp_path):
@@ -129,7 +130,7 @@ def test_load_positions_follow_the_record_order(records):
     import tensorflow as tf
 
     from histopath.data import layouts
-    from histopath.data.ingest import load_manifest, split_shard_paths
+    from histopath.data.manifest import load_manifest, split_shard_paths
 
     xs, ys = baseline_cnn.load_positions(records, "test")
     shards = split_shard_paths(load_manifest(str(records)), str(records), "test")
@@ -140,8 +141,8 @@ def test_load_positions_follow_the_record_order(records):
 
 
 def test_slide_context_scores_the_saved_model_with_an_eval_threshold(trained, records):
-    from histopath.components import slide_context
-    from histopath.pipeline.evaluation import roc_auc
+    from histopath.evaluation import slide_context
+    from histopath.evaluation.metrics import roc_auc
 
     _, _, output = trained
     result = baseline_cnn.slide_context_predictions(output, records, TINY, 1.5)
@@ -160,7 +161,7 @@ def test_slide_context_scores_the_saved_model_with_an_eval_threshold(trained, re
 
 
 def test_load_split_stain_normalises_like_the_pipeline_transform(records):
-    from histopath.components import image_ops
+    from histopath.models import image_ops
 
     plain, labels, patients = load_split(records, "test", 40)
     normalized, same_labels, same_patients = load_split(records, "test", 40, stain_normalization=True)

@@ -14,6 +14,7 @@ import re
 import histopath  # noqa: F401  (Keras 2 before TensorFlow)
 import numpy as np
 import pytest
+from split_seeds import seed_for_every_split
 from PIL import Image
 
 from bench import mil_localisation as ml
@@ -123,7 +124,7 @@ def test_bootstrap_interval_contains_the_point_value_and_is_seeded():
 
 
 def test_tile_slide_context_averages_over_the_slide_not_the_bag():
-    from histopath.components import slide_context
+    from histopath.evaluation import slide_context
 
     # Two 2x2 regions side by side on patient "a" (origins 0 and 100 px), one on "b" at the
     # same place as a's first: a's tiles are each other's neighbours across the region
@@ -166,9 +167,9 @@ def real_run(shared_data, tmp_path_factory):
     """Region bags (K = 2) of 3 real patients and an untrained 2x2-tile MIL model."""
     import tensorflow as tf
 
-    from histopath.components import image_ops, mil
-    from histopath.components.export import export_serving_model
-    from histopath.components.model_config import MilConfig
+    from histopath.models import image_ops, mil
+    from histopath.models.export import export_serving_model
+    from histopath.models.config import MilConfig
     from histopath.data.ingest import ingest
 
     root = tmp_path_factory.mktemp("mil_localisation")
@@ -177,8 +178,9 @@ def real_run(shared_data, tmp_path_factory):
     for patient in PATIENTS:  # symlinks: the data is read in place, never copied
         os.symlink(shared_data / "idc" / patient, source / patient)
     records = root / "records"
-    manifest = ingest("idc", str(source), str(records), splits="train=0.2,test=0.8", seed=0,
-                      bag_size=2, beam_args=IN_MEMORY, progress=False)
+    splits = {"train": 0.2, "test": 0.8}
+    manifest = ingest("idc", str(source), str(records), splits=splits, seed=seed_for_every_split(PATIENTS, splits),
+                      bag_size=2, beam_args=IN_MEMORY)
 
     # What tests/model_exports.py does, at image_size = 2 * 50 and tile_size = 50.
     tf.keras.utils.set_random_seed(3)
@@ -220,7 +222,7 @@ def test_predict_bags_on_real_region_bags(real_run):
     # Same answers as the model's `serving_examples` signature on the raw records.
     import tensorflow as tf
 
-    from histopath.pipeline.predict import load_model
+    from histopath.models.exported import load as load_model
 
     shard = real_run["records"] / test["shards"][0]
     serialized = [r.numpy() for r in tf.data.TFRecordDataset(str(shard), compression_type="GZIP").take(8)]

@@ -14,6 +14,7 @@ import os
 import histopath  # noqa: F401  (Keras 2 before TensorFlow)
 import numpy as np
 import pytest
+from split_seeds import seed_for_every_split
 
 from bench import patient_cv
 from histopath.errors import ConfigError
@@ -59,8 +60,9 @@ def ingested(shared_data, tmp_path_factory):
     for patient in PATIENTS:  # whole slides, so that regions hold neighbouring patches
         os.symlink(shared_data / "idc" / patient, source / patient)
     splits = {"train": 0.5, "eval": 0.25, "test": 0.25}
-    ingest("idc", str(source), str(root / "patches"), splits=splits, beam_args=IN_MEMORY, progress=False)
-    ingest("idc", str(source), str(root / "bags"), splits=splits, bag_size=2, beam_args=IN_MEMORY, progress=False)
+    seed = seed_for_every_split(PATIENTS, splits)
+    ingest("idc", str(source), str(root / "patches"), splits=splits, seed=seed, beam_args=IN_MEMORY)
+    ingest("idc", str(source), str(root / "bags"), splits=splits, seed=seed, bag_size=2, beam_args=IN_MEMORY)
     return root
 
 
@@ -89,7 +91,7 @@ def test_a_tiny_cross_validation_scores_every_non_test_patient_held_out(ingested
     monkeypatch.setattr(patient_cv, "stain_normalized",
                         lambda images: normalized_batches.append(images.shape) or real_normalized(images))
     cache = tmp_path / "cache"
-    result = patient_cv.run(str(ingested / "patches"), str(ingested / "bags"), config, progress=False,
+    result = patient_cv.run(str(ingested / "patches"), str(ingested / "bags"), config,
                             cache=str(cache))
     # patch x 2 recipes x 2 folds, MIL x 2 folds, then the recipe's own epochs
     assert fitted_epochs == [1, 1, 1, 1, 1, 1, 2, 2]
@@ -101,17 +103,17 @@ def test_a_tiny_cross_validation_scores_every_non_test_patient_held_out(ingested
 
     # A second run reads every fold back from the cache: no training, same numbers.
     fitted_epochs.clear()
-    again = patient_cv.run(str(ingested / "patches"), str(ingested / "bags"), config, progress=False,
+    again = patient_cv.run(str(ingested / "patches"), str(ingested / "bags"), config,
                            cache=str(cache))
     assert fitted_epochs == [] and len(list(cache.glob("*.json"))) == 8
     assert again["patch"]["recipes"] == result["patch"]["recipes"]
     assert again["mil"]["recipes"] == result["mil"]["recipes"]
     # A changed recipe, or changed code, is not mistaken for a cached one.
     config["patch"]["recipes"] = {"normalized": {**config["patch"]["recipes"]["normalized"], "weight_averaging": None}}
-    patient_cv.run(str(ingested / "patches"), None, config, progress=False, cache=str(cache))
+    patient_cv.run(str(ingested / "patches"), None, config, cache=str(cache))
     assert fitted_epochs == [1, 1]
     monkeypatch.setattr(patient_cv, "code_fingerprint", lambda: "edited")
-    patient_cv.run(str(ingested / "patches"), None, config, progress=False, cache=str(cache))
+    patient_cv.run(str(ingested / "patches"), None, config, cache=str(cache))
     assert fitted_epochs == [1, 1, 1, 1]
 
     folds = result["patch"]["folds"]

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from bench import results
-from histopath.pipeline import evaluation
+from histopath.evaluation import scoring as evaluation
 
 
 def _scored(rng, n_images: int, patients: list[str], auc_shift: float) -> dict:

@@ -140,7 +140,7 @@ def _check_bag_records(manifest, output, source, k, invalid=()):
     """Every record against the source patches; returns {region id: (mosaic, grid)}."""
     import tensorflow as tf
 
-    from histopath.components.image_ops import decode_image
+    from histopath.models.image_ops import decode_image
 
     expected = _expected_regions(source, k)
     seen = {}
@@ -260,9 +260,9 @@ def test_ingest_bag_size_is_refused_for_breakhis_and_below_two(bagged_sample, tm
 def test_mil_model_tiles_a_region_mosaic_into_its_patches(bagged_sample):
     import tensorflow as tf
 
-    from histopath.components import image_ops
-    from histopath.components.mil import ATTENTION, PROBABILITY, build_mil_model
-    from histopath.components.model_config import MilConfig
+    from histopath.models import image_ops
+    from histopath.models.mil import ATTENTION, PROBABILITY, build_mil_model
+    from histopath.models.config import MilConfig
 
     source, output, _ = bagged_sample
     k = 2
@@ -316,7 +316,7 @@ def test_ingest_bag_size_on_two_real_patients(shared_data, tmp_path):
         os.symlink(shared_data / "idc" / patient, source / patient)
     k = 4
     manifest = ingest("idc", str(source), str(tmp_path / "out"), splits="train=0.5,test=0.5",
-                      seed=0, bag_size=k, beam_args=IN_MEMORY, progress=False)
+                      seed=0, bag_size=k, beam_args=IN_MEMORY)
     assert manifest["bag_size"] == k and manifest["skipped"] == []
     assert [len(s["patient_ids"]) for s in manifest["splits"].values()] == [1, 1]
     seen = _check_bag_records(manifest, tmp_path / "out", source, k)

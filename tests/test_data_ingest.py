@@ -16,6 +16,7 @@ import zlib
 import histopath  # noqa: F401  (before TensorFlow)
 import numpy as np
 import pytest
+from split_seeds import seed_for_every_split
 from PIL import Image
 
 from histopath.data import features
@@ -121,7 +122,7 @@ def test_bad_inputs_are_skipped_with_reasons(idc_sample, tmp_path):
         (tree / relative).write_bytes(data)
 
     output = tmp_path / "out"
-    manifest = ingest("idc", str(tree), str(output), seed=0, beam_args=IN_MEMORY, progress=False)
+    manifest = ingest("idc", str(tree), str(output), beam_args=IN_MEMORY)
     reasons = {item["path"]: item["reason"] for item in manifest["skipped"]}
     assert set(reasons) == set(bad)
     for (relative, _), reason in zip(bad.items(), expected_reason):
@@ -154,7 +155,8 @@ def test_no_usable_image_fails_after_the_pipeline_without_leaving_output(tmp_pat
         (folder / f"{patient}_idx5_x1_y1_class0.png").write_bytes(b"\x89PNG\r\n\x1a\nbroken")
     output = tmp_path / "out"
     with pytest.raises(DataError, match="holds no usable image"):
-        ingest("idc", str(source), str(output), beam_args=IN_MEMORY, progress=False)
+        ingest("idc", str(source), str(output), seed=seed_for_every_split(["101", "102", "103"]),
+               beam_args=IN_MEMORY)
     assert not output.exists()
     assert _leftovers(tmp_path) == []
 
@@ -167,7 +169,7 @@ def test_existing_output_is_refused_unless_overwrite(idc_sample, tmp_path):
         ingest("idc", str(idc_sample), str(output), beam_args=IN_MEMORY)
     assert (output / "keep.txt").read_text() == "old"
     manifest = ingest("idc", str(idc_sample), str(output), overwrite=True, shards=2,
-                      beam_args=IN_MEMORY, progress=False)
+                      beam_args=IN_MEMORY)
     assert not (output / "keep.txt").exists()
     assert (output / MANIFEST_NAME).is_file()
     for name, split in manifest["splits"].items():
@@ -207,7 +209,7 @@ def _symlinked_real_subsets(shared_data, root):
 def _check_records_against_sources(manifest, output, source, dataset):
     import tensorflow as tf
 
-    from histopath.components.image_ops import decode_image
+    from histopath.models.image_ops import decode_image
 
     seen = set()
     patients = {}
@@ -254,15 +256,16 @@ def test_end_to_end_real_patients_read_back_with_tf_data(shared_data, tmp_path):
     idc_source, bh_source, n_idc = _symlinked_real_subsets(shared_data, tmp_path / "src")
 
     # Default runner: Beam DirectRunner, multi-processing, 2 workers.
-    manifest = ingest("idc", str(idc_source), str(tmp_path / "idc"), seed=5, shards=2,
-                      progress=False)
+    idc_seed = seed_for_every_split(os.listdir(idc_source))
+    manifest = ingest("idc", str(idc_source), str(tmp_path / "idc"), seed=idc_seed, shards=2)
     assert manifest["num_examples"] == n_idc and manifest["skipped"] == []
     assert manifest["num_workers"] == 2
     seen = _check_records_against_sources(manifest, tmp_path / "idc", idc_source, "idc")
     assert len(seen) == n_idc
 
-    manifest = ingest("breakhis", str(bh_source), str(tmp_path / "bh"), seed=5,
-                      beam_args=IN_MEMORY, progress=False)
+    bh_seed = seed_for_every_split(["29960", "13200", "14134", "29315", "2980", "16196", "18842"])
+    manifest = ingest("breakhis", str(bh_source), str(tmp_path / "bh"), seed=bh_seed,
+                      beam_args=IN_MEMORY)
     n_bh = _count_png(bh_source)
     assert manifest["num_examples"] == n_bh
     _check_records_against_sources(manifest, tmp_path / "bh", bh_source, "breakhis")
@@ -270,7 +273,7 @@ def test_end_to_end_real_patients_read_back_with_tf_data(shared_data, tmp_path):
     assert "29960" in set().union(*by_split.values())
     assert sum("29960" in p for p in by_split.values()) == 1
     assert manifest["splits"]["train"]["label_counts"]["benign"] > 0
-    assert manifest["dataset"] == "breakhis" and manifest["seed"] == 5
+    assert manifest["dataset"] == "breakhis" and manifest["seed"] == bh_seed
     assert manifest["source"] == str(bh_source)
     assert manifest["histopath_version"] == histopath.__version__
 
@@ -279,7 +282,8 @@ def test_cli_ingest_runs_and_reports_errors(idc_sample, tmp_path):
     output = tmp_path / "cli-out"
     done = subprocess.run(
         [HISTOPATH, "ingest", "--dataset", "idc", "--source", str(idc_sample),
-         "--output", str(output), "--splits", "train=0.6,eval=0.2,test=0.2", "--seed", "3",
+         "--output", str(output), "--splits", "train=0.6,eval=0.2,test=0.2", "--seed",
+         str(seed_for_every_split(os.listdir(idc_sample), {"train": 0.6, "eval": 0.2, "test": 0.2})),
          "--beam-arg=--direct_running_mode=in_memory", "--beam-arg=--direct_num_workers=1"],
         capture_output=True, text=True, timeout=300,
     )

@@ -27,7 +27,8 @@ from packaging.utils import canonicalize_name
 REPO = pathlib.Path(__file__).resolve().parents[1]
 WEBAPP = REPO / "serving" / "docker" / "webapp.Dockerfile"
 TFSERVING = REPO / "serving" / "docker" / "tfserving.Dockerfile"
-PIPELINE = REPO / "pipeline" / "Dockerfile"
+PIPELINE = REPO / "pipeline" / "docker" / "pipeline.Dockerfile"
+PIPELINE_TFX = REPO / "pipeline" / "docker" / "tfx.Dockerfile"
 WEBAPP_REQUIREMENTS = REPO / "requirements" / "webapp.txt"
 LOCK = REPO / "requirements" / "lock.txt"
 # The web app image's distribution that stands in for the lock's `tensorflow`.
@@ -124,7 +125,7 @@ def webapp() -> list[Instruction]:
 # --- recipes ----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("dockerfile", [WEBAPP, PIPELINE], ids=["webapp", "pipeline"])
+@pytest.mark.parametrize("dockerfile", [WEBAPP, PIPELINE, PIPELINE_TFX], ids=["webapp", "pipeline", "pipeline-tfx"])
 def test_copy_sources_exist_and_reach_the_build_context(dockerfile):
     patterns = dockerignore_patterns()
     sources = copy_sources(parse_dockerfile(dockerfile))
@@ -133,10 +134,21 @@ def test_copy_sources_exist_and_reach_the_build_context(dockerfile):
         path = REPO / source
         assert path.exists(), f"{dockerfile.name}: COPY {source} does not exist"
         assert not is_ignored(source.rstrip("/"), patterns), f"{source} is excluded by .dockerignore"
-        if path.is_dir():  # the Python files inside must reach the image too
+        if source == ".":  # the whole context: what setup.py installs must be in it
+            import re
+
+            folders = re.findall(r'"(\w+)": "histopath\.\w+"', (REPO / "setup.py").read_text()) + ["histopath"]
+            modules = [m for folder in folders for m in (REPO / folder).rglob("*.py")
+                       if not m.name.endswith("_test.py") and m.name != "conftest.py"]
+            assert modules
+            for module in modules:
+                relative = module.relative_to(REPO).as_posix()
+                assert "__pycache__" in relative or not is_ignored(relative, patterns), f"{relative} is excluded"
+        elif path.is_dir():  # the Python files inside (but tests) must reach the image too
             for module in path.rglob("*.py"):
                 relative = module.relative_to(REPO).as_posix()
-                if "__pycache__" not in relative:
+                if "__pycache__" not in relative and not module.name.endswith("_test.py") \
+                        and module.name != "conftest.py":
                     assert not is_ignored(relative, patterns), f"{relative} is excluded"
 
 
@@ -155,9 +167,10 @@ def test_dockerignore_keeps_local_state_out():
     [
         (WEBAPP, "BASE_IMAGE", "python:3.11-slim"),
         (TFSERVING, "TF_SERVING_IMAGE", "tensorflow/serving:2.16.1"),
-        (PIPELINE, "BASE_IMAGE", "gcr.io/tfx-oss-public/tfx:1.16.0"),
+        (PIPELINE, "BASE_IMAGE", "python:3.11-slim"),
+        (PIPELINE_TFX, "BASE_IMAGE", "gcr.io/tfx-oss-public/tfx:1.16.0"),
     ],
-    ids=["webapp", "tfserving", "pipeline"],
+    ids=["webapp", "tfserving", "pipeline", "pipeline-tfx"],
 )
 def test_base_images_are_pinned_build_args(dockerfile, arg, default):
     instructions = parse_dockerfile(dockerfile)
@@ -235,17 +248,34 @@ def test_tfserving_recipe_bakes_the_model_folder():
     assert "NOT BUILT" in TFSERVING.read_text(), "say why it is not built here"
 
 
-def test_pipeline_image_installs_the_project_over_tfx():
+def test_pipeline_image_installs_the_lock_then_the_project():
     instructions = parse_dockerfile(PIPELINE)
     runs = " ".join(i.arguments for i in instructions if i.keyword == "RUN")
-    assert "pip install --no-deps ." in runs, "must not replace TFX's own dependencies"
-    assert "import histopath" in runs
-    assert {"histopath/", "components/", "pipeline/", "data/", "setup.py"} <= set(copy_sources(instructions))
+    assert "--no-deps --ignore-requires-python" in runs and "requirements/image.txt" in runs  # the lock, as .venv
+    assert "pip install --no-deps --no-build-isolation /histopath-src" in runs
+    assert "import importlib, pkgutil, histopath" in runs  # every module imports in the image
+    assert {"requirements/lock.txt", "."} <= set(copy_sources(instructions))
+
+
+def test_tfx_pipeline_image_installs_the_project_over_tfx():
+    instructions = parse_dockerfile(PIPELINE_TFX)
+    runs = " ".join(i.arguments for i in instructions if i.keyword == "RUN")
+    assert "pip install --no-deps /histopath-src" in runs, "must not replace TFX's own dependencies"
+    assert "import histopath" in runs and "." in set(copy_sources(instructions))
+
+
+def test_the_web_image_copies_every_package_folder_of_setup_py():
+    import re
+
+    folders = re.findall(r'"(\w+)": "histopath\.\w+"', (REPO / "setup.py").read_text())
+    copied = set(copy_sources(parse_dockerfile(WEBAPP)))
+    assert {f"{folder}/" for folder in folders} | {"histopath/"} <= copied
 
 
 @pytest.mark.parametrize(
     "script",
-    ["scripts/docker-smoke.sh", "scripts/make-base-image.sh", "serving/docker/build-tfserving-image.sh"],
+    ["scripts/docker-smoke.sh", "scripts/make-base-image.sh", "serving/docker/build-tfserving-image.sh",
+     "scripts/build-pipeline-image.sh", "scripts/kfp-local-run.sh"],
 )
 def test_shell_scripts_parse(script):
     path = REPO / script
@@ -310,13 +340,14 @@ def _imports(path: pathlib.Path, top_level_only: bool) -> set[str]:
 
 
 # Folder of each histopath sub-package (as in setup.py).
-PACKAGE_DIRS = {"histopath": "histopath", "histopath.data": "data",
-                "histopath.components": "components", "histopath.pipeline": "pipeline",
-                "histopath.serving": "serving"}
+PACKAGE_DIRS = {"histopath": "histopath", "histopath.data": "data", "histopath.models": "models",
+                "histopath.evaluation": "evaluation", "histopath.components": "components",
+                "histopath.pipeline": "pipeline", "histopath.serving": "serving"}
 # Imports the web app never executes: (module, imported name) -> why.
 NOT_IN_WEBAPP = {
     ("histopath.serving.model_store", "tensorflow_serving"): "metadata for `histopath model-server`",
     ("histopath.serving.cli", "histopath.serving.model_server"): "`histopath model-server` handler",
+    ("histopath", "histopath.components"): "artifact types looked up by TFX's Kubeflow entrypoint",
 }
 
 

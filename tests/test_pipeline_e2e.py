@@ -1,149 +1,245 @@
-"""End-to-end: the whole TFX pipeline on a tiny generated data set, then its cache.
+"""End to end: the whole TFX pipeline on spans of generated data, run as new slides arrive.
 
-One module-scoped run feeds several tests: artifacts and blessing, the pushed SavedModel
-answering a prediction, a second run served from the cache, and a run whose thresholds no
-model can pass (nothing pushed, NotBlessedError).
+One module-scoped sequence of runs feeds the tests, with the serving folder and the span
+store on TensorFlow's `ram://` file system (an object store: no rename):
+
+1. span 1 only: everything runs, version 1 is pushed;
+2. span 2 added (new patients, and more images of two known ones): only span 2 is
+   ingested, the window is both spans, the models retrain and are compared with version 1;
+3. nothing new: every component comes from the cache and nothing is pushed;
+4. unreachable thresholds: the Evaluators run again, nothing is pushed (NotBlessedError);
+5. span 3 with known patients only, retraining only for new patients: span 3 is ingested,
+   the training nodes do not run, the report says why.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import pathlib
 
 import pytest
+from span_trees import files_by_patient, link_files, pick, split_and_label
 
-from histopath.errors import NotBlessedError
-from histopath.pipeline import runs
+from histopath import fileio
 from histopath.components.trainer import BACKBONE_WEIGHTS_FILE
-from histopath.pipeline.config import PipelineConfig, ThresholdConfig
+from histopath.errors import NotBlessedError
+from histopath.models import exported
+from histopath.pipeline import runs
+from histopath.pipeline.config import resolve
 from histopath.pipeline.local_runner import run_local
 
 pytestmark = pytest.mark.e2e
 
+SEED = 42
 COMPONENTS = {
-    "ImportExampleGen", "StatisticsGen", "SchemaGen", "CurateSchema", "ExampleValidator",
-    "AnomalyGate", "Transform", "latest_pushed_model_resolver", "trainer_densenet",
-    "trainer_mil", "evaluator_densenet", "evaluator_mil", "SelectWinner", "Pusher", "RunReport",
+    "IngestImages", "StatisticsGen", "SchemaGen", "CurateSchema", "ExampleValidator", "AnomalyGate", "Transform",
+    "LatestPushedModel", "trainer_densenet", "trainer_mil", "evaluator_densenet", "evaluator_mil", "SelectWinner",
+    "Pusher", "RunReport",
 }
+TRAINING = COMPONENTS - {"IngestImages", "RunReport"}
+
+
+def _states(config) -> dict[str, str]:
+    return {e.component_id: e.state for e in runs.component_executions(config.metadata_path)}
+
+
+def _ingest_report(config) -> dict:
+    return json.loads(pathlib.Path(config.report_dir, "report.json").read_text())["data"]
 
 
 @pytest.fixture(scope="module")
-def sample_dir(tmp_path_factory) -> pathlib.Path:
-    from histopath.data import sample
+def sample(tmp_path_factory):
+    from histopath.data import sample as sample_lib
 
     folder = tmp_path_factory.mktemp("sample") / "breakhis"
-    sample.make_sample("breakhis", str(folder), patients=12, images_per_patient=6, seed=3)
-    return folder
+    sample_lib.make_sample("breakhis", str(folder), patients=24, images_per_patient=4, seed=3, split_seed=SEED)
+    return folder, files_by_patient(folder, "breakhis")
 
 
 @pytest.fixture(scope="module")
-def first_run(sample_dir, tmp_path_factory):
-    config = PipelineConfig(
-        dataset="breakhis",
-        data_dir=str(sample_dir),
-        output_dir=str(tmp_path_factory.mktemp("run")),
-        image_size=64,
-        densenet={"image_size": 32},
-        mil={"tile_size": 16, "test_time_augmentation": True},
-        training={"epochs": 1, "fine_tune_epochs": 1, "batch_size": 16},
-        model_training={"mil": {"epochs": 2}},
-        thresholds=ThresholdConfig(min_auc=0.0, min_balanced_accuracy=0.0, max_auc_drop_vs_pushed=1.0),
-        version_policy="increment",
-        beam_args=("--direct_running_mode=in_memory",),
-    ).validate()
+def spans(sample, tmp_path_factory):
+    """Span 1: one benign and one malignant patient in eval and test, three of each in train.
+    Span 2: as many new ones, plus a third image of two span-1 patients; span 3 (used last):
+    the fourth image of those two."""
+    folder, files = sample
+    placement = split_and_label(files, SEED)
+    each = {(split, label): 1 for split in ("eval", "test") for label in (0, 1)}
+    first = pick(placement, {**each, ("train", 0): 3, ("train", 1): 3})
+    second = pick(placement, {**each, ("train", 0): 2, ("train", 1): 2}, exclude=first)
+    shared = [first[0], first[-1]]  # an eval-benign and a train-malignant patient
+    root = tmp_path_factory.mktemp("spans")
+    span1 = [f.relative_path for p in first for f in (files[p][:2] if p in shared else files[p])]
+    span2 = [f.relative_path for p in second for f in files[p]] + [
+        f.relative_path for p in shared for f in files[p][2:3]]
+    span3 = [f.relative_path for p in shared for f in files[p][3:]]  # known patients only
+    return {"root": root, "source": folder, "first": first, "second": second, "shared": shared,
+            "span1": span1, "span2": span2, "span3": span3, "placement": placement}
+
+
+@pytest.fixture(scope="module")
+def config(spans, tmp_path_factory):
+    yield resolve({
+        "dataset": "breakhis", "data_dir": str(spans["root"]), "output_dir": str(tmp_path_factory.mktemp("run")),
+        "serving_dir": "ram://e2e/serving", "span_store_dir": "ram://e2e/span_store", "seed": SEED,
+        "image_size": 64, "densenet": {"image_size": 32}, "mil": {"tile_size": 16, "test_time_augmentation": True},
+        "training": {"epochs": 1, "fine_tune_epochs": 1, "batch_size": 16}, "model_training": {"mil": {"epochs": 2}},
+        "thresholds": {"min_auc": 0.0, "min_balanced_accuracy": 0.0, "max_auc_drop_vs_pushed": 1.0},
+        "version_policy": "increment", "beam_args": ["--direct_running_mode=in_memory"],
+    })
+    fileio.remove_tree("ram://e2e")
+
+
+@pytest.fixture(scope="module")
+def first_run(spans, config):
+    link_files(spans["source"], spans["root"] / "1", spans["span1"])
     report = run_local(config)
-    return config, report, runs.component_executions(config.metadata_path)
+    return report, _states(config)
 
 
-def test_every_component_ran_and_the_winner_was_pushed(first_run):
-    config, report, executions = first_run
-    assert {e.component_id for e in executions} == COMPONENTS
-    assert all(e.state == "COMPLETE" for e in executions), executions
-    assert report["winner"] in ("densenet", "mil")
-    assert set(report["candidates"]) == {"densenet", "mil"}
-    for candidate in report["candidates"].values():
-        assert candidate["blessed"]
-        overall = candidate["metrics"]["overall"]
-        assert overall["example_count"] > 0 and 0.0 <= overall["auc"] <= 1.0
-        assert len(candidate["metrics"]["patient_id"]) >= 2  # per-patient slices
-        assert candidate["metrics"]["magnification"]  # BreakHis: per-magnification slices
-    version_dir = config.serving_path / config.model_name / "1"
-    assert report["pushed"] == {"pushed": True, "destination": str(version_dir), "version": "1"}
-    assert (version_dir / "saved_model.pb").is_file()
-    info = json.loads((version_dir / "assets.extra" / "model_info.json").read_text())
+@pytest.fixture(scope="module")
+def second_run(first_run, spans, config):
+    link_files(spans["source"], spans["root"] / "2", spans["span2"])
+    report = run_local(config)
+    return report, _states(config)
+
+
+@pytest.fixture(scope="module")
+def third_run(second_run, config):
+    report = run_local(config)
+    return report, _states(config)
+
+
+def test_first_run_trains_on_span_one_and_pushes_version_one(first_run, config):
+    report, states = first_run
+    assert set(states) == COMPONENTS and set(states.values()) == {"COMPLETE"}, states
+    assert report["winner"] in ("densenet", "mil") and report["pushed"]["pushed"]
+    version_dir = f"{config.serving_path}/{config.model_name}/1"
+    assert report["pushed"] == {"pushed": True, "destination": version_dir, "version": "1"}
+    assert exported.list_versions(f"{config.serving_path}/{config.model_name}") == [1]
+    info = exported.read_model_info(version_dir)
     assert info["model_kind"] == report["winner"]
-    assert not [p for p in version_dir.parent.iterdir() if p.name.startswith(".")]  # no staging left
     for name in ("report.json", "summary.md", "roc.png"):
-        assert (config.report_dir / name).stat().st_size > 0
-    assert json.loads((config.output_path / "run_config.json").read_text())["image_size"] == 64
-    manifest = json.loads((config.records_path / "manifest.json").read_text())
-    patients = [set(manifest["splits"][s]["patient_ids"]) for s in ("train", "eval", "test")]
-    assert not (patients[0] & patients[1] or patients[0] & patients[2] or patients[1] & patients[2])
+        assert pathlib.Path(config.report_dir, name).stat().st_size > 0
+    assert json.loads(pathlib.Path(config.output_path, "run_config.json").read_text())["image_size"] == 64
+    data = report["data"]
+    assert [s["span"] for s in data["window"]] == ["1"] and data["window"][0]["ingested_now"]
+    for candidate in report["candidates"].values():
+        overall = candidate["metrics"]["overall"]
+        assert candidate["blessed"] and overall["example_count"] > 0 and 0.0 <= overall["auc"] <= 1.0
+        assert len(candidate["metrics"]["patient_id"]) >= 2 and candidate["metrics"]["magnification"]
 
 
-def test_trainers_follow_their_own_training_overrides_and_leave_backbone_weights(first_run):
-    config, _, _ = first_run
-    root = config.pipeline_root
-    phases, averaged = {}, {}
-    for kind in ("densenet", "mil"):
-        (info_path,) = root.glob(f"trainer_{kind}/model/*/Format-Serving/assets.extra/model_info.json")
-        info = json.loads(info_path.read_text())
-        phases[kind], averaged[kind] = info["history"]["phase"], info["test_time_augmentation"]
-        assert info["eval_split"]["images"] > 0
-        assert ("auc_single_view" in info["eval_split"]) == averaged[kind]
-    assert phases == {"densenet": ["head", "fine_tune"], "mil": ["train", "train"]}
-    assert averaged == {"densenet": False, "mil": True}  # each trainer's own model config
-    (weights,) = root.glob(f"trainer_densenet/model_run/*/{BACKBONE_WEIGHTS_FILE}")
-    from histopath.components import densenet, model_config
+def test_second_run_ingests_only_the_new_span_and_trains_on_both(second_run, spans, config):
+    report, states = second_run
+    assert set(states.values()) == {"COMPLETE"}, states
+    window = {span["span"]: span for span in report["data"]["window"]}
+    assert sorted(window) == ["1", "2"]
+    assert not window["1"]["ingested_now"] and window["2"]["ingested_now"]
+    assert report["data"]["plan"]["retrain"] and report["data"]["plan"]["new_spans"] == ["2"]
+    assert sorted(report["data"]["plan"]["new_patients"]) == sorted(spans["second"])
+    # Splits never move: every patient is where its id and the seed put it, in both spans.
+    split_of = {}
+    for span in window.values():
+        for split, details in span["splits"].items():
+            for patient in details["patients"]:
+                assert split_of.setdefault(patient, split) == split, patient
+                assert spans["placement"][patient][0] == split
+    for patient in spans["shared"]:  # images in both spans, one split
+        split = spans["placement"][patient][0]
+        assert patient in window["1"]["splits"][split]["patients"] and patient in window["2"]["splits"][split]["patients"]
+    # The test set is the union of both spans' test patients.
+    test_patients = set(report["data"]["splits"]["test"]["patients"])
+    assert test_patients == set(window["1"]["splits"]["test"]["patients"]) | set(window["2"]["splits"]["test"]["patients"])
+    assert len(test_patients) == 4
+    balance = report["data"]["balance"]["test"]
+    assert balance["patients"] == {"benign": 2, "malignant": 2}
+    assert "difference_from_all" in balance
+    # Compared with version 1 on the same test patients, then pushed (thresholds let anything through).
+    assert report["pushed"]["version"] == "2"
+    summary = pathlib.Path(config.report_dir, "summary.md").read_text()
+    assert "| 2 | " in summary and "| test | 2 / 2 |" in summary
+
+
+def test_third_run_with_nothing_new_only_looks_up_the_cache(third_run, config):
+    report, states = third_run
+    assert set(states) == COMPONENTS and set(states.values()) == {"CACHED"}, states
+    assert exported.list_versions(f"{config.serving_path}/{config.model_name}") == [1, 2]
+    assert report["pushed"]["version"] == "2"  # the report of the run that pushed it, from the cache
+
+
+def test_the_pushed_model_answers_a_prediction_from_the_object_store(third_run, spans, config):
+    model = exported.load(f"{config.serving_path}/{config.model_name}")
+    image = (spans["source"] / spans["span1"][0]).read_bytes()
+    (prediction,) = exported.predict_bytes(model, [image])
+    assert 0.0 <= prediction["probability"] <= 1.0 and prediction["label"] in (0, 1)
+
+
+def test_trainers_follow_their_own_overrides_and_leave_backbone_weights(second_run, config):
+    root = pathlib.Path(config.pipeline_root)
+    for kind, phases, averaged in (("densenet", ["head", "fine_tune"], False), ("mil", ["train", "train"], True)):
+        info_paths = sorted(root.glob(f"trainer_{kind}/model/*/Format-Serving/assets.extra/model_info.json"))
+        info = json.loads(info_paths[-1].read_text())
+        assert info["history"]["phase"] == phases and info["test_time_augmentation"] == averaged
+        assert info["eval_split"]["images"] > 0 and "auc_single_view" not in info["eval_split"]
+    weights = sorted(root.glob(f"trainer_densenet/model_run/*/{BACKBONE_WEIGHTS_FILE}"))[-1]
+    from histopath.models import config as model_config
+    from histopath.models import densenet
 
     warm = densenet.build_densenet_model(model_config.DenseNetConfig(image_size=48, weights=str(weights)))
     assert len(densenet.backbone(warm).weights) > 500  # every backbone tensor came from the file
 
 
-def test_pushed_model_answers_a_prediction(first_run, sample_dir):
-    from histopath.components.export import load_serving_model, predict_bytes
+def test_unreachable_thresholds_push_nothing(third_run, config):
+    import dataclasses
 
-    config, report, _ = first_run
-    model = load_serving_model(str(config.serving_path / config.model_name / "1"))
-    image = next(sample_dir.rglob("*.png")).read_bytes()
-    (prediction,) = predict_bytes(model, [image])
-    assert 0.0 <= prediction["probability"] <= 1.0
-    assert prediction["label"] in (0, 1)
-    if report["winner"] == "mil":
-        assert abs(sum(prediction["attention"]) - 1.0) < 1e-4
-
-
-def test_reruns_use_the_cache_and_do_not_push_the_served_model_again(first_run):
-    config, _, _ = first_run
-    # Run 2: the data, Transform and Trainers come from the cache; the Evaluators run again
-    # because there is now a pushed model to compare with, and the winner is that model.
-    report = run_local(config)
-    states = {e.component_id: e.state for e in runs.component_executions(config.metadata_path)}
-    upstream = COMPONENTS - {"latest_pushed_model_resolver", "evaluator_densenet", "evaluator_mil",
-                             "SelectWinner", "Pusher", "RunReport"}
-    assert {states[c] for c in upstream} == {"CACHED"}, states
-    assert states["evaluator_densenet"] == states["evaluator_mil"] == "COMPLETE"
-    assert report["already_serving"] and not report["pushed"]["pushed"]
-    # Run 3: nothing changed at all, so every component is a cache hit.
-    run_local(config)
-    states = {e.component_id: e.state for e in runs.component_executions(config.metadata_path)}
-    assert states.pop("latest_pushed_model_resolver") == "COMPLETE"  # resolvers always run
-    assert set(states.values()) == {"CACHED"}, states
-    assert sorted(p.name for p in (config.serving_path / config.model_name).iterdir()) == ["1"]
-
-
-def test_unreachable_thresholds_push_nothing(first_run):
-    config, _, _ = first_run
-    strict = dataclasses.replace(
-        config, thresholds=ThresholdConfig(min_auc=1.01, min_balanced_accuracy=0.0, max_auc_drop_vs_pushed=1.0)
-    )
+    strict = dataclasses.replace(config, thresholds=dataclasses.replace(config.thresholds, min_auc=1.01))
     with pytest.raises(NotBlessedError, match="nothing pushed"):
         run_local(strict)
-    states = {e.component_id: e.state for e in runs.component_executions(config.metadata_path)}
-    assert states["trainer_densenet"] == states["trainer_mil"] == "CACHED"
+    states = _states(config)
+    assert states["trainer_densenet"] == states["trainer_mil"] == states["IngestImages"] == "CACHED"
     assert states["evaluator_densenet"] == states["evaluator_mil"] == "COMPLETE"
-    assert sorted(p.name for p in (config.serving_path / config.model_name).iterdir()) == ["1"]
+    assert exported.list_versions(f"{config.serving_path}/{config.model_name}") == [1, 2]
+
+
+def test_a_span_without_new_patients_is_ingested_but_does_not_retrain(third_run, spans, config):
+    import dataclasses
+
+    link_files(spans["source"], spans["root"] / "3", spans["span3"])
+    patient_policy = dataclasses.replace(config, min_new_patients=1)
+    report = run_local(patient_policy)
+    states = _states(config)
+    assert states["IngestImages"] == states["RunReport"] == "COMPLETE"
+    assert not set(states) & TRAINING  # the training nodes did not run
+    assert not report["retrained"] and "fewer than the 1 that trigger retraining" in report["reason"]
+    assert [s["span"] for s in report["data"]["window"] if s["ingested_now"]] == ["3"]
+    assert "No retraining" in pathlib.Path(config.report_dir, "summary.md").read_text()
+    assert exported.list_versions(f"{config.serving_path}/{config.model_name}") == [1, 2]
+
+
+def test_a_bad_span_is_refused_naming_it_and_earlier_spans_stay(third_run, spans, config, tmp_path):
+    import dataclasses
+
+    from histopath.errors import DataError
+
+    bad_root = tmp_path / "data"
+    bad_root.mkdir()
+    (bad_root / "1").symlink_to(spans["root"] / "1", target_is_directory=True)
+    (bad_root / "2").mkdir()  # an empty span
+    bad = dataclasses.replace(config, data_dir=str(bad_root))
+    with pytest.raises(DataError, match="span 2: source folder .* holds no files"):
+        run_local(bad)
+    (bad_root / "2").rmdir()
+    (bad_root / "2" / "wrong").mkdir(parents=True)
+    (bad_root / "2" / "wrong" / "notes.txt").write_text("x")
+    with pytest.raises(DataError, match="span 2: .* is not in the breakhis layout"):
+        run_local(bad)
+    (bad_root / "last-week").mkdir()
+    with pytest.raises(DataError, match="span folder.* last-week: the name does not parse"):
+        run_local(bad)
+    # Nothing of the earlier spans was touched: their records, the served versions.
+    store = fileio.listdir(f"{config.span_store_path}/{fileio.listdir(config.span_store_path)[0]}")
+    assert [name.split("-")[0] for name in store if name != "trained.json"] == ["1", "2", "3"]
+    assert exported.list_versions(f"{config.serving_path}/{config.model_name}") == [1, 2]
 
 
 # --- IDC with slide context ------------------------------------------------------------
@@ -155,15 +251,15 @@ def idc_slide_context_run(tmp_path_factory):
 
     data = tmp_path_factory.mktemp("idc_sample") / "idc"
     sample.make_sample("idc", str(data), patients=12, images_per_patient=36, seed=3)
-    config = PipelineConfig(
-        dataset="idc", data_dir=str(data), output_dir=str(tmp_path_factory.mktemp("idc_run")),
-        models=("densenet",), image_size=48, densenet={"image_size": 32}, slide_context_sigma=1.5,
-        training={"epochs": 1, "fine_tune_epochs": 1, "batch_size": 16},
-        thresholds=ThresholdConfig(min_auc=0.0, min_balanced_accuracy=0.0, max_auc_drop_vs_pushed=1.0),
-        version_policy="increment", beam_args=("--direct_running_mode=in_memory",),
-    ).validate()
+    config = resolve({
+        "dataset": "idc", "data_dir": str(data), "output_dir": str(tmp_path_factory.mktemp("idc_run")),
+        "models": ["densenet"], "image_size": 48, "densenet": {"image_size": 32}, "slide_context_sigma": 1.5,
+        "training": {"epochs": 1, "fine_tune_epochs": 1, "batch_size": 16},
+        "thresholds": {"min_auc": 0.0, "min_balanced_accuracy": 0.0, "max_auc_drop_vs_pushed": 1.0},
+        "version_policy": "increment", "beam_args": ["--direct_running_mode=in_memory"],
+    })
     run_local(config)
-    return data, next(config.serving_path.glob(f"{config.model_name}/*"))
+    return data, pathlib.Path(config.serving_path, config.model_name, "1")
 
 
 def test_idc_trainer_stores_a_slide_context_threshold_that_evaluate_applies(idc_slide_context_run, tmp_path):
@@ -172,8 +268,8 @@ def test_idc_trainer_stores_a_slide_context_threshold_that_evaluate_applies(idc_
 
     import numpy as np
 
-    from histopath.components import slide_context
     from histopath.data import layouts
+    from histopath.evaluation import slide_context
 
     data, model_dir = idc_slide_context_run
     info = json.loads((model_dir / "assets.extra" / "model_info.json").read_text())

@@ -103,7 +103,7 @@ def test_evaluate_cli_on_the_test_split_of_a_manifest(exported_models, tmp_path)
 
 
 def test_predict_slide_context_answers_each_patch_from_its_slide(exported_models, shared_data, tmp_path):
-    from histopath.components import slide_context
+    from histopath.evaluation import slide_context
     from histopath.data import layouts
 
     model = tmp_path / "model"

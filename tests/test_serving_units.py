@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from histopath.serving.model_store import SignatureInfo, TensorInfo, list_versions
+from histopath.models.exported import list_versions
+from histopath.serving.model_store import SignatureInfo, TensorInfo
 from histopath.serving.tensor_codec import RequestError, decode_request, encode_response
 
 IMAGE_SIGNATURE = SignatureInfo(
@@ -83,12 +84,12 @@ def test_only_complete_integer_versions_count(tmp_path):
         (tmp_path / name).mkdir()
         (tmp_path / name / "saved_model.pb").write_bytes(b"x")
     (tmp_path / "20").mkdir()  # still being written: no saved_model.pb yet
-    assert list_versions(tmp_path) == [1, 3, 12]
-    assert list_versions(tmp_path / "missing") == []
+    assert list_versions(str(tmp_path)) == [1, 3, 12]
+    assert list_versions(str(tmp_path / "missing")) == []
 
 
 def test_heatmap_maps_each_tile_to_its_image_ops_position():
-    from histopath.serving.webapp.predictions.heatmap import render_overlay
+    from histopath.models.heatmap import render_overlay
 
     rows, cols, k = 3, 4, 6  # tile 6 sits at row 6 // 4 = 1, column 6 % 4 = 2 (tile_image order)
     attention = np.zeros(rows * cols)

@@ -57,6 +57,8 @@ WORKDIR /src
 COPY setup.py README.md ./
 COPY histopath/ histopath/
 COPY data/ data/
+COPY models/ models/
+COPY evaluation/ evaluation/
 COPY components/ components/
 COPY pipeline/ pipeline/
 COPY serving/ serving/
@@ -78,7 +80,7 @@ COPY --from=wheel /wheels/ /tmp/wheels/
 ENV PATH=/opt/venv/bin:$PATH
 RUN pip install --no-cache-dir --no-deps --no-index /tmp/wheels/*.whl \
     && rm -rf /tmp/wheels \
-    && python -c "import histopath.cli, histopath.serving.cli, histopath.components.image_ops" \
+    && python -c "import histopath.cli, histopath.serving.cli, histopath.models.image_ops" \
     && histopath serve --help > /dev/null
 ENV PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \

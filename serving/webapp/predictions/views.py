@@ -18,7 +18,7 @@ from histopath.serving.image_checks import (
     encode_png,
     read_header,
 )
-from histopath.serving.webapp.predictions import heatmap
+from histopath.models import heatmap
 from histopath.serving.webapp.predictions.backends import BackendError, ImageRejected, get_backend
 from histopath.serving.webapp.predictions.forms import PredictForm
 from histopath.serving.webapp.predictions.models import Prediction

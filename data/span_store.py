@@ -1,0 +1,151 @@
+"""Ingesting the spans of a data root once each, and choosing what a run trains on.
+
+    STORE/<settings>/<span>-<fingerprint>/   one `histopath ingest` output per span
+    STORE/<settings>/trained.json            the window the last training used
+
+`<settings>` is a hash of the ingestion settings (data set, seed, split fractions,
+magnifications, bag size): records made with other settings are never mixed in. A span is
+ingested when no folder for its current fingerprint exists (new, or its files changed);
+otherwise its records are reused. Every span is split by the same pure function of the
+patient id and the seed (`split.assign_split`), so a patient keeps its split across spans.
+The store may be a local folder or a URI; each span folder is published whole
+(`output_dir.publish`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from typing import Any, Callable, Mapping, Optional, Sequence
+
+from histopath import fileio
+from histopath.data import layouts, spans as spans_lib
+from histopath.data.manifest import MANIFEST_NAME, load_manifest
+from histopath.data.split import merge_split_entries, parse_split_spec
+from histopath.errors import DataError
+
+TRAINED_FILE = "trained.json"
+
+
+@dataclasses.dataclass(frozen=True)
+class IngestSettings:
+    """What makes two ingestions of the same files interchangeable."""
+
+    dataset: str
+    splits: Mapping[str, float]
+    seed: int
+    magnifications: tuple[int, ...] = ()
+    bag_size: Optional[int] = None
+
+    def key(self) -> str:
+        """A short hash naming the settings' folder in the store."""
+        text = json.dumps({"dataset": self.dataset, "splits": dict(self.splits), "seed": self.seed,
+                           "magnifications": list(self.magnifications), "bag_size": self.bag_size},
+                          sort_keys=True)
+        return f"{self.dataset}-{hashlib.sha256(text.encode()).hexdigest()[:12]}"
+
+
+@dataclasses.dataclass(frozen=True)
+class IngestedSpan:
+    """One span's records in the store.
+
+    Attributes:
+      name: the span name.
+      fingerprint: `spans.fingerprint` of its files.
+      folder: its ingested folder (a `histopath ingest` output).
+      manifest: that folder's manifest.
+      newly_ingested: ingested by this call (False: reused).
+    """
+
+    name: str
+    fingerprint: str
+    folder: str
+    manifest: Mapping[str, Any]
+    newly_ingested: bool
+
+
+def settings_dir(store: str, settings: IngestSettings) -> str:
+    return fileio.join(fileio.absolute(store), settings.key())
+
+
+def read_trained(store: str, settings: IngestSettings) -> Optional[dict[str, str]]:
+    """span -> fingerprint of the window the last training used; None before any."""
+    path = fileio.join(settings_dir(store, settings), TRAINED_FILE)
+    return dict(fileio.read_json(path)["window"]) if fileio.exists(path) else None
+
+
+def write_trained(folder: str, window: Mapping[str, str]) -> None:
+    """Records in a settings folder (`settings_dir`) the window a finished training used
+    (span -> fingerprint): the next run's "last trained"."""
+    fileio.write_json(fileio.join(folder, TRAINED_FILE), {"window": dict(window)})
+
+
+def span_patients(span: spans_lib.Span, settings: IngestSettings) -> list[str]:
+    """The patients of a span, from its file names (no image is read).
+
+    Raises:
+      DataError: the span is empty or not in the data set's layout (naming the span).
+    """
+    try:
+        scan = layouts.scan_source(settings.dataset, span.folder, settings.magnifications or None)
+    except DataError as error:
+        raise DataError(f"span {span.name}: {error}") from None
+    return sorted({f.patient_id for f in scan.files})
+
+
+def ingest_span(
+    span: spans_lib.Span,
+    fingerprint: str,
+    store: str,
+    settings: IngestSettings,
+    ingest: Callable[..., dict],
+    beam_args: Sequence[str] = (),
+) -> IngestedSpan:
+    """The span's records: reused from the store, or ingested into it now.
+
+    Args:
+      span: the span.
+      fingerprint: its current fingerprint.
+      store: the span store (local path or URI).
+      settings: the ingestion settings.
+      ingest: `data.ingest.ingest` (passed in so tests and callers share one code path).
+      beam_args: Beam options of the ingestion.
+
+    Raises:
+      DataError: the span cannot be ingested (the message names it); the store is left
+        as it was.
+    """
+    folder = fileio.join(settings_dir(store, settings), f"{span.name}-{fingerprint}")
+    if fileio.exists(fileio.join(folder, MANIFEST_NAME)):
+        return IngestedSpan(span.name, fingerprint, folder, load_manifest(folder), False)
+    try:
+        manifest = ingest(
+            dataset=settings.dataset, source=span.folder, output=folder, splits=dict(settings.splits),
+            seed=settings.seed, magnifications=settings.magnifications or None, beam_args=beam_args,
+            bag_size=settings.bag_size, overwrite=True, require_every_split=False,
+        )
+    except DataError as error:
+        raise DataError(f"span {span.name}: {error}") from None
+    return IngestedSpan(span.name, fingerprint, folder, manifest, True)
+
+
+def window_splits(ingested: Sequence[IngestedSpan]) -> dict[str, dict]:
+    """Per split over the window's spans: patients with their labels and image counts
+    (`split.merge_split_entries`); `split.balance` of it says how balanced each split is."""
+    names = []
+    for span in ingested:
+        names += [name for name in span.manifest["splits"] if name not in names]
+    return {name: merge_split_entries([span.manifest["splits"][name] for span in ingested
+                                       if name in span.manifest["splits"]]) for name in names}
+
+
+def check_splits(window: Mapping[str, dict], splits: Mapping[str, float], seed: int) -> None:
+    """Raises DataError when a split of the window received no patient (`window_splits`)."""
+    empty = [name for name in parse_split_spec(dict(splits)) if not window.get(name, {}).get("patient_labels")]
+    if empty:
+        patients = sum(len(entry["patient_labels"]) for entry in window.values())
+        raise DataError(
+            f"split(s) {', '.join(empty)} of the training window received no patient: {patients} patient(s) "
+            f"are placed by a hash of their id and the seed ({seed}), and none fell there; add patients "
+            "or spans, change the split fractions or choose another seed")

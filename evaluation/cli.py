@@ -1,0 +1,174 @@
+"""`histopath evaluate` and `histopath predict`: a pushed model on image folders/files."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import textwrap
+
+from histopath.argtypes import non_negative_int, positive_int
+from histopath.data.layouts import DATASETS
+from histopath.errors import ConfigError
+
+MODEL_HELP = ("pushed model: a <name>/<version> folder (holds saved_model.pb) or its parent <name> "
+              "(then the newest integer version is used)")
+
+
+def _paragraphs(*paragraphs: str) -> str:
+    return "\n\n".join(textwrap.fill(p, 88) for p in paragraphs)
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from histopath.console import Console
+    from histopath.data.manifest import patients_from_manifest
+    from histopath.evaluation import evaluate as evaluation
+
+    patients = None
+    split = None
+    if args.split_manifest:
+        split = args.split or "test"
+        patients = patients_from_manifest(args.split_manifest, split, args.dataset)
+        if not patients:
+            raise ConfigError(f"split {split!r} of {args.split_manifest} lists no patient")
+    elif args.split is not None:
+        raise ConfigError("--split needs --split-manifest")
+    log_dir = os.path.dirname(os.path.abspath(args.output))
+    with Console(log_dir, verbose=args.verbose, first_log=_stem(args.output)) as console:
+        result = evaluation.evaluate_model(
+            args.model, args.data, args.dataset, patients=patients, bootstrap=args.bootstrap,
+            seed=args.seed, batch_size=args.batch_size, progress=_progress_lines("predicting"))
+        if args.split_manifest:
+            result["data"]["split_manifest"] = os.path.abspath(args.split_manifest)
+            result["data"]["split"] = split
+        written = evaluation.write_evaluation(result, args.output)
+        model = result["model"]
+        lines = [f"{model['model_name']} v{model['model_version']} (threshold {result['decision_threshold']:.3f}) "
+                 f"on {result['data']['data_dir']}"] + evaluation.summary_lines(result)
+        missing = result["data"]["patients_not_found"]
+        if missing:
+            lines.append(f"warning: {len(missing)} patient(s) of the split have no image in {args.data}: "
+                         f"{', '.join(missing[:10])}{' ...' if len(missing) > 10 else ''}")
+        lines += [f"warning: {warning}" for warning in result["bootstrap"]["warnings"]]
+        if result["failed_images"]:
+            lines.append(f"{len(result['failed_images'])} image(s) could not be predicted and were left out, "
+                         f"e.g. {result['failed_images'][0]['error']}")
+        lines += [f"{key}: {path}" for key, path in written.items()]
+        lines.append(f"log: {console.log_path(_stem(args.output))}")
+        console.write("\n".join(lines))
+    return 0
+
+
+def _stem(path: str) -> str:
+    name = os.path.basename(path)
+    return name[:-5] if name.lower().endswith(".json") else name
+
+
+def _progress_lines(what: str):
+    """A tqdm-like factory for `evaluate_model`: a progress line every 10 % of the images."""
+    from histopath.console import progress_logger
+
+    class Lines:
+        def __init__(self, total: int):
+            self.total, self.done, self.shown = total, 0, 0
+
+        def update(self, count: int) -> None:
+            self.done += count
+            step = self.done * 10 // max(self.total, 1)
+            if step > self.shown and self.total >= 100:
+                self.shown = step
+                progress_logger().info(f"  {what}: {self.done:,} of {self.total:,} images")
+
+        def close(self) -> None:
+            pass
+
+    return Lines
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from histopath.console import Console
+    from histopath.evaluation.predict import add_slide_context, predict_paths, slide_context_setting
+    from histopath.models.exported import read_model_info
+
+    failures = 0
+    with Console(None, verbose=args.verbose) as console:
+        info = None
+        if args.slide_context:  # a model without a setting is refused before anything is predicted
+            info = read_model_info(args.model)
+            slide_context_setting(info)
+        rows = predict_paths(args.model, args.inputs, heatmap_dir=args.heatmap_dir, batch_size=args.batch_size)
+        if info is not None:  # every patch first: each answer depends on its neighbours'
+            rows = add_slide_context(list(rows), info)
+        for row in rows:
+            failures += int("error" in row or "heatmap_error" in row or "context_error" in row)
+            console.write(json.dumps(row))
+    if failures:
+        print(f"histopath predict: {failures} file(s) failed (see the \"error\" / \"context_error\" lines)",
+              file=sys.stderr)
+        return 1
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Adds `evaluate` and `predict`."""
+    from histopath.evaluation.scoring import PATIENT_LABEL_RULE, PATIENT_SCORE_RULE
+
+    evaluate = subparsers.add_parser(
+        "evaluate", help="score a pushed model on a BreakHis/IDC folder (image- and patient-level, bootstrap CIs)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=_paragraphs(
+            "Predicts every image of a data folder in the real BreakHis or IDC layout through the "
+            "model's serving_default signature and writes a JSON report with image-level and "
+            "patient-level AUC, accuracy, balanced accuracy, sensitivity, specificity, F1 and Brier "
+            "score, each with a 95% confidence interval from a patient (cluster) bootstrap: patients "
+            "are resampled with replacement and all their images kept. Also: the confusion matrix at "
+            "the model's stored decision threshold, a per-patient table, calibration bins, and the "
+            "plots FILE.roc.png and FILE.calibration.png next to the JSON (FILE without .json).",
+            f"Rules: {PATIENT_SCORE_RULE}; {PATIENT_LABEL_RULE}.",
+            "Evaluate on held-out patients with --split-manifest OUTPUT/manifest.json --split test "
+            "(the manifest written by `histopath ingest`).",
+            "IDC models trained with slide_context_sigma are also scored with slide context (each "
+            "patch's probability averaged over its neighbours on the patient's slide, at the model's "
+            "slide-context threshold): the report's slide_context block, context_probability per image, "
+            "and a third ROC curve."
+        ),
+    )
+    evaluate.add_argument("--model", required=True, help=MODEL_HELP)
+    evaluate.add_argument("--data", required=True, help="data folder in the real layout (BreaKHis_v1 tree or IDC tree)")
+    evaluate.add_argument("--dataset", required=True, choices=DATASETS, help="layout of --data")
+    evaluate.add_argument("--output", default="evaluation.json", help="JSON report to write (default evaluation.json)")
+    evaluate.add_argument("--split-manifest", metavar="MANIFEST",
+                          help="manifest.json of `histopath ingest`: evaluate only the patients of --split")
+    evaluate.add_argument("--split", default=None, help="split of --split-manifest (default test)")
+    evaluate.add_argument("--batch-size", type=positive_int, default=32, help="images per model call (default 32)")
+    evaluate.add_argument("--bootstrap", type=non_negative_int, default=1000,
+                          help="patient-bootstrap resamples for the confidence intervals (default 1000; 0 = none)")
+    evaluate.add_argument("--seed", type=int, default=0, help="seed of the bootstrap (default 0)")
+    evaluate.add_argument("--verbose", action="store_true", help="show every log line (default: in FILE.log)")
+    evaluate.set_defaults(handler=_evaluate)
+
+    predict = subparsers.add_parser(
+        "predict", help="predict image files/folders with a pushed model (one JSON line per image)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=_paragraphs(
+            "Prints one JSON line per image: file, probability (of malignant), label, label_name, "
+            "model_name, model_version. Folders are searched recursively for .png/.jpg/.jpeg/.tif "
+            "files. A missing or corrupt file prints a line with an \"error\" naming it; the other "
+            "images are still predicted and the exit code is 1 at the end. With --heatmap-dir, MIL "
+            "models also write the attention heat-map over each image as <name>.heatmap.png and, "
+            "with an instance classifier, each tile's probability as <name>.tiles.png. With "
+            "--slide-context (IDC patches of models trained with slide_context_sigma), every line also "
+            "gets context_probability, context_label and context_label_name: the patch answered from "
+            "its slide neighbourhood, the patches of one patient (read from the file names) forming a slide."
+        ),
+    )
+    predict.add_argument("--model", required=True, help=MODEL_HELP)
+    predict.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR", help="image files and/or folders")
+    predict.add_argument("--heatmap-dir", help="write MIL attention heat-maps (PNG) here")
+    predict.add_argument("--batch-size", type=positive_int, default=16, help="images per model call (default 16)")
+    predict.add_argument("--verbose", action="store_true", help="show the libraries' log lines too")
+    predict.add_argument("--slide-context", action="store_true",
+                         help="IDC patches: also answer each patch from its slide neighbourhood (patients and "
+                              "positions from the IDC file names; needs a model trained with slide_context_sigma)")
+    predict.set_defaults(handler=_predict)

@@ -1,0 +1,223 @@
+"""`histopath evaluate`: a pushed model run on a data folder and scored (`scoring`), the
+result written as JSON with its ROC and calibration plots, and a summary for the terminal.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import pathlib
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
+
+from histopath import fileio
+from histopath.data.features import patient_sort_key
+from histopath.errors import ConfigError, DataError
+from histopath.evaluation import bootstrap, metrics
+from histopath.evaluation.scoring import score_predictions, slide_context_evaluation
+
+
+def evaluate_model(
+    model_dir: str | os.PathLike,
+    data_dir: str | os.PathLike,
+    dataset: str,
+    *,
+    patients: Optional[Sequence[str]] = None,
+    bootstrap: int = 1000,
+    seed: int = 0,
+    batch_size: int = 32,
+    progress: Optional[Callable[..., Any]] = None,
+) -> Dict[str, Any]:
+    """Predicts every image of a data folder with a pushed model and scores it.
+
+    Args:
+      model_dir: `<name>/<version>` or `<name>` (newest version).
+      data_dir: a folder in the real BreakHis or IDC layout (parsed by
+        `data.layouts.scan_source`; labels and patients come from the file names).
+      dataset: "breakhis" or "idc".
+      patients: evaluate only these patients (e.g. a manifest's test split); None = all.
+      bootstrap: patient-bootstrap resamples for the 95 % intervals (0 = none).
+      seed: seed of the resampling.
+      batch_size: images per call of the serving signature.
+      progress: optional tqdm-like factory, called as `progress(total=N)` and returning an
+        object with `update(n)` and `close()` (e.g. `tqdm.tqdm`).
+
+    Returns:
+      The evaluation (JSON-serialisable): "model", "data", "decision_threshold",
+      "patient_label_rule", "patient_score_rule", "bootstrap", "image_level",
+      "patient_level", "patients" (per-patient table), "images" (per-image predictions),
+      "failed_images"; and for a model with a slide-context setting on IDC data,
+      "slide_context" (see `slide_context_evaluation`) and `context_probability` per image.
+
+    Raises:
+      DataError: no model, data folder missing / wrong layout, none of the requested
+        patients present, or no image could be predicted.
+      ConfigError: unknown dataset or invalid arguments.
+    """
+    from histopath import __version__
+    from histopath.data import layouts
+    from histopath.evaluation import predict
+    from histopath.models import exported
+
+    if bootstrap < 0:
+        raise ConfigError(f"bootstrap resamples must be >= 0, got {bootstrap}")
+    data_dir = os.path.abspath(os.fspath(data_dir))
+    scan = layouts.scan_source(dataset, data_dir)
+    files = scan.files
+    missing: List[str] = []
+    if patients is not None:
+        wanted = {str(p) for p in patients}
+        present = {f.patient_id for f in files}
+        missing = sorted(wanted - present, key=patient_sort_key)
+        files = [f for f in files if f.patient_id in wanted]
+        if not files:
+            raise DataError(f"none of the {len(wanted)} requested patients has an image in {data_dir}")
+
+    loaded = exported.load(model_dir)
+    model = exported.describe(loaded)
+    threshold = float(loaded.model_info.get("decision_threshold", 0.5))
+    paths = [os.path.join(data_dir, f.relative_path) for f in files]
+    bar = progress(total=len(paths)) if progress else None
+    outcomes = []
+    try:
+        for outcome in predict.predict_files(loaded, paths, batch_size):
+            outcomes.append(outcome)
+            if bar is not None:
+                bar.update(1)
+    finally:
+        if bar is not None:
+            bar.close()
+
+    failed = [{"path": f.relative_path, "error": o.error} for f, o in zip(files, outcomes) if o.error]
+    kept = [(f, o.prediction) for f, o in zip(files, outcomes) if not o.error]
+    if not kept:
+        raise DataError(f"no image of {data_dir} could be predicted (e.g. {failed[0]['error']})")
+
+    labels = [f.label for f, _ in kept]
+    scores = [row["probability"] for _, row in kept]
+    patient_ids = [f.patient_id for f, _ in kept]
+    scored = score_predictions(
+        labels=labels, scores=scores,
+        predictions=[row["label"] for _, row in kept],  # the model's `label`
+        patient_ids=patient_ids, threshold=threshold, bootstrap=bootstrap, seed=seed,
+    )
+    context = slide_context_evaluation(
+        loaded.model_info.get("slide_context"), labels, scores, patient_ids,
+        [f.patch_x for f, _ in kept], [f.patch_y for f, _ in kept], bootstrap=bootstrap, seed=seed)
+    return {
+        "histopath_version": __version__,
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "model": {**model, "info": loaded.model_info},
+        "data": {
+            "dataset": dataset,
+            "data_dir": data_dir,
+            "patients_requested": None if patients is None else len(set(map(str, patients))),
+            "patients_not_found": missing,
+            "files_scanned": len(scan.files) + len(scan.skipped),
+            "files_skipped_by_layout": len(scan.skipped),
+            "skipped_examples": [{"path": s.path, "reason": s.reason} for s in scan.skipped[:20]],
+        },
+        "decision_threshold": threshold,
+        **scored,
+        "images": [
+            {"path": f.relative_path, "patient_id": f.patient_id, "label": int(f.label),
+             "probability": float(row["probability"]), "prediction": int(row["label"]),
+             **({} if context is None else {"context_probability": float(context.scores[index])})}
+            for index, (f, row) in enumerate(kept)
+        ],
+        "failed_images": failed,
+        **({} if context is None else {"slide_context": context.report}),
+    }
+
+
+def plot_paths(json_path: str | os.PathLike) -> Dict[str, pathlib.Path]:
+    """Where `write_evaluation` puts the plots: `X.json` -> `X.roc.png`, `X.calibration.png`."""
+    path = pathlib.Path(json_path)
+    stem = path.name[:-5] if path.name.lower().endswith(".json") else path.name
+    return {"roc": path.with_name(f"{stem}.roc.png"), "calibration": path.with_name(f"{stem}.calibration.png")}
+
+
+def write_evaluation(result: Mapping[str, Any], path: str | os.PathLike) -> Dict[str, pathlib.Path]:
+    """Writes the evaluation JSON and its ROC and calibration plots (temp name, then rename).
+
+    Args:
+      result: from `evaluate_model`.
+      path: the JSON file; plots go next to it (see `plot_paths`).
+
+    Returns:
+      {"json", "roc", "calibration"} paths written.
+    """
+    from histopath.evaluation import plots
+
+    path = pathlib.Path(path).absolute()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    targets = plot_paths(path)
+    images, patients = result["images"], result["patients"]
+    curves = {}
+    for name, labels, scores, level in (
+        ("images", [i["label"] for i in images], [i["probability"] for i in images], "image_level"),
+        ("patients", [p["label"] for p in patients], [p["score"] for p in patients], "patient_level"),
+    ):
+        fpr, tpr, _ = metrics.roc_curve(labels, scores)
+        auc = result[level]["metrics"]["auc"]
+        curves[name] = plots.RocCurve(fpr, tpr, auc["value"], auc["ci_low"], auc["ci_high"],
+                                      n_items=len(labels))
+    if "slide_context" in result:
+        labels = [i["label"] for i in images]
+        fpr, tpr, _ = metrics.roc_curve(labels, [i["context_probability"] for i in images])
+        auc = result["slide_context"]["image_level"]["metrics"]["auc"]
+        curves["images, slide context"] = plots.RocCurve(fpr, tpr, auc["value"], auc["ci_low"], auc["ci_high"],
+                                                         n_items=len(labels))
+    model = result["model"]
+    title = f"{model['model_name']} v{model['model_version']} on {result['data']['dataset']}"
+    plots.plot_roc(curves, targets["roc"], title=title)
+    plots.plot_calibration(
+        {"images": result["image_level"]["calibration"], "patients": result["patient_level"]["calibration"]},
+        targets["calibration"], title=title)
+    document = dict(result)
+    document["plots"] = {key: str(value) for key, value in targets.items()}
+    fileio.write_json(path, document, sort_keys=False, allow_nan=False)
+    return {"json": path, **targets}
+
+
+SUMMARY_PATIENTS = 30  # per-patient lines `summary_lines` prints; the JSON has them all
+
+
+def summary_lines(result: Mapping[str, Any]) -> List[str]:
+    """A human-readable table of the metrics with their intervals."""
+    lines = []
+    levels = [(level.replace("_", " "), result[level]) for level in ("image_level", "patient_level")]
+    if "slide_context" in result:
+        context = result["slide_context"]
+        levels.append((f"image level with slide context (sigma {context['sigma']:g} patches, "
+                       f"threshold {context['decision_threshold']:.3f})", context["image_level"]))
+    for title, block in levels:
+        lines.append(f"{title}: {block['n_items']} "
+                     f"({block['label_counts']['benign']} benign, {block['label_counts']['malignant']} malignant)")
+        for name in bootstrap.METRIC_NAMES:
+            metric = block["metrics"][name]
+            if metric["value"] is None:
+                lines.append(f"  {name:18s} n/a ({metric['reason']})")
+                continue
+            interval = (f" [{metric['ci_low']:.3f}, {metric['ci_high']:.3f}]"
+                        if metric["ci_low"] is not None else "")
+            lines.append(f"  {name:18s} {metric['value']:.3f}{interval}")
+        cm = block["confusion_matrix"]
+        lines.append(f"  confusion          TN={cm['tn']} FP={cm['fp']} FN={cm['fn']} TP={cm['tp']}")
+        hindsight = block.get("balanced_accuracy_in_hindsight", {})
+        if hindsight.get("value") is not None:
+            lines.append(f"  in hindsight       balanced accuracy {hindsight['value']:.3f} at threshold "
+                         f"{hindsight['threshold']:.3f}, chosen on these labels (a bound, not an operating point)")
+    patients = result.get("patients", [])
+    if patients:
+        lines.append("per patient, its own images (AUC, sensitivity, specificity at the threshold):")
+
+        def number(value: Optional[float]) -> str:
+            return "n/a" if value is None else f"{value:.3f}"
+
+        for row in patients[:SUMMARY_PATIENTS]:
+            lines.append(f"  {row['patient_id']:18s} {row['n_images']} images ({row['n_malignant_images']} malignant)"
+                         f"  AUC {number(row['image_auc'])}  sensitivity {number(row.get('image_sensitivity'))}"
+                         f"  specificity {number(row.get('image_specificity'))}")
+        if len(patients) > SUMMARY_PATIENTS:
+            lines.append(f"  ... {len(patients) - SUMMARY_PATIENTS} more in the JSON's \"patients\"")
+    return lines

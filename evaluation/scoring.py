@@ -1,0 +1,181 @@
+"""Scoring per-image predictions: image- and patient-level metrics with patient-bootstrap
+intervals, per-patient rows, and the same for slide-context probabilities.
+
+- At the model's decision threshold: accuracy, balanced accuracy, sensitivity (recall of
+  malignant), specificity, F1 (malignant = positive), Brier score; and the AUC.
+- A metric that the data cannot define (an AUC with one class) is None with a reason.
+- 95 % intervals resample PATIENTS (`evaluation.bootstrap`).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Dict, List, Mapping, NamedTuple, Optional, Sequence
+
+import numpy as np
+
+from histopath.data.features import patient_sort_key
+from histopath.errors import ConfigError, DataError
+from histopath.evaluation import bootstrap as patient_bootstrap
+from histopath.evaluation import metrics, operating_point
+
+PATIENT_SCORE_RULE = (
+    "patient score = MEAN of the patient's image probabilities; patient prediction = "
+    "score >= the model's decision threshold"
+)
+PATIENT_LABEL_RULE = (
+    "patient label = 1 (malignant) if ANY of the patient's images is malignant, else 0 "
+    "(BreakHis: every patient has a single label; IDC: 1 if any patch is IDC-positive)"
+)
+FEW_PATIENTS_PER_CLASS = 5  # below this many patients of a class the intervals are flagged
+
+
+def score_predictions(
+    labels: Sequence[int],
+    scores: Sequence[float],
+    predictions: Sequence[int],
+    patient_ids: Sequence[str],
+    *,
+    threshold: float,
+    bootstrap: int = 1000,
+    seed: int = 0,
+) -> Dict[str, Any]:
+    """Image- and patient-level metrics of per-image predictions, with patient-bootstrap CIs.
+
+    The scoring half of `evaluate_model`, for predictions made elsewhere (e.g. on ingested
+    records or by a baseline model).
+
+    Args:
+      labels: per image, 0 benign / 1 malignant.
+      scores: per image, the probability of malignant.
+      predictions: per image, the predicted label (usually `score >= threshold`).
+      patient_ids: per image, its patient (the unit of resampling and aggregation).
+      threshold: the decision threshold, applied to patient scores as well.
+      bootstrap: patient-bootstrap resamples (0 = no intervals).
+      seed: seed of the resampling.
+
+    Returns:
+      {"patient_label_rule", "patient_score_rule", "bootstrap", "image_level",
+      "patient_level", "patients"} as in `evaluate_model`'s result.
+    """
+    if bootstrap < 0:
+        raise ConfigError(f"bootstrap resamples must be >= 0, got {bootstrap}")
+    labels = np.asarray(labels, dtype=int)
+    scores = np.asarray(scores, dtype=np.float64)
+    predictions = np.asarray(predictions, dtype=int)
+    if not (len(labels) == len(scores) == len(predictions) == len(patient_ids)) or not len(labels):
+        raise DataError("labels, scores, predictions and patient ids must be non-empty and of one length")
+    patients = sorted({str(p) for p in patient_ids}, key=patient_sort_key)
+    patient_index = {p: i for i, p in enumerate(patients)}
+    clusters = np.array([patient_index[str(p)] for p in patient_ids], dtype=int)
+    n_patients = len(patients)
+
+    counts = np.bincount(clusters, minlength=n_patients)
+    malignant_counts = np.bincount(clusters, weights=labels, minlength=n_patients).astype(int)
+    patient_labels = (malignant_counts > 0).astype(int)
+    patient_scores = np.bincount(clusters, weights=scores, minlength=n_patients) / counts
+    patient_predictions = (patient_scores >= threshold).astype(int)
+
+    weights = patient_bootstrap.patient_bootstrap_weights(n_patients, bootstrap, seed)
+    image_metrics = patient_bootstrap.cluster_bootstrap_metrics(labels, scores, predictions, clusters, n_patients, weights)
+    patient_metrics = patient_bootstrap.cluster_bootstrap_metrics(
+        patient_labels, patient_scores, patient_predictions, np.arange(n_patients), n_patients, weights)
+
+    def level(n_items, item_labels, item_scores, item_predictions, level_metrics):
+        hindsight_threshold, hindsight = operating_point.balanced_accuracy_in_hindsight(item_labels, item_scores)
+        return {
+            "n_images": int(len(labels)),
+            "n_patients": n_patients,
+            "n_items": int(n_items),
+            "label_counts": {"benign": int((item_labels == 0).sum()), "malignant": int((item_labels == 1).sum())},
+            "metrics": level_metrics,
+            "confusion_matrix": metrics.confusion_matrix(item_labels, item_predictions),
+            "calibration": metrics.calibration_table(item_labels, item_scores),
+            # A diagnostic, not an operating point: the best balanced accuracy any threshold
+            # reaches on these very labels. Close to the model's own: its ranking limits it.
+            "balanced_accuracy_in_hindsight": {
+                "value": None if math.isnan(hindsight) else hindsight, "threshold": hindsight_threshold},
+        }
+
+    def own_rate(i: int, label: int) -> Optional[float]:
+        """Within patient i: the share of its images of class `label` predicted as such."""
+        mine = (clusters == i) & (labels == label)
+        return float(np.mean(predictions[mine] == label)) if mine.any() else None
+
+    return {
+        "patient_label_rule": PATIENT_LABEL_RULE,
+        "patient_score_rule": PATIENT_SCORE_RULE,
+        "bootstrap": {
+            "method": "cluster (patient) percentile bootstrap: patients resampled with replacement, "
+                      "all images of a drawn patient kept",
+            "resamples": int(bootstrap), "seed": int(seed), "confidence": patient_bootstrap.CONFIDENCE,
+            "warnings": _bootstrap_warnings(patient_labels),
+        },
+        "image_level": level(len(labels), labels, scores, predictions, image_metrics),
+        "patient_level": level(n_patients, patient_labels, patient_scores, patient_predictions, patient_metrics),
+        "patients": [
+            {"patient_id": p, "n_images": int(counts[i]), "n_malignant_images": int(malignant_counts[i]),
+             "label": int(patient_labels[i]), "score": float(patient_scores[i]),
+             "prediction": int(patient_predictions[i]),
+             # Within the patient: how its own images are ranked and classified (the AUC is
+             # None unless the patient has images of both classes, e.g. an IDC slide; the
+             # sensitivity / specificity None when it has no malignant / benign image).
+             "image_auc": metrics.roc_auc(labels[clusters == i], scores[clusters == i]),
+             "image_accuracy": float(np.mean(predictions[clusters == i] == labels[clusters == i])),
+             "image_sensitivity": own_rate(i, 1), "image_specificity": own_rate(i, 0)}
+            for i, p in enumerate(patients)
+        ],
+    }
+
+
+class SlideContextResult(NamedTuple):
+    """`slide_context_evaluation`'s report and the per-image smoothed probabilities."""
+
+    report: Dict[str, Any]
+    scores: np.ndarray
+
+
+def slide_context_evaluation(
+    setting: Optional[Mapping[str, Any]],
+    labels: Sequence[int],
+    scores: Sequence[float],
+    patient_ids: Sequence[str],
+    xs: Sequence[Optional[int]],
+    ys: Sequence[Optional[int]],
+    *,
+    bootstrap: int,
+    seed: int,
+) -> Optional[SlideContextResult]:
+    """Scores the slide-context probabilities of a model that carries a setting for them.
+
+    Args:
+      setting: the model's `model_info["slide_context"]` (written by the Trainer: sigma,
+        grid_step, rule and the decision threshold chosen on the eval split); None = off.
+      labels, scores, patient_ids: per image, as for `score_predictions`.
+      xs, ys: per image, its slide position (None when the layout has none).
+
+    Returns:
+      None without a setting or without positions; else the report (sigma, grid step,
+      rule, threshold and `score_predictions`' blocks) and the smoothed probabilities.
+    """
+    from histopath.evaluation import slide_context
+
+    if not setting or any(x is None for x in xs) or any(y is None for y in ys):
+        return None
+    threshold = float(setting["decision_threshold"])
+    smoothed = slide_context.smooth_slide_scores(scores, patient_ids, xs, ys, float(setting["sigma"]),
+                                                 setting.get("grid_step"))
+    scored = score_predictions(labels, smoothed, (smoothed >= threshold).astype(int), patient_ids,
+                               threshold=threshold, bootstrap=bootstrap, seed=seed)
+    report = {"sigma": float(setting["sigma"]), "grid_step": setting.get("grid_step"),
+              "rule": setting.get("rule", slide_context.RULE), "decision_threshold": threshold,
+              **{key: scored[key] for key in ("image_level", "patient_level", "patients")}}
+    return SlideContextResult(report, smoothed)
+
+
+def _bootstrap_warnings(patient_labels: np.ndarray) -> List[str]:
+    benign, malignant = int((patient_labels == 0).sum()), int((patient_labels == 1).sum())
+    if min(benign, malignant) >= FEW_PATIENTS_PER_CLASS:
+        return []
+    return [f"only {benign} benign and {malignant} malignant patients: percentile intervals from so few "
+            "patients understate the uncertainty (treat them as rough)"]

@@ -1,0 +1,32 @@
+"""Tests of the Keras helpers: precision policy resolution and restoration."""
+
+from __future__ import annotations
+
+import histopath  # noqa: F401  (pins Keras 2 before TensorFlow is imported)
+import pytest
+import tf_keras as keras
+
+from histopath.models import keras_utils
+
+
+@pytest.mark.parametrize("flags, native", [
+    ("fpu sse avx2 avx512f amx_bf16 amx_tile", True),
+    ("fpu sse avx2 avx512f avx512_bf16", True),
+    ("fpu sse avx2 avx512f", False),
+])
+def test_native_bfloat16_is_read_from_the_cpu_flags(tmp_path, flags, native):
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(f"processor\t: 0\nmodel name\t: test\nflags\t\t: {flags}\n")
+    assert keras_utils.cpu_has_native_bfloat16(str(cpuinfo)) is native
+    assert keras_utils.cpu_has_native_bfloat16(str(tmp_path / "missing")) is False
+
+
+def test_auto_precision_follows_the_cpu_and_the_policy_is_restored(monkeypatch):
+    assert keras_utils.resolve_precision(None) == "float32"
+    assert keras_utils.resolve_precision("mixed_bfloat16") == "mixed_bfloat16"
+    for native, expected in ((True, "mixed_bfloat16"), (False, "float32")):
+        monkeypatch.setattr(keras_utils, "cpu_has_native_bfloat16", lambda native=native: native)
+        assert keras_utils.resolve_precision("auto") == expected
+        with keras_utils.precision_policy("auto"):
+            assert keras.mixed_precision.global_policy().name == expected
+        assert keras.mixed_precision.global_policy().name == "float32"

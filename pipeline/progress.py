@@ -1,0 +1,105 @@
+"""Progress of a local pipeline run, one line per component, from TFX's own records.
+
+`LocalDagRunner` runs one component at a time and logs (through absl) when each starts
+and finishes, and its launcher when it reuses a cached execution. `ComponentProgress`, a
+logging handler, turns those records into lines on the terminal (`histopath.console`),
+switches the log file to `logs/<component>.log` at each start, and forwards the Trainers'
+per-epoch lines (`models.training`) indented under their component.
+
+    ▸ trainer_mil
+        train epoch 1/6  loss 0.693  auc 0.512  val_loss 0.690  val_auc 0.604
+    ✓ trainer_mil  7.4 s
+    · StatisticsGen  cached
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from typing import Optional
+
+from histopath.console import Console, elapsed, progress_logger
+
+_RUNNING = "Component %s is running."
+_FINISHED = "Component %s is finished."
+_CACHED = "A cached execution %d is used."
+_EPOCH = re.compile(r"\[(?P<phase>[a-z_]+)\] epoch (?P<epoch>\d+)/(?P<epochs>\d+) (?P<metrics>.*) lr=(?P<lr>\S+)")
+_SHOWN_METRICS = ("loss", "auc", "val_loss", "val_auc")
+TRAINING_LOGGER = "histopath.models.training"
+
+
+def epoch_line(message: str) -> Optional[str]:
+    """`[head] epoch 2/10 auc=0.81 loss=0.52 ... lr=1e-03` -> a short progress line."""
+    match = _EPOCH.match(message)
+    if not match:
+        return None
+    values = dict(item.split("=", 1) for item in match["metrics"].split() if "=" in item)
+    shown = "  ".join(f"{name} {float(values[name]):.3f}" for name in _SHOWN_METRICS if name in values)
+    return f"    {match['phase']} epoch {match['epoch']}/{match['epochs']}  {shown}  lr {float(match['lr']):.0e}"
+
+
+class ComponentProgress(logging.Handler):
+    """Turns TFX's component records into progress lines and per-component log files.
+
+    Args:
+      console: the active console (its log folder gets one file per component).
+    """
+
+    def __init__(self, console: Console):
+        super().__init__(level=logging.INFO)
+        self.console = console
+        self.current: Optional[str] = None
+        self.started = 0.0
+        self.cached = False
+        self.finished: dict[str, str] = {}  # component -> "complete" | "cached"
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            if record.msg == _RUNNING and record.args:
+                self._start(str(record.args[0]))
+            elif record.msg == _CACHED:
+                self.cached = True
+            elif record.msg == _FINISHED and record.args:
+                self._finish(str(record.args[0]))
+            elif record.name == TRAINING_LOGGER:
+                line = epoch_line(record.getMessage())
+                if line:
+                    progress_logger().info(line)
+        except Exception:  # noqa: BLE001  (progress must never break the run)
+            self.handleError(record)
+
+    def _start(self, component: str) -> None:
+        self.current, self.started, self.cached = component, time.monotonic(), False
+        self.console.use_log(component)
+        if component.startswith("trainer_"):  # epoch lines follow
+            progress_logger().info(f"  ▸ {component}")
+
+    def _finish(self, component: str) -> None:
+        seconds = time.monotonic() - self.started
+        if self.cached:
+            progress_logger().info(f"  · {component:32s} cached")
+        else:
+            progress_logger().info(f"  ✓ {component:32s} {elapsed(seconds)}")
+        self.finished[component] = "cached" if self.cached else "complete"
+        self.current = None
+
+    def failed(self, error: BaseException) -> None:
+        """Reports the component that was running when the run failed."""
+        if self.current is None:
+            return
+        log = self.console.log_path(self.current)
+        first_line = (str(error).strip().splitlines() or [type(error).__name__])[-1][:300]
+        progress_logger().info(f"  ✗ {self.current:32s} failed after {elapsed(time.monotonic() - self.started)}: "
+                               f"{first_line}" + (f" (log: {log})" if log else ""))
+
+
+def attach(console: Console) -> ComponentProgress:
+    """Installs a `ComponentProgress` on the loggers TFX and the Trainers use."""
+    handler = ComponentProgress(console)
+    logging.getLogger().addHandler(handler)
+    return handler
+
+
+def detach(handler: ComponentProgress) -> None:
+    logging.getLogger().removeHandler(handler)

@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Builds the pipeline image (every Kubeflow / Vertex AI task runs in it) from
+# requirements/lock.txt, with the local Docker engine and no registry:
+#
+#   scripts/build-pipeline-image.sh                      # -> histopath/pipeline:latest
+#   IMAGE=REGISTRY/histopath/pipeline:TAG scripts/build-pipeline-image.sh && docker push ...
+#
+# The base image is histopath/base:bookworm-py311, made without any registry by
+# scripts/make-base-image.sh (run automatically when missing; needs root + debootstrap).
+# Where Docker Hub is reachable, BASE_IMAGE=python:3.11-slim works too, and
+# pipeline/docker/tfx.Dockerfile builds the image on TFX's published one instead.
+#
+# Environment:
+#   IMAGE        tag to build            (default histopath/pipeline:latest)
+#   BASE_IMAGE   Python 3.11 base image  (default histopath/base:bookworm-py311)
+set -euo pipefail
+
+REPO=$(cd "$(dirname "$0")/.." && pwd)
+IMAGE="${IMAGE:-histopath/pipeline:latest}"
+BASE_IMAGE="${BASE_IMAGE:-histopath/base:bookworm-py311}"
+
+log() { echo "[build-pipeline-image $(date +%H:%M:%S)] $*" >&2; }
+die() { log "FAILED: $*"; exit 1; }
+
+command -v docker >/dev/null || die "docker is not installed (apt-get install -y docker.io)"
+docker info >/dev/null 2>&1 || die "no Docker engine answers. Start one, e.g.:
+  dockerd --iptables=false --bridge=none --data-root /var/lib/histopath-docker &"
+if [[ "$BASE_IMAGE" == histopath/base:* ]] && ! docker image inspect "$BASE_IMAGE" >/dev/null 2>&1; then
+  log "base image $BASE_IMAGE missing: making it (scripts/make-base-image.sh)"
+  BASE_TAG="$BASE_IMAGE" bash "$REPO/scripts/make-base-image.sh"
+fi
+
+log "building $IMAGE on $BASE_IMAGE (the lock layer takes a few minutes the first time)"
+start=$(date +%s)
+# --network host: pip reaches the package index through the host's network (a daemon
+# started with --bridge=none gives build containers no other).
+docker build --network host --build-arg "BASE_IMAGE=$BASE_IMAGE" \
+  -f "$REPO/pipeline/docker/pipeline.Dockerfile" -t "$IMAGE" "$REPO" > "${BUILD_LOG:-/dev/stderr}"
+size=$(docker image inspect -f '{{.Size}}' "$IMAGE")
+log "built $IMAGE in $(( $(date +%s) - start )) s: $(awk -v s="$size" 'BEGIN {printf "%.2f GB", s / 1e9}')"
+echo "$IMAGE"

@@ -1,0 +1,155 @@
+"""`histopath submit` / `schedule` against the APIs' published contracts.
+
+No Kubeflow Pipelines backend or Vertex AI can run here, so these are CONTRACT tests, not
+cluster tests: the real `kfp.Client` and `google-cloud-aiplatform` send their requests to
+`contract_server.ContractServer`, which checks every body against the API's own generated
+models (kfp-server-api for KFP v2beta1, aiplatform_v1 for Vertex) and answers as the API
+documents. Vertex's credentials are Application Default Credentials from a service-account
+key whose token endpoint is that server.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from contract_server import ContractServer
+
+from histopath import cli
+from histopath.pipeline.config import resolve
+from histopath.pipeline.kubeflow_runner import compile_kubeflow
+
+ROOT = "gs://histo-runs/weekly"
+SERVICE_ACCOUNT = "pipelines@histo-project.iam.gserviceaccount.com"
+
+
+@pytest.fixture(scope="module")
+def spec(tmp_path_factory):
+    config = resolve({"dataset": "breakhis", "data_dir": "gs://histo-data/breakhis", "output_dir": ROOT})
+    return compile_kubeflow(config, str(tmp_path_factory.mktemp("spec") / "pipeline.yaml"), image="img:1")
+
+
+@pytest.fixture
+def server():
+    with ContractServer() as running:
+        yield running
+
+
+def _run(capsys, *argv):
+    code = cli.main([str(a) for a in argv])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_kfp_submit_creates_the_experiment_and_a_run_with_the_spec(server, spec, capsys):
+    code, out, err = _run(capsys, "submit", "--spec", spec, "--kfp-host", server.url, "--experiment", "histopath",
+                          "--name", "weekly-demo")
+    assert code == 0, err
+    assert server.errors == []
+    assert server.calls()[-2:] == [("POST", "/apis/v2beta1/experiments"), ("POST", "/apis/v2beta1/runs")]
+    (run,) = server.bodies("POST", "/apis/v2beta1/runs")
+    assert run["display_name"] == "weekly-demo"
+    assert run["runtime_config"]["pipeline_root"] == f"{ROOT}/pipeline_root"
+    assert run["pipeline_spec"]["pipelineInfo"]["name"] == "histopath"
+    assert run["experiment_id"] == next(iter(server.experiments))
+    assert json.loads(out)["run_id"]
+
+
+def test_kfp_schedule_sends_a_recurring_run_with_the_cron_in_kfps_form(server, spec, capsys):
+    code, out, err = _run(capsys, "schedule", "--spec", spec, "--kfp-host", server.url, "--cron", "0 2 * * 1",
+                          "--max-concurrency", "1", "--no-catchup")
+    assert code == 0, err
+    assert server.errors == []
+    (recurring,) = server.bodies("POST", "/apis/v2beta1/recurringruns")
+    assert recurring["trigger"] == {"cron_schedule": {"cron": "0 0 2 * * 1"}}  # seconds first: Mondays 02:00
+    assert (recurring["max_concurrency"], recurring["no_catchup"], recurring["mode"]) == (1, True, "ENABLE")
+    assert json.loads(out)["cron"] == "0 0 2 * * 1"
+
+
+def test_dry_run_prints_exactly_what_would_be_sent_and_sends_nothing(server, spec, capsys):
+    code, out, _ = _run(capsys, "schedule", "--spec", spec, "--kfp-host", server.url, "--cron", "0 2 * * 1",
+                        "--dry-run")
+    assert code == 0 and server.requests == []
+    printed = json.loads(out)
+    assert printed["path"] == "/apis/v2beta1/recurringruns"
+    _run(capsys, "schedule", "--spec", spec, "--kfp-host", server.url, "--cron", "0 2 * * 1")
+    (sent,) = server.bodies("POST", "/apis/v2beta1/recurringruns")
+    assert {k: v for k, v in sent.items() if k != "experiment_id"} == printed["body"]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["schedule", "--cron", "0 25 * * 1", "--kfp-host", "{url}"], "--cron '0 25 * * 1': End of range (25)"),
+    (["schedule", "--cron", "every monday", "--kfp-host", "{url}"], "--cron 'every monday': expected 5 fields"),
+    (["submit", "--kfp-host", "http://127.0.0.1:9"], "cannot reach Kubeflow Pipelines at http://127.0.0.1:9"),
+    (["submit", "--vertex", "histo-project", "--service-account", "x@y"], "--vertex takes PROJECT/REGION"),
+    (["submit", "--kfp-host", "{url}", "--pipeline-root", "relative"], "relative local path"),
+    (["submit", "--vertex", "p/europe-west4", "--pipeline-root", "/mnt/runs"], "needs a gs:// pipeline root"),
+])
+def test_bad_input_is_one_line_and_nothing_is_sent(server, spec, capsys, argv, message):
+    code, _, err = _run(capsys, *[a.format(url=server.url) for a in argv], "--spec", spec)
+    assert code == 1 and message in err and err.count("\n") == 1, err
+    assert [call for call in server.calls() if call[1] != "/apis/v2beta1/healthz"] == []
+
+
+def test_a_file_that_is_not_a_pipeline_spec_is_refused(server, tmp_path, capsys):
+    for content, message in (("- a\n- b\n", "not a pipeline spec (expected a KFP PipelineSpec"),
+                             ("a: [\n", "not a pipeline spec (not YAML"),
+                             ("root: {}\npipelineInfo: {name: x}\ncolour: blue\n", "has no field named \"colour\"")):
+        path = tmp_path / "spec.yaml"
+        path.write_text(content)
+        code, _, err = _run(capsys, "submit", "--spec", path, "--kfp-host", server.url)
+        assert code == 1 and message in err, err
+    assert server.requests == []
+
+
+@pytest.fixture
+def vertex(server, tmp_path, monkeypatch):
+    """Application Default Credentials from a service-account key whose token endpoint is the
+    contract server; Cloud Storage and Vertex AI pointed at it too."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                            serialization.NoEncryption()).decode()
+    credentials = tmp_path / "key.json"
+    credentials.write_text(json.dumps({
+        "type": "service_account", "project_id": "histo-project", "private_key_id": "1", "private_key": pem,
+        "client_email": SERVICE_ACCOUNT, "client_id": "1", "token_uri": f"{server.url}/token"}))
+    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(credentials))
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", server.url)
+    monkeypatch.setenv("HISTOPATH_VERTEX_API_ENDPOINT", server.url)
+    return server
+
+
+def test_vertex_submit_creates_a_pipeline_job(vertex, spec, capsys):
+    code, out, err = _run(capsys, "submit", "--spec", spec, "--vertex", "histo-project/europe-west4",
+                          "--service-account", SERVICE_ACCOUNT)
+    assert code == 0, err
+    assert vertex.errors == []
+    parent = "/v1/projects/histo-project/locations/europe-west4"
+    (job,) = vertex.bodies("POST", f"{parent}/pipelineJobs")
+    assert job["serviceAccount"] == SERVICE_ACCOUNT
+    assert job["runtimeConfig"]["gcsOutputDirectory"] == f"{ROOT}/pipeline_root"
+    assert job["pipelineSpec"]["pipelineInfo"]["name"] == "histopath"
+    assert json.loads(out)["resource_name"].startswith("projects/histo-project/locations/europe-west4/pipelineJobs/")
+
+
+def test_vertex_schedule_creates_a_schedule_of_the_pipeline(vertex, spec, capsys):
+    code, out, err = _run(capsys, "schedule", "--spec", spec, "--vertex", "histo-project/europe-west4",
+                          "--cron", "TZ=Europe/Amsterdam 0 2 * * 1", "--service-account", SERVICE_ACCOUNT)
+    assert code == 0, err
+    assert vertex.errors == []
+    (schedule,) = vertex.bodies("POST", "/v1/projects/histo-project/locations/europe-west4/schedules")
+    assert schedule["cron"] == "TZ=Europe/Amsterdam 0 2 * * 1" and schedule["maxConcurrentRunCount"] == "1"
+    job = schedule["createPipelineJobRequest"]["pipelineJob"]
+    assert job["serviceAccount"] == SERVICE_ACCOUNT and job["pipelineSpec"]["pipelineInfo"]["name"] == "histopath"
+    assert json.loads(out)["resource_name"].startswith("projects/histo-project/locations/europe-west4/schedules/")
+
+
+def test_vertex_dry_run_needs_no_credentials_and_sends_nothing(server, spec, capsys, monkeypatch):
+    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", "/nonexistent.json")
+    code, out, err = _run(capsys, "submit", "--spec", spec, "--vertex", "histo-project/europe-west4", "--dry-run")
+    assert code == 0, err
+    body = json.loads(out)["body"]
+    assert body["runtimeConfig"]["gcsOutputDirectory"] == f"{ROOT}/pipeline_root" and server.requests == []
