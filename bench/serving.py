@@ -51,7 +51,7 @@ def _images(count: int) -> list[bytes]:
         return [path.read_bytes() for path in paths]
     from PIL import Image
 
-    from histopath.serving.image_checks import encode_png
+    from histopath.images import encode_png
 
     rng = np.random.default_rng(0)
     return [encode_png(Image.fromarray(rng.integers(0, 255, (224, 224, 3), dtype=np.uint8))) for _ in range(count)]

@@ -165,15 +165,6 @@ def bag_label(patch_labels: Iterable[int]) -> int:
     return int(any(int(label) == 1 for label in patch_labels))
 
 
-def encode_png(image: np.ndarray) -> bytes:
-    """Lossless PNG bytes of a uint8 RGB array (deterministic for equal input)."""
-    from PIL import Image
-
-    buffer = io.BytesIO()
-    Image.fromarray(np.ascontiguousarray(image), mode="RGB").save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
 @dataclasses.dataclass(frozen=True)
 class Region:
     """The patches of one bag: one patient's region of `K x K` patch cells.

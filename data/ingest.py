@@ -55,12 +55,14 @@ from histopath.data.split import (
 )
 from histopath.data.split import balance as split_balance
 from histopath.errors import ConfigError, DataError
+from histopath.interrupts import stop_children
 
 MANIFEST_VERSION = 1
 DEFAULT_SEED = 42
 DEFAULT_IMAGES_PER_SHARD = 2000  # automatic --shards: ceil(images in split / this)
 DEFAULT_NUM_WORKERS = 2
 PROGRESS_INTERVAL_S = 30.0  # seconds between progress lines of a long ingestion
+INTERRUPT_GRACE_S = 10.0  # how long an interrupted ingestion waits for Beam to stop
 
 
 def _is_within(path: str, folder: str) -> bool:
@@ -225,13 +227,18 @@ def _run_with_progress(run, total: int, progress_dir: str, description: str) -> 
     thread = threading.Thread(target=target, name="beam-ingest", daemon=True)
     thread.start()
     started = last_line = time.monotonic()
-    while thread.is_alive():
-        thread.join(0.5)
-        if time.monotonic() - last_line >= PROGRESS_INTERVAL_S and thread.is_alive():
-            last_line = time.monotonic()
-            done = _files_done(progress_dir)
-            progress_logger().info(f"    {description}: {done:,} of {total:,} ({100 * done // max(total, 1)} %), "
-                                   f"{elapsed(last_line - started)}")
+    try:
+        while thread.is_alive():
+            thread.join(0.5)
+            if time.monotonic() - last_line >= PROGRESS_INTERVAL_S and thread.is_alive():
+                last_line = time.monotonic()
+                done = _files_done(progress_dir)
+                progress_logger().info(f"    {description}: {done:,} of {total:,} ({100 * done // max(total, 1)} %), "
+                                       f"{elapsed(last_line - started)}")
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM: Beam's worker processes go too
+        stop_children()
+        thread.join(INTERRUPT_GRACE_S)  # the pipeline fails fast without its workers
+        raise
     if "error" in outcome:
         raise outcome["error"]
 

@@ -3,8 +3,10 @@
 A folder is built in a work folder and published at the end: on a local file system the
 work folder is a hidden sibling (`.<name>.tmp-<pid>-<random>`) renamed into place; for a
 URI (`gs://...`) it is a local temporary folder whose files are copied up with the
-marker file (`manifest.json`) last. An interrupted run leaves at most a work folder,
-never a half-written folder under the final name.
+marker file (`manifest.json`) last. An interrupted run removes its work folder (SIGINT
+and SIGTERM, see `histopath.interrupts`); one killed outright leaves it, and the next run
+for the same output removes it (`remove_stale_work_dirs`). Never is a half-written folder
+left under the final name.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import time
 from typing import Sequence
 
 from histopath import fileio
@@ -37,8 +40,47 @@ def check_output_free(output: str, overwrite: bool) -> None:
             raise DataError(f"output folder {output} already exists (use --overwrite to replace it)")
 
 
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
+def remove_stale_work_dirs(output: str, started_before: float) -> list[str]:
+    """Removes the work folders of earlier runs for `output` that were killed outright:
+    folders named `.<name>.tmp-<pid>-*` whose process is gone and that were last changed
+    before `started_before` (a `time.time()`).
+
+    Returns:
+      The removed folders.
+    """
+    name = f".{fileio.basename(output)}{WORK_DIR_MARKER}"
+    parent = tempfile.gettempdir() if fileio.is_uri(output) else os.path.dirname(os.path.abspath(output))
+    removed = []
+    try:
+        entries = list(os.scandir(parent))
+    except FileNotFoundError:
+        return removed
+    for entry in entries:
+        if not (entry.name.startswith(name) and entry.is_dir(follow_symlinks=False)):
+            continue
+        pid_text = entry.name[len(name):].split("-", 1)[0]
+        if not pid_text.isdigit() or _process_alive(int(pid_text)):
+            continue
+        if entry.stat(follow_symlinks=False).st_mtime < started_before:
+            shutil.rmtree(entry.path, ignore_errors=True)
+            removed.append(entry.path)
+    return removed
+
+
 def make_work_dir(output: str) -> str:
-    """Creates and returns an empty local work folder for `output`."""
+    """Creates and returns an empty local work folder for `output`, after removing the
+    folders earlier killed runs left (`remove_stale_work_dirs`)."""
+    remove_stale_work_dirs(output, started_before=time.time())
     prefix = f".{fileio.basename(output)}{WORK_DIR_MARKER}{os.getpid()}-"
     if fileio.is_uri(output):
         return tempfile.mkdtemp(prefix=prefix)

@@ -11,17 +11,16 @@ Beam worker process.
 from __future__ import annotations
 
 import dataclasses
-import io
 import json
 import os
 import time
 import warnings
-from typing import Sequence, Union
+from typing import Optional, Sequence, Union
 
 import numpy as np
 from PIL import Image
 
-from histopath import fileio
+from histopath import fileio, images
 from histopath.data import bags, features
 from histopath.data.layouts import ParsedFile
 from histopath.data.records import (
@@ -30,7 +29,7 @@ from histopath.data.records import (
     serialize_example,
 )
 
-# Formats that components/image_ops.decode_image (tf.io.decode_image) can read.
+# Formats stored as they are (the serving graph's tf.io.decode_image reads them).
 SUPPORTED_FORMATS = {"PNG": "png", "JPEG": "jpeg", "BMP": "bmp"}
 DEFAULT_MAX_PIXELS = 50_000_000  # larger images are refused as decompression bombs
 PROGRESS_DIR = "_progress"  # in the work folder: files done per shard, for the progress bar
@@ -45,17 +44,22 @@ class ImageRejected(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class ImageInfo:
-    """What decoding an image told us.
+    """What reading an image told us.
 
     Attributes:
-      image_format: "png", "jpeg" or "bmp", from the content (not the file name).
+      image_format: "png", "jpeg" or "bmp": the format of the stored bytes.
       height: in pixels.
       width: in pixels.
+      stored: the bytes the record keeps: the file as it is, or (16-bit, float, alpha,
+        TIFF...) a lossless PNG of its 8-bit RGB conversion (`histopath.images`).
+      rgb: the decoded 8-bit RGB pixels `(height, width, 3)`.
     """
 
     image_format: str
     height: int
     width: int
+    stored: bytes = b""
+    rgb: Optional[np.ndarray] = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -119,16 +123,15 @@ def write_planned_shard(key: str, source: str, output: str, **options) -> dict:
 
 
 def validate_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> ImageInfo:
-    """Checks that encoded bytes are a complete RGB image of a supported format.
-
-    The image is fully decoded (`Image.load`), which catches truncated and corrupt files.
+    """Reads an image completely (`histopath.images.decode`: header, every pixel, the
+    conversion to 8-bit RGB by its real range) and says what the record keeps.
 
     Args:
       data: the file's bytes.
       max_pixels: larger images are refused before they are decoded.
 
     Returns:
-      The image's format and size.
+      The format and size of the stored bytes, those bytes and the pixels.
 
     Raises:
       ImageRejected: with the reason.
@@ -136,31 +139,13 @@ def validate_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> ImageIn
     if not data:
         raise ImageRejected("empty file (0 bytes)")
     try:
-        image = Image.open(io.BytesIO(data))
-    except Image.DecompressionBombError as error:
-        raise ImageRejected(f"giant image refused (decompression-bomb limit): {error}") from None
-    except Exception as error:  # PIL raises UnidentifiedImageError and others
-        raise ImageRejected(f"not a readable image ({type(error).__name__}: {error})") from None
-    with image:
-        width, height = image.size
-        if image.format not in SUPPORTED_FORMATS:
-            raise ImageRejected(
-                f"image format {image.format} is not supported ({', '.join(SUPPORTED_FORMATS)})"
-            )
-        if width * height > max_pixels:
-            raise ImageRejected(
-                f"giant image: {width}x{height} = {width * height / 1e6:.1f} megapixels, "
-                f"above the limit of {max_pixels / 1e6:g} megapixels"
-            )
-        if image.mode != "RGB":
-            raise ImageRejected(f"image mode is {image.mode}, expected RGB")
-        try:
-            image.load()
-        except Exception as error:
-            raise ImageRejected(
-                f"corrupt or truncated image ({type(error).__name__}: {error})"
-            ) from None
-        return ImageInfo(SUPPORTED_FORMATS[image.format], height, width)
+        decoded = images.decode(data, max_pixels=max_pixels)
+    except images.ImageError as error:
+        raise ImageRejected(str(error)) from None
+    stored = images.model_bytes(data, decoded)
+    header = decoded.header
+    image_format = SUPPORTED_FORMATS.get(header.format, "png") if stored is data else "png"
+    return ImageInfo(image_format, header.height, header.width, stored, np.asarray(decoded.rgb))
 
 
 def _read_valid_image(
@@ -188,9 +173,9 @@ def _file_values(
     read = _read_valid_image(file, source, max_pixels, skipped)
     if read is None:
         return None
-    data, info = read
+    _, info = read
     values = file.feature_values()
-    values[features.IMAGE] = data
+    values[features.IMAGE] = info.stored
     values[features.IMAGE_FORMAT] = info.image_format
     values[features.HEIGHT] = info.height
     values[features.WIDTH] = info.width
@@ -224,22 +209,20 @@ def region_values(
         read = _read_valid_image(file, source, max_pixels, skipped)
         if read is None:
             continue
-        data, info = read
+        _, info = read
         if info.height > size or info.width > size:
             skipped.append([file.relative_path, f"patch is {info.width}x{info.height}, larger "
                             f"than the {size}x{size} bag cell"])
             continue
-        with Image.open(io.BytesIO(data)) as image:
-            pixels = np.asarray(image.convert("RGB"))
         cell = region.cell(file)
-        patches[cell] = pixels
+        patches[cell] = info.rgb
         labels[cell] = file.label
     if not patches:
         return None
     mosaic = bags.assemble_region(patches, region.region_patches, size)
     origin_x, origin_y = region.origin
     return {
-        features.IMAGE: bags.encode_png(mosaic),
+        features.IMAGE: images.encode_png(Image.fromarray(np.ascontiguousarray(mosaic), mode="RGB")),
         features.IMAGE_FORMAT: "png",
         features.HEIGHT: mosaic.shape[0],
         features.WIDTH: mosaic.shape[1],

@@ -88,7 +88,10 @@ def evaluate_model(
             bar.close()
 
     failed = [{"path": f.relative_path, "error": o.error} for f, o in zip(files, outcomes) if o.error]
-    kept = [(f, o.prediction) for f, o in zip(files, outcomes) if not o.error]
+    failed += [{"path": f.relative_path, "error": f"{f.relative_path}: {exported.NO_TISSUE}"}
+               for f, o in zip(files, outcomes) if not o.error and not o.prediction.get(exported.TISSUE_DETECTED, True)]
+    kept = [(f, o.prediction) for f, o in zip(files, outcomes)
+            if not o.error and o.prediction.get(exported.TISSUE_DETECTED, True)]
     if not kept:
         raise DataError(f"no image of {data_dir} could be predicted (e.g. {failed[0]['error']})")
 

@@ -3,7 +3,7 @@
 
 Images go through the exported `serving_default` signature (`exported.predict_bytes`), so
 the graph does its own decoding and resizing exactly as at serving time. Each file is
-first checked with Pillow (`serving.image_checks`): a corrupt, truncated, giant or
+first read with `histopath.images`: a corrupt, truncated, giant or
 non-image file becomes an error naming the file instead of stopping the other images, and
 TIFF/WebP files are re-encoded losslessly to PNG (the graph decodes PNG/JPEG/BMP/GIF only).
 """
@@ -40,19 +40,17 @@ def read_model_input(path: str | os.PathLike, keep_image: bool = False):
       DataError: unreadable, not an image, corrupt/truncated or too large; the message
         names the file.
     """
-    from histopath.serving import image_checks
+    from histopath import images
 
     try:
         data = pathlib.Path(path).read_bytes()
     except OSError as error:
         raise DataError(f"{path}: cannot read ({error.strerror or error})") from None
     try:
-        header = image_checks.read_header(
-            data, allowed_formats=image_checks.MODEL_NATIVE_FORMATS + image_checks.TRANSCODED_FORMATS)
-        image = image_checks.decode_rgb(data)  # catches truncated files the header hides
-    except image_checks.ImageCheckError as error:
+        decoded = images.decode(data)  # the header first, then every pixel, by its real range
+    except images.ImageError as error:
         raise DataError(f"{path}: {error}") from None
-    encoded = data if header.model_native else image_checks.encode_png(image)
+    encoded, image = images.model_bytes(data, decoded), decoded.rgb
     return encoded, (image if keep_image else None)
 
 
@@ -201,7 +199,9 @@ def predict_paths(
 
     Yields:
       Per image, in input order: {"file", "probability", "label", "label_name",
-      "model_name", "model_version"} (+ "heatmap" and "tile_map" paths when written), or {"file",
+      "tissue_fraction", "tissue_detected", "model_name", "model_version"} (+ "heatmap" and
+      "tile_map" paths when written; "label" None and "label_name" "no tissue detected" for
+      an image without tissue), or {"file",
       "error", "model_name", "model_version"} for a missing/corrupt/unsupported file.
 
     Raises:
@@ -231,7 +231,10 @@ def predict_paths(
             row = outcome.prediction
             result = {"file": outcome.path, "probability": row["probability"], "label": row["label"],
                       "label_name": row["label_name"], **tag}
-            if heatmaps is not None and "attention" in row:
+            for key in (exported.TISSUE_FRACTION, exported.TISSUE_DETECTED):  # label None without tissue
+                if key in row:
+                    result[key] = row[key]
+            if heatmaps is not None and "attention" in row and row.get(exported.TISSUE_DETECTED, True):
                 target = _unique_heatmap_path(heatmaps, outcome.path, used_names)
                 try:
                     write_heatmap(outcome.image, row["attention"], row["grid_shape"], target)

@@ -13,6 +13,7 @@ from typing import Sequence
 
 import histopath
 from histopath.errors import HistopathError
+from histopath.interrupts import terminate_as_interrupt
 
 COMMAND_MODULES = (
     "histopath.data.cli",
@@ -49,7 +50,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return int(args.handler(args) or 0)
+        with terminate_as_interrupt():  # SIGTERM cleans up like Ctrl-C
+            return int(args.handler(args) or 0)
     except HistopathError as error:
         print(f"histopath {args.command}: error: {error}", file=sys.stderr)
         return error.exit_code

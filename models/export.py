@@ -34,6 +34,8 @@ from histopath.models.exported import (
     SERVING_DEFAULT,
     SERVING_EXAMPLES,
     TILE_PROBABILITY,
+    TISSUE_DETECTED,
+    TISSUE_FRACTION,
 )
 from histopath.models.keras_utils import skip_autograph_for_tf_keras
 
@@ -151,10 +153,14 @@ class _ServingModule(tf.Module):
         def predict_images(images):
             outputs = predict(images)
             probability = outputs["probability"]
+            tissue = image_ops.tissue_fraction(images)
             result = {
                 "probability": probability,
                 "label": tf.cast(probability >= self.decision_threshold, tf.int64),
                 "decision_score": _decision_score(probability, self.decision_threshold),
+                # No class for an image without tissue (blank, glass only): callers say so.
+                TISSUE_FRACTION: tissue,
+                TISSUE_DETECTED: tf.cast(tissue >= image_ops.MIN_IMAGE_TISSUE_FRACTION, tf.int64),
             }
             if grid_shape is not None:
                 result.update({key: outputs[key] for key in tile_outputs(model)})
@@ -253,7 +259,9 @@ def _complete_model_info(model: keras.Model, model_info: Mapping[str, Any], thre
         SERVING_DEFAULT: {"input": "image_bytes"},
         SERVING_EXAMPLES: {"input": "examples", "feature": features.IMAGE},
     }
-    info["outputs"] = ["probability", "label", "decision_score"] + tile_outputs(model) + (["grid_shape"] if bagger else [])
+    info["outputs"] = (["probability", "label", "decision_score", TISSUE_FRACTION, TISSUE_DETECTED]
+                       + tile_outputs(model) + (["grid_shape"] if bagger else []))
+    info["min_tissue_fraction"] = image_ops.MIN_IMAGE_TISSUE_FRACTION
     if bagger is not None:
         info["tile_size"] = bagger.tile_size
         info["grid_shape"] = list(tile_grid_shape(model))

@@ -11,7 +11,8 @@ model server waits for, so a push in progress is never picked up). Its signature
   `features.IMAGE` feature);
 
 both returning `probability` float32 [None], `label` int64 [None] (probability >= the
-model's decision threshold), `decision_score` float32 [None] and, for MIL models,
+model's decision threshold), `decision_score` float32 [None], `tissue_fraction` float32
+[None] and `tissue_detected` int64 [None] (0: no tissue, so no class) and, for MIL models,
 `attention` float32 [None, n_tiles], `grid_shape` int32 [None, 2] and, with an instance
 classifier, `tile_probability` float32 [None, n_tiles]. `models.export` writes this
 layout; the CLI (`evaluate`, `predict`), the model server and the web app read it here.
@@ -32,6 +33,9 @@ MODEL_INFO_PATH = "assets.extra/model_info.json"
 SERVING_DEFAULT = "serving_default"
 SERVING_EXAMPLES = "serving_examples"
 TILE_PROBABILITY = "tile_probability"
+TISSUE_FRACTION = "tissue_fraction"  # share of tissue pixels in the image the model saw
+NO_TISSUE = "no tissue detected"  # what a caller shows instead of a class
+TISSUE_DETECTED = "tissue_detected"  # 1 when that share reaches the model's minimum: only then is it classified
 
 
 def version_number(name: str) -> Optional[int]:
@@ -189,6 +193,11 @@ def predict_bytes(
             "label": label,
             "label_name": label_names[label],
         }
+        if TISSUE_DETECTED in outputs:
+            row[TISSUE_FRACTION] = float(outputs[TISSUE_FRACTION][index])
+            row[TISSUE_DETECTED] = bool(outputs[TISSUE_DETECTED][index])
+            if not row[TISSUE_DETECTED]:  # an answer without tissue is no answer
+                row.update(label=None, label_name=NO_TISSUE)
         if "attention" in outputs:
             row["attention"] = [float(a) for a in outputs["attention"][index].numpy()]
             row["grid_shape"] = [int(g) for g in outputs["grid_shape"][index].numpy()]

@@ -145,6 +145,29 @@ def tissue_mask(tiles: tf.Tensor) -> tf.Tensor:
     return tf.logical_or(mask, tf.logical_not(any_tissue))
 
 
+# An image is answered only when enough of it is tissue. A pixel counts as tissue when its
+# colour is saturated at all: H&E stains even pale tissue, while glass, blank, grey and black
+# pixels are unsaturated. The bar is lower than the tile mask's `BACKGROUND_SATURATION`, which
+# ranks tiles within an image; here a whole pale image must not be called empty.
+TISSUE_PIXEL_SATURATION = 0.05  # max-min of RGB from which a pixel counts as stained
+MIN_IMAGE_TISSUE_FRACTION = 0.05  # below this share of stained pixels an image has "no tissue"
+
+
+def tissue_fraction(images: tf.Tensor) -> tf.Tensor:
+    """The share of stained pixels of each image: pixels whose colour is saturated (max - min
+    of RGB at least `TISSUE_PIXEL_SATURATION`), which glass, black and grey are not.
+
+    Args:
+      images: float tensor `(n, h, w, 3)` in [0, 1].
+
+    Returns:
+      float32 `(n,)` in [0, 1].
+    """
+    images = tf.cast(images, tf.float32)
+    saturation = tf.reduce_max(images, axis=-1) - tf.reduce_min(images, axis=-1)
+    return tf.reduce_mean(tf.cast(saturation >= TISSUE_PIXEL_SATURATION, tf.float32), axis=[1, 2])
+
+
 def quantize_to_bytes(images: tf.Tensor) -> tf.Tensor:
     """Stores float images compactly: uint8 (rounded), one serialized tensor per image.
 
@@ -230,7 +253,7 @@ STAIN_PERCENTILE = 0.95  # the quantile of each stain's tissue densities that is
 # for H and 0.027-0.055 for E).
 STAIN_REFERENCE = (0.0656, 0.0366)
 TISSUE_DENSITY = 0.02  # a pixel whose H + E density exceeds this is tissue, not glass
-MIN_TISSUE_FRACTION = 0.01  # fewer tissue pixels than this (glass only): left unchanged
+MIN_STAIN_TISSUE_FRACTION = 0.01  # fewer tissue pixels than this (glass only): left unchanged
 STAIN_SCALE_LIMITS = (1.0 / 3.0, 3.0)  # the largest darkening / lightening applied
 
 
@@ -278,6 +301,6 @@ def normalize_stain(images: tf.Tensor) -> tf.Tensor:
     quantiles, tissue_fraction = stain_quantiles(images)
     low, high = STAIN_SCALE_LIMITS
     scale = tf.clip_by_value(tf.constant(STAIN_REFERENCE) / tf.maximum(quantiles, 1e-6), low, high)
-    scale = tf.where((tissue_fraction >= MIN_TISSUE_FRACTION)[:, None] & (quantiles > 0), scale, 1.0)
+    scale = tf.where((tissue_fraction >= MIN_STAIN_TISSUE_FRACTION)[:, None] & (quantiles > 0), scale, 1.0)
     factors = tf.concat([scale, tf.ones_like(scale[:, :1])], axis=-1)  # DAB unchanged
     return scale_stains(images, factors, tf.zeros_like(factors))

@@ -90,7 +90,7 @@ def test_transform_applies_stain_normalisation_only_when_configured(tissue, norm
     assert normalize == (np.abs(images - resized.numpy()).max() > 0.05)
 
 
-def test_transform_passes_slide_positions_on_only_when_the_records_have_them(tissue):
+def test_transform_passes_the_patient_and_slide_positions_on_when_the_records_have_them(tissue):
     encoded = tf.stack([tf.io.encode_png(tf.cast(np.round(image * 255), tf.uint8)) for image in tissue])
     n = int(encoded.shape[0])
     positions = {"patient_id": tf.constant([[b"8863"]] * n), "patch_x": tf.constant([[1 + 50 * i] for i in range(n)],
@@ -101,6 +101,16 @@ def test_transform_passes_slide_positions_on_only_when_the_records_have_them(tis
     assert outputs["patient_id"].numpy().tolist() == [b"8863"] * n
     assert outputs["patch_x"].numpy().tolist() == [1 + 50 * i for i in range(n)]
     assert outputs["patch_y"].shape == (n,)
-    # BreakHis records have a patient but no slide position: nothing is passed on.
+    # BreakHis records have a patient (for cross-validation) but no slide position.
     breakhis = preprocessing.preprocessing_fn({"image": encoded, "patient_id": positions["patient_id"]}, config)
-    assert set(breakhis) == {preprocessing.TRANSFORMED_IMAGE}
+    assert set(breakhis) == {preprocessing.TRANSFORMED_IMAGE, "patient_id"}
+
+
+def test_tissue_fraction_counts_stained_pixels_only():
+    white, black, grey = (np.full((8, 8, 3), value, np.float32) for value in (1.0, 0.0, 0.5))
+    pale_pink = np.tile(np.array([0.93, 0.85, 0.90], np.float32), (8, 8, 1))  # faint eosin
+    half = white.copy()
+    half[:, :4] = [0.75, 0.45, 0.65]  # stained on the left half, glass on the right
+    fractions = image_ops.tissue_fraction(tf.constant(np.stack([white, black, grey, pale_pink, half]))).numpy()
+    np.testing.assert_allclose(fractions, [0.0, 0.0, 0.0, 1.0, 0.5])
+    assert fractions[3] >= image_ops.MIN_IMAGE_TISSUE_FRACTION > fractions[2]

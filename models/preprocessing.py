@@ -29,7 +29,7 @@ def preprocessing_fn(inputs: dict[str, tf.Tensor], custom_config: dict[str, Any]
 
     Args:
       inputs: raw features, batched; `image` and `label` are used, the
-        `SLIDE_POSITION_FEATURES` passed on when all are present.
+        `SLIDE_POSITION_FEATURES` present are passed on.
       custom_config: `{"image_size": int, "stain_normalization": 0 or 1, ...}` from the
         Transform component.
 
@@ -43,8 +43,9 @@ def preprocessing_fn(inputs: dict[str, tf.Tensor], custom_config: dict[str, Any]
     outputs = {TRANSFORMED_IMAGE: image_ops.quantize_to_bytes(images)}
     if features.LABEL in inputs:
         outputs[TRANSFORMED_LABEL] = tf.reshape(tf.cast(inputs[features.LABEL], tf.int64), [-1])
-    if all(name in inputs for name in SLIDE_POSITION_FEATURES):
-        outputs.update({name: tf.reshape(inputs[name], [-1]) for name in SLIDE_POSITION_FEATURES})
+    # Passed on for the Trainer: the patient (patient-level cross-validation) and, for IDC,
+    # the patch's place on its slide (slide context).
+    outputs.update({name: tf.reshape(inputs[name], [-1]) for name in SLIDE_POSITION_FEATURES if name in inputs})
     return outputs
 
 

@@ -1,6 +1,6 @@
-"""`histopath model-server` and `histopath serve`: the serving commands.
+"""`histopath model-server`, `histopath serve` and `histopath webapp`: the serving commands.
 
-Heavy imports (TensorFlow, KServe, Django) happen inside the handlers so that
+Heavy imports (TensorFlow, FastAPI, Django) happen inside the handlers so that
 `histopath --help` stays instant.
 """
 
@@ -27,8 +27,9 @@ def register(subparsers) -> None:
         help="serve the newest pushed model with TensorFlow Serving's REST and gRPC APIs",
         description="Serves the newest version under MODEL_BASE_PATH/MODEL_NAME/ with "
         "TensorFlow Serving's REST API (POST /v1/models/NAME:predict, GET /v1/models/NAME, "
-        ".../metadata) and gRPC PredictionService, on KServe's model server. A newly pushed "
-        "version is loaded and swapped in without a restart.",
+        ".../metadata) and gRPC PredictionService and ModelService, and nothing else (no load or "
+        "unload endpoint). A newly pushed version is loaded and swapped in without a restart; "
+        "one that fails to load is retried.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     server.add_argument("--model-base-path", required=True, type=pathlib.Path,
@@ -72,6 +73,22 @@ def register(subparsers) -> None:
     serve.add_argument("--dev", action="store_true",
                        help="Django's development server with DEBUG on (never in production)")
     serve.set_defaults(handler=run_web_app)
+
+    webapp = subparsers.add_parser(
+        "webapp",
+        help="run a Django management command of the web app (createsuperuser, adduser, ...)",
+        description="Runs one of the web app's Django management commands with the same settings "
+        "as `histopath serve` (SECRET_KEY, DATABASE_URL, ... from the environment); no manage.py "
+        "is needed. The database is migrated first. Examples:\n"
+        "  DJANGO_SUPERUSER_USERNAME=admin DJANGO_SUPERUSER_PASSWORD=... DJANGO_SUPERUSER_EMAIL=a@b.org \\\n"
+        "    histopath webapp createsuperuser --noinput\n"
+        "  PASSWORD=... histopath webapp adduser jdoe --role pathologist --password-env PASSWORD\n"
+        "  histopath webapp help",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    webapp.add_argument("django_args", nargs=argparse.REMAINDER, metavar="COMMAND [ARGS]",
+                        help="the Django command and its arguments")
+    webapp.set_defaults(handler=run_webapp_command)
 
 
 def _configure_logging() -> None:
@@ -135,14 +152,12 @@ def web_app_environment(args: argparse.Namespace, base: dict[str, str] | None = 
     return env
 
 
-def run_web_app(args: argparse.Namespace) -> int:
-    """Handler of `histopath serve`: migrate, then gunicorn (or runserver with --dev)."""
-    env = web_app_environment(args)
-    os.environ.update(env)
-    if not args.tf_serving_url:
-        os.environ.pop("TF_SERVING_URL", None)
+NO_MIGRATE_FIRST = {"", "help", "migrate", "makemigrations", "showmigrations", "sqlmigrate", "check"}
+
+
+def _setup_django() -> None:
+    """Imports the settings, creates the SQLite folder when needed, and sets Django up."""
     import django
-    from django.core.management import call_command
 
     from histopath.serving.webapp.settings import DATABASES
 
@@ -150,6 +165,34 @@ def run_web_app(args: argparse.Namespace) -> int:
     if database["ENGINE"].endswith("sqlite3"):
         pathlib.Path(database["NAME"]).parent.mkdir(parents=True, exist_ok=True)
     django.setup()
+
+
+def run_webapp_command(args: argparse.Namespace) -> int:
+    """Handler of `histopath webapp COMMAND ...`."""
+    os.environ["DJANGO_SETTINGS_MODULE"] = SETTINGS_MODULE
+    from django.core.exceptions import ImproperlyConfigured
+    from django.core.management import call_command, execute_from_command_line
+
+    try:
+        _setup_django()
+    except ImproperlyConfigured as error:
+        raise ConfigError(str(error)) from None
+    command = args.django_args[0] if args.django_args else ""
+    if command not in NO_MIGRATE_FIRST:
+        call_command("migrate", interactive=False, verbosity=0)
+    execute_from_command_line(["histopath webapp", *(args.django_args or ["help"])])
+    return 0
+
+
+def run_web_app(args: argparse.Namespace) -> int:
+    """Handler of `histopath serve`: migrate, then gunicorn (or runserver with --dev)."""
+    env = web_app_environment(args)
+    os.environ.update(env)
+    if not args.tf_serving_url:
+        os.environ.pop("TF_SERVING_URL", None)
+    from django.core.management import call_command
+
+    _setup_django()
     call_command("migrate", interactive=False, verbosity=1)
     if args.dev:
         call_command("runserver", f"{args.host}:{args.port}", use_reloader=False)

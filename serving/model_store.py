@@ -133,7 +133,7 @@ class LoadedModel:
             return
         from PIL import Image
 
-        from histopath.serving.image_checks import encode_png
+        from histopath.images import encode_png
 
         size = int(self.info.get("image_size") or 64)
         rng = np.random.default_rng(0)
@@ -163,14 +163,48 @@ def _tensor_info(name: str, spec) -> TensorInfo:
 
 @dataclasses.dataclass(frozen=True)
 class VersionFailure:
-    """A version that exists on disk but could not be loaded."""
+    """A version that exists but could not be loaded (yet).
+
+    Attributes:
+      version: the version number.
+      message: the load error.
+      attempts: how many loads failed.
+      retry_at: `time.monotonic()` after which it is tried again.
+      files: what the folder held at the last attempt (a changed folder is retried at once).
+    """
 
     version: int
     message: str
+    attempts: int = 1
+    retry_at: float = 0.0
+    files: tuple = ()
+
+
+RETRY_BASE_S = 2.0  # the first retry of a failed version, doubled after each failure
+RETRY_MAX_S = 300.0  # the longest wait between two retries
+PROBE_INTERVAL_S = 30.0  # how often the served version is asked to answer one prediction
+
+
+def _folder_state(folder: pathlib.Path) -> tuple:
+    """(relative path, size, mtime) of every file: a copy still in progress changes it."""
+    entries = []
+    for path in sorted(folder.rglob("*")):
+        try:
+            stat = path.stat()
+        except OSError:
+            continue
+        if path.is_file():
+            entries.append((str(path.relative_to(folder)), stat.st_size, stat.st_mtime_ns))
+    return tuple(entries)
 
 
 class ModelStore:
     """Holds the newest loadable version of one model and swaps in newer ones.
+
+    A version that fails to load (a push still copying its variables, say) is retried
+    with a growing delay, and at once when its files change, until it loads or a newer
+    version replaces it; the served version keeps answering meanwhile. `probe` checks that
+    the served version still answers.
 
     Args:
       base_path: the serving folder (`<base_path>/<model_name>/<version>/`).
@@ -189,6 +223,7 @@ class ModelStore:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._last_check = 0.0
+        self.health_error: str | None = None  # why the served version did not answer its last probe
 
     @property
     def current(self) -> LoadedModel | None:
@@ -197,45 +232,68 @@ class ModelStore:
 
     @property
     def failures(self) -> list[VersionFailure]:
-        """Versions that failed to load, oldest first."""
-        return [self._failures[key] for key in sorted(self._failures)]
+        """Versions newer than the served one that failed to load, oldest first."""
+        served = self._current.version if self._current else 0
+        return [self._failures[key] for key in sorted(self._failures) if key > served]
+
+    def _due(self, version: int, now: float) -> bool:
+        failure = self._failures.get(version)
+        return failure is None or now >= failure.retry_at or _folder_state(self.model_dir / str(version)) != failure.files
 
     def refresh(self) -> bool:
         """Loads the newest complete version if it is newer than the served one.
 
-        A version that failed to load is not retried. Never raises for a bad version: the
-        previous one keeps serving.
+        Never raises for a bad version: the previous one keeps serving, and the bad one is
+        retried later (`RETRY_BASE_S`, doubling up to `RETRY_MAX_S`, or as soon as its files
+        change).
 
         Returns:
           True when a new version was swapped in.
         """
         with self._load_lock:
-            self._last_check = time.monotonic()
+            now = self._last_check = time.monotonic()
             current_version = self._current.version if self._current else 0
-            candidates = [
-                version
-                for version in list_versions(str(self.model_dir))
-                if version > current_version and version not in self._failures
-            ]
+            candidates = [version for version in list_versions(str(self.model_dir))
+                          if version > current_version and self._due(version, now)]
             for version in reversed(candidates):  # newest first; fall back to older ones
                 path = self.model_dir / str(version)
                 started = time.perf_counter()
+                files = _folder_state(path)
                 try:
                     loaded = LoadedModel(self.model_name, version, path)
                     if self._warm_up:
                         loaded.warm_up()
                 except Exception as error:  # noqa: BLE001  (any broken push must not kill serving)
                     message = f"{type(error).__name__}: {error}".splitlines()[0][:500]
-                    logger.error("cannot load %s version %d from %s: %s", self.model_name, version, path, message)
-                    self._failures[version] = VersionFailure(version, message)
+                    attempts = self._failures[version].attempts + 1 if version in self._failures else 1
+                    delay = min(RETRY_MAX_S, RETRY_BASE_S * 2 ** (attempts - 1))
+                    logger.error("cannot load %s version %d from %s (attempt %d, retry in %.0f s): %s",
+                                 self.model_name, version, path, attempts, delay, message)
+                    self._failures[version] = VersionFailure(version, message, attempts, now + delay, files)
                     continue
-                self._current = loaded
+                self._failures.pop(version, None)
+                self._current, self.health_error = loaded, None
                 logger.info(
                     "serving %s version %d from %s (loaded in %.1f s)",
                     self.model_name, version, path, time.perf_counter() - started,
                 )
                 return True
             return False
+
+    def probe(self) -> bool:
+        """Runs one prediction on the served version; False (with `health_error`) when it
+        does not answer."""
+        loaded = self._current
+        if loaded is None:
+            return False
+        try:
+            loaded.warm_up()
+        except Exception as error:  # noqa: BLE001
+            self.health_error = f"{type(error).__name__}: {error}".splitlines()[0][:500]
+            logger.error("%s version %d does not answer: %s", self.model_name, loaded.version, self.health_error)
+            return False
+        self.health_error = None
+        return True
 
     def refresh_if_due(self, interval_s: float) -> None:
         """Calls `refresh` when the last check is older than `interval_s` (for lazy polling)."""
@@ -248,9 +306,14 @@ class ModelStore:
             return
 
         def poll() -> None:
+            last_probe = time.monotonic()
             while not self._stop.wait(interval_s):
                 try:
-                    self.refresh()
+                    if self.refresh():
+                        last_probe = time.monotonic()
+                    elif time.monotonic() - last_probe >= PROBE_INTERVAL_S:
+                        self.probe()
+                        last_probe = time.monotonic()
                 except Exception:  # noqa: BLE001
                     logger.exception("model folder poll failed")
 

@@ -16,10 +16,12 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from histopath.serving.image_checks import ImageCheckError, read_header
+from histopath.data import features
+from histopath.images import MODEL_NATIVE_FORMATS, ImageError, decode, read_header
 from histopath.serving.model_store import DEFAULT_SIGNATURE, SignatureInfo, TensorInfo
 
 IMAGE_INPUT = "image_bytes"  # the contract's encoded-image input; its values are vetted
+EXAMPLES_INPUT = "examples"  # serialized tf.train.Example with the image; vetted the same way
 DEFAULT_MAX_BATCH = 64  # most instances in one request
 
 
@@ -130,14 +132,86 @@ def check_arrays(
     return checked
 
 
-def _check_images(inputs: Mapping[str, np.ndarray], max_image_pixels: int | None) -> None:
-    if max_image_pixels is None or IMAGE_INPUT not in inputs:
-        return
-    for index, value in enumerate(inputs[IMAGE_INPUT].reshape(-1)):
+def encoded_images(inputs: Mapping[str, np.ndarray]) -> list[bytes]:
+    """The encoded images of a request: the `image_bytes` values, or the image feature of
+    each `examples` value (a serialized tf.train.Example).
+
+    Raises:
+      RequestError: an example that does not parse or holds no single image.
+    """
+    if IMAGE_INPUT in inputs:
+        return [bytes(value) for value in inputs[IMAGE_INPUT].reshape(-1)]
+    if EXAMPLES_INPUT not in inputs:
+        return []
+    from google.protobuf.message import DecodeError
+    from tensorflow.core.example import example_pb2
+
+    found = []
+    for index, value in enumerate(inputs[EXAMPLES_INPUT].reshape(-1)):
         try:
-            read_header(bytes(value), max_pixels=max_image_pixels)
-        except ImageCheckError as error:
+            example = example_pb2.Example.FromString(bytes(value))
+        except DecodeError:
+            raise RequestError(f"example {index}: not a serialized tf.train.Example") from None
+        images = example.features.feature[features.IMAGE].bytes_list.value
+        if len(images) != 1:
+            raise RequestError(f"example {index}: expected one '{features.IMAGE}' bytes value, got {len(images)}")
+        found.append(bytes(images[0]))
+    return found
+
+
+def _check_images(inputs: Mapping[str, np.ndarray], max_image_pixels: int | None) -> None:
+    """Every image of the request (either signature) is a native format within the pixel
+    limit, read from its header before the graph decodes anything."""
+    if max_image_pixels is None:
+        return
+    for index, value in enumerate(encoded_images(inputs)):
+        try:
+            read_header(value, allowed_formats=MODEL_NATIVE_FORMATS, max_pixels=max_image_pixels)
+        except ImageError as error:
             raise RequestError(f"image {index}: {error}") from None
+
+
+def explain_failure(inputs: Mapping[str, np.ndarray], max_image_pixels: int) -> str | None:
+    """Why the graph refused a request, image by image ("image 1: the image is corrupt or
+    truncated (...)"); None when every image decodes here."""
+    for index, value in enumerate(encoded_images(inputs)):
+        try:
+            decode(value, allowed_formats=MODEL_NATIVE_FORMATS, max_pixels=max_image_pixels)
+        except ImageError as error:
+            return f"image {index}: {error}"
+    return None
+
+
+def check_tensor_proto(name: str, proto: Any, spec: TensorInfo, max_batch: int) -> None:
+    """Checks a gRPC `TensorProto` against the signature BEFORE it becomes an array: its
+    declared shape must be small enough and agree with the values it carries, so a tiny
+    message cannot make the server allocate a huge tensor.
+
+    Raises:
+      RequestError: unknown rank, a dimension that does not fit the signature, too many
+        elements, a dtype that is not the signature's, or values that do not fill the shape.
+    """
+    from tensorflow.python.framework import dtypes
+
+    if proto.tensor_shape.unknown_rank:
+        raise RequestError(f"input '{name}': the tensor has no shape")
+    dims = tuple(int(dim.size) for dim in proto.tensor_shape.dim)
+    _check_shape(dims, spec.shape, f"input '{name}'")
+    if dims and not 0 < dims[0] <= max_batch:
+        raise RequestError(f"input '{name}': batch of {dims[0]} (1 to {max_batch} accepted)")
+    count = int(np.prod(dims, dtype=np.int64)) if dims else 1
+    dtype = dtypes.as_dtype(proto.dtype)
+    if dtype.name != spec.tf_dtype:
+        raise RequestError(f"input '{name}': dtype {dtype.name} does not match {spec.tf_dtype}")
+    if dtype == dtypes.string:
+        carried = len(proto.string_val)
+    elif proto.tensor_content:
+        carried = len(proto.tensor_content) // max(1, dtype.size)
+    else:
+        carried = max((len(getattr(proto, field.name)) for field, _ in proto.ListFields()
+                       if field.name.endswith("_val")), default=0)
+    if carried != count:
+        raise RequestError(f"input '{name}': the shape {list(dims)} holds {count} value(s), the tensor carries {carried}")
 
 
 def _decode_rows(instances, signature, names, max_batch) -> dict[str, np.ndarray]:

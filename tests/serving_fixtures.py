@@ -114,6 +114,14 @@ def model_server(
         server.stop()
 
 
+@contextlib.contextmanager
+def served_copy(version_dir: pathlib.Path, base: pathlib.Path, **options) -> Iterator[dict]:
+    """`model_server` over a copy of one exported version as `<base>/mil/1/`."""
+    shutil.copytree(version_dir, base / MIL_NAME / "1")
+    with model_server(base, MIL_NAME, base, **options) as running:
+        yield running
+
+
 def push_version(source: pathlib.Path, model_dir: pathlib.Path, version: int) -> pathlib.Path:
     """Copies an exported version under a temporary name, then renames it (as the pusher does)."""
     model_dir.mkdir(parents=True, exist_ok=True)
@@ -196,6 +204,20 @@ def send_body(body: bytes, content_type: str, status: int = 200, length: bool = 
     return handler
 
 
+def dribble(head: bytes, body: bytes = b"", interval_s: float = 1.0):
+    """A route handler sending `head` (status line and headers) one byte per `interval_s`,
+    then `body` the same way: every single read is quick, the whole answer is not."""
+
+    def handler(request: http.server.BaseHTTPRequestHandler) -> None:
+        request.close_connection = True
+        for byte in head + body:
+            request.wfile.write(bytes([byte]))
+            request.wfile.flush()
+            time.sleep(interval_s)
+
+    return handler
+
+
 def redirect_to(location: str, status: int = 302):
     """A route handler redirecting to `location`."""
 
@@ -253,6 +275,20 @@ def reference_outputs(version_dir: pathlib.Path, inputs: dict, signature: str = 
     function = _loaded_references[key].signatures[signature]
     outputs = function(**{name: tf.constant(value) for name, value in inputs.items()})
     return {name: tensor.numpy() for name, tensor in outputs.items()}
+
+
+TEST_PASSWORD = "correct-horse-battery-staple-42"  # noqa: S105  (test users only)
+
+
+def webapp_user(username: str, role: str):
+    """A web-app user with `role` and `TEST_PASSWORD` (created once, by the project's own
+    `accounts.create_user`)."""
+    from django.contrib.auth import get_user_model
+
+    from histopath.serving.webapp.predictions.accounts import create_user
+
+    existing = get_user_model().objects.filter(username=username).first()
+    return existing or create_user(username, TEST_PASSWORD, role)
 
 
 @pytest.fixture(scope="session")

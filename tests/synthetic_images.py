@@ -94,3 +94,45 @@ def auc(labels: np.ndarray, scores: np.ndarray) -> float:
     greater = (positives[:, None] > negatives[None, :]).sum()
     ties = (positives[:, None] == negatives[None, :]).sum()
     return float((greater + 0.5 * ties) / (len(positives) * len(negatives)))
+
+
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    import struct
+    import zlib
+
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+
+def png_bytes(pixels: np.ndarray) -> bytes:
+    """A PNG of `pixels` written byte by byte (Pillow cannot write 16-bit colour PNGs).
+
+    Args:
+      pixels: uint8 or uint16, `(h, w)` grey or `(h, w, 3)` RGB.
+    """
+    import struct
+    import zlib
+
+    pixels = np.asarray(pixels)
+    if pixels.dtype not in (np.uint8, np.uint16) or pixels.ndim not in (2, 3):
+        raise ValueError(f"unsupported pixels {pixels.dtype} {pixels.shape}")
+    height, width = pixels.shape[:2]
+    colour_type = 2 if pixels.ndim == 3 else 0
+    bit_depth = 8 * pixels.dtype.itemsize
+    rows = pixels.astype(pixels.dtype.newbyteorder(">")).reshape(height, -1).view(np.uint8).reshape(height, -1)
+    raw = np.concatenate([np.zeros((height, 1), np.uint8), rows], axis=1).tobytes()  # filter 0 per row
+    header = struct.pack(">IIBBBBB", width, height, bit_depth, colour_type, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", header) + _png_chunk(b"IDAT", zlib.compress(raw, 9))
+            + _png_chunk(b"IEND", b""))
+
+
+def png_bomb(width: int, height: int) -> bytes:
+    """A valid all-black 8-bit grey PNG of `width` x `height` that compresses to almost
+    nothing (a decompression bomb), streamed so the test never holds its pixels."""
+    import struct
+    import zlib
+
+    compressor = zlib.compressobj(9)
+    row = bytes(width + 1)
+    idat = b"".join(compressor.compress(row) for _ in range(height)) + compressor.flush()
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", header) + _png_chunk(b"IDAT", idat) + _png_chunk(b"IEND", b"")

@@ -93,19 +93,20 @@ def test_bad_inputs_are_skipped_with_reasons(idc_sample, tmp_path):
         f"{patient}/0/{patient}_idx5_x9101_y1_class0.png": b"hello, not an image\n" * 20,
         f"{patient}/0/{patient}_idx5_x9151_y1_class0.png":  # corrupt pixel data
             valid[:60] + bytes(len(valid) - 60),
-        f"{patient}/0/{patient}_idx5_x9201_y1_class0.png":
-            _png_bytes(np.full((50, 50), 128, np.uint8), "L"),  # grayscale
-        f"{patient}/0/{patient}_idx5_x9251_y1_class0.png":
-            _png_bytes(np.full((50, 50, 4), 128, np.uint8), "RGBA"),
         f"{patient}/0/{patient}_idx5_x9301_y1_class0.png": _giant_png(),
         f"{patient}/0/{patient}_idx5_x9351_y1_class1.png": valid,  # class folder mismatch
         f"{patient}/0/badly_named.png": valid,
     }
     expected_reason = [
-        "corrupt or truncated", "empty file", "not a readable image", "corrupt or truncated",
-        "mode is L", "mode is RGBA", "giant image", "class folder '0' disagrees",
-        "does not match the IDC pattern",
+        "corrupt or truncated", "empty file", "not a recognisable image", "corrupt or truncated",
+        "more than the limit of", "class folder '0' disagrees", "does not match the IDC pattern",
     ]
+    # Read as a pathologist means them: grey, transparent and 16-bit images are converted
+    # to 8-bit RGB (stored as they are when the serving graph decodes them the same way).
+    converted = {
+        f"{patient}/0/{patient}_idx5_x9201_y1_class0.png": _png_bytes(np.full((50, 50), 128, np.uint8), "L"),
+        f"{patient}/0/{patient}_idx5_x9251_y1_class0.png": _png_bytes(np.full((50, 50, 4), 128, np.uint8), "RGBA"),
+    }
     # Mix the bad files into a real-looking tree: symlinked valid patient folders plus one
     # patient folder holding both its valid files (symlinked) and the bad ones.
     tree = tmp_path / "tree"
@@ -118,7 +119,7 @@ def test_bad_inputs_are_skipped_with_reasons(idc_sample, tmp_path):
             os.makedirs(tree / patient / klass, exist_ok=True)
             for file in (source / patient / klass).iterdir():
                 os.symlink(file, tree / patient / klass / file.name)
-    for relative, data in bad.items():
+    for relative, data in {**bad, **converted}.items():
         (tree / relative).write_bytes(data)
 
     output = tmp_path / "out"
@@ -128,7 +129,7 @@ def test_bad_inputs_are_skipped_with_reasons(idc_sample, tmp_path):
     for (relative, _), reason in zip(bad.items(), expected_reason):
         assert reason in reasons[relative], (relative, reasons[relative])
     n_valid = _count_png(idc_sample)
-    assert manifest["num_examples"] == n_valid
+    assert manifest["num_examples"] == n_valid + len(converted)
     assert json.loads((output / MANIFEST_NAME).read_text())["skipped"] == manifest["skipped"]
     assert _leftovers(tmp_path) == []
 

@@ -96,7 +96,7 @@ def test_kustomization_lists_every_core_manifest(documents):
     assert kustomization["kind"] == "Kustomization"
     assert kustomization["namespace"] == "histopath"
     listed = set(kustomization["resources"])
-    expected = set(documents) - {"kustomization.yaml", KSERVE_FILE.name}
+    expected = set(documents) - {"kustomization.yaml", KSERVE_FILE.name, "kserve-networkpolicy.yaml"}
     assert listed == expected, "kustomization.yaml resources differ from the manifest files"
     # `images` entries must name images the manifests actually use.
     used = {
@@ -283,13 +283,54 @@ def test_webapp_reaches_tf_serving_through_its_service(objects):
     assert _env(tfserving)["MODEL_BASE_PATH"] == "/models"
 
 
-def test_webapp_service_is_a_load_balancer_on_the_gunicorn_port(objects):
+def test_webapp_is_reached_through_an_https_ingress_only(objects):
     service = objects[("Service", "histopath-webapp")]
-    assert service["spec"]["type"] == "LoadBalancer"
+    assert service["spec"]["type"] == "ClusterIP"
     webapp = _containers(objects[("Deployment", "histopath-webapp")])[0]
     assert {p["name"]: p["containerPort"] for p in webapp["ports"]} == {"http": 8000}
     assert _env(webapp)["PORT"] == "8000"
-    assert webapp["readinessProbe"]["httpGet"]["path"] == "/healthz"
+    config = objects[("ConfigMap", "histopath-webapp-config")]["data"]
+    allowed_hosts = config["ALLOWED_HOSTS"].split(",")
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        get = webapp[probe]["httpGet"]
+        assert get["path"] == "/healthz"
+        hosts = [header["value"] for header in get.get("httpHeaders", []) if header["name"] == "Host"]
+        assert hosts and hosts[0] in allowed_hosts, f"{probe}: Django would refuse the kubelet's Host"
+
+    ingress = objects[("Ingress", "histopath-webapp")]
+    tls_hosts = {host for entry in ingress["spec"]["tls"] for host in entry["hosts"]}
+    assert all(entry["secretName"] for entry in ingress["spec"]["tls"])
+    for rule in ingress["spec"]["rules"]:
+        assert rule["host"] in tls_hosts, f"{rule['host']} is served without TLS"
+        assert rule["host"] in allowed_hosts
+        assert f"https://{rule['host']}" in config["CSRF_TRUSTED_ORIGINS"].split(",")
+        for path in rule["http"]["paths"]:
+            backend = path["backend"]["service"]
+            assert backend["name"] == "histopath-webapp"
+            assert backend["port"]["name"] in {port["name"] for port in service["spec"]["ports"]}
+    assert config["BEHIND_HTTPS_PROXY"] == "1"  # Secure cookies, HSTS, http redirected
+
+
+def test_model_server_is_cluster_internal_and_reached_by_the_web_app_only(objects, documents):
+    service = objects[("Service", "histopath-tfserving")]
+    assert service["spec"]["type"] == "ClusterIP"
+    webapp_labels = objects[("Deployment", "histopath-webapp")]["spec"]["template"]["metadata"]["labels"]
+    tfserving_labels = objects[("Deployment", "histopath-tfserving")]["spec"]["template"]["metadata"]["labels"]
+    policies = [doc for (kind, _), doc in objects.items() if kind == "NetworkPolicy"]
+    guarding = [p for p in policies if p["spec"]["podSelector"]["matchLabels"].items() <= tfserving_labels.items()]
+    assert len(guarding) == 1, "exactly one NetworkPolicy must select the model server's pods"
+    policy = guarding[0]["spec"]
+    assert policy["policyTypes"] == ["Ingress"]
+    service_ports = {port["port"] for port in service["spec"]["ports"]}
+    for rule in policy["ingress"]:
+        assert [set(peer) for peer in rule["from"]] == [{"podSelector"}]  # no namespace or IP block
+        assert rule["from"][0]["podSelector"]["matchLabels"].items() <= webapp_labels.items()
+        assert {port["port"] for port in rule["ports"]} == service_ports
+    kserve_policy = documents["kserve-networkpolicy.yaml"][0]["spec"]
+    inference_service = _load_documents(KSERVE_FILE)[0]
+    assert kserve_policy["podSelector"]["matchLabels"] == {
+        "serving.kserve.io/inferenceservice": inference_service["metadata"]["name"]}
+    assert kserve_policy["ingress"][0]["from"][0]["podSelector"]["matchLabels"].items() <= webapp_labels.items()
 
 
 def test_secret_is_an_obvious_placeholder(objects):

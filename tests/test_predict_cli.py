@@ -35,6 +35,7 @@ def test_predict_cli_reports_bad_files_and_writes_heatmaps(exported_models, shar
     (folder / "notes.txt").write_text("not an image, and not picked up from a folder")
     corrupt = folder / "corrupt.png"
     corrupt.write_bytes(patches[0].read_bytes()[:60])
+    Image.new("RGB", (700, 460), (0, 0, 0)).save(folder / "blank.png")  # no tissue: no class
     full_size = full_size_images(shared_data, 1)[0]
     heatmaps = tmp_path / "heatmaps"
 
@@ -44,8 +45,13 @@ def test_predict_cli_reports_bad_files_and_writes_heatmaps(exported_models, shar
     assert "2 file(s) failed" in completed.stderr
     rows = [json.loads(line) for line in completed.stdout.splitlines()]
     assert [pathlib.Path(r["file"]).name for r in rows] == [
-        full_size.name, "corrupt.png", f"0-{patches[0].name}", f"1-{patches[1].name}", "missing.png"]
+        full_size.name, "blank.png", "corrupt.png", f"0-{patches[0].name}", f"1-{patches[1].name}", "missing.png"]
     by_name = {pathlib.Path(r["file"]).name: r for r in rows}
+    blank = by_name.pop("blank.png")
+    assert (blank["label"], blank["label_name"], blank["tissue_detected"], blank["tissue_fraction"]) == (
+        None, "no tissue detected", False, 0.0)
+    assert "heatmap" not in blank
+    rows = [r for r in rows if r is not blank]
     assert "corrupt.png" in by_name["corrupt.png"]["error"] and "probability" not in by_name["corrupt.png"]
     assert "no such file" in by_name["missing.png"]["error"]
     good = [r for r in rows if "error" not in r]
@@ -54,6 +60,7 @@ def test_predict_cli_reports_bad_files_and_writes_heatmaps(exported_models, shar
         assert 0.0 <= row["probability"] <= 1.0
         assert row["label"] == int(row["probability"] >= 0.5)
         assert row["label_name"] == ("benign", "malignant")[row["label"]]
+        assert row["tissue_detected"] is True and row["tissue_fraction"] > 0
         assert (row["model_name"], row["model_version"]) == ("mil", 1)
         heatmap = pathlib.Path(row["heatmap"])
         assert heatmap.parent == heatmaps

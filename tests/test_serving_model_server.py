@@ -20,18 +20,19 @@ from serving_fixtures import (
     full_size_images,
     idc_images,
     model_server,
+    served_copy,
     push_version,
     reference_outputs,
 )
 
 TOLERANCE = 1e-5
+MIL_OUTPUTS = {"probability", "label", "decision_score", "tissue_fraction", "tissue_detected",
+               "attention", "tile_probability", "grid_shape"}
 
 
 @pytest.fixture(scope="module")
 def server(exported_models, tmp_path_factory):
-    base = tmp_path_factory.mktemp("model-server-base")
-    shutil.copytree(exported_models.mil, base / MIL_NAME / "1")
-    with model_server(base, MIL_NAME, base) as running:
+    with served_copy(exported_models.mil, tmp_path_factory.mktemp("model-server-base")) as running:
         yield running
 
 
@@ -50,7 +51,7 @@ def _predict(server, body, path: str = f"/v1/models/{MIL_NAME}:predict", **kwarg
 
 
 def _assert_mil_row(row: dict, expected: dict, index: int) -> None:
-    assert set(row) == {"probability", "label", "decision_score", "attention", "tile_probability", "grid_shape"}
+    assert set(row) == MIL_OUTPUTS
     assert row["probability"] == pytest.approx(float(expected["probability"][index]), abs=TOLERANCE)
     assert row["label"] == int(expected["label"][index])
     np.testing.assert_allclose(row["attention"], expected["attention"][index], atol=TOLERANCE)
@@ -74,7 +75,7 @@ def test_metadata_lists_the_contract_signatures(server):
     signatures = metadata["metadata"]["signature_def"]["signature_def"]
     default = signatures["serving_default"]
     assert default["inputs"]["image_bytes"]["dtype"] == "DT_STRING"
-    assert set(default["outputs"]) == {"probability", "label", "decision_score", "attention", "tile_probability", "grid_shape"}
+    assert set(default["outputs"]) == MIL_OUTPUTS
     assert signatures["serving_examples"]["inputs"]["examples"]["dtype"] == "DT_STRING"
 
 
@@ -139,7 +140,7 @@ def test_grpc_predict_metadata_and_status(server, exported_models, images):
         response = stub.Predict(request, timeout=60)
         assert response.model_spec.name == MIL_NAME and response.model_spec.version.value == 1
         outputs = {name: tf.make_ndarray(proto) for name, proto in response.outputs.items()}
-        assert set(outputs) == {"probability", "label", "decision_score", "attention", "tile_probability", "grid_shape"}
+        assert set(outputs) == MIL_OUTPUTS
         np.testing.assert_allclose(outputs["probability"], expected["probability"], atol=TOLERANCE)
         np.testing.assert_array_equal(outputs["label"], expected["label"])
         np.testing.assert_allclose(outputs["attention"], expected["attention"], atol=TOLERANCE)
@@ -270,7 +271,7 @@ def test_densenet_export_served_through_rest_and_grpc(exported_densenet, images)
         response = _predict(running, {"instances": [_b64(image) for image in images]}, f"/v1/models/{DENSENET_NAME}:predict")
         assert response.status_code == 200, response.text
         for index, row in enumerate(response.json()["predictions"]):
-            assert set(row) == {"probability", "label", "decision_score"}
+            assert set(row) == {"probability", "label", "decision_score", "tissue_fraction", "tissue_detected"}
             assert row["probability"] == pytest.approx(float(expected["probability"][index]), abs=TOLERANCE)
             assert row["label"] == int(expected["label"][index])
         with grpc.insecure_channel(running["grpc"]) as channel:
@@ -278,5 +279,5 @@ def test_densenet_export_served_through_rest_and_grpc(exported_densenet, images)
             request.model_spec.name = DENSENET_NAME
             request.inputs["image_bytes"].CopyFrom(tf.make_tensor_proto(images, dtype=tf.string))
             outputs = prediction_service_pb2_grpc.PredictionServiceStub(channel).Predict(request, timeout=120).outputs
-            assert set(outputs) == {"probability", "label", "decision_score"}
+            assert set(outputs) == {"probability", "label", "decision_score", "tissue_fraction", "tissue_detected"}
             np.testing.assert_allclose(tf.make_ndarray(outputs["probability"]), expected["probability"], atol=TOLERANCE)

@@ -30,7 +30,7 @@ TWO_INPUTS = SignatureInfo(
 
 
 def _png() -> bytes:
-    from histopath.serving.image_checks import encode_png
+    from histopath.images import encode_png
 
     return encode_png(Image.new("RGB", (4, 4), (1, 2, 3)))
 

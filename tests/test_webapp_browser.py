@@ -1,4 +1,6 @@
-"""A pathologist's visit in a real headless Chromium against `histopath serve` (gunicorn)."""
+"""Pathologists and an auditor in a real headless Chromium against `histopath serve`
+(gunicorn): sign in, classify, see one's own history (not a colleague's); the auditor sees
+everyone's."""
 
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ import time
 import pytest
 from serving_fixtures import (
     MIL_NAME,
+    TEST_PASSWORD,
     free_port,
     full_size_images,
     push_version,
@@ -24,8 +27,19 @@ CHROMIUM_ARGS = [
 ]
 
 
+def _sign_in(page, base_url: str, username: str) -> None:
+    from playwright.sync_api import expect
+
+    page.goto(base_url + "/")  # signed out: sent to the sign-in page
+    expect(page.get_by_role("heading", name="Sign in")).to_be_visible()
+    page.get_by_label("User name").fill(username)
+    page.get_by_label("Password").fill(TEST_PASSWORD)
+    page.get_by_role("button", name="Sign in").click()
+    expect(page.locator("#signed-in-user")).to_have_text(username)
+
+
 @pytest.mark.browser
-def test_upload_shows_label_probability_and_heatmap(exported_models, shared_data, artifacts_dir, tmp_path):
+def test_sign_in_classify_and_private_histories(exported_models, shared_data, artifacts_dir, tmp_path):
     if not CHROMIUM.exists():
         pytest.fail("Chromium is missing: run `bash scripts/system-deps.sh` (make system-deps)")
     from playwright.sync_api import expect, sync_playwright
@@ -33,15 +47,21 @@ def test_upload_shows_label_probability_and_heatmap(exported_models, shared_data
     serving_dir = tmp_path / "models"
     shutil.copytree(exported_models.mil, serving_dir / MIL_NAME / "1")
     port = free_port()
+    env = {
+        "SECRET_KEY": "browser-test-secret-key-0123456789-abcdefghijklmnopqrstuvwxyz",
+        "ALLOWED_HOSTS": "127.0.0.1",
+        "DATABASE_URL": f"sqlite:///{tmp_path / 'webapp.sqlite3'}",
+        "HISTOPATH_RELOAD_INTERVAL": "1",
+        "USER_PASSWORD": TEST_PASSWORD,
+    }
+    for username, role in (("dr-first", "pathologist"), ("dr-second", "pathologist"), ("auditor", "auditor")):
+        adduser = start_process(["webapp", "adduser", username, "--role", role, "--password-env", "USER_PASSWORD"],
+                                tmp_path / f"adduser-{username}.log", env=env)
+        assert adduser.process.wait(timeout=300) == 0, adduser.log.read_text()
     web = start_process(
         ["serve", "--port", str(port), "--serving-dir", str(serving_dir), "--model-name", MIL_NAME],
         tmp_path / "webapp.log",
-        env={
-            "SECRET_KEY": "browser-test-secret-key-0123456789-abcdefghijklmnopqrstuvwxyz",
-            "ALLOWED_HOSTS": "127.0.0.1",
-            "DATABASE_URL": f"sqlite:///{tmp_path / 'webapp.sqlite3'}",
-            "HISTOPATH_RELOAD_INTERVAL": "1",
-        },
+        env=env,
     )
     image = full_size_images(shared_data, 1)[0]
     try:
@@ -51,8 +71,9 @@ def test_upload_shows_label_probability_and_heatmap(exported_models, shared_data
             browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
             try:
                 page = browser.new_page(viewport={"width": 1280, "height": 1000})
-                page.goto(base_url + "/")
+                _sign_in(page, base_url, "dr-first")
                 page.get_by_label("Image file").set_input_files(str(image))
+                page.get_by_label("Name in your history").fill("case-first-17")
                 page.get_by_role("button", name="Classify").click()
 
                 expect(page.locator("#result-label")).to_have_text(re.compile(r"^(Benign|Malignant)$"), timeout=60_000)
@@ -69,9 +90,10 @@ def test_upload_shows_label_probability_and_heatmap(exported_models, shared_data
                 page.screenshot(path=str(artifacts_dir / "webapp-result.png"), full_page=True)
 
                 label = page.locator("#result-label").inner_text()
-                page.get_by_role("link", name="Recent predictions").click()
+                page.get_by_role("link", name="My predictions").click()
                 expect(page.locator("tbody tr")).to_have_count(1)
                 expect(page.locator("tbody tr td.label-cell")).to_have_text(label)
+                expect(page.locator("tbody tr td.name-cell")).to_have_text("case-first-17")
                 page.screenshot(path=str(artifacts_dir / "webapp-history.png"), full_page=True)
 
                 # A newly pushed version is used without restarting the app.
@@ -87,6 +109,23 @@ def test_upload_shows_label_probability_and_heatmap(exported_models, shared_data
                     time.sleep(1)
                 expect(page.locator("#result-version")).to_have_text("2")
                 expect(page.get_by_role("img", name=re.compile("Attention heat-map"))).to_be_visible()
+                first_count = page.goto(base_url + "/history/") and page.locator("tbody tr").count()
+                page.get_by_role("button", name="Sign out").click()
+                expect(page.get_by_role("heading", name="Sign in")).to_be_visible()
+
+                # A colleague sees none of it; the auditor sees everything, with who asked.
+                _sign_in(page, base_url, "dr-second")
+                page.get_by_role("link", name="My predictions").click()
+                expect(page.get_by_text("No predictions yet.")).to_be_visible()
+                expect(page.get_by_text("case-first-17")).to_have_count(0)
+                page.get_by_role("button", name="Sign out").click()
+                _sign_in(page, base_url, "auditor")
+                expect(page.get_by_role("link", name="Classify an image")).to_have_count(0)
+                page.get_by_role("link", name="All predictions").click()
+                expect(page.locator("tbody tr")).to_have_count(first_count)
+                expect(page.locator("tbody tr td.user-cell").first).to_have_text("dr-first")
+                expect(page.get_by_text("case-first-17")).to_be_visible()
+                page.screenshot(path=str(artifacts_dir / "webapp-audit-history.png"), full_page=True)
             finally:
                 browser.close()
     finally:

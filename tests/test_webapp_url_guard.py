@@ -156,6 +156,45 @@ def test_slow_server_times_out():
         assert time.monotonic() - started < 2.5
 
 
+SLOW_HEAD = b"HTTP/1.1 200 OK\r\nContent-Type: image/png\r\nX-Padding: " + b"a" * 100 + b"\r\n\r\n"
+
+
+@pytest.mark.parametrize("head_interval, body_interval", [(0.2, 0.0), (0.0, 0.2)], ids=["headers", "body"])
+def test_one_deadline_covers_headers_and_body(head_interval, body_interval):
+    """A server dribbling its headers (or body) byte by byte: each read is quick, the whole
+    answer is not; the fetch ends at its deadline."""
+    from serving_fixtures import dribble
+
+    head_route = dribble(SLOW_HEAD, interval_s=head_interval) if head_interval else None
+
+    def route(request):
+        if head_route:
+            head_route(request)
+            return
+        request.wfile.write(SLOW_HEAD.replace(b"X-Padding", b"Content-Length: 200\r\nX-Padding"))
+        request.wfile.flush()
+        dribble(b"", PNG * 20, body_interval)(request)
+
+    policy = FetchPolicy(allowlist=("127.0.0.1",), timeout_s=1.5)
+    with LocalHttpServer({"/dribble.png": route}) as server:
+        started = time.monotonic()
+        with pytest.raises(UrlFetchError, match="longer than 1.5 s"):
+            fetch_image(f"{server.url}/dribble.png", policy)
+        assert time.monotonic() - started < 2.5
+
+
+def test_fetch_slots_refuse_beyond_the_limit():
+    from histopath.serving.webapp.predictions.url_fetch import FetchSlots
+
+    slots = FetchSlots(2)
+    with slots.slot(), slots.slot():
+        with pytest.raises(UrlFetchError, match="2 image URLs are being fetched"):
+            with slots.slot():
+                pass
+    with slots.slot():  # released again
+        pass
+
+
 def test_connects_to_the_vetted_address_without_resolving_again(monkeypatch):
     """DNS rebinding: the first answer is vetted and used; a second lookup never happens."""
     real_getaddrinfo = socket.getaddrinfo

@@ -1,7 +1,7 @@
 """Django views, form validation, upload safety and the prediction record (embedded model).
 
 Django runs in this process with the embedded backend on a tiny real MIL export; the
-Django test client drives the views.
+Django test client drives the views, signed in as a pathologist.
 """
 
 from __future__ import annotations
@@ -19,7 +19,9 @@ from serving_fixtures import (
     idc_images,
     reference_outputs,
     send_body,
+    webapp_user,
 )
+from synthetic_images import png_bytes
 
 
 @pytest.fixture()
@@ -29,7 +31,9 @@ def client(django_app):
     from histopath.serving.webapp.predictions.models import Prediction
 
     Prediction.objects.all().delete()
-    return Client()
+    signed_in = Client()
+    signed_in.force_login(webapp_user("pathologist-views", "pathologist"))
+    return signed_in
 
 
 def _png(width: int, height: int, colour=(200, 120, 160)) -> bytes:
@@ -79,14 +83,33 @@ def test_upload_of_real_image_shows_result_and_records_it(client, shared_data, e
 
     record = Prediction.objects.get()
     assert record.image_sha256 == hashlib.sha256(data).hexdigest()
-    assert record.source == "upload" and record.source_name == path.name
+    assert record.user.username == "pathologist-views"
+    assert record.source == "upload" and record.original_name == ""  # names kept only when asked
+    assert record.display_name == record.image_sha256[:12]
     assert (record.model_name, record.model_version) == ("mil", "1")
     assert record.probability == pytest.approx(probability, abs=1e-6)
     assert record.label_name == label_name.lower()
 
     history = client.get("/history/").content.decode()
-    assert "1 prediction recorded" in history
+    assert "1 prediction recorded by you" in history
     assert record.image_sha256[:14] in history
+    assert path.stem not in history
+
+
+def test_display_name_and_kept_file_names(client, shared_data):
+    from django.test import override_settings
+
+    from histopath.serving.webapp.predictions.models import Prediction
+
+    path = idc_images(shared_data, 1)[0]
+    client.post("/", {"image": _upload("Doe_Jane_MRN4711_biopsy.png", path.read_bytes()), "display_name": "  case  17 "})
+    with override_settings(HISTOPATH_KEEP_FILENAMES=True):
+        client.post("/", {"image": _upload("kept.png", path.read_bytes())})
+    named, kept = Prediction.objects.order_by("id")
+    assert (named.display_name, named.original_name) == ("case 17", "")
+    assert kept.original_name == "kept.png"
+    history = client.get("/history/").content.decode()
+    assert "case 17" in history and "MRN4711" not in history
 
 
 def test_image_from_allow_listed_url_is_classified_and_recorded(client, shared_data):
@@ -100,8 +123,29 @@ def test_image_from_allow_listed_url_is_classified_and_recorded(client, shared_d
             response = client.post("/", {"image_url": f"{server.url}/patch.png"})
     assert response.status_code == 200, _errors(response)
     record = Prediction.objects.get()
-    assert record.source == "url" and record.source_name.endswith("/patch.png")
+    assert record.source == "url"
     assert record.image_sha256 == hashlib.sha256(data).hexdigest()
+
+
+def test_no_url_part_is_ever_stored_or_shown(client, shared_data):
+    """A pre-signed URL's query (its signature) and path reach neither the database nor the history."""
+    from django.db import connection
+    from django.test import override_settings
+
+    data = idc_images(shared_data, 1)[0].read_bytes()
+    query = "X-Amz-Signature=0123abcdef&X-Amz-Credential=AKIAEXAMPLE"
+    with LocalHttpServer({"/Doe_Jane_slide.png": send_body(data, "image/png")}) as server:
+        with override_settings(HISTOPATH_URL_ALLOWLIST=["127.0.0.1"]):
+            response = client.post("/", {"image_url": f"{server.url}/Doe_Jane_slide.png?{query}"})
+    assert response.status_code == 200, _errors(response)
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT * FROM predictions_prediction")
+        stored = repr(cursor.fetchall())
+        cursor.execute("SELECT * FROM predictions_auditevent")
+        stored += repr(cursor.fetchall())
+    history = client.get("/history/").content.decode()
+    for secret in ("X-Amz", "Doe_Jane", "127.0.0.1:"):
+        assert secret not in stored and secret not in history
 
 
 def test_private_url_is_refused_with_a_clear_message(client):
@@ -130,6 +174,7 @@ def test_redirect_to_metadata_address_is_refused(client):
     "name, data, message",
     [
         ("notes.png", b"this is a text file, not a picture", "“notes.png”: the file is not a recognisable image"),
+        ("scan.tif", "float-infinite", "“scan.tif”: the image has pixel values that are not finite numbers"),
         ("empty.png", b"", "The submitted file is empty."),
         ("cut.png", None, "“cut.png”: the image is corrupt or truncated"),
         ("vector.svg", b'<svg xmlns="http://www.w3.org/2000/svg"/>', "“vector.svg”: the file is not a recognisable image"),
@@ -141,6 +186,11 @@ def test_bad_uploads_get_a_clear_message(client, name, data, message):
     if data is None:  # a real PNG cut in half
         data = _png(64, 64, (10, 200, 30))
         data = data[: len(data) // 2]
+    elif data == "float-infinite":
+        pixels = np.full((16, 16), np.inf, np.float32)
+        buffer = io.BytesIO()
+        Image.fromarray(pixels, mode="F").save(buffer, format="TIFF")
+        data = buffer.getvalue()
     response = client.post("/", {"image": _upload(name, data)})
     assert response.status_code == 400
     assert message in _errors(response)
@@ -182,7 +232,7 @@ def test_form_needs_exactly_one_source(client):
     "name, save_format, mode, content_type, shown",
     [
         ("patch.tif", "TIFF", "RGB", "image/tiff", "TIFF, 50 × 50 px"),
-        ("patch-cmyk.jpg", "JPEG", "CMYK", "image/jpeg", "JPEG, 50 × 50 px"),
+        ("patch-cmyk.jpg", "JPEG", "CMYK", "image/jpeg", "JPEG (CMYK), 50 × 50 px"),
     ],
 )
 def test_formats_the_graph_cannot_decode_are_transcoded(client, shared_data, name, save_format, mode, content_type, shown):
@@ -197,8 +247,88 @@ def test_formats_the_graph_cannot_decode_are_transcoded(client, shared_data, nam
 def test_csrf_is_enforced(django_app):
     from django.test import Client
 
-    response = Client(enforce_csrf_checks=True).post("/", {"image": _upload("a.png", _png(8, 8))})
+    client = Client(enforce_csrf_checks=True)
+    client.force_login(webapp_user("pathologist-views", "pathologist"))
+    response = client.post("/", {"image": _upload("a.png", _png(8, 8))})
     assert response.status_code == 403
+
+
+def _web_probability(client, name: str, data: bytes) -> tuple[float, float, str]:
+    from histopath.serving.webapp.predictions.models import Prediction
+
+    response = client.post("/", {"image": _upload(name, data, "application/octet-stream")})
+    assert response.status_code == 200, _errors(response)
+    record = Prediction.objects.order_by("-id").first()
+    return record.probability, record.tissue_fraction, record.label_name
+
+
+def test_16_bit_32_bit_and_float_twins_get_the_answer_of_the_8_bit_image(client, shared_data, exported_models):
+    """The same pixels in 8, 16, 32-bit and float files: one answer, the model server's."""
+    rgb = np.asarray(Image.open(full_size_images(shared_data, 1)[0]).convert("RGB"))
+    grey = rgb.mean(axis=-1).round().astype(np.uint8)
+
+    def tiff(pixels, mode):
+        buffer = io.BytesIO()
+        Image.fromarray(pixels, mode=mode).save(buffer, format="TIFF")
+        return buffer.getvalue()
+
+    colour_twins = {"rgb8.png": png_bytes(rgb), "rgb16.png": png_bytes(rgb.astype(np.uint16) * 257)}
+    grey_twins = {
+        "grey8.png": png_bytes(grey),
+        "grey16.png": png_bytes(grey.astype(np.uint16) * 257),
+        "grey32.tif": tiff(grey.astype(np.int32) << 8, "I"),  # values use 16 of 32 bits
+        "grey-float01.tif": tiff(grey.astype(np.float32) / 255, "F"),
+        "grey-float255.tif": tiff(grey.astype(np.float32), "F"),
+    }
+    for twins in (colour_twins, grey_twins):
+        original = next(iter(twins.values()))
+        reference = reference_outputs(exported_models.mil, {"image_bytes": np.array([original], dtype=object)})
+        for name, data in twins.items():
+            probability, tissue, _ = _web_probability(client, name, data)
+            assert probability == pytest.approx(float(reference["probability"][0]), abs=1e-6), name
+            assert tissue == pytest.approx(float(reference["tissue_fraction"][0]), abs=1e-6), name
+    assert _web_probability(client, "rgb16.png", colour_twins["rgb16.png"])[2] in ("benign", "malignant")
+    assert _web_probability(client, "grey16.png", grey_twins["grey16.png"])[2] == "no tissue detected"
+
+
+@pytest.mark.parametrize("colour", [(0, 0, 0), (255, 255, 255), (128, 128, 128)])
+def test_blank_image_says_no_tissue(client, colour):
+    from histopath.serving.webapp.predictions.models import Prediction
+
+    response = client.post("/", {"image": _upload("blank.png", _png(700, 460, colour))})
+    assert response.status_code == 200, _errors(response)
+    html = _errors(response)
+    assert 'id="result-label" class="label no-tissue">No tissue detected<' in html
+    assert "Probability of malignancy" not in html and 'id="heatmap"' not in html
+    record = Prediction.objects.get()
+    assert (record.label, record.label_name, record.tissue_detected) == (None, "no tissue detected", False)
+
+
+def test_very_long_file_name_gets_a_clear_message(client):
+    """The multipart body a browser sends (Django's test client would shorten the name)."""
+    boundary = "----histopath-test-boundary"
+    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"image\"; filename=\"{'a' * 1200}.png\"\r\n"
+            f"Content-Type: image/png\r\n\r\n").encode() + _png(8, 8) + f"\r\n--{boundary}--\r\n".encode()
+    response = client.generic("POST", "/", body, content_type=f"multipart/form-data; boundary={boundary}")
+    assert response.status_code == 400
+    assert "the file name is too long" in _errors(response)
+
+
+def test_model_unavailable_page_does_not_show_the_internal_address(client, tmp_path):
+    from django.test import override_settings
+
+    internal = "http://model-server.histopath.svc.cluster.local:1"
+    with override_settings(TF_SERVING_URL=internal):
+        response = client.post("/", {"image": _upload("a.png", _png(64, 64))})
+    assert response.status_code == 503
+    html = _errors(response)
+    assert "The model is not available right now" in html
+    assert "cluster.local" not in html
+
+
+def test_pages_are_never_cached(client):
+    for url in ("/", "/history/"):
+        assert "no-store" in client.get(url)["Cache-Control"]
 
 
 def test_healthz(client):
@@ -206,7 +336,7 @@ def test_healthz(client):
     assert response.status_code == 200 and response.json() == {"status": "ok"}
 
 
-def test_database_url_parsing():
+def test_database_url_parsing(django_app):
     from histopath.serving.webapp.settings import database_from_url
 
     sqlite = database_from_url("sqlite:////var/lib/histopath/web.sqlite3")
@@ -214,5 +344,5 @@ def test_database_url_parsing():
     postgres = database_from_url("postgres://hp:p%40ss@db.internal:5433/histopath")
     assert postgres["ENGINE"] == "django.db.backends.postgresql"
     assert (postgres["USER"], postgres["PASSWORD"], postgres["HOST"], postgres["PORT"], postgres["NAME"]) == (
-        "hp", "p@ss", "db.internal", "5433", "histopath"
+        "hp", "p@ss", "db.internal", 5433, "histopath"
     )

@@ -5,10 +5,18 @@ Environment:
   DEBUG                  "1"/"true" for development; default false.
   ALLOWED_HOSTS          comma-separated host names (default "localhost,127.0.0.1").
   CSRF_TRUSTED_ORIGINS   comma-separated origins (e.g. "https://histopath.example.org").
-  SECURE_COOKIES         "1" to send session/CSRF cookies over HTTPS only.
+  BEHIND_HTTPS_PROXY     "1" when a TLS-terminating proxy (an Ingress) sets
+                         X-Forwarded-Proto: the site is then HTTPS-only (Secure cookies,
+                         HSTS, http redirected).
+  SECURE_COOKIES         "1" to send session/CSRF cookies over HTTPS only (implied by the above).
+  HSTS_SECONDS           Strict-Transport-Security max-age over HTTPS (default one year).
   DATABASE_URL           "sqlite:////abs/path.sqlite3" (default: $HISTOPATH_STATE_DIR/
                          webapp.sqlite3) or "postgres://user:password@host:5432/name"
-                         (PostgreSQL needs the `psycopg` package).
+                         (PostgreSQL needs the `psycopg` package); read by dj-database-url.
+  HISTOPATH_LOCKOUT_FAILURES  failed sign-ins of one user name that lock it (5) ...
+  HISTOPATH_LOCKOUT_MINUTES   ... for this long (15).
+  HISTOPATH_KEEP_FILENAMES    "1" to record the original names of uploaded files (default:
+                              only a hash and the name the user chooses).
   HISTOPATH_STATE_DIR    folder for the default SQLite database (~/.local/state/histopath).
   HISTOPATH_SERVING_DIR  pushed models (<dir>/<model>/<version>/) for the embedded backend.
   HISTOPATH_MODEL_NAME   served model name (default "histopath").
@@ -17,7 +25,9 @@ Environment:
   HISTOPATH_RELOAD_INTERVAL   seconds between checks for a newer pushed version (5).
   HISTOPATH_MAX_UPLOAD_BYTES  largest accepted image, upload or URL (10 MiB).
   HISTOPATH_MAX_IMAGE_PIXELS  largest accepted width*height (40 million).
-  HISTOPATH_URL_TIMEOUT       seconds allowed for fetching an image URL (10).
+  HISTOPATH_URL_TIMEOUT       seconds allowed for fetching an image URL, all of it (10).
+  HISTOPATH_URL_FETCHES       image URLs fetched at once per process (4); one more is refused
+                              at once, so uploads and /healthz always get a worker thread.
   HISTOPATH_URL_ALLOWLIST     comma-separated IPs/CIDRs/host names an image URL may use
                               even though they are loopback/private (default: none).
 """
@@ -26,7 +36,6 @@ from __future__ import annotations
 
 import os
 import pathlib
-from urllib.parse import unquote, urlsplit
 
 from django.core.exceptions import ImproperlyConfigured
 
@@ -47,42 +56,27 @@ def env_list(name: str, default: str = "") -> list[str]:
 
 
 def database_from_url(url: str) -> dict:
-    """Turns a `DATABASE_URL` ("sqlite:///path" or "postgres://...") into Django's dict.
+    """`DATABASE_URL` as one entry of Django's `DATABASES` (dj-database-url), with SQLite set
+    up for several gunicorn threads writing at once.
 
-    Args:
-      url: the database URL.
-
-    Returns:
-      One entry of Django's `DATABASES`.
+    Raises:
+      ImproperlyConfigured: a URL dj-database-url does not understand.
     """
-    parts = urlsplit(url)
-    if parts.scheme == "sqlite":
-        # dj-database-url convention: sqlite:////abs/file (absolute), sqlite:///rel/file
-        path = unquote(parts.path)[1:]
-        if not path or path == "/":
+    import dj_database_url
+
+    try:
+        database = dj_database_url.parse(url, conn_max_age=60)
+    except (ValueError, KeyError) as error:
+        raise ImproperlyConfigured(f"DATABASE_URL {url!r} is not a database URL ({error})") from None
+    if database["ENGINE"].endswith("sqlite3"):
+        if not database.get("NAME") or database["NAME"] in (":memory:", "/"):
             raise ImproperlyConfigured(f"DATABASE_URL {url!r} names no SQLite file")
-        return {
-            "ENGINE": "django.db.backends.sqlite3",
-            "NAME": path,
-            # Several gunicorn threads write predictions at once: wait for the lock, take
-            # it at BEGIN (no deadlock on upgrade) and let readers run beside the writer.
-            "OPTIONS": {
-                "timeout": 30,
-                "transaction_mode": "IMMEDIATE",
-                "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
-            },
-        }
-    if parts.scheme in ("postgres", "postgresql", "pgsql"):
-        return {
-            "ENGINE": "django.db.backends.postgresql",
-            "NAME": unquote(parts.path.lstrip("/")),
-            "USER": unquote(parts.username or ""),
-            "PASSWORD": unquote(parts.password or ""),
-            "HOST": parts.hostname or "",
-            "PORT": str(parts.port or ""),
-            "CONN_MAX_AGE": 60,
-        }
-    raise ImproperlyConfigured(f"unsupported DATABASE_URL scheme {parts.scheme!r} (sqlite or postgres)")
+        database["CONN_MAX_AGE"] = 0
+        # Wait for the lock, take it at BEGIN (no deadlock on upgrade) and let readers run
+        # beside the writer.
+        database["OPTIONS"] = {"timeout": 30, "transaction_mode": "IMMEDIATE",
+                               "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;"}
+    return database
 
 
 DEBUG = env_bool("DEBUG", False)
@@ -96,9 +90,16 @@ if not SECRET_KEY:
 
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", "localhost,127.0.0.1")
 CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS")
-SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = env_bool("SECURE_COOKIES", False)
-if env_bool("BEHIND_HTTPS_PROXY", False):
+HTTPS = env_bool("BEHIND_HTTPS_PROXY", False)
+if HTTPS:  # the proxy terminates TLS and says so; everything is then HTTPS-only
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+    SECURE_SSL_REDIRECT = True
+    SECURE_HSTS_SECONDS = int(os.environ.get("HSTS_SECONDS", str(365 * 24 * 3600)))
+    SECURE_HSTS_INCLUDE_SUBDOMAINS = True
+    SECURE_REDIRECT_EXEMPT = [r"^healthz$"]  # probes come over plain HTTP inside the cluster
+SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = HTTPS or env_bool("SECURE_COOKIES", False)
+SESSION_COOKIE_HTTPONLY = True
+SESSION_COOKIE_AGE = 8 * 3600  # a working day
 
 _state_dir = pathlib.Path(
     os.environ.get("HISTOPATH_STATE_DIR", pathlib.Path.home() / ".local" / "state" / "histopath")
@@ -107,7 +108,10 @@ DATABASE_URL = os.environ.get("DATABASE_URL") or f"sqlite:///{_state_dir.resolve
 DATABASES = {"default": database_from_url(DATABASE_URL)}
 
 INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
     "django.contrib.contenttypes",
+    "django.contrib.sessions",
     "django.contrib.messages",
     "histopath.serving.webapp.predictions",
 ]
@@ -116,9 +120,28 @@ MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
     "histopath.serving.webapp.predictions.middleware.RequestSizeLimitMiddleware",
     "histopath.serving.webapp.predictions.middleware.ContentSecurityPolicyMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    # Every page needs a signed-in user but /healthz and the sign-in page (@login_not_required).
+    "django.contrib.auth.middleware.LoginRequiredMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+AUTHENTICATION_BACKENDS = ["histopath.serving.webapp.predictions.accounts.LockoutModelBackend"]
+LOGIN_URL = "login"
+LOGIN_REDIRECT_URL = "index"
+LOGOUT_REDIRECT_URL = "login"
+HISTOPATH_LOCKOUT_FAILURES = int(os.environ.get("HISTOPATH_LOCKOUT_FAILURES", "5"))
+HISTOPATH_LOCKOUT_MINUTES = float(os.environ.get("HISTOPATH_LOCKOUT_MINUTES", "15"))
+HISTOPATH_KEEP_FILENAMES = env_bool("HISTOPATH_KEEP_FILENAMES", False)
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator", "OPTIONS": {"min_length": 10}},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
 ]
 
 ROOT_URLCONF = "histopath.serving.webapp.urls"
@@ -128,8 +151,14 @@ TEMPLATES = [
     {
         "BACKEND": "django.template.backends.django.DjangoTemplates",
         "DIRS": [BASE_DIR / "templates"],
-        "APP_DIRS": False,
-        "OPTIONS": {"context_processors": ["django.template.context_processors.request"]},
+        "OPTIONS": {"context_processors": [
+            "django.template.context_processors.request",
+            "django.contrib.auth.context_processors.auth",
+            "django.contrib.messages.context_processors.messages",
+        ], "loaders": [
+            "django.template.loaders.filesystem.Loader",
+            "django.template.loaders.app_directories.Loader",  # the admin's templates
+        ]},
     }
 ]
 
@@ -154,6 +183,7 @@ HISTOPATH_MAX_UPLOAD_BYTES = int(os.environ.get("HISTOPATH_MAX_UPLOAD_BYTES", st
 HISTOPATH_MAX_IMAGE_PIXELS = int(os.environ.get("HISTOPATH_MAX_IMAGE_PIXELS", "40000000"))
 HISTOPATH_URL_TIMEOUT = float(os.environ.get("HISTOPATH_URL_TIMEOUT", "10"))
 HISTOPATH_URL_ALLOWLIST = env_list("HISTOPATH_URL_ALLOWLIST")
+HISTOPATH_URL_FETCHES = int(os.environ.get("HISTOPATH_URL_FETCHES", "4"))
 FILE_UPLOAD_MAX_MEMORY_SIZE = 4 * 1024 * 1024  # larger uploads spill to a temp file
 
 LOGGING = {

@@ -18,6 +18,7 @@ import time
 import numpy as np
 from django.conf import settings
 
+from histopath.models.exported import NO_TISSUE, TISSUE_DETECTED, TISSUE_FRACTION
 from histopath.serving.model_store import VERSION_HEADER
 
 LABEL_NAMES = ("benign", "malignant")
@@ -36,9 +37,10 @@ class ModelAnswer:
     """One prediction and who made it.
 
     Attributes:
-      probability: probability of malignant.
-      label: 0 benign, 1 malignant (the model's own decision threshold).
-      label_name: "benign" or "malignant".
+      probability: probability of malignant (meaningless without tissue).
+      label: 0 benign, 1 malignant (the model's own decision threshold); None when the
+        image shows no tissue.
+      label_name: "benign", "malignant" or "no tissue detected".
       model_name: the served model's name.
       model_version: the version that answered.
       attention: MIL attention per tile (row-major), None for a whole-image model.
@@ -55,22 +57,28 @@ class ModelAnswer:
     attention: tuple[float, ...] | None = None
     grid_shape: tuple[int, int] | None = None
     tile_probability: tuple[float, ...] | None = None
+    tissue_detected: bool = True
+    tissue_fraction: float | None = None
 
 
 def _answer(outputs: dict, model_name: str, version: str, label_names) -> ModelAnswer:
-    label = int(outputs["label"])
+    tissue_detected = bool(outputs.get(TISSUE_DETECTED, 1))
+    label = int(outputs["label"]) if tissue_detected else None
+    fraction = outputs.get(TISSUE_FRACTION)
     attention = outputs.get("attention")
     grid = outputs.get("grid_shape")
     tiles = outputs.get("tile_probability")
     return ModelAnswer(
         probability=float(outputs["probability"]),
         label=label,
-        label_name=str(label_names[label]),
+        label_name=str(label_names[label]) if tissue_detected else NO_TISSUE,
         model_name=model_name,
         model_version=version,
         attention=tuple(float(value) for value in attention) if attention is not None else None,
         grid_shape=(int(grid[0]), int(grid[1])) if grid is not None else None,
         tile_probability=tuple(float(value) for value in tiles) if tiles is not None else None,
+        tissue_detected=tissue_detected,
+        tissue_fraction=float(fraction) if fraction is not None else None,
     )
 
 
@@ -120,8 +128,10 @@ class EmbeddedBackend:
         loaded = self._ensure_loaded()
         try:
             outputs = loaded.run("serving_default", {"image_bytes": np.array([image_bytes], dtype=object)})
-        except tf.errors.InvalidArgumentError as error:
-            raise ImageRejected(f"the model could not read the image ({error.message.splitlines()[0]})") from None
+        except (tf.errors.InvalidArgumentError, tf.errors.OutOfRangeError, tf.errors.UnknownError) as error:
+            from histopath.models.exported import error_reason
+
+            raise ImageRejected(f"the model could not read the image ({error_reason(error)})") from None
         first = {key: value[0] for key, value in outputs.items()}
         label_names = loaded.info.get("label_names") or LABEL_NAMES
         return _answer(first, self.model_name, str(loaded.version), label_names)

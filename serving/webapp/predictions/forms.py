@@ -1,4 +1,4 @@
-"""The form a pathologist fills in: one image file or one image URL."""
+"""The form a pathologist fills in: one image file or one image URL, and a display name."""
 
 from __future__ import annotations
 
@@ -22,6 +22,18 @@ class PredictForm(forms.Form):
         help_text="An http(s) link to an image on a public server.",
         widget=forms.URLInput(attrs={"placeholder": "https://example.org/slide.png", "inputmode": "url"}),
     )
+
+    display_name = forms.CharField(
+        required=False,
+        max_length=120,
+        label="Name in your history (optional)",
+        help_text="For example a case number. Without one, the start of the image's SHA-256 is shown. "
+        "File names and URLs are not recorded.",
+        widget=forms.TextInput(attrs={"autocomplete": "off"}),
+    )
+
+    def clean_display_name(self) -> str:
+        return " ".join((self.cleaned_data.get("display_name") or "").split())
 
     def clean_image(self):
         upload = self.cleaned_data.get("image")

@@ -1,21 +1,49 @@
-"""The prediction log: one row per image classified by the web app."""
+"""What the web app records: every prediction with its user, and an append-only audit trail.
 
+No URL, query string or credential is ever stored: a prediction keeps the SHA-256 of the
+image bytes and a display name the user chose (or the start of that hash); an upload's
+original file name only when `HISTOPATH_KEEP_FILENAMES` is on.
+"""
+
+from django.conf import settings
 from django.db import models
 
 
-class Prediction(models.Model):
+class AppendOnlyError(Exception):
+    """A recorded row was to be changed or deleted."""
+
+
+class AppendOnlyModel(models.Model):
+    """A model whose rows are written once: saving an existing row or deleting raises."""
+
+    class Meta:
+        abstract = True
+
+    def save(self, *args, **kwargs):
+        if not self._state.adding:
+            raise AppendOnlyError(f"{type(self).__name__} {self.pk} is recorded and cannot be changed")
+        super().save(*args, **kwargs)
+
+    def delete(self, *args, **kwargs):
+        raise AppendOnlyError(f"{type(self).__name__} {self.pk} is recorded and cannot be deleted")
+
+
+class Prediction(AppendOnlyModel):
     """One answered prediction.
 
     Attributes:
       created_at: when the prediction was made.
-      image_sha256: SHA-256 of the image bytes exactly as received.
+      user: who asked for it.
+      image_sha256: SHA-256 of the image bytes exactly as received (upload or URL body).
       source: "upload" or "url".
-      source_name: the uploaded file's name or the fetched URL (truncated).
-      model_name: the model that answered.
-      model_version: its version.
-      probability: probability of malignant.
-      label: 0 benign, 1 malignant.
-      label_name: "benign" or "malignant".
+      display_name: the name the user gave, else the first 12 hex digits of the hash.
+      original_name: the uploaded file's name, only with `HISTOPATH_KEEP_FILENAMES=1`.
+      model_name, model_version: the model that answered.
+      tissue_detected: False when the image shows no tissue: then there is no class.
+      tissue_fraction: the share of tissue pixels the model saw.
+      probability: the model's probability of malignant (shown only with tissue).
+      label: 0 benign, 1 malignant; None without tissue.
+      label_name: "benign", "malignant" or "no tissue detected".
     """
 
     SOURCE_UPLOAD = "upload"
@@ -23,17 +51,58 @@ class Prediction(models.Model):
     SOURCES = [(SOURCE_UPLOAD, "Upload"), (SOURCE_URL, "URL")]
 
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, null=True,
+                             related_name="predictions")
     image_sha256 = models.CharField(max_length=64, db_index=True)
     source = models.CharField(max_length=8, choices=SOURCES)
-    source_name = models.CharField(max_length=500, blank=True)
+    display_name = models.CharField(max_length=120)
+    original_name = models.CharField(max_length=255, blank=True)
     model_name = models.CharField(max_length=200)
     model_version = models.CharField(max_length=32)
+    tissue_detected = models.BooleanField(default=True)
+    tissue_fraction = models.FloatField(null=True)
     probability = models.FloatField()
-    label = models.PositiveSmallIntegerField()
+    label = models.PositiveSmallIntegerField(null=True)
     label_name = models.CharField(max_length=32)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        permissions = [("view_all_predictions", "Can see every user's predictions")]
+
+    def __str__(self) -> str:
+        return f"{self.created_at:%Y-%m-%d %H:%M:%S} {self.display_name}: {self.label_name}"
+
+
+class AuditEvent(AppendOnlyModel):
+    """One line of the audit trail (sign-ins, failures, lock-outs, sign-outs, predictions).
+
+    Attributes:
+      created_at: when it happened.
+      kind: what happened (one of `KINDS`).
+      username: the user name given (also for failed sign-ins of unknown names).
+      user: the account, when there is one.
+      client_ip: the address the request came from.
+      detail: a short description (never a password, URL or file name).
+    """
+
+    SIGN_IN = "sign_in"
+    SIGN_IN_FAILED = "sign_in_failed"
+    LOCKED_OUT = "locked_out"
+    SIGN_OUT = "sign_out"
+    PREDICTION = "prediction"
+    KINDS = [(SIGN_IN, "Signed in"), (SIGN_IN_FAILED, "Sign-in failed"), (LOCKED_OUT, "Locked out"),
+             (SIGN_OUT, "Signed out"), (PREDICTION, "Prediction")]
+
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    kind = models.CharField(max_length=16, choices=KINDS, db_index=True)
+    username = models.CharField(max_length=150, db_index=True)
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, null=True,
+                             related_name="audit_events")
+    client_ip = models.GenericIPAddressField(null=True)
+    detail = models.CharField(max_length=300, blank=True)
 
     class Meta:
         ordering = ["-created_at", "-id"]
 
     def __str__(self) -> str:
-        return f"{self.created_at:%Y-%m-%d %H:%M:%S} {self.label_name} p={self.probability:.3f}"
+        return f"{self.created_at:%Y-%m-%d %H:%M:%S} {self.username}: {self.get_kind_display()}"

@@ -6,19 +6,25 @@ unspecified, shared/CGNAT or a cloud metadata address) unless the allow-list nam
 connection then goes to that vetted IP (so a second DNS answer cannot rebind it to an
 internal address), with the original host name in `Host` and in TLS (SNI and certificate
 check). Redirects are followed by hand and every hop is vetted again. The body is streamed
-and cut off at the size cap; the whole fetch has a deadline; the content type must be
-`image/*`.
+and cut off at the size cap; the content type must be `image/*`.
+
+One deadline covers the whole fetch (connect, response headers, body, every redirect): a
+watchdog shuts the socket when it passes, so a server that dribbles its headers byte by
+byte cannot hold a request past it. `FetchSlots` bounds how many fetches run at once in a
+process, so slow URLs cannot take every worker thread from uploads and `/healthz`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import http.client
 import ipaddress
 import socket
 import ssl
+import threading
 import time
-from typing import Iterable
+from typing import Iterable, Iterator
 from urllib.parse import urljoin, urlsplit
 
 REDIRECT_STATUSES = (301, 302, 303, 307, 308)
@@ -50,6 +56,68 @@ class FetchedImage:
     data: bytes
     final_url: str
     content_type: str
+
+
+class FetchSlots:
+    """At most `limit` URL fetches at once in this process; a fetch beyond that is refused
+    at once (waiting would hold a worker thread as long as a slow fetch does).
+
+    Args:
+      limit: the number of simultaneous fetches.
+    """
+
+    def __init__(self, limit: int):
+        if limit < 1:
+            raise ValueError(f"at least one simultaneous URL fetch is needed, not {limit}")
+        self.limit = limit
+        self._slots = threading.BoundedSemaphore(limit)
+
+    @contextlib.contextmanager
+    def slot(self) -> Iterator[None]:
+        """Holds one slot for the block.
+
+        Raises:
+          UrlFetchError: every slot is taken.
+        """
+        if not self._slots.acquire(blocking=False):
+            raise UrlFetchError(f"{self.limit} image URLs are being fetched right now; try again in a "
+                                "minute, or upload the file")
+        try:
+            yield
+        finally:
+            self._slots.release()
+
+
+class _Watchdog:
+    """Shuts the connection's socket when the deadline passes, whatever call is blocked on it.
+
+    Socket timeouts bound each read, not the sum of them: a server sending one byte per
+    second would never trip them.
+    """
+
+    def __init__(self, deadline: float):
+        self.deadline = deadline
+        self.expired = False
+        self._timer: threading.Timer | None = None
+
+    def watch(self, connection: http.client.HTTPConnection) -> None:
+        self.cancel()
+
+        def expire() -> None:
+            self.expired = True
+            sock = connection.sock
+            if sock is not None:
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+
+        self._timer = threading.Timer(max(0.0, self.deadline - time.monotonic()), expire)
+        self._timer.daemon = True
+        self._timer.start()
+
+    def cancel(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
 
 
 def blocked_reason(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str | None:
@@ -155,8 +223,8 @@ class _PinnedHTTPSConnection(http.client.HTTPSConnection):
         self._ip = ip
 
     def connect(self) -> None:  # noqa: D102
-        raw = socket.create_connection((self._ip, self.port), self.timeout)
-        self.sock = self._context.wrap_socket(raw, server_hostname=self.host)
+        self.sock = socket.create_connection((self._ip, self.port), self.timeout)  # the watchdog's during TLS
+        self.sock = self._context.wrap_socket(self.sock, server_hostname=self.host)
 
 
 def fetch_image(url: str, policy: FetchPolicy) -> FetchedImage:
@@ -172,8 +240,16 @@ def fetch_image(url: str, policy: FetchPolicy) -> FetchedImage:
     Raises:
       UrlFetchError: for any refused, failed, oversized, slow or non-image fetch.
     """
-    deadline = time.monotonic() + policy.timeout_s
-    current = url.strip()
+    watchdog = _Watchdog(time.monotonic() + policy.timeout_s)
+    try:
+        return _fetch(url.strip(), policy, watchdog)
+    finally:
+        watchdog.cancel()
+
+
+def _fetch(current: str, policy: FetchPolicy, watchdog: _Watchdog) -> FetchedImage:
+    deadline = watchdog.deadline
+    too_slow = f"fetching the image took longer than {policy.timeout_s:g} s"
     for _ in range(policy.max_redirects + 1):
         scheme, host, port, ip = vet_url(current, policy)
         parts = urlsplit(current)
@@ -181,9 +257,11 @@ def fetch_image(url: str, policy: FetchPolicy) -> FetchedImage:
         connection_class = _PinnedHTTPSConnection if scheme == "https" else _PinnedHTTPConnection
         remaining = deadline - time.monotonic()
         if remaining <= 0:
-            raise UrlFetchError(f"fetching the image took longer than {policy.timeout_s:g} s")
+            raise UrlFetchError(too_slow)
         connection = connection_class(host, port, ip, timeout=remaining)
         try:
+            watchdog.watch(connection)
+            connection.connect()
             connection.request(
                 "GET", target, headers={"User-Agent": USER_AGENT, "Accept": "image/*"}
             )
@@ -204,24 +282,35 @@ def fetch_image(url: str, policy: FetchPolicy) -> FetchedImage:
             declared = response.getheader("Content-Length")
             if declared and declared.isdigit() and int(declared) > policy.max_bytes:
                 raise UrlFetchError(_too_large(policy))
-            data = _read_capped(response, policy, deadline)
+            data = _read_capped(response, policy)
+            if watchdog.expired:  # the watchdog's shutdown reads as the end of the body
+                raise UrlFetchError(too_slow)
             return FetchedImage(data=data, final_url=current, content_type=content_type)
         except (TimeoutError, socket.timeout):
-            raise UrlFetchError(f"fetching the image took longer than {policy.timeout_s:g} s") from None
-        except ssl.SSLError as error:
-            raise UrlFetchError(f"secure connection to {host!r} failed ({error.reason})") from None
-        except (OSError, http.client.HTTPException) as error:
-            raise UrlFetchError(f"could not fetch the image from {host!r} ({type(error).__name__})") from None
+            raise UrlFetchError(too_slow) from None
+        except UrlFetchError:
+            raise
+        except Exception as error:
+            if watchdog.expired or time.monotonic() >= deadline:
+                raise UrlFetchError(too_slow) from None
+            raise _failure(error, host) from None
         finally:
             connection.close()
     raise UrlFetchError(f"too many redirects (more than {policy.max_redirects})")
 
 
-def _read_capped(response: http.client.HTTPResponse, policy: FetchPolicy, deadline: float) -> bytes:
+def _failure(error: Exception, host: str) -> Exception:
+    """The user's message for a failed connection (other exceptions pass through)."""
+    if isinstance(error, ssl.SSLError):
+        return UrlFetchError(f"secure connection to {host!r} failed ({error.reason})")
+    if isinstance(error, (OSError, http.client.HTTPException)):
+        return UrlFetchError(f"could not fetch the image from {host!r} ({type(error).__name__})")
+    return error
+
+
+def _read_capped(response: http.client.HTTPResponse, policy: FetchPolicy) -> bytes:
     chunks, size = [], 0
     while True:
-        if time.monotonic() > deadline:
-            raise UrlFetchError(f"fetching the image took longer than {policy.timeout_s:g} s")
         chunk = response.read1(65536) if hasattr(response, "read1") else response.read(65536)
         if not chunk:
             return b"".join(chunks)

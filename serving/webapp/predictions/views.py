@@ -1,31 +1,44 @@
-"""Views: classify an uploaded or linked image, list recent predictions, health check."""
+"""Views: classify an uploaded or linked image, the user's (or everyone's) predictions, and
+the health check. Every page but `/healthz` and the sign-in page needs a signed-in user
+(`LoginRequiredMiddleware`); result and history pages are never cached.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import logging
+import threading
 
 from django.conf import settings
+from django.contrib.auth.decorators import login_not_required, permission_required
 from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.http.multipartparser import MultiPartParserError
 from django.shortcuts import render
+from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET, require_http_methods
 
-from histopath.serving.image_checks import (
-    MODEL_NATIVE_FORMATS,
-    TRANSCODED_FORMATS,
-    ImageCheckError,
-    decode_rgb,
-    encode_png,
-    read_header,
-)
+from histopath.images import ImageError, decode, model_bytes
 from histopath.models import heatmap
+from histopath.serving.webapp.predictions import accounts
 from histopath.serving.webapp.predictions.backends import BackendError, ImageRejected, get_backend
 from histopath.serving.webapp.predictions.forms import PredictForm
-from histopath.serving.webapp.predictions.models import Prediction
-from histopath.serving.webapp.predictions.url_fetch import FetchPolicy, UrlFetchError, fetch_image
+from histopath.serving.webapp.predictions.models import AuditEvent, Prediction
+from histopath.serving.webapp.predictions.url_fetch import FetchPolicy, FetchSlots, UrlFetchError, fetch_image
 
 logger = logging.getLogger(__name__)
 RECENT_ON_HISTORY_PAGE = 100
+MODEL_UNAVAILABLE = "The model is not available right now. Try again in a minute; if it persists, tell the administrator."
+
+_slots: FetchSlots | None = None
+_slots_lock = threading.Lock()
+
+
+def _fetch_slots() -> FetchSlots:
+    global _slots
+    with _slots_lock:
+        if _slots is None or _slots.limit != settings.HISTOPATH_URL_FETCHES:
+            _slots = FetchSlots(settings.HISTOPATH_URL_FETCHES)
+        return _slots
 
 
 def _fetch_policy() -> FetchPolicy:
@@ -41,6 +54,21 @@ def _form_error(request: HttpRequest, form: PredictForm, field: str | None, mess
     return render(request, "predictions/index.html", {"form": form}, status=status)
 
 
+def _read_source(request: HttpRequest, form: PredictForm) -> tuple[str, str, bytes]:
+    """(source, form field, bytes) of the submitted image.
+
+    Raises:
+      UrlFetchError: the URL cannot be used (message for the user).
+    """
+    upload = form.cleaned_data.get("image")
+    if upload:
+        return Prediction.SOURCE_UPLOAD, "image", b"".join(upload.chunks())
+    with _fetch_slots().slot():
+        return Prediction.SOURCE_URL, "image_url", fetch_image(form.cleaned_data["image_url"].strip(), _fetch_policy()).data
+
+
+@never_cache
+@permission_required("predictions.add_prediction", raise_exception=True)
 @require_http_methods(["GET", "POST"])
 def index(request: HttpRequest) -> HttpResponse:
     """The upload/URL form (GET) and the classification result (POST)."""
@@ -49,50 +77,50 @@ def index(request: HttpRequest) -> HttpResponse:
     form = PredictForm(request.POST, request.FILES)
     if not form.is_valid():
         return render(request, "predictions/index.html", {"form": form}, status=400)
-
+    try:
+        source, field, data = _read_source(request, form)
+    except UrlFetchError as error:
+        return _form_error(request, form, "image_url", f"Cannot use this URL: {error}.")
+    digest = hashlib.sha256(data).hexdigest()
+    display_name = form.cleaned_data.get("display_name") or digest[:12]
     upload = form.cleaned_data.get("image")
-    if upload:
-        source, source_name, field = Prediction.SOURCE_UPLOAD, upload.name or "upload", "image"
-        data = b"".join(upload.chunks())
-    else:
-        url = form.cleaned_data["image_url"].strip()
-        source, source_name, field = Prediction.SOURCE_URL, url, "image_url"
-        try:
-            data = fetch_image(url, _fetch_policy()).data
-        except UrlFetchError as error:
-            return _form_error(request, form, field, f"Cannot use this URL: {error}.")
-
-    max_pixels = settings.HISTOPATH_MAX_IMAGE_PIXELS
+    named = f"“{upload.name[:200]}”" if upload else "The image at the URL"  # shown, never stored
     try:
-        header = read_header(data, allowed_formats=MODEL_NATIVE_FORMATS + TRANSCODED_FORMATS, max_pixels=max_pixels)
-        image = decode_rgb(data, max_pixels=max_pixels)
-    except ImageCheckError as error:
-        return _form_error(request, form, field, f"“{source_name[:200]}”: {error}.")
-    # Anything the serving graph would not decode as Pillow does (TIFF, WebP, CMYK or
-    # 16-bit files) is re-encoded losslessly as 8-bit RGB PNG.
-    model_bytes = data if header.model_native else encode_png(image)
+        image = decode(data, max_pixels=settings.HISTOPATH_MAX_IMAGE_PIXELS)
+    except ImageError as error:
+        return _form_error(request, form, field, f"{named}: {error}.")
 
     try:
-        answer = get_backend().predict(model_bytes)
+        answer = get_backend().predict(model_bytes(data, image))
     except ImageRejected as error:
-        return _form_error(request, form, field, f"“{source_name[:200]}”: {error}.")
+        return _form_error(request, form, field, f"{named}: {error}.")
     except BackendError as error:
-        logger.warning("prediction failed: %s", error)
-        return render(request, "predictions/error.html", {"message": f"The model is not available: {error}"}, status=503)
+        logger.warning("prediction failed: %s", error)  # the internal address stays in the log
+        return render(request, "predictions/error.html", {"message": MODEL_UNAVAILABLE}, status=503)
 
     record = Prediction.objects.create(
-        image_sha256=hashlib.sha256(data).hexdigest(),
+        user=request.user,
+        image_sha256=digest,
         source=source,
-        source_name=source_name[:500],
+        display_name=display_name,
+        original_name=(upload.name or "")[:255] if upload and settings.HISTOPATH_KEEP_FILENAMES else "",
         model_name=answer.model_name,
         model_version=answer.model_version,
+        tissue_detected=answer.tissue_detected,
+        tissue_fraction=answer.tissue_fraction,
         probability=answer.probability,
         label=answer.label,
         label_name=answer.label_name,
     )
-    shown = heatmap.display_copy(image)
+    accounts.record(AuditEvent.PREDICTION, request.user.get_username(), request, request.user,
+                    detail=f"prediction {record.pk}: {answer.label_name}")
+    return render(request, "predictions/index.html", _result_context(answer, record, image))
+
+
+def _result_context(answer, record: Prediction, image) -> dict:
+    shown = heatmap.display_copy(image.rgb)
     heatmap_url = tile_map_url = None
-    if answer.grid_shape is not None:
+    if answer.grid_shape is not None and answer.tissue_detected:
         try:
             if answer.attention is not None:
                 heatmap_url = heatmap.png_data_url(heatmap.render_overlay(shown, answer.attention, answer.grid_shape))
@@ -101,34 +129,58 @@ def index(request: HttpRequest) -> HttpResponse:
                     heatmap.render_overlay(shown, answer.tile_probability, answer.grid_shape, absolute=True))
         except ValueError as error:
             logger.warning("no heat-map for prediction %d: %s", record.pk, error)
-    context = {
+    header = image.header
+    return {
         "form": PredictForm(),
         "result": answer,
         "record": record,
-        "image_format": header.format,
+        "image_format": header.format if header.mode in ("RGB", "L") else f"{header.format} ({header.mode})",
         "image_size": f"{header.width} × {header.height}",
         "original_url": heatmap.png_data_url(shown),
         "heatmap_url": heatmap_url,
         "tile_map_url": tile_map_url,
         "grid_text": f"{answer.grid_shape[0]} × {answer.grid_shape[1]}" if answer.grid_shape else "",
         "probability_percent": f"{answer.probability * 100:.1f}",
+        "tissue_percent": f"{(answer.tissue_fraction or 0) * 100:.1f}",
     }
-    return render(request, "predictions/index.html", context)
 
 
+@never_cache
+@permission_required("predictions.view_prediction", raise_exception=True)
 @require_GET
 def history(request: HttpRequest) -> HttpResponse:
-    """The most recent predictions."""
-    recent = list(Prediction.objects.all()[:RECENT_ON_HISTORY_PAGE])
-    return render(
-        request,
-        "predictions/history.html",
-        {"predictions": recent, "total": Prediction.objects.count()},
-    )
+    """The user's most recent predictions; everyone's for auditors."""
+    sees_all = request.user.has_perm("predictions.view_all_predictions")
+    predictions = Prediction.objects.select_related("user")
+    if not sees_all:
+        predictions = predictions.filter(user=request.user)
+    return render(request, "predictions/history.html", {
+        "predictions": list(predictions[:RECENT_ON_HISTORY_PAGE]),
+        "total": predictions.count(),
+        "sees_all": sees_all,
+    })
 
 
+@login_not_required
 @require_GET
 def healthz(request: HttpRequest) -> JsonResponse:
     """Liveness/readiness probe: the process answers and the database is reachable."""
     Prediction.objects.exists()
     return JsonResponse({"status": "ok"})
+
+
+def bad_request(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
+    """400 page that says what was wrong with the request."""
+    if isinstance(exception, MultiPartParserError) and "header size" in str(exception):
+        message = ("The upload could not be read: the file name is too long (the form allows about "
+                   "1,000 characters). Rename the file and upload it again.")
+    else:
+        message = "The request could not be read. Reload the page and try again."
+    return render(request, "predictions/error.html", {"message": message}, status=400)
+
+
+def forbidden(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
+    """403 page: signed in, but the role does not allow this page."""
+    message = ("Your account's role does not allow this page. Classifying needs the pathologist role; "
+               "ask an administrator if you should have it.")
+    return render(request, "predictions/error.html", {"message": message}, status=403)
