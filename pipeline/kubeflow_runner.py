@@ -18,6 +18,7 @@ a URI (`gs://...`) or an absolute path of a volume mounted in the pods.
 from __future__ import annotations
 
 import os
+import re
 from typing import Any
 
 import histopath  # noqa: F401  (pins Keras 2 before TensorFlow is imported)
@@ -74,8 +75,28 @@ def pipeline_spec(config: PipelineConfig, image: str | None = None) -> dict[str,
     tasks = spec["root"]["dag"]["tasks"]
     if INGEST_NODE in tasks:
         tasks[INGEST_NODE].setdefault("cachingOptions", {})["enableCache"] = False
+    _name_condition_inputs_as_the_task_does(tasks)
     json_format.ParseDict(spec, pipeline_spec_pb2.PipelineSpec(), ignore_unknown_fields=False)
     return spec
+
+
+def _name_condition_inputs_as_the_task_does(tasks: dict[str, Any]) -> None:
+    """A trigger condition may name an upstream output by TFX's implicit key
+    (`_Producer.key`) where the task takes that same output under its own input name
+    (TFX 1.16's compiler does this for Python function components); the condition is
+    rewritten to the input the task has, so that a driver can evaluate it."""
+    for task in tasks.values():
+        condition = task.get("triggerPolicy", {}).get("condition")
+        inputs = task.get("inputs", {}).get("artifacts", {})
+        if not condition:
+            continue
+        for key in set(re.findall(r"inputs\.artifacts\['([^']+)'\]", condition)) - set(inputs):
+            producer, _, output = key.lstrip("_").rpartition(".")
+            same = [name for name, value in inputs.items()
+                    if value.get("taskOutputArtifact") == {"producerTask": producer, "outputArtifactKey": output}]
+            if same:
+                condition = condition.replace(f"inputs.artifacts['{key}']", f"inputs.artifacts['{same[0]}']")
+        task["triggerPolicy"]["condition"] = condition
 
 
 def write_spec(spec: dict[str, Any], path: str) -> str:

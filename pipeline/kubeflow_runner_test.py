@@ -110,3 +110,17 @@ def test_compile_needs_a_data_root():
 
     with pytest.raises(ConfigError, match="--data is required"):
         check_cluster_paths(resolve({"output_dir": "gs://b/r"}))
+
+
+def test_every_trigger_condition_names_an_input_of_its_task(compiled):
+    import re
+
+    _, _, spec = compiled
+    conditions = 0
+    for name, task in spec["root"]["dag"]["tasks"].items():
+        condition = task.get("triggerPolicy", {}).get("condition")
+        if condition:
+            conditions += 1
+            for key in re.findall(r"inputs\.artifacts\['([^']+)'\]", condition):
+                assert key in task["inputs"]["artifacts"], (name, key)
+    assert conditions == 13  # every node between the ingestion and the report
