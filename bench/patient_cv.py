@@ -18,7 +18,7 @@ left out, for every group in turn. The test split is never read.
   model that was trained WITH patch labels).
 - `mil`: the project's MIL model (`mil.build_mil_model`) on the region bags of
   `histopath ingest --bag-size K`, a fixed number of epochs. Scores: region AUC and the
-  attention's localisation of the IDC-positive patches (`mil_localisation`).
+  attention's localisation of the IDC-positive patches (`localisation_scoring`).
 
 Recipes and budgets come from `bench/configs/patient_cv.json` (a recipe may set its own
 `epochs`, and `"stain_normalization": true` trains and scores on stain-normalised images,
@@ -106,11 +106,11 @@ def load_bags(bag_records_dir: str) -> Dict[str, np.ndarray]:
     each region's slide position (`x`, `y`: its origin)."""
     import tensorflow as tf
 
-    from bench.mil_localisation import _iter_record_batches
+    from bench.region_bags import iter_record_batches
 
     columns: Dict[str, list] = {"images": [], "labels": [], "patch_labels": [], "patients": [], "x": [], "y": []}
     for split in CV_SPLITS:
-        for batch in _iter_record_batches(bag_records_dir, split, 128):
+        for batch in iter_record_batches(bag_records_dir, split, 128):
             columns["images"] += [tf.io.decode_png(item, channels=3).numpy() for item in batch["image"]]
             columns["labels"].append(batch["label"])
             columns["patch_labels"].append(batch["patch_labels"])
@@ -190,7 +190,7 @@ def _fit(model, dataset, epochs: int, learning_rate: float, weight_averaging: Op
 
 def _within_bag_auc(scores: np.ndarray, patch_labels: np.ndarray, bag_labels: np.ndarray) -> Optional[float]:
     """Mean per-bag AUC of tile scores over positive bags holding both kinds of patch."""
-    from bench.mil_localisation import localisation_scores
+    from bench.localisation_scoring import localisation_scores
 
     bags = {"attention": scores, "patch_labels": patch_labels, "label": bag_labels,
             "probability": np.ones(len(bag_labels)), "patient_id": np.zeros(len(bag_labels)).astype(str)}
@@ -219,9 +219,9 @@ def _within_bag_context_aucs(tile_scores: np.ndarray, patch_labels: np.ndarray, 
                              sigmas: Sequence[float], times: Optional[np.ndarray] = None
                              ) -> Dict[str, Optional[float]]:
     """Within-bag AUC (`_within_bag_auc`) of tile scores averaged over each slide's tiles
-    (`mil_localisation.tile_slide_context`, sigma in tile widths), per width; with `times`
+    (`localisation_scoring.tile_slide_context`, sigma in tile widths), per width; with `times`
     (per tile, e.g. the attention), of the averaged scores multiplied by it."""
-    from bench.mil_localisation import tile_slide_context
+    from bench.localisation_scoring import tile_slide_context
 
     positive = bag_labels == 1
     factor = np.ones(patch_labels.shape) if times is None else np.asarray(times, np.float64)
@@ -281,7 +281,7 @@ def patch_fold(data: Mapping[str, np.ndarray], held_out: Sequence[str], recipe: 
             # The held-out patch probabilities regrouped into the same regions, averaged over
             # the slide as above: how well a model trained WITH patch labels localises once it
             # has slide context.
-            from bench.mil_localisation import patches_as_bags
+            from bench.region_bags import patches_as_bags
 
             regions = patches_as_bags(scores, labels, patients, data["x"][held], data["y"][held],
                                       int(round(np.sqrt(bags["patch_labels"].shape[1]))))
@@ -296,7 +296,7 @@ def mil_fold(bags: Mapping[str, np.ndarray], held_out: Sequence[str], recipe: Ma
     """Trains the MIL model on the bags of all patients but `held_out`; scores the rest."""
     import tf_keras as keras
 
-    from bench.mil_localisation import localisation_scores
+    from bench.localisation_scoring import localisation_scores
     from histopath.models import mil
     from histopath.models.config import AugmentConfig, MilConfig
     from histopath.evaluation.metrics import roc_auc
@@ -357,8 +357,8 @@ def _summarise(folds: List[Dict[str, Any]], keys: Sequence[str]) -> Dict[str, An
 # The library code a fold's result depends on (hashed into the cache key).
 FOLD_MODULES = ("histopath.models.image_ops", "histopath.models.augment", "histopath.models.mil",
                 "histopath.models.config", "histopath.models.training", "bench.baseline_cnn",
-                "bench.mil_localisation", "histopath.evaluation.slide_context", "histopath.data.bags",
-                "histopath.evaluation.operating_point")
+                "bench.region_bags", "bench.localisation_scoring", "histopath.evaluation.slide_context",
+                "histopath.data.bags", "histopath.evaluation.operating_point")
 
 
 def code_fingerprint() -> str:

@@ -4,7 +4,7 @@
 
 1. Demo run, as scripts/demo.sh does it: the synthetic BreakHis sample
    (`histopath.data.sample.make_sample("breakhis", ...)`, default size), then the whole
-   pipeline with pipeline/demo_config.json through `run_local` into a fresh output folder
+   pipeline with the `demo` preset through `run_local` into a fresh output folder
    (nothing cached). Per-component wall times come from ML Metadata
    (`histopath.pipeline.runs.component_executions`); also total wall time and peak RSS
    (`resource.getrusage` of this process and of its waited-for children, plus a sampled
@@ -55,7 +55,6 @@ from bench.common import TreeRssSampler, latest_artifact_dir, write_json
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
 RESULTS = REPO_ROOT / "bench" / "results" / "pipeline.json"
-DEMO_CONFIG = REPO_ROOT / "pipeline" / "demo_config.json"
 TARGET_RATIO = 0.9
 # The phase whose steady-state epochs are compared, per model kind.
 COMPARED_PHASE = {"densenet": "head", "mil": "train"}
@@ -94,7 +93,8 @@ def run_demo(workdir: pathlib.Path, reuse_run: bool = False) -> Dict[str, Any]:
     from histopath.data.sample import make_sample
     from histopath.errors import NotBlessedError
     from histopath.pipeline import runs
-    from histopath.pipeline.config import PipelineConfig, load_config_file
+    from histopath.pipeline import presets
+    from histopath.pipeline.config import PipelineConfig
     from histopath.pipeline.local_runner import run_local
 
     sample_dir, run_dir = workdir / "sample", workdir / "run"
@@ -105,7 +105,7 @@ def run_demo(workdir: pathlib.Path, reuse_run: bool = False) -> Dict[str, Any]:
         make_sample("breakhis", str(sample_dir))  # demo.sh: `histopath make-sample --dataset breakhis`
     sample_seconds = time.perf_counter() - started
 
-    values = load_config_file(DEMO_CONFIG)
+    values = presets.layer("demo")  # what `make demo` runs
     values.update({"dataset": "breakhis", "data_dir": str(sample_dir), "output_dir": str(run_dir)})
     config = PipelineConfig.from_dict(values).validate()
     print(f"[bench.pipeline] running the demo pipeline into {run_dir} ...", flush=True)
@@ -382,7 +382,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
         "workdir": str(workdir),
-        "demo_config": json.loads(DEMO_CONFIG.read_text()),
+        "demo_config": presets.layer("demo"),
         "target_ratio": TARGET_RATIO,
         "demo_run": demo,
         "trainer_throughput": throughput,

@@ -103,15 +103,12 @@ class DenseNetConfig(_JsonConfig):
     # Adam learning rate of phase 2 (top blocks unfrozen), much lower than phase 1.
     fine_tune_learning_rate: float = 1e-5
     # Keras precision policy: None/"float32", "mixed_bfloat16" (float32 variables,
-    # bfloat16 compute; the output layer stays float32) or "auto" (see MilConfig). "auto"
-    # by default: on real BreakHis test patients bfloat16 kept the accuracy (AUC 0.965 vs
-    # 0.959 in float32, intervals overlapping; balanced accuracy 0.801 vs 0.665) and trained
-    # 1.44x / inferred 1.94x faster on an AVX512-BF16 CPU (docs/results.md).
+    # bfloat16 compute; the output layer stays float32) or "auto" (see MilConfig). Its
+    # effect on accuracy and speed is measured in docs/results.md.
     mixed_precision: Optional[str] = "auto"
     # Predict (serving, evaluation and the eval-split threshold choice) the mean over the
     # 8 symmetries of the square (quarter turns x mirror): histology has no up or left.
-    # Costs 8x the inference compute. On the IDC eval patients it raised DenseNet201's
-    # AUC 0.914 -> 0.924 (docs/results.md).
+    # Costs 8x the inference compute; its effect is measured in docs/results.md.
     test_time_augmentation: bool = False
 
     def __post_init__(self) -> None:
@@ -147,22 +144,17 @@ class MilConfig(_JsonConfig):
     # Dropout rate on instance embeddings and on the bag embedding.
     dropout: float = 0.25
     # Weight of the instance loss (`mil.instance_loss`: a linear tile classifier trained
-    # from the bag labels only, after CLAM) added to the bag loss; 0 disables. On IDC
-    # regions 0.5 changed the attention's within-region ranking of IDC-positive patches
-    # little (cross-validated mean within-bag AUC 0.670 -> 0.676, docs/results.md). The
+    # from the bag labels only, after CLAM) added to the bag loss; 0 disables. The
     # exported model then also returns the classifier's own per-tile probability.
     instance_loss_weight: float = 0.0
     # Adam learning rate.
     learning_rate: float = 5e-4
     # Keras precision policy: None/"float32", "mixed_bfloat16", or "auto" (bfloat16 on CPUs
     # with native bfloat16, AMX/AVX512-BF16; float32 elsewhere, where bfloat16 is emulated
-    # and slower). "auto" by default: on real BreakHis test patients bfloat16 kept the
-    # accuracy (AUC 1.000 and balanced accuracy 0.964 in both) and trained 1.96x faster
-    # (docs/results.md).
+    # and slower). Its effect on accuracy and speed is measured in docs/results.md.
     mixed_precision: Optional[str] = "auto"
     # As `DenseNetConfig.test_time_augmentation`; the attention of each symmetry is mapped
-    # back onto the original tile grid before averaging. Off by default: on the IDC eval
-    # patients it left the region AUC unchanged (0.969 -> 0.970).
+    # back onto the original tile grid before averaging.
     test_time_augmentation: bool = False
 
     def __post_init__(self) -> None:
@@ -204,21 +196,19 @@ class AugmentConfig(_JsonConfig):
     # Colour jitter strength; 0 disables. In HED space each of the three channels'
     # optical density (haematoxylin, eosin AND DAB) is scaled by U(1-s, 1+s) and shifted
     # by U(-s, s); in HSV space hue shifts by U(-s, s)/2 and saturation/value scale by
-    # U(1-2s, 1+2s). Off by default: in HED space even 0.05 turns white glass yellow or
-    # green and tissue orange (the shift is as large as H&E's own optical densities);
-    # `stain_scale` is the realistic stain variation.
+    # U(1-2s, 1+2s). Off by default: in HED space the shift is as large as H&E's own
+    # optical densities and tints white glass; `stain_scale` is the realistic stain variation.
     color_jitter: float = 0.0
     # "hed" (haematoxylin-eosin-DAB stain space, Ruifrok & Johnston) or "hsv".
     color_space: str = "hed"
     # Stain-amount jitter (`augment.random_stain_amount`): each image's haematoxylin and
     # eosin optical densities x U(1-s, 1+s), one factor per stain; DAB untouched, white
     # glass stays white. Models pale and dark stainings of other slides and labs; 0 disables.
-    # The default recipe (0.4, 0.01, brightness 0.1, contrast 0.2) was chosen over the
-    # former HED jitter by patient-level cross-validation on IDC (docs/results.md).
+    # The default recipe was chosen over the former HED jitter by patient-level
+    # cross-validation on IDC (docs/results.md).
     stain_scale: float = 0.4
     # Additive stain-amount jitter: H and E optical densities + U(-t, t), in `rgb_to_hed`
-    # units (tissue pixels are about 0.02-0.1 there; 0.01 tints glass by up to ~13 %);
-    # 0 disables.
+    # units; 0 disables.
     stain_shift: float = 0.01
     # Brightness jitter: U(-b, b) added to every pixel of an image (pixels in [0, 1]);
     # 0 disables. Covers pale and dark stainings of other labs (Tellez et al. 2019, "BC").

@@ -9,7 +9,7 @@ if [ ! -d "$out/sample" ]; then
   "$bin/histopath" make-sample --dataset breakhis --output "$out/sample"
 fi
 "$bin/histopath" run --dataset breakhis --data "$out/sample" --output "$out/run" \
-  --config pipeline/demo_config.json
+  --preset demo
 echo
 echo "Serve the pushed model:   $bin/histopath model-server --model-base-path $out/run/serving --model-name histopath"
 echo "Web app for pathologists: HISTOPATH_SERVING_DIR=$out/run/serving $bin/histopath serve --port 8000"

@@ -1,4 +1,5 @@
-"""bench/mil_localisation.py: patch-level scores of MIL attention on IDC region bags.
+"""bench/mil_localisation.py, localisation_scoring.py, region_bags.py: patch-level scores of
+MIL attention on IDC region bags.
 
 Scoring on tiny synthetic bags with known answers, and one run on real patients:
 `ingest --bag-size 2` of 3 symlinked IDC patients, an untrained 2x2-tile MIL model
@@ -17,7 +18,9 @@ import pytest
 from split_seeds import seed_for_every_split
 from PIL import Image
 
+from bench import localisation_scoring as scoring
 from bench import mil_localisation as ml
+from bench import region_bags
 from histopath.data import features
 from histopath.errors import DataError
 
@@ -51,7 +54,7 @@ def _toy(invert: bool = False, missing_attention: float = 0.0):
 
 
 def test_perfect_attention_scores_one_and_excludes_negative_bags_and_empty_cells():
-    scores = ml.localisation_scores(_toy(), bootstrap=200, seed=1)
+    scores = scoring.localisation_scores(_toy(), bootstrap=200, seed=1)
     assert scores["pooled"]["value"] == 1.0
     assert scores["within_bag"]["value"] == 1.0
     assert scores["whole_slide"]["value"] == 1.0
@@ -68,13 +71,13 @@ def test_perfect_attention_scores_one_and_excludes_negative_bags_and_empty_cells
     assert (whole["n_bags"], whole["n_tiles"], whole["n_patients"]) == (4, 12, 3)
     assert scores["n_bags"] == 4 and scores["n_patients"] == 3
     # Cells without a patch are ignored whatever attention they get.
-    loud = ml.localisation_scores(_toy(missing_attention=5.0), bootstrap=200, seed=1)
+    loud = scoring.localisation_scores(_toy(missing_attention=5.0), bootstrap=200, seed=1)
     for name in ("pooled", "within_bag", "whole_slide"):
         assert loud[name] == scores[name]
 
 
 def test_inverted_attention_scores_zero():
-    scores = ml.localisation_scores(_toy(invert=True), bootstrap=0)
+    scores = scoring.localisation_scores(_toy(invert=True), bootstrap=0)
     assert scores["pooled"]["value"] == 0.0
     assert scores["within_bag"]["value"] == 0.0
     assert scores["pooled"]["reason"] == "no confidence interval: bootstrap disabled (0 resamples)"
@@ -85,7 +88,7 @@ def test_known_values_ties_and_negative_bag_effect():
     # One positive bag with a tie between a positive and a negative tile: AUC (1 + 0.5) / 2.
     bags = _bags([[0.5, 0.5, 0.0, 0.0], [0.9, 0.1, 0.0, 0.0]], [[1, 0, 0, -1], [0, 0, 0, 0]],
                  [1, 0], [0.6, 0.6], ["1", "2"])
-    scores = ml.localisation_scores(bags, bootstrap=0)
+    scores = scoring.localisation_scores(bags, bootstrap=0)
     assert scores["pooled"]["value"] == pytest.approx(0.75)
     assert scores["within_bag"]["value"] == pytest.approx(0.75)
     # Whole slide: the negative bag's 0.9*0.6 tile outranks the positive 0.5*0.6 one.
@@ -93,7 +96,7 @@ def test_known_values_ties_and_negative_bag_effect():
     assert scores["whole_slide"]["value"] == pytest.approx(4.5 / 6)
     # Only negative bags: pooled and within-bag are undefined, with a reason.
     negative = _bags([[0.5, 0.5]], [[0, 0]], [0], [0.2], ["1"])
-    scores = ml.localisation_scores(negative, bootstrap=10)
+    scores = scoring.localisation_scores(negative, bootstrap=10)
     for name in ("pooled", "within_bag", "whole_slide"):
         assert scores[name]["value"] is None and scores[name]["reason"]
 
@@ -109,7 +112,7 @@ def test_bootstrap_interval_contains_the_point_value_and_is_seeded():
     probability = np.clip(0.3 + 0.4 * labels + 0.2 * rng.random(n_bags), 0, 1)
     patients = np.array([str(100 + i % 12) for i in range(n_bags)])
     bags = _bags(attention, patch_labels, labels, probability, patients)
-    scores = ml.localisation_scores(bags, bootstrap=300, seed=4)
+    scores = scoring.localisation_scores(bags, bootstrap=300, seed=4)
     for name in ("pooled", "within_bag", "whole_slide"):
         entry = scores[name]
         assert 0.5 < entry["value"] <= 1.0, name  # informative attention
@@ -117,10 +120,10 @@ def test_bootstrap_interval_contains_the_point_value_and_is_seeded():
         assert entry["ci_low"] < entry["ci_high"]
         assert entry["bootstrap_valid"] == 300 and entry["reason"] is None
         assert entry["n_patients"] == 12
-    assert ml.localisation_scores(bags, bootstrap=300, seed=4) == scores
-    assert ml.localisation_scores(bags, bootstrap=300, seed=5)["pooled"]["ci_low"] != scores["pooled"]["ci_low"]
+    assert scoring.localisation_scores(bags, bootstrap=300, seed=4) == scores
+    assert scoring.localisation_scores(bags, bootstrap=300, seed=5)["pooled"]["ci_low"] != scores["pooled"]["ci_low"]
     with pytest.raises(ValueError, match="inconsistent"):
-        ml.localisation_scores({**bags, "probability": probability[:-1]})
+        scoring.localisation_scores({**bags, "probability": probability[:-1]})
 
 
 def test_tile_slide_context_averages_over_the_slide_not_the_bag():
@@ -131,7 +134,7 @@ def test_tile_slide_context_averages_over_the_slide_not_the_bag():
     # border, b's are not, and the cell without a patch takes no part.
     scores = np.array([[0.9, 0.1, 0.8, 0.2], [0.3, 0.4, 0.5, 0.6], [0.0, 1.0, 1.0, 0.0]])
     labels = np.array([[1, 0, 1, -1], [0, 0, 1, 1], [0, 1, 1, 0]])
-    smoothed = ml.tile_slide_context(scores, labels, ["a", "a", "b"], [0, 100, 0], [0, 0, 0], 1.0)
+    smoothed = scoring.tile_slide_context(scores, labels, ["a", "a", "b"], [0, 100, 0], [0, 0, 0], 1.0)
     present = labels != -1
     columns = np.array([[0, 1, 0, 1], [2, 3, 2, 3], [0, 1, 0, 1]])
     rows = np.array([[0, 0, 1, 1]] * 3)
@@ -140,26 +143,26 @@ def test_tile_slide_context_averages_over_the_slide_not_the_bag():
     np.testing.assert_allclose(smoothed[present], expected)
     assert smoothed[0, 3] == 0.0  # no patch there
     # b alone gives the same values: a's tiles never leak into b's slide.
-    alone = ml.tile_slide_context(scores[2:], labels[2:], ["b"], [0], [0], 1.0)
+    alone = scoring.tile_slide_context(scores[2:], labels[2:], ["b"], [0], [0], 1.0)
     np.testing.assert_allclose(alone[0], smoothed[2])
-    assert not np.allclose(smoothed[0, :3], ml.tile_slide_context(scores[:1], labels[:1], ["a"], [0], [0], 1.0)[0, :3])
+    assert not np.allclose(smoothed[0, :3], scoring.tile_slide_context(scores[:1], labels[:1], ["a"], [0], [0], 1.0)[0, :3])
     with pytest.raises(ValueError, match="inconsistent"):
-        ml.tile_slide_context(scores[:, :3], labels[:, :3], ["a", "a", "b"], [0, 100, 0], [0, 0, 0], 1.0)
+        scoring.tile_slide_context(scores[:, :3], labels[:, :3], ["a", "a", "b"], [0, 100, 0], [0, 0, 0], 1.0)
 
 
 def test_patches_as_bags_put_each_patch_in_its_region_cell():
     # Patient "7": three patches of region (0, 0) and one of region (1, 0), K = 2; IDC
     # offsets are 1 + 50 n.
     xs, ys = [1, 51, 1, 101], [1, 1, 51, 1]
-    bags = ml.patches_as_bags([0.9, 0.2, 0.4, 0.7], [1, 0, 0, 0], ["7"] * 4, xs, ys, 2)
+    bags = region_bags.patches_as_bags([0.9, 0.2, 0.4, 0.7], [1, 0, 0, 0], ["7"] * 4, xs, ys, 2)
     np.testing.assert_allclose(bags["attention"], [[0.9, 0.2, 0.4, 0.0], [0.7, 0.0, 0.0, 0.0]])
     np.testing.assert_array_equal(bags["patch_labels"], [[1, 0, 0, -1], [0, -1, -1, -1]])
     np.testing.assert_array_equal(bags["label"], [1, 0])
     np.testing.assert_array_equal(bags["origin_x"], [0, 100])
-    scores = ml.localisation_scores(bags, bootstrap=0)
+    scores = scoring.localisation_scores(bags, bootstrap=0)
     assert scores["within_bag"]["value"] == 1.0 and scores["within_bag"]["n_tiles"] == 3
     with pytest.raises(ValueError, match="two patches in the cell"):
-        ml.patches_as_bags([0.1, 0.2], [0, 0], ["7", "7"], [1, 1], [1, 1], 2)
+        region_bags.patches_as_bags([0.1, 0.2], [0, 0], ["7", "7"], [1, 1], [1, 1], 2)
 
 
 @pytest.fixture(scope="module")
@@ -191,7 +194,7 @@ def real_run(shared_data, tmp_path_factory):
         mil.build_mil_model(config), str(model_dir / "1"),
         preprocess=lambda image_bytes: image_ops.decode_and_resize(image_bytes, config.image_size),
         model_info={"model_kind": "mil", "model_name": "mil", "dataset": "test"}, decision_threshold=0.5)
-    bags = ml.predict_bags(model_dir, records, "test", batch_size=64)
+    bags = region_bags.predict_bags(model_dir, records, "test", batch_size=64)
     return {"root": root, "source": source, "records": records, "manifest": manifest,
             "model_dir": model_dir, "bags": bags}
 
@@ -233,7 +236,7 @@ def test_predict_bags_on_real_region_bags(real_run):
 
 def test_scores_and_slide_heatmaps_on_real_bags(real_run, tmp_path):
     bags, records = real_run["bags"], real_run["records"]
-    scores = ml.localisation_scores(bags, bootstrap=100, seed=0)
+    scores = scoring.localisation_scores(bags, bootstrap=100, seed=0)
     for name in ("pooled", "within_bag", "whole_slide"):
         entry = scores[name]
         assert entry["value"] is not None and 0.0 <= entry["value"] <= 1.0, name
@@ -244,7 +247,7 @@ def test_scores_and_slide_heatmaps_on_real_bags(real_run, tmp_path):
     json.dumps(scores)  # JSON-ready
 
     patients = sorted(set(bags["patient_id"]), key=lambda p: (len(p), p))
-    bags = {**bags, "tile_context": ml.tile_slide_context(bags["tile_probability"], bags["patch_labels"],
+    bags = {**bags, "tile_context": scoring.tile_slide_context(bags["tile_probability"], bags["patch_labels"],
                                                           bags["patient_id"], bags["origin_x"], bags["origin_y"], 1.0)}
     maps = ml.slide_heatmaps(bags, records, "test", tmp_path / "maps",
                              scores=("attention", "tile_probability", "tile_context"))
@@ -271,7 +274,7 @@ def test_scores_and_slide_heatmaps_on_real_bags(real_run, tmp_path):
     # The re-assembled slide puts every patch file at its slide offset.
     patient = patients[0]
     mosaics = {}
-    for batch in ml._iter_record_batches(records, "test", 128):
+    for batch in region_bags.iter_record_batches(records, "test", 128):
         for image, pid, x, y in zip(batch["image"], batch["patient_id"], batch["origin_x"], batch["origin_y"]):
             if pid == patient:
                 mosaics[(int(x), int(y))] = image
@@ -309,7 +312,7 @@ def test_cli_writes_json_and_heatmaps(real_run, tmp_path, capsys):
     assert code == 0 and "tile probabilities with slide context (sigma 1 tiles):" in capsys.readouterr().out
     context = json.loads(output.read_text())["tile_context"]
     bags = real_run["bags"]
-    expected = ml.localisation_scores({**bags, "attention": ml.tile_slide_context(
+    expected = scoring.localisation_scores({**bags, "attention": scoring.tile_slide_context(
         bags["tile_probability"], bags["patch_labels"], bags["patient_id"], bags["origin_x"], bags["origin_y"],
         1.0)}, bootstrap=0)
     assert context["sigma"] == 1.0 and context["within_bag"]["value"] == pytest.approx(expected["within_bag"]["value"])
@@ -327,11 +330,11 @@ def test_rejects_patch_records_and_mismatched_models(real_run, tmp_path):
     manifest = dict(real_run["manifest"], bag_size=None)
     (bad / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(DataError, match="not region bags"):
-        ml.predict_bags(real_run["model_dir"], bad, "test")
+        region_bags.predict_bags(real_run["model_dir"], bad, "test")
     assert features.BAG_PATCH_LABELS in real_run["manifest"]["features"]
 
     from model_exports import export_tiny_mil  # tests/: a 64 px model cut into 4x4 tiles
 
     other = export_tiny_mil(tmp_path / "tiny" / "1")
     with pytest.raises(DataError, match="4x4 grid but the bags are 2x2.*image_size=100, tile_size=50"):
-        ml.predict_bags(other, real_run["records"], "test")
+        region_bags.predict_bags(other, real_run["records"], "test")
