@@ -1,7 +1,8 @@
 """`RunReport`: what a run produced, for people — `report.json`, `summary.md`, `roc.png`.
 
-Metrics of every candidate (overall, per magnification, per patient), which one won and
-why, where it was pushed, and what ExampleValidator found.
+Metrics of every candidate (overall with patient-bootstrap intervals, per magnification,
+per patient), how many test patients of each class they rest on, which one won and why,
+where it was pushed, and what ExampleValidator found.
 """
 
 import json
@@ -16,6 +17,7 @@ from histopath import fileio
 from histopath.components.anomaly_gate import SUMMARY_FILE as ANOMALIES_FILE
 from histopath.components.artifacts import IngestReport, RunReportArtifact
 from histopath.components.ingest import REPORT_FILE as INGEST_REPORT_FILE
+from histopath.data import features
 from histopath.data.span_store import write_trained
 from histopath.components.winner_selection import (
     REPORTED_METRICS,
@@ -24,6 +26,10 @@ from histopath.components.winner_selection import (
 )
 
 REPORT_JSON, SUMMARY_MD, ROC_PNG = "report.json", "summary.md", "roc.png"
+BOOTSTRAP_RESAMPLES = 1000
+FEW_PATIENTS = 5  # fewer test patients of a class than this: the intervals are rough
+DECISION_SCORE_THRESHOLD = 0.5  # the exported decision_score is re-centred on the model's threshold
+_CELLS = ("trueNegatives", "falsePositives", "falseNegatives", "truePositives")
 
 
 def _flatten(metrics: dict[str, Any]) -> dict[str, float]:
@@ -40,8 +46,63 @@ def _slice_name(slice_key: tuple) -> str:
     return "overall" if not slice_key else ",".join(f"{k}={v}" for k, v in slice_key)
 
 
+def _matrices(plots: dict[str, Any]) -> list[dict[str, Any]]:
+    for per_output in plots.values():
+        for per_sub_key in per_output.values():
+            matrices = per_sub_key.get("confusionMatrixAtThresholds", {}).get("matrices", [])
+            if matrices:
+                return matrices
+    return []
+
+
+def patient_curves(slice_plots) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """Each test patient's confusion counts at every threshold of TFMA's confusion-matrix plot.
+
+    Args:
+      slice_plots: TFMA's `(slice_key, plots)` pairs.
+
+    Returns:
+      (patient ids, curves `[P, T, 4]` of (TN, FP, FN, TP), thresholds `[T]`).
+    """
+    patients, curves, thresholds = [], [], None
+    for slice_key, plots in slice_plots or []:
+        if len(slice_key) != 1 or slice_key[0][0] != features.PATIENT_ID:
+            continue
+        matrices = _matrices(plots)
+        if not matrices:
+            continue
+        value = slice_key[0][1]
+        patients.append(value.decode() if isinstance(value, bytes) else str(value))
+        curves.append([[float(matrix.get(cell, 0.0)) for cell in _CELLS] for matrix in matrices])
+        thresholds = np.array([float(matrix.get("threshold", 0.0)) for matrix in matrices])
+    if not patients:
+        return [], np.zeros((0, 0, 4)), np.zeros(0)
+    return patients, np.array(curves), thresholds
+
+
+def patient_intervals(slice_plots, seed: int = 0) -> dict[str, Any]:
+    """Patient-bootstrap intervals of the overall metrics, the test patients per class and
+    warnings, from the per-patient confusion curves (`bootstrap.curve_bootstrap_metrics`)."""
+    from histopath.evaluation import bootstrap
+
+    patients, curves, thresholds = patient_curves(slice_plots)
+    if not patients:
+        return {"intervals": {}, "test_patients": {"benign": 0, "malignant": 0},
+                "warnings": ["no per-patient results: no intervals"]}
+    malignant = int(np.sum(curves[:, 0, 2] + curves[:, 0, 3] > 0))  # any malignant image
+    counts = {"benign": len(patients) - malignant, "malignant": malignant}
+    below = np.flatnonzero(thresholds < DECISION_SCORE_THRESHOLD)
+    decision_index = int(below[-1]) if below.size else 0
+    weights = bootstrap.patient_bootstrap_weights(len(patients), BOOTSTRAP_RESAMPLES, seed)
+    intervals = bootstrap.curve_bootstrap_metrics(curves, decision_index, weights)
+    warnings = [f"only {n} {name} test patient{'s' if n != 1 else ''}: the intervals are rough"
+                for name, n in counts.items() if n < FEW_PATIENTS]
+    return {"intervals": intervals, "test_patients": counts, "warnings": warnings}
+
+
 def evaluation_summary(evaluation_uri: str) -> dict[str, Any]:
-    """Metrics by slice and the ROC curve of one candidate's TFMA evaluation."""
+    """Metrics by slice, patient-bootstrap intervals and the ROC curve of one candidate's
+    TFMA evaluation."""
     result = load_candidate_result(evaluation_uri)
     slices: dict[str, dict[str, dict[str, float]]] = {"overall": {}, "patient_id": {}, "magnification": {}}
     for slice_key, metrics in result.slicing_metrics:
@@ -63,7 +124,7 @@ def evaluation_summary(evaluation_uri: str) -> dict[str, Any]:
                     tn, fn = matrix.get("trueNegatives", 0.0), matrix.get("falseNegatives", 0.0)
                     if tp + fn > 0 and fp + tn > 0:
                         roc.append((fp / (fp + tn), tp / (tp + fn)))
-    return {"metrics": slices, "roc": sorted(set(roc))}
+    return {"metrics": slices, "roc": sorted(set(roc)), **patient_intervals(result.plots)}
 
 
 def plot_roc(curves: dict[str, dict[str, Any]], path: str) -> None:
@@ -97,18 +158,41 @@ def render_summary(report: dict[str, Any]) -> str:
         lines.append("Pushed: nothing new (the winner is the model pushed last)")
     else:
         lines.append("Pushed: nothing (no blessed winner)")
-    lines += ["", "| model | blessed | images | AUC | accuracy | balanced acc. | precision | recall | specificity |",
-              "|---|---|---|---|---|---|---|---|---|"]
+    lines += ["", "| model | blessed | test patients (benign / malignant) | images | AUC | balanced acc. | "
+              "sensitivity | specificity |", "|---|---|---|---|---|---|---|---|"]
+    warnings = []
     for name, candidate in report["candidates"].items():
-        m = candidate["metrics"]["overall"]
-        cells = [m.get(k) for k in ("example_count", "auc", "binary_accuracy", "balanced_accuracy",
-                                     "precision", "recall", "specificity")]
-        text = [f"{c:.4f}" if isinstance(c, float) and k else ("-" if c is None else f"{c:.0f}")
-                for k, c in enumerate(cells)]
-        lines.append(f"| {name} | {'yes' if candidate['blessed'] else 'no'} | " + " | ".join(text) + " |")
+        m, intervals = candidate["metrics"]["overall"], candidate.get("intervals", {})
+        patients = candidate.get("test_patients", {})
+        cells = [_with_interval(m.get(key), intervals.get(metric))
+                 for key, metric in (("auc", "auc"), ("balanced_accuracy", "balanced_accuracy"),
+                                     ("recall", "sensitivity"), ("specificity", "specificity"))]
+        count = m.get("example_count")
+        lines.append(f"| {name} | {'yes' if candidate['blessed'] else 'no'} | "
+                     f"{patients.get('benign', '-')} / {patients.get('malignant', '-')} | "
+                     f"{'-' if count is None else f'{count:.0f}'} | " + " | ".join(cells) + " |")
+        warnings += [f"{name}: {warning}" for warning in candidate.get("warnings", [])]
+    lines += ["", "Figures on the test patients with 95 % patient-bootstrap intervals."]
+    validated = {name: c["cross_validation"] for name, c in report["candidates"].items() if c.get("cross_validation")}
+    if validated:
+        lines += ["", f"Chosen by {report.get('rule', 'test_auc')} on the cross-validated predictions of the train "
+                  "and eval patients:", "", "| model | patients | images | cross-validated AUC |", "|---|---|---|---|"]
+        for name, cv in validated.items():
+            interval = cv.get("auc_ci")
+            lines.append(f"| {name} | {cv['patients']} | {cv['images']} | {cv['auc']:.3f}"
+                         + (f" [{interval[0]:.3f}, {interval[1]:.3f}]" if interval else "") + " |")
+    lines += [f"Warning: {warning}" for warning in dict.fromkeys(warnings)]
     anomalies = report["anomalies"]
     lines += ["", "Data anomalies: " + ("none" if not anomalies else json.dumps(anomalies))]
     return "\n".join(lines) + "\n"
+
+
+def _with_interval(value: float | None, interval: dict[str, Any] | None) -> str:
+    if value is None:
+        return "-"
+    if interval and interval.get("ci_low") is not None:
+        return f"{value:.3f} [{interval['ci_low']:.3f}, {interval['ci_high']:.3f}]"
+    return f"{value:.3f}"
 
 
 def _data_lines(data: dict[str, Any]) -> list[str]:
@@ -169,8 +253,10 @@ def RunReport(
                 "destination": pushed_model.get_string_custom_property("pushed_destination") if pushed_model else "",
                 "version": pushed_model.get_string_custom_property("pushed_version") if pushed_model else "",
             },
-            candidates={name: {"blessed": chosen["candidates"][name]["blessed"], "metrics": summary["metrics"],
-                               "roc": summary["roc"]} for name, summary in summaries.items()},
+            rule=chosen.get("rule", "test_auc"),
+            candidates={name: {"blessed": chosen["candidates"][name]["blessed"],
+                               "cross_validation": chosen["candidates"][name].get("cross_validation"), **summary}
+                        for name, summary in summaries.items()},
             anomalies=_read_json(anomalies.uri, ANOMALIES_FILE) if anomalies is not None else {},
         )
     fileio.write_json(fileio.join(report.uri, REPORT_JSON), content)

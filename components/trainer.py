@@ -19,6 +19,8 @@ import tensorflow as tf
 import tensorflow_transform as tft
 from tfx import v1 as tfx
 
+from histopath import fileio
+from histopath.components import cross_validation
 from histopath.models import config as model_config_lib
 from histopath.evaluation import operating_point
 from histopath.models import preprocessing
@@ -165,11 +167,55 @@ def _run(model_kind: str, fn_args: tfx.components.FnArgs) -> None:
             with_slide_positions=with_slide_positions,
         )
 
-    train_ds, eval_ds = dataset(fn_args.train_files, True), dataset(fn_args.eval_files, False)
-    tf.keras.utils.set_random_seed(training_config.seed)
-    model = build_model(model_config)
+    cv_settings = dict(settings.get("cross_validation") or {})
+    folds, refit = int(cv_settings.get("folds", 0)), bool(cv_settings.get("refit_on_all", False))
+    cv_block = None
     started = time.time()
-    history = train_model(model, train_ds, eval_ds, model_config, training_config, fn_args.model_run_dir)
+    if folds >= 2:
+        # Every train/eval patient predicted by a model that never saw it: what SelectWinner
+        # compares, and (with refit_on_all) the threshold of the model trained on them all.
+        train_data = cross_validation.load_examples(fn_args.train_files, tf_transform_output, transform_size)
+        eval_data = cross_validation.load_examples(fn_args.eval_files, tf_transform_output, transform_size)
+        data = cross_validation.PatientExamples(*(np.concatenate([a, b]) for a, b in zip(
+            (train_data.images, train_data.labels, train_data.patients),
+            (eval_data.images, eval_data.labels, eval_data.patients))))
+        cv_trainer = cross_validation.Trainer(build_model, model_config, training_config,
+                                              os.path.join(fn_args.model_run_dir, "cross_validation"))
+        cv = cross_validation.cross_validate(cv_trainer, data, folds, training_config.seed)
+        cv_block = {"folds": folds, "patients": cv["patients"], "threshold": cv["threshold"],
+                    "refit_on_all": refit, "fold_runs": cv["folds"], **cv["metrics"]}
+        fileio.write_json(os.path.join(os.path.dirname(fn_args.serving_model_dir), cross_validation.PREDICTIONS_FILE), {
+            "labels": data.labels.tolist(), "patients": data.patients.tolist(),
+            "probability": cv["probability"].tolist(), "threshold": cv["threshold"]})
+        logger.info("%s: cross-validated AUC %s over %d patients", model_kind,
+                    cv["metrics"]["image_level"]["metrics"]["auc"], cv["patients"])
+    if cv_block is not None and refit:
+        kept = cross_validation.median_kept_epochs(cv_block["fold_runs"])
+        cv_block["refit_epochs"] = kept
+        model, history = cv_trainer.fit(data, sorted(set(data.patients)), sorted(set(eval_data.patients)),
+                                        cross_validation.fixed_epochs(training_config, kept), "refit")
+        threshold = cv_block["threshold"]
+        eval_split = {"images": int(len(eval_data.labels)), "auc": None,
+                      "note": "the eval patients are in the refit's training data"}
+        slide_context_block = None
+    else:
+        train_ds, eval_ds = dataset(fn_args.train_files, True), dataset(fn_args.eval_files, False)
+        tf.keras.utils.set_random_seed(training_config.seed)
+        model = build_model(model_config)
+        history = train_model(model, train_ds, eval_ds, model_config, training_config, fn_args.model_run_dir)
+        # The threshold is chosen on the model's predictions as exported (with test-time
+        # augmentation when configured), so it fits what serving computes.
+        threshold_ds = dataset(fn_args.eval_files, False, with_slide_positions=True) if slide_context_sigma else eval_ds
+        labels, scores, positions = _predict_probabilities(
+            make_predictor(model, model_config.test_time_augmentation), threshold_ds)
+        threshold = operating_point.balanced_accuracy_threshold(labels, scores)
+        logger.info("%s: decision threshold %.4f chosen on %d eval images", model_kind, threshold, len(labels))
+        eval_split = {"images": int(len(labels)), "auc": roc_auc(labels, scores)}
+        logger.info("%s: eval split %s", model_kind, eval_split)
+        slide_context_block = None
+        if slide_context_sigma:
+            slide_context_block = slide_context_info(labels, scores, positions, slide_context_sigma)
+            logger.info("%s: slide context %s", model_kind, slide_context_block)
     train_seconds = time.time() - started
 
     if model_kind == "densenet":
@@ -178,19 +224,6 @@ def _run(model_kind: str, fn_args: tfx.components.FnArgs) -> None:
         # For warm starts: DenseNetConfig(weights=<model_run>/backbone_weights.h5).
         save_backbone_weights(model, os.path.join(fn_args.model_run_dir, BACKBONE_WEIGHTS_FILE))
 
-    # The threshold is chosen on the model's predictions as exported (with test-time
-    # augmentation when configured), so it fits what serving computes.
-    threshold_ds = dataset(fn_args.eval_files, False, with_slide_positions=True) if slide_context_sigma else eval_ds
-    labels, scores, positions = _predict_probabilities(
-        make_predictor(model, model_config.test_time_augmentation), threshold_ds)
-    threshold = operating_point.balanced_accuracy_threshold(labels, scores)
-    logger.info("%s: decision threshold %.4f chosen on %d eval images", model_kind, threshold, len(labels))
-    eval_split = {"images": int(len(labels)), "auc": roc_auc(labels, scores)}
-    logger.info("%s: eval split %s", model_kind, eval_split)
-    slide_context_block = None
-    if slide_context_sigma:
-        slide_context_block = slide_context_info(labels, scores, positions, slide_context_sigma)
-        logger.info("%s: slide context %s", model_kind, slide_context_block)
     model_info = {
         "model_kind": model_kind,
         "model_name": settings.get("model_name", "histopath"),
@@ -206,6 +239,8 @@ def _run(model_kind: str, fn_args: tfx.components.FnArgs) -> None:
     }
     if slide_context_block is not None:
         model_info["slide_context"] = slide_context_block
+    if cv_block is not None:
+        model_info["cross_validation"] = cv_block
     export_serving_model(
         model,
         fn_args.serving_model_dir,

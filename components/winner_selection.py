@@ -1,12 +1,17 @@
-"""`SelectWinner`: picks the model to push from the candidates' TFMA evaluations.
+"""`SelectWinner`: picks the model to push among the candidates.
 
-The rule, in order:
-1. only candidates their Evaluator blessed are eligible (they passed the value thresholds
+1. Only candidates their Evaluator blessed are eligible (they passed the value thresholds
    on the test split and, when a model was pushed before, did not fall more than the
-   allowed margin below it);
-2. the eligible candidate with the highest image-level AUC wins;
-3. ties (AUC within 1e-6) go to the higher balanced accuracy, then to the name;
-4. a winner that is the very model pushed last is not pushed again (`already_serving`).
+   allowed margin below it).
+2. Among them, by `rule` (`pipeline.config.SelectionConfig`):
+   - "cv_simpler_unless_better": the simpler candidate (`model_comparison.SIMPLER_FIRST`)
+     unless another's cross-validated AUC over the train and eval patients is higher with
+     the paired patient-bootstrap interval of the difference above 0;
+   - "cv_auc": the highest cross-validated AUC;
+   - "test_auc": the highest test-split AUC (ties: balanced accuracy, then the name).
+   The cv rules read the per-image predictions each Trainer's cross-validation wrote; with
+   them the test split only reports.
+3. A winner that is the very model pushed last is not pushed again (`already_serving`).
 
 The output blessing names the winner's Trainer model (`current_model_id`).
 """
@@ -20,7 +25,10 @@ from tfx import v1 as tfx
 from tfx.types import standard_artifacts
 from tfx.utils import io_utils
 
+from histopath import fileio
 from histopath.components.pushed_model import SERVING_MODEL_DIR
+from histopath.errors import DataError
+from histopath.evaluation import model_comparison
 
 SELECTION_FILE = "selection.json"
 CANDIDATE_MODEL_NAME = "candidate"  # model_spec name of the model under evaluation
@@ -65,14 +73,51 @@ def overall_metrics(evaluation_uri: str) -> dict[str, float]:
     return {}
 
 
-def choose_winner(candidates: dict[str, dict[str, Any]]) -> tuple[str | None, str]:
+def _test_auc_winner(eligible: dict[str, dict[str, Any]]) -> tuple[str, str]:
+    def key(name: str) -> tuple[float, float, str]:
+        metrics = eligible[name]["metrics"]
+        auc = round(metrics.get("auc", float("-inf")), 6)
+        return (auc, metrics.get("balanced_accuracy", float("-inf")), name)
+
+    ranked = sorted(eligible, key=key, reverse=True)
+    winner = ranked[0]
+    reason = f"{winner} has the highest test AUC ({eligible[winner]['metrics'].get('auc', float('nan')):.4f})"
+    if len(ranked) > 1:
+        runner_up = ranked[1]
+        reason += f" (runner-up {runner_up}: {eligible[runner_up]['metrics'].get('auc', float('nan')):.4f})"
+    return winner, reason
+
+
+def _cross_validated_winner(eligible: dict[str, dict[str, Any]], rule: str) -> tuple[str, str]:
+    predictions = {name: candidate.get("cross_validation") for name, candidate in eligible.items()}
+    missing = sorted(name for name, value in predictions.items() if value is None)
+    if missing:
+        raise DataError(f"selection rule {rule} needs cross-validated predictions, which "
+                        f"{', '.join(missing)} did not write (set selection.folds)")
+    first = next(iter(predictions.values()))
+    for name, value in predictions.items():
+        if value["patients"] != first["patients"] or value["labels"] != first["labels"]:
+            raise DataError(f"the cross-validated predictions of {name} are not of the same images as the others")
+    scores = {name: value["probability"] for name, value in predictions.items()}
+    choose = model_comparison.highest_auc if rule == "cv_auc" else model_comparison.simpler_unless_better
+    winner, reason = choose(first["labels"], first["patients"], scores)
+    return winner, (f"{reason}; cross-validated over {len(set(first['patients']))} train and eval patients "
+                    "(the test split only reports)")
+
+
+def choose_winner(candidates: dict[str, dict[str, Any]], rule: str = "test_auc") -> tuple[str | None, str]:
     """Applies the rule of this module.
 
     Args:
-      candidates: `{name: {"blessed": bool, "metrics": {...}}}`.
+      candidates: `{name: {"blessed": bool, "metrics": {...}, "cross_validation": {"labels",
+        "patients", "probability"} or None}}`.
+      rule: "test_auc", "cv_auc" or "cv_simpler_unless_better".
 
     Returns:
       `(winner name or None, a one-sentence reason)`.
+
+    Raises:
+      DataError: a cv rule without cross-validated predictions of every eligible candidate.
     """
     eligible = {name: c for name, c in candidates.items() if c["blessed"]}
     rejected = sorted(set(candidates) - set(eligible))
@@ -82,22 +127,35 @@ def choose_winner(candidates: dict[str, dict[str, Any]]) -> tuple[str | None, st
             + ", ".join(rejected)
             + "); nothing is pushed"
         )
-
-    def key(name: str) -> tuple[float, float, str]:
-        metrics = eligible[name]["metrics"]
-        auc = round(metrics.get("auc", float("-inf")), 6)
-        return (auc, metrics.get("balanced_accuracy", float("-inf")), name)
-
-    ranked = sorted(eligible, key=key, reverse=True)
-    winner = ranked[0]
-    auc = eligible[winner]["metrics"].get("auc", float("nan"))
-    reason = f"{winner} has the highest test AUC ({auc:.4f}) among blessed candidates"
-    if len(ranked) > 1:
-        runner_up = ranked[1]
-        reason += f" (runner-up {runner_up}: {eligible[runner_up]['metrics'].get('auc', float('nan')):.4f})"
+    if len(eligible) == 1:
+        winner = next(iter(eligible))
+        reason = f"{winner} is the only blessed candidate"
+    elif rule == "test_auc":
+        winner, reason = _test_auc_winner(eligible)
+    else:
+        winner, reason = _cross_validated_winner(eligible, rule)
     if rejected:
         reason += "; not blessed: " + ", ".join(rejected)
     return winner, reason
+
+
+def _summary(predictions: dict[str, Any]) -> dict[str, Any]:
+    """Images, patients, threshold and the AUC with its patient-bootstrap interval."""
+    import numpy as np
+
+    draws = model_comparison.auc_draws(predictions["labels"], predictions["patients"],
+                                       {"auc": predictions["probability"]})
+    finite = draws["auc"][np.isfinite(draws["auc"])]
+    interval = [float(q) for q in np.quantile(finite, [0.025, 0.975])] if finite.size else None
+    return {"images": len(predictions["labels"]), "patients": len(set(predictions["patients"])),
+            "threshold": predictions["threshold"], "auc": float(draws["auc:point"][0]), "auc_ci": interval}
+
+
+def _read_cross_validation(model_uri: str) -> dict[str, Any] | None:
+    from histopath.components.cross_validation import PREDICTIONS_FILE
+
+    path = fileio.join(model_uri, PREDICTIONS_FILE)
+    return fileio.read_json(path) if fileio.exists(path) else None
 
 
 @tfx.dsl.components.component
@@ -111,8 +169,9 @@ def SelectWinner(
     mil_evaluation: tfx.dsl.components.InputArtifact[standard_artifacts.ModelEvaluation] = None,
     mil_blessing: tfx.dsl.components.InputArtifact[standard_artifacts.ModelBlessing] = None,
     pushed_model: tfx.dsl.components.InputArtifact[standard_artifacts.Model] = None,
+    rule: tfx.dsl.components.Parameter[str] = "test_auc",
 ) -> None:
-    """Compares the candidates, copies the winner to `model` and blesses it."""
+    """Compares the candidates by `rule`, copies the winner to `model` and blesses it."""
     inputs = {
         "densenet": (densenet_model, densenet_evaluation, densenet_blessing),
         "mil": (mil_model, mil_evaluation, mil_blessing),
@@ -126,8 +185,12 @@ def SelectWinner(
             "metrics": overall_metrics(evaluation.uri),
             "model_uri": candidate_model.uri,
             "model_id": candidate_model.id,
+            "cross_validation": _read_cross_validation(candidate_model.uri),
         }
-    winner, reason = choose_winner(candidates)
+    winner, reason = choose_winner(candidates, rule)
+    for candidate in candidates.values():  # selection.json keeps a summary, not every prediction
+        if candidate["cross_validation"] is not None:
+            candidate["cross_validation"] = _summary(candidate["cross_validation"])
     already_serving = bool(
         winner and pushed_model is not None and pushed_model.get_int_custom_property("found")
         and pushed_model.get_string_custom_property("trained_in")
@@ -137,7 +200,7 @@ def SelectWinner(
         reason += "; it is already the model pushed last, so nothing new is pushed"
     selection = {
         "winner": winner, "reason": reason, "candidates": candidates,
-        "already_serving": already_serving,
+        "already_serving": already_serving, "rule": rule,
     }
     tf.io.gfile.makedirs(blessing.uri)
     with tf.io.gfile.GFile(os.path.join(blessing.uri, SELECTION_FILE), "w") as handle:

@@ -29,3 +29,37 @@ def test_auc_ties_go_to_balanced_accuracy_and_no_blessing_means_no_winner():
         {"densenet": _candidate(False, 0.9), "mil": _candidate(False, 0.8)}
     )
     assert winner is None and "nothing is pushed" in reason
+
+
+def _cross_validated(seed: int, strengths: dict[str, float], patients: int = 30, images: int = 10) -> dict:
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    labels = np.repeat(np.arange(patients) % 2, images)
+    patient_ids = np.repeat([f"p{i}" for i in range(patients)], images).tolist()
+    candidates = {}
+    for name, strength in strengths.items():
+        scores = 1 / (1 + np.exp(-(strength * (2 * labels - 1) + rng.normal(0, 1, len(labels)))))
+        candidates[name] = {**_candidate(True, 0.9),
+                            "cross_validation": {"labels": labels.tolist(), "patients": patient_ids,
+                                                 "probability": scores.tolist(), "threshold": 0.5}}
+    return candidates
+
+
+def test_cross_validated_rules():
+    import pytest
+
+    from histopath.errors import DataError
+
+    clearly_better = _cross_validated(0, {"mil": 0.3, "densenet": 2.5})
+    for rule in ("cv_auc", "cv_simpler_unless_better"):
+        winner, reason = winner_selection.choose_winner(clearly_better, rule)
+        assert winner == "densenet" and "30 train and eval patients" in reason and "only reports" in reason
+    alike = _cross_validated(1, {"mil": 1.0, "densenet": 1.05})
+    winner, reason = winner_selection.choose_winner(alike, "cv_simpler_unless_better")
+    assert winner == "mil" and "no candidate beats the simpler mil" in reason
+    alike["densenet"]["cross_validation"] = None
+    with pytest.raises(DataError, match="densenet did not write"):
+        winner_selection.choose_winner(alike, "cv_auc")
+    alike["densenet"]["blessed"] = False  # one eligible candidate needs no comparison
+    assert winner_selection.choose_winner(alike, "cv_auc")[0] == "mil"

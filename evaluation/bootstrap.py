@@ -14,7 +14,7 @@ that metric's interval and counted in "bootstrap_valid".
 from __future__ import annotations
 
 import math
-from typing import Any, Dict, NamedTuple, Optional, Sequence
+from typing import Any, Callable, Dict, NamedTuple, Optional, Sequence
 
 import numpy as np
 from scipy import sparse
@@ -206,19 +206,65 @@ def cluster_bootstrap_metrics(
       interval None, with a reason, where the metric is undefined.
     """
     statistics = cluster_sums(labels, scores, predictions, clusters, n_clusters)
-    point = metrics_for_weights(np.ones((1, n_clusters)), statistics)
-    resampled = metrics_for_weights(weights, statistics) if len(weights) else {}
+    return _entries(lambda rows: metrics_for_weights(rows, statistics), METRIC_NAMES, n_clusters, weights,
+                    confidence)
+
+
+def _entries(metrics: Callable[[np.ndarray], Dict[str, np.ndarray]], names: Sequence[str], n_clusters: int,
+             weights: np.ndarray, confidence: float) -> Dict[str, Dict[str, Any]]:
+    """Metric entries: `metrics(weights)` at all-ones weights for the values, at `weights`
+    for the intervals."""
+    point = metrics(np.ones((1, n_clusters)))
+    resampled = metrics(weights) if len(weights) else {}
     result = {}
-    for name in METRIC_NAMES:
+    for name in names:
         value = float(point[name][0])
         entry: Dict[str, Any] = {"value": None, "ci_low": None, "ci_high": None, "bootstrap_valid": 0, "reason": None}
         if math.isnan(value):
             entry["reason"] = UNDEFINED_REASONS[name]
-            result[name] = entry
-            continue
-        entry["value"] = value
-        entry["reason"] = interval_unavailable(len(weights), n_clusters)
-        if entry["reason"] is None:
-            fill_interval(entry, resampled[name], confidence, f"metric undefined in them: {UNDEFINED_REASONS[name]}")
+        else:
+            entry["value"] = value
+            entry["reason"] = interval_unavailable(len(weights), n_clusters)
+            if entry["reason"] is None:
+                fill_interval(entry, resampled[name], confidence, f"metric undefined in them: {UNDEFINED_REASONS[name]}")
         result[name] = entry
     return result
+
+
+CURVE_METRICS = ("auc", "accuracy", "balanced_accuracy", "sensitivity", "specificity")
+
+
+def _curve_metrics(weights: np.ndarray, curves: np.ndarray, decision_index: int) -> Dict[str, np.ndarray]:
+    counts = np.einsum("rp,ptc->rtc", weights, curves)  # [R, T, (tn, fp, fn, tp)]
+    tn, fp, fn, tp = (counts[..., index] for index in range(4))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        tpr, fpr = tp / (tp + fn), fp / (fp + tn)
+    # The ROC runs from (1, 1) below the lowest threshold to (0, 0) above the highest.
+    tpr = np.concatenate([np.ones((len(tpr), 1)), tpr, np.zeros((len(tpr), 1))], axis=1)
+    fpr = np.concatenate([np.ones((len(fpr), 1)), fpr, np.zeros((len(fpr), 1))], axis=1)
+    auc = -np.trapz(tpr, fpr, axis=1)
+    at_decision = np.concatenate([counts[:, decision_index, :], np.zeros((len(counts), 1))], axis=1)
+    values = rates_from_sums(at_decision)
+    values["auc"] = auc
+    return {name: values[name] for name in CURVE_METRICS}
+
+
+def curve_bootstrap_metrics(curves: np.ndarray, decision_index: int, weights: np.ndarray,
+                            confidence: float = CONFIDENCE) -> Dict[str, Dict[str, Any]]:
+    """Point estimates and patient-bootstrap intervals from each patient's confusion counts
+    at a grid of thresholds (what TFMA's confusion-matrix plot gives per patient slice).
+
+    Args:
+      curves: `[P, T, 4]` counts (TN, FP, FN, TP) of each patient at each of T increasing
+        thresholds.
+      decision_index: the index of the model's decision threshold in the grid.
+      weights: `[R, P]` from `patient_bootstrap_weights` (R may be 0).
+      confidence: interval coverage.
+
+    Returns:
+      metric -> {"value", "ci_low", "ci_high", "bootstrap_valid", "reason"} for
+      `CURVE_METRICS`; the AUC is the trapezoid area under the grid's ROC points.
+    """
+    curves = np.asarray(curves, dtype=float)
+    return _entries(lambda rows: _curve_metrics(rows, curves, decision_index), CURVE_METRICS, curves.shape[0],
+                    weights, confidence)

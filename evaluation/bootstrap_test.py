@@ -8,6 +8,7 @@ import math
 import numpy as np
 import pytest
 
+from histopath.evaluation import bootstrap
 from histopath.evaluation.bootstrap import (
     METRIC_NAMES,
     cluster_bootstrap_metrics,
@@ -152,3 +153,29 @@ def test_per_patient_score_counts_are_sparse():
     statistics = cluster_sums(labels, scores, predictions, clusters, 150)
     assert statistics.positives.shape == (150, len(np.unique(scores)))
     assert statistics.positives.nnz + statistics.negatives.nnz == labels.size
+
+
+def test_curve_bootstrap_matches_the_per_image_bootstrap_on_grid_scores():
+    """Per-patient confusion counts at thresholds between the score levels hold the whole ROC:
+    the curve-based metrics equal the per-image ones, point and resamples alike."""
+    rng = np.random.default_rng(4)
+    n_patients, levels = 9, np.array([0.1, 0.3, 0.45, 0.6, 0.9])
+    patients = np.repeat(np.arange(n_patients), 7)
+    labels = (rng.random(len(patients)) < np.repeat(rng.random(n_patients), 7)).astype(int)
+    scores = levels[np.clip(labels * 2 + rng.integers(0, 3, len(patients)), 0, 4)]
+    thresholds = np.array([0.0, 0.2, 0.4, 0.5, 0.7, 0.95])  # a prediction is positive above a threshold
+    curves = np.zeros((n_patients, len(thresholds), 4))
+    for t, threshold in enumerate(thresholds):
+        predicted = (scores > threshold).astype(int)
+        for p in range(n_patients):
+            mine = patients == p
+            for cell, (label, guess) in enumerate([(0, 0), (0, 1), (1, 0), (1, 1)]):
+                curves[p, t, cell] = np.sum(mine & (labels == label) & (predicted == guess))
+    weights = bootstrap.patient_bootstrap_weights(n_patients, 300, seed=1)
+    from_curves = bootstrap.curve_bootstrap_metrics(curves, 3, weights)
+    per_image = bootstrap.cluster_bootstrap_metrics(labels, scores, (scores > 0.5).astype(int), patients,
+                                                    n_patients, weights)
+    assert from_curves["auc"]["value"] == pytest.approx(roc_auc(labels, scores))
+    for name in bootstrap.CURVE_METRICS:
+        for key in ("value", "ci_low", "ci_high", "bootstrap_valid"):
+            assert from_curves[name][key] == pytest.approx(per_image[name][key]), (name, key)

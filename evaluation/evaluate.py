@@ -13,7 +13,12 @@ from histopath import fileio
 from histopath.data.features import patient_sort_key
 from histopath.errors import ConfigError, DataError
 from histopath.evaluation import bootstrap, metrics
-from histopath.evaluation.scoring import score_predictions, slide_context_evaluation
+from histopath.evaluation.scoring import score_predictions, slide_context_evaluation, tumour_fraction_evaluation
+
+# IDC: every slide holds tumour, so "malignant patient" says nothing; the slide-level
+# answer is how much of the slide is tumour (`tumour_fraction_evaluation`).
+IDC_PATIENT_LEVEL = ("not reported for IDC: every slide has IDC-positive patches, so a patient label says "
+                     "nothing; see \"tumour_fraction\" for the slide-level answer")
 
 
 def evaluate_model(
@@ -106,6 +111,15 @@ def evaluate_model(
     context = slide_context_evaluation(
         loaded.model_info.get("slide_context"), labels, scores, patient_ids,
         [f.patch_x for f, _ in kept], [f.patch_y for f, _ in kept], bootstrap=bootstrap, seed=seed)
+    if dataset == "idc":
+        scored["patient_level"] = {"reported": False, "reason": IDC_PATIENT_LEVEL}
+        scored["tumour_fraction"] = tumour_fraction_evaluation(
+            labels, [row["label"] for _, row in kept], patient_ids, bootstrap=bootstrap, seed=seed)
+        if context is not None:
+            context.report["patient_level"] = scored["patient_level"]
+            context.report["tumour_fraction"] = tumour_fraction_evaluation(
+                labels, (context.scores >= context.report["decision_threshold"]).astype(int), patient_ids,
+                bootstrap=bootstrap, seed=seed)
     return {
         "histopath_version": __version__,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -160,6 +174,8 @@ def write_evaluation(result: Mapping[str, Any], path: str | os.PathLike) -> Dict
         ("images", [i["label"] for i in images], [i["probability"] for i in images], "image_level"),
         ("patients", [p["label"] for p in patients], [p["score"] for p in patients], "patient_level"),
     ):
+        if not result[level].get("reported", True):
+            continue
         fpr, tpr, _ = metrics.roc_curve(labels, scores)
         auc = result[level]["metrics"]["auc"]
         curves[name] = plots.RocCurve(fpr, tpr, auc["value"], auc["ci_low"], auc["ci_high"],
@@ -173,9 +189,10 @@ def write_evaluation(result: Mapping[str, Any], path: str | os.PathLike) -> Dict
     model = result["model"]
     title = f"{model['model_name']} v{model['model_version']} on {result['data']['dataset']}"
     plots.plot_roc(curves, targets["roc"], title=title)
-    plots.plot_calibration(
-        {"images": result["image_level"]["calibration"], "patients": result["patient_level"]["calibration"]},
-        targets["calibration"], title=title)
+    calibrations = {"images": result["image_level"]["calibration"]}
+    if result["patient_level"].get("reported", True):
+        calibrations["patients"] = result["patient_level"]["calibration"]
+    plots.plot_calibration(calibrations, targets["calibration"], title=title)
     document = dict(result)
     document["plots"] = {key: str(value) for key, value in targets.items()}
     fileio.write_json(path, document, sort_keys=False, allow_nan=False)
@@ -185,10 +202,16 @@ def write_evaluation(result: Mapping[str, Any], path: str | os.PathLike) -> Dict
 SUMMARY_PATIENTS = 30  # per-patient lines `summary_lines` prints; the JSON has them all
 
 
+def _with_interval(entry: Mapping[str, Any]) -> str:
+    interval = f" [{entry['ci_low']:.3f}, {entry['ci_high']:.3f}]" if entry.get("ci_low") is not None else ""
+    return f"{entry['value']:.3f}{interval}"
+
+
 def summary_lines(result: Mapping[str, Any]) -> List[str]:
     """A human-readable table of the metrics with their intervals."""
     lines = []
-    levels = [(level.replace("_", " "), result[level]) for level in ("image_level", "patient_level")]
+    levels = [(level.replace("_", " "), result[level]) for level in ("image_level", "patient_level")
+              if result[level].get("reported", True)]
     if "slide_context" in result:
         context = result["slide_context"]
         levels.append((f"image level with slide context (sigma {context['sigma']:g} patches, "
@@ -210,6 +233,16 @@ def summary_lines(result: Mapping[str, Any]) -> List[str]:
         if hindsight.get("value") is not None:
             lines.append(f"  in hindsight       balanced accuracy {hindsight['value']:.3f} at threshold "
                          f"{hindsight['threshold']:.3f}, chosen on these labels (a bound, not an operating point)")
+    for title, block in (("slide level", result.get("tumour_fraction")),
+                         ("slide level with slide context", result.get("slide_context", {}).get("tumour_fraction"))):
+        if block:
+            lines.append(f"{title}: tumour fraction called vs labelled, over {len(block['patients'])} patients: "
+                         f"mean absolute error {_with_interval(block['mean_absolute_error'])}, bias "
+                         f"{_with_interval(block['bias'])}, Spearman "
+                         + ("n/a" if block["spearman"] is None else f"{block['spearman']:.3f}"))
+            for row in block["patients"][:SUMMARY_PATIENTS]:
+                lines.append(f"  {row['patient_id']:18s} {row['n_patches']} patches: {row['predicted_fraction']:.1%} "
+                             f"called IDC, {row['labelled_fraction']:.1%} labelled")
     patients = result.get("patients", [])
     if patients:
         lines.append("per patient, its own images (AUC, sensitivity, specificity at the threshold):")

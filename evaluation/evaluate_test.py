@@ -128,3 +128,29 @@ def test_evaluate_model_on_real_breakhis_patients(exported_models, shared_data, 
         assert written[key].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         shutil.copy(written[key], artifacts_dir / f"evaluation-real-breakhis.{key}.png")
     assert not list((tmp_path / "out").glob(".*tmp*"))  # no temporary files left
+
+
+def test_idc_gets_a_slide_level_tumour_fraction_instead_of_a_patient_label(exported_models, shared_data, tmp_path):
+    """Every IDC slide holds tumour: the patient level is not reported, each slide's share of
+    patches called IDC is compared with its labelled share."""
+    data = tmp_path / "idc"
+    for patient in sorted(p.name for p in (shared_data / "idc").iterdir())[:3]:
+        for label in ("0", "1"):
+            target = data / patient / label
+            target.mkdir(parents=True)
+            for patch in sorted((shared_data / "idc" / patient / label).glob("*.png"))[:6]:
+                (target / patch.name).symlink_to(patch)
+    result = evaluation.evaluate_model(exported_models.mil, data, "idc", bootstrap=200, seed=0)
+    assert result["patient_level"]["reported"] is False and "tumour_fraction" in result["patient_level"]["reason"]
+    block = result["tumour_fraction"]
+    assert [row["labelled_fraction"] for row in block["patients"]] == [0.5, 0.5, 0.5]
+    images = result["images"]
+    for row in block["patients"]:
+        mine = [image["prediction"] for image in images if image["patient_id"] == row["patient_id"]]
+        assert row["predicted_fraction"] == pytest.approx(np.mean(mine)) and row["idc_present_labelled"]
+    errors = [abs(row["predicted_fraction"] - row["labelled_fraction"]) for row in block["patients"]]
+    assert block["mean_absolute_error"]["value"] == pytest.approx(np.mean(errors))
+    lines = "\n".join(evaluation.summary_lines(result))
+    assert "slide level: tumour fraction called vs labelled, over 3 patients" in lines and "patient level" not in lines
+    written = evaluation.write_evaluation(result, tmp_path / "idc.json")
+    assert written["calibration"].exists()

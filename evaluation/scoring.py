@@ -179,3 +179,52 @@ def _bootstrap_warnings(patient_labels: np.ndarray) -> List[str]:
         return []
     return [f"only {benign} benign and {malignant} malignant patients: percentile intervals from so few "
             "patients understate the uncertainty (treat them as rough)"]
+
+
+def tumour_fraction_evaluation(labels: Sequence[int], predictions: Sequence[int], patient_ids: Sequence[str],
+                               *, bootstrap: int, seed: int) -> Dict[str, Any]:
+    """The slide-level answer for IDC, where every slide holds tumour: how much of each
+    patient's slide the model calls IDC against how much the patch labels say.
+
+    Args:
+      labels, predictions: per patch, 0/1.
+      patient_ids: per patch, its patient (one slide per patient).
+
+    Returns:
+      {"patients": [{"patient_id", "n_patches", "labelled_fraction", "predicted_fraction",
+      "idc_present_labelled", "idc_present_predicted"}], "mean_absolute_error" and
+      "bias" (predicted - labelled, mean over patients; each with a patient-bootstrap
+      interval), "spearman" (rank correlation over patients, None below 3)}.
+    """
+    from scipy import stats
+
+    labels, predictions = np.asarray(labels, float), np.asarray(predictions, float)
+    patients = sorted({str(p) for p in patient_ids}, key=patient_sort_key)
+    index = {p: i for i, p in enumerate(patients)}
+    clusters = np.array([index[str(p)] for p in patient_ids])
+    counts = np.bincount(clusters, minlength=len(patients)).astype(float)
+    labelled = np.bincount(clusters, weights=labels, minlength=len(patients)) / counts
+    predicted = np.bincount(clusters, weights=predictions, minlength=len(patients)) / counts
+    weights = patient_bootstrap.patient_bootstrap_weights(len(patients), bootstrap, seed)
+
+    def summary(values: np.ndarray) -> Dict[str, Any]:
+        entry: Dict[str, Any] = {"value": float(values.mean()), "ci_low": None, "ci_high": None}
+        if len(weights):
+            draws = weights @ values / weights.sum(axis=1)
+            low, high = np.quantile(draws, [0.025, 0.975])
+            entry.update(ci_low=float(low), ci_high=float(high))
+        return entry
+
+    spearman = None
+    if len(patients) >= 3 and np.ptp(labelled) > 0 and np.ptp(predicted) > 0:
+        spearman = float(stats.spearmanr(labelled, predicted).statistic)
+    return {
+        "rule": "tumour fraction = share of the patient's patches called IDC (at the threshold); "
+                "IDC present = at least one patch",
+        "mean_absolute_error": summary(np.abs(predicted - labelled)),
+        "bias": summary(predicted - labelled),
+        "spearman": spearman,
+        "patients": [{"patient_id": p, "n_patches": int(counts[i]), "labelled_fraction": float(labelled[i]),
+                      "predicted_fraction": float(predicted[i]), "idc_present_labelled": bool(labelled[i] > 0),
+                      "idc_present_predicted": bool(predicted[i] > 0)} for i, p in enumerate(patients)],
+    }

@@ -61,3 +61,17 @@ def test_slide_context_evaluation_scores_the_smoothed_probabilities_at_the_model
     first = scored["patients"][0]  # and each patient's own images
     assert (f"  a                  30 images ({first['n_malignant_images']} malignant)  AUC {first['image_auc']:.3f}"
             f"  sensitivity {first['image_sensitivity']:.3f}  specificity {first['image_specificity']:.3f}") in lines
+
+
+def test_tumour_fraction_per_slide():
+    from histopath.evaluation.scoring import tumour_fraction_evaluation
+
+    labels = [1, 1, 0, 0] + [1, 0, 0, 0] + [1, 1, 1, 0]
+    called = [1, 0, 0, 0] + [1, 1, 0, 0] + [1, 1, 1, 1]
+    block = tumour_fraction_evaluation(labels, called, ["a"] * 4 + ["b"] * 4 + ["c"] * 4, bootstrap=100, seed=0)
+    rows = {row["patient_id"]: row for row in block["patients"]}
+    assert (rows["a"]["labelled_fraction"], rows["a"]["predicted_fraction"]) == (0.5, 0.25)
+    assert block["mean_absolute_error"]["value"] == pytest.approx(0.25)
+    assert block["bias"]["value"] == pytest.approx((-0.25 + 0.25 + 0.25) / 3)
+    assert block["mean_absolute_error"]["ci_low"] <= 0.25 <= block["mean_absolute_error"]["ci_high"]
+    assert block["spearman"] == pytest.approx(0.5)  # ranks (2, 1, 3) against (1, 2, 3)

@@ -29,7 +29,7 @@ VERSION_POLICIES = ("timestamp", "increment")
 # replaces it, e.g. `--beam-arg=--direct_running_mode=in_memory`.
 DEFAULT_BEAM_ARGS = ("--direct_running_mode=multi_processing", "--direct_num_workers=0")
 # Settings given as JSON objects that merge key by key across the layers.
-NESTED_KEYS = ("densenet", "mil", "training", "model_training", "thresholds", "splits")
+NESTED_KEYS = ("densenet", "mil", "training", "model_training", "thresholds", "selection", "splits")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,6 +40,27 @@ class ThresholdConfig:
     min_balanced_accuracy: float = 0.60  # image-level balanced accuracy lower bound
     # The candidate may be at most this much worse (AUC) than the model pushed last.
     max_auc_drop_vs_pushed: float = 0.01
+
+
+SELECTION_RULES = ("test_auc", "cv_auc", "cv_simpler_unless_better")
+
+
+@dataclasses.dataclass(frozen=True)
+class SelectionConfig:
+    """How the model to push is chosen among the blessed candidates, and how it is trained
+    (`components.winner_selection`; the evidence is in docs/results.md)."""
+
+    # "test_auc": the highest AUC on the test split; "cv_auc": the highest cross-validated
+    # AUC over the train and eval patients; "cv_simpler_unless_better": the simpler
+    # candidate (MIL) unless another's cross-validated AUC is higher with the paired
+    # patient-bootstrap interval of the difference above 0. The cv rules need `folds`.
+    rule: str = "test_auc"
+    # Each Trainer also runs this many label-stratified patient folds over the train and
+    # eval patients (0 = none): the cross-validated predictions the cv rules compare.
+    folds: int = 0
+    # The exported model is trained on every train and eval patient for the epochs the
+    # folds kept, with the threshold of the cross-validated predictions (needs `folds`).
+    refit_on_all: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,6 +102,7 @@ class PipelineConfig:
     training: Mapping[str, TrainingConfig] = dataclasses.field(
         default_factory=lambda: {kind: TrainingConfig() for kind in MODEL_KINDS})
     thresholds: ThresholdConfig = dataclasses.field(default_factory=ThresholdConfig)
+    selection: SelectionConfig = dataclasses.field(default_factory=SelectionConfig)  # choosing the winner
     stop_on_anomalies: bool = False  # fail the run when ExampleValidator finds anomalies
     model_name: str = "histopath"  # TF Serving model name: <serving_dir>/<model_name>/<version>
     version_policy: str = "timestamp"  # "timestamp" (TFX's default) | "increment"
@@ -145,6 +167,18 @@ class PipelineConfig:
             raise ConfigError(f"min_new_patients must be >= 0, got {self.min_new_patients}")
         if self.bag_size is not None and (self.dataset != "idc" or int(self.bag_size) < 2):
             raise ConfigError(f"bag_size must be None, or at least 2 for idc, got {self.bag_size} for {self.dataset}")
+        selection = self.selection
+        if selection.rule not in SELECTION_RULES:
+            raise ConfigError(f"selection.rule must be one of {SELECTION_RULES}, got {selection.rule!r}")
+        if selection.folds == 1 or selection.folds < 0:
+            raise ConfigError(f"selection.folds must be 0 (none) or at least 2, got {selection.folds}")
+        if not selection.folds and (selection.rule != "test_auc" or selection.refit_on_all):
+            raise ConfigError(f"selection.rule {selection.rule!r}"
+                              + (" and refit_on_all" if selection.refit_on_all else "")
+                              + " need cross-validation: set selection.folds (e.g. 5)")
+        if selection.refit_on_all and self.slide_context_sigma:
+            raise ConfigError("selection.refit_on_all cannot be combined with slide_context_sigma yet (the "
+                              "slide-context threshold needs held-out eval patients)")
         if sorted(self.training) != sorted(MODEL_KINDS):
             raise ConfigError(f"training must hold one TrainingConfig per model kind {MODEL_KINDS}")
         return self
@@ -156,7 +190,7 @@ class PipelineConfig:
             models=list(self.models), magnifications=list(self.magnifications), beam_args=list(self.beam_args),
             splits=dict(self.splits), densenet=self.densenet.to_dict(), mil=self.mil.to_dict(),
             training={kind: config.to_dict() for kind, config in self.training.items()},
-            thresholds=dataclasses.asdict(self.thresholds),
+            thresholds=dataclasses.asdict(self.thresholds), selection=dataclasses.asdict(self.selection),
         )
         return data
 
@@ -245,6 +279,10 @@ def resolve(*layers: Mapping[str, Any]) -> PipelineConfig:
     if not isinstance(thresholds, Mapping):
         raise ConfigError("thresholds must be an object of ThresholdConfig fields")
     _check_keys(thresholds, [f.name for f in dataclasses.fields(ThresholdConfig)], "thresholds")
+    selection = values.get("selection") or {}
+    if not isinstance(selection, Mapping):
+        raise ConfigError("selection must be an object of SelectionConfig fields")
+    _check_keys(selection, [f.name for f in dataclasses.fields(SelectionConfig)], "selection")
     kwargs = {key: value for key, value in values.items() if key not in ("model_training",)}
     if "span_window" in kwargs:
         kwargs["span_window"] = str(kwargs["span_window"])
@@ -253,6 +291,7 @@ def resolve(*layers: Mapping[str, Any]) -> PipelineConfig:
         mil=MilConfig.from_dict(mil_values),
         training=_training_configs(values, seed),
         thresholds=ThresholdConfig(**thresholds),
+        selection=SelectionConfig(**selection),
     )
     for key in ("models", "magnifications", "beam_args"):
         if key in kwargs:
@@ -300,4 +339,5 @@ def model_settings(config: PipelineConfig, kind: str) -> dict[str, Any]:
         "slide_context_sigma": float(config.slide_context_sigma),
         "dataset": config.dataset,
         "model_name": config.model_name,
+        "cross_validation": {"folds": config.selection.folds, "refit_on_all": config.selection.refit_on_all},
     }

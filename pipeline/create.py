@@ -126,7 +126,8 @@ def _training_components(config: PipelineConfig, examples) -> dict[str, Any]:
             f"{kind}_evaluation": evaluator.outputs["evaluation"],
             f"{kind}_blessing": evaluator.outputs["blessing"],
         })
-    select_winner = SelectWinner(pushed_model=latest_pushed.outputs["model"], **selector_inputs)
+    select_winner = SelectWinner(pushed_model=latest_pushed.outputs["model"], rule=config.selection.rule,
+                                 **selector_inputs)
     pusher = Pusher(
         model=select_winner.outputs["model"],
         model_blessing=select_winner.outputs["blessing"],

@@ -36,6 +36,7 @@ TRAINER_MODULES = {
     + (
         f"histopath.models.{kind}",
         "histopath.components.trainer",
+        "histopath.components.cross_validation",
         "histopath.models.training",
         "histopath.models.augment",
         "histopath.models.export",

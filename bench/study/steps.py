@@ -206,7 +206,7 @@ def evaluate_step(model_dir: str, dataset: str, raw_data: pathlib.Path, records:
 def compact_evaluation(result: Dict[str, Any]) -> Dict[str, Any]:
     """The parts of an evaluation the report needs (no per-image rows)."""
     keep = ("decision_threshold", "patient_label_rule", "patient_score_rule", "bootstrap", "image_level",
-            "patient_level", "patients", "slide_context")
+            "patient_level", "patients", "slide_context", "tumour_fraction")
     return {key: result[key] for key in keep if key in result}
 
 

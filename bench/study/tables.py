@@ -269,6 +269,9 @@ def metrics_table(dataset: str, rows: Sequence[ModelRow], level: str) -> Table:
                   ["model", "unit", "n (benign/malignant)"] + [m.replace("_", " ") for m in METRICS])
     for row in rows:
         scored = row.block[level]
+        if not scored.get("reported", True):  # IDC's patient level: see its tumour fractions
+            table.rows.append([row.label, row.unit, scored["reason"]] + ["-"] * len(METRICS))
+            continue
         counts = scored["label_counts"]
         table.rows.append([row.label, row.unit, f"{scored['n_items']} ({counts['benign']}/{counts['malignant']})"]
                           + [with_interval(metric(row.block, level, m)) for m in METRICS])

@@ -1,0 +1,156 @@
+"""Cross-validated predictions of the pipeline's candidates, one per image of every patient.
+
+    python -m bench.cv_predictions --data DIR --dataset breakhis [--preset breakhis]
+                                   [--folds 5] [--refit] [--output FILE.json] [--cache DIR]
+
+Every patient is held out once, exactly as a Trainer with `selection.folds` does it
+(`components.cross_validation`): label-stratified patient folds; per fold, each candidate
+of the preset trained with the Trainer's loop and settings, an inner eval split of the
+remaining patients watched, the held-out patients predicted as the exported model
+predicts. With `--refit`, each fold also trains the `refit_on_all` model (all remaining
+patients, the epochs the fold kept, no early stopping) and predicts the held-out patients
+with it. Images are read from the raw folder and preprocessed by the pipeline's own
+`preprocessing_fn`. `bench/selection_rules.py` scores selection rules on the output.
+
+Each fold is cached under `--cache` (keyed by the candidate's settings and the fold), so an
+interrupted study resumes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import pathlib
+import sys
+import time
+from typing import Any, Dict, List, Mapping, Optional
+
+import histopath  # noqa: F401  (pins Keras 2 before TensorFlow is imported)
+import numpy as np
+
+from bench.common import write_json
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+
+def load_raw(dataset: str, source: str, image_size: int, stain_normalization: bool):
+    """Every image under `source` as Transform stores it (`preprocessing_fn`), in memory."""
+    import tensorflow as tf
+
+    from histopath.components.cross_validation import PatientExamples
+    from histopath.data import features
+    from histopath.data.layouts import scan_source
+    from histopath.models import image_ops, preprocessing
+
+    files = scan_source(dataset, source).files
+    settings = {"image_size": image_size, "stain_normalization": int(stain_normalization)}
+    images = []
+    for start in range(0, len(files), 64):
+        chunk = files[start:start + 64]
+        raw = {features.IMAGE: tf.constant([pathlib.Path(source, f.relative_path).read_bytes() for f in chunk])}
+        stored = preprocessing.preprocessing_fn(raw, settings)[preprocessing.TRANSFORMED_IMAGE]
+        floats = image_ops.dequantize_from_bytes(stored, image_size)
+        images.append(np.round(floats.numpy() * 255.0).astype(np.uint8))
+    return PatientExamples(np.concatenate(images), np.array([f.label for f in files], np.int64),
+                           np.array([f.patient_id for f in files]))
+
+
+def _fold_key(kind: str, settings: Mapping[str, Any], held_out: List[str], refit: bool, seed: int) -> str:
+    text = json.dumps({"kind": kind, "settings": settings, "held_out": sorted(held_out), "refit": refit,
+                       "seed": seed}, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def run_fold(trainer, data, groups, index: int, seed: int, refit: bool) -> Dict[str, Any]:
+    """One fold of one candidate (and its refit), with wall times."""
+    from histopath.components import cross_validation
+
+    started = time.perf_counter()
+    fold = cross_validation.fold_predictions(trainer, data, groups, index, seed)
+    fold["seconds"] = round(time.perf_counter() - started, 1)
+    if refit:
+        held_out = set(groups[index])
+        rest = sorted(p for p in set(data.patients) if p not in held_out)
+        started = time.perf_counter()
+        model, _ = trainer.fit(data, rest, fold["inner_eval"],
+                               cross_validation.fixed_epochs(trainer.training_config, fold["kept_epochs"]),
+                               f"refit-{index}")
+        mask = np.isin(data.patients, list(held_out))
+        fold["refit_probability"] = trainer.predict(model, data.images[mask]).tolist()
+        fold["refit_seconds"] = round(time.perf_counter() - started, 1)
+    return fold
+
+
+def run(dataset: str, source: str, preset: str, folds: int, seed: int, refit: bool,
+        cache: Optional[pathlib.Path], log_dir: pathlib.Path) -> Dict[str, Any]:
+    """The cross-validated predictions of every candidate of `preset` (module docstring)."""
+    from histopath.components import cross_validation
+    from histopath.models.densenet import build_densenet_model
+    from histopath.models.mil import build_mil_model
+    from histopath.pipeline import presets
+    from histopath.pipeline.config import resolve
+
+    config = resolve(presets.layer(preset), {"dataset": dataset, "seed": seed})
+    data = load_raw(dataset, source, config.image_size, config.stain_normalization)
+    groups = cross_validation.stratified_patient_folds(data.patients, data.labels, folds, seed)
+    print(f"[cv] {len(data.labels)} images of {len(set(data.patients))} patients, {folds} folds, "
+          f"candidates {', '.join(config.models)}", flush=True)
+    result: Dict[str, Any] = {"dataset": dataset, "preset": preset, "folds": groups, "seed": seed,
+                              "patients": data.patients.tolist(), "labels": data.labels.tolist(),
+                              "candidates": {}}
+    for kind in config.models:
+        trainer = cross_validation.Trainer(build_densenet_model if kind == "densenet" else build_mil_model,
+                                           config.model_config(kind), config.training[kind], str(log_dir / kind))
+        settings = {"model": trainer.model_config.to_dict(),
+                    "training": trainer.training_config.to_dict(), "image_size": config.image_size}
+        columns = {"probability": np.full(len(data.labels), np.nan)}
+        if refit:
+            columns["refit_probability"] = np.full(len(data.labels), np.nan)
+        rows = []
+        for index, held_out in enumerate(groups):
+            cached = cache / f"{kind}-{_fold_key(kind, settings, held_out, refit, seed)}.json" if cache else None
+            if cached and cached.exists():
+                fold = json.loads(cached.read_text())
+            else:
+                fold = run_fold(trainer, data, groups, index, seed, refit)
+                if cached:
+                    write_json(cached, fold)
+            mask = np.isin(data.patients, held_out)
+            for column, values in columns.items():
+                values[mask] = fold[column]
+            rows.append({key: value for key, value in fold.items() if not key.endswith("probability")})
+            print(f"[cv] {kind} fold {index + 1}/{folds}: {fold['seconds']:.0f} s"
+                  + (f" + refit {fold['refit_seconds']:.0f} s" if refit else "") + f", kept {fold['kept_epochs']}",
+                  flush=True)
+        summary = cross_validation.summarize(data, columns["probability"], seed)
+        result["candidates"][kind] = {**{k: v.tolist() for k, v in columns.items()}, "folds": rows,
+                                      "threshold": summary["threshold"], "metrics": summary["metrics"]}
+    return result
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", required=True, help="raw image folder (the data set's layout)")
+    parser.add_argument("--dataset", required=True, choices=["breakhis", "idc"])
+    parser.add_argument("--preset", help="the recipe (default: the data set's preset)")
+    parser.add_argument("--folds", type=int, default=5)
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--refit", action="store_true", help="also train each fold's refit_on_all model")
+    parser.add_argument("--cache", type=pathlib.Path, default=REPO_ROOT / "bench" / "results" / "cv-cache")
+    parser.add_argument("--output", type=pathlib.Path,
+                        default=REPO_ROOT / "bench" / "results" / "cv_predictions.json")
+    args = parser.parse_args(argv)
+    from histopath.pipeline import presets
+
+    preset = args.preset or presets.DEFAULT_PRESETS[args.dataset]
+    args.cache.mkdir(parents=True, exist_ok=True)
+    result = run(args.dataset, args.data, preset, args.folds, args.seed, args.refit, args.cache,
+                 args.output.parent / "cv-logs")
+    write_json(args.output, result)
+    print(f"[cv] wrote {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,214 @@
+"""Which rule picks the candidate that is better on patients nobody has seen?
+
+    python -m bench.selection_rules --predictions bench/results/cv_breakhis.json
+                                    [--partitions 200] [--available 0.6] [--output FILE.json]
+
+Input: the cross-validated predictions of the candidates (`bench/cv_predictions.py`): one
+prediction per image of every patient, from a model that never saw the patient. One
+partition draws, stratified by label, the patients a user would have (`--available`, the
+rest play the unseen patients), and cuts the available ones into train/eval/test as the
+pipeline does (0.7/0.15/0.15 of the patients). Each rule then picks a candidate from the
+available patients' predictions only; the truth is the candidate with the higher image AUC
+on the unseen patients. Reusing one set of cross-validated predictions for every partition
+stands in for retraining per partition.
+
+Rules (AUC is image-level; intervals come from a patient bootstrap):
+  test_auc              the higher AUC on the test patients (the pipeline's rule until now)
+  eval_test_auc         the higher AUC on the eval and test patients pooled
+  cv_auc                the higher cross-validated AUC over every available patient
+  cv_lower_bound        the higher 2.5 % bound of that AUC's interval
+  cv_simpler_unless_better  the simpler candidate unless the other's AUC is higher with the
+                        paired interval of the difference above 0
+  test_simpler_unless_better  the same on the test patients only
+Reference rows: each candidate always, and the oracle.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import sys
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
+
+import numpy as np
+
+from bench.common import write_json
+from histopath.evaluation import model_comparison
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
+SPLITS = (("train", 0.7), ("eval", 0.15), ("test", 0.15))
+BOOTSTRAP_RESAMPLES = 200
+
+
+class Candidates:
+    """The candidates' cross-validated predictions of the same images.
+
+    Args:
+      labels, patients: per image.
+      probabilities: candidate -> per-image probability.
+    """
+
+    def __init__(self, labels: Sequence[int], patients: Sequence[str], probabilities: Mapping[str, Sequence[float]]):
+        self.labels = np.asarray(labels).astype(int)
+        self.patients = np.asarray(patients).astype(str)
+        self.patient_ids, self.cluster = np.unique(self.patients, return_inverse=True)
+        self.patient_label = np.zeros(len(self.patient_ids), int)
+        np.maximum.at(self.patient_label, self.cluster, self.labels)
+        self.names = model_comparison.simpler_first(list(probabilities))
+        self.scores = {name: np.asarray(values, float) for name, values in probabilities.items()}
+
+    def subset(self, patient_mask: np.ndarray) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+        """(labels, patients, scores) of the images of the patients in `patient_mask`."""
+        images = patient_mask[self.cluster]
+        return self.labels[images], self.patients[images], {n: v[images] for n, v in self.scores.items()}
+
+    def auc(self, name: str, patient_mask: np.ndarray) -> float:
+        labels, patients, scores = self.subset(patient_mask)
+        return float(model_comparison.auc_draws(labels, patients, {name: scores[name]}, 0)[f"{name}:point"][0])
+
+
+def draw_partition(candidates: Candidates, available: float, rng: np.random.Generator) -> Dict[str, np.ndarray]:
+    """Patient masks `{"unseen", "train", "eval", "test"}`, each stratified by label, every
+    split of the available patients holding both classes."""
+    masks = {name: np.zeros(len(candidates.patient_ids), bool) for name in ("unseen",) + tuple(s for s, _ in SPLITS)}
+    for label in (0, 1):
+        members = rng.permutation(np.flatnonzero(candidates.patient_label == label))
+        n_available = max(len(SPLITS), round(available * len(members)))
+        masks["unseen"][members[n_available:]] = True
+        chosen = members[:n_available]
+        counts = [max(1, round(fraction * n_available)) for _, fraction in SPLITS[1:]]
+        edges = np.cumsum([n_available - sum(counts)] + counts)
+        for (name, _), start, end in zip(SPLITS, np.concatenate([[0], edges[:-1]]), edges):
+            masks[name][chosen[start:end]] = True
+    return masks
+
+
+def rules(candidates: Candidates) -> Dict[str, Callable[[Dict[str, np.ndarray], int], str]]:
+    """Rule name -> function(partition masks, seed) -> the chosen candidate."""
+    order = candidates.names
+
+    def by_auc(split_names: Sequence[str]):
+        def rule(masks, seed):
+            return model_comparison.highest_auc(*candidates.subset(np.any([masks[n] for n in split_names], axis=0)))[0]
+        return rule
+
+    def simpler_unless_better(split_names: Sequence[str]):
+        def rule(masks, seed):
+            subset = candidates.subset(np.any([masks[n] for n in split_names], axis=0))
+            return model_comparison.simpler_unless_better(*subset, resamples=BOOTSTRAP_RESAMPLES, seed=seed)[0]
+        return rule
+
+    def lower_bound(masks, seed):
+        draws = model_comparison.auc_draws(*candidates.subset(masks["train"] | masks["eval"] | masks["test"]),
+                                           resamples=BOOTSTRAP_RESAMPLES, seed=seed)
+        bounds = {name: np.nanquantile(draws[name], 0.025) if np.isfinite(draws[name]).any() else np.nan
+                  for name in order}
+        return max(order, key=lambda name: (np.nan_to_num(bounds[name], nan=-1.0), -order.index(name)))
+
+    everything = ["train", "eval", "test"]
+    return {
+        "test_auc": by_auc(["test"]),
+        "eval_test_auc": by_auc(["eval", "test"]),
+        "cv_auc": by_auc(everything),
+        "cv_lower_bound": lower_bound,
+        "cv_simpler_unless_better": simpler_unless_better(everything),
+        "test_simpler_unless_better": simpler_unless_better(["test"]),
+        **{f"always_{name}": (lambda masks, seed, name=name: name) for name in order},
+    }
+
+
+def compare_rules(candidates: Candidates, partitions: int, available: float, seed: int) -> Dict[str, Any]:
+    """Scores every rule over `partitions` random partitions (see the module docstring).
+
+    Returns:
+      {"partitions", "available", "rules": {rule: {"agreement", "agreement_ci", "unseen_auc",
+      "regret", "picks": {candidate: share}}}, "oracle_unseen_auc", "decided_partitions"}.
+    """
+    rng = np.random.default_rng(seed)
+    table = rules(candidates)
+    picks: Dict[str, List[str]] = {name: [] for name in table}
+    truths, unseen_aucs = [], []
+    for index in range(partitions):
+        masks = draw_partition(candidates, available, rng)
+        unseen = {name: candidates.auc(name, masks["unseen"]) for name in candidates.names}
+        unseen_aucs.append(unseen)
+        best = max(unseen.values())
+        winners = [name for name, value in unseen.items() if value == best]
+        truths.append(winners[0] if len(winners) == 1 else None)  # a tie decides nothing
+        for name, rule in table.items():
+            picks[name].append(rule(masks, seed + index))
+    decided = [i for i, truth in enumerate(truths) if truth is not None]
+    oracle = float(np.mean([max(row.values()) for row in unseen_aucs]))
+    result: Dict[str, Any] = {"partitions": partitions, "available": available, "decided_partitions": len(decided),
+                              "oracle_unseen_auc": round(oracle, 4), "rules": {}}
+    for name, chosen in picks.items():
+        right = np.array([chosen[i] == truths[i] for i in decided], float)
+        achieved = np.array([unseen_aucs[i][chosen[i]] for i in range(partitions)])
+        low, high = _wilson(right.sum(), len(right))
+        result["rules"][name] = {
+            "agreement": round(float(right.mean()), 4) if len(right) else None,
+            "agreement_ci": [round(low, 4), round(high, 4)],
+            "unseen_auc": round(float(achieved.mean()), 4),
+            "regret": round(oracle - float(achieved.mean()), 4),
+            "picks": {candidate: round(chosen.count(candidate) / partitions, 3) for candidate in candidates.names},
+        }
+    return result
+
+
+def _wilson(successes: float, trials: int, z: float = 1.96) -> tuple[float, float]:
+    """Wilson score interval of a proportion."""
+    if trials == 0:
+        return float("nan"), float("nan")
+    p = successes / trials
+    centre = (p + z * z / (2 * trials)) / (1 + z * z / trials)
+    half = z * np.sqrt(p * (1 - p) / trials + z * z / (4 * trials * trials)) / (1 + z * z / trials)
+    return float(centre - half), float(centre + half)
+
+
+def refit_gain(cv: Mapping[str, Any], seed: int) -> Dict[str, Any]:
+    """Per candidate: cross-validated AUC of the fold models and of their refits on every
+    training patient, and the paired patient-bootstrap interval of the difference."""
+    gains = {}
+    for name, block in cv["candidates"].items():
+        if "refit_probability" not in block:
+            continue
+        draws = model_comparison.auc_draws(cv["labels"], cv["patients"], {
+            "fold": block["probability"], "refit": block["refit_probability"]}, resamples=1000, seed=seed)
+        difference = draws["refit"] - draws["fold"]
+        difference = difference[np.isfinite(difference)]
+        gains[name] = {"auc": round(float(draws["fold:point"][0]), 4),
+                       "refit_auc": round(float(draws["refit:point"][0]), 4),
+                       "gain_ci": [round(float(np.quantile(difference, q)), 4) for q in (0.025, 0.975)]}
+    return gains
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--predictions", type=pathlib.Path, required=True)
+    parser.add_argument("--partitions", type=int, default=200)
+    parser.add_argument("--available", type=float, default=0.6)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--output", type=pathlib.Path)
+    args = parser.parse_args(argv)
+    cv = json.loads(args.predictions.read_text())
+    candidates = Candidates(cv["labels"], cv["patients"],
+                            {name: block["probability"] for name, block in cv["candidates"].items()})
+    result = {"dataset": cv["dataset"], "preset": cv["preset"], "patients": len(candidates.patient_ids),
+              **compare_rules(candidates, args.partitions, args.available, args.seed),
+              "refit": refit_gain(cv, args.seed)}
+    print(f"{result['dataset']}: {result['patients']} patients, {result['partitions']} partitions "
+          f"({result['decided_partitions']} decided), oracle unseen AUC {result['oracle_unseen_auc']:.3f}")
+    print(f"{'rule':28} {'agreement':>10} {'95% CI':>16} {'unseen AUC':>11} {'regret':>7}  picks")
+    for name, row in result["rules"].items():
+        print(f"{name:28} {row['agreement']:>10.3f} {str(row['agreement_ci']):>16} {row['unseen_auc']:>11.4f} "
+              f"{row['regret']:>7.4f}  {row['picks']}")
+    for name, row in result["refit"].items():
+        print(f"refit {name}: CV AUC {row['auc']:.4f} -> {row['refit_auc']:.4f}, gain 95% CI {row['gain_ci']}")
+    output = args.output or args.predictions.with_name(args.predictions.stem + ".rules.json")
+    write_json(output, result)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,257 @@
+"""Patient-level cross-validation inside a Trainer, and the refit on every usable patient.
+
+The train and eval patients are cut into `folds` label-stratified groups; for each group a
+model is trained exactly as the Trainer trains (`training.train_model`, with an inner eval
+split of the remaining patients for early stopping and learning-rate decay) and predicts
+the group as the exported model does. Every train/eval patient thus gets predictions from a
+model that never saw it: the cross-validated AUC (with a patient-bootstrap interval) is
+what `SelectWinner` compares, and the cross-validated predictions choose the decision
+threshold. With `refit_on_all`, the model that is exported is then trained on every
+train/eval patient for the epoch count the folds kept. The test split is never read.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from typing import Any, Callable, Dict, List, Mapping, Sequence
+
+import numpy as np
+import tensorflow as tf
+import tensorflow_transform as tft
+
+from histopath.data import features
+from histopath.errors import DataError
+from histopath.evaluation import scoring
+from histopath.evaluation.operating_point import balanced_accuracy_threshold
+from histopath.models import image_ops, preprocessing
+from histopath.models.config import DenseNetConfig, MilConfig, TrainingConfig
+from histopath.models.export import make_predictor
+from histopath.models.training import train_model
+
+logger = logging.getLogger(__name__)
+
+# Written into the Model artifact beside Format-Serving: the per-image cross-validated
+# predictions `SelectWinner` compares.
+PREDICTIONS_FILE = "cross_validation.json"
+INNER_EVAL_FRACTION = 0.18  # of a fold's training patients: eval / (train + eval) of the default split
+BOOTSTRAP_RESAMPLES = 1000
+_PREDICT_BATCH = 32
+
+
+@dataclasses.dataclass(frozen=True)
+class PatientExamples:
+    """Transformed examples in memory: uint8 images at the Transform size, labels, patients."""
+
+    images: np.ndarray
+    labels: np.ndarray
+    patients: np.ndarray
+
+
+def load_examples(files: Sequence[str], tf_transform_output: tft.TFTransformOutput,
+                  transform_size: int) -> PatientExamples:
+    """Reads Transform's examples (`fn_args.train_files` + `eval_files`) into memory.
+
+    Raises:
+      DataError: no examples, or examples without patient ids.
+    """
+    paths = sorted(path for pattern in files for path in tf.io.gfile.glob(pattern))
+    spec = tf_transform_output.transformed_feature_spec()
+    if features.PATIENT_ID not in spec:
+        raise DataError("cross-validation needs the patient id in the transformed examples")
+    used = {name: spec[name] for name in (preprocessing.TRANSFORMED_IMAGE, preprocessing.TRANSFORMED_LABEL,
+                                          features.PATIENT_ID)}
+    images, labels, patients = [], [], []
+    for serialized in tf.data.TFRecordDataset(paths, compression_type="GZIP").batch(256):
+        batch = tf.io.parse_example(serialized, used)
+        floats = image_ops.dequantize_from_bytes(batch[preprocessing.TRANSFORMED_IMAGE], transform_size)
+        images.append(np.round(floats.numpy() * 255.0).astype(np.uint8))
+        labels.append(tf.reshape(batch[preprocessing.TRANSFORMED_LABEL], [-1]).numpy())
+        patients += [p.decode() for p in tf.reshape(batch[features.PATIENT_ID], [-1]).numpy()]
+    if not images:
+        raise DataError(f"no examples in {list(files)}")
+    return PatientExamples(np.concatenate(images), np.concatenate(labels).astype(np.int64), np.array(patients))
+
+
+def patient_labels(patients: Sequence[str], labels: Sequence[int]) -> Dict[str, int]:
+    """Each patient's label: malignant when any of its images is."""
+    result: Dict[str, int] = {}
+    for patient, label in zip(patients, labels):
+        result[str(patient)] = max(result.get(str(patient), 0), int(label))
+    return result
+
+
+def stratified_patient_folds(patients: Sequence[str], labels: Sequence[int], folds: int,
+                             seed: int) -> List[List[str]]:
+    """Cuts the patients into `folds` groups, malignant and benign patients spread evenly.
+
+    Raises:
+      DataError: fewer patients of a class than folds.
+    """
+    by_patient = patient_labels(patients, labels)
+    rng = np.random.default_rng(seed)
+    groups: List[List[str]] = [[] for _ in range(folds)]
+    offset = 0
+    for label in (1, 0):
+        members = sorted(p for p, value in by_patient.items() if value == label)
+        if len(members) < folds:
+            raise DataError(f"{folds}-fold cross-validation needs at least {folds} "
+                            f"{('benign', 'malignant')[label]} patients, the train and eval splits have "
+                            f"{len(members)}")
+        rng.shuffle(members)
+        for index, patient in enumerate(members):
+            groups[(offset + index) % folds].append(patient)
+        offset += len(members)
+    return [sorted(group) for group in groups]
+
+
+def inner_eval_patients(train_patients: Sequence[str], by_patient: Mapping[str, int], seed: int) -> List[str]:
+    """The patients of a fold's training patients that early stopping and the learning-rate
+    schedule watch: `INNER_EVAL_FRACTION` of each class, at least one."""
+    rng = np.random.default_rng(seed)
+    chosen: List[str] = []
+    for label in (1, 0):
+        members = sorted(p for p in train_patients if by_patient[p] == label)
+        rng.shuffle(members)
+        chosen += members[:max(1, round(INNER_EVAL_FRACTION * len(members)))]
+    return sorted(chosen)
+
+
+def array_dataset(images: np.ndarray, labels: np.ndarray, model_size: int, batch_size: int,
+                  shuffle: bool, seed: int) -> tf.data.Dataset:
+    """`(float images at the model's size, labels)` batches, as the Trainer's input."""
+    dataset = tf.data.Dataset.from_tensor_slices((images, labels))
+    if shuffle:
+        dataset = dataset.shuffle(len(labels), seed=seed, reshuffle_each_iteration=True)
+    resize = model_size != images.shape[1]
+
+    def to_model_input(batch_images, batch_labels):
+        floats = tf.cast(batch_images, tf.float32) / 255.0
+        return (image_ops.resize_and_scale(floats, model_size) if resize else floats), batch_labels
+
+    return dataset.batch(batch_size).map(to_model_input).prefetch(tf.data.AUTOTUNE)
+
+
+def predict_arrays(predictor: Callable, images: np.ndarray, model_size: int) -> np.ndarray:
+    """Probabilities of `images` (uint8 at the Transform size) from an exported-style predictor."""
+    scores = [predictor(batch)["probability"].numpy().reshape(-1)
+              for batch, _ in array_dataset(images, np.zeros(len(images), np.int64), model_size,
+                                            _PREDICT_BATCH, False, 0)]
+    return np.concatenate(scores) if scores else np.zeros(0)
+
+
+def kept_epochs(history: Mapping[str, list], monitor: str) -> Dict[str, int]:
+    """Per phase, the epochs up to the best monitored one (what early stopping kept)."""
+    key = monitor if monitor in history else "val_auc"
+    kept: Dict[str, int] = {}
+    for phase in dict.fromkeys(history["phase"]):
+        values = [history[key][i] for i, p in enumerate(history["phase"]) if p == phase]
+        best = np.nanargmin(values) if key.endswith("loss") else np.nanargmax(values)
+        kept[phase] = int(best) + 1
+    return kept
+
+
+def fixed_epochs(config: TrainingConfig, kept: Mapping[str, int]) -> TrainingConfig:
+    """`config` for a refit: the kept epoch counts, nothing stopped early (the refit has no
+    patients left to watch)."""
+    return dataclasses.replace(
+        config,
+        epochs=int(kept.get("head", kept.get("train", 0))) if config.epochs else 0,
+        fine_tune_epochs=int(kept.get("fine_tune", 0)) if config.fine_tune_epochs else 0,
+        early_stopping_patience=10_000,
+    )
+
+
+@dataclasses.dataclass
+class Trainer:
+    """Trains and predicts one model kind on in-memory patients.
+
+    Args:
+      build: builds a fresh model from `model_config`.
+      model_config: the model's settings.
+      training_config: the training settings.
+      log_dir: TensorBoard folder (one subfolder per fit).
+    """
+
+    build: Callable[[DenseNetConfig | MilConfig], Any]
+    model_config: DenseNetConfig | MilConfig
+    training_config: TrainingConfig
+    log_dir: str
+
+    def fit(self, data: PatientExamples, train_patients: Sequence[str], eval_patients: Sequence[str],
+            config: TrainingConfig | None, name: str):
+        """A model trained on `train_patients` watching `eval_patients`; (model, history)."""
+        import tf_keras as keras
+
+        config = config or self.training_config
+        size = int(self.model_config.image_size)
+        train = np.isin(data.patients, list(train_patients))
+        watch = np.isin(data.patients, list(eval_patients))
+        keras.utils.set_random_seed(config.seed)
+        model = self.build(self.model_config)
+        history = train_model(
+            model, array_dataset(data.images[train], data.labels[train], size, config.batch_size, True, config.seed),
+            array_dataset(data.images[watch], data.labels[watch], size, config.batch_size, False, 0),
+            self.model_config, config, f"{self.log_dir}/{name}")
+        return model, history
+
+    def predict(self, model, images: np.ndarray) -> np.ndarray:
+        return predict_arrays(make_predictor(model, self.model_config.test_time_augmentation), images,
+                              int(self.model_config.image_size))
+
+
+def fold_predictions(trainer: Trainer, data: PatientExamples, groups: Sequence[Sequence[str]], index: int,
+                     seed: int) -> Dict[str, Any]:
+    """Fold `index`: a model trained on the other groups (an inner eval split of them
+    watched), predicting group `index`.
+
+    Returns:
+      {"held_out", "inner_eval", "kept_epochs", "probability" (the held-out images, in
+      `data` order)}.
+    """
+    by_patient = patient_labels(data.patients, data.labels)
+    held_out = list(groups[index])
+    rest = [p for p in sorted(by_patient) if p not in held_out]
+    watch = inner_eval_patients(rest, by_patient, seed + index)
+    model, history = trainer.fit(data, [p for p in rest if p not in watch], watch, None, f"fold-{index}")
+    mask = np.isin(data.patients, held_out)
+    return {"held_out": held_out, "inner_eval": watch,
+            "kept_epochs": kept_epochs(history, trainer.training_config.monitor),
+            "probability": trainer.predict(model, data.images[mask]).tolist()}
+
+
+def cross_validate(trainer: Trainer, data: PatientExamples, folds: int, seed: int) -> Dict[str, Any]:
+    """Cross-validated predictions of every patient in `data` (see the module docstring).
+
+    Returns:
+      {"folds": [{"held_out", "inner_eval", "kept_epochs"}], "probability": per image,
+      "threshold": balanced-accuracy threshold of the pooled predictions, "metrics": the
+      image- and patient-level scores with patient-bootstrap intervals, "patients"}.
+    """
+    groups = stratified_patient_folds(data.patients, data.labels, folds, seed)
+    probability = np.full(len(data.labels), np.nan)
+    rows = []
+    for index in range(folds):
+        fold = fold_predictions(trainer, data, groups, index, seed)
+        probability[np.isin(data.patients, fold.pop("held_out"))] = fold.pop("probability")
+        rows.append({"held_out": list(groups[index]), **fold})
+        logger.info("fold %d/%d: %d patients held out, kept %s", index + 1, folds, len(groups[index]),
+                    fold["kept_epochs"])
+    return {"folds": rows, "probability": probability, "patients": len(set(data.patients)),
+            **summarize(data, probability, seed)}
+
+
+def summarize(data: PatientExamples, probability: np.ndarray, seed: int) -> Dict[str, Any]:
+    """The threshold (best balanced accuracy) and the scores of cross-validated predictions."""
+    threshold = balanced_accuracy_threshold(data.labels, probability)
+    metrics = scoring.score_predictions(data.labels, probability, (probability >= threshold).astype(int),
+                                        data.patients, threshold=threshold, bootstrap=BOOTSTRAP_RESAMPLES,
+                                        seed=seed)
+    return {"threshold": float(threshold),
+            "metrics": {level: metrics[level] for level in ("image_level", "patient_level")}}
+
+
+def median_kept_epochs(rows: Sequence[Mapping[str, Any]]) -> Dict[str, int]:
+    """The median over the folds of each phase's kept epochs (rounded up)."""
+    phases = dict.fromkeys(phase for row in rows for phase in row["kept_epochs"])
+    return {phase: int(np.ceil(np.median([row["kept_epochs"].get(phase, 0) for row in rows]))) for phase in phases}

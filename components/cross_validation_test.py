@@ -1,0 +1,58 @@
+"""Patient-level cross-validation and the refit, on tiny synthetic patients and a tiny MIL."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from histopath.components import cross_validation
+from histopath.errors import DataError
+from histopath.models.config import MilConfig, TrainingConfig
+from model_exports import TINY_MIL
+from synthetic_images import tissue_image
+
+
+def _patients(n_patients: int = 10, images: int = 4, size: int = 32) -> cross_validation.PatientExamples:
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(n_patients) % 2, images)
+    pixels = np.stack([tissue_image(rng, size, bool(label)) for label in labels])
+    return cross_validation.PatientExamples(np.round(pixels * 255).astype(np.uint8), labels.astype(np.int64),
+                                            np.repeat([f"p{i:02d}" for i in range(n_patients)], images))
+
+
+def test_folds_hold_every_patient_once_with_both_classes():
+    data = _patients()
+    groups = cross_validation.stratified_patient_folds(data.patients, data.labels, 3, seed=1)
+    assert sorted(p for group in groups for p in group) == sorted(set(data.patients))
+    by_patient = cross_validation.patient_labels(data.patients, data.labels)
+    assert all({by_patient[p] for p in group} == {0, 1} for group in groups)
+    with pytest.raises(DataError, match="at least 6 malignant patients, the train and eval splits have 5"):
+        cross_validation.stratified_patient_folds(data.patients, data.labels, 6, seed=1)
+
+
+def test_epochs_kept_and_fixed_for_the_refit():
+    history = {"phase": ["head", "head", "fine_tune", "fine_tune", "fine_tune"],
+               "val_auc": [0.6, 0.7, 0.65, 0.8, 0.75]}
+    kept = cross_validation.kept_epochs(history, "val_auc")
+    assert kept == {"head": 2, "fine_tune": 2}
+    fixed = cross_validation.fixed_epochs(TrainingConfig(epochs=5, fine_tune_epochs=9), kept)
+    assert (fixed.epochs, fixed.fine_tune_epochs) == (2, 2) and fixed.early_stopping_patience > 1000
+    rows = [{"kept_epochs": {"train": n}} for n in (3, 4, 8)]
+    assert cross_validation.median_kept_epochs(rows) == {"train": 4}
+
+
+def test_every_patient_is_predicted_by_a_model_that_never_saw_it(tmp_path):
+    from histopath.models.mil import build_mil_model
+
+    data = _patients()
+    trainer = cross_validation.Trainer(
+        build_mil_model, MilConfig(**{**TINY_MIL, "image_size": 32, "tile_size": 16}),
+        TrainingConfig(epochs=2, batch_size=8, early_stopping_patience=2, seed=3), str(tmp_path))
+    result = cross_validation.cross_validate(trainer, data, folds=3, seed=1)
+    assert np.isfinite(result["probability"]).all() and len(result["probability"]) == len(data.labels)
+    for fold in result["folds"]:
+        assert not set(fold["inner_eval"]) & set(fold["held_out"])
+        assert 1 <= fold["kept_epochs"]["train"] <= 2
+    assert 0.0 <= result["threshold"] <= 1.0 and result["patients"] == 10
+    auc = result["metrics"]["image_level"]["metrics"]["auc"]
+    assert auc["ci_low"] <= auc["value"] <= auc["ci_high"]

@@ -1,0 +1,77 @@
+"""The selection-rule study (bench/selection_rules.py) on synthetic cross-validated predictions."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from bench import selection_rules
+from histopath.components import cross_validation
+
+
+def _predictions(seed: int, strengths: dict[str, float], patients: int = 40, images: int = 12) -> dict:
+    rng = np.random.default_rng(seed)
+    labels = np.repeat(rng.permutation(np.arange(patients) % 2), images)
+    patient_ids = np.repeat([f"p{i}" for i in range(patients)], images)
+    patient_effect = np.repeat(rng.normal(0, 0.5, patients), images)
+    candidates = {name: {"probability": (1 / (1 + np.exp(-(strength * (labels - 0.5) * 2 + patient_effect
+                                                          + rng.normal(0, 1, len(labels)))))).tolist()}
+                  for name, strength in strengths.items()}
+    return {"dataset": "breakhis", "preset": "breakhis", "labels": labels.tolist(),
+            "patients": patient_ids.tolist(), "candidates": candidates}
+
+
+def test_partitions_are_stratified_and_disjoint():
+    cv = _predictions(0, {"mil": 1.0, "densenet": 1.0})
+    candidates = selection_rules.Candidates(cv["labels"], cv["patients"],
+                                            {k: v["probability"] for k, v in cv["candidates"].items()})
+    masks = selection_rules.draw_partition(candidates, 0.6, np.random.default_rng(1))
+    stacked = np.stack(list(masks.values()))
+    assert (stacked.sum(axis=0) == 1).all()  # every patient in exactly one place
+    for name in ("train", "eval", "test", "unseen"):
+        assert set(candidates.patient_label[masks[name]]) == {0, 1}, name
+    assert masks["unseen"].sum() == 16 and masks["test"].sum() == 4 and masks["eval"].sum() == 4
+
+
+def test_a_clearly_better_candidate_is_found_by_the_cross_validated_rules():
+    cv = _predictions(3, {"mil": 0.3, "densenet": 2.0})
+    candidates = selection_rules.Candidates(cv["labels"], cv["patients"],
+                                            {k: v["probability"] for k, v in cv["candidates"].items()})
+    result = selection_rules.compare_rules(candidates, partitions=25, available=0.6, seed=0)
+    rows = result["rules"]
+    assert rows["always_densenet"]["agreement"] == 1.0 and rows["always_mil"]["agreement"] == 0.0
+    assert rows["cv_auc"]["agreement"] == 1.0 and rows["cv_auc"]["regret"] == pytest.approx(0.0)
+    assert rows["cv_auc"]["unseen_auc"] == pytest.approx(result["oracle_unseen_auc"])
+    for row in rows.values():
+        assert 0.0 <= row["agreement_ci"][0] <= row["agreement"] <= row["agreement_ci"][1] <= 1.0
+        assert sum(row["picks"].values()) == pytest.approx(1.0)
+
+
+def test_equal_candidates_make_the_interval_rule_prefer_the_simpler():
+    cv = _predictions(5, {"mil": 1.0, "densenet": 1.0})
+    candidates = selection_rules.Candidates(cv["labels"], cv["patients"],
+                                            {k: v["probability"] for k, v in cv["candidates"].items()})
+    result = selection_rules.compare_rules(candidates, partitions=20, available=0.6, seed=0)
+    assert result["rules"]["cv_simpler_unless_better"]["picks"]["mil"] >= 0.9
+
+
+def test_refit_gain_and_the_command_line(tmp_path):
+    cv = _predictions(7, {"mil": 1.0, "densenet": 1.5})
+    for block in cv["candidates"].values():
+        block["refit_probability"] = block["probability"]
+    assert selection_rules.refit_gain(cv, 0)["mil"]["gain_ci"] == [0.0, 0.0]
+    path = tmp_path / "cv.json"
+    path.write_text(json.dumps(cv))
+    assert selection_rules.main(["--predictions", str(path), "--partitions", "20"]) == 0
+    written = json.loads((tmp_path / "cv.rules.json").read_text())
+    assert written["partitions"] == 20 and set(written["rules"]) >= {"test_auc", "cv_auc", "cv_lower_bound"}
+
+
+def test_folds_are_stratified_by_patient_label():
+    patients = [f"p{i}" for i in range(10) for _ in range(3)]
+    labels = [int(i < 4) for i in range(10) for _ in range(3)]
+    folds = cross_validation.stratified_patient_folds(patients, labels, 2, seed=0)
+    assert sorted(p for fold in folds for p in fold) == sorted(set(patients))
+    assert [sum(int(p) < 4 for p in (q[1:] for q in fold)) for fold in folds] == [2, 2]
