@@ -17,16 +17,17 @@ venv: $(STAMP)
 # The lock is installed with --no-deps --ignore-requires-python: TFX 1.16 declares
 # Python < 3.11 but every compiled dependency ships cp311 wheels (see README).
 $(STAMP): requirements/lock.txt setup.py
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --no-deps --ignore-requires-python -r requirements/lock.txt
-	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
-	touch $@
+	@echo "building $(VENV) from requirements/lock.txt (a few minutes the first time)"
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@$(BIN)/python -m pip install --quiet --no-deps --ignore-requires-python -r requirements/lock.txt
+	@$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
+	@touch $@
 
 system-deps:
 	bash scripts/system-deps.sh
 
 demo: venv
-	bash scripts/demo.sh $(DEMO)
+	@bash scripts/demo.sh $(DEMO)
 
 test: venv system-deps
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

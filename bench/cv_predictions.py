@@ -63,22 +63,16 @@ def _fold_key(kind: str, settings: Mapping[str, Any], held_out: List[str], refit
 
 
 def run_fold(trainer, data, groups, index: int, seed: int, refit: bool) -> Dict[str, Any]:
-    """One fold of one candidate (and its refit), with wall times."""
+    """One fold of one candidate (and its refit), with its wall time; "probability" is the
+    fold model's and "refit_probability" the refit's."""
     from histopath.components import cross_validation
 
     started = time.perf_counter()
-    fold = cross_validation.fold_predictions(trainer, data, groups, index, seed)
+    fold = cross_validation.fold_predictions(trainer, data, groups, index, seed, refit)
     fold["seconds"] = round(time.perf_counter() - started, 1)
     if refit:
-        held_out = set(groups[index])
-        rest = sorted(p for p in set(data.patients) if p not in held_out)
-        started = time.perf_counter()
-        model, _ = trainer.fit(data, rest, fold["inner_eval"],
-                               cross_validation.fixed_epochs(trainer.training_config, fold["kept_epochs"]),
-                               f"refit-{index}")
-        mask = np.isin(data.patients, list(held_out))
-        fold["refit_probability"] = trainer.predict(model, data.images[mask]).tolist()
-        fold["refit_seconds"] = round(time.perf_counter() - started, 1)
+        fold["refit_probability"] = fold["probability"]
+        fold["probability"] = fold.pop("fold_probability")
     return fold
 
 
@@ -120,8 +114,7 @@ def run(dataset: str, source: str, preset: str, folds: int, seed: int, refit: bo
             for column, values in columns.items():
                 values[mask] = fold[column]
             rows.append({key: value for key, value in fold.items() if not key.endswith("probability")})
-            print(f"[cv] {kind} fold {index + 1}/{folds}: {fold['seconds']:.0f} s"
-                  + (f" + refit {fold['refit_seconds']:.0f} s" if refit else "") + f", kept {fold['kept_epochs']}",
+            print(f"[cv] {kind} fold {index + 1}/{folds}: {fold['seconds']:.0f} s, kept {fold['kept_epochs']}",
                   flush=True)
         summary = cross_validation.summarize(data, columns["probability"], seed)
         result["candidates"][kind] = {**{k: v.tolist() for k, v in columns.items()}, "folds": rows,

@@ -4,10 +4,12 @@
                                     [--partitions 200] [--available 0.6] [--output FILE.json]
 
 Input: the cross-validated predictions of the candidates (`bench/cv_predictions.py`): one
-prediction per image of every patient, from a model that never saw the patient. One
-partition draws, stratified by label, the patients a user would have (`--available`, the
-rest play the unseen patients), and cuts the available ones into train/eval/test as the
-pipeline does (0.7/0.15/0.15 of the patients). Each rule then picks a candidate from the
+prediction per image of every patient, from a model that never saw the patient; the study
+runs on the refit recipe's predictions (what `refit_on_all` pushes and what the Trainer's
+folds then compare) and on the fold models' alone. One
+partition draws, stratified by label, the patients a user would have (`--available` of
+the pool) and the unseen patients (see `draw_partition` for the two designs), and cuts the
+available ones into train/eval/test as the pipeline does (0.7/0.15/0.15 of the patients). Each rule then picks a candidate from the
 available patients' predictions only; the truth is the candidate with the higher image AUC
 on the unseen patients. Reusing one set of cross-validated predictions for every partition
 stands in for retraining per partition.
@@ -55,56 +57,70 @@ class Candidates:
         self.patient_ids, self.cluster = np.unique(self.patients, return_inverse=True)
         self.patient_label = np.zeros(len(self.patient_ids), int)
         np.maximum.at(self.patient_label, self.cluster, self.labels)
+        self.images_of = [np.flatnonzero(self.cluster == i) for i in range(len(self.patient_ids))]
         self.names = model_comparison.simpler_first(list(probabilities))
         self.scores = {name: np.asarray(values, float) for name, values in probabilities.items()}
 
-    def subset(self, patient_mask: np.ndarray) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
-        """(labels, patients, scores) of the images of the patients in `patient_mask`."""
-        images = patient_mask[self.cluster]
-        return self.labels[images], self.patients[images], {n: v[images] for n, v in self.scores.items()}
+    def subset(self, patients: Sequence[int]) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+        """(labels, patients, scores) of the images of `patients` (indices; a repeated
+        patient counts as another patient, as in a bootstrap draw)."""
+        rows = [self.images_of[p] for p in patients]
+        images = np.concatenate(rows) if rows else np.zeros(0, int)
+        pseudo = np.concatenate([[f"{p}#{k}"] * len(r) for k, (p, r) in enumerate(zip(patients, rows))]) \
+            if rows else np.zeros(0, str)
+        return self.labels[images], pseudo, {n: v[images] for n, v in self.scores.items()}
 
-    def auc(self, name: str, patient_mask: np.ndarray) -> float:
-        labels, patients, scores = self.subset(patient_mask)
-        return float(model_comparison.auc_draws(labels, patients, {name: scores[name]}, 0)[f"{name}:point"][0])
+    def auc(self, name: str, patients: Sequence[int]) -> float:
+        labels, pseudo, scores = self.subset(patients)
+        return float(model_comparison.auc_draws(labels, pseudo, {name: scores[name]}, 0)[f"{name}:point"][0])
 
 
-def draw_partition(candidates: Candidates, available: float, rng: np.random.Generator) -> Dict[str, np.ndarray]:
-    """Patient masks `{"unseen", "train", "eval", "test"}`, each stratified by label, every
-    split of the available patients holding both classes."""
-    masks = {name: np.zeros(len(candidates.patient_ids), bool) for name in ("unseen",) + tuple(s for s, _ in SPLITS)}
+def draw_partition(candidates: Candidates, available: float, rng: np.random.Generator,
+                   design: str = "independent") -> Dict[str, np.ndarray]:
+    """Patient indices `{"unseen", "train", "eval", "test"}`, stratified by label, every
+    split of the available patients holding both classes.
+
+    `design` "complement": the unseen patients are the rest of the pool (a patient is in
+    one place). "independent": the available and the unseen patients are two independent
+    draws with replacement from the pool, as two hospitals' patients are from one
+    population (the complement design makes the two halves' AUCs anti-correlated when the
+    candidates are close on the whole pool).
+    """
+    parts: Dict[str, List[int]] = {name: [] for name in ("unseen",) + tuple(s for s, _ in SPLITS)}
     for label in (0, 1):
-        members = rng.permutation(np.flatnonzero(candidates.patient_label == label))
+        members = np.flatnonzero(candidates.patient_label == label)
         n_available = max(len(SPLITS), round(available * len(members)))
-        masks["unseen"][members[n_available:]] = True
-        chosen = members[:n_available]
+        if design == "complement":
+            shuffled = rng.permutation(members)
+            chosen, unseen = shuffled[:n_available], shuffled[n_available:]
+        else:
+            chosen = rng.choice(members, n_available, replace=True)
+            unseen = rng.choice(members, max(1, len(members) - n_available), replace=True)
+        parts["unseen"] += list(unseen)
         counts = [max(1, round(fraction * n_available)) for _, fraction in SPLITS[1:]]
         edges = np.cumsum([n_available - sum(counts)] + counts)
         for (name, _), start, end in zip(SPLITS, np.concatenate([[0], edges[:-1]]), edges):
-            masks[name][chosen[start:end]] = True
-    return masks
+            parts[name] += list(chosen[start:end])
+    return {name: np.array(values, int) for name, values in parts.items()}
 
 
 def rules(candidates: Candidates) -> Dict[str, Callable[[Dict[str, np.ndarray], int], str]]:
-    """Rule name -> function(partition masks, seed) -> the chosen candidate."""
+    """Rule name -> function(partition, seed) -> the chosen candidate."""
     order = candidates.names
 
+    def pooled(parts, split_names):
+        return candidates.subset(np.concatenate([parts[n] for n in split_names]))
+
     def by_auc(split_names: Sequence[str]):
-        def rule(masks, seed):
-            return model_comparison.highest_auc(*candidates.subset(np.any([masks[n] for n in split_names], axis=0)))[0]
-        return rule
+        return lambda parts, seed: model_comparison.highest_auc(*pooled(parts, split_names))[0]
 
     def simpler_unless_better(split_names: Sequence[str]):
-        def rule(masks, seed):
-            subset = candidates.subset(np.any([masks[n] for n in split_names], axis=0))
-            return model_comparison.simpler_unless_better(*subset, resamples=BOOTSTRAP_RESAMPLES, seed=seed)[0]
-        return rule
+        return lambda parts, seed: model_comparison.simpler_unless_better(
+            *pooled(parts, split_names), resamples=BOOTSTRAP_RESAMPLES, seed=seed)[0]
 
-    def lower_bound(masks, seed):
-        draws = model_comparison.auc_draws(*candidates.subset(masks["train"] | masks["eval"] | masks["test"]),
-                                           resamples=BOOTSTRAP_RESAMPLES, seed=seed)
-        bounds = {name: np.nanquantile(draws[name], 0.025) if np.isfinite(draws[name]).any() else np.nan
-                  for name in order}
-        return max(order, key=lambda name: (np.nan_to_num(bounds[name], nan=-1.0), -order.index(name)))
+    def lower_bound(parts, seed):
+        return model_comparison.highest_lower_bound(*pooled(parts, ["train", "eval", "test"]),
+                                                    resamples=BOOTSTRAP_RESAMPLES, seed=seed)[0]
 
     everything = ["train", "eval", "test"]
     return {
@@ -114,33 +130,35 @@ def rules(candidates: Candidates) -> Dict[str, Callable[[Dict[str, np.ndarray], 
         "cv_lower_bound": lower_bound,
         "cv_simpler_unless_better": simpler_unless_better(everything),
         "test_simpler_unless_better": simpler_unless_better(["test"]),
-        **{f"always_{name}": (lambda masks, seed, name=name: name) for name in order},
+        **{f"always_{name}": (lambda parts, seed, name=name: name) for name in order},
     }
 
 
-def compare_rules(candidates: Candidates, partitions: int, available: float, seed: int) -> Dict[str, Any]:
+def compare_rules(candidates: Candidates, partitions: int, available: float, seed: int,
+                  design: str = "independent") -> Dict[str, Any]:
     """Scores every rule over `partitions` random partitions (see the module docstring).
 
     Returns:
-      {"partitions", "available", "rules": {rule: {"agreement", "agreement_ci", "unseen_auc",
-      "regret", "picks": {candidate: share}}}, "oracle_unseen_auc", "decided_partitions"}.
+      {"design", "partitions", "available", "rules": {rule: {"agreement", "agreement_ci",
+      "unseen_auc", "regret", "picks": {candidate: share}}}, "oracle_unseen_auc",
+      "decided_partitions"}.
     """
     rng = np.random.default_rng(seed)
     table = rules(candidates)
     picks: Dict[str, List[str]] = {name: [] for name in table}
     truths, unseen_aucs = [], []
     for index in range(partitions):
-        masks = draw_partition(candidates, available, rng)
-        unseen = {name: candidates.auc(name, masks["unseen"]) for name in candidates.names}
+        parts = draw_partition(candidates, available, rng, design)
+        unseen = {name: candidates.auc(name, parts["unseen"]) for name in candidates.names}
         unseen_aucs.append(unseen)
         best = max(unseen.values())
         winners = [name for name, value in unseen.items() if value == best]
         truths.append(winners[0] if len(winners) == 1 else None)  # a tie decides nothing
         for name, rule in table.items():
-            picks[name].append(rule(masks, seed + index))
+            picks[name].append(rule(parts, seed + index))
     decided = [i for i, truth in enumerate(truths) if truth is not None]
     oracle = float(np.mean([max(row.values()) for row in unseen_aucs]))
-    result: Dict[str, Any] = {"partitions": partitions, "available": available, "decided_partitions": len(decided),
+    result: Dict[str, Any] = {"design": design, "partitions": partitions, "available": available, "decided_partitions": len(decided),
                               "oracle_unseen_auc": round(oracle, 4), "rules": {}}
     for name, chosen in picks.items():
         right = np.array([chosen[i] == truths[i] for i in decided], float)
@@ -192,17 +210,26 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--output", type=pathlib.Path)
     args = parser.parse_args(argv)
     cv = json.loads(args.predictions.read_text())
-    candidates = Candidates(cv["labels"], cv["patients"],
-                            {name: block["probability"] for name, block in cv["candidates"].items()})
+    recipes = {"fold models": {name: block["probability"] for name, block in cv["candidates"].items()}}
+    if all("refit_probability" in block for block in cv["candidates"].values()):
+        recipes = {"refit on all": {name: block["refit_probability"] for name, block in cv["candidates"].items()},
+                   **recipes}
+    studies = []
+    for recipe, probabilities in recipes.items():
+        candidates = Candidates(cv["labels"], cv["patients"], probabilities)
+        for design in ("independent", "complement"):
+            studies.append({"recipe": recipe, **compare_rules(candidates, args.partitions, args.available,
+                                                              args.seed, design)})
     result = {"dataset": cv["dataset"], "preset": cv["preset"], "patients": len(candidates.patient_ids),
-              **compare_rules(candidates, args.partitions, args.available, args.seed),
-              "refit": refit_gain(cv, args.seed)}
-    print(f"{result['dataset']}: {result['patients']} patients, {result['partitions']} partitions "
-          f"({result['decided_partitions']} decided), oracle unseen AUC {result['oracle_unseen_auc']:.3f}")
-    print(f"{'rule':28} {'agreement':>10} {'95% CI':>16} {'unseen AUC':>11} {'regret':>7}  picks")
-    for name, row in result["rules"].items():
-        print(f"{name:28} {row['agreement']:>10.3f} {str(row['agreement_ci']):>16} {row['unseen_auc']:>11.4f} "
-              f"{row['regret']:>7.4f}  {row['picks']}")
+              "studies": studies, "refit": refit_gain(cv, args.seed)}
+    for study in studies:
+        print(f"{result['dataset']}: {result['patients']} patients, {study['recipe']}, {study['design']} "
+              f"partitions: {study['partitions']} ({study['decided_partitions']} decided), "
+              f"oracle unseen AUC {study['oracle_unseen_auc']:.3f}")
+        print(f"  {'rule':28} {'agreement':>10} {'95% CI':>18} {'unseen AUC':>11} {'regret':>7}  picks")
+        for name, row in study["rules"].items():
+            print(f"  {name:28} {row['agreement']:>10.3f} {str(row['agreement_ci']):>18} {row['unseen_auc']:>11.4f} "
+                  f"{row['regret']:>7.4f}  {row['picks']}")
     for name, row in result["refit"].items():
         print(f"refit {name}: CV AUC {row['auc']:.4f} -> {row['refit_auc']:.4f}, gain 95% CI {row['gain_ci']}")
     output = args.output or args.predictions.with_name(args.predictions.stem + ".rules.json")

@@ -201,13 +201,15 @@ class Trainer:
 
 
 def fold_predictions(trainer: Trainer, data: PatientExamples, groups: Sequence[Sequence[str]], index: int,
-                     seed: int) -> Dict[str, Any]:
+                     seed: int, refit: bool = False) -> Dict[str, Any]:
     """Fold `index`: a model trained on the other groups (an inner eval split of them
-    watched), predicting group `index`.
+    watched), predicting group `index`; with `refit`, also the refit recipe's model (all
+    the other groups, the epochs the first one kept), whose predictions are then the
+    fold's answer.
 
     Returns:
       {"held_out", "inner_eval", "kept_epochs", "probability" (the held-out images, in
-      `data` order)}.
+      `data` order)} and, with `refit`, "fold_probability" (the first model's).
     """
     by_patient = patient_labels(data.patients, data.labels)
     held_out = list(groups[index])
@@ -215,13 +217,20 @@ def fold_predictions(trainer: Trainer, data: PatientExamples, groups: Sequence[S
     watch = inner_eval_patients(rest, by_patient, seed + index)
     model, history = trainer.fit(data, [p for p in rest if p not in watch], watch, None, f"fold-{index}")
     mask = np.isin(data.patients, held_out)
-    return {"held_out": held_out, "inner_eval": watch,
-            "kept_epochs": kept_epochs(history, trainer.training_config.monitor),
-            "probability": trainer.predict(model, data.images[mask]).tolist()}
+    kept = kept_epochs(history, trainer.training_config.monitor)
+    result = {"held_out": held_out, "inner_eval": watch, "kept_epochs": kept,
+              "probability": trainer.predict(model, data.images[mask]).tolist()}
+    if refit:
+        refit_model, _ = trainer.fit(data, rest, watch, fixed_epochs(trainer.training_config, kept), f"refit-{index}")
+        result["fold_probability"] = result["probability"]
+        result["probability"] = trainer.predict(refit_model, data.images[mask]).tolist()
+    return result
 
 
-def cross_validate(trainer: Trainer, data: PatientExamples, folds: int, seed: int) -> Dict[str, Any]:
-    """Cross-validated predictions of every patient in `data` (see the module docstring).
+def cross_validate(trainer: Trainer, data: PatientExamples, folds: int, seed: int,
+                   refit: bool = False) -> Dict[str, Any]:
+    """Cross-validated predictions of every patient in `data` (see the module docstring);
+    with `refit`, of the refit recipe (`fold_predictions`).
 
     Returns:
       {"folds": [{"held_out", "inner_eval", "kept_epochs"}], "probability": per image,
@@ -232,9 +241,9 @@ def cross_validate(trainer: Trainer, data: PatientExamples, folds: int, seed: in
     probability = np.full(len(data.labels), np.nan)
     rows = []
     for index in range(folds):
-        fold = fold_predictions(trainer, data, groups, index, seed)
-        probability[np.isin(data.patients, fold.pop("held_out"))] = fold.pop("probability")
-        rows.append({"held_out": list(groups[index]), **fold})
+        fold = fold_predictions(trainer, data, groups, index, seed, refit)
+        probability[np.isin(data.patients, fold["held_out"])] = fold["probability"]
+        rows.append({key: value for key, value in fold.items() if not key.endswith("probability")})
         logger.info("fold %d/%d: %d patients held out, kept %s", index + 1, folds, len(groups[index]),
                     fold["kept_epochs"])
     return {"folds": rows, "probability": probability, "patients": len(set(data.patients)),

@@ -95,8 +95,10 @@ def patient_intervals(slice_plots, seed: int = 0) -> dict[str, Any]:
     decision_index = int(below[-1]) if below.size else 0
     weights = bootstrap.patient_bootstrap_weights(len(patients), BOOTSTRAP_RESAMPLES, seed)
     intervals = bootstrap.curve_bootstrap_metrics(curves, decision_index, weights)
-    warnings = [f"only {n} {name} test patient{'s' if n != 1 else ''}: the intervals are rough"
-                for name, n in counts.items() if n < FEW_PATIENTS]
+    warnings = []
+    if min(counts.values()) < FEW_PATIENTS:
+        warnings.append(f"only {counts['benign']} benign and {counts['malignant']} malignant test patients "
+                        f"(fewer than {FEW_PATIENTS} of a class): the intervals are rough")
     return {"intervals": intervals, "test_patients": counts, "warnings": warnings}
 
 
@@ -171,7 +173,7 @@ def render_summary(report: dict[str, Any]) -> str:
         lines.append(f"| {name} | {'yes' if candidate['blessed'] else 'no'} | "
                      f"{patients.get('benign', '-')} / {patients.get('malignant', '-')} | "
                      f"{'-' if count is None else f'{count:.0f}'} | " + " | ".join(cells) + " |")
-        warnings += [f"{name}: {warning}" for warning in candidate.get("warnings", [])]
+        warnings += candidate.get("warnings", [])  # the candidates share the test patients
     lines += ["", "Figures on the test patients with 95 % patient-bootstrap intervals."]
     validated = {name: c["cross_validation"] for name, c in report["candidates"].items() if c.get("cross_validation")}
     if validated:
@@ -201,8 +203,9 @@ def _data_lines(data: dict[str, Any]) -> list[str]:
     for span in data["window"]:
         lines.append(f"| {span['span']} | {span['examples']} | {'yes' if span['ingested_now'] else 'no'} |")
     skipped = sum(len(span["skipped"]) for span in data["window"])
-    lines += ["", f"Skipped files: {skipped}" + (" (listed in ingest_report.json)" if skipped else ""), "",
-              "| split | patients (benign / malignant) | images (benign / malignant) | malignant share vs all |",
+    if skipped:
+        lines += ["", f"Skipped files: {skipped} (listed in ingest_report.json)"]
+    lines += ["", "| split | patients (benign / malignant) | images (benign / malignant) | malignant share vs all |",
               "|---|---|---|---|"]
     for name, entry in data["balance"].items():
         difference = entry["difference_from_all"]["malignant_share_of_images"]

@@ -43,8 +43,8 @@ def test_intervals_counts_and_warnings_from_per_patient_plots():
     predicted = scores >= 0.5
     sensitivity = summary["intervals"]["sensitivity"]["value"]
     assert sensitivity == pytest.approx(np.mean(predicted[labels == 1]), abs=0.02)
-    assert summary["warnings"] == ["only 3 benign test patients: the intervals are rough",
-                                   "only 3 malignant test patients: the intervals are rough"]
+    assert summary["warnings"] == [
+        "only 3 benign and 3 malignant test patients (fewer than 5 of a class): the intervals are rough"]
 
 
 def test_summary_shows_intervals_and_test_patients():
@@ -57,4 +57,4 @@ def test_summary_shows_intervals_and_test_patients():
                   "test_patients": {"benign": 3, "malignant": 7}, "warnings": ["only 3 benign test patients"]}}}
     text = run_report.render_summary(report)
     assert "| mil | yes | 3 / 7 | 60 | 0.910 [0.850, 0.970] | 0.800 | 0.700 | 0.900 |" in text
-    assert "Warning: mil: only 3 benign test patients" in text
+    assert "Warning: only 3 benign test patients" in text

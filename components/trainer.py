@@ -181,7 +181,7 @@ def _run(model_kind: str, fn_args: tfx.components.FnArgs) -> None:
             (eval_data.images, eval_data.labels, eval_data.patients))))
         cv_trainer = cross_validation.Trainer(build_model, model_config, training_config,
                                               os.path.join(fn_args.model_run_dir, "cross_validation"))
-        cv = cross_validation.cross_validate(cv_trainer, data, folds, training_config.seed)
+        cv = cross_validation.cross_validate(cv_trainer, data, folds, training_config.seed, refit)
         cv_block = {"folds": folds, "patients": cv["patients"], "threshold": cv["threshold"],
                     "refit_on_all": refit, "fold_runs": cv["folds"], **cv["metrics"]}
         fileio.write_json(os.path.join(os.path.dirname(fn_args.serving_model_dir), cross_validation.PREDICTIONS_FILE), {

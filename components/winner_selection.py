@@ -8,6 +8,7 @@
      unless another's cross-validated AUC over the train and eval patients is higher with
      the paired patient-bootstrap interval of the difference above 0;
    - "cv_auc": the highest cross-validated AUC;
+   - "cv_lower_bound": the highest lower bound of that AUC's patient-bootstrap interval;
    - "test_auc": the highest test-split AUC (ties: balanced accuracy, then the name).
    The cv rules read the per-image predictions each Trainer's cross-validation wrote; with
    them the test split only reports.
@@ -99,7 +100,8 @@ def _cross_validated_winner(eligible: dict[str, dict[str, Any]], rule: str) -> t
         if value["patients"] != first["patients"] or value["labels"] != first["labels"]:
             raise DataError(f"the cross-validated predictions of {name} are not of the same images as the others")
     scores = {name: value["probability"] for name, value in predictions.items()}
-    choose = model_comparison.highest_auc if rule == "cv_auc" else model_comparison.simpler_unless_better
+    choose = {"cv_auc": model_comparison.highest_auc, "cv_lower_bound": model_comparison.highest_lower_bound,
+              "cv_simpler_unless_better": model_comparison.simpler_unless_better}[rule]
     winner, reason = choose(first["labels"], first["patients"], scores)
     return winner, (f"{reason}; cross-validated over {len(set(first['patients']))} train and eval patients "
                     "(the test split only reports)")
@@ -111,7 +113,7 @@ def choose_winner(candidates: dict[str, dict[str, Any]], rule: str = "test_auc")
     Args:
       candidates: `{name: {"blessed": bool, "metrics": {...}, "cross_validation": {"labels",
         "patients", "probability"} or None}}`.
-      rule: "test_auc", "cv_auc" or "cv_simpler_unless_better".
+      rule: "test_auc", "cv_auc", "cv_lower_bound" or "cv_simpler_unless_better".
 
     Returns:
       `(winner name or None, a one-sentence reason)`.

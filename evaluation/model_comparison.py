@@ -90,3 +90,20 @@ def highest_auc(labels: Sequence[int], patients: Sequence[str], scores: Mapping[
     chosen = max(order, key=lambda name: (np.nan_to_num(points[name], nan=-1.0), -order.index(name)))
     others = ", ".join(f"{name} {points[name]:.4f}" for name in order if name != chosen)
     return chosen, f"{chosen} has the highest AUC {points[chosen]:.4f} ({others})"
+
+
+def highest_lower_bound(labels: Sequence[int], patients: Sequence[str], scores: Mapping[str, Sequence[float]],
+                        resamples: int = RESAMPLES, seed: int = 0) -> tuple[str, str]:
+    """The candidate whose AUC has the highest lower interval bound (2.5 % of a patient
+    bootstrap): a high AUC measured on few or inconsistent patients counts for less."""
+    order = simpler_first(list(scores))
+    draws = auc_draws(labels, patients, scores, resamples, seed)
+    tail = (1 - CONFIDENCE) / 2
+    bounds = {}
+    for name in order:
+        finite = draws[name][np.isfinite(draws[name])]
+        bounds[name] = float(np.quantile(finite, tail)) if finite.size else float("nan")
+    chosen = max(order, key=lambda name: (np.nan_to_num(bounds[name], nan=-1.0), -order.index(name)))
+    described = ", ".join(f"{name} {float(draws[f'{name}:point'][0]):.4f} (lower bound {bounds[name]:.4f})"
+                          for name in order)
+    return chosen, f"{chosen} has the highest lower interval bound of the AUC ({described})"

@@ -117,6 +117,8 @@ def _presets(args: argparse.Namespace) -> int:
         print(f"    trains:  {preset.trains}")
         for key, hint in preset.needs.items():
             print(f"    needs:   {key}: {hint}")
+        if preset.measured:
+            print(f"    measured: {preset.measured}")
         if preset.results:
             print(f"    results: {preset.results}")
     return 0

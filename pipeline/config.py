@@ -42,7 +42,7 @@ class ThresholdConfig:
     max_auc_drop_vs_pushed: float = 0.01
 
 
-SELECTION_RULES = ("test_auc", "cv_auc", "cv_simpler_unless_better")
+SELECTION_RULES = ("test_auc", "cv_auc", "cv_lower_bound", "cv_simpler_unless_better")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,15 +51,18 @@ class SelectionConfig:
     (`components.winner_selection`; the evidence is in docs/results.md)."""
 
     # "test_auc": the highest AUC on the test split; "cv_auc": the highest cross-validated
-    # AUC over the train and eval patients; "cv_simpler_unless_better": the simpler
+    # AUC over the train and eval patients; "cv_lower_bound": the highest lower bound of
+    # that AUC's patient-bootstrap interval; "cv_simpler_unless_better": the simpler
     # candidate (MIL) unless another's cross-validated AUC is higher with the paired
-    # patient-bootstrap interval of the difference above 0. The cv rules need `folds`.
+    # interval of the difference above 0. The cv rules need `folds`.
     rule: str = "test_auc"
     # Each Trainer also runs this many label-stratified patient folds over the train and
     # eval patients (0 = none): the cross-validated predictions the cv rules compare.
     folds: int = 0
     # The exported model is trained on every train and eval patient for the epochs the
     # folds kept, with the threshold of the cross-validated predictions (needs `folds`).
+    # The folds then cross-validate that recipe: each also trains on all its patients for
+    # the epochs it kept and predicts the held-out ones with that model.
     refit_on_all: bool = False
 
 

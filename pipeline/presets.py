@@ -29,6 +29,7 @@ class Preset:
       settings: `PipelineConfig` settings in the file form (`config.resolve`).
       results: where its measured figures are (a section of docs/results.md).
       needs: settings the user must give (e.g. the warm-start weights), with a hint.
+      measured: what the recipe reached on real data, with intervals (details: `results`).
     """
 
     name: str
@@ -36,12 +37,15 @@ class Preset:
     settings: Mapping[str, Any]
     results: str = ""
     needs: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    measured: str = ""
 
 
 PRESETS: dict[str, Preset] = {preset.name: preset for preset in (
     Preset(
         name="breakhis",
-        trains="BreakHis images: DenseNet201 from random initialisation and the attention MIL, both from scratch",
+        trains="BreakHis images: DenseNet201 from random initialisation and the attention MIL, both from scratch; "
+               "each cross-validated over 5 patient folds, the winner by the lower bound of its cross-validated "
+               "AUC, then refit on every train and eval patient (11 trainings per candidate)",
         settings={
             "dataset": "breakhis", "models": ["densenet", "mil"], "image_size": 224,
             "densenet": {"image_size": 128, "weights": None, "fine_tune_blocks": -1, "freeze_batchnorm": False,
@@ -53,9 +57,12 @@ PRESETS: dict[str, Preset] = {preset.name: preset for preset in (
             "model_training": {"densenet": {"epochs": 0, "fine_tune_epochs": 12, "weight_averaging": 0.95,
                                             "early_stopping_start_epoch": 4},
                                "mil": {"epochs": 25}},
+            "selection": {"rule": "cv_lower_bound", "folds": 5, "refit_on_all": True},
             "model_name": "breakhis", "version_policy": "increment",
         },
-        results="docs/results.md#breakhis",
+        results="docs/results.md#choosing-the-winner",
+        measured="5-fold patient cross-validation on 31 patients: the recipe's winner (DenseNet201, refit) "
+                 "image AUC 0.90 [0.79, 0.99], patient accuracy 0.90 [0.81, 1.00]",
     ),
     Preset(
         name="breakhis-from-idc",
@@ -70,7 +77,8 @@ PRESETS: dict[str, Preset] = {preset.name: preset for preset in (
             "model_training": {"densenet": {"epochs": 2, "fine_tune_epochs": 10, "weight_averaging": 0.95}},
             "model_name": "breakhis", "version_policy": "increment",
         },
-        results="docs/results.md#breakhis",
+        results="docs/results.md#breakhis-200x-224x224",
+        measured="4 test patients: image AUC 0.991 (a single run; the warm start comes from one IDC run)",
         needs={"densenet.weights": "the backbone_weights.h5 an IDC DenseNet201 Trainer left in its model_run "
                                    "artifact (--warm-start PATH)"},
     ),
@@ -88,7 +96,8 @@ PRESETS: dict[str, Preset] = {preset.name: preset for preset in (
                          "augment": {**_AUGMENT, "crop_fraction": 0.9}, "weight_averaging": 0.998},
             "model_name": "idc", "version_policy": "increment",
         },
-        results="docs/results.md#idc",
+        results="docs/results.md#idc-breast-histopathology-images-50x50-patches",
+        measured="3 test patients: patch AUC 0.918 [0.764, 0.984], with slide context 0.960 [0.794, 0.999]",
     ),
     Preset(
         name="idc-mil",
@@ -104,7 +113,8 @@ PRESETS: dict[str, Preset] = {preset.name: preset for preset in (
                          "weight_averaging": 0.99},
             "model_name": "idc-mil", "version_policy": "increment",
         },
-        results="docs/results.md#idc",
+        results="docs/results.md#idc-breast-histopathology-images-50x50-patches",
+        measured="3 test patients: region AUC 0.935 [0.855, 0.959], with slide context 0.971",
     ),
     Preset(
         name="demo",

@@ -6,7 +6,9 @@ cd "$(dirname "$0")/.."
 out="${1:-demo}"
 bin=.venv/bin
 if [ ! -d "$out/sample" ]; then
-  "$bin/histopath" make-sample --dataset breakhis --output "$out/sample"
+  mkdir -p "$out"
+  "$bin/histopath" make-sample --dataset breakhis --output "$out/sample" > "$out/sample.json"
+  echo "generated the synthetic sample in $out/sample (counts: $out/sample.json)"
 fi
 "$bin/histopath" run --dataset breakhis --data "$out/sample" --output "$out/run" \
   --preset demo

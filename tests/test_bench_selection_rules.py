@@ -23,16 +23,20 @@ def _predictions(seed: int, strengths: dict[str, float], patients: int = 40, ima
             "patients": patient_ids.tolist(), "candidates": candidates}
 
 
-def test_partitions_are_stratified_and_disjoint():
+def test_partitions_are_stratified_and_drawn_by_design():
     cv = _predictions(0, {"mil": 1.0, "densenet": 1.0})
     candidates = selection_rules.Candidates(cv["labels"], cv["patients"],
                                             {k: v["probability"] for k, v in cv["candidates"].items()})
-    masks = selection_rules.draw_partition(candidates, 0.6, np.random.default_rng(1))
-    stacked = np.stack(list(masks.values()))
-    assert (stacked.sum(axis=0) == 1).all()  # every patient in exactly one place
-    for name in ("train", "eval", "test", "unseen"):
-        assert set(candidates.patient_label[masks[name]]) == {0, 1}, name
-    assert masks["unseen"].sum() == 16 and masks["test"].sum() == 4 and masks["eval"].sum() == 4
+    rng = np.random.default_rng(1)
+    complement = selection_rules.draw_partition(candidates, 0.6, rng, "complement")
+    assert sorted(np.concatenate(list(complement.values()))) == list(range(40))  # each patient once
+    independent = selection_rules.draw_partition(candidates, 0.6, rng, "independent")
+    for parts in (complement, independent):
+        for name in ("train", "eval", "test", "unseen"):
+            assert set(candidates.patient_label[parts[name]]) == {0, 1}, name
+        assert len(parts["unseen"]) == 16 and len(parts["test"]) == 4 and len(parts["eval"]) == 4
+    labels, pseudo, _ = candidates.subset(np.array([3, 3]))  # a patient drawn twice counts twice
+    assert len(labels) == 24 and len(set(pseudo)) == 2
 
 
 def test_a_clearly_better_candidate_is_found_by_the_cross_validated_rules():
@@ -66,7 +70,11 @@ def test_refit_gain_and_the_command_line(tmp_path):
     path.write_text(json.dumps(cv))
     assert selection_rules.main(["--predictions", str(path), "--partitions", "20"]) == 0
     written = json.loads((tmp_path / "cv.rules.json").read_text())
-    assert written["partitions"] == 20 and set(written["rules"]) >= {"test_auc", "cv_auc", "cv_lower_bound"}
+    assert [(study["recipe"], study["design"]) for study in written["studies"]] == [
+        ("refit on all", "independent"), ("refit on all", "complement"),
+        ("fold models", "independent"), ("fold models", "complement")]
+    study = written["studies"][0]
+    assert study["partitions"] == 20 and set(study["rules"]) >= {"test_auc", "cv_auc", "cv_lower_bound"}
 
 
 def test_folds_are_stratified_by_patient_label():

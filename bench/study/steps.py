@@ -47,8 +47,15 @@ class Context:
 
 
 def bench_config(name: str) -> Dict[str, Any]:
-    """A pipeline config of bench/configs/ (e.g. "idc_densenet.json") as a dict."""
-    return json.loads((CONFIGS / name).read_text())
+    """A config of bench/configs/ (e.g. "idc_densenet.json") merged over the product preset
+    it names: the study trains the presets users get, with only its own settings on top
+    (lenient thresholds, in-memory Beam, its own model names)."""
+    from histopath.pipeline import presets
+    from histopath.pipeline.config import merge
+
+    values = json.loads((CONFIGS / name).read_text())
+    preset = values.get("preset")
+    return merge(presets.layer(preset), values) if preset else values
 
 
 def stain_normalised(config_name: str) -> bool:
