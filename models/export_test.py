@@ -57,8 +57,10 @@ def densenet_export(densenet_32, tmp_path_factory):
 def test_densenet_export_matches_the_in_memory_model(densenet_32, densenet_export, encoded_images):
     _, loaded = densenet_export
     outputs = loaded.serving_fn(image_bytes=tf.constant(encoded_images))
-    assert set(outputs) == {"probability", "label", "decision_score"}
+    assert set(outputs) == {"probability", "label", "decision_score", "tissue_fraction", "tissue_detected"}
     assert outputs["probability"].dtype == tf.float32 and outputs["probability"].shape == (3,)
+    np.testing.assert_array_equal(outputs["tissue_detected"].numpy(), [1, 1, 1])
+    assert np.all(outputs["tissue_fraction"].numpy() > image_ops.MIN_IMAGE_TISSUE_FRACTION)
     assert outputs["label"].dtype == tf.int64
     decoded = image_ops.decode_and_resize(tf.constant(encoded_images), 32)
     expected = densenet_32(decoded, training=False).numpy()[:, 0]
@@ -92,8 +94,11 @@ def test_densenet_export_layout_and_model_info(densenet_export):
 def test_predict_bytes_helper_and_bad_images(densenet_export, encoded_images):
     _, loaded = densenet_export
     rows = exported.predict_bytes(loaded, encoded_images)
-    assert [set(r) for r in rows] == [{"probability", "label", "label_name"}] * 3
+    assert [set(r) for r in rows] == [{"probability", "label", "label_name", "tissue_fraction", "tissue_detected"}] * 3
     assert all(r["label_name"] == ("malignant" if r["label"] else "benign") for r in rows)
+    blank = exported.predict_bytes(loaded, [_png(np.full((40, 40, 3), 245, np.uint8))])[0]
+    assert blank["tissue_detected"] is False and blank["tissue_fraction"] < image_ops.MIN_IMAGE_TISSUE_FRACTION
+    assert blank["label"] is None and blank["label_name"] == exported.NO_TISSUE
     with pytest.raises(DataError, match=r"broken\.png: cannot decode image"):
         exported.predict_bytes(loaded, [encoded_images[0], encoded_images[1][:40]], names=["ok.png", "broken.png"])
     assert exported.predict_bytes(loaded, []) == []
@@ -117,7 +122,8 @@ def test_mil_export_parity_attention_and_grid(mil_setup):
     bag, kinds = synthetic_images.bag_image(rng, grid=4, tile=16, positive=True, n_glass=3)
     encoded = [_png(bag), _png(synthetic_images.tissue_image(rng, 80, False))]
     outputs = loaded.serving_fn(image_bytes=tf.constant(encoded))
-    assert set(outputs) == {"probability", "label", "decision_score", "attention", "grid_shape"}
+    assert set(outputs) == {"probability", "label", "decision_score", "tissue_fraction", "tissue_detected",
+                            "attention", "grid_shape"}
     assert outputs["attention"].shape == (2, 16) and outputs["attention"].dtype == tf.float32
     assert outputs["grid_shape"].dtype == tf.int32
     np.testing.assert_array_equal(outputs["grid_shape"].numpy(), [[4, 4], [4, 4]])
@@ -183,7 +189,8 @@ def test_mil_with_an_instance_classifier_also_returns_tile_probabilities(tmp_pat
     export.export_serving_model(model, path, preprocess=lambda b: image_ops.decode_and_resize(b, 64),
                                 model_info={"model_kind": "mil"})
     loaded = exported.load(path)
-    assert loaded.model_info["outputs"] == ["probability", "label", "decision_score", "attention",
+    assert loaded.model_info["outputs"] == ["probability", "label", "decision_score", "tissue_fraction",
+                                            "tissue_detected", "attention",
                                             "tile_probability", "grid_shape"]
     encoded = [_png(bag)]
     served = loaded.serving_fn(image_bytes=tf.constant(encoded))
