@@ -2,18 +2,35 @@
 remove its work folder and stop the Beam worker processes it started; a work folder left
 by a run that was killed outright is removed by the next run.
 
-The real command runs on the real IDC folder and is signalled mid-way.
+The real command runs on the real IDC patches, linked five times over under new patient
+ids so that it is still running when it is signalled, however fast the machine.
 """
 
 from __future__ import annotations
 
 import os
+import pathlib
 import signal
 import time
 
 import psutil
 import pytest
 from serving_fixtures import start_process
+
+
+COPIES = 5  # the real IDC set ingests in seconds on a fast machine
+
+
+def _linked_copies(idc: pathlib.Path, root: pathlib.Path, copies: int) -> pathlib.Path:
+    """`copies` copies of the IDC tree as symlinks, patient `P` renamed `<k>P` in copy k."""
+    for patch in idc.glob("*/*/*.png"):
+        patient, label = patch.parent.parent.name, patch.parent.name
+        for copy in range(1, copies + 1):
+            new_patient = f"{copy}{patient}"
+            folder = root / new_patient / label
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / patch.name.replace(patient, new_patient, 1)).symlink_to(patch)
+    return root
 
 
 def _work_dirs(parent, name: str) -> list:
@@ -27,7 +44,8 @@ def test_interrupted_ingest_removes_its_work_folder_and_processes(shared_data, t
     stale.mkdir()
     (stale / "data-00000-of-00001.tfrecord.gz").write_bytes(b"\0" * 4096)
     os.utime(stale, (time.time() - 3600, time.time() - 3600))
-    run = start_process(["ingest", "--dataset", "idc", "--source", str(shared_data / "idc"),
+    source = _linked_copies(shared_data / "idc", tmp_path / "idc", COPIES)
+    run = start_process(["ingest", "--dataset", "idc", "--source", str(source),
                          "--output", str(output), "--shards", "8"], tmp_path / "ingest.log")
     process = psutil.Process(run.process.pid)
     deadline = time.monotonic() + 180
