@@ -112,7 +112,7 @@ def _predict(args: argparse.Namespace) -> int:
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Adds `evaluate` and `predict`."""
-    from histopath.evaluation.scoring import PATIENT_LABEL_RULE, PATIENT_SCORE_RULE
+    from histopath.evaluation.patient_rules import PATIENT_LABEL_RULE, PATIENT_SCORE_RULE
 
     evaluate = subparsers.add_parser(
         "evaluate", help="score a pushed model on a BreakHis/IDC folder (image- and patient-level, bootstrap CIs)",

@@ -18,15 +18,8 @@ from histopath.data.features import patient_sort_key
 from histopath.errors import ConfigError, DataError
 from histopath.evaluation import bootstrap as patient_bootstrap
 from histopath.evaluation import metrics, operating_point
+from histopath.evaluation.patient_rules import PATIENT_LABEL_RULE, PATIENT_SCORE_RULE
 
-PATIENT_SCORE_RULE = (
-    "patient score = MEAN of the patient's image probabilities; patient prediction = "
-    "score >= the model's decision threshold"
-)
-PATIENT_LABEL_RULE = (
-    "patient label = 1 (malignant) if ANY of the patient's images is malignant, else 0 "
-    "(BreakHis: every patient has a single label; IDC: 1 if any patch is IDC-positive)"
-)
 FEW_PATIENTS_PER_CLASS = 5  # below this many patients of a class the intervals are flagged
 
 

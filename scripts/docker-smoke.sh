@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Smoke test of the web app image with the LOCAL Docker engine: build it, export a model
 # with the project's own export code, run the container on it and classify a real image
-# through the web page's upload form (CSRF and all), as a pathologist's browser would.
+# through the web page's upload form (sign-in, CSRF and all), as a pathologist's browser
+# would: a pathologist account is made in the container with `histopath webapp adduser`.
 #
 #   scripts/docker-smoke.sh                      # needs a running Docker engine
 #   BASE_IMAGE=python:3.11-slim scripts/docker-smoke.sh   # where Docker Hub is reachable
@@ -91,14 +92,14 @@ image_user=$(docker image inspect -f '{{.Config.User}}' "$IMAGE")
 
 # --- 2. a pushed model, exported by the project's own code --------------------------------
 serving_dir="$WORK/serving"
-log "exporting an (untrained) MIL model to $serving_dir/$MODEL_NAME/1 with components/export.py"
+log "exporting an (untrained) MIL model to $serving_dir/$MODEL_NAME/1 with models/export.py"
 export_start=$(date +%s)
 "$PYTHON" - "$serving_dir/$MODEL_NAME/1" <<'PY' > "$WORK/export.log" 2>&1 || { tail -n 30 "$WORK/export.log" >&2; die "model export failed"; }
 import sys
 
 import histopath  # noqa: F401  (Keras 2 before TensorFlow)
 import tensorflow as tf
-from histopath.components import image_ops
+from histopath.models import image_ops
 from histopath.models.export import export_serving_model
 from histopath.models.mil import build_mil_model
 from histopath.models.config import MilConfig
@@ -147,18 +148,31 @@ healthy_seconds=$(( $(date +%s) - run_start ))
 container_uid=$(docker exec "$CONTAINER" id -u)
 [ "$container_uid" = "$APP_UID" ] || die "container runs as uid $container_uid"
 
-# --- 4. classify a real image through the upload form --------------------------------------
+# --- 4. sign in as a pathologist, classify a real image through the upload form -----------
 base_url="http://127.0.0.1:$port"
 jar="$WORK/cookies.txt"
-curl -fsS -c "$jar" "$base_url/" -o "$WORK/form.html" || die "GET / failed"
+user=smoke-pathologist
+password="smoke-$(od -An -N12 -tx1 /dev/urandom | tr -d ' \n')"
+docker exec -e SMOKE_PASSWORD="$password" "$CONTAINER" \
+  histopath webapp adduser "$user" --role pathologist --password-env SMOKE_PASSWORD > "$WORK/adduser.log" 2>&1 \
+  || { cat "$WORK/adduser.log" >&2; die "histopath webapp adduser failed in the container"; }
+login_status=$(curl -sS -c "$jar" -o /dev/null -w '%{http_code}' "$base_url/")
+[ "$login_status" = 302 ] || die "GET / without signing in answered HTTP $login_status (expected a redirect to sign-in)"
+curl -fsS -b "$jar" -c "$jar" "$base_url/accounts/login/" -o "$WORK/login.html" || die "GET /accounts/login/ failed"
+csrf=$(sed -n 's/.*name="csrfmiddlewaretoken" value="\([^"]*\)".*/\1/p' "$WORK/login.html" | head -n 1)
+[ -n "$csrf" ] || die "no CSRF token in the sign-in form"
+signin_status=$(curl -sS -b "$jar" -c "$jar" -o "$WORK/signin.html" -w '%{http_code}' -H "Referer: $base_url/accounts/login/" \
+  --data-urlencode "csrfmiddlewaretoken=$csrf" --data-urlencode "username=$user" \
+  --data-urlencode "password=$password" "$base_url/accounts/login/")
+[ "$signin_status" = 302 ] || die "signing in answered HTTP $signin_status (expected a redirect)"
+curl -fsS -b "$jar" -c "$jar" "$base_url/" -o "$WORK/form.html" || die "GET / after signing in failed"
 csrf=$(sed -n 's/.*name="csrfmiddlewaretoken" value="\([^"]*\)".*/\1/p' "$WORK/form.html" | head -n 1)
-[ -n "$csrf" ] || die "no CSRF token in the form"
-grep -q csrftoken "$jar" || die "no csrftoken cookie"
+[ -n "$csrf" ] || die "no CSRF token in the upload form"
 log "POST $(basename "$sample") ($(stat -c %s "$sample") bytes) to $base_url/"
 predict_start=$("$PYTHON" -c 'import time; print(time.time())')
 http_status=$(curl -sS -b "$jar" -o "$WORK/result.html" -w '%{http_code}' \
   -H "Referer: $base_url/" \
-  -F "csrfmiddlewaretoken=$csrf" -F "image=@$sample;type=image/png" "$base_url/")
+  -F "csrfmiddlewaretoken=$csrf" -F "display_name=docker smoke case" -F "image=@$sample;type=image/png" "$base_url/")
 predict_ms=$("$PYTHON" -c "import time; print(round((time.time() - $predict_start) * 1000))")
 [ "$http_status" = 200 ] || { sed -e 's/<[^>]*>//g' "$WORK/result.html" | grep -v '^\s*$' | head -n 20 >&2; die "POST answered HTTP $http_status"; }
 summary=$("$PYTHON" - "$WORK/result.html" <<'PY'
@@ -178,7 +192,9 @@ heatmap = "yes" if re.search(r'<img[^>]+alt="[^"]*[Hh]eat', html) else "no"
 print(f"label={label.group(1)} probability_of_malignancy={value}% model_version={version.group(1) if version else '?'} heatmap={heatmap}")
 PY
 ) || die "the result page lacks a Benign/Malignant label and probability"
-curl -fsS "$base_url/history/" | grep -q "$(basename "$sample")" || die "the prediction is not in the history"
+curl -fsS -b "$jar" "$base_url/history/" -o "$WORK/history.html" || die "GET /history/ failed"
+grep -q "docker smoke case" "$WORK/history.html" && grep -q "1 prediction recorded by you" "$WORK/history.html" \
+  || die "the prediction is not in the pathologist's history"
 
 # --- 5. TF Serving recipe: model-baking layout only, on a stand-in base ------------------
 layout="skipped"
@@ -197,6 +213,6 @@ echo "  image          $IMAGE on $BASE_IMAGE: $(awk -v b="$image_bytes" 'BEGIN {
 echo "  build          ${build_seconds}s"
 echo "  model export   ${export_seconds}s"
 echo "  start->healthy ${healthy_seconds}s (Docker HEALTHCHECK)"
-echo "  prediction     ${predict_ms} ms: $summary"
+echo "  prediction     ${predict_ms} ms (signed in as $user): $summary"
 echo "  image          $(basename "$sample")"
 echo "  tfserving      $layout"

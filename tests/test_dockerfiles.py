@@ -24,6 +24,8 @@ from packaging.markers import default_environment
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
+from histopath import cli as histopath_cli
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
 WEBAPP = REPO / "serving" / "docker" / "webapp.Dockerfile"
 TFSERVING = REPO / "serving" / "docker" / "tfserving.Dockerfile"
@@ -326,9 +328,14 @@ def test_webapp_requirements_are_a_complete_closure():
     assert not missing, f"add to requirements/webapp.txt: {sorted(set(missing))}"
 
 
-def _imports(path: pathlib.Path, top_level_only: bool) -> set[str]:
+def _imports(path: pathlib.Path, top_level_only: bool, run_functions: tuple[str, ...] = ()) -> set[str]:
+    """Imports of a module: all of them, or those at module level and in `run_functions`."""
     tree = ast.parse(path.read_text(), filename=str(path))
-    nodes = tree.body if top_level_only else list(ast.walk(tree))
+    nodes = list(ast.walk(tree))
+    if top_level_only:
+        nodes = tree.body + [inner for node in tree.body
+                             if isinstance(node, ast.FunctionDef) and node.name in run_functions
+                             for inner in ast.walk(node)]
     found = set()
     for node in nodes:
         if isinstance(node, ast.Import):
@@ -367,12 +374,12 @@ def test_webapp_requirements_cover_what_the_web_app_imports():
     webapp_dir = REPO / "serving" / "webapp"
     if not webapp_dir.is_dir():
         pytest.skip("the web app is not written yet")
-    # (module, follow function-level imports too): the CLI modules of other areas are only
-    # imported for their `register()`, so only their module-level imports run.
+    # (module, follow function-level imports too): the CLI modules of every area are imported
+    # to build the parser, so their module-level imports and their `register()` run.
     todo = [(f"histopath.serving.webapp.{p.relative_to(webapp_dir).with_suffix('').as_posix().replace('/', '.')}"
              .replace(".__init__", ""), True) for p in webapp_dir.rglob("*.py")]
-    todo += [("histopath.cli", False), ("histopath.data.cli", False), ("histopath.pipeline.cli", False),
-             ("histopath.serving.cli", True)]
+    todo += [("histopath.cli", False), ("histopath.serving.cli", True)]
+    todo += [(module, False) for module in histopath_cli.COMMAND_MODULES]
     seen, third_party = set(), {}
     while todo:
         module, deep = todo.pop()
@@ -382,7 +389,7 @@ def test_webapp_requirements_cover_what_the_web_app_imports():
         path = _module_file(module)
         if path is None:
             continue
-        for name in _imports(path, top_level_only=not deep):
+        for name in _imports(path, top_level_only=not deep, run_functions=("register",)):
             if any(module == m and (name == n or name.startswith(n + ".")) for m, n in NOT_IN_WEBAPP):
                 continue
             root = name.split(".")[0]

@@ -232,7 +232,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             print(f"[results] wrote {path}")
         return 0
     import histopath  # noqa: F401  (Keras 2 before TensorFlow)
-    from histopath.evaluation.scoring import PATIENT_LABEL_RULE, PATIENT_SCORE_RULE
+    from histopath.evaluation.patient_rules import PATIENT_LABEL_RULE, PATIENT_SCORE_RULE
 
     data = pathlib.Path(args.data).resolve()
     for folder in ("idc", "breakhis-200x-224"):
