@@ -81,19 +81,52 @@ def patient_labels(patients: Sequence[str], labels: Sequence[int]) -> Dict[str, 
     return result
 
 
+def positive_shares(patients: Sequence[str], labels: Sequence[int]) -> Dict[str, float]:
+    """Each patient's share of malignant (IDC-positive) images."""
+    totals: Dict[str, List[int]] = {}
+    for patient, label in zip(patients, labels):
+        counts = totals.setdefault(str(patient), [0, 0])
+        counts[0] += int(label)
+        counts[1] += 1
+    return {patient: positives / count for patient, (positives, count) in totals.items()}
+
+
+def _single_label_patients(shares: Mapping[str, float]) -> bool:
+    """True when every patient's images share one label (BreakHis), False when some
+    patients hold both (IDC slides: positive and negative patches)."""
+    return all(share in (0.0, 1.0) for share in shares.values())
+
+
 def stratified_patient_folds(patients: Sequence[str], labels: Sequence[int], folds: int,
                              seed: int) -> List[List[str]]:
-    """Cuts the patients into `folds` groups, malignant and benign patients spread evenly.
+    """Cuts the patients into `folds` groups with their labels spread evenly.
+
+    Patients with a single label (BreakHis) are dealt class by class, so every fold holds
+    malignant and benign patients. Patients holding both labels (IDC) are stratified by
+    their share of positive images: ranked by it, each run of `folds` neighbours goes one
+    to each fold, in random order.
 
     Raises:
-      DataError: fewer patients of a class than folds.
+      DataError: fewer patients (of a class, for single-label patients) than folds.
     """
-    by_patient = patient_labels(patients, labels)
+    shares = positive_shares(patients, labels)
     rng = np.random.default_rng(seed)
     groups: List[List[str]] = [[] for _ in range(folds)]
+    if not _single_label_patients(shares):
+        if len(shares) < folds:
+            raise DataError(f"{folds}-fold cross-validation needs at least {folds} patients, the train and "
+                            f"eval splits have {len(shares)}")
+        members = sorted(shares)
+        rng.shuffle(members)
+        members.sort(key=lambda patient: shares[patient])  # stable: ties stay in random order
+        for start in range(0, len(members), folds):
+            block = members[start:start + folds]
+            for patient, group in zip(block, rng.permutation(folds)):
+                groups[group].append(patient)
+        return [sorted(group) for group in groups]
     offset = 0
     for label in (1, 0):
-        members = sorted(p for p, value in by_patient.items() if value == label)
+        members = sorted(p for p, value in shares.items() if value == label)
         if len(members) < folds:
             raise DataError(f"{folds}-fold cross-validation needs at least {folds} "
                             f"{('benign', 'malignant')[label]} patients, the train and eval splits have "
@@ -105,13 +138,18 @@ def stratified_patient_folds(patients: Sequence[str], labels: Sequence[int], fol
     return [sorted(group) for group in groups]
 
 
-def inner_eval_patients(train_patients: Sequence[str], by_patient: Mapping[str, int], seed: int) -> List[str]:
+def inner_eval_patients(train_patients: Sequence[str], shares: Mapping[str, float], seed: int) -> List[str]:
     """The patients of a fold's training patients that early stopping and the learning-rate
-    schedule watch: `INNER_EVAL_FRACTION` of each class, at least one."""
+    schedule watch: `INNER_EVAL_FRACTION` of them, at least one of each class (single-label
+    patients) or one from each stratum of the positive share (patients with both labels)."""
     rng = np.random.default_rng(seed)
+    if not _single_label_patients({p: shares[p] for p in train_patients}):
+        ranked = sorted(sorted(train_patients), key=lambda patient: shares[patient])
+        strata = np.array_split(np.array(ranked), max(2, round(INNER_EVAL_FRACTION * len(ranked))))
+        return sorted(str(rng.choice(stratum)) for stratum in strata if len(stratum))
     chosen: List[str] = []
     for label in (1, 0):
-        members = sorted(p for p in train_patients if by_patient[p] == label)
+        members = sorted(p for p in train_patients if shares[p] == label)
         rng.shuffle(members)
         chosen += members[:max(1, round(INNER_EVAL_FRACTION * len(members)))]
     return sorted(chosen)
@@ -211,10 +249,10 @@ def fold_predictions(trainer: Trainer, data: PatientExamples, groups: Sequence[S
       {"held_out", "inner_eval", "kept_epochs", "probability" (the held-out images, in
       `data` order)} and, with `refit`, "fold_probability" (the first model's).
     """
-    by_patient = patient_labels(data.patients, data.labels)
+    shares = positive_shares(data.patients, data.labels)
     held_out = list(groups[index])
-    rest = [p for p in sorted(by_patient) if p not in held_out]
-    watch = inner_eval_patients(rest, by_patient, seed + index)
+    rest = [p for p in sorted(shares) if p not in held_out]
+    watch = inner_eval_patients(rest, shares, seed + index)
     model, history = trainer.fit(data, [p for p in rest if p not in watch], watch, None, f"fold-{index}")
     mask = np.isin(data.patients, held_out)
     kept = kept_epochs(history, trainer.training_config.monitor)

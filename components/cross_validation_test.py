@@ -30,6 +30,31 @@ def test_folds_hold_every_patient_once_with_both_classes():
         cross_validation.stratified_patient_folds(data.patients, data.labels, 6, seed=1)
 
 
+def test_patients_holding_both_labels_are_stratified_by_their_positive_share():
+    """IDC: every slide but one has IDC-positive patches, so there are no benign patients to
+    deal; the folds spread the patients' positive shares instead."""
+    shares = {f"s{i:02d}": share for i, share in enumerate([0.0, 0.05, 0.1, 0.15, 0.2, 0.3, 0.35,
+                                                             0.4, 0.5, 0.55, 0.6, 0.7, 0.8])}
+    patients, labels = [], []
+    for patient, share in shares.items():
+        positives = round(20 * share)
+        patients += [patient] * 20
+        labels += [1] * positives + [0] * (20 - positives)
+    assert cross_validation.positive_shares(patients, labels) == pytest.approx(shares)
+    groups = cross_validation.stratified_patient_folds(patients, labels, 3, seed=4)
+    assert sorted(p for group in groups for p in group) == sorted(shares)
+    assert sorted(len(group) for group in groups) == [4, 4, 5]
+    fold_of = {patient: index for index, group in enumerate(groups) for patient in group}
+    ranked = sorted(shares, key=shares.get)
+    for start in range(0, 12, 3):  # each fold takes one of every 3 neighbours in share order
+        assert sorted(fold_of[p] for p in ranked[start:start + 3]) == [0, 1, 2]
+    assert groups != cross_validation.stratified_patient_folds(patients, labels, 3, seed=5)
+    watch = cross_validation.inner_eval_patients(sorted(shares), shares, seed=0)
+    assert len(watch) == 2 and shares[watch[0]] < 0.35 <= shares[watch[1]]
+    with pytest.raises(DataError, match="at least 14 patients, the train and eval splits have 13"):
+        cross_validation.stratified_patient_folds(patients, labels, 14, seed=1)
+
+
 def test_epochs_kept_and_fixed_for_the_refit():
     history = {"phase": ["head", "head", "fine_tune", "fine_tune", "fine_tune"],
                "val_auc": [0.6, 0.7, 0.65, 0.8, 0.75]}
