@@ -7,7 +7,10 @@ Every patient is held out once, exactly as a Trainer with `selection.folds` does
 (`components.cross_validation`): label-stratified patient folds; per fold, each candidate
 of the preset trained with the Trainer's loop and settings, an inner eval split of the
 remaining patients watched, the held-out patients predicted as the exported model
-predicts. With `--refit`, each fold also trains the `refit_on_all` model (all remaining
+predicts. Each candidate also gets a held-out estimate: its cross-validated predictions
+scored with patient-bootstrap intervals, each fold at the balanced-accuracy threshold of
+the OTHER folds' predictions (so no threshold is chosen on what it is scored on), and, for
+a preset with `slide_context_sigma` on IDC, the same after slide context. With `--refit`, each fold also trains the `refit_on_all` model (all remaining
 patients, the epochs the fold kept, no early stopping) and predicts the held-out patients
 with it. Images are read from the raw folder and preprocessed by the pipeline's own
 `preprocessing_fn`. `bench/selection_rules.py` scores selection rules on the output.
@@ -35,7 +38,8 @@ REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 
 def load_raw(dataset: str, source: str, image_size: int, stain_normalization: bool):
-    """Every image under `source` as Transform stores it (`preprocessing_fn`), in memory."""
+    """Every image under `source` as Transform stores it (`preprocessing_fn`), in memory,
+    and each image's slide position `(x, y)` (IDC; None for BreakHis)."""
     import tensorflow as tf
 
     from histopath.components.cross_validation import PatientExamples
@@ -52,8 +56,32 @@ def load_raw(dataset: str, source: str, image_size: int, stain_normalization: bo
         stored = preprocessing.preprocessing_fn(raw, settings)[preprocessing.TRANSFORMED_IMAGE]
         floats = image_ops.dequantize_from_bytes(stored, image_size)
         images.append(np.round(floats.numpy() * 255.0).astype(np.uint8))
-    return PatientExamples(np.concatenate(images), np.array([f.label for f in files], np.int64),
+    data = PatientExamples(np.concatenate(images), np.array([f.label for f in files], np.int64),
                            np.array([f.patient_id for f in files]))
+    positions = [(f.patch_x, f.patch_y) for f in files]
+    return data, (positions if all(x is not None for x, _ in positions) else None)
+
+
+def held_out_estimate(labels: np.ndarray, probability: np.ndarray, patients: np.ndarray,
+                      groups: List[List[str]], seed: int) -> Dict[str, Any]:
+    """Scores cross-validated predictions; each fold's images are called at the
+    balanced-accuracy threshold of the other folds' predictions."""
+    from histopath.components.cross_validation import BOOTSTRAP_RESAMPLES
+    from histopath.evaluation import scoring
+    from histopath.evaluation.operating_point import balanced_accuracy_threshold
+
+    predicted = np.zeros(len(labels), np.int64)
+    thresholds = []
+    for held_out in groups:
+        mask = np.isin(patients, held_out)
+        threshold = balanced_accuracy_threshold(labels[~mask], probability[~mask])
+        predicted[mask] = probability[mask] >= threshold
+        thresholds.append(float(threshold))
+    scored = scoring.score_predictions(labels, probability, predicted, patients,
+                                       threshold=float(np.median(thresholds)),
+                                       bootstrap=BOOTSTRAP_RESAMPLES, seed=seed)
+    return {"fold_thresholds": thresholds, "image_level": scored["image_level"],
+            "patient_level": scored["patient_level"]}
 
 
 def _fold_key(kind: str, settings: Mapping[str, Any], held_out: List[str], refit: bool, seed: int) -> str:
@@ -80,13 +108,14 @@ def run(dataset: str, source: str, preset: str, folds: int, seed: int, refit: bo
         cache: Optional[pathlib.Path], log_dir: pathlib.Path) -> Dict[str, Any]:
     """The cross-validated predictions of every candidate of `preset` (module docstring)."""
     from histopath.components import cross_validation
+    from histopath.evaluation.slide_context import smooth_slide_scores
     from histopath.models.densenet import build_densenet_model
     from histopath.models.mil import build_mil_model
     from histopath.pipeline import presets
     from histopath.pipeline.config import resolve
 
     config = resolve(presets.layer(preset), {"dataset": dataset, "seed": seed})
-    data = load_raw(dataset, source, config.image_size, config.stain_normalization)
+    data, positions = load_raw(dataset, source, config.image_size, config.stain_normalization)
     groups = cross_validation.stratified_patient_folds(data.patients, data.labels, folds, seed)
     print(f"[cv] {len(data.labels)} images of {len(set(data.patients))} patients, {folds} folds, "
           f"candidates {', '.join(config.models)}", flush=True)
@@ -117,9 +146,25 @@ def run(dataset: str, source: str, preset: str, folds: int, seed: int, refit: bo
             print(f"[cv] {kind} fold {index + 1}/{folds}: {fold['seconds']:.0f} s, kept {fold['kept_epochs']}",
                   flush=True)
         summary = cross_validation.summarize(data, columns["probability"], seed)
+        estimates = {"alone": held_out_estimate(data.labels, columns["probability"], data.patients, groups, seed)}
+        sigma = config.slide_context_sigma
+        if sigma and positions:
+            xs, ys = zip(*positions)
+            context = smooth_slide_scores(columns["probability"], data.patients, xs, ys, sigma)
+            estimates[f"slide context (sigma {sigma:g})"] = held_out_estimate(
+                data.labels, context, data.patients, groups, seed)
+        for name, estimate in estimates.items():
+            image = estimate["image_level"]["metrics"]
+            print(f"[cv] {kind} held out, {name}: image AUC {_interval(image['auc'])}, "
+                  f"balanced accuracy {_interval(image['balanced_accuracy'])}", flush=True)
         result["candidates"][kind] = {**{k: v.tolist() for k, v in columns.items()}, "folds": rows,
-                                      "threshold": summary["threshold"], "metrics": summary["metrics"]}
+                                      "threshold": summary["threshold"], "metrics": summary["metrics"],
+                                      "held_out_estimates": estimates}
     return result
+
+
+def _interval(metric: Mapping[str, Any]) -> str:
+    return f"{metric['value']:.3f} [{metric['ci_low']:.3f}, {metric['ci_high']:.3f}]"
 
 
 def main(argv: Optional[List[str]] = None) -> int:
