@@ -73,6 +73,12 @@ class RunningProcess:
                 self.process.wait(timeout=5)
 
 
+def _interruptible() -> None:
+    """In the child: Ctrl-C's default action, as from a terminal. A shell starts background
+    jobs with SIGINT ignored, and a Python started so never raises KeyboardInterrupt."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def start_process(args: list[str], log: pathlib.Path, env: dict[str, str] | None = None) -> RunningProcess:
     """Starts the `histopath` command (the installed console script) with output to `log`."""
     script = pathlib.Path(PYTHON).parent / "histopath"
@@ -84,6 +90,7 @@ def start_process(args: list[str], log: pathlib.Path, env: dict[str, str] | None
         stderr=subprocess.STDOUT,
         env={**os.environ, **(env or {})},
         cwd=str(log.parent),
+        preexec_fn=_interruptible,
     )
     handle.close()
     return RunningProcess(process, log)
