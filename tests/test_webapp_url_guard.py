@@ -143,17 +143,22 @@ def test_oversized_body_is_cut_off(declare_length):
             fetch_image(f"{server.url}/big.png", LOOPBACK_ALLOWED)
 
 
+def _assert_fetch_ends_at_deadline(route, timeout_s: float, match: str) -> None:
+    """Fetching from a server answering with `route` fails with `match` well before 2.5 s."""
+    policy = FetchPolicy(allowlist=("127.0.0.1",), timeout_s=timeout_s)
+    with LocalHttpServer({"/answer.png": route}) as server:
+        started = time.monotonic()
+        with pytest.raises(UrlFetchError, match=match):
+            fetch_image(f"{server.url}/answer.png", policy)
+        assert time.monotonic() - started < 2.5
+
+
 def test_slow_server_times_out():
     def slow(request):
         time.sleep(3)
         send_body(PNG, "image/png")(request)
 
-    policy = FetchPolicy(allowlist=("127.0.0.1",), timeout_s=0.5)
-    with LocalHttpServer({"/slow.png": slow}) as server:
-        started = time.monotonic()
-        with pytest.raises(UrlFetchError, match="longer than"):
-            fetch_image(f"{server.url}/slow.png", policy)
-        assert time.monotonic() - started < 2.5
+    _assert_fetch_ends_at_deadline(slow, timeout_s=0.5, match="longer than")
 
 
 SLOW_HEAD = b"HTTP/1.1 200 OK\r\nContent-Type: image/png\r\nX-Padding: " + b"a" * 100 + b"\r\n\r\n"
@@ -175,12 +180,7 @@ def test_one_deadline_covers_headers_and_body(head_interval, body_interval):
         request.wfile.flush()
         dribble(b"", PNG * 20, body_interval)(request)
 
-    policy = FetchPolicy(allowlist=("127.0.0.1",), timeout_s=1.5)
-    with LocalHttpServer({"/dribble.png": route}) as server:
-        started = time.monotonic()
-        with pytest.raises(UrlFetchError, match="longer than 1.5 s"):
-            fetch_image(f"{server.url}/dribble.png", policy)
-        assert time.monotonic() - started < 2.5
+    _assert_fetch_ends_at_deadline(route, timeout_s=1.5, match="longer than 1.5 s")
 
 
 def test_fetch_slots_refuse_beyond_the_limit():
