@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from typing import Any, Callable, Dict, List, Mapping, Sequence
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -73,14 +73,6 @@ def load_examples(files: Sequence[str], tf_transform_output: tft.TFTransformOutp
     return PatientExamples(np.concatenate(images), np.concatenate(labels).astype(np.int64), np.array(patients))
 
 
-def patient_labels(patients: Sequence[str], labels: Sequence[int]) -> Dict[str, int]:
-    """Each patient's label: malignant when any of its images is."""
-    result: Dict[str, int] = {}
-    for patient, label in zip(patients, labels):
-        result[str(patient)] = max(result.get(str(patient), 0), int(label))
-    return result
-
-
 def positive_shares(patients: Sequence[str], labels: Sequence[int]) -> Dict[str, float]:
     """Each patient's share of malignant (IDC-positive) images."""
     totals: Dict[str, List[int]] = {}
@@ -91,10 +83,10 @@ def positive_shares(patients: Sequence[str], labels: Sequence[int]) -> Dict[str,
     return {patient: positives / count for patient, (positives, count) in totals.items()}
 
 
-def _single_label_patients(shares: Mapping[str, float]) -> bool:
+def _single_label_patients(shares: Iterable[float]) -> bool:
     """True when every patient's images share one label (BreakHis), False when some
     patients hold both (IDC slides: positive and negative patches)."""
-    return all(share in (0.0, 1.0) for share in shares.values())
+    return all(share in (0.0, 1.0) for share in shares)
 
 
 def stratified_patient_folds(patients: Sequence[str], labels: Sequence[int], folds: int,
@@ -112,7 +104,7 @@ def stratified_patient_folds(patients: Sequence[str], labels: Sequence[int], fol
     shares = positive_shares(patients, labels)
     rng = np.random.default_rng(seed)
     groups: List[List[str]] = [[] for _ in range(folds)]
-    if not _single_label_patients(shares):
+    if not _single_label_patients(shares.values()):
         if len(shares) < folds:
             raise DataError(f"{folds}-fold cross-validation needs at least {folds} patients, the train and "
                             f"eval splits have {len(shares)}")
@@ -143,7 +135,7 @@ def inner_eval_patients(train_patients: Sequence[str], shares: Mapping[str, floa
     schedule watch: `INNER_EVAL_FRACTION` of them, at least one of each class (single-label
     patients) or one from each stratum of the positive share (patients with both labels)."""
     rng = np.random.default_rng(seed)
-    if not _single_label_patients({p: shares[p] for p in train_patients}):
+    if not _single_label_patients(shares[p] for p in train_patients):
         ranked = sorted(sorted(train_patients), key=lambda patient: shares[patient])
         strata = np.array_split(np.array(ranked), max(2, round(INNER_EVAL_FRACTION * len(ranked))))
         return sorted(str(rng.choice(stratum)) for stratum in strata if len(stratum))

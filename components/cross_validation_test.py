@@ -24,8 +24,8 @@ def test_folds_hold_every_patient_once_with_both_classes():
     data = _patients()
     groups = cross_validation.stratified_patient_folds(data.patients, data.labels, 3, seed=1)
     assert sorted(p for group in groups for p in group) == sorted(set(data.patients))
-    by_patient = cross_validation.patient_labels(data.patients, data.labels)
-    assert all({by_patient[p] for p in group} == {0, 1} for group in groups)
+    shares = cross_validation.positive_shares(data.patients, data.labels)
+    assert all({shares[p] for p in group} == {0.0, 1.0} for group in groups)
     with pytest.raises(DataError, match="at least 6 malignant patients, the train and eval splits have 5"):
         cross_validation.stratified_patient_folds(data.patients, data.labels, 6, seed=1)
 
