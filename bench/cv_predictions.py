@@ -33,6 +33,7 @@ import histopath  # noqa: F401  (pins Keras 2 before TensorFlow is imported)
 import numpy as np
 
 from bench.common import write_json
+from bench.study.tables import with_interval
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
 
@@ -155,16 +156,12 @@ def run(dataset: str, source: str, preset: str, folds: int, seed: int, refit: bo
                 data.labels, context, data.patients, groups, seed)
         for name, estimate in estimates.items():
             image = estimate["image_level"]["metrics"]
-            print(f"[cv] {kind} held out, {name}: image AUC {_interval(image['auc'])}, "
-                  f"balanced accuracy {_interval(image['balanced_accuracy'])}", flush=True)
+            print(f"[cv] {kind} held out, {name}: image AUC {with_interval(image['auc'])}, "
+                  f"balanced accuracy {with_interval(image['balanced_accuracy'])}", flush=True)
         result["candidates"][kind] = {**{k: v.tolist() for k, v in columns.items()}, "folds": rows,
                                       "threshold": summary["threshold"], "metrics": summary["metrics"],
                                       "held_out_estimates": estimates}
     return result
-
-
-def _interval(metric: Mapping[str, Any]) -> str:
-    return f"{metric['value']:.3f} [{metric['ci_low']:.3f}, {metric['ci_high']:.3f}]"
 
 
 def main(argv: Optional[List[str]] = None) -> int:

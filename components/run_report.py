@@ -118,14 +118,11 @@ def evaluation_summary(evaluation_uri: str) -> dict[str, Any]:
     for slice_key, plots in result.plots or []:
         if slice_key:
             continue
-        for per_output in plots.values():
-            for per_sub_key in per_output.values():
-                matrices = per_sub_key.get("confusionMatrixAtThresholds", {}).get("matrices", [])
-                for matrix in matrices:
-                    tp, fp = matrix.get("truePositives", 0.0), matrix.get("falsePositives", 0.0)
-                    tn, fn = matrix.get("trueNegatives", 0.0), matrix.get("falseNegatives", 0.0)
-                    if tp + fn > 0 and fp + tn > 0:
-                        roc.append((fp / (fp + tn), tp / (tp + fn)))
+        for matrix in _matrices(plots):
+            tp, fp = matrix.get("truePositives", 0.0), matrix.get("falsePositives", 0.0)
+            tn, fn = matrix.get("trueNegatives", 0.0), matrix.get("falseNegatives", 0.0)
+            if tp + fn > 0 and fp + tn > 0:
+                roc.append((fp / (fp + tn), tp / (tp + fn)))
     return {"metrics": slices, "roc": sorted(set(roc)), **patient_intervals(result.plots)}
 
 

@@ -224,9 +224,7 @@ def summary_lines(result: Mapping[str, Any]) -> List[str]:
             if metric["value"] is None:
                 lines.append(f"  {name:18s} n/a ({metric['reason']})")
                 continue
-            interval = (f" [{metric['ci_low']:.3f}, {metric['ci_high']:.3f}]"
-                        if metric["ci_low"] is not None else "")
-            lines.append(f"  {name:18s} {metric['value']:.3f}{interval}")
+            lines.append(f"  {name:18s} {_with_interval(metric)}")
         cm = block["confusion_matrix"]
         lines.append(f"  confusion          TN={cm['tn']} FP={cm['fp']} FN={cm['fn']} TP={cm['tp']}")
         hindsight = block.get("balanced_accuracy_in_hindsight", {})
