@@ -29,8 +29,6 @@ from histopath.data.records import (
     serialize_example,
 )
 
-# Formats stored as they are (the serving graph's tf.io.decode_image reads them).
-SUPPORTED_FORMATS = {"PNG": "png", "JPEG": "jpeg", "BMP": "bmp"}
 DEFAULT_MAX_PIXELS = 50_000_000  # larger images are refused as decompression bombs
 PROGRESS_DIR = "_progress"  # in the work folder: files done per shard, for the progress bar
 SUMMARY_DIR = "_summaries"  # in the work folder: one JSON summary per finished shard
@@ -47,19 +45,20 @@ class ImageInfo:
     """What reading an image told us.
 
     Attributes:
-      image_format: "png", "jpeg" or "bmp": the format of the stored bytes.
+      image_format: the format of the stored bytes, lower case ("png", "jpeg", ...: one of
+        `images.MODEL_NATIVE_FORMATS`).
       height: in pixels.
       width: in pixels.
       stored: the bytes the record keeps: the file as it is, or (16-bit, float, alpha,
         TIFF...) a lossless PNG of its 8-bit RGB conversion (`histopath.images`).
-      rgb: the decoded 8-bit RGB pixels `(height, width, 3)`.
+      rgb: the decoded 8-bit RGB image (Pillow; `np.asarray` gives its pixels).
     """
 
     image_format: str
     height: int
     width: int
     stored: bytes = b""
-    rgb: Optional[np.ndarray] = None
+    rgb: Optional[Image.Image] = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -144,15 +143,14 @@ def validate_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> ImageIn
         raise ImageRejected(str(error)) from None
     stored = images.model_bytes(data, decoded)
     header = decoded.header
-    image_format = SUPPORTED_FORMATS.get(header.format, "png") if stored is data else "png"
-    return ImageInfo(image_format, header.height, header.width, stored, np.asarray(decoded.rgb))
+    image_format = header.format.lower() if stored is data else "png"
+    return ImageInfo(image_format, header.height, header.width, stored, decoded.rgb)
 
 
 def _read_valid_image(
     file: ParsedFile, source: str, max_pixels: int, skipped: list[list[str]]
-) -> tuple[bytes, ImageInfo] | None:
-    """The file's bytes and image info, or None after appending `[path, reason]` to
-    `skipped`."""
+) -> ImageInfo | None:
+    """The file's image info, or None after appending `[path, reason]` to `skipped`."""
     path = fileio.join(source, *file.relative_path.split("/"))
     try:
         data = fileio.read_bytes(path)
@@ -160,7 +158,7 @@ def _read_valid_image(
         skipped.append([file.relative_path, f"cannot read file ({getattr(error, 'strerror', None) or error})"])
         return None
     try:
-        return data, validate_image(data, max_pixels)
+        return validate_image(data, max_pixels)
     except ImageRejected as rejection:
         skipped.append([file.relative_path, str(rejection)])
         return None
@@ -170,10 +168,9 @@ def _file_values(
     file: ParsedFile, source: str, max_pixels: int, skipped: list[list[str]]
 ) -> dict | None:
     """The record of one image file (its bytes as stored), or None if it is skipped."""
-    read = _read_valid_image(file, source, max_pixels, skipped)
-    if read is None:
+    info = _read_valid_image(file, source, max_pixels, skipped)
+    if info is None:
         return None
-    _, info = read
     values = file.feature_values()
     values[features.IMAGE] = info.stored
     values[features.IMAGE_FORMAT] = info.image_format
@@ -206,16 +203,15 @@ def region_values(
     labels: dict[bags.Cell, int] = {}
     size = region.patch_size
     for file in region.files:
-        read = _read_valid_image(file, source, max_pixels, skipped)
-        if read is None:
+        info = _read_valid_image(file, source, max_pixels, skipped)
+        if info is None:
             continue
-        _, info = read
         if info.height > size or info.width > size:
             skipped.append([file.relative_path, f"patch is {info.width}x{info.height}, larger "
                             f"than the {size}x{size} bag cell"])
             continue
         cell = region.cell(file)
-        patches[cell] = info.rgb
+        patches[cell] = np.asarray(info.rgb)
         labels[cell] = file.label
     if not patches:
         return None
