@@ -38,28 +38,53 @@ from bench.study.tables import with_interval
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 
-def load_raw(dataset: str, source: str, image_size: int, stain_normalization: bool):
-    """Every image under `source` as Transform stores it (`preprocessing_fn`), in memory,
-    and each image's slide position `(x, y)` (IDC; None for BreakHis)."""
+def _as_stored(encoded: List[bytes], image_size: int, stain_normalization: bool) -> np.ndarray:
+    """Encoded images as Transform stores them (`preprocessing_fn`), uint8 `[n, s, s, 3]`."""
     import tensorflow as tf
 
-    from histopath.components.cross_validation import PatientExamples
     from histopath.data import features
-    from histopath.data.layouts import scan_source
     from histopath.models import image_ops, preprocessing
 
-    files = scan_source(dataset, source).files
     settings = {"image_size": image_size, "stain_normalization": int(stain_normalization)}
     images = []
-    for start in range(0, len(files), 64):
-        chunk = files[start:start + 64]
-        raw = {features.IMAGE: tf.constant([pathlib.Path(source, f.relative_path).read_bytes() for f in chunk])}
+    for start in range(0, len(encoded), 64):
+        raw = {features.IMAGE: tf.constant(encoded[start:start + 64])}
         stored = preprocessing.preprocessing_fn(raw, settings)[preprocessing.TRANSFORMED_IMAGE]
         floats = image_ops.dequantize_from_bytes(stored, image_size)
         images.append(np.round(floats.numpy() * 255.0).astype(np.uint8))
-    data = PatientExamples(np.concatenate(images), np.array([f.label for f in files], np.int64),
-                           np.array([f.patient_id for f in files]))
-    positions = [(f.patch_x, f.patch_y) for f in files]
+    return np.concatenate(images)
+
+
+def load_raw(dataset: str, source: str, image_size: int, stain_normalization: bool,
+             bag_size: Optional[int] = None):
+    """Every image under `source` as Transform stores it, in memory, and each image's slide
+    position `(x, y)` (IDC; None for BreakHis).
+
+    With `bag_size` K (IDC), the images are the K x K region mosaics `histopath ingest
+    --bag-size K` writes (`shard_writer.region_values`), labelled positive when any patch
+    is, at their regions' origins.
+    """
+    from histopath.components.cross_validation import PatientExamples
+    from histopath.data import bags, features, shard_writer
+    from histopath.data.layouts import scan_source
+
+    files = scan_source(dataset, source).files
+    if bag_size:
+        regions, _ = bags.group_into_regions(files, bag_size)
+        records = [shard_writer.region_values(region, source, shard_writer.DEFAULT_MAX_PIXELS, [])
+                   for region in regions]
+        records = [record for record in records if record is not None]
+        encoded = [record[features.IMAGE] for record in records]
+        labels = [record[features.LABEL] for record in records]
+        patients = [record[features.PATIENT_ID] for record in records]
+        positions = [(record[features.PATCH_X], record[features.PATCH_Y]) for record in records]
+    else:
+        encoded = [pathlib.Path(source, f.relative_path).read_bytes() for f in files]
+        labels = [f.label for f in files]
+        patients = [f.patient_id for f in files]
+        positions = [(f.patch_x, f.patch_y) for f in files]
+    data = PatientExamples(_as_stored(encoded, image_size, stain_normalization),
+                           np.array(labels, np.int64), np.array(patients))
     return data, (positions if all(x is not None for x, _ in positions) else None)
 
 
@@ -116,13 +141,13 @@ def run(dataset: str, source: str, preset: str, folds: int, seed: int, refit: bo
     from histopath.pipeline.config import resolve
 
     config = resolve(presets.layer(preset), {"dataset": dataset, "seed": seed})
-    data, positions = load_raw(dataset, source, config.image_size, config.stain_normalization)
+    data, positions = load_raw(dataset, source, config.image_size, config.stain_normalization, config.bag_size)
     groups = cross_validation.stratified_patient_folds(data.patients, data.labels, folds, seed)
     print(f"[cv] {len(data.labels)} images of {len(set(data.patients))} patients, {folds} folds, "
           f"candidates {', '.join(config.models)}", flush=True)
     result: Dict[str, Any] = {"dataset": dataset, "preset": preset, "folds": groups, "seed": seed,
                               "patients": data.patients.tolist(), "labels": data.labels.tolist(),
-                              "candidates": {}}
+                              "bag_size": config.bag_size, "positions": positions, "candidates": {}}
     for kind in config.models:
         trainer = cross_validation.Trainer(build_densenet_model if kind == "densenet" else build_mil_model,
                                            config.model_config(kind), config.training[kind], str(log_dir / kind))
@@ -151,9 +176,9 @@ def run(dataset: str, source: str, preset: str, folds: int, seed: int, refit: bo
         sigma = config.slide_context_sigma
         if sigma and positions:
             xs, ys = zip(*positions)
-            context = smooth_slide_scores(columns["probability"], data.patients, xs, ys, sigma)
+            columns["context_probability"] = smooth_slide_scores(columns["probability"], data.patients, xs, ys, sigma)
             estimates[f"slide context (sigma {sigma:g})"] = held_out_estimate(
-                data.labels, context, data.patients, groups, seed)
+                data.labels, columns["context_probability"], data.patients, groups, seed)
         for name, estimate in estimates.items():
             image = estimate["image_level"]["metrics"]
             print(f"[cv] {kind} held out, {name}: image AUC {with_interval(image['auc'])}, "

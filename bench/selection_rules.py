@@ -7,7 +7,7 @@ Input: the cross-validated predictions of the candidates (`bench/cv_predictions.
 prediction per image of every patient, from a model that never saw the patient; the study
 runs on the refit recipe's predictions (what `refit_on_all` pushes and what the Trainer's
 folds then compare) and on the fold models' alone. One
-partition draws, stratified by label, the patients a user would have (`--available` of
+partition draws, stratified by label (see `draw_partition`), the patients a user would have (`--available` of
 the pool) and the unseen patients (see `draw_partition` for the two designs), and cuts the
 available ones into train/eval/test as the pipeline does (0.7/0.15/0.15 of the patients). Each rule then picks a candidate from the
 available patients' predictions only; the truth is the candidate with the higher image AUC
@@ -41,6 +41,9 @@ from histopath.evaluation import model_comparison
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
 SPLITS = (("train", 0.7), ("eval", 0.15), ("test", 0.15))
 BOOTSTRAP_RESAMPLES = 200
+# The prediction columns a study runs on (those every candidate has), and the recipe each is.
+RECIPES = {"refit_probability": "refit on all", "context_probability": "with slide context",
+           "probability": "fold models"}
 
 
 class Candidates:
@@ -57,6 +60,13 @@ class Candidates:
         self.patient_ids, self.cluster = np.unique(self.patients, return_inverse=True)
         self.patient_label = np.zeros(len(self.patient_ids), int)
         np.maximum.at(self.patient_label, self.cluster, self.labels)
+        share = np.bincount(self.cluster, self.labels, len(self.patient_ids)) / np.bincount(self.cluster)
+        if np.all((share == 0) | (share == 1)):
+            self.patient_stratum = self.patient_label
+        else:  # patients holding both labels (IDC slides): the lower and upper half by positive share
+            rank = np.empty(len(share), int)
+            rank[np.argsort(share, kind="stable")] = np.arange(len(share))
+            self.patient_stratum = (rank >= len(share) / 2).astype(int)
         self.images_of = [np.flatnonzero(self.cluster == i) for i in range(len(self.patient_ids))]
         self.names = model_comparison.simpler_first(list(probabilities))
         self.scores = {name: np.asarray(values, float) for name, values in probabilities.items()}
@@ -77,8 +87,10 @@ class Candidates:
 
 def draw_partition(candidates: Candidates, available: float, rng: np.random.Generator,
                    design: str = "independent") -> Dict[str, np.ndarray]:
-    """Patient indices `{"unseen", "train", "eval", "test"}`, stratified by label, every
-    split of the available patients holding both classes.
+    """Patient indices `{"unseen", "train", "eval", "test"}`, stratified by
+    `candidates.patient_stratum` (the patient's label; for patients holding both labels,
+    the half of the positive share they are in), every split of the available patients
+    drawing from both strata.
 
     `design` "complement": the unseen patients are the rest of the pool (a patient is in
     one place). "independent": the available and the unseen patients are two independent
@@ -87,8 +99,8 @@ def draw_partition(candidates: Candidates, available: float, rng: np.random.Gene
     candidates are close on the whole pool).
     """
     parts: Dict[str, List[int]] = {name: [] for name in ("unseen",) + tuple(s for s, _ in SPLITS)}
-    for label in (0, 1):
-        members = np.flatnonzero(candidates.patient_label == label)
+    for stratum in (0, 1):
+        members = np.flatnonzero(candidates.patient_stratum == stratum)
         n_available = max(len(SPLITS), round(available * len(members)))
         if design == "complement":
             shuffled = rng.permutation(members)
@@ -210,17 +222,17 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--output", type=pathlib.Path)
     args = parser.parse_args(argv)
     cv = json.loads(args.predictions.read_text())
-    recipes = {"fold models": {name: block["probability"] for name, block in cv["candidates"].items()}}
-    if all("refit_probability" in block for block in cv["candidates"].values()):
-        recipes = {"refit on all": {name: block["refit_probability"] for name, block in cv["candidates"].items()},
-                   **recipes}
+    recipes = {recipe: {name: block[column] for name, block in cv["candidates"].items()}
+               for column, recipe in RECIPES.items()
+               if all(column in block for block in cv["candidates"].values())}
     studies = []
     for recipe, probabilities in recipes.items():
         candidates = Candidates(cv["labels"], cv["patients"], probabilities)
         for design in ("independent", "complement"):
             studies.append({"recipe": recipe, **compare_rules(candidates, args.partitions, args.available,
                                                               args.seed, design)})
-    result = {"dataset": cv["dataset"], "preset": cv["preset"], "patients": len(candidates.patient_ids),
+    result = {"dataset": cv["dataset"], "preset": cv["preset"], "unit": cv.get("unit", "image"),
+              "patients": len(candidates.patient_ids),
               "studies": studies, "refit": refit_gain(cv, args.seed)}
     for study in studies:
         print(f"{result['dataset']}: {result['patients']} patients, {study['recipe']}, {study['design']} "

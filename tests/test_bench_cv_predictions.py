@@ -40,3 +40,25 @@ def test_perfectly_separated_predictions_score_one():
     image = estimate["image_level"]["metrics"]
     assert image["auc"]["value"] == pytest.approx(1.0)
     assert image["balanced_accuracy"]["value"] == pytest.approx(1.0)
+
+
+def test_a_bag_size_loads_the_region_mosaics_ingest_writes(tmp_path):
+    from PIL import Image
+
+    from bench.cv_predictions import load_raw
+    from histopath.data import bags, sample
+    from histopath.data.layouts import scan_source
+
+    sample.make_sample("idc", str(tmp_path / "idc"), patients=2, images_per_patient=16, seed=3)
+    patches, patch_positions = load_raw("idc", str(tmp_path / "idc"), 50, False)
+    regions, positions = load_raw("idc", str(tmp_path / "idc"), 100, False, bag_size=2)
+    files = scan_source("idc", str(tmp_path / "idc")).files
+    expected, _ = bags.group_into_regions(files, 2)
+    assert positions == [region.origin for region in expected] and len(patch_positions) == len(files)
+    assert regions.images.shape == (len(expected), 100, 100, 3)
+    assert regions.labels.tolist() == [bags.bag_label(f.label for f in region.files) for region in expected]
+    assert regions.patients.tolist() == [region.patient_id for region in expected]
+    first = expected[0]
+    mosaic = bags.assemble_region({first.cell(f): np.asarray(Image.open(tmp_path / "idc" / f.relative_path)
+                                                             .convert("RGB")) for f in first.files}, 2)
+    assert np.abs(regions.images[0].astype(int) - mosaic.astype(int)).max() <= 1

@@ -83,3 +83,36 @@ def test_folds_are_stratified_by_patient_label():
     folds = cross_validation.stratified_patient_folds(patients, labels, 2, seed=0)
     assert sorted(p for fold in folds for p in fold) == sorted(set(patients))
     assert [sum(int(p) < 4 for p in (q[1:] for q in fold)) for fold in folds] == [2, 2]
+
+
+def test_patients_holding_both_labels_are_stratified_by_positive_share():
+    # IDC-like: every patient has negative and positive regions, in shares 0.05 .. 0.95.
+    shares = np.linspace(0.05, 0.95, 20)
+    labels = np.concatenate([(np.arange(20) < round(share * 20)).astype(int) for share in shares])
+    patients = np.repeat([f"p{i}" for i in range(20)], 20)
+    candidates = selection_rules.Candidates(labels, patients, {"mil": labels * 0.5, "densenet": labels * 0.4})
+    assert set(candidates.patient_label) == {1}  # by label alone there would be one stratum
+    upper = candidates.patient_stratum[candidates.patient_ids.tolist().index("p19")]
+    lower = candidates.patient_stratum[candidates.patient_ids.tolist().index("p0")]
+    assert (lower, upper) == (0, 1) and candidates.patient_stratum.sum() == 10
+    rng = np.random.default_rng(0)
+    for design in ("independent", "complement"):
+        parts = selection_rules.draw_partition(candidates, 0.6, rng, design)
+        for name in ("train", "eval", "test", "unseen"):
+            assert set(candidates.patient_stratum[parts[name]]) == {0, 1}, (design, name)
+
+
+def test_a_study_runs_on_each_shared_prediction_column(tmp_path):
+    cv = _predictions(9, {"mil": 1.0, "densenet": 1.5})
+    cv["unit"] = "region"
+    for block in cv["candidates"].values():
+        block["context_probability"] = block["probability"]
+    cv["candidates"]["mil"]["refit_probability"] = cv["candidates"]["mil"]["probability"]  # not shared: skipped
+    path = tmp_path / "cv.json"
+    path.write_text(json.dumps(cv))
+    assert selection_rules.main(["--predictions", str(path), "--partitions", "20"]) == 0
+    written = json.loads((tmp_path / "cv.rules.json").read_text())
+    assert written["unit"] == "region"
+    assert [study["recipe"] for study in written["studies"]] == [
+        "with slide context", "with slide context", "fold models", "fold models"]
+    assert written["studies"][0]["rules"] == written["studies"][2]["rules"]  # the same scores
