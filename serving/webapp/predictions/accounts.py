@@ -112,10 +112,11 @@ def on_signed_out(sender, request, user, **kwargs) -> None:
 def on_sign_in_failed(sender, credentials, request=None, **kwargs) -> None:
     """`user_login_failed` receiver: records the failure, and the lock-out it causes."""
     username = str(credentials.get("username") or "")
-    if not username or is_locked(username):
-        return  # the lock-out refusal is recorded by whoever refused
+    failures = recent_failures(username) if username else 0
+    if not username or failures >= settings.HISTOPATH_LOCKOUT_FAILURES:
+        return  # locked already: the refusal is recorded by whoever refused
     record(AuditEvent.SIGN_IN_FAILED, username, request, detail="wrong user name or password")
-    if is_locked(username):
+    if failures + 1 >= settings.HISTOPATH_LOCKOUT_FAILURES:
         record(AuditEvent.LOCKED_OUT, username, request,
                detail=f"locked for {settings.HISTOPATH_LOCKOUT_MINUTES:g} minutes")
 
