@@ -71,9 +71,7 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, error.args[0])
         config = self.served.config
         try:
-            expected = sorted(signature.inputs)
-            if sorted(request.inputs) != expected:
-                raise tensor_codec.RequestError(f"expected input(s) {expected}, got {sorted(request.inputs)}")
+            tensor_codec.check_input_names(request.inputs, signature)
             for name, proto in request.inputs.items():  # before anything is allocated
                 tensor_codec.check_tensor_proto(name, proto, signature.inputs[name], config.max_batch)
             arrays = {name: tf.make_ndarray(proto) for name, proto in request.inputs.items()}

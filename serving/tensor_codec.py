@@ -12,7 +12,7 @@ from __future__ import annotations
 import base64
 import binascii
 import dataclasses
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 
 import numpy as np
 
@@ -92,6 +92,18 @@ def decode_request(
     return PredictRequest(signature.name, inputs, row_format=has_instances)
 
 
+def check_input_names(given: Iterable[str], signature: SignatureInfo) -> list[str]:
+    """The signature's input names, sorted.
+
+    Raises:
+      RequestError: `given` names other inputs than the signature's.
+    """
+    names = sorted(signature.inputs)
+    if sorted(given) != names:
+        raise RequestError(f"expected input(s) {names}, got {sorted(given)}")
+    return names
+
+
 def check_arrays(
     inputs: Mapping[str, np.ndarray],
     signature: SignatureInfo,
@@ -113,9 +125,7 @@ def check_arrays(
     Raises:
       RequestError: wrong names, dtypes or shapes, too large a batch, or a bad image.
     """
-    names = sorted(signature.inputs)
-    if sorted(inputs) != names:
-        raise RequestError(f"expected input(s) {names}, got {sorted(inputs)}")
+    names = check_input_names(inputs, signature)
     checked = {}
     for name in names:
         spec, array = signature.inputs[name], np.asarray(inputs[name])

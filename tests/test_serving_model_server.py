@@ -171,6 +171,13 @@ def test_grpc_predict_metadata_and_status(server, exported_models, images):
         with pytest.raises(grpc.RpcError) as error:
             stub.Predict(bad, timeout=30)
         assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        misnamed = predict_pb2.PredictRequest()
+        misnamed.model_spec.name = MIL_NAME
+        misnamed.inputs["wrong_name"].CopyFrom(tf.make_tensor_proto([b"x"], dtype=tf.string))
+        with pytest.raises(grpc.RpcError) as error:
+            stub.Predict(misnamed, timeout=30)
+        assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "expected input(s) ['image_bytes'], got ['wrong_name']" in error.value.details()
         bad.model_spec.name = "unknown"
         with pytest.raises(grpc.RpcError) as error:
             stub.Predict(bad, timeout=30)
