@@ -236,9 +236,10 @@ class ModelStore:
         served = self._current.version if self._current else 0
         return [self._failures[key] for key in sorted(self._failures) if key > served]
 
-    def _due(self, version: int, now: float) -> bool:
+    def _due(self, version: int, now: float, files: tuple) -> bool:
+        """Whether to try `version` (whose folder now holds `files`) at `now`."""
         failure = self._failures.get(version)
-        return failure is None or now >= failure.retry_at or _folder_state(self.model_dir / str(version)) != failure.files
+        return failure is None or now >= failure.retry_at or files != failure.files
 
     def refresh(self) -> bool:
         """Loads the newest complete version if it is newer than the served one.
@@ -253,12 +254,13 @@ class ModelStore:
         with self._load_lock:
             now = self._last_check = time.monotonic()
             current_version = self._current.version if self._current else 0
-            candidates = [version for version in list_versions(str(self.model_dir))
-                          if version > current_version and self._due(version, now)]
+            newer = [version for version in list_versions(str(self.model_dir)) if version > current_version]
+            states = {version: _folder_state(self.model_dir / str(version)) for version in newer}
+            candidates = [version for version in newer if self._due(version, now, states[version])]
             for version in reversed(candidates):  # newest first; fall back to older ones
                 path = self.model_dir / str(version)
                 started = time.perf_counter()
-                files = _folder_state(path)
+                files = states[version]
                 try:
                     loaded = LoadedModel(self.model_name, version, path)
                     if self._warm_up:
