@@ -14,8 +14,9 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-import time
 from typing import Sequence
+
+import psutil
 
 from histopath import fileio
 from histopath.errors import DataError
@@ -40,20 +41,9 @@ def check_output_free(output: str, overwrite: bool) -> None:
             raise DataError(f"output folder {output} already exists (use --overwrite to replace it)")
 
 
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's process
-        return True
-    return True
-
-
-def remove_stale_work_dirs(output: str, started_before: float) -> list[str]:
+def remove_stale_work_dirs(output: str) -> list[str]:
     """Removes the work folders of earlier runs for `output` that were killed outright:
-    folders named `.<name>.tmp-<pid>-*` whose process is gone and that were last changed
-    before `started_before` (a `time.time()`).
+    folders named `.<name>.tmp-<pid>-*` whose process is gone.
 
     Returns:
       The removed folders.
@@ -69,9 +59,7 @@ def remove_stale_work_dirs(output: str, started_before: float) -> list[str]:
         if not (entry.name.startswith(name) and entry.is_dir(follow_symlinks=False)):
             continue
         pid_text = entry.name[len(name):].split("-", 1)[0]
-        if not pid_text.isdigit() or _process_alive(int(pid_text)):
-            continue
-        if entry.stat(follow_symlinks=False).st_mtime < started_before:
+        if pid_text.isdigit() and not psutil.pid_exists(int(pid_text)):
             shutil.rmtree(entry.path, ignore_errors=True)
             removed.append(entry.path)
     return removed
@@ -80,7 +68,7 @@ def remove_stale_work_dirs(output: str, started_before: float) -> list[str]:
 def make_work_dir(output: str) -> str:
     """Creates and returns an empty local work folder for `output`, after removing the
     folders earlier killed runs left (`remove_stale_work_dirs`)."""
-    remove_stale_work_dirs(output, started_before=time.time())
+    remove_stale_work_dirs(output)
     prefix = f".{fileio.basename(output)}{WORK_DIR_MARKER}{os.getpid()}-"
     if fileio.is_uri(output):
         return tempfile.mkdtemp(prefix=prefix)
