@@ -143,14 +143,11 @@ def choose_winner(candidates: dict[str, dict[str, Any]], rule: str = "test_auc")
 
 def _summary(predictions: dict[str, Any]) -> dict[str, Any]:
     """Images, patients, threshold and the AUC with its patient-bootstrap interval."""
-    import numpy as np
-
     draws = model_comparison.auc_draws(predictions["labels"], predictions["patients"],
                                        {"auc": predictions["probability"]})
-    finite = draws["auc"][np.isfinite(draws["auc"])]
-    interval = [float(q) for q in np.quantile(finite, [0.025, 0.975])] if finite.size else None
     return {"images": len(predictions["labels"]), "patients": len(set(predictions["patients"])),
-            "threshold": predictions["threshold"], "auc": float(draws["auc:point"][0]), "auc_ci": interval}
+            "threshold": predictions["threshold"], "auc": float(draws["auc:point"][0]),
+            "auc_ci": model_comparison.interval(draws["auc"])}
 
 
 def _read_cross_validation(model_uri: str) -> dict[str, Any] | None:

@@ -23,6 +23,16 @@ def simpler_first(names: Sequence[str]) -> list[str]:
     return sorted(names, key=lambda name: (SIMPLER_FIRST.index(name) if name in SIMPLER_FIRST else 99, name))
 
 
+def interval(draws: np.ndarray) -> list[float] | None:
+    """The `CONFIDENCE` percentile interval `[low, high]` of bootstrap draws (draws that are
+    not finite, e.g. an AUC of a one-class resample, left out); None when none is finite."""
+    finite = draws[np.isfinite(draws)]
+    if not finite.size:
+        return None
+    tail = (1 - CONFIDENCE) / 2
+    return [float(q) for q in np.quantile(finite, [tail, 1 - tail])]
+
+
 def _clusters(patients: Sequence[str]) -> tuple[np.ndarray, int]:
     _, clusters = np.unique(np.asarray(patients).astype(str), return_inverse=True)
     return clusters, int(clusters.max()) + 1 if len(clusters) else 0
@@ -63,15 +73,11 @@ def simpler_unless_better(labels: Sequence[int], patients: Sequence[str], scores
     order = simpler_first(list(scores))
     draws = auc_draws(labels, patients, scores, resamples, seed)
     simple = order[0]
-    tail = (1 - CONFIDENCE) / 2
     better = []
     for other in order[1:]:
-        difference = draws[other] - draws[simple]
-        difference = difference[np.isfinite(difference)]
-        if difference.size:
-            low, high = np.quantile(difference, [tail, 1 - tail])
-            if low > 0:
-                better.append((float(draws[f"{other}:point"][0]), other, low, high))
+        difference = interval(draws[other] - draws[simple])
+        if difference and difference[0] > 0:
+            better.append((float(draws[f"{other}:point"][0]), other, *difference))
     points = {name: float(draws[f"{name}:point"][0]) for name in order}
     if better:
         _, chosen, low, high = max(better)
@@ -98,11 +104,7 @@ def highest_lower_bound(labels: Sequence[int], patients: Sequence[str], scores: 
     bootstrap): a high AUC measured on few or inconsistent patients counts for less."""
     order = simpler_first(list(scores))
     draws = auc_draws(labels, patients, scores, resamples, seed)
-    tail = (1 - CONFIDENCE) / 2
-    bounds = {}
-    for name in order:
-        finite = draws[name][np.isfinite(draws[name])]
-        bounds[name] = float(np.quantile(finite, tail)) if finite.size else float("nan")
+    bounds = {name: (interval(draws[name]) or [float("nan")])[0] for name in order}
     chosen = max(order, key=lambda name: (np.nan_to_num(bounds[name], nan=-1.0), -order.index(name)))
     described = ", ".join(f"{name} {float(draws[f'{name}:point'][0]):.4f} (lower bound {bounds[name]:.4f})"
                           for name in order)
