@@ -54,7 +54,7 @@ def _form_error(request: HttpRequest, form: PredictForm, field: str | None, mess
     return render(request, "predictions/index.html", {"form": form}, status=status)
 
 
-def _read_source(request: HttpRequest, form: PredictForm) -> tuple[str, str, bytes]:
+def _read_source(form: PredictForm) -> tuple[str, str, bytes]:
     """(source, form field, bytes) of the submitted image.
 
     Raises:
@@ -78,7 +78,7 @@ def index(request: HttpRequest) -> HttpResponse:
     if not form.is_valid():
         return render(request, "predictions/index.html", {"form": form}, status=400)
     try:
-        source, field, data = _read_source(request, form)
+        source, field, data = _read_source(form)
     except UrlFetchError as error:
         return _form_error(request, form, "image_url", f"Cannot use this URL: {error}.")
     digest = hashlib.sha256(data).hexdigest()
