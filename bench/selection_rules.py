@@ -196,6 +196,15 @@ def _wilson(successes: float, trials: int, z: float = 1.96) -> tuple[float, floa
     return float(centre - half), float(centre + half)
 
 
+def pooled_aucs(candidates: Candidates, seed: int) -> Dict[str, Dict[str, Any]]:
+    """Each candidate's cross-validated AUC over the whole pool, with its patient-bootstrap
+    interval."""
+    draws = model_comparison.auc_draws(candidates.labels, candidates.patients, candidates.scores, 1000, seed)
+    return {name: {"auc": round(float(draws[f"{name}:point"][0]), 4),
+                   "auc_ci": [round(q, 4) for q in model_comparison.interval(draws[name]) or []]}
+            for name in candidates.names}
+
+
 def refit_gain(cv: Mapping[str, Any], seed: int) -> Dict[str, Any]:
     """Per candidate: cross-validated AUC of the fold models and of their refits on every
     training patient, and the paired patient-bootstrap interval of the difference."""
@@ -225,15 +234,19 @@ def main(argv: Optional[List[str]] = None) -> int:
     recipes = {recipe: {name: block[column] for name, block in cv["candidates"].items()}
                for column, recipe in RECIPES.items()
                if all(column in block for block in cv["candidates"].values())}
-    studies = []
+    studies, pool = [], {}
     for recipe, probabilities in recipes.items():
         candidates = Candidates(cv["labels"], cv["patients"], probabilities)
+        pool[recipe] = pooled_aucs(candidates, args.seed)
         for design in ("independent", "complement"):
             studies.append({"recipe": recipe, **compare_rules(candidates, args.partitions, args.available,
                                                               args.seed, design)})
     result = {"dataset": cv["dataset"], "preset": cv["preset"], "unit": cv.get("unit", "image"),
               "patients": len(candidates.patient_ids),
-              "studies": studies, "refit": refit_gain(cv, args.seed)}
+              "pool": pool, "studies": studies, "refit": refit_gain(cv, args.seed)}
+    for recipe, aucs in pool.items():
+        print(f"{result['dataset']}: {recipe}, {result['unit']} AUC over the pool: "
+              + ", ".join(f"{name} {row['auc']:.3f} {row['auc_ci']}" for name, row in aucs.items()))
     for study in studies:
         print(f"{result['dataset']}: {result['patients']} patients, {study['recipe']}, {study['design']} "
               f"partitions: {study['partitions']} ({study['decided_partitions']} decided), "

@@ -116,3 +116,8 @@ def test_a_study_runs_on_each_shared_prediction_column(tmp_path):
     assert [study["recipe"] for study in written["studies"]] == [
         "with slide context", "with slide context", "fold models", "fold models"]
     assert written["studies"][0]["rules"] == written["studies"][2]["rules"]  # the same scores
+    pool = written["pool"]["fold models"]
+    assert pool == written["pool"]["with slide context"] and set(pool) == {"mil", "densenet"}
+    for row in pool.values():
+        assert row["auc_ci"][0] <= row["auc"] <= row["auc_ci"][1]
+    assert pool["densenet"]["auc"] > pool["mil"]["auc"]  # the stronger synthetic candidate
