@@ -117,16 +117,13 @@ def _fold_key(kind: str, settings: Mapping[str, Any], held_out: List[str], refit
 
 
 def run_fold(trainer, data, groups, index: int, seed: int, refit: bool) -> Dict[str, Any]:
-    """One fold of one candidate (and its refit), with its wall time; "probability" is the
-    fold model's and "refit_probability" the refit's."""
+    """One fold of one candidate (and its refit, `cross_validation.fold_predictions`), with
+    its wall time."""
     from histopath.components import cross_validation
 
     started = time.perf_counter()
     fold = cross_validation.fold_predictions(trainer, data, groups, index, seed, refit)
     fold["seconds"] = round(time.perf_counter() - started, 1)
-    if refit:
-        fold["refit_probability"] = fold["probability"]
-        fold["probability"] = fold.pop("fold_probability")
     return fold
 
 

@@ -234,12 +234,12 @@ def fold_predictions(trainer: Trainer, data: PatientExamples, groups: Sequence[S
                      seed: int, refit: bool = False) -> Dict[str, Any]:
     """Fold `index`: a model trained on the other groups (an inner eval split of them
     watched), predicting group `index`; with `refit`, also the refit recipe's model (all
-    the other groups, the epochs the first one kept), whose predictions are then the
-    fold's answer.
+    the other groups, the epochs the first one kept).
 
     Returns:
-      {"held_out", "inner_eval", "kept_epochs", "probability" (the held-out images, in
-      `data` order)} and, with `refit`, "fold_probability" (the first model's).
+      {"held_out", "inner_eval", "kept_epochs", "probability" (the fold model's, of the
+      held-out images in `data` order)} and, with `refit`, "refit_probability" (the refit
+      model's, the same images).
     """
     shares = positive_shares(data.patients, data.labels)
     held_out = list(groups[index])
@@ -252,8 +252,7 @@ def fold_predictions(trainer: Trainer, data: PatientExamples, groups: Sequence[S
               "probability": trainer.predict(model, data.images[mask]).tolist()}
     if refit:
         refit_model, _ = trainer.fit(data, rest, watch, fixed_epochs(trainer.training_config, kept), f"refit-{index}")
-        result["fold_probability"] = result["probability"]
-        result["probability"] = trainer.predict(refit_model, data.images[mask]).tolist()
+        result["refit_probability"] = trainer.predict(refit_model, data.images[mask]).tolist()
     return result
 
 
@@ -272,7 +271,7 @@ def cross_validate(trainer: Trainer, data: PatientExamples, folds: int, seed: in
     rows = []
     for index in range(folds):
         fold = fold_predictions(trainer, data, groups, index, seed, refit)
-        probability[np.isin(data.patients, fold["held_out"])] = fold["probability"]
+        probability[np.isin(data.patients, fold["held_out"])] = fold["refit_probability" if refit else "probability"]
         rows.append({key: value for key, value in fold.items() if not key.endswith("probability")})
         logger.info("fold %d/%d: %d patients held out, kept %s", index + 1, folds, len(groups[index]),
                     fold["kept_epochs"])

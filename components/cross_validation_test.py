@@ -81,3 +81,19 @@ def test_every_patient_is_predicted_by_a_model_that_never_saw_it(tmp_path):
     assert 0.0 <= result["threshold"] <= 1.0 and result["patients"] == 10
     auc = result["metrics"]["image_level"]["metrics"]["auc"]
     assert auc["ci_low"] <= auc["value"] <= auc["ci_high"]
+
+
+def test_a_refit_fold_answers_with_both_models(tmp_path):
+    from histopath.models.mil import build_mil_model
+
+    data = _patients()
+    trainer = cross_validation.Trainer(
+        build_mil_model, MilConfig(**{**TINY_MIL, "image_size": 32, "tile_size": 16}),
+        TrainingConfig(epochs=2, batch_size=8, early_stopping_patience=2, seed=3), str(tmp_path))
+    groups = cross_validation.stratified_patient_folds(data.patients, data.labels, 3, seed=1)
+    fold = cross_validation.fold_predictions(trainer, data, groups, 0, seed=1, refit=True)
+    held_out = int(np.isin(data.patients, groups[0]).sum())
+    assert len(fold["probability"]) == len(fold["refit_probability"]) == held_out
+    assert np.isfinite(fold["refit_probability"]).all()
+    assert fold["refit_probability"] != fold["probability"]  # the refit trains on the inner eval patients too
+    assert "refit_probability" not in cross_validation.fold_predictions(trainer, data, groups, 1, seed=1)
