@@ -1,4 +1,5 @@
-"""Helpers shared by the benchmarks: process-tree memory sampling and atomic JSON output."""
+"""Helpers shared by the benchmarks: process-tree memory sampling, atomic JSON output and
+the CPU's name."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import glob
 import json
 import os
 import pathlib
+import platform
 import threading
 from typing import Any, Dict
 
@@ -74,12 +76,18 @@ class TreeRssSampler:
                 "interval_seconds": self._interval}
 
 
-def write_json(path: pathlib.Path, data: Dict[str, Any]) -> None:
-    """Writes `data` as indented JSON (temp name, then renamed)."""
+def write_text(path: pathlib.Path, text: str) -> None:
+    """Writes `text` to `path` under a temporary name, then renames it (never half-written)."""
+    path = pathlib.Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    tmp.write_text(text)
     tmp.replace(path)
+
+
+def write_json(path: pathlib.Path, data: Dict[str, Any]) -> None:
+    """Writes `data` as indented JSON (`write_text`)."""
+    write_text(path, json.dumps(data, indent=2) + "\n")
 
 
 def latest_artifact_dir(pattern: str | os.PathLike) -> pathlib.Path:
@@ -88,3 +96,14 @@ def latest_artifact_dir(pattern: str | os.PathLike) -> pathlib.Path:
     if not matches:
         raise FileNotFoundError(f"no artifact folder matches {pattern}")
     return max(matches, key=lambda p: int(p.name) if p.name.isdigit() else -1)
+
+
+def cpu_name() -> str:
+    """The CPU model name (from /proc/cpuinfo when there is one)."""
+    try:
+        for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown"

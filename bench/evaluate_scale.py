@@ -240,17 +240,6 @@ def run_scoring(predictions: int, patients: int, bootstrap: int, seed: int,
 
 # --- the parent -------------------------------------------------------------------------
 
-def _cpu_model() -> str:
-    try:
-        output = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
-        for line in output.splitlines():
-            if line.startswith("Model name:"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.evaluate_scale", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -268,7 +257,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(json.dumps(run_scoring(args.predictions, args.patients, args.bootstrap, args.seed)))
         return 0
 
-    from bench.common import write_json
+    from bench.common import cpu_name, write_json
 
     print(f"[bench.evaluate_scale] {args.predictions:,} predictions, {args.patients} patients, "
           f"{args.bootstrap} resamples (child process) ...", flush=True)
@@ -305,7 +294,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         "report_bytes": child["report_bytes"],
         "plots_written": child["plots_written"],
         "tensorflow_imported": child["tensorflow_imported"],
-        "machine": {"cpu": _cpu_model(), "cpus": os.cpu_count(), "python": platform.python_version(),
+        "machine": {"cpu": cpu_name(), "cpus": os.cpu_count(), "python": platform.python_version(),
                     "platform": platform.platform(), "load_average_at_end": os.getloadavg()},
     }
     write_json(args.output_json, report)

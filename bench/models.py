@@ -14,12 +14,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import pathlib
 import platform
 import resource
 import subprocess
 import sys
 import time
 from typing import Dict, List
+
+from bench.common import write_json
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "models.json")
 SETTINGS = [(model, precision) for model in ("densenet", "mil") for precision in ("float32", "mixed_bfloat16")]
@@ -129,11 +132,7 @@ def main(argv: List[str] | None = None) -> int:
         "results": results,
         "ratios": ratios,
     }
-    os.makedirs(os.path.dirname(os.path.abspath(args.output_json)), exist_ok=True)
-    temporary = f"{args.output_json}.tmp"
-    with open(temporary, "w") as handle:
-        json.dump(report, handle, indent=2)
-    os.replace(temporary, args.output_json)
+    write_json(pathlib.Path(args.output_json), report)
     print(json.dumps(ratios, indent=2))
     print(f"[bench.models] wrote {args.output_json}")
     return 0

@@ -33,6 +33,8 @@ import histopath  # noqa: F401  (Keras 2 before TensorFlow)
 import numpy as np
 from tqdm import tqdm
 
+from bench.common import write_json
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results" / "serving.json"
 CONCURRENCY = (1, 8)
@@ -212,10 +214,7 @@ def main(argv: list[str] | None = None) -> int:
             "results": results,
             "ratios": ratios,
         }
-        args.output.parent.mkdir(parents=True, exist_ok=True)
-        staging = args.output.with_suffix(".json.tmp")
-        staging.write_text(json.dumps(report, indent=2) + "\n")
-        staging.replace(args.output)
+        write_json(args.output, report)
         print(json.dumps({"results": results, "ratios": ratios}, indent=2))
         print(f"written to {args.output}")
         return 0

@@ -17,7 +17,7 @@ import shutil
 import time
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from bench.common import write_json
+from bench.common import write_json, write_text
 from bench.study import cv_tables, run_tables, tables
 from bench.study.steps import Context
 from bench.study.tables import Table
@@ -147,9 +147,7 @@ def write_tables(results: Dict[str, Any], folder: pathlib.Path,
     written = []
     for name, title, file_tables in table_files(results, invocation_minutes):
         target = folder / name
-        temporary = target.with_name(target.name + ".tmp")
-        temporary.write_text(markdown(title, results, file_tables))
-        temporary.replace(target)
+        write_text(target, markdown(title, results, file_tables))
         written.append(target)
     return written
 

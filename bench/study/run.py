@@ -48,7 +48,7 @@ import subprocess
 import time
 from typing import Any, Dict, List, Optional
 
-from bench.common import latest_artifact_dir
+from bench.common import cpu_name, latest_artifact_dir
 from bench.study import cv_tables, report, run_tables
 from bench.study.steps import (
     IDC_BAG_SIZE, REPO_ROOT, SEED, Context, baseline_context_step, baseline_step, bench_config, evaluate_step,
@@ -194,17 +194,6 @@ def git_commit() -> str:
         return subprocess.check_output(["git", "rev-parse", "--short", "HEAD"], cwd=REPO_ROOT, text=True).strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
-
-
-def cpu_name() -> str:
-    """The CPU model name (from /proc/cpuinfo when there is one)."""
-    try:
-        for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
