@@ -10,10 +10,13 @@ remaining patients watched, the held-out patients predicted as the exported mode
 predicts. Each candidate also gets a held-out estimate: its cross-validated predictions
 scored with patient-bootstrap intervals, each fold at the balanced-accuracy threshold of
 the OTHER folds' predictions (so no threshold is chosen on what it is scored on), and, for
-a preset with `slide_context_sigma` on IDC, the same after slide context. With `--refit`, each fold also trains the `refit_on_all` model (all remaining
-patients, the epochs the fold kept, no early stopping) and predicts the held-out patients
-with it. Images are read from the raw folder and preprocessed by the pipeline's own
-`preprocessing_fn`. `bench/selection_rules.py` scores selection rules on the output.
+a preset with `slide_context_sigma` on IDC, the same after slide context (its scores are
+the "context_probability" column). With `--refit`, each fold also trains the
+`refit_on_all` model (all remaining patients, the epochs the fold kept, no early stopping)
+and predicts the held-out patients with it. Images are read from the raw folder and
+preprocessed by the pipeline's own `preprocessing_fn`; a preset with `bag_size`
+(`idc-mil`) gets the region mosaics ingest makes of them. `bench/selection_rules.py` scores selection rules on the output
+(`bench/region_candidates.py` first puts the two IDC presets on regions).
 
 Each fold is cached under `--cache` (keyed by the candidate's settings and the fold), so an
 interrupted study resumes.
