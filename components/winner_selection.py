@@ -107,7 +107,7 @@ def _cross_validated_winner(eligible: dict[str, dict[str, Any]], rule: str) -> t
                     "(the test split only reports)")
 
 
-def choose_winner(candidates: dict[str, dict[str, Any]], rule: str = "test_auc") -> tuple[str | None, str]:
+def choose_winner(candidates: dict[str, dict[str, Any]], rule: str = "cv_lower_bound") -> tuple[str | None, str]:
     """Applies the rule of this module.
 
     Args:
@@ -168,7 +168,7 @@ def SelectWinner(
     mil_evaluation: tfx.dsl.components.InputArtifact[standard_artifacts.ModelEvaluation] = None,
     mil_blessing: tfx.dsl.components.InputArtifact[standard_artifacts.ModelBlessing] = None,
     pushed_model: tfx.dsl.components.InputArtifact[standard_artifacts.Model] = None,
-    rule: tfx.dsl.components.Parameter[str] = "test_auc",
+    rule: tfx.dsl.components.Parameter[str] = "cv_lower_bound",
 ) -> None:
     """Compares the candidates by `rule`, copies the winner to `model` and blesses it."""
     inputs = {

@@ -54,11 +54,14 @@ class SelectionConfig:
     # AUC over the train and eval patients; "cv_lower_bound": the highest lower bound of
     # that AUC's patient-bootstrap interval; "cv_simpler_unless_better": the simpler
     # candidate (MIL) unless another's cross-validated AUC is higher with the paired
-    # interval of the difference above 0. The cv rules need `folds`.
-    rule: str = "test_auc"
-    # Each Trainer also runs this many label-stratified patient folds over the train and
-    # eval patients (0 = none): the cross-validated predictions the cv rules compare.
-    folds: int = 0
+    # interval of the difference above 0. The cv rules need `folds` when there is a choice
+    # (two or more models). The default is the rule measured best on BreakHis and IDC
+    # (docs/results.md#choosing-the-winner).
+    rule: str = "cv_lower_bound"
+    # Each Trainer also runs this many patient folds over the train and eval patients
+    # (0 = none): the cross-validated predictions the cv rules compare. Run only when
+    # there is a choice to make (two or more models) or a refit to cross-validate.
+    folds: int = 5
     # The exported model is trained on every train and eval patient for the epochs the
     # folds kept, with the threshold of the cross-validated predictions (needs `folds`).
     # The folds then cross-validate that recipe: each also trains on all its patients for
@@ -175,10 +178,11 @@ class PipelineConfig:
             raise ConfigError(f"selection.rule must be one of {SELECTION_RULES}, got {selection.rule!r}")
         if selection.folds == 1 or selection.folds < 0:
             raise ConfigError(f"selection.folds must be 0 (none) or at least 2, got {selection.folds}")
-        if not selection.folds and (selection.rule != "test_auc" or selection.refit_on_all):
+        choosing = len(self.models) > 1
+        if not selection.folds and ((choosing and selection.rule != "test_auc") or selection.refit_on_all):
             raise ConfigError(f"selection.rule {selection.rule!r}"
                               + (" and refit_on_all" if selection.refit_on_all else "")
-                              + " need cross-validation: set selection.folds (e.g. 5)")
+                              + " need cross-validation: set selection.folds (e.g. 5), or rule test_auc")
         if selection.refit_on_all and self.slide_context_sigma:
             raise ConfigError("selection.refit_on_all cannot be combined with slide_context_sigma yet (the "
                               "slide-context threshold needs held-out eval patients)")
@@ -333,6 +337,13 @@ def write_config(config: PipelineConfig, path: str) -> None:
     fileio.write_json(path, config.to_dict())
 
 
+def cross_validation_folds(config: PipelineConfig) -> int:
+    """The folds each Trainer runs: `selection.folds` when the cv rules have candidates to
+    compare or a refit is to be cross-validated, else 0 (nothing would read them)."""
+    needed = len(config.models) > 1 or config.selection.refit_on_all
+    return config.selection.folds if needed else 0
+
+
 def model_settings(config: PipelineConfig, kind: str) -> dict[str, Any]:
     """What a Trainer of model `kind` needs from the run config (its `custom_config`)."""
     return {
@@ -342,5 +353,5 @@ def model_settings(config: PipelineConfig, kind: str) -> dict[str, Any]:
         "slide_context_sigma": float(config.slide_context_sigma),
         "dataset": config.dataset,
         "model_name": config.model_name,
-        "cross_validation": {"folds": config.selection.folds, "refit_on_all": config.selection.refit_on_all},
+        "cross_validation": {"folds": cross_validation_folds(config), "refit_on_all": config.selection.refit_on_all},
     }

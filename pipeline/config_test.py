@@ -145,3 +145,18 @@ def test_load_config_file_requires_an_object(tmp_path):
     path.write_text("[1, 2]")
     with pytest.raises(ConfigError, match="must hold a JSON object"):
         load_config_file(str(path))
+
+
+def test_the_measured_best_rule_is_the_default_and_folds_run_only_when_there_is_a_choice():
+    from histopath.pipeline.config import cross_validation_folds, model_settings
+
+    both = resolve({"dataset": "breakhis"})
+    assert (both.selection.rule, both.selection.folds) == ("cv_lower_bound", 5) and len(both.models) == 2
+    assert model_settings(both, "mil")["cross_validation"] == {"folds": 5, "refit_on_all": False}
+    alone = resolve({"dataset": "idc", "models": ["densenet"], "slide_context_sigma": 1.5})
+    assert cross_validation_folds(alone) == 0  # one candidate: nothing to compare
+    assert cross_validation_folds(resolve({"models": ["mil"], "selection": {"refit_on_all": True}})) == 5
+    assert resolve({"models": ["mil"], "selection": {"folds": 0}}).selection.rule == "cv_lower_bound"
+    with pytest.raises(ConfigError, match="need cross-validation: set selection.folds .* or rule test_auc"):
+        resolve({"selection": {"folds": 0}})
+    assert resolve({"selection": {"rule": "test_auc", "folds": 0}}).selection.folds == 0
