@@ -3,6 +3,8 @@
     python -m bench.selection_rules --predictions bench/results/cv_breakhis.json
                                     [--partitions 200] [--available 0.6] [--output FILE.json]
 
+Writes FILE.json and a plot of each rule's agreement, FILE.png.
+
 Input: the cross-validated predictions of the candidates (`bench/cv_predictions.py`): one
 prediction per image of every patient, from a model that never saw the patient; the study
 runs on the refit recipe's predictions (what `refit_on_all` pushes and what the Trainer's
@@ -222,6 +224,40 @@ def refit_gain(cv: Mapping[str, Any], seed: int) -> Dict[str, Any]:
     return gains
 
 
+def plot_studies(result: Mapping[str, Any], path: pathlib.Path) -> None:
+    """One panel per recipe (independent design): each rule's agreement with the candidate
+    better on the unseen patients, with its Wilson interval, and the chance line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    studies = [study for study in result["studies"] if study["design"] == "independent"]
+    fig, axes = plt.subplots(1, len(studies), figsize=(5.2 * len(studies), 3.6), sharey=True, squeeze=False)
+    for ax, study in zip(axes[0], studies):
+        names = list(study["rules"])
+        rows = [study["rules"][name] for name in names]
+        positions = np.arange(len(names))[::-1]
+        low = [row["agreement"] - row["agreement_ci"][0] for row in rows]
+        high = [row["agreement_ci"][1] - row["agreement"] for row in rows]
+        ax.errorbar([row["agreement"] for row in rows], positions, xerr=[low, high], fmt="o", capsize=3)
+        for y, row in zip(positions, rows):
+            ax.annotate(f"{row['unseen_auc']:.3f}", (1.02, y), xycoords=("axes fraction", "data"), va="center",
+                        fontsize=7)
+        ax.axvline(0.5, color="grey", linestyle=":")
+        ax.set_xlim(0, 1)
+        ax.set_yticks(positions, [name.replace("_", " ") for name in names], fontsize=8)
+        ax.set_xlabel("agreement with the better candidate on unseen patients")
+        ax.set_title(f"{result['dataset']} ({result['unit']}s), {study['recipe']}", fontsize=9)
+    fig.suptitle(f"Selection rules over {studies[0]['partitions']} partitions of {result['patients']} patients "
+                 "(right: mean unseen AUC of the pick)", fontsize=9)
+    fig.tight_layout()
+    tmp = path.with_name(path.stem + ".tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    tmp.replace(path)
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--predictions", type=pathlib.Path, required=True)
@@ -259,6 +295,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"refit {name}: CV AUC {row['auc']:.4f} -> {row['refit_auc']:.4f}, gain 95% CI {row['gain_ci']}")
     output = args.output or args.predictions.with_name(args.predictions.stem + ".rules.json")
     write_json(output, result)
+    plot_studies(result, output.with_suffix(".png"))
+    print(f"wrote {output} and {output.with_suffix('.png')}")
     return 0
 
 

@@ -112,6 +112,7 @@ def test_a_study_runs_on_each_shared_prediction_column(tmp_path):
     path.write_text(json.dumps(cv))
     assert selection_rules.main(["--predictions", str(path), "--partitions", "20"]) == 0
     written = json.loads((tmp_path / "cv.rules.json").read_text())
+    assert (tmp_path / "cv.rules.png").read_bytes()[:4] == b"\x89PNG"
     assert written["unit"] == "region"
     assert [study["recipe"] for study in written["studies"]] == [
         "with slide context", "with slide context", "fold models", "fold models"]
