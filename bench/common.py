@@ -1,5 +1,5 @@
-"""Helpers shared by the benchmarks: process-tree memory sampling, atomic JSON output and
-the CPU's name."""
+"""Helpers shared by the benchmarks: process-tree memory sampling, atomic JSON, text and
+figure output, and the CPU's name."""
 
 from __future__ import annotations
 
@@ -88,6 +88,18 @@ def write_text(path: pathlib.Path, text: str) -> None:
 def write_json(path: pathlib.Path, data: Dict[str, Any]) -> None:
     """Writes `data` as indented JSON (`write_text`)."""
     write_text(path, json.dumps(data, indent=2) + "\n")
+
+
+def save_figure(figure, path: pathlib.Path, dpi: int) -> None:
+    """Saves a Matplotlib figure under a temporary name, renames it into place, closes it."""
+    import matplotlib.pyplot as plt
+
+    path = pathlib.Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.stem + ".tmp" + path.suffix)
+    figure.savefig(tmp, dpi=dpi)
+    plt.close(figure)
+    tmp.replace(path)
 
 
 def latest_artifact_dir(pattern: str | os.PathLike) -> pathlib.Path:

@@ -15,8 +15,9 @@ the "context_probability" column). With `--refit`, each fold also trains the
 `refit_on_all` model (all remaining patients, the epochs the fold kept, no early stopping)
 and predicts the held-out patients with it. Images are read from the raw folder and
 preprocessed by the pipeline's own `preprocessing_fn`; a preset with `bag_size`
-(`idc-mil`) gets the region mosaics ingest makes of them. `bench/selection_rules.py` scores selection rules on the output
-(`bench/region_candidates.py` first puts the two IDC presets on regions).
+(`idc-mil`) gets the region mosaics ingest makes of them. `bench/selection_rules.py`
+scores selection rules on the output (`bench/region_candidates.py` first puts the two IDC
+presets on regions).
 
 Each fold is cached under `--cache` (keyed by the candidate's settings and the fold), so an
 interrupted study resumes.

@@ -51,7 +51,7 @@ import time
 from typing import Any, Dict, List, Optional, Tuple
 
 import histopath  # noqa: F401  (pins Keras 2 before TensorFlow is imported)
-from bench.common import TreeRssSampler, latest_artifact_dir, write_json
+from bench.common import TreeRssSampler, latest_artifact_dir, save_figure, write_json
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
 RESULTS = REPO_ROOT / "bench" / "results" / "pipeline.json"
@@ -322,10 +322,7 @@ def _plot(path: pathlib.Path, components: List[Dict[str, Any]], total: float) ->
     ax.set_title(f"Demo pipeline: component wall time (whole run {total:.0f} s)")
     ax.set_xlim(0, max(seconds) * 1.15 if seconds else 1)
     fig.tight_layout()
-    tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    tmp.replace(path)
+    save_figure(fig, path, dpi=120)
 
 
 def _print_table(results: Dict[str, Any]) -> None:

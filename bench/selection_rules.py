@@ -7,12 +7,13 @@ Writes FILE.json and a plot of each rule's agreement, FILE.png.
 
 Input: the cross-validated predictions of the candidates (`bench/cv_predictions.py`): one
 prediction per image of every patient, from a model that never saw the patient; the study
-runs on the refit recipe's predictions (what `refit_on_all` pushes and what the Trainer's
-folds then compare) and on the fold models' alone. One
-partition draws, stratified by label (see `draw_partition`), the patients a user would have (`--available` of
-the pool) and the unseen patients (see `draw_partition` for the two designs), and cuts the
-available ones into train/eval/test as the pipeline does (0.7/0.15/0.15 of the patients). Each rule then picks a candidate from the
-available patients' predictions only; the truth is the candidate with the higher image AUC
+runs on each prediction column every candidate has (`RECIPES`: the refit recipe's, what
+`refit_on_all` pushes; with slide context; the fold models' alone). One partition draws,
+stratified by label (see `draw_partition` for patients holding both labels and for the two
+designs), the patients a user would have (`--available` of the pool) and the unseen
+patients, and cuts the available ones into train/eval/test as the pipeline does
+(0.7/0.15/0.15 of the patients). Each rule then picks a candidate from the available
+patients' predictions only; the truth is the candidate with the higher image AUC
 on the unseen patients. Reusing one set of cross-validated predictions for every partition
 stands in for retraining per partition.
 
@@ -37,7 +38,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
 
-from bench.common import write_json
+from bench.common import save_figure, write_json
 from histopath.evaluation import model_comparison
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -216,11 +217,9 @@ def refit_gain(cv: Mapping[str, Any], seed: int) -> Dict[str, Any]:
             continue
         draws = model_comparison.auc_draws(cv["labels"], cv["patients"], {
             "fold": block["probability"], "refit": block["refit_probability"]}, resamples=1000, seed=seed)
-        difference = draws["refit"] - draws["fold"]
-        difference = difference[np.isfinite(difference)]
         gains[name] = {"auc": round(float(draws["fold:point"][0]), 4),
                        "refit_auc": round(float(draws["refit:point"][0]), 4),
-                       "gain_ci": [round(float(np.quantile(difference, q)), 4) for q in (0.025, 0.975)]}
+                       "gain_ci": [round(q, 4) for q in model_comparison.interval(draws["refit"] - draws["fold"]) or []]}
     return gains
 
 
@@ -252,10 +251,7 @@ def plot_studies(result: Mapping[str, Any], path: pathlib.Path) -> None:
     fig.suptitle(f"Selection rules over {studies[0]['partitions']} partitions of {result['patients']} patients "
                  "(right: mean unseen AUC of the pick)", fontsize=9)
     fig.tight_layout()
-    tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    tmp.replace(path)
+    save_figure(fig, path, dpi=110)
 
 
 def main(argv: Optional[List[str]] = None) -> int:

@@ -17,7 +17,7 @@ import shutil
 import time
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from bench.common import write_json, write_text
+from bench.common import save_figure, write_json, write_text
 from bench.study import cv_tables, run_tables, tables
 from bench.study.steps import Context
 from bench.study.tables import Table
@@ -90,8 +90,7 @@ def slide_context_maps(images: List[Dict[str, Any]], figures: pathlib.Path, pref
         figure.colorbar(shown, ax=axes, fraction=0.02, label="P(IDC)")
         figure.suptitle(f"IDC test patient {patient}: DenseNet201, {len(rows)} patches")
         path = figures / f"{prefix}-{index}.png"
-        figure.savefig(path, dpi=80)
-        plt.close(figure)
+        save_figure(figure, path, dpi=80)
         written.append(path)
     return written
 
