@@ -165,19 +165,18 @@ def test_grpc_predict_metadata_and_status(server, exported_models, images):
             (1, get_model_status_pb2.ModelVersionStatus.AVAILABLE)
         ]
 
-        bad = predict_pb2.PredictRequest()
-        bad.model_spec.name = MIL_NAME
-        bad.inputs["image_bytes"].CopyFrom(tf.make_tensor_proto([b"not an image"], dtype=tf.string))
-        with pytest.raises(grpc.RpcError) as error:
-            stub.Predict(bad, timeout=30)
-        assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-        misnamed = predict_pb2.PredictRequest()
-        misnamed.model_spec.name = MIL_NAME
-        misnamed.inputs["wrong_name"].CopyFrom(tf.make_tensor_proto([b"x"], dtype=tf.string))
-        with pytest.raises(grpc.RpcError) as error:
-            stub.Predict(misnamed, timeout=30)
-        assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-        assert "expected input(s) ['image_bytes'], got ['wrong_name']" in error.value.details()
+        def refused(input_name: str, value: bytes):
+            request = predict_pb2.PredictRequest()
+            request.model_spec.name = MIL_NAME
+            request.inputs[input_name].CopyFrom(tf.make_tensor_proto([value], dtype=tf.string))
+            with pytest.raises(grpc.RpcError) as error:
+                stub.Predict(request, timeout=30)
+            assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            return request, error.value.details()
+
+        bad, _ = refused("image_bytes", b"not an image")
+        _, details = refused("wrong_name", b"x")
+        assert "expected input(s) ['image_bytes'], got ['wrong_name']" in details
         bad.model_spec.name = "unknown"
         with pytest.raises(grpc.RpcError) as error:
             stub.Predict(bad, timeout=30)
