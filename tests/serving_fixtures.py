@@ -139,6 +139,75 @@ def push_version(source: pathlib.Path, model_dir: pathlib.Path, version: int) ->
     return final
 
 
+WEB_SECRET_KEY = "web-test-secret-key-0123456789-abcdefghijklmnopqrstuvwxyz"  # noqa: S105
+
+
+@contextlib.contextmanager
+def web_app(
+    work: pathlib.Path,
+    *,
+    serving_dir: pathlib.Path | None = None,
+    tf_serving_url: str | None = None,
+    users: tuple[tuple[str, str], ...] = (),
+    env: dict[str, str] | None = None,
+    args: tuple[str, ...] = (),
+    startup_timeout: float = 180,
+) -> Iterator[dict]:
+    """Runs `histopath serve` (as an operator starts it) on a free loopback port.
+
+    Args:
+      work: folder for the database and the logs.
+      serving_dir: the embedded backend's models (else `tf_serving_url`).
+      tf_serving_url: the model server's REST URL.
+      users: (user name, role) pairs created first with `histopath webapp adduser`.
+      env: more environment variables.
+      args: more `histopath serve` flags.
+      startup_timeout: seconds allowed until `/healthz` answers.
+
+    Yields:
+      {"url": "http://127.0.0.1:<port>", "database": <sqlite file>, "process", "log"}
+    """
+    database = work / "webapp.sqlite3"
+    environment = {"SECRET_KEY": WEB_SECRET_KEY, "ALLOWED_HOSTS": "127.0.0.1,localhost",
+                   "DATABASE_URL": f"sqlite:///{database}", "USER_PASSWORD": TEST_PASSWORD, **(env or {})}
+    for username, role in users:
+        adduser = start_process(["webapp", "adduser", username, "--role", role, "--password-env", "USER_PASSWORD"],
+                                work / f"adduser-{username}.log", env=environment)
+        assert adduser.process.wait(timeout=300) == 0, adduser.log.read_text()
+    port = free_port()
+    source = ["--tf-serving-url", tf_serving_url] if tf_serving_url else ["--serving-dir", str(serving_dir)]
+    web = start_process(["serve", "--port", str(port), "--model-name", MIL_NAME, *source, *args],
+                        work / f"webapp-{port}.log", env=environment)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        wait_for_http(url + "/healthz", startup_timeout, web.process, web.log)
+        yield {"url": url, "port": port, "database": database, "process": web.process, "log": web.log}
+    finally:
+        web.stop()
+
+
+def csrf_token(html: str) -> str:
+    """The CSRF token of a page's form."""
+    import re
+
+    return re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', html).group(1)
+
+
+def web_session(base_url: str, username: str, password: str | None = None):
+    """A `requests` session signed in as `username`, and the CSRF token of its form page."""
+    import requests
+
+    session = requests.Session()
+    login = session.get(base_url + "/accounts/login/", timeout=30)
+    signed_in = session.post(base_url + "/accounts/login/", timeout=60, allow_redirects=False, data={
+        "csrfmiddlewaretoken": csrf_token(login.text), "username": username,
+        "password": password or TEST_PASSWORD})
+    assert signed_in.status_code == 302, signed_in.text[-1000:]
+    page = session.get(base_url + "/", timeout=30)
+    page.raise_for_status()
+    return session, csrf_token(page.text)
+
+
 # --- real images -----------------------------------------------------------------------
 
 

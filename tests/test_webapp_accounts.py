@@ -37,10 +37,11 @@ def _upload(name: str, data: bytes):
 @pytest.fixture()
 def fresh(django_app):
     """No predictions or audit events from earlier tests."""
-    from histopath.serving.webapp.predictions.models import AuditEvent, Prediction
+    from histopath.serving.webapp.predictions.models import AuditEvent, Prediction, SignInThrottle
 
     Prediction.objects.all().delete()
     AuditEvent.objects.all().delete()
+    SignInThrottle.objects.all().delete()
 
 
 def _signed_in(username: str, role: str):

@@ -7,11 +7,14 @@ Administrators are Django superusers: the admin site for users and groups.
 
 A user name with `HISTOPATH_LOCKOUT_FAILURES` failed sign-ins within
 `HISTOPATH_LOCKOUT_MINUTES` (and no success since) is locked for that long: even the right
-password is refused, on the sign-in page and the admin's.
+password is refused, on the sign-in page and the admin's. The count is kept in the
+database (`SignInThrottle`) and each attempt reserves its place in it with one atomic
+UPDATE before its password is checked, so parallel guesses cannot overtake the limit.
 """
 
 from __future__ import annotations
 
+import contextvars
 import datetime
 import logging
 
@@ -22,9 +25,11 @@ from django.contrib.auth.backends import ModelBackend
 from django.contrib.auth.forms import AuthenticationForm
 from django.contrib.auth.models import Group, Permission
 from django.core.exceptions import PermissionDenied
+from django.db import IntegrityError, transaction
+from django.db.models import F, Q
 from django.utils import timezone
 
-from histopath.serving.webapp.predictions.models import AuditEvent
+from histopath.serving.webapp.predictions.models import AuditEvent, SignInThrottle
 
 logger = logging.getLogger("histopath.audit")
 
@@ -34,6 +39,8 @@ ROLE_PERMISSIONS = {
     AUDITOR: ["view_prediction", "view_all_predictions", "view_auditevent"],
 }
 ROLES = (PATHOLOGIST, AUDITOR, "admin")
+# The user name the lock-out backend just refused (Django then reports a failed sign-in).
+_refused: contextvars.ContextVar[str | None] = contextvars.ContextVar("histopath_refused", default=None)
 
 
 def client_ip(request) -> str | None:
@@ -55,19 +62,44 @@ def _window() -> datetime.timedelta:
     return datetime.timedelta(minutes=settings.HISTOPATH_LOCKOUT_MINUTES)
 
 
-def recent_failures(username: str) -> int:
-    """Failed sign-ins of `username` within the lock-out window since its last success."""
-    since = timezone.now() - _window()
-    last_success = (AuditEvent.objects.filter(username=username, kind=AuditEvent.SIGN_IN, created_at__gte=since)
-                    .order_by("-created_at").values_list("created_at", flat=True).first())
-    failures = AuditEvent.objects.filter(username=username, kind=AuditEvent.SIGN_IN_FAILED,
-                                         created_at__gte=last_success or since)
-    return failures.count()
+def _over(now: datetime.datetime) -> Q:
+    """Throttle rows whose window (or lock) has run out at `now`."""
+    since = now - _window()
+    return Q(locked_at__isnull=True, window_started__lt=since) | Q(locked_at__lt=since)
+
+
+def reserve_attempt(username: str) -> bool:
+    """Reserves one password check for `username`, atomically in the database.
+
+    One conditional UPDATE (`failures = failures + 1 WHERE failures < limit`) decides:
+    parallel attempts cannot all pass a count that is still below the limit, so at most
+    `HISTOPATH_LOCKOUT_FAILURES` passwords are checked per window.
+
+    Returns:
+      False when the user name is locked (no password may be checked).
+    """
+    name, now = username[:150], timezone.now()
+    limit = settings.HISTOPATH_LOCKOUT_FAILURES
+    rows = SignInThrottle.objects.filter(username=name)
+    rows.filter(_over(now)).update(failures=0, window_started=now, locked_at=None)
+    if rows.filter(failures__lt=limit).update(failures=F("failures") + 1):
+        return True
+    try:
+        with transaction.atomic():
+            SignInThrottle.objects.create(username=name, failures=1, window_started=now)
+        return True
+    except IntegrityError:  # the row exists (created meanwhile, or at the limit)
+        return bool(rows.filter(failures__lt=limit).update(failures=F("failures") + 1))
 
 
 def is_locked(username: str) -> bool:
-    """Whether `username` is locked out now."""
-    return bool(username) and recent_failures(username) >= settings.HISTOPATH_LOCKOUT_FAILURES
+    """Whether `username` is locked out now (its failures, and checks in flight, reached
+    the limit within the window)."""
+    if not username:
+        return False
+    rows = SignInThrottle.objects.filter(username=username[:150],
+                                         failures__gte=settings.HISTOPATH_LOCKOUT_FAILURES)
+    return rows.exclude(_over(timezone.now())).exists()
 
 
 def lockout_message() -> str:
@@ -81,8 +113,9 @@ class LockoutModelBackend(ModelBackend):
 
     def authenticate(self, request, username=None, password=None, **kwargs):
         name = username if username is not None else kwargs.get(get_user_model().USERNAME_FIELD)
-        if name and is_locked(name):
-            record(AuditEvent.LOCKED_OUT, name, request, detail="sign-in refused: account locked")
+        if name and not reserve_attempt(str(name)):
+            record(AuditEvent.LOCKED_OUT, str(name), request, detail="sign-in refused: account locked")
+            _refused.set(str(name))  # Django reports it as a failed sign-in: not one more failure
             raise PermissionDenied(lockout_message())  # no other backend is asked
         return super().authenticate(request, username=username, password=password, **kwargs)
 
@@ -99,8 +132,10 @@ class SignInForm(AuthenticationForm):
 
 
 def on_signed_in(sender, request, user, **kwargs) -> None:
-    """`user_logged_in` receiver."""
+    """`user_logged_in` receiver: records the sign-in and clears the failure count."""
     record(AuditEvent.SIGN_IN, user.get_username(), request, user)
+    SignInThrottle.objects.filter(username=user.get_username()[:150]).update(
+        failures=0, window_started=timezone.now(), locked_at=None)
 
 
 def on_signed_out(sender, request, user, **kwargs) -> None:
@@ -110,13 +145,18 @@ def on_signed_out(sender, request, user, **kwargs) -> None:
 
 
 def on_sign_in_failed(sender, credentials, request=None, **kwargs) -> None:
-    """`user_login_failed` receiver: records the failure, and the lock-out it causes."""
+    """`user_login_failed` receiver: records the failure (its attempt was counted when it
+    was reserved), and the lock-out it causes, once."""
     username = str(credentials.get("username") or "")
-    failures = recent_failures(username) if username else 0
-    if not username or failures >= settings.HISTOPATH_LOCKOUT_FAILURES:
-        return  # locked already: the refusal is recorded by whoever refused
+    if not username:
+        return
+    if _refused.get() == username:  # locked: the refusal is recorded by whoever refused
+        _refused.set(None)
+        return
     record(AuditEvent.SIGN_IN_FAILED, username, request, detail="wrong user name or password")
-    if failures + 1 >= settings.HISTOPATH_LOCKOUT_FAILURES:
+    locking = SignInThrottle.objects.filter(username=username[:150], locked_at__isnull=True,
+                                            failures__gte=settings.HISTOPATH_LOCKOUT_FAILURES)
+    if locking.update(locked_at=timezone.now()):
         record(AuditEvent.LOCKED_OUT, username, request,
                detail=f"locked for {settings.HISTOPATH_LOCKOUT_MINUTES:g} minutes")
 

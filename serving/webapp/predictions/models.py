@@ -106,3 +106,27 @@ class AuditEvent(AppendOnlyModel):
 
     def __str__(self) -> str:
         return f"{self.created_at:%Y-%m-%d %H:%M:%S} {self.username}: {self.get_kind_display()}"
+
+
+class SignInThrottle(models.Model):
+    """The failed sign-ins of one user name, counted atomically in the database.
+
+    Every sign-in reserves one attempt with a single conditional UPDATE (`failures + 1
+    WHERE failures < limit`) BEFORE its password is checked, so parallel guesses cannot
+    all read a count that is still below the limit: at most the limit of passwords is
+    checked per window. A success clears the count; a failure keeps its reservation.
+
+    Attributes:
+      username: the user name given (also unknown ones).
+      failures: attempts reserved in the window (failed, or being checked now).
+      window_started: when the first of them was reserved.
+      locked_at: when the limit was reached by a failure (the lock runs from then).
+    """
+
+    username = models.CharField(max_length=150, primary_key=True)
+    failures = models.PositiveIntegerField(default=0)
+    window_started = models.DateTimeField()
+    locked_at = models.DateTimeField(null=True)
+
+    def __str__(self) -> str:
+        return f"{self.username}: {self.failures} failure(s)"
