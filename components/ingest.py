@@ -29,7 +29,7 @@ from histopath import fileio
 from histopath.components.artifacts import IngestReport
 from histopath.console import progress_logger
 from histopath.data import span_store, spans as spans_lib
-from histopath.data.split import balance
+from histopath.data.split import SPLIT_RULE, balance
 
 logger = logging.getLogger(__name__)
 REPORT_FILE = "ingest_report.json"
@@ -66,8 +66,8 @@ def ingest_window(data_root: str, store: str, settings: span_store.IngestSetting
 
     Raises:
       DataError: a span that does not parse, is empty or is not in the data set's
-        layout (naming it; the store is left as it was), or a split of the window
-        without patients.
+        layout (naming it; the store is left as it was), or a window too small to train
+        and evaluate (`split.check_cohort`).
     """
     from histopath.data.ingest import ingest
 
@@ -82,13 +82,14 @@ def ingest_window(data_root: str, store: str, settings: span_store.IngestSetting
                                  span_store.read_trained(store, settings), None, min_new_patients)
     ingested = []
     for span in in_window:
-        record = span_store.ingest_span(span, fingerprints[span.name], store, settings, ingest, beam_args)
+        record = span_store.ingest_span(span, fingerprints[span.name], store, settings, ingest, beam_args,
+                                        span_store.recorded_assignments(store, settings))
         verb = "ingested" if record.newly_ingested else "reused"
         progress_logger().info(f"    span {span.name}: {verb} {record.manifest['num_examples']:,} images "
                                f"of {len(patients[span.name])} patients")
         ingested.append(record)
     window_splits = span_store.window_splits(ingested)
-    span_store.check_splits(window_splits, settings.splits, settings.seed)
+    span_store.check_splits(window_splits, settings.splits)
     return {"plan": plan, "ingested": ingested, "spans": names, "window_splits": window_splits}
 
 
@@ -157,7 +158,7 @@ def IngestImages(
         "splits": {name: {"patients": list(entry["patient_labels"]), **entry}
                    for name, entry in result["window_splits"].items()},
         "balance": balance(result["window_splits"]),
-        "split_rule": "a patient's split is a pure function of its id and the seed (data.split.assign_split)",
+        "split_rule": SPLIT_RULE,
         "seed": ingest_settings.seed,
         "settings_key": ingest_settings.key(),
     }

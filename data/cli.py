@@ -78,14 +78,27 @@ def _run_make_sample(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_idc_slides(args: argparse.Namespace) -> int:
+    from histopath.data.idc_slides import reassemble
+
+    summaries = reassemble(args.source, args.output, patients=args.patient or None, mpp=args.mpp,
+                           compression="lossless" if args.lossless else "jpeg")
+    for summary in summaries:
+        print(json.dumps({key: summary[key] for key in ("patient", "slide", "labels", "label", "patches",
+                                                         "positive", "width", "height")}))
+        for skipped in summary["skipped"]:
+            print(f"  skipped {skipped['file']}: {skipped['reason']}")
+    return 0
+
+
 def register(subparsers) -> None:
-    """Adds the `ingest` and `make-sample` sub-commands."""
+    """Adds the `ingest`, `make-sample` and `idc-slides` sub-commands."""
     ingest = subparsers.add_parser(
         "ingest",
         help="turn a BreakHis or IDC folder into patient-disjoint TFRecord splits",
         description=(
             "Reads a BreakHis (BreaKHis_v1 tree) or IDC (<patient>/<class>/...png) folder, "
-            "splits it by patient (each patient's split a pure function of its id and the seed), and writes gzip TFRecord "
+            "splits it by patient (balanced by class, deterministic for a cohort and seed), and writes gzip TFRecord "
             "shards OUTPUT/<split>/data-NNNNN-of-NNNNN.tfrecord.gz (one tf.train.Example per "
             "image, the image bytes as stored) plus OUTPUT/manifest.json with counts, "
             "patients, shards and every skipped file with its reason. Runs on Apache Beam "
@@ -155,3 +168,23 @@ def register(subparsers) -> None:
     sample.add_argument("--overwrite", action="store_true",
                         help="replace OUTPUT if it exists")
     sample.set_defaults(handler=_run_make_sample)
+
+    slides = subparsers.add_parser(
+        "idc-slides",
+        help="re-assemble IDC patients into pyramidal TIFF slides with per-patch labels",
+        description=(
+            "Pastes each IDC patient's 50x50 patches back at the offsets in their names (on white "
+            "glass) and writes OUTPUT/<patient>.tif, a pyramidal tiled TIFF with its microns per "
+            "pixel, OUTPUT/<patient>.labels.csv (x,y,width,height,label,file per patch, level-0 "
+            "pixels) and OUTPUT/slides.csv (slide,patient,label: 1 when any patch is IDC-positive)."
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    slides.add_argument("--source", required=True, metavar="DIR", help="IDC folder (<patient>/<class>/...png)")
+    slides.add_argument("--output", required=True, metavar="DIR", help="folder for the slides (created)")
+    slides.add_argument("--patient", action="append", default=[], metavar="ID",
+                        help="only this patient (repeatable; default: every patient folder)")
+    slides.add_argument("--mpp", type=float, default=4.0,
+                        help="microns per pixel written into the slides (IDC: 40x downsampled 16:1)")
+    slides.add_argument("--lossless", action="store_true", help="deflate instead of JPEG (quality 90) tiles")
+    slides.set_defaults(handler=_run_idc_slides)

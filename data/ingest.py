@@ -5,9 +5,9 @@
       train/data-00000-of-00008.tfrecord.gz one tf.train.Example per image
       eval/...  test/...
 
-The driver lists and parses the file names (no image read), splits the patients (each by a
-keyed hash of its id: `split.assign_split`, so a patient never changes split) and cuts
-each split into shards. Apache Beam then runs one element per shard: a worker reads,
+The driver lists and parses the file names (no image read), splits the patients (balanced
+by class; patients placed by earlier spans keep their split: `split.assign_balanced`) and
+cuts each split into shards. Apache Beam then runs one element per shard: a worker reads,
 validates (full PIL decode) and serializes that shard's images and writes the shard file
 itself, so no record is shuffled and Beam's per-element cost is paid per shard, not per
 image. Everything is written to a temporary sibling folder that is renamed into place at
@@ -28,7 +28,7 @@ import os
 import random
 import threading
 import time
-from typing import Mapping, Sequence
+from typing import Mapping, Optional, Sequence
 
 import histopath
 from histopath import fileio
@@ -49,8 +49,11 @@ from histopath.data.shard_writer import (
 from histopath.data.manifest import MANIFEST_NAME
 from histopath.data.split import (
     DEFAULT_SPLITS,
-    check_every_split_has_patients,
+    SPLIT_RULE,
+    Assignment,
+    check_cohort,
     parse_split_spec,
+    patient_strata,
     split_files,
 )
 from histopath.data.split import balance as split_balance
@@ -302,7 +305,7 @@ def _build_manifest(
         "histopath_version": histopath.__version__,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "seed": seed,
-        "split_rule": "a patient's split is a pure function of its id and the seed (data.split.assign_split)",
+        "split_rule": SPLIT_RULE,
         "split_fractions": dict(fractions),
         "magnifications": list(magnifications) if magnifications else None,
         "compression": "GZIP",
@@ -343,6 +346,7 @@ def ingest(
     images_per_shard: int = DEFAULT_IMAGES_PER_SHARD,
     bag_size: int | None = None,
     require_every_split: bool = True,
+    assigned: Optional[Assignment] = None,
 ) -> dict:
     """Ingests a BreakHis or IDC folder into patient-disjoint gzip TFRecord splits.
 
@@ -370,8 +374,11 @@ def ingest(
         storing the file's bytes), label 1 if any valid patch is positive, source path
         `<patient>/region_x<X>_y<Y>`, patch_x/patch_y the region origin, and the features
         `bag_patch_labels` (row-major, -1 = no patch) and `bag_size`. None = per patch.
-      require_every_split: refuse a split without patients or usable images (False for
-        one span of several: the window as a whole is checked).
+      require_every_split: refuse a cohort too small to train and evaluate
+        (`split.check_cohort`) or a split without usable images (False for one span of
+        several: the window as a whole is checked).
+      assigned: patients placed by earlier spans (patient -> (split, class)): they keep
+        their split; only the others are placed (`split.assign_balanced`).
 
     Returns:
       The manifest (also written to `output/manifest.json`).
@@ -403,9 +410,10 @@ def ingest(
     work_dir = None  # the temporary output folder, once made
     try:
         scan = layouts.scan_source(dataset, source, magnifications)
-        split_to_files = split_files(scan.files, fractions, seed)  # by patient, from names
+        split_to_files = split_files(scan.files, fractions, seed, assigned)  # by patient, from names
         if require_every_split:
-            check_every_split_has_patients(split_to_files, seed, source)
+            check_cohort({name: {p: label for p, (label, _) in patient_strata(files).items()}
+                          for name, files in split_to_files.items()}, fractions, source)
         split_to_items: Mapping[str, Sequence[ParsedFile | bags.Region]] = split_to_files
         if bag_size is not None:
             split_to_items = {}

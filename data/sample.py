@@ -22,12 +22,11 @@ from PIL import Image
 
 from histopath.data import layouts
 from histopath.data.output_dir import check_output_free, make_work_dir, publish, remove_quietly
-from histopath.data.split import DEFAULT_SPLITS, assign_split
+
 from histopath.errors import ConfigError
 
 BREAKHIS_IMAGE_SIZE = (230, 150)  # width, height: BreakHis' 700x460 reduced ~3x
 IDC_PATCH_SIZE = 50
-DEFAULT_SPLIT_SEED = 42  # the pipeline's default seed
 DEFAULT_IMAGES_PER_PATIENT = {layouts.BREAKHIS: 8, layouts.IDC: 64}
 _BENIGN_CODES = ("A", "F", "PT", "TA")
 _MALIGNANT_CODES = ("DC", "LC", "MC", "PC")
@@ -145,38 +144,13 @@ def render_tissue(
     return (np.clip(canvas, 0, 1) * 255 + 0.5).astype(np.uint8)
 
 
-def _split_targets(count: int, fractions: dict[str, float]) -> list[str]:
-    """The splits `count` patients of one class should fall in: each split's share by the
-    fractions (largest remainder), at least one patient per split while there are enough."""
-    names = list(fractions)
-    shares = {name: count * fractions[name] for name in names}
-    counts = {name: int(share) for name, share in shares.items()}
-    if count >= len(names):
-        counts = {name: max(1, n) for name, n in counts.items()}
-    while sum(counts.values()) > count:
-        largest = max(names, key=lambda n: (counts[n], -names.index(n)))
-        counts[largest] -= 1
-    for name in sorted(names, key=lambda n: shares[n] - int(shares[n]), reverse=True):
-        if sum(counts.values()) >= count:
-            break
-        counts[name] += 1
-    return [name for name in names for _ in range(counts[name])]
-
-
-def _patient_ids(rng: np.random.Generator, count: int, split_seed: int) -> list[str]:
-    """Random 5-digit patient ids: the first half benign, the rest malignant, drawn so that
-    under the default split rule (`split.assign_split` with DEFAULT_SPLITS and
-    `split_seed`) each half spreads over the splits by their fractions: a demo must be
-    able to train, choose and evaluate."""
-    half = count // 2
-    targets = _split_targets(half, DEFAULT_SPLITS) + _split_targets(count - half, DEFAULT_SPLITS)
+def _patient_ids(rng: np.random.Generator, count: int) -> list[str]:
+    """`count` distinct random 5-digit patient ids (the first half become benign)."""
     ids: list[str] = []
-    for target in targets:
-        while True:
-            candidate = str(int(rng.integers(10000, 99999)))
-            if candidate not in ids and assign_split(candidate, DEFAULT_SPLITS, split_seed) == target:
-                ids.append(candidate)
-                break
+    while len(ids) < count:
+        candidate = str(int(rng.integers(10000, 99999)))
+        if candidate not in ids:
+            ids.append(candidate)
     return ids
 
 
@@ -189,9 +163,9 @@ def _save_png(array: np.ndarray, path: str) -> None:
     Image.fromarray(array, mode="RGB").save(path, format="PNG")
 
 
-def _write_breakhis(root: str, patients: int, images: int, seed: int, split_seed: int) -> list[tuple[str, int]]:
+def _write_breakhis(root: str, patients: int, images: int, seed: int) -> list[tuple[str, int]]:
     rng = np.random.default_rng(seed)
-    ids = _patient_ids(rng, patients, split_seed)
+    ids = _patient_ids(rng, patients)
     width, height = BREAKHIS_IMAGE_SIZE
     written = []
     n_benign = patients // 2
@@ -223,9 +197,9 @@ def _write_breakhis(root: str, patients: int, images: int, seed: int, split_seed
     return written
 
 
-def _write_idc(root: str, patients: int, patches: int, seed: int, split_seed: int) -> list[tuple[str, int]]:
+def _write_idc(root: str, patients: int, patches: int, seed: int) -> list[tuple[str, int]]:
     rng = np.random.default_rng(seed)
-    ids = _patient_ids(rng, patients, split_seed)
+    ids = _patient_ids(rng, patients)
     size = IDC_PATCH_SIZE
     written = []
     n_negative = patients // 2
@@ -266,7 +240,6 @@ def make_sample(
     images_per_patient: int | None = None,
     seed: int = 0,
     overwrite: bool = False,
-    split_seed: int = DEFAULT_SPLIT_SEED,
 ) -> dict:
     """Writes a synthetic data set in the real layout of `dataset`.
 
@@ -275,13 +248,11 @@ def make_sample(
         (50x50 patches, `<patient>/<class>/..._idx5_x<X>_y<Y>_class<C>.png`).
       output: folder to create (the BreakHis tree goes to `output/BreaKHis_v1/...`).
       patients: number of patients; the first half are benign (IDC: negative-only), the
-        rest malignant (IDC: with a tumour region). Their ids are drawn so that each
-        label has patients in every split of the default patient split with `split_seed`
-        (12 patients: one per label in eval and in test).
+        rest malignant (IDC: with a tumour region); the patient split gives every split
+        one of each class from 3 of each (`split.assign_balanced`).
       images_per_patient: images (BreakHis) or patches (IDC) per patient; default 8 / 64.
       seed: the data set is a pure function of the arguments.
       overwrite: replace an existing `output`.
-      split_seed: the split seed the patient ids are drawn for.
 
     Returns:
       Summary: {"dataset", "output", "patients", "images", "label_counts"}.
@@ -304,7 +275,7 @@ def make_sample(
     temp = make_work_dir(output)
     try:
         writer = _write_breakhis if dataset == layouts.BREAKHIS else _write_idc
-        written = writer(temp, patients, images, seed, split_seed)
+        written = writer(temp, patients, images, seed)
         publish(temp, output, overwrite)
     except BaseException:
         remove_quietly(temp)

@@ -6,8 +6,9 @@
 `<settings>` is a hash of the ingestion settings (data set, seed, split fractions,
 magnifications, bag size): records made with other settings are never mixed in. A span is
 ingested when no folder for its current fingerprint exists (new, or its files changed);
-otherwise its records are reused. Every span is split by the same pure function of the
-patient id and the seed (`split.assign_split`), so a patient keeps its split across spans.
+otherwise its records are reused. The manifests of the ingested spans record every
+patient's split: a new span places only the patients none of them holds
+(`split.assign_balanced`), so a patient keeps its split across spans.
 The store may be a local folder or a URI; each span folder is published whole
 (`output_dir.publish`).
 """
@@ -22,7 +23,7 @@ from typing import Any, Callable, Mapping, Optional, Sequence
 from histopath import fileio
 from histopath.data import layouts, spans as spans_lib
 from histopath.data.manifest import MANIFEST_NAME, load_manifest
-from histopath.data.split import merge_split_entries, parse_split_spec
+from histopath.data.split import Assignment, check_cohort, merge_split_entries
 from histopath.errors import DataError
 
 TRAINED_FILE = "trained.json"
@@ -101,6 +102,7 @@ def ingest_span(
     settings: IngestSettings,
     ingest: Callable[..., dict],
     beam_args: Sequence[str] = (),
+    assigned: Optional[Assignment] = None,
 ) -> IngestedSpan:
     """The span's records: reused from the store, or ingested into it now.
 
@@ -111,6 +113,7 @@ def ingest_span(
       settings: the ingestion settings.
       ingest: `data.ingest.ingest` (passed in so tests and callers share one code path).
       beam_args: Beam options of the ingestion.
+      assigned: the patients placed before (`recorded_assignments`).
 
     Raises:
       DataError: the span cannot be ingested (the message names it); the store is left
@@ -123,7 +126,7 @@ def ingest_span(
         manifest = ingest(
             dataset=settings.dataset, source=span.folder, output=folder, splits=dict(settings.splits),
             seed=settings.seed, magnifications=settings.magnifications or None, beam_args=beam_args,
-            bag_size=settings.bag_size, overwrite=True, require_every_split=False,
+            bag_size=settings.bag_size, overwrite=True, require_every_split=False, assigned=assigned,
         )
     except DataError as error:
         raise DataError(f"span {span.name}: {error}") from None
@@ -140,12 +143,20 @@ def window_splits(ingested: Sequence[IngestedSpan]) -> dict[str, dict]:
                                        if name in span.manifest["splits"]]) for name in names}
 
 
-def check_splits(window: Mapping[str, dict], splits: Mapping[str, float], seed: int) -> None:
-    """Raises DataError when a split of the window received no patient (`window_splits`)."""
-    empty = [name for name in parse_split_spec(dict(splits)) if not window.get(name, {}).get("patient_labels")]
-    if empty:
-        patients = sum(len(entry["patient_labels"]) for entry in window.values())
-        raise DataError(
-            f"split(s) {', '.join(empty)} of the training window received no patient: {patients} patient(s) "
-            f"are placed by a hash of their id and the seed ({seed}), and none fell there; add patients "
-            "or spans, change the split fractions or choose another seed")
+def recorded_assignments(store: str, settings: IngestSettings) -> dict[str, tuple[str, int]]:
+    """Every patient the store's spans placed: patient -> (split, class), from their manifests."""
+    folder = settings_dir(store, settings)
+    assigned: dict[str, tuple[str, int]] = {}
+    for name in sorted(fileio.listdir(folder)):
+        path = fileio.join(folder, name, MANIFEST_NAME)
+        if fileio.exists(path):
+            for split, entry in load_manifest(fileio.join(folder, name))["splits"].items():
+                for patient, label in entry.get("patient_labels", {}).items():
+                    assigned.setdefault(patient, (split, int(label)))
+    return assigned
+
+
+def check_splits(window: Mapping[str, dict], splits: Mapping[str, float]) -> None:
+    """Refuses a training window too small to train and evaluate (`split.check_cohort`)."""
+    check_cohort({name: dict(window.get(name, {}).get("patient_labels", {})) for name in splits},
+                 splits, "the training window")

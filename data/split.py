@@ -1,13 +1,15 @@
-"""Patient-level splitting that never moves: a patient's split is a pure function of the
-patient id and the seed.
+"""Patient-level splitting that is stable and balanced.
 
-Each patient id is hashed with the seed as key (HMAC-SHA256) into a number in [0, 1),
-which falls into one of the splits by their fractions, the splits taken in the order of
-their names. So the same patient lands in the same split in every span, every run
-and on any machine, whatever other patients a folder holds; no patient is ever in two
-splits. The share of patients per split follows the fractions only on average, and class
-balance only as far as chance allows: `balance` reports how far each split is from the
-whole, and ingestion refuses a split that received no patient.
+A patient's split never changes once assigned: the pipeline's span store records every
+assignment (in the manifests of the spans it ingested) and a later span only places
+patients it has not seen. New patients are placed class by class so that each split's
+share of each class stays close to the whole, deterministically: within a class in the
+order of a keyed hash of their ids (HMAC-SHA256 with the seed), each to the split that is
+furthest below its fraction of that class (ties broken by the same hash). Before fractions count, the training split
+gets a patient of each class, then every split a patient of each class while the class
+has enough, then every split a patient at all. `balance` reports how far each split is
+from the whole; `check_cohort` refuses a cohort too small to train and evaluate, naming
+the minimum.
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ from histopath.data.layouts import ParsedFile
 from histopath.errors import ConfigError, DataError
 
 DEFAULT_SPLITS = {"train": 0.7, "eval": 0.15, "test": 0.15}
+SPLIT_RULE = ("a patient keeps the split it was first given; new patients are placed class by class to "
+              "keep each split's balance (data.split.assign_balanced)")
 _SPLIT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
 
 
@@ -83,49 +87,104 @@ def patient_position(patient_id: str, seed: int) -> float:
     return int.from_bytes(digest[:8], "big") / 2.0**64
 
 
-def assign_split(patient_id: str, fractions: Mapping[str, float], seed: int) -> str:
-    """The split of one patient: a pure function of (patient id, seed, fractions)."""
-    position = patient_position(patient_id, seed)
-    names = sorted(fractions)  # a canonical order: the mapping's own order may not survive JSON
-    cumulative = 0.0
-    for name in names:
-        cumulative += fractions[name]
-        if position < cumulative:
-            return name
-    return names[-1]
+Assignment = Mapping[str, tuple[str, int]]  # patient -> (split, class) already placed
 
 
-def assign_patients(patients: Iterable[str], fractions: Mapping[str, float], seed: int) -> dict[str, str]:
-    """patient id -> split name, for every patient (see `assign_split`)."""
-    return {patient: assign_split(patient, fractions, seed) for patient in patients}
+def training_split(fractions: Mapping[str, float]) -> str:
+    """The split models learn from: the largest fraction (the first name on a tie)."""
+    return max(sorted(fractions), key=lambda name: fractions[name])
+
+
+def assign_balanced(strata: Mapping[str, int], fractions: Mapping[str, float], seed: int,
+                    fixed: Optional[Assignment] = None) -> dict[str, str]:
+    """Places every patient of `strata` in a split (see the module docstring).
+
+    Args:
+      strata: patient id -> class (0 benign, 1 malignant: `patient_strata`).
+      fractions: split name -> fraction (`parse_split_spec`).
+      seed: key of the hash that orders the new patients.
+      fixed: patients placed before (by earlier spans): they keep their split and count
+        towards each split's balance.
+
+    Returns:
+      patient id -> split name, for every patient of `strata` (fixed ones included).
+    """
+    fixed = dict(fixed or {})
+    names = sorted(fractions)
+    train = training_split(fractions)
+    counts = {name: collections.Counter() for name in names}  # split -> class -> patients
+    for split, label in fixed.values():
+        if split in counts:
+            counts[split][int(label)] += 1
+    result = {patient: fixed[patient][0] for patient in strata if patient in fixed}
+    new = [patient for patient in strata if patient not in fixed]
+    class_totals = collections.Counter(int(label) for _, label in fixed.values())
+    class_totals.update(int(strata[patient]) for patient in new)
+    scarce_first = sorted({int(strata[p]) for p in new}, key=lambda label: (class_totals[label], label))
+    for label in scarce_first:
+        members = sorted((p for p in new if int(strata[p]) == label), key=lambda p: patient_position(p, seed))
+        enough = class_totals[label] >= len(names)
+        for patient in members:
+            def priority(name: str) -> tuple:
+                lacks_class = counts[name][label] == 0
+                return (not (lacks_class and name == train), not (lacks_class and enough),
+                        sum(counts[name].values()) > 0,
+                        round(counts[name][label] - fractions[name] * class_totals[label], 9),
+                        patient_position(f"{patient}/{name}", seed))
+            split = min(names, key=priority)
+            counts[split][label] += 1
+            result[patient] = split
+    return result
 
 
 def split_files(
-    files: Iterable[ParsedFile], fractions: Mapping[str, float], seed: int
+    files: Iterable[ParsedFile], fractions: Mapping[str, float], seed: int,
+    fixed: Optional[Assignment] = None,
 ) -> dict[str, list[ParsedFile]]:
-    """Splits files by patient (`assign_split`).
+    """Splits files by patient (`assign_balanced` over `patient_strata`).
 
     Returns:
       split name -> its files sorted by relative path (every split is present, maybe empty).
     """
     files = list(files)
-    assignment = assign_patients({f.patient_id for f in files}, fractions, seed)
+    strata = {patient: label for patient, (label, _) in patient_strata(files).items()}
+    assignment = assign_balanced(strata, fractions, seed, fixed)
     result: dict[str, list[ParsedFile]] = {name: [] for name in fractions}
     for file in sorted(files, key=lambda f: f.relative_path):
         result[assignment[file.patient_id]].append(file)
     return result
 
 
-def check_every_split_has_patients(split_to_files: Mapping[str, Sequence[ParsedFile]], seed: int,
-                                   where: str) -> None:
-    """Raises DataError naming the empty splits (with too few patients for the fractions)."""
-    empty = [name for name, files in split_to_files.items() if not files]
-    if empty:
-        patients = len({f.patient_id for files in split_to_files.values() for f in files})
-        raise DataError(
-            f"{where}: split(s) {', '.join(empty)} received no patient: {patients} patient(s) are placed by a "
-            f"hash of their id and the seed ({seed}), and none fell there; add patients, change the split "
-            "fractions or choose another seed")
+MIN_PATIENTS_PER_CLASS = 2
+
+
+def check_cohort(patient_labels: Mapping[str, Mapping[str, int]], fractions: Mapping[str, float],
+                 where: str) -> None:
+    """Refuses splits too small to train and evaluate, naming the minimum.
+
+    Args:
+      patient_labels: split -> {patient: class} (a manifest's "patient_labels" per split).
+      fractions: the split fractions.
+      where: what the splits are of (a folder, "the training window"), for the message.
+
+    Raises:
+      DataError: a split without patients, or a training split without both classes.
+    """
+    train = training_split(fractions)
+    empty = [name for name in sorted(fractions) if not patient_labels.get(name)]
+    train_classes = set(patient_labels.get(train, {}).values())
+    if not empty and train_classes >= {0, 1}:
+        return
+    cohort: dict[str, int] = {}
+    for labels in patient_labels.values():
+        cohort.update(labels)
+    benign = sum(1 for label in cohort.values() if not label)
+    problem = (f"split(s) {', '.join(empty)} received no patient" if empty
+               else f"the {train} split lacks a {'benign' if 0 not in train_classes else 'malignant'} patient")
+    raise DataError(
+        f"{where}: {problem}: the cohort has {benign} benign and {len(cohort) - benign} malignant "
+        f"patient(s); training and evaluating needs at least {MIN_PATIENTS_PER_CLASS} of each class and "
+        f"{len(fractions)} patients in all (one per split)")
 
 
 def split_entry(files: Sequence[ParsedFile]) -> dict:

@@ -1,5 +1,4 @@
-"""Patient splits that never move (`histopath.data.split`): a pure function of the patient
-id and the seed."""
+"""Patient splits that are stable and balanced (`histopath.data.split`)."""
 
 from __future__ import annotations
 
@@ -11,9 +10,9 @@ from histopath.data import layouts
 from histopath.data.layouts import ParsedFile
 from histopath.data.split import (
     DEFAULT_SPLITS,
-    assign_split,
+    assign_balanced,
     balance,
-    check_every_split_has_patients,
+    check_cohort,
     merge_split_entries,
     parse_split_spec,
     split_entry,
@@ -57,30 +56,72 @@ def test_no_patient_in_two_splits_and_every_file_kept():
         f.relative_path for f in files)
 
 
-def test_a_patients_split_depends_on_its_id_and_the_seed_only():
+def test_the_split_depends_on_the_cohort_and_the_seed_not_on_the_listing_order():
     files = _synthetic()
     first = split_files(files, DEFAULT_SPLITS, seed=3)
     shuffled = list(files)
     random.Random(99).shuffle(shuffled)
-    assert split_files(shuffled, DEFAULT_SPLITS, seed=3) == first  # listing order
-    # Other patients (a new span, more patients) move nobody already placed.
-    placed = {p: name for name, patients in _patients_by_split(first).items() for p in patients}
-    more = split_files(files + _files({f"new{i}": (5, 1) for i in range(30)}), DEFAULT_SPLITS, seed=3)
-    assert {p: name for name, patients in _patients_by_split(more).items() for p in patients
-            if p in placed} == placed
-    # A mapping in another order (as after a JSON round trip) gives the same splits.
-    reordered = dict(reversed(list(DEFAULT_SPLITS.items())))
-    assert all(assign_split(p, reordered, 3) == placed[p] for p in placed)
-    # Another seed places them differently.
+    assert split_files(shuffled, DEFAULT_SPLITS, seed=3) == first
+    reordered = dict(reversed(list(DEFAULT_SPLITS.items())))  # as after a JSON round trip
+    assert split_files(files, reordered, seed=3) == first
     assert _patients_by_split(split_files(files, DEFAULT_SPLITS, seed=4)) != _patients_by_split(first)
 
 
-def test_patient_shares_follow_the_fractions_on_average():
-    counts = {name: 0 for name in DEFAULT_SPLITS}
-    for index in range(20000):
-        counts[assign_split(f"patient-{index}", DEFAULT_SPLITS, seed=42)] += 1
-    for name, fraction in DEFAULT_SPLITS.items():
-        assert abs(counts[name] / 20000 - fraction) < 0.01, (name, counts)
+def _strata(benign: int, malignant: int, prefix: str = "") -> dict[str, int]:
+    return {**{f"{prefix}b{i}": 0 for i in range(benign)}, **{f"{prefix}m{i}": 1 for i in range(malignant)}}
+
+
+def _counts(assignment: dict[str, str], strata: dict[str, int]) -> dict[tuple[str, int], int]:
+    counts: dict[tuple[str, int], int] = {}
+    for patient, split in assignment.items():
+        counts[split, strata[patient]] = counts.get((split, strata[patient]), 0) + 1
+    return counts
+
+
+@pytest.mark.parametrize("benign, malignant, expected", [
+    # The project's BreakHis cohort: 7 benign, 24 malignant.
+    (7, 24, {("train", 0): 5, ("eval", 0): 1, ("test", 0): 1}),
+    # 3 of a class: one in every split.
+    (3, 10, {("train", 0): 1, ("eval", 0): 1, ("test", 0): 1}),
+    # 2 of each: the training split gets both classes, every split a patient.
+    (2, 2, {("train", 0): 1, ("train", 1): 1}),
+])
+def test_new_patients_are_balanced_by_class(benign, malignant, expected):
+    strata = _strata(benign, malignant)
+    for seed in range(5):
+        counts = _counts(assign_balanced(strata, DEFAULT_SPLITS, seed), strata)
+        assert {key: counts.get(key, 0) for key in expected} == expected, (seed, counts)
+        assert all(any(counts.get((split, label), 0) for label in (0, 1)) for split in DEFAULT_SPLITS)
+
+
+def test_large_cohorts_follow_the_fractions_in_each_class():
+    strata = _strata(50, 120)
+    counts = _counts(assign_balanced(strata, DEFAULT_SPLITS, 42), strata)
+    for (split, label), count in counts.items():
+        total = 50 if label == 0 else 120
+        assert abs(count - DEFAULT_SPLITS[split] * total) <= 1, (split, label, counts)
+
+
+def test_placed_patients_never_move_and_new_ones_restore_the_balance():
+    strata = _strata(5, 5)
+    first = assign_balanced(strata, DEFAULT_SPLITS, seed=1)
+    fixed = {patient: (split, strata[patient]) for patient, split in first.items()}
+    more = {**strata, **_strata(5, 5, prefix="new-")}
+    second = assign_balanced(more, DEFAULT_SPLITS, seed=1, fixed=fixed)
+    assert {p: second[p] for p in first} == first
+    counts = _counts(second, more)
+    assert {counts[split, label] for split in ("eval", "test") for label in (0, 1)} <= {1, 2}
+    assert counts["train", 0] == counts["train", 1] == 7
+    # Only the first placement counts for a patient seen again (a later span's images).
+    assert assign_balanced({"b0": 0}, DEFAULT_SPLITS, seed=9, fixed=fixed) == {"b0": first["b0"]}
+
+
+def test_a_skewed_earlier_placement_is_evened_out_by_the_new_patients():
+    fixed = {f"old{i}": ("train", 0) for i in range(6)}  # an earlier span put benign in train only
+    strata = _strata(4, 0, prefix="new-")
+    placed = assign_balanced(strata, DEFAULT_SPLITS, seed=0, fixed=fixed)
+    values = list(placed.values())  # 10 benign: 7 / 1.5 / 1.5 wanted
+    assert values.count("train") == 1 and sorted({values.count("eval"), values.count("test")}) == [1, 2]
 
 
 def test_balance_reports_each_split_against_the_whole():
@@ -110,10 +151,15 @@ def test_real_idc_split_is_disjoint(shared_data):
     assert sum("8956" in p for p in by_split.values()) == 1  # the negatives-only patient, once
 
 
-def test_an_empty_split_is_a_data_error_naming_it():
-    two = split_files(_files({"a": (3, 1), "b": (2, 0)}), DEFAULT_SPLITS, seed=0)
-    with pytest.raises(DataError, match=r"split\(s\) .* received no patient.*seed \(0\)"):
-        check_every_split_has_patients(two, 0, "SOURCE")
+def test_a_cohort_too_small_is_one_error_naming_the_minimum():
+    one_benign = split_files(_files({"a": (3, 1), "b": (2, 0), "c": (1, 1)}), DEFAULT_SPLITS, seed=0)
+    labels = {name: {f.patient_id: int(any(g.label for g in files if g.patient_id == f.patient_id))
+                     for f in files} for name, files in one_benign.items()}
+    with pytest.raises(DataError, match=r"SOURCE: .*1 benign and 2 malignant.*at least 2 of each class"):
+        check_cohort(labels, DEFAULT_SPLITS, "SOURCE")
+    check_cohort({"train": {"a": 0, "b": 1}, "eval": {"c": 0}, "test": {"d": 1}}, DEFAULT_SPLITS, "SOURCE")
+    with pytest.raises(DataError, match="the train split lacks a benign patient"):
+        check_cohort({"train": {"a": 1}, "eval": {"c": 0}, "test": {"d": 0}}, DEFAULT_SPLITS, "SOURCE")
 
 
 def test_custom_split_names_and_spec_errors():

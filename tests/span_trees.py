@@ -9,10 +9,9 @@ from __future__ import annotations
 import collections
 import os
 import pathlib
-from typing import Iterable, Sequence
+from typing import Iterable
 
 from histopath.data import layouts
-from histopath.data.split import DEFAULT_SPLITS, assign_split
 
 
 def link_files(source: pathlib.Path, destination: pathlib.Path, relative_paths: Iterable[str]) -> None:
@@ -31,19 +30,9 @@ def files_by_patient(source: pathlib.Path, dataset: str) -> dict[str, list[layou
     return dict(grouped)
 
 
-def split_and_label(files: dict[str, list[layouts.ParsedFile]], seed: int) -> dict[str, tuple[str, int]]:
-    """patient -> (its split under `seed` and the default fractions, its highest label)."""
-    return {patient: (assign_split(patient, DEFAULT_SPLITS, seed), max(f.label for f in patient_files))
-            for patient, patient_files in files.items()}
-
-
-def pick(placement: dict[str, tuple[str, int]], wanted: dict[tuple[str, int], int],
-         exclude: Sequence[str] = ()) -> list[str]:
-    """`wanted[(split, label)]` patients of each kind, in id order, none of `exclude`."""
-    chosen = []
-    for kind, count in wanted.items():
-        matching = sorted(p for p, placed in placement.items() if placed == kind and p not in exclude)
-        if len(matching) < count:
-            raise ValueError(f"only {len(matching)} patients of {kind}, {count} wanted")
-        chosen += matching[:count]
-    return chosen
+def patients_by_label(files: dict[str, list[layouts.ParsedFile]]) -> dict[int, list[str]]:
+    """label -> the patients of that (highest) label, in id order."""
+    grouped: dict[int, list[str]] = {0: [], 1: []}
+    for patient in sorted(files):
+        grouped[max(f.label for f in files[patient])].append(patient)
+    return grouped

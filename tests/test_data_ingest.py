@@ -16,7 +16,6 @@ import zlib
 import histopath  # noqa: F401  (before TensorFlow)
 import numpy as np
 import pytest
-from split_seeds import seed_for_every_split
 from PIL import Image
 
 from histopath.data import features
@@ -150,13 +149,13 @@ def test_missing_empty_and_wrong_layout_sources_fail_cleanly(idc_sample, tmp_pat
 
 def test_no_usable_image_fails_after_the_pipeline_without_leaving_output(tmp_path):
     source = tmp_path / "corrupt"
-    for patient in ("101", "102", "103"):
-        folder = source / patient / "0"
+    for patient, label in (("101", 0), ("102", 0), ("103", 1), ("104", 1)):
+        folder = source / patient / str(label)
         folder.mkdir(parents=True)
-        (folder / f"{patient}_idx5_x1_y1_class0.png").write_bytes(b"\x89PNG\r\n\x1a\nbroken")
+        (folder / f"{patient}_idx5_x1_y1_class{label}.png").write_bytes(b"\x89PNG\r\n\x1a\nbroken")
     output = tmp_path / "out"
     with pytest.raises(DataError, match="holds no usable image"):
-        ingest("idc", str(source), str(output), seed=seed_for_every_split(["101", "102", "103"]),
+        ingest("idc", str(source), str(output), seed=42,
                beam_args=IN_MEMORY)
     assert not output.exists()
     assert _leftovers(tmp_path) == []
@@ -257,14 +256,14 @@ def test_end_to_end_real_patients_read_back_with_tf_data(shared_data, tmp_path):
     idc_source, bh_source, n_idc = _symlinked_real_subsets(shared_data, tmp_path / "src")
 
     # Default runner: Beam DirectRunner, multi-processing, 2 workers.
-    idc_seed = seed_for_every_split(os.listdir(idc_source))
+    idc_seed = 42
     manifest = ingest("idc", str(idc_source), str(tmp_path / "idc"), seed=idc_seed, shards=2)
     assert manifest["num_examples"] == n_idc and manifest["skipped"] == []
     assert manifest["num_workers"] == 2
     seen = _check_records_against_sources(manifest, tmp_path / "idc", idc_source, "idc")
     assert len(seen) == n_idc
 
-    bh_seed = seed_for_every_split(["29960", "13200", "14134", "29315", "2980", "16196", "18842"])
+    bh_seed = 42
     manifest = ingest("breakhis", str(bh_source), str(tmp_path / "bh"), seed=bh_seed,
                       beam_args=IN_MEMORY)
     n_bh = _count_png(bh_source)
@@ -284,7 +283,7 @@ def test_cli_ingest_runs_and_reports_errors(idc_sample, tmp_path):
     done = subprocess.run(
         [HISTOPATH, "ingest", "--dataset", "idc", "--source", str(idc_sample),
          "--output", str(output), "--splits", "train=0.6,eval=0.2,test=0.2", "--seed",
-         str(seed_for_every_split(os.listdir(idc_sample), {"train": 0.6, "eval": 0.2, "test": 0.2})),
+         str(42),
          "--beam-arg=--direct_running_mode=in_memory", "--beam-arg=--direct_num_workers=1"],
         capture_output=True, text=True, timeout=300,
     )
