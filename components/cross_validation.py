@@ -89,17 +89,51 @@ def _single_label_patients(shares: Iterable[float]) -> bool:
     return all(share in (0.0, 1.0) for share in shares)
 
 
+def plan_folds(patients: Sequence[str], labels: Sequence[int], folds: int) -> tuple[int, bool, List[str]]:
+    """How many folds the cohort allows, whether they can be stratified, and warnings.
+
+    Single-label patients (BreakHis) are stratified by class: with fewer patients of a
+    class than `folds`, the folds drop to that count (at least 2); with a single patient
+    of a class, folds are dealt without stratification (some folds then lack a class).
+    Patients holding both labels (IDC) are stratified by their positive share.
+
+    Raises:
+      DataError: fewer than 2 patients (no fold could be held out).
+    """
+    shares = positive_shares(patients, labels)
+    if len(shares) < 2:
+        raise DataError(f"cross-validation needs at least 2 patients, the train and eval splits have {len(shares)}")
+    warnings: List[str] = []
+    if not _single_label_patients(shares.values()):
+        if len(shares) < folds:
+            warnings.append(f"{folds}-fold cross-validation asked for, {len(shares)} patients: "
+                            f"{len(shares)} folds")
+        return min(folds, len(shares)), True, warnings
+    fewest = min(sum(1 for v in shares.values() if v == label) for label in (0, 1))
+    if fewest >= folds:
+        return folds, True, warnings
+    if fewest >= 2:
+        warnings.append(f"{folds}-fold cross-validation asked for, the smaller class has {fewest} patients: "
+                        f"{fewest} folds")
+        return fewest, True, warnings
+    used = min(folds, len(shares))
+    warnings.append(f"{used} folds without every class in each: the train and eval splits have {fewest} patient(s) "
+                    "of one class, so the cross-validated figures are rough")
+    return used, False, warnings
+
+
 def stratified_patient_folds(patients: Sequence[str], labels: Sequence[int], folds: int,
-                             seed: int) -> List[List[str]]:
+                             seed: int, stratify: bool = True) -> List[List[str]]:
     """Cuts the patients into `folds` groups with their labels spread evenly.
 
     Patients with a single label (BreakHis) are dealt class by class, so every fold holds
-    malignant and benign patients. Patients holding both labels (IDC) are stratified by
-    their share of positive images: ranked by it, each run of `folds` neighbours goes one
-    to each fold, in random order.
+    malignant and benign patients (`stratify`; without it they are dealt in one random
+    order). Patients holding both labels (IDC) are stratified by their share of positive
+    images: ranked by it, each run of `folds` neighbours goes one to each fold, in random
+    order. `plan_folds` says how many folds a cohort allows.
 
     Raises:
-      DataError: fewer patients (of a class, for single-label patients) than folds.
+      DataError: fewer patients (of a class, for stratified single-label patients) than folds.
     """
     shares = positive_shares(patients, labels)
     rng = np.random.default_rng(seed)
@@ -117,12 +151,12 @@ def stratified_patient_folds(patients: Sequence[str], labels: Sequence[int], fol
                 groups[group].append(patient)
         return [sorted(group) for group in groups]
     offset = 0
-    for label in (1, 0):
-        members = sorted(p for p, value in shares.items() if value == label)
+    for label in ((1, 0) if stratify else (None,)):
+        members = sorted(p for p, value in shares.items() if label is None or value == label)
         if len(members) < folds:
             raise DataError(f"{folds}-fold cross-validation needs at least {folds} "
-                            f"{('benign', 'malignant')[label]} patients, the train and eval splits have "
-                            f"{len(members)}")
+                            f"{('benign', 'malignant')[label] if label is not None else ''} patients, the train "
+                            f"and eval splits have {len(members)}")
         rng.shuffle(members)
         for index, patient in enumerate(members):
             groups[(offset + index) % folds].append(patient)
@@ -132,8 +166,9 @@ def stratified_patient_folds(patients: Sequence[str], labels: Sequence[int], fol
 
 def inner_eval_patients(train_patients: Sequence[str], shares: Mapping[str, float], seed: int) -> List[str]:
     """The patients of a fold's training patients that early stopping and the learning-rate
-    schedule watch: `INNER_EVAL_FRACTION` of them, at least one of each class (single-label
-    patients) or one from each stratum of the positive share (patients with both labels)."""
+    schedule watch: `INNER_EVAL_FRACTION` of them, at least one of each class that has two
+    or more (single-label patients) or one from each stratum of the positive share
+    (patients with both labels)."""
     rng = np.random.default_rng(seed)
     if not _single_label_patients(shares[p] for p in train_patients):
         ranked = sorted(sorted(train_patients), key=lambda patient: shares[patient])
@@ -143,7 +178,8 @@ def inner_eval_patients(train_patients: Sequence[str], shares: Mapping[str, floa
     for label in (1, 0):
         members = sorted(p for p in train_patients if shares[p] == label)
         rng.shuffle(members)
-        chosen += members[:max(1, round(INNER_EVAL_FRACTION * len(members)))]
+        if len(members) >= 2:  # a class's only patient stays in training
+            chosen += members[:max(1, round(INNER_EVAL_FRACTION * len(members)))]
     return sorted(chosen)
 
 
@@ -262,11 +298,15 @@ def cross_validate(trainer: Trainer, data: PatientExamples, folds: int, seed: in
     with `refit`, of the refit recipe (`fold_predictions`).
 
     Returns:
-      {"folds": [{"held_out", "inner_eval", "kept_epochs"}], "probability": per image,
-      "threshold": balanced-accuracy threshold of the pooled predictions, "metrics": the
-      image- and patient-level scores with patient-bootstrap intervals, "patients"}.
+      {"folds": [{"held_out", "inner_eval", "kept_epochs"}] (as many as `plan_folds`
+      allows), "probability": per image, "threshold": balanced-accuracy threshold of the
+      pooled predictions, "metrics": the image- and patient-level scores with
+      patient-bootstrap intervals, "patients", "warnings": how the folds were adapted}.
     """
-    groups = stratified_patient_folds(data.patients, data.labels, folds, seed)
+    folds, stratify, warnings = plan_folds(data.patients, data.labels, folds)
+    for warning in warnings:
+        logger.warning("cross-validation: %s", warning)
+    groups = stratified_patient_folds(data.patients, data.labels, folds, seed, stratify)
     probability = np.full(len(data.labels), np.nan)
     rows = []
     for index in range(folds):
@@ -276,7 +316,7 @@ def cross_validate(trainer: Trainer, data: PatientExamples, folds: int, seed: in
         logger.info("fold %d/%d: %d patients held out, kept %s", index + 1, folds, len(groups[index]),
                     fold["kept_epochs"])
     return {"folds": rows, "probability": probability, "patients": len(set(data.patients)),
-            **summarize(data, probability, seed)}
+            "warnings": warnings, **summarize(data, probability, seed)}
 
 
 def summarize(data: PatientExamples, probability: np.ndarray, seed: int) -> Dict[str, Any]:

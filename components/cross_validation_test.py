@@ -30,6 +30,31 @@ def test_folds_hold_every_patient_once_with_both_classes():
         cross_validation.stratified_patient_folds(data.patients, data.labels, 6, seed=1)
 
 
+@pytest.mark.parametrize("benign, malignant, folds, expected, stratified", [
+    (6, 20, 5, 5, True),     # enough of each class: as asked
+    (4, 20, 5, 4, True),     # the smaller class sets the folds
+    (2, 9, 5, 2, True),      # two of a class: two folds
+    (1, 9, 5, 5, False),     # one of a class: folds without every class
+    (1, 1, 5, 2, False),
+])
+def test_folds_adapt_to_a_small_cohort_with_a_warning(benign, malignant, folds, expected, stratified):
+    patients = [f"b{i}" for i in range(benign)] + [f"m{i}" for i in range(malignant)]
+    labels = [0] * benign + [1] * malignant
+    used, stratify, warnings = cross_validation.plan_folds(patients, labels, folds)
+    assert (used, stratify) == (expected, stratified)
+    assert bool(warnings) == (used != folds or not stratify)
+    groups = cross_validation.stratified_patient_folds(patients, labels, used, seed=0, stratify=stratify)
+    assert sorted(p for group in groups for p in group) == sorted(patients) and all(groups)
+    with pytest.raises(DataError, match="at least 2 patients"):
+        cross_validation.plan_folds(["only"] * 3, [0, 0, 0], folds)
+
+
+def test_a_class_with_one_patient_stays_in_training():
+    shares = {"b0": 0.0, "m0": 1.0, "m1": 1.0, "m2": 1.0}
+    watch = cross_validation.inner_eval_patients(sorted(shares), shares, seed=0)
+    assert len(watch) == 1 and watch[0].startswith("m")
+
+
 def test_patients_holding_both_labels_are_stratified_by_their_positive_share():
     """IDC: every slide but one has IDC-positive patches, so there are no benign patients to
     deal; the folds spread the patients' positive shares instead."""

@@ -180,6 +180,7 @@ def render_summary(report: dict[str, Any]) -> str:
             interval = cv.get("auc_ci")
             lines.append(f"| {name} | {cv['patients']} | {cv['images']} | {cv['auc']:.3f}"
                          + (f" [{interval[0]:.3f}, {interval[1]:.3f}]" if interval else "") + " |")
+            warnings += [f"{name} cross-validation: {warning}" for warning in cv.get("warnings", [])]
     lines += [f"Warning: {warning}" for warning in dict.fromkeys(warnings)]
     anomalies = report["anomalies"]
     lines += ["", "Data anomalies: " + ("none" if not anomalies else json.dumps(anomalies))]

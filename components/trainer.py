@@ -182,11 +182,11 @@ def _run(model_kind: str, fn_args: tfx.components.FnArgs) -> None:
         cv_trainer = cross_validation.Trainer(build_model, model_config, training_config,
                                               os.path.join(fn_args.model_run_dir, "cross_validation"))
         cv = cross_validation.cross_validate(cv_trainer, data, folds, training_config.seed, refit)
-        cv_block = {"folds": folds, "patients": cv["patients"], "threshold": cv["threshold"],
-                    "refit_on_all": refit, "fold_runs": cv["folds"], **cv["metrics"]}
+        cv_block = {"folds": len(cv["folds"]), "patients": cv["patients"], "threshold": cv["threshold"],
+                    "refit_on_all": refit, "fold_runs": cv["folds"], "warnings": cv["warnings"], **cv["metrics"]}
         fileio.write_json(os.path.join(os.path.dirname(fn_args.serving_model_dir), cross_validation.PREDICTIONS_FILE), {
             "labels": data.labels.tolist(), "patients": data.patients.tolist(),
-            "probability": cv["probability"].tolist(), "threshold": cv["threshold"]})
+            "probability": cv["probability"].tolist(), "threshold": cv["threshold"], "warnings": cv["warnings"]})
         logger.info("%s: cross-validated AUC %s over %d patients", model_kind,
                     cv["metrics"]["image_level"]["metrics"]["auc"], cv["patients"])
     if cv_block is not None and refit:

@@ -142,12 +142,13 @@ def choose_winner(candidates: dict[str, dict[str, Any]], rule: str = "cv_lower_b
 
 
 def _summary(predictions: dict[str, Any]) -> dict[str, Any]:
-    """Images, patients, threshold and the AUC with its patient-bootstrap interval."""
+    """Images, patients, threshold, the AUC with its patient-bootstrap interval, and how
+    the folds were adapted to the cohort ("warnings")."""
     draws = model_comparison.auc_draws(predictions["labels"], predictions["patients"],
                                        {"auc": predictions["probability"]})
     return {"images": len(predictions["labels"]), "patients": len(set(predictions["patients"])),
             "threshold": predictions["threshold"], "auc": float(draws["auc:point"][0]),
-            "auc_ci": model_comparison.interval(draws["auc"])}
+            "auc_ci": model_comparison.interval(draws["auc"]), "warnings": predictions.get("warnings", [])}
 
 
 def _read_cross_validation(model_uri: str) -> dict[str, Any] | None:
