@@ -19,12 +19,11 @@ import csv
 import dataclasses
 import io
 import os
-import tempfile
 from typing import Dict, Iterable, List, Optional, Sequence
 
 import numpy as np
 
-from histopath import images, slide_writer
+from histopath import fileio, images, slide_writer
 from histopath.data import layouts
 from histopath.errors import DataError
 
@@ -65,20 +64,7 @@ def _write_labels(path: str, labels: Sequence[PatchLabel]) -> None:
     writer.writeheader()
     for label in labels:
         writer.writerow(dataclasses.asdict(label))
-    _write_text(path, buffer.getvalue())
-
-
-def _write_text(path: str, text: str) -> None:
-    folder = os.path.dirname(os.path.abspath(path))
-    handle, temporary = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(handle, "w") as stream:
-            stream.write(text)
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
-        raise
+    fileio.write_text(path, buffer.getvalue())
 
 
 def reassemble_patient(patient_dir: str, output_dir: str, mpp: float = IDC_MPP,
@@ -148,7 +134,7 @@ def reassemble(source: str, output: str, patients: Optional[Iterable[str]] = Non
     os.makedirs(output, exist_ok=True)
     summaries = [reassemble_patient(os.path.join(source, p), output, mpp, compression) for p in wanted]
     rows = "".join(f"{os.path.basename(str(s['slide']))},{s['patient']},{s['label']}\n" for s in summaries)
-    _write_text(os.path.join(output, "slides.csv"), "slide,patient,label\n" + rows)
+    fileio.write_text(os.path.join(output, "slides.csv"), "slide,patient,label\n" + rows)
     return summaries
 
 
