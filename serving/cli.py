@@ -37,7 +37,12 @@ def register(subparsers) -> None:
     server.add_argument("--model-name", required=True, help="the served model name")
     server.add_argument("--rest-port", type=int, default=8501, help="REST port")
     server.add_argument("--grpc-port", type=int, default=8500, help="gRPC port")
-    server.add_argument("--host", default="0.0.0.0", help="interface to listen on")
+    server.add_argument("--host", default="127.0.0.1",
+                        help="interface to listen on: this machine only by default; 0.0.0.0 (all "
+                        "interfaces) only where a firewall or NetworkPolicy admits the web app alone")
+    server.add_argument("--allowed-hosts", default=os.environ.get("HISTOPATH_MODEL_SERVER_ALLOWED_HOSTS", ""),
+                        help="comma-separated Host header names REST answers (besides localhost, "
+                        "127.0.0.1, ::1 and --host); '*' for any [env HISTOPATH_MODEL_SERVER_ALLOWED_HOSTS]")
     server.add_argument("--poll-interval", type=float, default=5.0,
                         help="seconds between checks for a newly pushed version")
     server.add_argument("--max-request-mb", type=float, default=32.0,
@@ -115,6 +120,7 @@ def run_model_server(args: argparse.Namespace) -> int:
             rest_port=args.rest_port,
             grpc_port=args.grpc_port,
             host=args.host,
+            allowed_hosts=tuple(item.strip() for item in args.allowed_hosts.split(",") if item.strip()),
             poll_interval_s=args.poll_interval,
             max_request_bytes=int(args.max_request_mb * 1024 * 1024),
             inference_threads=args.inference_threads,

@@ -35,7 +35,7 @@ from fastapi.responses import ORJSONResponse
 from starlette.exceptions import HTTPException
 
 from histopath.images import DEFAULT_MAX_IMAGE_PIXELS
-from histopath.serving import tensor_codec
+from histopath.serving import http_guard, tensor_codec
 from histopath.serving.model_store import DEFAULT_SIGNATURE, VERSION_HEADER, LoadedModel, ModelStore
 
 logger = logging.getLogger(__name__)
@@ -49,7 +49,8 @@ class ModelServerConfig:
     model_name: str  # the served model (URL path and gRPC model_spec.name)
     rest_port: int = 8501  # TF Serving's REST port
     grpc_port: int = 8500  # TF Serving's gRPC port
-    host: str = "0.0.0.0"  # interface to listen on ("127.0.0.1" for loopback only)
+    host: str = "127.0.0.1"  # interface to listen on (loopback only unless told otherwise)
+    allowed_hosts: tuple[str, ...] = ()  # Host header names answered besides loopback and `host`
     poll_interval_s: float = 5.0  # how often the model folder is checked for new versions
     max_request_bytes: int = 32 * 1024 * 1024  # larger REST bodies / gRPC messages -> 413
     max_batch: int = tensor_codec.DEFAULT_MAX_BATCH  # most instances per request
@@ -287,6 +288,10 @@ def build_app(served: ServedModel):
         return error(404, f"unknown method :{method}")
 
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=served.config.max_request_bytes)
+    # Added last = run first: the request line, then the Host, then the body size.
+    app.add_middleware(http_guard.HostGuard, allowed=http_guard.allowed_host_names(
+        served.config.host, served.config.allowed_hosts))
+    app.add_middleware(http_guard.RequestLineGuard)
     return app
 
 

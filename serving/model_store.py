@@ -15,6 +15,7 @@ import dataclasses
 import json
 import logging
 import pathlib
+import re
 import threading
 import time
 from typing import Any, Mapping
@@ -185,6 +186,19 @@ RETRY_MAX_S = 300.0  # the longest wait between two retries
 PROBE_INTERVAL_S = 30.0  # how often the served version is asked to answer one prediction
 
 
+_ABSOLUTE_PATH = re.compile(r"(?<![\w>])/[^\s'\",;()]+")
+
+
+def public_message(error: BaseException, base_path: pathlib.Path) -> str:
+    """The first line of an error for clients (status answers): the serving folder shown
+    as `<model base path>`, any other absolute path as `<path>` (the log has them all)."""
+    text = f"{type(error).__name__}: {error}".splitlines()[0] if str(error) else type(error).__name__
+    for root in sorted({str(base_path.resolve()), str(base_path.absolute()), str(base_path)}, key=len, reverse=True):
+        if root not in (".", "/"):
+            text = text.replace(root, "<model base path>")
+    return _ABSOLUTE_PATH.sub("<path>", text)[:500]
+
+
 def _folder_state(folder: pathlib.Path) -> tuple:
     """(relative path, size, mtime) of every file: a copy still in progress changes it."""
     entries = []
@@ -266,11 +280,11 @@ class ModelStore:
                     if self._warm_up:
                         loaded.warm_up()
                 except Exception as error:  # noqa: BLE001  (any broken push must not kill serving)
-                    message = f"{type(error).__name__}: {error}".splitlines()[0][:500]
+                    message = public_message(error, self.base_path)
                     attempts = self._failures[version].attempts + 1 if version in self._failures else 1
                     delay = min(RETRY_MAX_S, RETRY_BASE_S * 2 ** (attempts - 1))
                     logger.error("cannot load %s version %d from %s (attempt %d, retry in %.0f s): %s",
-                                 self.model_name, version, path, attempts, delay, message)
+                                 self.model_name, version, path, attempts, delay, error)
                     self._failures[version] = VersionFailure(version, message, attempts, now + delay, files)
                     continue
                 self._failures.pop(version, None)
@@ -291,7 +305,7 @@ class ModelStore:
         try:
             loaded.warm_up()
         except Exception as error:  # noqa: BLE001
-            self.health_error = f"{type(error).__name__}: {error}".splitlines()[0][:500]
+            self.health_error = public_message(error, self.base_path)
             logger.error("%s version %d does not answer: %s", self.model_name, loaded.version, self.health_error)
             return False
         self.health_error = None

@@ -98,9 +98,14 @@ def start_process(args: list[str], log: pathlib.Path, env: dict[str, str] | None
 
 @contextlib.contextmanager
 def model_server(
-    base: pathlib.Path, name: str, log_dir: pathlib.Path, poll_interval: float = 1.0, startup_timeout: float = 180
+    base: pathlib.Path, name: str, log_dir: pathlib.Path, poll_interval: float = 1.0, startup_timeout: float = 180,
+    host: str | None = "127.0.0.1", args: tuple[str, ...] = (),
 ) -> Iterator[dict]:
-    """Runs `histopath model-server` on free loopback ports until the block ends.
+    """Runs `histopath model-server` on free ports until the block ends.
+
+    Args:
+      host: the `--host` flag; None leaves it out (the default, loopback).
+      args: more flags.
 
     Yields:
       {"rest": "http://127.0.0.1:<port>", "grpc": "127.0.0.1:<port>", "process": ...}
@@ -109,8 +114,8 @@ def model_server(
     server = start_process(
         [
             "model-server", "--model-base-path", str(base), "--model-name", name,
-            "--rest-port", str(rest_port), "--grpc-port", str(grpc_port), "--host", "127.0.0.1",
-            "--poll-interval", str(poll_interval), "--max-request-mb", "4",
+            "--rest-port", str(rest_port), "--grpc-port", str(grpc_port), *(("--host", host) if host else ()),
+            "--poll-interval", str(poll_interval), "--max-request-mb", "4", *args,
         ],
         log_dir / f"model-server-{name}-{rest_port}.log",
     )

@@ -13,7 +13,9 @@
 #   docker build -f serving/docker/tfserving.Dockerfile --build-arg MODEL_NAME=histopath \
 #       -t histopath/tfserving:latest out/serving
 # Run:
-#   docker run --rm -p 8500:8500 -p 8501:8501 histopath/tfserving:latest
+#   docker run --rm -p 127.0.0.1:8500:8500 -p 127.0.0.1:8501:8501 histopath/tfserving:latest
+#   (TF Serving listens on every interface of its container and has no flag to change it:
+#   publish its ports on loopback, or reach it only through a private network)
 #   curl localhost:8501/v1/models/histopath          # model status
 #   curl -d '{"instances": [{"b64": "..."}]}' localhost:8501/v1/models/histopath:predict
 #
