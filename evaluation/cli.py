@@ -90,19 +90,33 @@ def _predict(args: argparse.Namespace) -> int:
     from histopath.console import Console
     from histopath.evaluation.predict import add_slide_context, predict_paths, slide_context_setting
     from histopath.models.exported import read_model_info
+    from histopath.slides import is_uri, looks_like_slide
 
+    slide_inputs = [p for p in args.inputs if is_uri(p) or (os.path.isfile(p) and looks_like_slide(p))]
+    image_inputs = [p for p in args.inputs if p not in slide_inputs]
+    if slide_inputs and not args.output:
+        raise ConfigError(f"{slide_inputs[0]} is a whole slide: give --output DIR for its answer, heat-map and GeoJSON")
     failures = 0
     with Console(None, verbose=args.verbose) as console:
         info = None
         if args.slide_context:  # a model without a setting is refused before anything is predicted
             info = read_model_info(args.model)
             slide_context_setting(info)
-        rows = predict_paths(args.model, args.inputs, heatmap_dir=args.heatmap_dir, batch_size=args.batch_size)
+        rows = predict_paths(args.model, image_inputs, heatmap_dir=args.heatmap_dir,
+                             batch_size=args.batch_size) if image_inputs else iter(())
         if info is not None:  # every patch first: each answer depends on its neighbours'
             rows = add_slide_context(list(rows), info)
         for row in rows:
             failures += int("error" in row or "heatmap_error" in row or "context_error" in row)
             console.write(json.dumps(row))
+        if slide_inputs:
+            from histopath.evaluation.slide_predict import predict_slides
+
+            for answer in predict_slides(args.model, slide_inputs, args.output, mpp=args.mpp,
+                                         model_mpp=args.model_mpp, tile_px=args.tile_px,
+                                         batch_size=max(args.batch_size, 64), top_fraction=args.top_fraction):
+                failures += int("error" in answer)
+                console.write(json.dumps(answer))
     if failures:
         print(f"histopath predict: {failures} file(s) failed (see the \"error\" / \"context_error\" lines)",
               file=sys.stderr)
@@ -160,11 +174,31 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "with an instance classifier, each tile's probability as <name>.tiles.png. With "
             "--slide-context (IDC patches of models trained with slide_context_sigma), every line also "
             "gets context_probability, context_label and context_label_name: the patch answered from "
-            "its slide neighbourhood, the patches of one patient (read from the file names) forming a slide."
+            "its slide neighbourhood, the patches of one patient (read from the file names) forming a slide.",
+            "Whole slides (.svs, .ndpi, .mrxs, .scn, .bif, a tiled .tif, or a URI) need --output: each is "
+            "tiled in microns at the model's scale (tissue found on a thumbnail, tiles checked for "
+            "background, pen and blur), called tile by tile, and answered by the mean of its highest tile "
+            "probabilities; one JSON line per slide, and OUT/<slide id>/ holds slide.json, heatmap.png, "
+            "tissue.png and tiles.geojson (QuPath: File > Import objects)."
         ),
     )
     predict.add_argument("--model", required=True, help=MODEL_HELP)
-    predict.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR", help="image files and/or folders")
+    predict.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR_OR_SLIDE",
+                         help="image files and/or folders, and whole slides (.svs, .ndpi, .mrxs, .scn, .bif, tiled "
+                              ".tif, or a gs:// URI)")
+    predict.add_argument("--output", metavar="DIR",
+                         help="slides: write OUT/<slide id>/slide.json, heatmap.png, tissue.png, tiles.geojson")
+    predict.add_argument("--mpp", type=float, default=None,
+                         help="slides: microns per pixel of slides whose file does not say it")
+    predict.add_argument("--model-mpp", type=float, default=None,
+                         help="slides: microns per pixel of the model's training images (default: model_info "
+                              "\"mpp\", or 4.0 for an IDC model)")
+    predict.add_argument("--tile-px", type=positive_int, default=None,
+                         help="slides: pixels of a tile as the model's training images had them (default: "
+                              "model_info \"tile_px\", 50 for IDC, else the model's image size)")
+    predict.add_argument("--top-fraction", type=float, default=0.05,
+                         help="slides: the slide probability is the mean of this share of its highest tile "
+                              "probabilities (at least one tile)")
     predict.add_argument("--heatmap-dir", help="write MIL attention heat-maps (PNG) here")
     predict.add_argument("--batch-size", type=positive_int, default=16, help="images per model call (default 16)")
     predict.add_argument("--verbose", action="store_true", help="show the libraries' log lines too")

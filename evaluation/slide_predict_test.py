@@ -1,0 +1,50 @@
+"""The slide answer, the model's scale, the QuPath GeoJSON and the heat-map on tiny arrays."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from histopath.errors import ConfigError
+from histopath.evaluation import slide_predict
+
+
+def test_slide_score_is_the_mean_of_the_top_fraction():
+    probabilities = [0.1] * 38 + [0.9, 0.7]
+    assert slide_predict.slide_score(probabilities, 0.05) == pytest.approx(0.8)  # top 2 of 40
+    assert slide_predict.slide_score([0.2, 0.6], 0.01) == pytest.approx(0.6)  # at least one tile
+    assert slide_predict.slide_score([], 0.05) is None
+
+
+def test_model_scale_sources():
+    assert slide_predict.model_scale({"dataset": "idc", "image_size": 64}) == slide_predict.ModelScale(
+        4.0, 50, "assumed: an IDC model sees 50 px patches at about 4 µm/px (40x downsampled 16:1)")
+    recorded = slide_predict.model_scale({"mpp": 0.5, "tile_px": 224, "dataset": "breakhis"})
+    assert (recorded.mpp, recorded.tile_px, recorded.tile_um, recorded.source) == (0.5, 224, 112.0, "model_info")
+    given = slide_predict.model_scale({"dataset": "breakhis", "image_size": 96}, model_mpp=1.0)
+    assert (given.tile_px, given.tile_um, given.source) == (96, 96.0, "caller")
+    with pytest.raises(ConfigError, match="pass --model-mpp"):
+        slide_predict.model_scale({"dataset": "breakhis", "model_name": "densenet"})
+
+
+def test_geojson_tiles_in_level0_pixels():
+    tiles = [{"x": 100, "y": 50, "size": 10, "probability": 0.7, "tissue_fraction": 1.0},
+             {"x": 110, "y": 50, "size": 10, "probability": 0.2, "tissue_fraction": 0.5}]
+    collection = slide_predict.tiles_geojson(tiles, 0.5, ["benign", "malignant"])
+    assert collection["type"] == "FeatureCollection" and len(collection["features"]) == 2
+    first, second = collection["features"]
+    assert first["geometry"] == {"type": "Polygon",
+                                 "coordinates": [[[100, 50], [110, 50], [110, 60], [100, 60], [100, 50]]]}
+    assert first["properties"]["classification"]["name"] == "malignant"
+    assert second["properties"]["classification"]["name"] == "benign"
+    assert first["properties"]["measurements"] == {"probability": 0.7, "tissue_fraction": 1.0}
+
+
+def test_heatmap_colours_only_the_called_tiles():
+    thumbnail = np.full((20, 30, 3), 255, np.uint8)
+    tiles = [{"x": 0, "y": 0, "size": 20, "probability": 1.0}, {"x": 20, "y": 0, "size": 20, "probability": 0.0}]
+    image = np.asarray(slide_predict.heatmap_image(thumbnail, 0.5, tiles))  # 10 thumbnail px per tile
+    assert image.shape == (20, 30, 3)
+    hot, cold = image[5, 5].astype(int), image[5, 15].astype(int)
+    assert hot.sum() > cold.sum()  # inferno: yellow at 1, black at 0
+    assert tuple(image[5, 25]) == (255, 255, 255) and tuple(image[15, 5]) == (255, 255, 255)
