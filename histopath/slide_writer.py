@@ -81,6 +81,7 @@ def write_pyramid(path: str | os.PathLike, width: int, height: int, region: Regi
                            tile=(TILE, TILE), photometric="rgb", compression=codec, compressionargs={"level": level},
                            subfiletype=1 if index else 0, description=description if index == 0 else None,
                            metadata=None, **extra)
+        os.chmod(temporary, 0o644)  # mkstemp's 0600 would hide the slide from other users
         os.replace(temporary, path)
     except BaseException:
         if os.path.exists(temporary):
