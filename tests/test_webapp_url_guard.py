@@ -44,6 +44,13 @@ LOOPBACK_ALLOWED = FetchPolicy(allowlist=("127.0.0.1/32",), timeout_s=5, max_byt
         ("100.64.0.1", "non-public"),  # carrier-grade NAT
         ("8.8.8.8", None),
         ("2606:4700:4700::1111", None),
+        ("2002:7f00:1::", "loopback"),  # 6to4 of 127.0.0.1
+        ("2002:a00:1::1", "private"),  # 6to4 of 10.0.0.1
+        ("2002:a9fe:a9fe::", "cloud metadata"),  # 6to4 of 169.254.169.254
+        ("2002:808:808::", None),  # 6to4 of 8.8.8.8: public
+        ("64:ff9b::7f00:1", "loopback"),  # NAT64 of 127.0.0.1
+        ("fec0::1", "site-local"),
+        ("feff::1", "site-local"),
     ],
 )
 def test_blocked_reason_classifies_addresses(address, reason):
@@ -224,3 +231,36 @@ def test_host_resolving_to_mixed_addresses_is_refused(monkeypatch):
     monkeypatch.setattr(url_fetch.socket, "getaddrinfo", mixed)
     with pytest.raises(UrlFetchError, match="private address"):
         fetch_image("http://mixed.example.test/a.png", FetchPolicy())
+
+
+def test_refusal_does_not_show_the_internal_address(monkeypatch):
+    """The user learns the address is internal, not which address the name maps to."""
+    def internal(host, port, *args, **kwargs):
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("10.20.30.40", port)),
+                (socket.AF_INET6, socket.SOCK_STREAM, 6, "", ("2002:a14:1e28::", port, 0, 0))]
+
+    monkeypatch.setattr(url_fetch.socket, "getaddrinfo", internal)
+    with pytest.raises(UrlFetchError) as refused:
+        fetch_image("http://intranet.example.test/a.png", FetchPolicy())
+    assert "private address" in str(refused.value)
+    assert "10.20.30.40" not in str(refused.value) and "2002:" not in str(refused.value)
+
+
+def test_non_ascii_path_is_sent_percent_encoded():
+    with LocalHttpServer({"/caf%C3%A9/%C3%BCber.png": send_body(PNG, "image/png")}) as server:
+        fetched = fetch_image(f"{server.url}/café/über.png?näme=1", LOOPBACK_ALLOWED)
+    assert fetched.data == PNG
+    assert server.hits == ["/caf%C3%A9/%C3%BCber.png?n%C3%A4me=1"]
+
+
+def test_headers_cut_at_the_deadline_are_reported_as_too_slow():
+    """The status line at once, the headers one byte at a time: the user is told it took
+    too long, not that the answer was no image."""
+    from serving_fixtures import dribble
+
+    def route(request):
+        request.wfile.write(b"HTTP/1.1 200 OK\r\n")
+        request.wfile.flush()
+        dribble(b"X-Padding: " + b"a" * 100 + b"\r\nContent-Type: image/png\r\n\r\n", interval_s=0.05)(request)
+
+    _assert_fetch_ends_at_deadline(route, timeout_s=1.0, match="longer than 1 s")

@@ -346,3 +346,14 @@ def test_database_url_parsing(django_app):
     assert (postgres["USER"], postgres["PASSWORD"], postgres["HOST"], postgres["PORT"], postgres["NAME"]) == (
         "hp", "p@ss", "db.internal", 5433, "histopath"
     )
+
+
+def test_url_with_a_non_ascii_path_is_fetched_not_a_server_error(client, shared_data):
+    from django.test import override_settings
+
+    data = idc_images(shared_data, 1)[0].read_bytes()
+    with LocalHttpServer({"/Gewebe/%C3%BCbersicht.png": send_body(data, "image/png")}) as server:
+        with override_settings(HISTOPATH_URL_ALLOWLIST=["127.0.0.1"]):
+            response = client.post("/", {"image_url": f"{server.url}/Gewebe/übersicht.png"})
+    assert response.status_code == 200, _errors(response)
+    assert 'id="result-label"' in response.content.decode()

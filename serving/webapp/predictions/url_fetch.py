@@ -25,7 +25,7 @@ import ssl
 import threading
 import time
 from typing import Iterable, Iterator
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import quote, urljoin, urlsplit
 
 REDIRECT_STATUSES = (301, 302, 303, 307, 308)
 METADATA_ADDRESSES = frozenset(
@@ -129,8 +129,12 @@ def blocked_reason(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> st
     Returns:
       e.g. "loopback" or "private", None for a public unicast address.
     """
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.is_site_local:
+            return "site-local"
+        embedded = _embedded_ipv4(address)
+        if embedded is not None:  # the IPv4 address it reaches decides
+            return blocked_reason(embedded)
     checks = (
         (address in METADATA_ADDRESSES, "cloud metadata"),
         (address.is_loopback, "loopback"),
@@ -144,6 +148,21 @@ def blocked_reason(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> st
     for blocked, reason in checks:
         if blocked:
             return reason
+    return None
+
+
+NAT64_PREFIX = ipaddress.ip_network("64:ff9b::/96")
+
+
+def _embedded_ipv4(address: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
+    """The IPv4 address an IPv6 address leads to: IPv4-mapped (::ffff:a.b.c.d), 6to4
+    (2002:AABB:CCDD::/48), NAT64 (64:ff9b::a.b.c.d); None for a native IPv6 address."""
+    if address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    if address.sixtofour is not None:
+        return address.sixtofour
+    if address in NAT64_PREFIX:
+        return ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
     return None
 
 
@@ -194,9 +213,8 @@ def vet_url(url: str, policy: FetchPolicy) -> tuple[str, str, int, str]:
         address = ipaddress.ip_address(info[4][0].split("%")[0])
         reason = blocked_reason(address)
         if reason and not _allowed_by_list(host, address, policy.allowlist):
-            raise UrlFetchError(
-                f"the host {host!r} resolves to a {reason} address ({address}); "
-                "only public addresses may be fetched"
+            raise UrlFetchError(  # the address itself is not shown: it maps the internal network
+                f"the host {host!r} resolves to a {reason} address; only public addresses may be fetched"
             )
         addresses.append(address)
     if not addresses:
@@ -252,8 +270,7 @@ def _fetch(current: str, policy: FetchPolicy, watchdog: _Watchdog) -> FetchedIma
     too_slow = f"fetching the image took longer than {policy.timeout_s:g} s"
     for _ in range(policy.max_redirects + 1):
         scheme, host, port, ip = vet_url(current, policy)
-        parts = urlsplit(current)
-        target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        target = _request_target(urlsplit(current))
         connection_class = _PinnedHTTPSConnection if scheme == "https" else _PinnedHTTPConnection
         remaining = deadline - time.monotonic()
         if remaining <= 0:
@@ -266,6 +283,8 @@ def _fetch(current: str, policy: FetchPolicy, watchdog: _Watchdog) -> FetchedIma
                 "GET", target, headers={"User-Agent": USER_AGENT, "Accept": "image/*"}
             )
             response = connection.getresponse()
+            if watchdog.expired:  # the headers were cut at the deadline, not complete
+                raise UrlFetchError(too_slow)
             if response.status in REDIRECT_STATUSES:
                 location = response.getheader("Location")
                 if not location:
@@ -289,6 +308,8 @@ def _fetch(current: str, policy: FetchPolicy, watchdog: _Watchdog) -> FetchedIma
         except (TimeoutError, socket.timeout):
             raise UrlFetchError(too_slow) from None
         except UrlFetchError:
+            if watchdog.expired:  # whatever the cut-off answer looked like, it was too slow
+                raise UrlFetchError(too_slow) from None
             raise
         except Exception as error:
             if watchdog.expired or time.monotonic() >= deadline:
@@ -299,13 +320,20 @@ def _fetch(current: str, policy: FetchPolicy, watchdog: _Watchdog) -> FetchedIma
     raise UrlFetchError(f"too many redirects (more than {policy.max_redirects})")
 
 
-def _failure(error: Exception, host: str) -> Exception:
-    """The user's message for a failed connection (other exceptions pass through)."""
+def _request_target(parts) -> str:
+    """The path and query to send, percent-encoded as UTF-8 (a URL may hold any
+    character; the request line only ASCII). Existing %-escapes are kept."""
+    safe = "/%:@!$&'()*+,;=-._~"
+    path = quote(parts.path or "/", safe=safe, encoding="utf-8", errors="strict")
+    query = quote(parts.query, safe=safe + "?", encoding="utf-8", errors="strict")
+    return path + (f"?{query}" if query else "")
+
+
+def _failure(error: Exception, host: str) -> UrlFetchError:
+    """The user's message for a failed fetch (never a server error page)."""
     if isinstance(error, ssl.SSLError):
         return UrlFetchError(f"secure connection to {host!r} failed ({error.reason})")
-    if isinstance(error, (OSError, http.client.HTTPException)):
-        return UrlFetchError(f"could not fetch the image from {host!r} ({type(error).__name__})")
-    return error
+    return UrlFetchError(f"could not fetch the image from {host!r} ({type(error).__name__})")
 
 
 def _read_capped(response: http.client.HTTPResponse, policy: FetchPolicy) -> bytes:
