@@ -23,6 +23,8 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import queue
+import threading
 import time
 from typing import Any, Dict, Iterator, List, Optional, Sequence
 
@@ -35,7 +37,7 @@ from histopath.errors import ConfigError, DataError
 IDC_MODEL_MPP = 4.0  # µm/px assumed for a model trained on IDC patches without "mpp" in model_info
 IDC_TILE_PX = 50  # IDC patch side: the pixels such a model was trained on
 TOP_FRACTION = 0.05  # the slide score is the mean of this share of its highest tile probabilities
-HEATMAP_MAX_SIDE = 2048
+PREFETCH_BATCHES = 2  # batches read ahead of the model
 _BENIGN_COLOUR, _MALIGNANT_COLOUR = (60, 160, 60), (200, 30, 30)
 
 
@@ -99,18 +101,56 @@ def _model_inputs(batch: List[tiling.Tile], tile_px: int) -> List[bytes]:
     return [images.encode_png(Image.fromarray(p)) for p in pixels]
 
 
+def _prepared_batches(tiler: tiling.Tiler, batch_size: int) -> Iterator[tuple[List[tiling.Tile], List[bytes]]]:
+    """(tiles, model inputs) batch by batch, read and encoded by a background thread while the
+    model runs on the previous batch (TensorFlow releases the GIL); at most `PREFETCH_BATCHES`
+    batches wait, so memory stays bounded."""
+    pending: queue.Queue = queue.Queue(maxsize=PREFETCH_BATCHES)
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            for batch in tiling.batches(iter(tiler), batch_size):
+                item = (batch, _model_inputs(batch, tiler.grid.tile_px))
+                while not stop.is_set():
+                    try:
+                        pending.put(item, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            pending.put(None)
+        except BaseException as error:  # re-raised in the caller's thread
+            pending.put(error)
+
+    worker = threading.Thread(target=produce, name=f"tiles-{tiler.slide.slide_id}", daemon=True)
+    worker.start()
+    try:
+        while (item := pending.get()) is not None:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        worker.join()
+
+
 def call_tiles(loaded, tiler: tiling.Tiler, batch_size: int = 64) -> Iterator[Dict[str, Any]]:
-    """Runs the model on a slide's tiles, batch by batch.
+    """Runs the model on a slide's tiles, batch by batch (the next batch read meanwhile).
 
     Yields:
       Per called tile: x, y, size, column, row, tissue_fraction, probability,
       tissue_detected (the model's own no-tissue answer).
+
+    Raises:
+      SlideError: a tile cannot be read (the message names the slide).
     """
     from histopath.models import exported
 
-    for batch in tiling.batches(iter(tiler), batch_size):
+    for batch, inputs in _prepared_batches(tiler, batch_size):
         names = [f"{tiler.slide.path} tile ({t.x}, {t.y})" for t in batch]
-        rows = exported.predict_bytes(loaded, _model_inputs(batch, tiler.grid.tile_px), names=names)
+        rows = exported.predict_bytes(loaded, inputs, names=names)
         for tile, row in zip(batch, rows):
             yield {"x": tile.x, "y": tile.y, "size": tile.size, "column": tile.column, "row": tile.row,
                    "tissue_fraction": round(tile.tissue_fraction, 4), "probability": row["probability"],

@@ -48,3 +48,32 @@ def test_heatmap_colours_only_the_called_tiles():
     hot, cold = image[5, 5].astype(int), image[5, 15].astype(int)
     assert hot.sum() > cold.sum()  # inferno: yellow at 1, black at 0
     assert tuple(image[5, 25]) == (255, 255, 255) and tuple(image[15, 5]) == (255, 255, 255)
+
+
+def test_prepared_batches_in_order_and_errors_reach_the_caller(tmp_path):
+    from histopath import slide_writer, slides, tiling
+
+    rng = np.random.default_rng(0)
+    image = np.full((400, 400, 3), 245, np.uint8)
+    image[:, :200] = np.clip(np.array((220, 120, 170)) + rng.normal(0, 30, (400, 200, 3)), 0, 255).astype(np.uint8)
+    path = tmp_path / "half.tif"
+    slide_writer.write_pyramid(path, 400, 400, slide_writer.array_region(image), mpp=1.0, compression="lossless")
+    with slides.open_slide(path) as slide:
+        tiler = tiling.Tiler(slide, tile_um=50, tile_px=25)  # 8x8 cells, the left 4 columns tissue
+        batches = list(slide_predict._prepared_batches(tiler, 5))
+        assert [len(tiles) for tiles, _ in batches] == [5] * 6 + [2]
+        cells = [(t.row, t.column) for tiles, _ in batches for t in tiles]
+        assert cells == [(r, c) for r in range(8) for c in range(4)]
+        assert all(len(inputs) == len(tiles) and inputs[0].startswith(b"\x89PNG") for tiles, inputs in batches)
+
+        original, calls = slide.read_region, []
+
+        def failing(*args):
+            calls.append(args)
+            if len(calls) == 7:
+                raise slides.SlideError(f"{path}: cannot read the region")
+            return original(*args)
+
+        slide.read_region = failing
+        with pytest.raises(slides.SlideError, match="half.tif: cannot read the region"):
+            list(slide_predict._prepared_batches(tiling.Tiler(slide, tile_um=50, tile_px=25), 5))
