@@ -124,6 +124,34 @@ def _presets(args: argparse.Namespace) -> int:
     return 0
 
 
+def _kfp_target(args: argparse.Namespace):
+    from histopath.pipeline.submit import KfpTarget
+
+    if args.kube_context and (args.token or args.kfp_host):
+        raise ConfigError("--kube-context uses the kubeconfig's credentials: it takes no --token")
+    return KfpTarget(host=args.kfp_host, token=args.token, cookie=args.cookie, namespace=args.namespace,
+                     kube_context=args.kube_context)
+
+
+def _submit_request(args: argparse.Namespace, spec, name: str) -> dict:
+    """What `_submit` would send (printed by --dry-run)."""
+    from histopath.pipeline import submit
+
+    if not args.vertex:
+        if args.command == "schedule":
+            return submit.kfp_recurring_run_request(
+                spec, _kfp_target(args), name=name, cron=args.cron, max_concurrency=args.max_concurrency,
+                no_catchup=args.no_catchup, experiment=args.experiment, pipeline_root=args.pipeline_root)
+        return submit.kfp_run_request(spec, _kfp_target(args), run_name=name, experiment=args.experiment,
+                                      pipeline_root=args.pipeline_root)
+    if args.command == "schedule":
+        return submit.vertex_schedule_request(
+            spec, args.vertex, name=name, cron=args.cron, max_concurrency=args.max_concurrency,
+            pipeline_root=args.pipeline_root, service_account=args.service_account)
+    return submit.vertex_job_request(spec, args.vertex, display_name=name, pipeline_root=args.pipeline_root,
+                                     service_account=args.service_account)
+
+
 def _submit(args: argparse.Namespace) -> int:
     import json
 
@@ -131,43 +159,28 @@ def _submit(args: argparse.Namespace) -> int:
 
     spec = submit.load_spec(args.spec)
     name = args.name or spec.name
-    scheduled = args.command == "schedule"
     try:
-        if args.kfp_host:
-            if scheduled:
-                request = submit.kfp_recurring_run_request(
-                    spec, name=name, cron=args.cron, max_concurrency=args.max_concurrency,
-                    no_catchup=args.no_catchup, experiment=args.experiment, pipeline_root=args.pipeline_root)
-            else:
-                request = submit.kfp_run_request(spec, run_name=name, experiment=args.experiment,
-                                                 pipeline_root=args.pipeline_root)
-        elif scheduled:
-            request = submit.vertex_schedule_request(
-                spec, args.vertex, name=name, cron=args.cron, max_concurrency=args.max_concurrency,
-                pipeline_root=args.pipeline_root, service_account=args.service_account)
-        else:
-            request = submit.vertex_job_request(spec, args.vertex, display_name=name, pipeline_root=args.pipeline_root,
-                                                service_account=args.service_account)
+        request = _submit_request(args, spec, name)
     except cron.CronError as error:
         raise ConfigError(f"--cron {args.cron!r}: {error}") from None
     if args.dry_run:
         print(json.dumps(request, indent=2, sort_keys=True))
         print("dry run: nothing was sent", file=sys.stderr)
         return 0
-    if args.kfp_host and scheduled:
-        result = submit.kfp_schedule(args.kfp_host, spec, name=name, cron=args.cron,
+    common = {"pipeline_root": args.pipeline_root}
+    if not args.vertex and args.command == "schedule":
+        result = submit.kfp_schedule(_kfp_target(args), spec, name=name, cron=args.cron,
                                      max_concurrency=args.max_concurrency, no_catchup=args.no_catchup,
-                                     experiment=args.experiment, pipeline_root=args.pipeline_root)
-    elif args.kfp_host:
-        result = submit.kfp_submit(args.kfp_host, spec, run_name=name, experiment=args.experiment,
-                                   pipeline_root=args.pipeline_root)
-    elif scheduled:
+                                     experiment=args.experiment, **common)
+    elif not args.vertex:
+        result = submit.kfp_submit(_kfp_target(args), spec, run_name=name, experiment=args.experiment, **common)
+    elif args.command == "schedule":
         result = submit.vertex_schedule(spec, args.vertex, name=name, cron=args.cron,
-                                        max_concurrency=args.max_concurrency, pipeline_root=args.pipeline_root,
-                                        service_account=args.service_account)
+                                        max_concurrency=args.max_concurrency, service_account=args.service_account,
+                                        key_file=args.key_file, **common)
     else:
-        result = submit.vertex_submit(spec, args.vertex, display_name=name, pipeline_root=args.pipeline_root,
-                                      service_account=args.service_account)
+        result = submit.vertex_submit(spec, args.vertex, display_name=name, service_account=args.service_account,
+                                      key_file=args.key_file, **common)
     print(json.dumps(result, sort_keys=True))
     return 0
 
@@ -176,7 +189,21 @@ def _add_submit_arguments(parser: argparse.ArgumentParser, *, schedule: bool) ->
     parser.add_argument("--spec", required=True, metavar="PIPELINE.yaml", help="the spec `histopath compile` wrote")
     target = parser.add_mutually_exclusive_group(required=True)
     target.add_argument("--kfp-host", metavar="URL", help="Kubeflow Pipelines API, e.g. http://ml-pipeline-ui:80")
+    target.add_argument("--kube-context", metavar="CONTEXT",
+                        help="Kubeflow Pipelines through the Kubernetes API server of this kubeconfig context, "
+                        "with its credentials ($KUBECONFIG selects the file)")
     target.add_argument("--vertex", metavar="PROJECT/REGION", help="Vertex AI Pipelines project and region")
+    kfp = parser.add_argument_group("Kubeflow Pipelines credentials (docs/kubeflow.md)")
+    kfp.add_argument("--token", metavar="TOKEN",
+                     help="bearer token sent with every request (default: the file $KF_PIPELINES_SA_TOKEN_PATH, "
+                     "or the in-cluster /var/run/secrets/kubeflow/pipelines/token when it exists)")
+    kfp.add_argument("--cookie", metavar="NAME=VALUE",
+                     help="cookie sent with every request, e.g. the authservice_session or oauth2_proxy_kubeflow "
+                     "cookie of a Dex login in front of a multi-user Kubeflow")
+    kfp.add_argument("--namespace", metavar="NS", help="your profile namespace on a multi-user Kubeflow")
+    parser.add_argument("--key-file", metavar="KEY.json",
+                        help="Vertex: a service-account (or external-account) key instead of Application Default "
+                        "Credentials")
     parser.add_argument("--experiment", help="KFP experiment (default: Default)")
     parser.add_argument("--service-account", metavar="SA", help="Vertex: the service account the run uses")
     parser.add_argument("--pipeline-root", metavar="URI", help="override the spec's pipeline root")
@@ -229,8 +256,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     _add_submit_arguments(subparsers.add_parser(
         "submit", help="start one run of a compiled pipeline on Kubeflow Pipelines or Vertex AI",
         description="Submits the spec written by `histopath compile`: to Kubeflow Pipelines with kfp.Client "
-        "(credentials from your kubeconfig or KF_PIPELINES_* settings) or to Vertex AI with "
-        "google-cloud-aiplatform (Application Default Credentials)."), schedule=False)
+        "(--token, a service-account token file, --cookie, or a kubeconfig context) or to Vertex AI with "
+        "google-cloud-aiplatform (Application Default Credentials or --key-file)."), schedule=False)
     _add_submit_arguments(subparsers.add_parser(
         "schedule", help="run a compiled pipeline on a cron schedule (Kubeflow recurring run / Vertex schedule)",
         description="Creates a recurring run: each run ingests the spans that arrived since the last and "

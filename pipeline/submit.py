@@ -1,16 +1,17 @@
 """Submitting a compiled pipeline, once or on a schedule, to Kubeflow Pipelines or Vertex AI.
 
 - Kubeflow Pipelines: `kfp.Client` (`create_run_from_pipeline_package`,
-  `create_recurring_run`), against the KFP v2beta1 API. Credentials: what `kfp.Client`
-  finds itself (a kubeconfig / in-cluster token, `KF_PIPELINES_*` settings).
+  `create_recurring_run`), against the KFP v2beta1 API.
 - Vertex AI Pipelines: `google-cloud-aiplatform` (`PipelineJob.submit`,
-  `PipelineJob.create_schedule`). Credentials: Application Default Credentials.
-  `HISTOPATH_VERTEX_API_ENDPOINT` points the client at another endpoint (a private
-  endpoint, or a test server).
+  `PipelineJob.create_schedule`). `HISTOPATH_VERTEX_API_ENDPOINT` points the client at
+  another endpoint (a private endpoint, or a test server).
+
+Credentials: `submit_auth` (a token, a service-account token file, a session cookie or a
+kubeconfig context for KFP; Application Default Credentials or a key file for Vertex).
 
 A dry run builds exactly the request the client would send, prints it, and sends nothing.
-Everything that can be checked here (the spec, the cron, the pipeline root, the KFP host
-answering) is checked before anything is sent.
+Everything that can be checked here (the spec, the cron, the pipeline root, the service
+answering an authenticated request) is checked before anything is sent.
 """
 
 from __future__ import annotations
@@ -18,25 +19,19 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import io
-import json
 import os
-import socket
 import tempfile
-import urllib.error
-import urllib.request
 from typing import Any, Optional
 
 from histopath import fileio
-from histopath.errors import ConfigError, HistopathError
+from histopath.errors import ConfigError
 from histopath.pipeline import cron as cron_lib
+from histopath.pipeline.submit_auth import KfpTarget, SubmitError, check_kfp, vertex_errors
+
+__all__ = ["KfpTarget", "SubmitError", "Spec", "load_spec"]
 
 KFP_SCHEMA_VERSION = "2.1.0"  # the only PipelineSpec version open-source KFP servers accept
-HOST_TIMEOUT_S = 5.0
-VERTEX_ENDPOINT_ENV = "HISTOPATH_VERTEX_API_ENDPOINT"
-
-
-class SubmitError(HistopathError):
-    """The scheduler cannot be reached or refused the request."""
+VERTEX_CREATE_TIMEOUT_S = 60.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,23 +88,6 @@ def _pipeline_root(spec: Spec, override: Optional[str], vertex: bool) -> str:
 
 
 # ---- Kubeflow Pipelines -----------------------------------------------------------------
-def check_kfp_host(host: str, timeout: float = HOST_TIMEOUT_S) -> None:
-    """One `GET /apis/v2beta1/healthz` with a short timeout (kfp.Client has none).
-
-    Raises:
-      SubmitError: the host does not answer, or answers with an error.
-    """
-    url = host.rstrip("/") + "/apis/v2beta1/healthz"
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-    try:
-        with opener.open(url, timeout=timeout) as response:
-            json.loads(response.read() or b"{}")
-    except urllib.error.HTTPError as error:
-        raise SubmitError(f"Kubeflow Pipelines at {host} answered HTTP {error.code} on {url}") from None
-    except (urllib.error.URLError, socket.timeout, TimeoutError, ConnectionError, ValueError) as error:
-        raise SubmitError(f"cannot reach Kubeflow Pipelines at {host}: {getattr(error, 'reason', error)}") from None
-
-
 def _check_kfp_spec(spec: Spec) -> None:
     version = spec.pipeline_spec.get("schemaVersion", "")
     if version != KFP_SCHEMA_VERSION:
@@ -118,15 +96,17 @@ def _check_kfp_spec(spec: Spec) -> None:
 
 
 @contextlib.contextmanager
-def _kfp_client(host: str):
-    """`kfp.Client` (it prints links to stdout, kept off the terminal here)."""
+def _kfp_client(target: KfpTarget):
+    """`kfp.Client` for `target` (it prints links to stdout, kept off the terminal here)."""
     import warnings
 
     import kfp
 
+    from histopath.pipeline.submit_auth import kfp_client_arguments
+
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
         warnings.simplefilter("ignore", FutureWarning)
-        yield kfp.Client(host=host)
+        yield kfp.Client(**kfp_client_arguments(target))
 
 
 def _kfp_package(spec: Spec, folder: str) -> str:
@@ -146,7 +126,16 @@ def _kfp_spec_body(spec: Spec) -> dict[str, Any]:
     return json_format.MessageToDict(json_format.ParseDict(spec.pipeline_spec, pipeline_spec_pb2.PipelineSpec()))
 
 
-def kfp_run_request(spec: Spec, *, run_name: str, experiment: Optional[str], pipeline_root: Optional[str]) -> dict:
+def _kfp_request(path: str, body, target: KfpTarget, experiment: Optional[str]) -> dict:
+    import kfp_server_api
+
+    return {"method": "POST", "path": path, "experiment": experiment or "Default", "namespace": target.namespace,
+            "credential": target.describe_credential(),
+            "body": kfp_server_api.ApiClient().sanitize_for_serialization(body)}
+
+
+def kfp_run_request(spec: Spec, target: KfpTarget, *, run_name: str, experiment: Optional[str],
+                    pipeline_root: Optional[str]) -> dict:
     """The `POST /apis/v2beta1/runs` body `kfp_submit` sends (the experiment by name: its
     id is looked up when sending)."""
     import kfp_server_api
@@ -155,12 +144,11 @@ def kfp_run_request(spec: Spec, *, run_name: str, experiment: Optional[str], pip
         display_name=run_name, pipeline_spec=_kfp_spec_body(spec),
         runtime_config=kfp_server_api.V2beta1RuntimeConfig(pipeline_root=_pipeline_root(spec, pipeline_root, False),
                                                            parameters={}))
-    return {"method": "POST", "path": "/apis/v2beta1/runs", "experiment": experiment or "Default",
-            "body": kfp_server_api.ApiClient().sanitize_for_serialization(body)}
+    return _kfp_request("/apis/v2beta1/runs", body, target, experiment)
 
 
-def kfp_recurring_run_request(spec: Spec, *, name: str, cron: str, max_concurrency: int, no_catchup: bool,
-                              experiment: Optional[str], pipeline_root: Optional[str]) -> dict:
+def kfp_recurring_run_request(spec: Spec, target: KfpTarget, *, name: str, cron: str, max_concurrency: int,
+                              no_catchup: bool, experiment: Optional[str], pipeline_root: Optional[str]) -> dict:
     """The `POST /apis/v2beta1/recurringruns` body `kfp_schedule` sends."""
     import kfp_server_api
 
@@ -171,33 +159,32 @@ def kfp_recurring_run_request(spec: Spec, *, name: str, cron: str, max_concurren
                                                            parameters={}),
         trigger=kfp_server_api.V2beta1Trigger(cron_schedule=kfp_server_api.V2beta1CronSchedule(
             cron=cron_lib.to_kfp(cron))))
-    return {"method": "POST", "path": "/apis/v2beta1/recurringruns", "experiment": experiment or "Default",
-            "body": kfp_server_api.ApiClient().sanitize_for_serialization(body)}
+    return _kfp_request("/apis/v2beta1/recurringruns", body, target, experiment)
 
 
-def kfp_submit(host: str, spec: Spec, *, run_name: str, experiment: Optional[str] = None,
+def kfp_submit(target: KfpTarget, spec: Spec, *, run_name: str, experiment: Optional[str] = None,
                pipeline_root: Optional[str] = None) -> dict:
     """Starts one run; returns {"run_id", "experiment"}."""
     _check_kfp_spec(spec)
     root = _pipeline_root(spec, pipeline_root, False)
-    check_kfp_host(host)
-    with tempfile.TemporaryDirectory() as folder, _kfp_client(host) as client:
+    check_kfp(target)
+    with tempfile.TemporaryDirectory() as folder, _kfp_client(target) as client:
         result = client.create_run_from_pipeline_package(
             _kfp_package(spec, folder), arguments={}, run_name=run_name,
-            experiment_name=experiment or "Default", pipeline_root=root)
+            experiment_name=experiment or "Default", namespace=target.namespace, pipeline_root=root)
     return {"run_id": result.run_id, "experiment": experiment or "Default"}
 
 
-def kfp_schedule(host: str, spec: Spec, *, name: str, cron: str, max_concurrency: int = 1,
+def kfp_schedule(target: KfpTarget, spec: Spec, *, name: str, cron: str, max_concurrency: int = 1,
                  no_catchup: bool = False, experiment: Optional[str] = None,
                  pipeline_root: Optional[str] = None) -> dict:
     """Creates a recurring run; returns {"recurring_run_id", "cron"} (the cron as KFP reads it)."""
     _check_kfp_spec(spec)
     kfp_cron = cron_lib.to_kfp(cron)
     root = _pipeline_root(spec, pipeline_root, False)
-    check_kfp_host(host)
-    with tempfile.TemporaryDirectory() as folder, _kfp_client(host) as client:
-        experiment_id = client.create_experiment(experiment or "Default").experiment_id
+    check_kfp(target)
+    with tempfile.TemporaryDirectory() as folder, _kfp_client(target) as client:
+        experiment_id = client.create_experiment(experiment or "Default", namespace=target.namespace).experiment_id
         result = client.create_recurring_run(
             experiment_id=experiment_id, job_name=name, cron_expression=kfp_cron, max_concurrency=max_concurrency,
             no_catchup=no_catchup, params={}, pipeline_package_path=_kfp_package(spec, folder), pipeline_root=root)
@@ -217,32 +204,32 @@ def parse_vertex_target(text: str) -> tuple[str, str]:
     return project, region
 
 
-def _vertex_job(spec: Spec, target: str, *, display_name: str, pipeline_root: Optional[str], credentials=None):
+def _vertex_job(spec: Spec, project: str, region: str, *, display_name: str, pipeline_root: Optional[str],
+                credentials):
+    """A PipelineJob holding its own credentials (inside `submit_auth.vertex_session`)."""
     from google.cloud import aiplatform
 
-    project, region = parse_vertex_target(target)
-    options: dict[str, Any] = {"project": project, "location": region, "api_transport": "rest"}
-    if os.environ.get(VERTEX_ENDPOINT_ENV):
-        options["api_endpoint"] = os.environ[VERTEX_ENDPOINT_ENV]
-    if credentials is not None:
-        options["credentials"] = credentials
-    aiplatform.init(**options)
-    return aiplatform.PipelineJob(display_name=display_name, template_path=spec.path,
+    return aiplatform.PipelineJob(display_name=display_name, template_path=spec.path, project=project,
+                                  location=region, credentials=credentials,
                                   pipeline_root=_pipeline_root(spec, pipeline_root, True))
 
 
 def vertex_job_request(spec: Spec, target: str, *, display_name: str, pipeline_root: Optional[str] = None,
                        service_account: Optional[str] = None) -> dict:
-    """The `pipelineJobs.create` request `vertex_submit` sends."""
+    """The `pipelineJobs.create` request `vertex_submit` sends (built without credentials)."""
     from google.auth.credentials import AnonymousCredentials
 
-    job = _vertex_job(spec, target, display_name=display_name, pipeline_root=pipeline_root,
-                      credentials=AnonymousCredentials())  # building the request needs no account
-    body = job.to_dict()
+    from histopath.pipeline.submit_auth import vertex_session
+
+    project, region = parse_vertex_target(target)
+    _pipeline_root(spec, pipeline_root, True)
+    with vertex_session(project, region):
+        job = _vertex_job(spec, project, region, display_name=display_name, pipeline_root=pipeline_root,
+                          credentials=AnonymousCredentials())  # building the request needs no account
+        body = job.to_dict()
     if service_account:
         body["serviceAccount"] = service_account
-    return {"method": "POST", "path": f"/v1/projects/{job.project}/locations/{job.location}/pipelineJobs",
-            "body": body}
+    return {"method": "POST", "path": f"/v1/projects/{project}/locations/{region}/pipelineJobs", "body": body}
 
 
 def vertex_schedule_request(spec: Spec, target: str, *, name: str, cron: str, max_concurrency: int,
@@ -258,31 +245,38 @@ def vertex_schedule_request(spec: Spec, target: str, *, name: str, cron: str, ma
                      "createPipelineJobRequest": {"parent": parent[len("/v1/"):], "pipelineJob": pipeline_job}}}
 
 
+@contextlib.contextmanager
+def _authenticated_vertex_job(spec: Spec, target: str, *, display_name: str, pipeline_root: Optional[str],
+                              key_file: Optional[str]):
+    from histopath.pipeline.submit_auth import check_vertex, vertex_credentials, vertex_session
+
+    project, region = parse_vertex_target(target)
+    _pipeline_root(spec, pipeline_root, True)
+    credentials = vertex_credentials(key_file)
+    check_vertex(credentials, project, region)
+    with vertex_session(project, region, credentials), vertex_errors():
+        yield _vertex_job(spec, project, region, display_name=display_name, pipeline_root=pipeline_root,
+                          credentials=credentials)
+
+
 def vertex_submit(spec: Spec, target: str, *, display_name: str, pipeline_root: Optional[str] = None,
-                  service_account: Optional[str] = None) -> dict:
+                  service_account: Optional[str] = None, key_file: Optional[str] = None) -> dict:
     """Starts one Vertex AI pipeline run; returns {"resource_name"}."""
-    job = _vertex_job(spec, target, display_name=display_name, pipeline_root=pipeline_root)
-    with _vertex_errors():
-        job.submit(service_account=service_account)
+    with _authenticated_vertex_job(spec, target, display_name=display_name, pipeline_root=pipeline_root,
+                                   key_file=key_file) as job:
+        job.submit(service_account=service_account, create_request_timeout=VERTEX_CREATE_TIMEOUT_S)
     return {"resource_name": job.resource_name}
 
 
 def vertex_schedule(spec: Spec, target: str, *, name: str, cron: str, max_concurrency: int = 1,
-                    pipeline_root: Optional[str] = None, service_account: Optional[str] = None) -> dict:
+                    pipeline_root: Optional[str] = None, service_account: Optional[str] = None,
+                    key_file: Optional[str] = None) -> dict:
     """Creates a Vertex AI pipeline schedule; returns {"resource_name", "cron"}."""
     cron_lib.check_unix_cron(cron)
-    job = _vertex_job(spec, target, display_name=name, pipeline_root=pipeline_root)
-    with _vertex_errors():
+    with _authenticated_vertex_job(spec, target, display_name=name, pipeline_root=pipeline_root,
+                                   key_file=key_file) as job:
         schedule = job.create_schedule(cron=cron, display_name=name, max_concurrent_run_count=max_concurrency,
-                                       service_account=service_account)
-    return {"resource_name": schedule.resource_name, "cron": cron}
-
-
-@contextlib.contextmanager
-def _vertex_errors():
-    from google.api_core import exceptions
-
-    try:
-        yield
-    except exceptions.GoogleAPICallError as error:
-        raise SubmitError(f"Vertex AI refused the request: {error.message or error}") from None
+                                       service_account=service_account,
+                                       create_request_timeout=VERTEX_CREATE_TIMEOUT_S)
+        name = schedule.resource_name
+    return {"resource_name": name, "cron": cron}

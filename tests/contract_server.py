@@ -12,6 +12,14 @@ generated models, answers as the API documents, and records everything.
   `google.cloud.aiplatform_v1` types; the pipeline spec inside strictly as a PipelineSpec.
 
 A rejected request gets 400 with the API's error body and is listed in `errors`.
+
+Every request is recorded with its headers. With `authorize` set (a check of a request's
+headers: `carries(name, value)`, or `google_bearer(...)`, which also accepts the self-signed
+JWT Google's client libraries make from a service-account key), a request that fails it
+is answered 401 as the real API answers, and `unauthenticated()` lists it. `multi_user=True` answers like a multi-user Kubeflow: healthz says so and an
+experiment must name its namespace. KFP is also served under the Kubernetes API server's
+service-proxy path (`/api/v1/namespaces/kubeflow/services/ml-pipeline:http/proxy/`),
+where `kfp.Client` goes through a kubeconfig.
 """
 
 from __future__ import annotations
@@ -23,7 +31,7 @@ import re
 import threading
 import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, Callable
 
 import kfp_server_api
 from google.protobuf import json_format
@@ -33,6 +41,46 @@ from histopath.pipeline import cron
 
 _NATIVE = {"str", "int", "bool", "float", "object", "datetime", "date"}
 _INT64_AS_STRING = {("V2beta1RecurringRun", "max_concurrency")}  # swagger types int64 as string
+
+
+KUBE_PROXY = "/api/v1/namespaces/kubeflow/services/ml-pipeline:http/proxy/"
+
+
+def _header_values(headers: dict, name: str) -> list[str]:
+    """The values of header `name` (case-insensitive); a Cookie header's cookies one by one too."""
+    values = [value for key, value in headers.items() if key.lower() == name.lower()]
+    if name.lower() == "cookie":
+        values += [part.strip() for value in values for part in value.split(";")]
+    return values
+
+
+def carries(name: str, value: str) -> Callable[[dict], bool]:
+    """A request check: header `name` is `value` (for Cookie: one of its cookies is)."""
+    return lambda headers: value in _header_values(headers, name)
+
+
+def google_bearer(access_token: str, public_key_pem: str, client_email: str) -> Callable[[dict], bool]:
+    """A request check as Google's APIs make it for a service account: `Bearer` with the
+    access token the token endpoint issued, or a JWT the account's key signed
+    (iss = sub = the account; unexpired), which the client libraries send instead."""
+    from google.auth import exceptions, jwt
+
+    def check(headers: dict) -> bool:
+        for value in _header_values(headers, "Authorization"):
+            scheme, _, token = value.partition(" ")
+            if scheme != "Bearer":
+                continue
+            if token == access_token:
+                return True
+            try:
+                claims = jwt.decode(token, certs=public_key_pem, verify=True)
+            except (ValueError, exceptions.GoogleAuthError):
+                continue
+            if claims.get("iss") == claims.get("sub") == client_email:
+                return True
+        return False
+
+    return check
 
 
 class ContractError(Exception):
@@ -121,12 +169,15 @@ class Recorded:
     query: dict
     body: Any
     status: int = 0
+    headers: dict = dataclasses.field(default_factory=dict)
 
 
 class ContractServer:
     """The endpoint, on a free loopback port, in a thread (a context manager)."""
 
-    def __init__(self) -> None:
+    def __init__(self, authorize: Callable[[dict], bool] | None = None, multi_user: bool = False) -> None:
+        self.authorize = authorize
+        self.multi_user = multi_user
         self.requests: list[Recorded] = []
         self.errors: list[str] = []
         self.experiments: dict[str, dict] = {}
@@ -154,6 +205,11 @@ class ContractServer:
     def bodies(self, method: str, path: str) -> list:
         return [r.body for r in self.requests if (r.method, r.path) == (method, path)]
 
+    def unauthenticated(self) -> list[tuple[str, str]]:
+        """(method, path) of every request that lacked the credential (the token endpoint,
+        which the credential comes from, aside)."""
+        return [(r.method, r.path) for r in self.requests if r.path != "/token" and not self.authorize(r.headers)]
+
     def _new_id(self) -> str:
         return f"{next(self._ids):08d}-0000-4000-8000-000000000000"
 
@@ -176,9 +232,14 @@ class ContractServer:
                         body = json.loads(raw)
                     except ValueError:
                         body = raw
-                record = Recorded(self.command, parsed.path, query, body)
+                record = Recorded(self.command, parsed.path, query, body, headers=dict(self.headers.items()))
                 try:
-                    status, payload = server._route(self.command, parsed.path, query, body, raw)
+                    if server.authorize and parsed.path != "/token" and not server.authorize(record.headers):
+                        status, payload = 401, {"error": {"code": 401, "status": "UNAUTHENTICATED",
+                                                          "message": "Request is missing required authentication "
+                                                          "credential."}}
+                    else:
+                        status, payload = server._route(self.command, parsed.path, query, body, raw)
                 except ContractError as error:
                     server.errors.append(f"{self.command} {parsed.path}: {error}")
                     status = 400
@@ -202,8 +263,13 @@ class ContractServer:
     def _route(self, method: str, path: str, query: dict, body: Any, raw: bytes) -> tuple[int, Any]:
         if path == "/token":  # OAuth 2.0 token endpoint of a service-account key
             return 200, {"access_token": "test-token", "token_type": "Bearer", "expires_in": 3600}
+        if path.startswith(KUBE_PROXY):
+            path = "/" + path[len(KUBE_PROXY):].lstrip("/")
         if path.startswith("/apis/v2beta1/"):
             return self._kfp(method, path[len("/apis/v2beta1/"):], query, body)
+        match = re.fullmatch(r"/v1/projects/([^/]+)/locations/([^/]+)", path)
+        if match and method == "GET":  # locations.get
+            return 200, {"name": path[len("/v1/"):], "locationId": match.group(2)}
         match = re.fullmatch(r"/v1/(projects/[^/]+/locations/[^/]+)/(pipelineJobs|schedules)", path)
         if match and method == "POST":
             return self._vertex(match.group(1), match.group(2), query, raw)
@@ -213,21 +279,27 @@ class ContractServer:
 
     def _kfp(self, method: str, route: str, query: dict, body: Any) -> tuple[int, Any]:
         if (method, route) == ("GET", "healthz"):
-            return 200, {"multi_user": False}
+            return 200, {"multi_user": self.multi_user}
         if (method, route) == ("GET", "experiments"):
             wanted = None
             if "filter" in query:
                 predicates = json.loads(query["filter"][0]).get("predicates", [])
                 wanted = next((p.get("string_value", p.get("stringValue")) for p in predicates
                                if p.get("key") == "display_name"), None)
-            found = [e for e in self.experiments.values() if wanted in (None, e["display_name"])]
+            if self.multi_user and not query.get("namespace", [""])[0]:
+                raise ContractError("Invalid input error: In multi-user mode, ListExperiment requires "
+                                    "filtering by namespace")
+            found = [e for e in self.experiments.values() if wanted in (None, e["display_name"])
+                     and e.get("namespace", "") == query.get("namespace", [""])[0]]
             return 200, ({"experiments": found, "total_size": len(found)} if found else {})
         if (method, route) == ("POST", "experiments"):
             check_kfp(body, "V2beta1Experiment")
             if not (body or {}).get("display_name"):
                 raise ContractError("Experiment must have a non-empty name")
+            if self.multi_user and not body.get("namespace"):
+                raise ContractError("Invalid input error: In multi-user mode, experiment namespace must be set")
             experiment = {"experiment_id": self._new_id(), "display_name": body["display_name"],
-                          "storage_state": "AVAILABLE"}
+                          "storage_state": "AVAILABLE", "namespace": body.get("namespace", "")}
             self.experiments[experiment["experiment_id"]] = experiment
             return 200, experiment
         if (method, route) in (("POST", "runs"), ("POST", "recurringruns")):

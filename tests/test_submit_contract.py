@@ -4,16 +4,20 @@ No Kubeflow Pipelines backend or Vertex AI can run here, so these are CONTRACT t
 cluster tests: the real `kfp.Client` and `google-cloud-aiplatform` send their requests to
 `contract_server.ContractServer`, which checks every body against the API's own generated
 models (kfp-server-api for KFP v2beta1, aiplatform_v1 for Vertex) and answers as the API
-documents. Vertex's credentials are Application Default Credentials from a service-account
-key whose token endpoint is that server.
+documents. Vertex's credentials are Application Default Credentials (or `--key-file`) from
+a service-account key whose token endpoint is that server; the server answers 401 to any
+request without the credential, as the real APIs do, and the tests check that every
+request of a submit or schedule carried it.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import pathlib
 
 import pytest
-from contract_server import ContractServer
+from contract_server import KUBE_PROXY, ContractServer, carries, google_bearer
 
 from histopath import cli
 from histopath.pipeline.config import resolve
@@ -27,6 +31,14 @@ SERVICE_ACCOUNT = "pipelines@histo-project.iam.gserviceaccount.com"
 def spec(tmp_path_factory):
     config = resolve({"dataset": "breakhis", "data_dir": "gs://histo-data/breakhis", "output_dir": ROOT})
     return compile_kubeflow(config, str(tmp_path_factory.mktemp("spec") / "pipeline.yaml"), image="img:1")
+
+
+@pytest.fixture(autouse=True)
+def _no_user_kfp_context(tmp_path, monkeypatch):
+    """kfp.Client reads ~/.config/kfp/context.json (a namespace, a cookie): not the user's here."""
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    for name in ("KF_PIPELINES_SA_TOKEN_PATH", "KUBECONFIG", "GOOGLE_APPLICATION_CREDENTIALS"):
+        monkeypatch.delenv(name, raising=False)
 
 
 @pytest.fixture
@@ -102,24 +114,34 @@ def test_a_file_that_is_not_a_pipeline_spec_is_refused(server, tmp_path, capsys)
     assert server.requests == []
 
 
-@pytest.fixture
-def vertex(server, tmp_path, monkeypatch):
-    """Application Default Credentials from a service-account key whose token endpoint is the
-    contract server; Cloud Storage and Vertex AI pointed at it too."""
+def _service_account_key(path, token_uri: str) -> tuple[str, str]:
+    """A service-account key file at `path`; returns (its path, its public key PEM)."""
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import rsa
 
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                             serialization.NoEncryption()).decode()
-    credentials = tmp_path / "key.json"
-    credentials.write_text(json.dumps({
+    path.write_text(json.dumps({
         "type": "service_account", "project_id": "histo-project", "private_key_id": "1", "private_key": pem,
-        "client_email": SERVICE_ACCOUNT, "client_id": "1", "token_uri": f"{server.url}/token"}))
-    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(credentials))
-    monkeypatch.setenv("STORAGE_EMULATOR_HOST", server.url)
-    monkeypatch.setenv("HISTOPATH_VERTEX_API_ENDPOINT", server.url)
-    return server
+        "client_email": SERVICE_ACCOUNT, "client_id": "1", "token_uri": token_uri}))
+    public = key.public_key().public_bytes(serialization.Encoding.PEM,
+                                           serialization.PublicFormat.SubjectPublicKeyInfo).decode()
+    return str(path), public
+
+
+@pytest.fixture
+def vertex(tmp_path, monkeypatch):
+    """Application Default Credentials from a service-account key whose token endpoint is the
+    contract server; Cloud Storage and Vertex AI pointed at it too; the server refuses any
+    request that carries neither the token it hands out nor a JWT the key signed."""
+    with ContractServer() as running:
+        key, public = _service_account_key(tmp_path / "key.json", f"{running.url}/token")
+        running.authorize = google_bearer("test-token", public, SERVICE_ACCOUNT)
+        monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", key)
+        monkeypatch.setenv("STORAGE_EMULATOR_HOST", running.url)
+        monkeypatch.setenv("HISTOPATH_VERTEX_API_ENDPOINT", running.url)
+        yield running
 
 
 def test_vertex_submit_creates_a_pipeline_job(vertex, spec, capsys):
@@ -153,3 +175,92 @@ def test_vertex_dry_run_needs_no_credentials_and_sends_nothing(server, spec, cap
     assert code == 0, err
     body = json.loads(out)["body"]
     assert body["runtimeConfig"]["gcsOutputDirectory"] == f"{ROOT}/pipeline_root" and server.requests == []
+
+
+# ---- credentials -----------------------------------------------------------------------
+def test_vertex_every_request_carries_the_credential_after_a_preview(vertex, spec, capsys):
+    from google.cloud.aiplatform import initializer
+
+    target = ("--spec", spec, "--vertex", "histo-project/europe-west4", "--service-account", SERVICE_ACCOUNT)
+    assert _run(capsys, "submit", *target, "--dry-run")[0] == 0  # the preview, in the same process
+    assert _run(capsys, "submit", *target)[0] == 0
+    assert _run(capsys, "schedule", *target, "--cron", "0 2 * * 1")[0] == 0
+    assert vertex.errors == [] and vertex.unauthenticated() == []
+    assert ("POST", "/token") in vertex.calls()
+    called = set(vertex.calls())
+    assert {("POST", "/v1/projects/histo-project/locations/europe-west4/pipelineJobs"),
+            ("POST", "/v1/projects/histo-project/locations/europe-west4/schedules")} <= called
+    assert any(path.startswith("/storage/v1/b/") for _, path in called)  # the bucket check too
+    assert initializer.global_config._credentials is None  # nothing left behind in aiplatform
+
+
+def test_vertex_key_file_instead_of_application_default_credentials(spec, tmp_path, capsys, monkeypatch):
+    with ContractServer() as vertex:
+        key, public = _service_account_key(tmp_path / "other-key.json", f"{vertex.url}/token")
+        vertex.authorize = google_bearer("test-token", public, SERVICE_ACCOUNT)
+        monkeypatch.setenv("STORAGE_EMULATOR_HOST", vertex.url)
+        monkeypatch.setenv("HISTOPATH_VERTEX_API_ENDPOINT", vertex.url)
+        code, _, err = _run(capsys, "submit", "--spec", spec, "--vertex", "histo-project/europe-west4",
+                            "--key-file", key, "--service-account", SERVICE_ACCOUNT)
+    assert code == 0, err
+    assert vertex.unauthenticated() == [] and ("POST", "/token") in vertex.calls()
+
+
+def _kubeconfig(url: str) -> None:
+    """~/.kube/config (HOME is a test folder): the `kubernetes` package reads $KUBECONFIG once,
+    when it is imported, and ~ when a kubeconfig is loaded."""
+    path = pathlib.Path(os.environ["HOME"]) / ".kube" / "config"
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps({
+        "apiVersion": "v1", "kind": "Config", "current-context": "other",
+        "clusters": [{"name": "lab", "cluster": {"server": url}}],
+        "users": [{"name": "me", "user": {"token": "kube-token"}}],
+        "contexts": [{"name": "lab", "context": {"cluster": "lab", "user": "me"}},
+                     {"name": "other", "context": {"cluster": "lab", "user": "me"}}]}))
+
+
+@pytest.mark.parametrize("source", ["token", "sa-token-path", "cookie", "kubeconfig"])
+@pytest.mark.parametrize("command", ["submit", "schedule"])
+def test_kfp_every_request_carries_the_credential(source, command, spec, tmp_path, capsys, monkeypatch):
+    credential = {"token": ("Authorization", "Bearer user-token"),
+                  "sa-token-path": ("Authorization", "Bearer sa-token"),
+                  "cookie": ("Cookie", "authservice_session=s3cr3t"),
+                  "kubeconfig": ("Authorization", "Bearer kube-token")}[source]
+    with ContractServer(authorize=carries(*credential)) as server:
+        target = ["--kfp-host", server.url]
+        if source == "token":
+            target += ["--token", "user-token"]
+        elif source == "sa-token-path":
+            (tmp_path / "token").write_text("sa-token\n")
+            monkeypatch.setenv("KF_PIPELINES_SA_TOKEN_PATH", str(tmp_path / "token"))
+        elif source == "cookie":
+            target += ["--cookie", "authservice_session=s3cr3t"]
+        else:
+            _kubeconfig(server.url)
+            target = ["--kube-context", "lab"]
+        extra = ["--cron", "0 2 * * 1"] if command == "schedule" else []
+        code, _, err = _run(capsys, command, "--spec", spec, *target, *extra)
+        assert code == 0, err
+        assert server.errors == [] and server.unauthenticated() == []
+        prefix = KUBE_PROXY[:-1] if source == "kubeconfig" else ""  # through the API server's service proxy
+        assert all(path.startswith(prefix) for _, path in server.calls()), server.calls()
+        assert ("POST", prefix + "/apis/v2beta1/" + ("recurringruns" if extra else "runs")) in server.calls()
+
+
+def test_kfp_multi_user_runs_in_the_given_namespace(spec, capsys):
+    with ContractServer(authorize=carries("Authorization", "Bearer t"), multi_user=True) as server:
+        code, _, err = _run(capsys, "submit", "--spec", spec, "--kfp-host", server.url, "--token", "t")
+        assert code == 1 and "multi-user" in err and "--namespace" in err and err.count("\n") == 1, err
+        assert [c for c in server.calls() if c[1] != "/apis/v2beta1/healthz"] == []
+        code, _, err = _run(capsys, "submit", "--spec", spec, "--kfp-host", server.url, "--token", "t",
+                            "--namespace", "team-a")
+        assert code == 0, err
+        assert server.errors == [] and server.unauthenticated() == []
+        assert [e["namespace"] for e in server.experiments.values()] == ["team-a"]
+
+
+def test_kfp_an_unreadable_token_path_is_one_line(spec, capsys, monkeypatch, server):
+    monkeypatch.setenv("KF_PIPELINES_SA_TOKEN_PATH", "/nonexistent/token")
+    code, _, err = _run(capsys, "submit", "--spec", spec, "--kfp-host", server.url)
+    assert code == 1 and "KF_PIPELINES_SA_TOKEN_PATH" in err and err.count("\n") == 1, err
+    assert server.requests == []
