@@ -94,3 +94,28 @@ def test_headers_are_checked_before_any_pixel_is_decoded():
     truncated = _encoded(Image.fromarray(np.random.default_rng(1).integers(0, 255, (64, 64, 3), np.uint8)))[:300]
     with pytest.raises(images.ImageError, match="corrupt or truncated"):
         images.decode(truncated)
+
+
+def test_decoded_bytes_count_the_samples_not_just_the_pixels():
+    rgb = images.read_header(_encoded(Image.new("RGB", (100, 50))))
+    floats = images.read_header(_encoded(Image.new("F", (100, 50)), "TIFF"))
+    assert (rgb.decoded_bytes, floats.decoded_bytes) == (15_000, 20_000)
+    with pytest.raises(images.ImageError, match=r"100x50 pixels of F \(0 MB once decoded\), more than the limit"):
+        images.read_header(_encoded(Image.new("F", (100, 50)), "TIFF"), max_decoded_bytes=19_999)
+    assert images.read_header(_encoded(Image.new("F", (100, 50)), "TIFF"), max_decoded_bytes=None).mode == "F"
+
+
+def test_12_bit_grey_in_16_bit_png_is_read_by_its_significant_bits(grey8):
+    import struct
+    import zlib
+
+    twelve = grey8.astype(np.uint16) << 4  # values use 12 bits of 16
+    plain = _encoded(Image.fromarray(twelve))
+    assert np.array_equal(np.asarray(images.decode(plain).rgb)[..., 0], grey8)  # by the values' range
+    dark = (grey8 // 4).astype(np.uint16) << 4  # a dark 12-bit image: the values alone would say 10 bits
+    data = _encoded(Image.fromarray(dark))
+    payload = b"sBIT" + bytes([12])
+    with_sbit = data[:33] + struct.pack(">I", 1) + payload + struct.pack(">I", zlib.crc32(payload)) + data[33:]
+    decoded = images.decode(with_sbit)
+    assert decoded.header.significant_bits == 12 and decoded.header.bits == 16
+    assert np.array_equal(np.asarray(decoded.rgb)[..., 0], (grey8 // 4).astype(np.uint8))

@@ -14,7 +14,7 @@ import sys
 
 from histopath.errors import ConfigError
 
-WSGI_APP = "histopath.serving.webapp.wsgi:application"
+ASGI_APP = "histopath.serving.webapp.asgi:application"
 GUNICORN_CONFIG = "python:histopath.serving.webapp.gunicorn_conf"
 SETTINGS_MODULE = "histopath.serving.webapp.settings"
 DEV_SECRET_KEY = "insecure-development-only-key"  # noqa: S105  (--dev only)
@@ -47,6 +47,10 @@ def register(subparsers) -> None:
                         help="seconds between checks for a newly pushed version")
     server.add_argument("--max-request-mb", type=float, default=32.0,
                         help="largest request body / gRPC message in MiB")
+    server.add_argument("--max-decoded-mb", type=float, default=120.0,
+                        help="most megabytes (10^6 bytes) one image's samples may take once decoded (bytes "
+                        "per sample x channels x pixels), checked from its header; the default is "
+                        "histopath.images.DEFAULT_MAX_DECODED_BYTES")
     server.add_argument("--inference-threads", type=int, default=4,
                         help="threads running TensorFlow")
     server.set_defaults(handler=run_model_server)
@@ -74,7 +78,9 @@ def register(subparsers) -> None:
                        "[env TF_SERVING_URL]")
     serve.add_argument("--workers", type=int, default=1,
                        help="gunicorn worker processes (each loads the model)")
-    serve.add_argument("--threads", type=int, default=8, help="threads per gunicorn worker")
+    serve.add_argument("--threads", type=int, default=8,
+                       help="complete requests each worker handles at once (requests still arriving "
+                       "wait in its event loop, not in a thread)")
     serve.add_argument("--dev", action="store_true",
                        help="Django's development server with DEBUG on (never in production)")
     serve.set_defaults(handler=run_web_app)
@@ -123,6 +129,7 @@ def run_model_server(args: argparse.Namespace) -> int:
             allowed_hosts=tuple(item.strip() for item in args.allowed_hosts.split(",") if item.strip()),
             poll_interval_s=args.poll_interval,
             max_request_bytes=int(args.max_request_mb * 1024 * 1024),
+            max_decoded_bytes=int(args.max_decoded_mb * 1e6),
             inference_threads=args.inference_threads,
         )
     )
@@ -204,12 +211,12 @@ def run_web_app(args: argparse.Namespace) -> int:
         call_command("runserver", f"{args.host}:{args.port}", use_reloader=False)
         return 0
     command = [
-        sys.executable, "-m", "gunicorn", WSGI_APP,
+        sys.executable, "-m", "gunicorn", ASGI_APP,
         "--config", GUNICORN_CONFIG,
-        "--bind", f"{args.host}:{args.port}",
+        "--bind", f"[{args.host}]:{args.port}" if ":" in args.host else f"{args.host}:{args.port}",
         "--workers", str(args.workers),
-        "--threads", str(args.threads),
     ]
+    os.environ["HISTOPATH_REQUEST_THREADS"] = str(args.threads)
     sys.stdout.flush()
     sys.stderr.flush()
     os.execvpe(command[0], command, os.environ)  # gunicorn replaces this process

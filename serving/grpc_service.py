@@ -76,7 +76,8 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
                 tensor_codec.check_tensor_proto(name, proto, signature.inputs[name], config.max_batch)
             arrays = {name: tf.make_ndarray(proto) for name, proto in request.inputs.items()}
             inputs = tensor_codec.check_arrays(arrays, signature, max_batch=config.max_batch,
-                                               max_image_pixels=config.max_image_pixels)
+                                               max_image_pixels=config.max_image_pixels,
+                                               max_decoded_bytes=config.max_decoded_bytes)
             outputs = await self.served.run(loaded, signature.name, inputs)
         except tensor_codec.RequestError as error:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))

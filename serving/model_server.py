@@ -34,7 +34,7 @@ from fastapi import FastAPI, Request  # module level: FastAPI resolves the handl
 from fastapi.responses import ORJSONResponse
 from starlette.exceptions import HTTPException
 
-from histopath.images import DEFAULT_MAX_IMAGE_PIXELS
+from histopath.images import DEFAULT_MAX_DECODED_BYTES, DEFAULT_MAX_IMAGE_PIXELS
 from histopath.serving import http_guard, tensor_codec
 from histopath.serving.model_store import DEFAULT_SIGNATURE, VERSION_HEADER, LoadedModel, ModelStore
 
@@ -55,6 +55,7 @@ class ModelServerConfig:
     max_request_bytes: int = 32 * 1024 * 1024  # larger REST bodies / gRPC messages -> 413
     max_batch: int = tensor_codec.DEFAULT_MAX_BATCH  # most instances per request
     max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS  # decompression-bomb guard per image
+    max_decoded_bytes: int = DEFAULT_MAX_DECODED_BYTES  # bytes an image's samples may take decoded
     inference_threads: int = 4  # threads running TensorFlow (TF releases the GIL)
 
 
@@ -147,12 +148,32 @@ class ServedModel:
         from histopath.models.exported import error_reason
 
         loop = asyncio.get_running_loop()
+        limits = (self.config.max_image_pixels, self.config.max_decoded_bytes)
         try:
-            return await loop.run_in_executor(self.executor, loaded.run, signature_name, inputs)
+            return await loop.run_in_executor(self.executor, self._run, loaded, signature_name, inputs)
         except (tf.errors.InvalidArgumentError, tf.errors.OutOfRangeError, tf.errors.UnknownError) as error:
-            explained = await loop.run_in_executor(
-                self.executor, tensor_codec.explain_failure, inputs, self.config.max_image_pixels)
+            explained = await loop.run_in_executor(self.executor, tensor_codec.explain_failure, inputs, *limits)
             raise tensor_codec.RequestError(explained or error_reason(error)) from None
+
+    def _run(self, loaded: LoadedModel, signature_name: str, inputs: Mapping[str, np.ndarray]) -> dict:
+        """On an inference thread: images the graph would misread (16-bit PNGs) as the web
+        app reads them, then the signature."""
+        readable = tensor_codec.as_model_reads(inputs, self.config.max_image_pixels, self.config.max_decoded_bytes)
+        return loaded.run(signature_name, readable)
+
+
+def _parse_json(body: bytes):
+    """The request's JSON.
+
+    Raises:
+      tensor_codec.RequestError: nested too deeply for the parser.
+      json.JSONDecodeError, UnicodeDecodeError: not JSON.
+    """
+    try:
+        return json.loads(body)
+    except RecursionError:
+        raise tensor_codec.RequestError(
+            f"the request is nested more than {tensor_codec.MAX_JSON_DEPTH} levels deep") from None
 
 
 class BodySizeLimitMiddleware:
@@ -241,10 +262,11 @@ def build_app(served: ServedModel):
         except LookupError as missing:
             return error(404 if number is not None else 503, str(missing))
         try:
-            payload = json.loads(await request.body())
+            payload = _parse_json(await request.body())
             signature = served.signature(loaded, tensor_codec.signature_name_of(payload if isinstance(payload, dict) else {}))
             decoded = tensor_codec.decode_request(payload, signature, max_batch=served.config.max_batch,
-                                                  max_image_pixels=served.config.max_image_pixels)
+                                                  max_image_pixels=served.config.max_image_pixels,
+                                                  max_decoded_bytes=served.config.max_decoded_bytes)
             outputs = await served.run(loaded, decoded.signature_name, decoded.inputs)
             body = tensor_codec.encode_response(outputs, decoded.row_format)
         except (UnicodeDecodeError, json.JSONDecodeError) as bad:

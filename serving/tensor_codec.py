@@ -17,7 +17,7 @@ from typing import Any, Iterable, Mapping
 import numpy as np
 
 from histopath.data import features
-from histopath.images import MODEL_NATIVE_FORMATS, ImageError, decode, read_header
+from histopath.images import DEFAULT_MAX_DECODED_BYTES, MODEL_NATIVE_FORMATS, ImageError, decode, model_bytes, read_header
 from histopath.serving.model_store import DEFAULT_SIGNATURE, SignatureInfo, TensorInfo
 
 IMAGE_INPUT = "image_bytes"  # the contract's encoded-image input; its values are vetted
@@ -58,6 +58,7 @@ def decode_request(
     *,
     max_batch: int = DEFAULT_MAX_BATCH,
     max_image_pixels: int | None = None,
+    max_decoded_bytes: int = DEFAULT_MAX_DECODED_BYTES,
 ) -> PredictRequest:
     """Decodes a TF Serving REST predict body into numpy inputs for `signature`.
 
@@ -66,7 +67,9 @@ def decode_request(
       signature: the signature the request targets.
       max_batch: most instances accepted in one request.
       max_image_pixels: when set, every `image_bytes` value must be a PNG/JPEG/BMP/GIF
-        whose header says at most this many pixels.
+        whose header says at most this many pixels, and at most `max_decoded_bytes` once
+        decoded.
+      max_decoded_bytes: the decoded-bytes budget of each image.
 
     Returns:
       The decoded request.
@@ -77,6 +80,7 @@ def decode_request(
     """
     if not isinstance(body, dict):
         raise RequestError("the request body must be a JSON object")
+    _check_depth(body)
     has_instances, has_inputs = "instances" in body, "inputs" in body
     if has_instances == has_inputs:
         raise RequestError("the request must have exactly one of 'instances' or 'inputs'")
@@ -88,7 +92,7 @@ def decode_request(
         inputs = _decode_rows(body["instances"], signature, names, max_batch)
     else:
         inputs = _decode_columns(body["inputs"], signature, names, max_batch)
-    _check_images(inputs, max_image_pixels)
+    _check_images(inputs, max_image_pixels, max_decoded_bytes)
     return PredictRequest(signature.name, inputs, row_format=has_instances)
 
 
@@ -110,6 +114,7 @@ def check_arrays(
     *,
     max_batch: int = DEFAULT_MAX_BATCH,
     max_image_pixels: int | None = None,
+    max_decoded_bytes: int = DEFAULT_MAX_DECODED_BYTES,
 ) -> dict[str, np.ndarray]:
     """Checks already-typed inputs (e.g. from a gRPC `TensorProto`) against a signature.
 
@@ -118,6 +123,7 @@ def check_arrays(
       signature: the targeted signature.
       max_batch: largest accepted batch.
       max_image_pixels: as for `decode_request`.
+      max_decoded_bytes: as for `decode_request`.
 
     Returns:
       The inputs, converted to the signature's dtypes.
@@ -138,7 +144,7 @@ def check_arrays(
         if array.ndim and not 0 < array.shape[0] <= max_batch:
             raise RequestError(f"input '{name}': batch of {array.shape[0]} (1 to {max_batch} accepted)")
         checked[name] = array if is_string else array.astype(spec.dtype)
-    _check_images(checked, max_image_pixels)
+    _check_images(checked, max_image_pixels, max_decoded_bytes)
     return checked
 
 
@@ -169,27 +175,94 @@ def encoded_images(inputs: Mapping[str, np.ndarray]) -> list[bytes]:
     return found
 
 
-def _check_images(inputs: Mapping[str, np.ndarray], max_image_pixels: int | None) -> None:
+def _check_images(inputs: Mapping[str, np.ndarray], max_image_pixels: int | None,
+                  max_decoded_bytes: int = DEFAULT_MAX_DECODED_BYTES) -> None:
     """Every image of the request (either signature) is a native format within the pixel
-    limit, read from its header before the graph decodes anything."""
+    limit and the decoded-bytes budget, read from its header before anything is decoded."""
     if max_image_pixels is None:
         return
     for index, value in enumerate(encoded_images(inputs)):
         try:
-            read_header(value, allowed_formats=MODEL_NATIVE_FORMATS, max_pixels=max_image_pixels)
+            read_header(value, allowed_formats=MODEL_NATIVE_FORMATS, max_pixels=max_image_pixels,
+                        max_decoded_bytes=max_decoded_bytes)
         except ImageError as error:
             raise RequestError(f"image {index}: {error}") from None
 
 
-def explain_failure(inputs: Mapping[str, np.ndarray], max_image_pixels: int) -> str | None:
+def explain_failure(inputs: Mapping[str, np.ndarray], max_image_pixels: int,
+                    max_decoded_bytes: int = DEFAULT_MAX_DECODED_BYTES) -> str | None:
     """Why the graph refused a request, image by image ("image 1: the image is corrupt or
     truncated (...)"); None when every image decodes here."""
     for index, value in enumerate(encoded_images(inputs)):
         try:
-            decode(value, allowed_formats=MODEL_NATIVE_FORMATS, max_pixels=max_image_pixels)
+            decode(value, allowed_formats=MODEL_NATIVE_FORMATS, max_pixels=max_image_pixels,
+                   max_decoded_bytes=max_decoded_bytes)
         except ImageError as error:
             return f"image {index}: {error}"
     return None
+
+
+def as_model_reads(inputs: Mapping[str, np.ndarray], max_image_pixels: int,
+                   max_decoded_bytes: int = DEFAULT_MAX_DECODED_BYTES) -> dict[str, np.ndarray]:
+    """The inputs with every image the graph would misread (a 16-bit PNG: the graph keeps
+    the high byte of each sample) replaced by an 8-bit PNG of its pixels read by their real
+    range (`histopath.images`), so the model server answers as the web app does.
+
+    Raises:
+      RequestError: such an image does not decode (which image, and why).
+    """
+    if IMAGE_INPUT in inputs:
+        values = inputs[IMAGE_INPUT]
+        converted = [_as_model_reads(bytes(value), index, max_image_pixels, max_decoded_bytes)
+                     for index, value in enumerate(values.reshape(-1))]
+        array = np.empty(len(converted), dtype=object)
+        array[:] = converted
+        return {**inputs, IMAGE_INPUT: array.reshape(values.shape)}
+    if EXAMPLES_INPUT in inputs:
+        from tensorflow.core.example import example_pb2
+
+        values = inputs[EXAMPLES_INPUT]
+        rewritten = []
+        for index, value in enumerate(values.reshape(-1)):
+            example = example_pb2.Example.FromString(bytes(value))
+            images = example.features.feature[features.IMAGE].bytes_list.value
+            image = _as_model_reads(bytes(images[0]), index, max_image_pixels, max_decoded_bytes)
+            if image is not images[0]:
+                images[0] = image
+                value = example.SerializeToString()
+            rewritten.append(value)
+        array = np.empty(len(rewritten), dtype=object)
+        array[:] = rewritten
+        return {**inputs, EXAMPLES_INPUT: array.reshape(values.shape)}
+    return dict(inputs)
+
+
+def _as_model_reads(value: bytes, index: int, max_image_pixels: int, max_decoded_bytes: int) -> bytes:
+    try:
+        header = read_header(value, allowed_formats=MODEL_NATIVE_FORMATS, max_pixels=max_image_pixels,
+                             max_decoded_bytes=max_decoded_bytes)
+        if header.bits <= 8:
+            return value
+        return model_bytes(value, decode(value, allowed_formats=MODEL_NATIVE_FORMATS,
+                                         max_pixels=max_image_pixels, max_decoded_bytes=max_decoded_bytes))
+    except ImageError as error:
+        raise RequestError(f"image {index}: {error}") from None
+
+
+MAX_JSON_DEPTH = 32  # deepest nesting of lists/objects a request may have
+
+
+def _check_depth(body: Any) -> None:
+    """Refuses bodies nested deeper than `MAX_JSON_DEPTH` (walked without recursion)."""
+    stack = [(body, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if depth > MAX_JSON_DEPTH:
+            raise RequestError(f"the request is nested more than {MAX_JSON_DEPTH} levels deep")
+        if isinstance(value, dict):
+            stack.extend((item, depth + 1) for item in value.values())
+        elif isinstance(value, list):
+            stack.extend((item, depth + 1) for item in value)
 
 
 def check_tensor_proto(name: str, proto: Any, spec: TensorInfo, max_batch: int) -> None:

@@ -226,6 +226,25 @@ def full_size_images(shared_data: pathlib.Path, count: int) -> list[pathlib.Path
     return sorted((shared_data / "breakhis-full-size-samples").rglob("*.png"))[:count]
 
 
+def png16(samples, significant_bits: int | None = None) -> bytes:
+    """A 16-bit PNG of `samples` (uint16, H x W grey or H x W x 3 colour), with an `sBIT`
+    chunk saying `significant_bits` when given (as scanners writing 12-bit data do)."""
+    import zlib
+
+    import numpy as np
+    import tensorflow as tf
+
+    pixels = np.asarray(samples, np.uint16)
+    data = tf.io.encode_png(pixels if pixels.ndim == 3 else pixels[..., None]).numpy()
+    if significant_bits is None:
+        return data
+    channels = 1 if pixels.ndim == 2 else pixels.shape[-1]
+    payload = b"sBIT" + bytes([significant_bits] * channels)
+    chunk = len(payload[4:]).to_bytes(4, "big") + payload + zlib.crc32(payload).to_bytes(4, "big")
+    end_of_header = 8 + 25  # signature, IHDR chunk
+    return data[:end_of_header] + chunk + data[end_of_header:]
+
+
 # --- a real loopback HTTP server for the URL tests -----------------------------------
 
 

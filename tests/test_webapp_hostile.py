@@ -7,13 +7,14 @@ embedded MIL backend; every loop and wait is bounded.
 from __future__ import annotations
 
 import concurrent.futures
+import socket
 import sqlite3
 import threading
 import time
 
 import pytest
 import requests
-from serving_fixtures import TEST_PASSWORD, csrf_token, web_app
+from serving_fixtures import TEST_PASSWORD, csrf_token, idc_images, web_app, web_session
 
 GUESSES = 20
 RIGHT_GUESS = 9  # the 10th guess carries the right password
@@ -23,7 +24,7 @@ LOCKOUT_FAILURES = 5  # the app's default HISTOPATH_LOCKOUT_FAILURES
 @pytest.fixture(scope="module")
 def web(exported_models, tmp_path_factory):
     work = tmp_path_factory.mktemp("webapp-hostile")
-    with web_app(work, serving_dir=exported_models.base, users=(("race-victim", "pathologist"),)) as running:
+    with web_app(work, serving_dir=exported_models.base, users=(("race-victim", "pathologist"), ("slow-victim", "pathologist"))) as running:
         yield running
 
 
@@ -65,3 +66,118 @@ def test_parallel_guesses_cannot_beat_the_lock_out(web):
     after = session.post(login_url, allow_redirects=False, timeout=60, data={
         "csrfmiddlewaretoken": token, "username": "race-victim", "password": TEST_PASSWORD})
     assert after.status_code == 200 and "This account is locked" in after.text
+
+
+class SlowClients:
+    """`count` connections that send their request one byte per `interval_s` (half of them
+    the headers, half a body after complete headers), from one thread, until stopped or
+    `max_s` has passed.
+
+    Args:
+      port: the web app's loopback port.
+      count: connections to open.
+      interval_s: seconds between two bytes on each connection.
+      max_s: the longest they keep going.
+    """
+
+    def __init__(self, port: int, count: int, interval_s: float = 1.0, max_s: float = 120.0):
+        self.port, self.count, self.interval_s, self.max_s = port, count, interval_s, max_s
+        self.sockets: list[socket.socket] = []
+        self.pending: list[bytes] = []
+        self.closed = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="slow-clients", daemon=True)
+
+    def __enter__(self) -> "SlowClients":
+        host = f"Host: 127.0.0.1:{self.port}\r\n".encode()
+        for index in range(self.count):
+            connection = socket.create_connection(("127.0.0.1", self.port), timeout=10)
+            connection.setblocking(False)
+            if index % 2:  # the body, one byte at a time, after complete headers
+                connection.sendall(b"POST / HTTP/1.1\r\n" + host + b"Content-Type: application/octet-stream\r\n"
+                                   b"Content-Length: 100000\r\n\r\n")
+                self.pending.append(b"x" * 100_000)
+            else:  # the headers, one byte at a time
+                self.pending.append(b"GET /healthz HTTP/1.1\r\n" + host + b"X-Padding: " + b"a" * 100_000)
+            self.sockets.append(connection)
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        deadline = time.monotonic() + self.max_s
+        while not self._stop.wait(self.interval_s) and time.monotonic() < deadline:
+            for index, connection in enumerate(self.sockets):
+                if connection.fileno() < 0 or not self.pending[index]:
+                    continue
+                try:
+                    connection.send(self.pending[index][:1])
+                    self.pending[index] = self.pending[index][1:]
+                except BlockingIOError:
+                    pass
+                except OSError:
+                    connection.close()
+                    self.closed += 1
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(timeout=30)
+        for connection in self.sockets:
+            connection.close()
+
+
+@pytest.mark.hostile
+def test_200_slow_clients_do_not_stall_healthz_or_uploads(web, shared_data):
+    """200 connections dribbling headers or bodies one byte per second: `/healthz` and a
+    signed-in upload still answer within a second."""
+    image = idc_images(shared_data, 1)[0].read_bytes()
+    session, token = web_session(web["url"], "slow-victim")
+    with SlowClients(web["port"], 200) as slow:
+        time.sleep(3.0)  # every slow client has sent a few bytes
+        timings = {}
+        for attempt in range(3):
+            started = time.monotonic()
+            health = requests.get(web["url"] + "/healthz", timeout=10)
+            timings[f"healthz {attempt}"] = time.monotonic() - started
+            assert health.status_code == 200
+            started = time.monotonic()
+            upload = session.post(web["url"] + "/", data={"csrfmiddlewaretoken": token},
+                                  files={"image": ("patch.png", image, "image/png")}, timeout=10)
+            timings[f"upload {attempt}"] = time.monotonic() - started
+            assert upload.status_code == 200 and 'id="result-label"' in upload.text
+        still_connected = slow.count - slow.closed
+    print("with 200 slow clients: " + ", ".join(f"{name} {took:.2f} s" for name, took in timings.items()))
+    assert max(timings.values()) < 1.0, timings
+    assert still_connected >= 190, f"the server dropped {slow.closed} slow clients instead of serving beside them"
+
+
+def test_a_keep_alive_connection_dropped_by_the_model_server_is_retried(django_app):
+    """The model server closes a pooled keep-alive connection just as the web app reuses
+    it (the race behind the resets seen under load): the prediction is sent again on a
+    fresh connection instead of failing as "model unavailable"."""
+    import json
+
+    from serving_fixtures import LocalHttpServer
+
+    from histopath.serving.webapp.predictions.backends import TFServingBackend
+
+    body = json.dumps({"predictions": [{"probability": 0.25, "label": 0, "tissue_detected": 1,
+                                        "tissue_fraction": 0.5}]}).encode()
+
+    def answer_once_per_connection(request) -> None:
+        request.served = getattr(request, "served", 0) + 1
+        if request.served > 1:  # a reused connection: closed without an answer
+            request.close_connection = True
+            return
+        request.rfile.read(int(request.headers["Content-Length"]))
+        request.wfile.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nx-model-version: 3\r\n"
+                            b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+        request.wfile.flush()
+        request.close_connection = False  # keep-alive, as the client expects
+
+    routes = {f"/v1/models/{name}:predict": answer_once_per_connection for name in ("mil",)}
+    with LocalHttpServer(routes) as server:
+        server.server.RequestHandlerClass.do_POST = server.server.RequestHandlerClass.do_GET
+        backend = TFServingBackend(server.url, "mil", timeout_s=10)
+        answers = [backend.predict(b"image") for _ in range(3)]
+    assert [(answer.probability, answer.model_version) for answer in answers] == [(0.25, "3")] * 3
+    assert len(server.hits) >= 5  # each reuse was dropped, then sent again

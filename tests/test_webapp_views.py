@@ -357,3 +357,48 @@ def test_url_with_a_non_ascii_path_is_fetched_not_a_server_error(client, shared_
             response = client.post("/", {"image_url": f"{server.url}/Gewebe/übersicht.png"})
     assert response.status_code == 200, _errors(response)
     assert 'id="result-label"' in response.content.decode()
+
+
+def test_12_bit_images_in_16_bit_pngs_get_the_answer_of_the_8_bit_image(client, shared_data, exported_models):
+    """Scanner data: 12 significant bits in 16-bit PNGs, colour and grey, with and without
+    an sBIT chunk, made from a real BreakHis image: read by their real range, they get the
+    8-bit original's answer (not "no tissue" from a nearly black image)."""
+    from serving_fixtures import png16
+
+    rgb = np.asarray(Image.open(full_size_images(shared_data, 1)[0]).convert("RGB"))
+    grey = rgb.mean(axis=-1).round().astype(np.uint8)
+    twelve_rgb, twelve_grey = rgb.astype(np.uint16) << 4 | rgb >> 4, grey.astype(np.uint16) << 4 | grey >> 4
+    for original, twins in (
+        (png_bytes(rgb), {"rgb12-sbit.png": png16(twelve_rgb, 12), "rgb12.png": png16(twelve_rgb)}),
+        (png_bytes(grey), {"grey12-sbit.png": png16(twelve_grey, 12), "grey12.png": png16(twelve_grey)}),
+    ):
+        reference = reference_outputs(exported_models.mil, {"image_bytes": np.array([original], dtype=object)})
+        for name, data in twins.items():
+            probability, tissue, _ = _web_probability(client, name, data)
+            assert probability == pytest.approx(float(reference["probability"][0]), abs=1e-6), name
+            assert tissue == pytest.approx(float(reference["tissue_fraction"][0]), abs=1e-6), name
+    assert _web_probability(client, "rgb12.png", png16(twelve_rgb))[2] in ("benign", "malignant")
+
+
+def test_decoded_bytes_budget_refuses_a_small_float_file_quoting_the_apps_limit(client):
+    """A float TIFF whose pixels are within the pixel limit but whose samples, decoded,
+    would pass the byte budget: refused from its header with the app's own limits."""
+    from django.test import override_settings
+
+    pixels = np.zeros((1000, 1000), np.float32)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels, mode="F").save(buffer, format="TIFF", compression="tiff_adobe_deflate")
+    assert len(buffer.getvalue()) < 100_000
+    with override_settings(HISTOPATH_MAX_DECODED_MB=3.0):
+        response = client.post("/", {"image": _upload("float.tif", buffer.getvalue(), "image/tiff")})
+    assert response.status_code == 400
+    assert "1000x1000 pixels of F (4 MB once decoded), more than the limit of 3 MB" in _errors(response)
+
+
+def test_pillow_bomb_refusal_quotes_the_apps_pixel_limit(client):
+    from synthetic_images import png_bomb
+
+    response = client.post("/", {"image": _upload("bomb.png", png_bomb(14000, 14000))})
+    assert response.status_code == 400
+    text = _errors(response)
+    assert "more than the limit of 40,000,000 pixels" in text and "178956970" not in text

@@ -1,5 +1,8 @@
 """gunicorn settings for the web app (`gunicorn -c python:histopath.serving.webapp.gunicorn_conf`).
 
+Workers are uvicorn's (`uvicorn.workers.UvicornWorker`) running the ASGI app of
+`serving/webapp/asgi.py`: an event loop reads every request whole before Django's threads
+see it, so slow clients (one byte per second, headers or body) hold sockets, not threads.
 Each worker loads the model before it accepts requests, so the first pathologist does not
 wait for TensorFlow; loading can take a while, hence the generous timeout.
 """
@@ -10,7 +13,12 @@ timeout = int(os.environ.get("GUNICORN_TIMEOUT", "120"))
 graceful_timeout = 10
 accesslog = "-"
 errorlog = "-"
-worker_class = "gthread"
+worker_class = "uvicorn.workers.UvicornWorker"
+# Open connections per worker (slow ones included); uvicorn answers 503 beyond it.
+worker_connections = int(os.environ.get("GUNICORN_WORKER_CONNECTIONS", "2000"))
+# Idle keep-alive connections are kept longer than clients and proxies usually keep them
+# (nginx upstream 60 s), so a reused connection is rarely closed under the client.
+keepalive = int(os.environ.get("GUNICORN_KEEPALIVE", "75"))
 
 
 def post_worker_init(worker) -> None:

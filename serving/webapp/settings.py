@@ -25,9 +25,14 @@ Environment:
   HISTOPATH_RELOAD_INTERVAL   seconds between checks for a newer pushed version (5).
   HISTOPATH_MAX_UPLOAD_BYTES  largest accepted image, upload or URL (10 MiB).
   HISTOPATH_MAX_IMAGE_PIXELS  largest accepted width*height (40 million).
+  HISTOPATH_MAX_DECODED_MB    most megabytes (10^6 bytes) an image's samples may take once
+                              decoded: bytes per sample x channels x pixels (120, i.e. the
+                              pixel limit of 8-bit RGB), checked from the header.
   HISTOPATH_URL_TIMEOUT       seconds allowed for fetching an image URL, all of it (10).
   HISTOPATH_URL_FETCHES       image URLs fetched at once per process (4); one more is refused
                               at once, so uploads and /healthz always get a worker thread.
+  HISTOPATH_REQUEST_THREADS   complete requests Django handles at once per worker (8; set
+                              by `histopath serve --threads`).
   HISTOPATH_URL_ALLOWLIST     comma-separated IPs/CIDRs/host names an image URL may use
                               even though they are loopback/private (default: none).
 """
@@ -181,10 +186,14 @@ HISTOPATH_RELOAD_INTERVAL = float(os.environ.get("HISTOPATH_RELOAD_INTERVAL", "5
 # --- untrusted input -------------------------------------------------------------------
 HISTOPATH_MAX_UPLOAD_BYTES = int(os.environ.get("HISTOPATH_MAX_UPLOAD_BYTES", str(10 * 1024 * 1024)))
 HISTOPATH_MAX_IMAGE_PIXELS = int(os.environ.get("HISTOPATH_MAX_IMAGE_PIXELS", "40000000"))
+HISTOPATH_MAX_DECODED_MB = float(os.environ.get("HISTOPATH_MAX_DECODED_MB", "120"))
 HISTOPATH_URL_TIMEOUT = float(os.environ.get("HISTOPATH_URL_TIMEOUT", "10"))
 HISTOPATH_URL_ALLOWLIST = env_list("HISTOPATH_URL_ALLOWLIST")
 HISTOPATH_URL_FETCHES = int(os.environ.get("HISTOPATH_URL_FETCHES", "4"))
 FILE_UPLOAD_MAX_MEMORY_SIZE = 4 * 1024 * 1024  # larger uploads spill to a temp file
+# Complete requests Django handles at once per worker process (`histopath serve --threads`);
+# requests still arriving wait in the event loop (serving/webapp/asgi.py), not in a thread.
+HISTOPATH_REQUEST_THREADS = int(os.environ.get("HISTOPATH_REQUEST_THREADS", "8"))
 
 LOGGING = {
     "version": 1,

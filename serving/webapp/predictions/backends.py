@@ -137,6 +137,21 @@ class EmbeddedBackend:
         return _answer(first, self.model_name, str(loaded.version), label_names)
 
 
+def _dropped_connection_retry_class():
+    from urllib3.exceptions import ReadTimeoutError
+    from urllib3.util.retry import Retry
+
+    class DroppedConnectionRetry(Retry):
+        """urllib3's `Retry` that never repeats a request whose answer timed out."""
+
+        def increment(self, method=None, url=None, response=None, error=None, _pool=None, _stacktrace=None):
+            if isinstance(error, ReadTimeoutError):
+                raise error
+            return super().increment(method, url, response, error, _pool, _stacktrace)
+
+    return DroppedConnectionRetry
+
+
 class TFServingBackend:
     """Predicts through a TF Serving (or `histopath model-server`) REST endpoint.
 
@@ -148,11 +163,22 @@ class TFServingBackend:
 
     def __init__(self, base_url: str, model_name: str, timeout_s: float = 30.0):
         import requests
+        from requests.adapters import HTTPAdapter
 
         self.base_url = base_url.rstrip("/")
         self.model_name = model_name
         self.timeout_s = timeout_s
         self._session = requests.Session()
+        # A pooled keep-alive connection the model server closed while idle fails the next
+        # request at once (reset, or closed without an answer): send it again on a fresh
+        # connection. A prediction changes nothing, so a POST may be repeated; an answer
+        # that did arrive (any status) is never repeated, and neither is a timeout.
+        retry = _dropped_connection_retry_class()(
+            total=2, connect=2, read=1, status=0, other=0, redirect=0,
+            allowed_methods=frozenset({"GET", "POST"}), raise_on_status=False)
+        adapter = HTTPAdapter(max_retries=retry, pool_maxsize=32)
+        self._session.mount("http://", adapter)
+        self._session.mount("https://", adapter)
         self._status_cache: tuple[float, str] | None = None
 
     def _status_version(self) -> str:

@@ -86,7 +86,8 @@ def index(request: HttpRequest) -> HttpResponse:
     upload = form.cleaned_data.get("image")
     named = f"“{upload.name[:200]}”" if upload else "The image at the URL"  # shown, never stored
     try:
-        image = decode(data, max_pixels=settings.HISTOPATH_MAX_IMAGE_PIXELS)
+        image = decode(data, max_pixels=settings.HISTOPATH_MAX_IMAGE_PIXELS,
+                       max_decoded_bytes=int(settings.HISTOPATH_MAX_DECODED_MB * 1e6))
     except ImageError as error:
         return _form_error(request, form, field, f"{named}: {error}.")
 

@@ -1,0 +1,123 @@
+"""ASGI entry point of the web app: Django behind a whole-request buffer.
+
+`histopath serve` runs this app with gunicorn's uvicorn worker (`gunicorn_conf.py`): the
+event loop reads every request, headers and body, before Django sees it, so a client
+sending its request one byte at a time holds a socket and a little memory, never one of
+the threads that run Django. `BufferedRequests`:
+
+- refuses a body larger than the upload limit with 413 before reading it (declared
+  `Content-Length`) or as soon as it grows past it (chunked);
+- spools the body to a temporary file beyond `SPOOL_IN_MEMORY_BYTES`;
+- then hands the complete request to Django, at most `HISTOPATH_REQUEST_THREADS` at once
+  (the others wait their turn in the loop, not in a thread); `/healthz` never waits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import html
+import os
+import tempfile
+
+import histopath  # noqa: F401  (pins Keras 2 before the embedded backend imports TensorFlow)
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "histopath.serving.webapp.settings")
+
+from django.conf import settings  # noqa: E402
+from django.core.asgi import get_asgi_application  # noqa: E402
+
+from histopath.serving.webapp.predictions.middleware import MULTIPART_OVERHEAD  # noqa: E402
+
+SPOOL_IN_MEMORY_BYTES = 256 * 1024  # larger bodies wait on disk until Django reads them
+CHUNK_BYTES = 64 * 1024
+UNQUEUED_PATHS = frozenset({"/healthz"})  # cheap, and must answer while the app is busy
+
+
+class BufferedRequests:
+    """Reads each whole HTTP request before the wrapped ASGI app sees it.
+
+    Args:
+      app: the ASGI app (Django's).
+      max_body_bytes: larger bodies are answered 413.
+      concurrency: complete requests handed to the app at once.
+    """
+
+    def __init__(self, app, max_body_bytes: int, concurrency: int):
+        self.app = app
+        self.max_body_bytes = max_body_bytes
+        self.concurrency = max(1, concurrency)
+        self._slots: asyncio.Semaphore | None = None
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope.get("headers") or []).get(b"content-length", b"")
+        if declared.isdigit() and int(declared) > self.max_body_bytes:
+            await self._too_large(send)
+            return
+        body = tempfile.SpooledTemporaryFile(max_size=SPOOL_IN_MEMORY_BYTES)
+        try:
+            size = await self._read(receive, body)
+            if size is None:
+                return  # the client went away
+            if size > self.max_body_bytes:
+                await self._too_large(send)
+                return
+            body.seek(0)
+            if scope.get("path") in UNQUEUED_PATHS:  # probes answer even when every slot is busy
+                await self.app(scope, _replay(body, size, receive), send)
+                return
+            if self._slots is None:
+                self._slots = asyncio.Semaphore(self.concurrency)
+            async with self._slots:
+                await self.app(scope, _replay(body, size, receive), send)
+        finally:
+            body.close()
+
+    async def _read(self, receive, body) -> int | None:
+        """Reads the body into `body` and returns its size (stops reading once past the
+        limit); None when the client disconnects first."""
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return None
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_body_bytes:
+                return size
+            body.write(chunk)
+            if not message.get("more_body", False):
+                return size
+
+    async def _too_large(self, send) -> None:
+        limit = settings.HISTOPATH_MAX_UPLOAD_BYTES / 1024 / 1024
+        message = html.escape(f"The upload is larger than the limit of {limit:.1f} MiB.")
+        payload = (f"<!doctype html><title>Upload too large</title><p>{message}</p>").encode()
+        await send({"type": "http.response.start", "status": 413,
+                    "headers": [(b"content-type", b"text/html; charset=utf-8"), (b"connection", b"close"),
+                                (b"content-length", str(len(payload)).encode())]})
+        await send({"type": "http.response.body", "body": payload})
+
+
+def _replay(body, size: int, receive):
+    """An ASGI `receive` giving the buffered body in chunks, then the client's messages."""
+    done = False
+
+    async def replay():
+        nonlocal done
+        if done:
+            return await receive()  # after the body: only the client's disconnect
+        chunk = body.read(CHUNK_BYTES)
+        done = body.tell() >= size
+        return {"type": "http.request", "body": chunk, "more_body": not done}
+
+    return replay
+
+
+application = BufferedRequests(
+    get_asgi_application(),
+    max_body_bytes=settings.HISTOPATH_MAX_UPLOAD_BYTES + MULTIPART_OVERHEAD,
+    concurrency=settings.HISTOPATH_REQUEST_THREADS,
+)
