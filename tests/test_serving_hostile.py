@@ -163,3 +163,93 @@ def test_deployments_and_images_name_the_interface_they_listen_on():
     assert "serve" in words and words[words.index("--host") + 1] == "0.0.0.0"
     dockerfile = (REPO_ROOT / "serving" / "docker" / "webapp.Dockerfile").read_text()
     assert re.search(r'^CMD .*histopath serve --host 0\.0\.0\.0', dockerfile, re.MULTILINE)
+
+
+def _b64(data: bytes) -> dict:
+    return {"b64": base64.b64encode(data).decode("ascii")}
+
+
+def _predict(server, body) -> requests.Response:
+    return requests.post(f"{server['rest']}/v1/models/{MIL_NAME}:predict", json=body, timeout=120)
+
+
+def _example(image: bytes) -> bytes:
+    import tensorflow as tf
+
+    feature = {"image": tf.train.Feature(bytes_list=tf.train.BytesList(value=[image]))}
+    return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
+
+
+def _png_header_only(width: int, height: int, bits: int, colour_type: int) -> bytes:
+    """A PNG whose header announces `width` x `height` samples of `bits` bits (its pixel
+    data is a stub: a server must refuse it from the header alone)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, bits, colour_type, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+
+
+@pytest.mark.parametrize("depth", [200, 100_000])
+def test_deeply_nested_json_is_a_bad_request(server, depth):
+    body = '{"instances": ' + "[" * depth + "]" * depth + "}"
+    response = requests.post(f"{server['rest']}/v1/models/{MIL_NAME}:predict", data=body, timeout=60,
+                             headers={"Content-Type": "application/json"})
+    assert response.status_code == 400, response.text[:300]
+    assert "nested more than" in response.json()["error"]
+
+
+def test_decoded_bytes_budget_holds_on_rest_both_signatures_and_grpc(server):
+    """25 Mpx of 16-bit RGB (150 MB decoded): under the pixel limit, over the byte budget;
+    refused from its header on every input path, with the server's own limit."""
+    import grpc
+    import tensorflow as tf
+    from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+
+    wide = _png_header_only(5000, 5000, 16, 2)
+    for body in ({"instances": [_b64(wide)]},
+                 {"inputs": {"image_bytes": [_b64(wide)]}},
+                 {"signature_name": "serving_examples", "instances": [_b64(_example(wide))]}):
+        response = _predict(server, body)
+        assert response.status_code == 400, response.text
+        assert "(150 MB once decoded), more than the limit of 120 MB" in response.json()["error"]
+    with grpc.insecure_channel(server["grpc"]) as channel:
+        stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+        for signature, name, value in (("serving_default", "image_bytes", wide),
+                                       ("serving_examples", "examples", _example(wide))):
+            request = predict_pb2.PredictRequest()
+            request.model_spec.name = MIL_NAME
+            request.model_spec.signature_name = signature
+            request.inputs[name].CopyFrom(tf.make_tensor_proto([value], dtype=tf.string))
+            with pytest.raises(grpc.RpcError) as refused:
+                stub.Predict(request, timeout=30)
+            assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert "more than the limit of 120 MB" in refused.value.details()
+
+
+def test_bomb_refusal_quotes_the_servers_pixel_limit(server):
+    from synthetic_images import png_bomb
+
+    response = _predict(server, {"instances": [_b64(png_bomb(14000, 14000))]})
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert "more than the limit of 40,000,000 pixels" in error and "178956970" not in error
+
+
+def test_12_bit_twins_get_the_answer_of_their_8_bit_original(server, shared_data):
+    """12 significant bits in 16-bit PNGs (with and without sBIT) made from a real BreakHis
+    image: the model server reads them by their real range, as the web app does."""
+    from PIL import Image
+    from serving_fixtures import full_size_images, png16
+
+    rgb = np.asarray(Image.open(full_size_images(shared_data, 1)[0]).convert("RGB"))
+    twelve = rgb.astype(np.uint16) << 4 | rgb >> 4
+    images = [png_bytes(rgb), png16(twelve, 12), png16(twelve)]
+    rows = _predict(server, {"instances": [_b64(image) for image in images]}).json()["predictions"]
+    for twin in rows[1:]:
+        assert twin["probability"] == pytest.approx(rows[0]["probability"], abs=1e-6)
+        assert twin["tissue_fraction"] == pytest.approx(rows[0]["tissue_fraction"], abs=1e-6)
+        assert twin["tissue_detected"] == 1
