@@ -209,7 +209,8 @@ def _add_submit_arguments(parser: argparse.ArgumentParser, *, schedule: bool) ->
     parser.add_argument("--pipeline-root", metavar="URI", help="override the spec's pipeline root")
     parser.add_argument("--name", help="run or schedule name (default: the pipeline's name)")
     if schedule:
-        parser.add_argument("--cron", required=True, help='5-field cron, e.g. "0 2 * * 1" (Mondays 02:00; UTC on KFP)')
+        parser.add_argument("--cron", required=True, help='5-field cron, e.g. "0 2 * * 1" (Mondays 02:00); UTC on KFP, Vertex also '
+                            'takes a "TZ=Europe/Amsterdam " prefix')
         parser.add_argument("--max-concurrency", type=int, default=1, choices=range(1, 11), metavar="1-10",
                             help="runs of this schedule at once (default 1)")
         parser.add_argument("--no-catchup", action="store_true",

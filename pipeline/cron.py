@@ -121,11 +121,20 @@ def check_unix_cron(spec: str) -> str:
     return text
 
 
+_TZ_PREFIX = re.compile(r"^(CRON_TZ|TZ)=(\S*)\s*")
+
+
+def _refuse_time_zone(spec: str) -> None:
+    match = _TZ_PREFIX.match(spec.strip())
+    if match:
+        raise CronError(f"Kubeflow Pipelines runs crons in UTC and takes no time-zone prefix: drop "
+                        f"{match.group(0).strip()!r} and give the time in UTC (a Vertex AI schedule takes the prefix)")
+
+
 def unix_to_kfp(spec: str) -> str:
     """A 5-field unix cron (no TZ prefix: KFP runs crons in UTC) as KFP's 6-field form."""
+    _refuse_time_zone(spec)
     text = check_unix_cron(spec)
-    if text != spec.strip():
-        raise CronError("KFP has no time-zone prefix; give the cron in UTC")
     minute, hour, dom, month, dow = text.split()
     # robfig's day of week is 0-6; unix cron also allows 7 for Sunday
     dow = ",".join("0" if part == "7" else part for part in dow.split(","))
@@ -142,6 +151,7 @@ def to_kfp(cron: str) -> str:
       CronError: it does not parse.
     """
     text = cron.strip()
+    _refuse_time_zone(text)
     if text.startswith("@") or len(text.split()) == 6:
         check_kfp_cron(text)
         return text

@@ -92,6 +92,8 @@ def test_dry_run_prints_exactly_what_would_be_sent_and_sends_nothing(server, spe
 @pytest.mark.parametrize("argv, message", [
     (["schedule", "--cron", "0 25 * * 1", "--kfp-host", "{url}"], "--cron '0 25 * * 1': End of range (25)"),
     (["schedule", "--cron", "every monday", "--kfp-host", "{url}"], "--cron 'every monday': expected 5 fields"),
+    (["schedule", "--cron", "TZ=Europe/Amsterdam 0 2 * * 1", "--kfp-host", "{url}"],
+     "--cron 'TZ=Europe/Amsterdam 0 2 * * 1': Kubeflow Pipelines runs crons in UTC and takes no time-zone prefix"),
     (["submit", "--kfp-host", "http://127.0.0.1:9"], "cannot reach Kubeflow Pipelines at http://127.0.0.1:9"),
     (["submit", "--vertex", "histo-project", "--service-account", "x@y"], "--vertex takes PROJECT/REGION"),
     (["submit", "--kfp-host", "{url}", "--pipeline-root", "relative"], "relative local path"),
@@ -264,3 +266,66 @@ def test_kfp_an_unreadable_token_path_is_one_line(spec, capsys, monkeypatch, ser
     code, _, err = _run(capsys, "submit", "--spec", spec, "--kfp-host", server.url)
     assert code == 1 and "KF_PIPELINES_SA_TOKEN_PATH" in err and err.count("\n") == 1, err
     assert server.requests == []
+
+
+# ---- failures are one line, soon ---------------------------------------------------------
+@pytest.fixture
+def silent_port():
+    """A loopback port that accepts connections and never answers."""
+    import socket
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    yield listener.getsockname()[1]
+    listener.close()
+
+
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.mark.parametrize("endpoint, message", [
+    ("refused", "cannot reach Vertex AI at http://127.0.0.1:"),
+    ("silent", "cannot reach Vertex AI at http://127.0.0.1:"),
+    ("token", "cannot get a Google access token"),
+])
+def test_vertex_unreachable_is_one_line_within_the_timeout(vertex, spec, tmp_path, capsys, monkeypatch, silent_port,
+                                                             endpoint, message):
+    import time
+
+    from histopath.pipeline import submit_auth
+
+    if endpoint == "token":  # the key's token endpoint does not answer
+        key, _ = _service_account_key(tmp_path / "silent-key.json", f"http://127.0.0.1:{silent_port}/token")
+        monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", key)
+    else:
+        port = _closed_port() if endpoint == "refused" else silent_port
+        monkeypatch.setenv("HISTOPATH_VERTEX_API_ENDPOINT", f"http://127.0.0.1:{port}")
+    started = time.monotonic()
+    code, _, err = _run(capsys, "submit", "--spec", spec, "--vertex", "histo-project/europe-west4",
+                        "--service-account", SERVICE_ACCOUNT)
+    assert code == 1 and message in err and err.count("\n") == 1, err
+    assert time.monotonic() - started < submit_auth.VERTEX_TIMEOUT_S + 5
+    assert not any(path.endswith(("pipelineJobs", "schedules")) for _, path in vertex.calls())
+
+
+def test_a_refused_vertex_credential_is_one_line(spec, tmp_path, capsys, monkeypatch):
+    with ContractServer(authorize=carries("Authorization", "Bearer another-token")) as vertex:
+        key, _ = _service_account_key(tmp_path / "key.json", f"{vertex.url}/token")
+        for name, value in (("GOOGLE_APPLICATION_CREDENTIALS", key), ("STORAGE_EMULATOR_HOST", vertex.url),
+                            ("HISTOPATH_VERTEX_API_ENDPOINT", vertex.url)):
+            monkeypatch.setenv(name, value)
+        code, _, err = _run(capsys, "schedule", "--spec", spec, "--vertex", "histo-project/europe-west4",
+                            "--cron", "0 2 * * 1")
+    assert code == 1 and "answered HTTP 401" in err and err.count("\n") == 1, err
+
+
+def test_a_refused_kfp_credential_is_one_line(spec, capsys):
+    with ContractServer(authorize=carries("Authorization", "Bearer right")) as server:
+        code, _, err = _run(capsys, "submit", "--spec", spec, "--kfp-host", server.url, "--token", "wrong")
+    assert code == 1 and "answered HTTP 401" in err and "--token" in err and err.count("\n") == 1, err
