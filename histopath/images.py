@@ -23,6 +23,7 @@ import dataclasses
 import io
 import re
 import warnings
+from typing import Iterator
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -156,29 +157,43 @@ def read_header(data: bytes, *, allowed_formats: tuple[str, ...] = ACCEPTED_FORM
     return header
 
 
-def _bands(height: int):
-    for top in range(0, height, BAND_ROWS):
-        yield top, min(height, top + BAND_ROWS)
+def _bands(source: np.ndarray | Image.Image) -> Iterator[tuple[int, int, np.ndarray]]:
+    """(top, bottom, rows) of `source` in bands of `BAND_ROWS` rows; a Pillow image's rows
+    are copied one band at a time, never all at once."""
+    if isinstance(source, Image.Image):
+        width, height = source.size
+        for top in range(0, height, BAND_ROWS):
+            bottom = min(height, top + BAND_ROWS)
+            yield top, bottom, np.asarray(source.crop((0, top, width, bottom)))
+        return
+    for top in range(0, source.shape[0], BAND_ROWS):
+        yield top, min(source.shape[0], top + BAND_ROWS), source[top:top + BAND_ROWS]
 
 
-def _integers_to_8bit(values: np.ndarray, bits: int | None) -> np.ndarray:
+def _shape(source: np.ndarray | Image.Image) -> tuple[int, ...]:
+    return (source.size[1], source.size[0]) if isinstance(source, Image.Image) else source.shape
+
+
+def _integers_to_8bit(source: np.ndarray | Image.Image, bits: int | None) -> np.ndarray:
     """Keeps the top 8 of `bits` bits; `bits` None: as many bits as the largest value uses.
     Works band by band: no full-size copy in a wider type."""
-    if values.size and values.min() < 0:
-        raise ImageError(f"the image has negative pixel values (down to {values.min()})")
+    low, high = 0, 0
+    for _, _, band in _bands(source):
+        if band.size:
+            low, high = min(low, int(band.min())), max(high, int(band.max()))
+    if low < 0:
+        raise ImageError(f"the image has negative pixel values (down to {low})")
     if bits is None:
-        bits = max(8, int(values.max()).bit_length() if values.size else 8)
-    out = np.empty(values.shape, np.uint8)
-    for top, bottom in _bands(values.shape[0]):
-        band = values[top:bottom]
+        bits = max(8, high.bit_length())
+    out = np.empty(_shape(source), np.uint8)
+    for top, bottom, band in _bands(source):
         out[top:bottom] = np.minimum(band >> (bits - 8), 255) if bits > 8 else band
     return out
 
 
-def _floats_to_8bit(values: np.ndarray) -> np.ndarray:
+def _floats_to_8bit(source: np.ndarray | Image.Image) -> np.ndarray:
     low, high = 0.0, 0.0
-    for top, bottom in _bands(values.shape[0]):
-        band = values[top:bottom]
+    for _, _, band in _bands(source):
         if not np.all(np.isfinite(band)):
             raise ImageError("the image has pixel values that are not finite numbers")
         if band.size:
@@ -187,10 +202,9 @@ def _floats_to_8bit(values: np.ndarray) -> np.ndarray:
         raise ImageError(f"the image has negative pixel values (down to {low:g})")
     for limit in (1.0, 255.0, 65535.0):
         if high <= limit:
-            out = np.empty(values.shape, np.uint8)
-            scale = np.float32(255.0 / limit) if values.dtype == np.float32 else 255.0 / limit
-            for top, bottom in _bands(values.shape[0]):
-                out[top:bottom] = np.clip(np.round(values[top:bottom] * scale), 0, 255)
+            out = np.empty(_shape(source), np.uint8)
+            for top, bottom, band in _bands(source):
+                out[top:bottom] = np.clip(np.round(band * np.float32(255.0 / limit)), 0, 255)
             return out
     raise ImageError(f"a floating-point image with values up to {high:g}: its range is unknown")
 
@@ -219,9 +233,9 @@ def to_rgb8(image: Image.Image) -> Image.Image:
         grey = _integers_to_8bit(values, _sixteen_bit_bits(values, image.info.get("significant_bits")))
         return Image.fromarray(grey, mode="L").convert("RGB")
     if mode == "I":  # 32-bit integers by the bits their values use
-        return Image.fromarray(_integers_to_8bit(np.asarray(image), None), mode="L").convert("RGB")
+        return Image.fromarray(_integers_to_8bit(image, None), mode="L").convert("RGB")
     if mode == "F":
-        return Image.fromarray(_floats_to_8bit(np.asarray(image)), mode="L").convert("RGB")
+        return Image.fromarray(_floats_to_8bit(image), mode="L").convert("RGB")
     if mode in ("RGBA", "LA", "PA", "RGBa", "La") or (mode == "P" and "transparency" in image.info):
         return _on_white(image.convert("RGBA"))
     return image.convert("RGB")  # 1, L, P, CMYK, YCbCr, LAB, HSV

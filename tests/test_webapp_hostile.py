@@ -181,3 +181,97 @@ def test_a_keep_alive_connection_dropped_by_the_model_server_is_retried(django_a
         answers = [backend.predict(b"image") for _ in range(3)]
     assert [(answer.probability, answer.model_version) for answer in answers] == [(0.25, "3")] * 3
     assert len(server.hits) >= 5  # each reuse was dropped, then sent again
+
+
+POD_MEMORY_LIMIT = 2 * 1024**3  # serving/k8s/webapp-deployment.yaml: limits.memory 2Gi
+
+
+def _float_tiff(side: int) -> bytes:
+    """A `side` x `side` 32-bit float TIFF of a few KB (deflate): decoding it is what costs."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    pixels = np.zeros((side, side), np.float32)
+    pixels[::50] = 0.5
+    buffer = io.BytesIO()
+    Image.fromarray(pixels, mode="F").save(buffer, format="TIFF", compression="tiff_adobe_deflate")
+    return buffer.getvalue()
+
+
+def _peak_rss_during(pid: int, work) -> tuple[int, list]:
+    """Runs `work()` while sampling the RSS of `pid` and its children every 20 ms."""
+    import psutil
+
+    server, peak, stop = psutil.Process(pid), [0], threading.Event()
+
+    def sample() -> None:
+        while not stop.wait(0.02):
+            total = 0
+            for process in [server, *server.children(recursive=True)]:
+                try:
+                    total += process.memory_info().rss
+                except psutil.Error:
+                    pass
+            peak[0] = max(peak[0], total)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    try:
+        result = work()
+    finally:
+        stop.set()
+        sampler.join(timeout=10)
+    return peak[0], result
+
+
+@pytest.mark.hostile
+@pytest.mark.parametrize("side, accepted", [(6000, False), (5400, True)], ids=["over-budget", "largest-accepted"])
+def test_three_concurrent_worst_case_uploads_stay_under_the_pod_limit(web, side, accepted):
+    """Three pathologists upload at once a small file of 32-bit floats: 6000x6000 (36 Mpx,
+    under the pixel limit, 144 MB decoded) is refused from its header quoting the app's
+    byte limit; 5400x5400 (117 MB, the largest the budget admits) is classified. The
+    server's memory (gunicorn and its worker) stays under the pod's limit."""
+    data = _float_tiff(side)
+    assert len(data) < 2 * 1024 * 1024
+    sessions = [web_session(web["url"], "slow-victim") for _ in range(3)]
+
+    def upload(index: int):
+        session, token = sessions[index]
+        started = time.monotonic()
+        response = session.post(web["url"] + "/", data={"csrfmiddlewaretoken": token},
+                                files={"image": (f"scan-{index}.tif", data, "image/tiff")}, timeout=300)
+        return response, time.monotonic() - started
+
+    def three_at_once():
+        with concurrent.futures.ThreadPoolExecutor(max_workers=3) as pool:
+            return list(pool.map(upload, range(3)))
+
+    peak, answers = _peak_rss_during(web["process"].pid, three_at_once)
+    print(f"3 x {side}x{side} float TIFF: peak RSS {peak / 2**20:.0f} MiB, "
+          + ", ".join(f"{took:.1f} s" for _, took in answers))
+    for response, _ in answers:
+        if accepted:
+            assert response.status_code == 200 and 'id="result-label"' in response.text, response.text[-500:]
+        else:
+            assert response.status_code == 400
+            assert "more than the limit of 120 MB of decoded pixels" in response.text
+    assert peak < POD_MEMORY_LIMIT, f"peak RSS {peak / 2**20:.0f} MiB"
+
+
+def test_byte_budget_queues_and_then_refuses_beyond_its_capacity():
+    from histopath.serving.webapp.predictions.limits import ByteBudget, DecodeBusy
+
+    budget = ByteBudget(100, wait_s=0.3)
+    with budget.hold(60):
+        with budget.hold(40):  # fits beside it
+            assert budget.held == 100
+        started = time.monotonic()
+        with pytest.raises(DecodeBusy, match="other large images"):
+            with budget.hold(50):
+                pass
+        assert 0.25 < time.monotonic() - started < 2
+    with budget.hold(500):  # one image larger than the budget holds all of it, alone
+        assert budget.held == 100
+    assert budget.held == 0

@@ -28,6 +28,9 @@ Environment:
   HISTOPATH_MAX_DECODED_MB    most megabytes (10^6 bytes) an image's samples may take once
                               decoded: bytes per sample x channels x pixels (120, i.e. the
                               pixel limit of 8-bit RGB), checked from the header.
+  HISTOPATH_DECODE_BUDGET_MB  most decoded-image megabytes in flight per worker process
+                              (120: one image of the largest size at a time, smaller ones beside
+                              it); beyond it uploads wait their turn (60 s at most).
   HISTOPATH_URL_TIMEOUT       seconds allowed for fetching an image URL, all of it (10).
   HISTOPATH_URL_FETCHES       image URLs fetched at once per process (4); one more is refused
                               at once, so uploads and /healthz always get a worker thread.
@@ -187,6 +190,7 @@ HISTOPATH_RELOAD_INTERVAL = float(os.environ.get("HISTOPATH_RELOAD_INTERVAL", "5
 HISTOPATH_MAX_UPLOAD_BYTES = int(os.environ.get("HISTOPATH_MAX_UPLOAD_BYTES", str(10 * 1024 * 1024)))
 HISTOPATH_MAX_IMAGE_PIXELS = int(os.environ.get("HISTOPATH_MAX_IMAGE_PIXELS", "40000000"))
 HISTOPATH_MAX_DECODED_MB = float(os.environ.get("HISTOPATH_MAX_DECODED_MB", "120"))
+HISTOPATH_DECODE_BUDGET_MB = float(os.environ.get("HISTOPATH_DECODE_BUDGET_MB", "120"))
 HISTOPATH_URL_TIMEOUT = float(os.environ.get("HISTOPATH_URL_TIMEOUT", "10"))
 HISTOPATH_URL_ALLOWLIST = env_list("HISTOPATH_URL_ALLOWLIST")
 HISTOPATH_URL_FETCHES = int(os.environ.get("HISTOPATH_URL_FETCHES", "4"))

@@ -17,11 +17,12 @@ from django.shortcuts import render
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET, require_http_methods
 
-from histopath.images import ImageError, decode, model_bytes
+from histopath.images import ImageError, decode, model_bytes, read_header
 from histopath.models import heatmap
 from histopath.serving.webapp.predictions import accounts
 from histopath.serving.webapp.predictions.backends import BackendError, ImageRejected, get_backend
 from histopath.serving.webapp.predictions.forms import PredictForm
+from histopath.serving.webapp.predictions.limits import ByteBudget, DecodeBusy
 from histopath.serving.webapp.predictions.models import AuditEvent, Prediction
 from histopath.serving.webapp.predictions.url_fetch import FetchPolicy, FetchSlots, UrlFetchError, fetch_image
 
@@ -81,16 +82,45 @@ def index(request: HttpRequest) -> HttpResponse:
         source, field, data = _read_source(form)
     except UrlFetchError as error:
         return _form_error(request, form, "image_url", f"Cannot use this URL: {error}.")
-    digest = hashlib.sha256(data).hexdigest()
-    display_name = form.cleaned_data.get("display_name") or digest[:12]
     upload = form.cleaned_data.get("image")
     named = f"“{upload.name[:200]}”" if upload else "The image at the URL"  # shown, never stored
     try:
-        image = decode(data, max_pixels=settings.HISTOPATH_MAX_IMAGE_PIXELS,
-                       max_decoded_bytes=int(settings.HISTOPATH_MAX_DECODED_MB * 1e6))
+        header = read_header(data, max_pixels=settings.HISTOPATH_MAX_IMAGE_PIXELS,
+                             max_decoded_bytes=_max_decoded_bytes())
+        with _decode_budget().hold(header.decoded_bytes):  # decoded, classified, rendered
+            return _classify(request, form, source, field, data, named)
     except ImageError as error:
         return _form_error(request, form, field, f"{named}: {error}.")
+    except DecodeBusy as error:
+        return _form_error(request, form, field, f"{named}: {error}.", status=503)
 
+
+def _max_decoded_bytes() -> int:
+    return int(settings.HISTOPATH_MAX_DECODED_MB * 1e6)
+
+
+_budget: ByteBudget | None = None
+_budget_lock = threading.Lock()
+
+
+def _decode_budget() -> ByteBudget:
+    """The process's budget of decoded-image bytes in flight (`HISTOPATH_DECODE_BUDGET_MB`)."""
+    global _budget
+    capacity = int(settings.HISTOPATH_DECODE_BUDGET_MB * 1e6)
+    with _budget_lock:
+        if _budget is None or _budget.capacity != capacity:
+            _budget = ByteBudget(capacity)
+        return _budget
+
+
+def _classify(request: HttpRequest, form: PredictForm, source: str, field: str, data: bytes,
+              named: str) -> HttpResponse:
+    """Decodes `data`, asks the model, records the prediction and renders the result.
+
+    Raises:
+      ImageError: the image cannot be read (shown on the form).
+    """
+    image = decode(data, max_pixels=settings.HISTOPATH_MAX_IMAGE_PIXELS, max_decoded_bytes=_max_decoded_bytes())
     try:
         answer = get_backend().predict(model_bytes(data, image))
     except ImageRejected as error:
@@ -99,11 +129,13 @@ def index(request: HttpRequest) -> HttpResponse:
         logger.warning("prediction failed: %s", error)  # the internal address stays in the log
         return render(request, "predictions/error.html", {"message": MODEL_UNAVAILABLE}, status=503)
 
+    digest = hashlib.sha256(data).hexdigest()
+    upload = form.cleaned_data.get("image")
     record = Prediction.objects.create(
         user=request.user,
         image_sha256=digest,
         source=source,
-        display_name=display_name,
+        display_name=form.cleaned_data.get("display_name") or digest[:12],
         original_name=(upload.name or "")[:255] if upload and settings.HISTOPATH_KEEP_FILENAMES else "",
         model_name=answer.model_name,
         model_version=answer.model_version,
@@ -118,8 +150,15 @@ def index(request: HttpRequest) -> HttpResponse:
     return render(request, "predictions/index.html", _result_context(answer, record, image))
 
 
+def _for_display(rgb):
+    """`rgb` reduced by a whole factor towards the display size first (a small copy, not
+    one as large as the image)."""
+    factor = max(rgb.size) // (2 * heatmap.DISPLAY_MAX_SIDE)
+    return rgb.reduce(factor) if factor > 1 else rgb
+
+
 def _result_context(answer, record: Prediction, image) -> dict:
-    shown = heatmap.display_copy(image.rgb)
+    shown = heatmap.display_copy(_for_display(image.rgb))
     heatmap_url = tile_map_url = None
     if answer.grid_shape is not None and answer.tissue_detected:
         try:
