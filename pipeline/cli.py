@@ -133,7 +133,7 @@ def _kfp_target(args: argparse.Namespace):
                      kube_context=args.kube_context)
 
 
-def _submit_request(args: argparse.Namespace, spec, name: str) -> dict:
+def _submit_request(args: argparse.Namespace, spec, name: str, common: dict) -> dict:
     """What `_submit` would send (printed by --dry-run)."""
     from histopath.pipeline import submit
 
@@ -141,33 +141,33 @@ def _submit_request(args: argparse.Namespace, spec, name: str) -> dict:
         if args.command == "schedule":
             return submit.kfp_recurring_run_request(
                 spec, _kfp_target(args), name=name, cron=args.cron, max_concurrency=args.max_concurrency,
-                no_catchup=args.no_catchup, experiment=args.experiment, pipeline_root=args.pipeline_root)
-        return submit.kfp_run_request(spec, _kfp_target(args), run_name=name, experiment=args.experiment,
-                                      pipeline_root=args.pipeline_root)
+                no_catchup=args.no_catchup, experiment=args.experiment, **common)
+        return submit.kfp_run_request(spec, _kfp_target(args), run_name=name, experiment=args.experiment, **common)
     if args.command == "schedule":
         return submit.vertex_schedule_request(
             spec, args.vertex, name=name, cron=args.cron, max_concurrency=args.max_concurrency,
-            pipeline_root=args.pipeline_root, service_account=args.service_account)
-    return submit.vertex_job_request(spec, args.vertex, display_name=name, pipeline_root=args.pipeline_root,
-                                     service_account=args.service_account)
+            service_account=args.service_account, **common)
+    return submit.vertex_job_request(spec, args.vertex, display_name=name, service_account=args.service_account,
+                                     **common)
 
 
 def _submit(args: argparse.Namespace) -> int:
     import json
 
-    from histopath.pipeline import cron, submit
+    from histopath.pipeline import cron, run_parameters, submit
 
     spec = submit.load_spec(args.spec)
     name = args.name or spec.name
+    common = {"pipeline_root": args.pipeline_root,
+              "parameters": run_parameters.values(spec.pipeline_spec, run_parameters.parse(args.param))}
     try:
-        request = _submit_request(args, spec, name)
+        request = _submit_request(args, spec, name, common)
     except cron.CronError as error:
         raise ConfigError(f"--cron {args.cron!r}: {error}") from None
     if args.dry_run:
         print(json.dumps(request, indent=2, sort_keys=True))
         print("dry run: nothing was sent", file=sys.stderr)
         return 0
-    common = {"pipeline_root": args.pipeline_root}
     if not args.vertex and args.command == "schedule":
         result = submit.kfp_schedule(_kfp_target(args), spec, name=name, cron=args.cron,
                                      max_concurrency=args.max_concurrency, no_catchup=args.no_catchup,
@@ -208,6 +208,9 @@ def _add_submit_arguments(parser: argparse.ArgumentParser, *, schedule: bool) ->
     parser.add_argument("--service-account", metavar="SA", help="Vertex: the service account the run uses")
     parser.add_argument("--pipeline-root", metavar="URI", help="override the spec's pipeline root")
     parser.add_argument("--name", help="run or schedule name (default: the pipeline's name)")
+    parser.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
+                        help="a run-time setting of this run or schedule, repeatable (no recompiling): "
+                        "data_root=URI, serving_dir=URI, span_window=all|N, min_new_patients=K")
     if schedule:
         parser.add_argument("--cron", required=True, help='5-field cron, e.g. "0 2 * * 1" (Mondays 02:00); UTC on KFP, Vertex also '
                             'takes a "TZ=Europe/Amsterdam " prefix')

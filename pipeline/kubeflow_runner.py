@@ -8,6 +8,8 @@ driver reads only that form of constants and parameters); this module then
   `histopath submit` passes it with the run);
 - turns off the cache of the ingestion task, so that every (scheduled) run looks at the
   data root itself and picks up the spans that arrived since the last;
+- makes the data root, the ingestion settings and the serving folder pipeline parameters
+  (`run_parameters`), which a run or a schedule overrides without recompiling;
 - checks the result the way `kfp.Client` reads a package (strict `PipelineSpec`) and
   writes it whole (write, then rename).
 
@@ -21,9 +23,9 @@ import os
 import re
 from typing import Any
 
-import histopath  # noqa: F401  (pins Keras 2 before TensorFlow is imported)
 from histopath import fileio
 from histopath.errors import ConfigError
+from histopath.pipeline import run_parameters
 from histopath.pipeline.config import PipelineConfig
 
 # The image built from pipeline/Dockerfile (scripts/build-pipeline-image.sh).
@@ -76,6 +78,7 @@ def pipeline_spec(config: PipelineConfig, image: str | None = None) -> dict[str,
     if INGEST_NODE in tasks:
         tasks[INGEST_NODE].setdefault("cachingOptions", {})["enableCache"] = False
     _name_condition_inputs_as_the_task_does(tasks)
+    run_parameters.parameterize(spec)
     json_format.ParseDict(spec, pipeline_spec_pb2.PipelineSpec(), ignore_unknown_fields=False)
     return spec
 

@@ -124,3 +124,40 @@ def test_every_trigger_condition_names_an_input_of_its_task(compiled):
             for key in re.findall(r"inputs\.artifacts\['([^']+)'\]", condition):
                 assert key in task["inputs"]["artifacts"], (name, key)
     assert conditions == 13  # every node between the ingestion and the report
+
+
+def test_run_time_settings_are_pipeline_parameters_with_the_compiled_defaults(compiled):
+    from kfp import components
+
+    config, path, spec = compiled
+    declared = spec["root"]["inputDefinitions"]["parameters"]
+    assert set(declared) == {"data_root", "ingest_settings", "serving_model_dir", "push_destination"}
+    assert all(d["parameterType"] == "STRING" and d["isOptional"] for d in declared.values())
+    assert declared["data_root"]["defaultValue"] == "gs://histo-data/breakhis"
+    assert declared["serving_model_dir"]["defaultValue"] == "gs://histo-models/serving/histopath"
+    assert json.loads(declared["ingest_settings"]["defaultValue"])["window"] == config.span_window
+    tasks = spec["root"]["dag"]["tasks"]
+    reads = {(task, key): value["componentInputParameter"] for task, t in tasks.items()
+             for key, value in t["inputs"].get("parameters", {}).items() if "componentInputParameter" in value}
+    assert reads == {("IngestImages", "data_root"): "data_root", ("IngestImages", "settings"): "ingest_settings",
+                     ("LatestPushedModel", "serving_model_dir"): "serving_model_dir",
+                     ("Pusher", "push_destination"): "push_destination"}
+    # kfp's own loader sees them as the pipeline's inputs, with their defaults
+    component = components.load_component_from_file(path)
+    assert component.component_spec.inputs["data_root"].default == "gs://histo-data/breakhis"
+
+
+def test_the_spec_runner_hands_a_task_the_runs_parameter_or_the_default(compiled):
+    from google.protobuf import json_format
+    from kfp.pipeline_spec import pipeline_spec_pb2
+
+    from histopath.pipeline.spec_runner import SpecRun
+
+    _, _, spec = compiled
+    parsed = json_format.ParseDict(spec, pipeline_spec_pb2.PipelineSpec())
+    run = SpecRun(parsed, "/tmp/root", runner="subprocess", parameters={"data_root": "/mnt/other"})
+    ingest = parsed.root.dag.tasks["IngestImages"]
+    inputs = run.executor_input("IngestImages", ingest, parsed.components[ingest.component_ref.name]).inputs
+    assert inputs.parameter_values["data_root"].string_value == "/mnt/other"
+    assert inputs.parameter_values["settings"].string_value == spec["root"]["inputDefinitions"]["parameters"][
+        "ingest_settings"]["defaultValue"]

@@ -5,7 +5,8 @@ task, each handed the executor input the Kubeflow Pipelines v2 driver would hand
         [--mount /abs/data] [--runner docker|subprocess]
 
 For every task in dependency order it builds the `ExecutorInput` as open-source KFP's
-driver does (parameters from `runtimeValue.constant`; input artifacts as their producers
+driver does (parameters from `runtimeValue.constant`, pipeline parameters from the run's
+values or the spec's defaults; input artifacts as their producers
 left them, with their types; output artifacts at `{root}/{pipeline}/{run}/{task}/{key}`),
 runs the task's container command with that input (docker: the image's entrypoint
 replaced by the task's command, as Kubernetes does; the pipeline root and `--mount`
@@ -120,10 +121,12 @@ class SpecRun:
       runner: "docker" (each task in its image) or "subprocess" (this Python: a quick check).
       mounts: further absolute folders the tasks read or write (data root, serving folder).
       env: environment variables of every task.
+      parameters: pipeline parameter values of this run (the others keep their defaults).
     """
 
     def __init__(self, spec: pb.PipelineSpec, pipeline_root: str, runner: str = "docker",
-                 mounts: Sequence[str] = (), env: Optional[dict[str, str]] = None):
+                 mounts: Sequence[str] = (), env: Optional[dict[str, str]] = None,
+                 parameters: Optional[dict[str, Any]] = None):
         if not os.path.isabs(pipeline_root):
             raise ConfigError(f"--pipeline-root must be an absolute local folder, got {pipeline_root!r}")
         self.spec = spec
@@ -133,20 +136,34 @@ class SpecRun:
         self.runner = runner
         self.mounts = [os.path.abspath(m) for m in mounts]
         self.env = dict(env or {})
+        self.parameters = dict(parameters or {})
         self.run_id = "local-" + datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
         self.name = spec.pipeline_info.name
         self.outputs: dict[str, dict[str, pb.RuntimeArtifact]] = {}
         self.results: dict[str, TaskResult] = {}
+
+    def pipeline_parameter(self, name: str) -> struct_pb2.Value:
+        """A pipeline parameter's value for this run: given, or the spec's default."""
+        if name in self.parameters:
+            return _value(self.parameters[name])
+        definition = self.spec.root.input_definitions.parameters.get(name)
+        if definition is None or not definition.HasField("default_value"):
+            raise ConfigError(f"pipeline parameter {name!r} has no value and no default")
+        return definition.default_value
 
     # ---- the executor input, as the KFP driver builds it -----------------------------------
     def executor_input(self, task_name: str, task: pb.PipelineTaskSpec, component: pb.ComponentSpec) -> pb.ExecutorInput:
         task_root = f"{self.root}/{self.name}/{self.run_id}/{task_name}"
         executor_input = pb.ExecutorInput()
         for key, parameter in task.inputs.parameters.items():
+            if parameter.component_input_parameter:  # a pipeline parameter: the run's value or its default
+                executor_input.inputs.parameter_values[key].CopyFrom(
+                    self.pipeline_parameter(parameter.component_input_parameter))
+                continue
             kind = parameter.runtime_value.WhichOneof("value") if parameter.HasField("runtime_value") else None
             if kind != "constant":
-                raise ConfigError(f"{task_name}.{key}: only runtimeValue.constant parameters are supported "
-                                  "(PipelineSpec 2.1, as `histopath compile` writes)")
+                raise ConfigError(f"{task_name}.{key}: only runtimeValue.constant and pipeline parameters are "
+                                  "supported (PipelineSpec 2.1, as `histopath compile` writes)")
             executor_input.inputs.parameter_values[key].CopyFrom(parameter.runtime_value.constant)
         for key, definition in component.input_definitions.parameters.items():
             if key not in executor_input.inputs.parameter_values and definition.HasField("default_value"):

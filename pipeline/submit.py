@@ -135,7 +135,7 @@ def _kfp_request(path: str, body, target: KfpTarget, experiment: Optional[str]) 
 
 
 def kfp_run_request(spec: Spec, target: KfpTarget, *, run_name: str, experiment: Optional[str],
-                    pipeline_root: Optional[str]) -> dict:
+                    pipeline_root: Optional[str], parameters: Optional[dict[str, str]] = None) -> dict:
     """The `POST /apis/v2beta1/runs` body `kfp_submit` sends (the experiment by name: its
     id is looked up when sending)."""
     import kfp_server_api
@@ -143,12 +143,13 @@ def kfp_run_request(spec: Spec, target: KfpTarget, *, run_name: str, experiment:
     body = kfp_server_api.V2beta1Run(
         display_name=run_name, pipeline_spec=_kfp_spec_body(spec),
         runtime_config=kfp_server_api.V2beta1RuntimeConfig(pipeline_root=_pipeline_root(spec, pipeline_root, False),
-                                                           parameters={}))
+                                                           parameters=dict(parameters or {})))
     return _kfp_request("/apis/v2beta1/runs", body, target, experiment)
 
 
 def kfp_recurring_run_request(spec: Spec, target: KfpTarget, *, name: str, cron: str, max_concurrency: int,
-                              no_catchup: bool, experiment: Optional[str], pipeline_root: Optional[str]) -> dict:
+                              no_catchup: bool, experiment: Optional[str], pipeline_root: Optional[str],
+                              parameters: Optional[dict[str, str]] = None) -> dict:
     """The `POST /apis/v2beta1/recurringruns` body `kfp_schedule` sends."""
     import kfp_server_api
 
@@ -156,28 +157,28 @@ def kfp_recurring_run_request(spec: Spec, target: KfpTarget, *, name: str, cron:
         mode=kfp_server_api.RecurringRunMode.ENABLE, display_name=name, pipeline_spec=_kfp_spec_body(spec),
         no_catchup=no_catchup, max_concurrency=max_concurrency,
         runtime_config=kfp_server_api.V2beta1RuntimeConfig(pipeline_root=_pipeline_root(spec, pipeline_root, False),
-                                                           parameters={}),
+                                                           parameters=dict(parameters or {})),
         trigger=kfp_server_api.V2beta1Trigger(cron_schedule=kfp_server_api.V2beta1CronSchedule(
             cron=cron_lib.to_kfp(cron))))
     return _kfp_request("/apis/v2beta1/recurringruns", body, target, experiment)
 
 
 def kfp_submit(target: KfpTarget, spec: Spec, *, run_name: str, experiment: Optional[str] = None,
-               pipeline_root: Optional[str] = None) -> dict:
+               pipeline_root: Optional[str] = None, parameters: Optional[dict[str, str]] = None) -> dict:
     """Starts one run; returns {"run_id", "experiment"}."""
     _check_kfp_spec(spec)
     root = _pipeline_root(spec, pipeline_root, False)
     check_kfp(target)
     with tempfile.TemporaryDirectory() as folder, _kfp_client(target) as client:
         result = client.create_run_from_pipeline_package(
-            _kfp_package(spec, folder), arguments={}, run_name=run_name,
+            _kfp_package(spec, folder), arguments=dict(parameters or {}), run_name=run_name,
             experiment_name=experiment or "Default", namespace=target.namespace, pipeline_root=root)
     return {"run_id": result.run_id, "experiment": experiment or "Default"}
 
 
 def kfp_schedule(target: KfpTarget, spec: Spec, *, name: str, cron: str, max_concurrency: int = 1,
                  no_catchup: bool = False, experiment: Optional[str] = None,
-                 pipeline_root: Optional[str] = None) -> dict:
+                 pipeline_root: Optional[str] = None, parameters: Optional[dict[str, str]] = None) -> dict:
     """Creates a recurring run; returns {"recurring_run_id", "cron"} (the cron as KFP reads it)."""
     _check_kfp_spec(spec)
     kfp_cron = cron_lib.to_kfp(cron)
@@ -187,7 +188,7 @@ def kfp_schedule(target: KfpTarget, spec: Spec, *, name: str, cron: str, max_con
         experiment_id = client.create_experiment(experiment or "Default", namespace=target.namespace).experiment_id
         result = client.create_recurring_run(
             experiment_id=experiment_id, job_name=name, cron_expression=kfp_cron, max_concurrency=max_concurrency,
-            no_catchup=no_catchup, params={}, pipeline_package_path=_kfp_package(spec, folder), pipeline_root=root)
+            no_catchup=no_catchup, params=dict(parameters or {}), pipeline_package_path=_kfp_package(spec, folder), pipeline_root=root)
     return {"recurring_run_id": result.recurring_run_id, "cron": kfp_cron}
 
 
@@ -205,17 +206,17 @@ def parse_vertex_target(text: str) -> tuple[str, str]:
 
 
 def _vertex_job(spec: Spec, project: str, region: str, *, display_name: str, pipeline_root: Optional[str],
-                credentials):
+                credentials, parameters: Optional[dict[str, str]]):
     """A PipelineJob holding its own credentials (inside `submit_auth.vertex_session`)."""
     from google.cloud import aiplatform
 
     return aiplatform.PipelineJob(display_name=display_name, template_path=spec.path, project=project,
-                                  location=region, credentials=credentials,
+                                  location=region, credentials=credentials, parameter_values=dict(parameters or {}),
                                   pipeline_root=_pipeline_root(spec, pipeline_root, True))
 
 
 def vertex_job_request(spec: Spec, target: str, *, display_name: str, pipeline_root: Optional[str] = None,
-                       service_account: Optional[str] = None) -> dict:
+                       service_account: Optional[str] = None, parameters: Optional[dict[str, str]] = None) -> dict:
     """The `pipelineJobs.create` request `vertex_submit` sends (built without credentials)."""
     from google.auth.credentials import AnonymousCredentials
 
@@ -225,7 +226,8 @@ def vertex_job_request(spec: Spec, target: str, *, display_name: str, pipeline_r
     _pipeline_root(spec, pipeline_root, True)
     with vertex_session(project, region):
         job = _vertex_job(spec, project, region, display_name=display_name, pipeline_root=pipeline_root,
-                          credentials=AnonymousCredentials())  # building the request needs no account
+                          credentials=AnonymousCredentials(),  # building the request needs no account
+                          parameters=parameters)
         body = job.to_dict()
     if service_account:
         body["serviceAccount"] = service_account
@@ -233,11 +235,12 @@ def vertex_job_request(spec: Spec, target: str, *, display_name: str, pipeline_r
 
 
 def vertex_schedule_request(spec: Spec, target: str, *, name: str, cron: str, max_concurrency: int,
-                            pipeline_root: Optional[str] = None, service_account: Optional[str] = None) -> dict:
+                            pipeline_root: Optional[str] = None, service_account: Optional[str] = None,
+                            parameters: Optional[dict[str, str]] = None) -> dict:
     """The `schedules.create` request `vertex_schedule` sends."""
     cron_lib.check_unix_cron(cron)
     job = vertex_job_request(spec, target, display_name=name, pipeline_root=pipeline_root,
-                             service_account=service_account)
+                             service_account=service_account, parameters=parameters)
     parent = job["path"].rsplit("/", 1)[0]
     pipeline_job = {key: value for key, value in job["body"].items() if key != "displayName"}
     return {"method": "POST", "path": f"{parent}/schedules",
@@ -247,7 +250,7 @@ def vertex_schedule_request(spec: Spec, target: str, *, name: str, cron: str, ma
 
 @contextlib.contextmanager
 def _authenticated_vertex_job(spec: Spec, target: str, *, display_name: str, pipeline_root: Optional[str],
-                              key_file: Optional[str]):
+                              key_file: Optional[str], parameters: Optional[dict[str, str]]):
     from histopath.pipeline.submit_auth import check_vertex, vertex_credentials, vertex_session
 
     project, region = parse_vertex_target(target)
@@ -256,25 +259,26 @@ def _authenticated_vertex_job(spec: Spec, target: str, *, display_name: str, pip
     check_vertex(credentials, project, region)
     with vertex_session(project, region, credentials), vertex_errors():
         yield _vertex_job(spec, project, region, display_name=display_name, pipeline_root=pipeline_root,
-                          credentials=credentials)
+                          credentials=credentials, parameters=parameters)
 
 
 def vertex_submit(spec: Spec, target: str, *, display_name: str, pipeline_root: Optional[str] = None,
-                  service_account: Optional[str] = None, key_file: Optional[str] = None) -> dict:
+                  service_account: Optional[str] = None, key_file: Optional[str] = None,
+                  parameters: Optional[dict[str, str]] = None) -> dict:
     """Starts one Vertex AI pipeline run; returns {"resource_name"}."""
     with _authenticated_vertex_job(spec, target, display_name=display_name, pipeline_root=pipeline_root,
-                                   key_file=key_file) as job:
+                                   key_file=key_file, parameters=parameters) as job:
         job.submit(service_account=service_account, create_request_timeout=VERTEX_CREATE_TIMEOUT_S)
     return {"resource_name": job.resource_name}
 
 
 def vertex_schedule(spec: Spec, target: str, *, name: str, cron: str, max_concurrency: int = 1,
                     pipeline_root: Optional[str] = None, service_account: Optional[str] = None,
-                    key_file: Optional[str] = None) -> dict:
+                    key_file: Optional[str] = None, parameters: Optional[dict[str, str]] = None) -> dict:
     """Creates a Vertex AI pipeline schedule; returns {"resource_name", "cron"}."""
     cron_lib.check_unix_cron(cron)
     with _authenticated_vertex_job(spec, target, display_name=name, pipeline_root=pipeline_root,
-                                   key_file=key_file) as job:
+                                   key_file=key_file, parameters=parameters) as job:
         schedule = job.create_schedule(cron=cron, display_name=name, max_concurrent_run_count=max_concurrency,
                                        service_account=service_account,
                                        create_request_timeout=VERTEX_CREATE_TIMEOUT_S)

@@ -143,6 +143,19 @@ def check_pipeline_spec(spec: Any, where: str) -> None:
         raise ContractError(f"{where}: no pipelineInfo.name or root")
 
 
+def check_parameters(values: Any, spec: Any, where: str) -> None:
+    """Every parameter value names a parameter the spec's root declares, of its type (what
+    the KFP driver and Vertex check before a run starts)."""
+    declared = (spec or {}).get("root", {}).get("inputDefinitions", {}).get("parameters", {})
+    kinds = {"STRING": str, "NUMBER_INTEGER": int, "NUMBER_DOUBLE": (int, float), "BOOLEAN": bool,
+             "LIST": list, "STRUCT": dict}
+    for name, value in (values or {}).items():
+        if name not in declared:
+            raise ContractError(f"{where}: parameter {name!r} is not an input of the pipeline")
+        if not isinstance(value, kinds[declared[name]["parameterType"]]):
+            raise ContractError(f"{where}: parameter {name!r} is not a {declared[name]['parameterType']}")
+
+
 def parse_vertex(raw: bytes, message_type, where: str):
     """Strict parse of a request body into an aiplatform_v1 type (unknown fields rejected)."""
     message = message_type.pb()()
@@ -156,6 +169,8 @@ def parse_vertex(raw: bytes, message_type, where: str):
 def check_vertex_job(job, where: str) -> None:
     """What Vertex needs of a PipelineJob: a strict PipelineSpec and a gs:// pipeline root."""
     check_pipeline_spec(json_format.MessageToDict(job.pipeline_spec), f"{where}.pipelineSpec")
+    check_parameters(json_format.MessageToDict(job.runtime_config).get("parameterValues"),
+                     json_format.MessageToDict(job.pipeline_spec), f"{where}.runtimeConfig.parameterValues")
     if not job.runtime_config.gcs_output_directory.startswith("gs://"):
         raise ContractError(f"{where}.runtimeConfig.gcsOutputDirectory must be gs://")
     if job.service_account and "@" not in job.service_account:
@@ -308,6 +323,8 @@ class ContractServer:
             if not body.get("display_name"):
                 raise ContractError(f"{model}: the name cannot be empty")
             check_pipeline_spec(body.get("pipeline_spec"), "body.pipeline_spec")
+            check_parameters((body.get("runtime_config") or {}).get("parameters"), body.get("pipeline_spec"),
+                             "body.runtime_config.parameters")
             if body.get("experiment_id") and body["experiment_id"] not in self.experiments:
                 raise ContractError(f"experiment {body['experiment_id']} not found")
             if route == "runs":

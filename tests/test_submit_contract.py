@@ -329,3 +329,61 @@ def test_a_refused_kfp_credential_is_one_line(spec, capsys):
     with ContractServer(authorize=carries("Authorization", "Bearer right")) as server:
         code, _, err = _run(capsys, "submit", "--spec", spec, "--kfp-host", server.url, "--token", "wrong")
     assert code == 1 and "answered HTTP 401" in err and "--token" in err and err.count("\n") == 1, err
+
+
+# ---- run-time parameters ---------------------------------------------------------------------
+PARAMS = ["--param", "data_root=gs://other-data/slides", "--param", "serving_dir=gs://other-models/serving",
+          "--param", "span_window=3", "--param", "min_new_patients=5"]
+
+
+def _check_parameter_values(values: dict, spec_path: str) -> None:
+    """The values carry the overrides, consistently, and keep every other compiled setting."""
+    import yaml
+
+    compiled = yaml.safe_load(open(spec_path))["root"]["inputDefinitions"]["parameters"]
+    assert values["data_root"] == "gs://other-data/slides"
+    assert values["serving_model_dir"] == "gs://other-models/serving/histopath"
+    assert json.loads(values["push_destination"]) == {"filesystem": {"base_directory": values["serving_model_dir"]}}
+    settings, default = json.loads(values["ingest_settings"]), json.loads(compiled["ingest_settings"]["defaultValue"])
+    assert (settings["window"], settings["min_new_patients"]) == ("3", 5)
+    assert {k: v for k, v in settings.items() if k not in ("window", "min_new_patients")} == \
+        {k: v for k, v in default.items() if k not in ("window", "min_new_patients")}
+
+
+@pytest.mark.parametrize("command", ["submit", "schedule"])
+def test_kfp_run_parameters_are_sent_with_the_run(server, spec, capsys, command):
+    extra = ["--cron", "0 2 * * 1"] if command == "schedule" else []
+    code, _, err = _run(capsys, command, "--spec", spec, "--kfp-host", server.url, *extra, *PARAMS)
+    assert code == 0, err
+    assert server.errors == []
+    (body,) = server.bodies("POST", "/apis/v2beta1/" + ("recurringruns" if extra else "runs"))
+    _check_parameter_values(body["runtime_config"]["parameters"], spec)
+
+
+@pytest.mark.parametrize("command", ["submit", "schedule"])
+def test_vertex_run_parameters_are_sent_with_the_job(vertex, spec, capsys, command):
+    extra = ["--cron", "0 2 * * 1"] if command == "schedule" else []
+    code, out, err = _run(capsys, command, "--spec", spec, "--vertex", "histo-project/europe-west4",
+                          "--service-account", SERVICE_ACCOUNT, *extra, *PARAMS)
+    assert code == 0, err
+    assert vertex.errors == []
+    parent = "/v1/projects/histo-project/locations/europe-west4"
+    if extra:
+        (schedule,) = vertex.bodies("POST", f"{parent}/schedules")
+        job = schedule["createPipelineJobRequest"]["pipelineJob"]
+    else:
+        (job,) = vertex.bodies("POST", f"{parent}/pipelineJobs")
+    _check_parameter_values(job["runtimeConfig"]["parameterValues"], spec)
+
+
+@pytest.mark.parametrize("param, message", [
+    ("colour=blue", "--param colour: unknown; choose from data_root, serving_dir"),
+    ("span_window=0", "span window must be at least 1 span"),
+    ("min_new_patients=-1", "--param min_new_patients='-1': a whole number"),
+    ("data_root=slides", "--param data_root='slides': give a URI"),
+    ("span_window", "--param 'span_window': expected KEY=VALUE"),
+])
+def test_a_bad_run_parameter_is_one_line_and_nothing_is_sent(server, spec, capsys, param, message):
+    code, _, err = _run(capsys, "submit", "--spec", spec, "--kfp-host", server.url, "--param", param)
+    assert code == 1 and message in err and err.count("\n") == 1, err
+    assert server.requests == []
