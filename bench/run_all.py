@@ -1,6 +1,6 @@
 """Runs every benchmark in turn (`make bench`); each writes bench/results/<name>.json.
 
-    python -m bench.run_all [--only ingest,models,serving,pipeline,evaluate_scale]
+    python -m bench.run_all [--only ingest,models,serving,serving_slow_clients,pipeline,evaluate_scale]
 
 The real-data results page is separate and much longer: `python -m bench.results`.
 """
@@ -13,7 +13,7 @@ import sys
 import time
 from typing import List, Optional
 
-BENCHMARKS = ("ingest", "models", "serving", "pipeline", "evaluate_scale")
+BENCHMARKS = ("ingest", "models", "serving", "serving_slow_clients", "pipeline", "evaluate_scale")
 
 
 def main(argv: Optional[List[str]] = None) -> int:

@@ -7,7 +7,6 @@ embedded MIL backend; every loop and wait is bounded.
 from __future__ import annotations
 
 import concurrent.futures
-import socket
 import sqlite3
 import threading
 import time
@@ -15,6 +14,8 @@ import time
 import pytest
 import requests
 from serving_fixtures import TEST_PASSWORD, csrf_token, idc_images, web_app, web_session
+
+from bench.serving_slow_clients import SlowClients
 
 GUESSES = 20
 RIGHT_GUESS = 9  # the 10th guess carries the right password
@@ -66,63 +67,6 @@ def test_parallel_guesses_cannot_beat_the_lock_out(web):
     after = session.post(login_url, allow_redirects=False, timeout=60, data={
         "csrfmiddlewaretoken": token, "username": "race-victim", "password": TEST_PASSWORD})
     assert after.status_code == 200 and "This account is locked" in after.text
-
-
-class SlowClients:
-    """`count` connections that send their request one byte per `interval_s` (half of them
-    the headers, half a body after complete headers), from one thread, until stopped or
-    `max_s` has passed.
-
-    Args:
-      port: the web app's loopback port.
-      count: connections to open.
-      interval_s: seconds between two bytes on each connection.
-      max_s: the longest they keep going.
-    """
-
-    def __init__(self, port: int, count: int, interval_s: float = 1.0, max_s: float = 120.0):
-        self.port, self.count, self.interval_s, self.max_s = port, count, interval_s, max_s
-        self.sockets: list[socket.socket] = []
-        self.pending: list[bytes] = []
-        self.closed = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="slow-clients", daemon=True)
-
-    def __enter__(self) -> "SlowClients":
-        host = f"Host: 127.0.0.1:{self.port}\r\n".encode()
-        for index in range(self.count):
-            connection = socket.create_connection(("127.0.0.1", self.port), timeout=10)
-            connection.setblocking(False)
-            if index % 2:  # the body, one byte at a time, after complete headers
-                connection.sendall(b"POST / HTTP/1.1\r\n" + host + b"Content-Type: application/octet-stream\r\n"
-                                   b"Content-Length: 100000\r\n\r\n")
-                self.pending.append(b"x" * 100_000)
-            else:  # the headers, one byte at a time
-                self.pending.append(b"GET /healthz HTTP/1.1\r\n" + host + b"X-Padding: " + b"a" * 100_000)
-            self.sockets.append(connection)
-        self._thread.start()
-        return self
-
-    def _run(self) -> None:
-        deadline = time.monotonic() + self.max_s
-        while not self._stop.wait(self.interval_s) and time.monotonic() < deadline:
-            for index, connection in enumerate(self.sockets):
-                if connection.fileno() < 0 or not self.pending[index]:
-                    continue
-                try:
-                    connection.send(self.pending[index][:1])
-                    self.pending[index] = self.pending[index][1:]
-                except BlockingIOError:
-                    pass
-                except OSError:
-                    connection.close()
-                    self.closed += 1
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join(timeout=30)
-        for connection in self.sockets:
-            connection.close()
 
 
 @pytest.mark.hostile
