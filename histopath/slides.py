@@ -3,8 +3,9 @@ at a known scale out, or a refusal that names the file and says why.
 
 Local files are read with OpenSlide (the `openslide-bin` wheel bundles the library: Aperio
 SVS, Hamamatsu NDPI, MIRAX, Leica SCN, Ventana BIF, Philips, DICOM, generic tiled TIFF);
-URIs (`gs://`, `s3://`, `memory://`, ...) with tiffslide through fsspec, which reads only
-the byte ranges it needs (SVS, NDPI and generic TIFF; `gs://` needs `gcsfs` installed).
+URIs with tiffslide, which reads only the byte ranges it needs (SVS, NDPI and generic TIFF):
+through fsspec for the schemes it serves here (`memory://`, `s3://` with s3fs, ...), else
+through TensorFlow's file systems (`gs://`, as every other URI of the project).
 
 - Microns per pixel come from the file (`openslide.mpp-x`, `tiffslide.mpp-x`, which both
   read Aperio's `MPP` and the TIFF resolution tags). A slide without them is refused unless
@@ -140,10 +141,12 @@ class Slide:
       vendor: the format's vendor string ("aperio", "generic-tiff", ...), if known.
     """
 
-    def __init__(self, path: str, handle: Any, backend: str, mpp: tuple[float, float], mpp_source: str):
+    def __init__(self, path: str, handle: Any, backend: str, mpp: tuple[float, float], mpp_source: str,
+                 stream: Optional[Any] = None):
         self.path = str(path)
         self.slide_id = os.path.splitext(os.path.basename(self.path.rstrip("/")))[0]
         self._handle = handle
+        self._stream = stream
         self.backend = backend
         self.mpp = mpp
         self.mpp_source = mpp_source
@@ -216,6 +219,8 @@ class Slide:
     def close(self) -> None:
         """Releases the file."""
         self._handle.close()
+        if self._stream is not None:
+            self._stream.close()
 
     def __enter__(self) -> "Slide":
         return self
@@ -242,22 +247,43 @@ def _rgba_on_white(region: Any) -> np.ndarray:
     return np.ascontiguousarray(array[..., :3], dtype=np.uint8)
 
 
-def _open_handle(path: str) -> tuple[Any, str]:
+def _uri_stream(path: str) -> Optional[Any]:
+    """A TensorFlow file object for a URI whose scheme fsspec cannot serve here (`gs://`
+    without gcsfs), else None (fsspec opens it)."""
+    import fsspec
+
+    scheme = path.split("://", 1)[0]
+    try:
+        fsspec.get_filesystem_class(scheme)
+        return None
+    except (ImportError, ValueError):
+        pass
+    from histopath import fileio
+
+    gfile = fileio._gfile()
+    if not gfile.exists(path):
+        raise SlideError(f"{path}: no such file")
+    return gfile.GFile(path, "rb")
+
+
+def _open_handle(path: str) -> tuple[Any, str, Optional[Any]]:
+    """(slide handle, backend name, stream to close with it)."""
     if is_uri(path):
         import tiffslide
 
+        stream = _uri_stream(path)
         try:
-            return tiffslide.TiffSlide(path), "tiffslide"
-        except (ImportError, ValueError) as error:  # no fsspec implementation for the scheme
-            raise SlideError(f"{path}: cannot open ({error}); for gs:// install gcsfs") from None
+            return tiffslide.TiffSlide(stream if stream is not None else path), "tiffslide", stream
         except FileNotFoundError:
             raise SlideError(f"{path}: no such file") from None
         except Exception:
+            if stream is not None:
+                stream.close()
             raise SlideError(f"{path}: {diagnose(path)}") from None
     import openslide
 
     try:
-        return openslide.OpenSlide(path), "openslide"
+        return openslide.OpenSlide(path), "openslide", None
     except (openslide.OpenSlideError, OSError):
         raise SlideError(f"{path}: {diagnose(path)}") from None
 
@@ -292,7 +318,7 @@ def open_slide(path: str | os.PathLike, mpp: Optional[float] = None) -> Slide:
             problem = _tiff_problem(path)
             if problem:
                 raise SlideError(f"{path}: {problem}")
-    handle, backend = _open_handle(path)
+    handle, backend, stream = _open_handle(path)
     try:
         found = _file_mpp(handle, backend)
         if mpp is not None and mpp <= 0:
@@ -302,11 +328,13 @@ def open_slide(path: str | os.PathLike, mpp: Optional[float] = None) -> Slide:
                              "pass it (--mpp, e.g. 0.25 for a 40x scan, 0.5 for 20x)")
         if found is not None and mpp is not None and abs(found[0] - mpp) > 0.05 * found[0]:
             raise SlideError(f"{path}: the file says {found[0]:g} microns per pixel, the caller {mpp:g}")
-        slide = Slide(path, handle, backend, found or (float(mpp), float(mpp)), "file" if found else "caller")
+        slide = Slide(path, handle, backend, found or (float(mpp), float(mpp)), "file" if found else "caller", stream)
         slide.read_region(0, 0, len(slide.levels) - 1, 1, 1)  # fails here on undecodable data
         return slide
     except BaseException:
         handle.close()
+        if stream is not None:
+            stream.close()
         raise
 
 

@@ -121,6 +121,19 @@ def test_uri_is_read_through_tiffslide(pyramid):
         slides.open_slide("memory://slides/none.svs")
 
 
+def test_uri_without_fsspec_is_read_through_tensorflow(shared_data):
+    import tensorflow as tf
+
+    uri = "ram://slides/cmu_small_region.svs"
+    with tf.io.gfile.GFile(uri, "wb") as stream:  # TensorFlow's in-memory file system, as gs:// is reached
+        stream.write((shared_data / SVS).read_bytes())
+    with slides.open_slide(uri) as slide, slides.open_slide(shared_data / SVS) as local:
+        assert slide.backend == "tiffslide" and slide.mpp == (0.499, 0.499) and slide.dimensions == (2220, 2967)
+        np.testing.assert_array_equal(slide.read_region(900, 1500, 0, 32, 16), local.read_region(900, 1500, 0, 32, 16))
+    with pytest.raises(slides.SlideError, match="ram://slides/none.svs: no such file"):
+        slides.open_slide("ram://slides/none.svs")
+
+
 def test_looks_like_slide(pyramid, tmp_path):
     from PIL import Image
 
