@@ -103,7 +103,7 @@ def _compile(args: argparse.Namespace) -> int:
 
     config = config_from_args(args)
     with Console(None, verbose=args.verbose) as console:
-        path = compile_kubeflow(config, args.pipeline_output, image=args.image)
+        path = compile_kubeflow(config, args.pipeline_output, image=args.image, resources=args.resources)
         console.write(f"wrote {path}")
     return 0
 
@@ -251,6 +251,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                                 help="run folder on the cluster, e.g. gs://bucket/histopath")
     compile_parser.add_argument("--image", default=None,
                                 help="container image of the components (built from pipeline/Dockerfile)")
+    compile_parser.add_argument("--resources", action="append", default=[], metavar="TASK=cpu=N,memory=GB[,gpu=TYPE:K]",
+                                help="CPU, memory (GB) and GPU of the tasks matching TASK (a pattern such as "
+                                "'trainer_*'), over the preset's; repeatable. GPU type: NVIDIA_TESLA_T4 etc. on "
+                                "Vertex, nvidia.com/gpu on Kubeflow")
     compile_parser.add_argument("--verbose", action="store_true", help="show the compiler's log lines")
     compile_parser.set_defaults(handler=_compile)
 

@@ -10,6 +10,8 @@ driver reads only that form of constants and parameters); this module then
   data root itself and picks up the spans that arrived since the last;
 - makes the data root, the ingestion settings and the serving folder pipeline parameters
   (`run_parameters`), which a run or a schedule overrides without recompiling;
+- gives every task CPU, memory (and the Trainers a GPU when asked) and sizes the Beam
+  workers to the CPU request (`resources`);
 - checks the result the way `kfp.Client` reads a package (strict `PipelineSpec`) and
   writes it whole (write, then rename).
 
@@ -21,10 +23,11 @@ from __future__ import annotations
 
 import os
 import re
-from typing import Any
+from typing import Any, Sequence
 
 from histopath import fileio
 from histopath.errors import ConfigError
+from histopath.pipeline import resources as resources_lib
 from histopath.pipeline import run_parameters
 from histopath.pipeline.config import PipelineConfig
 
@@ -49,12 +52,13 @@ def check_cluster_paths(config: PipelineConfig) -> None:
                               "give a URI (gs://bucket/...) or the absolute path of a volume mounted in the pods")
 
 
-def pipeline_spec(config: PipelineConfig, image: str | None = None) -> dict[str, Any]:
+def pipeline_spec(config: PipelineConfig, image: str | None = None, resources: Sequence[str] = ()) -> dict[str, Any]:
     """The PipelineSpec of `config` as a dict (checked as `kfp.Client` reads it).
 
     Args:
       config: the run configuration, its paths as the pods see them.
       image: the container image every component runs in.
+      resources: `--resources` overrides of the preset's CPU/memory/GPU (`pipeline.resources`).
     """
     from google.protobuf import json_format
     from kfp.pipeline_spec import pipeline_spec_pb2
@@ -69,7 +73,10 @@ def pipeline_spec(config: PipelineConfig, image: str | None = None) -> dict[str,
             default_image=image or DEFAULT_IMAGE, use_pipeline_spec_2_1=True))
     # No metadata connection and no data fingerprint: the cluster provides ML Metadata,
     # and each run fingerprints the data itself.
-    job = runner.run(create_pipeline(config, records=False), write_out=False)
+    pipeline = create_pipeline(config, records=False)
+    task_resources = resources_lib.resolve([c.id for c in pipeline.components], config.preset, resources)
+    resources_lib.apply(pipeline.components, task_resources)
+    job = runner.run(pipeline, write_out=False)
     spec = job["pipelineSpec"]
     root = job.get("runtimeConfig", {}).get("gcsOutputDirectory")
     if root:
@@ -79,6 +86,7 @@ def pipeline_spec(config: PipelineConfig, image: str | None = None) -> dict[str,
         tasks[INGEST_NODE].setdefault("cachingOptions", {})["enableCache"] = False
     _name_condition_inputs_as_the_task_does(tasks)
     run_parameters.parameterize(spec)
+    resources_lib.size_beam_workers(spec, task_resources)
     json_format.ParseDict(spec, pipeline_spec_pb2.PipelineSpec(), ignore_unknown_fields=False)
     return spec
 
@@ -111,7 +119,8 @@ def write_spec(spec: dict[str, Any], path: str) -> str:
     return path
 
 
-def compile_kubeflow(config: PipelineConfig, output_file: str, image: str | None = None) -> str:
+def compile_kubeflow(config: PipelineConfig, output_file: str, image: str | None = None,
+                     resources: Sequence[str] = ()) -> str:
     """Writes the PipelineSpec YAML of `config` to `output_file` (.yaml or .yml).
 
     Raises:
@@ -121,4 +130,4 @@ def compile_kubeflow(config: PipelineConfig, output_file: str, image: str | None
     if not output_file.endswith(SPEC_SUFFIXES):
         raise ConfigError(f"--output {output_file}: a pipeline spec is written as .yaml (what the KFP UI, "
                           "kfp.Client and Vertex AI accept)")
-    return write_spec(pipeline_spec(config, image), fileio.absolute(output_file))
+    return write_spec(pipeline_spec(config, image, resources), fileio.absolute(output_file))

@@ -161,3 +161,54 @@ def test_the_spec_runner_hands_a_task_the_runs_parameter_or_the_default(compiled
     assert inputs.parameter_values["data_root"].string_value == "/mnt/other"
     assert inputs.parameter_values["settings"].string_value == spec["root"]["inputDefinitions"]["parameters"][
         "ingest_settings"]["defaultValue"]
+
+
+def test_every_task_requests_cpu_and_memory_and_beam_uses_that_many_workers(compiled):
+    from kfp.pipeline_spec import pipeline_spec_pb2
+
+    from histopath.pipeline import resources
+
+    _, _, spec = compiled
+    executors = spec["deploymentSpec"]["executors"]
+    expected = resources.resolve(spec["root"]["dag"]["tasks"])
+    for name, task in spec["root"]["dag"]["tasks"].items():
+        container = executors[spec["components"][task["componentRef"]["name"]]["executorLabel"]]["container"]
+        asked = expected[name]
+        assert container["resources"] == {"cpuLimit": asked.cpu, "cpuRequest": asked.cpu,
+                                          "memoryLimit": asked.memory_gb, "memoryRequest": asked.memory_gb}, name
+        workers = [a for a in container["args"] if a.startswith("--direct_num_workers=")]
+        assert workers == [f"--direct_num_workers={asked.beam_workers}"], name
+    assert expected["trainer_mil"].cpu > expected["SchemaGen"].cpu  # a profile, not one size for all
+    settings = json.loads(spec["root"]["inputDefinitions"]["parameters"]["ingest_settings"]["defaultValue"])
+    assert f"--direct_num_workers={expected['IngestImages'].beam_workers}" in settings["beam_args"]
+    assert "--direct_num_workers=0" not in json.dumps(spec)
+    json_format_check = pipeline_spec_pb2.PipelineDeploymentConfig.PipelineContainerSpec.ResourceSpec
+    assert json_format_check.DESCRIPTOR.fields_by_camelcase_name["cpuRequest"]  # fields the KFP driver reads
+
+
+def test_resources_override_the_preset_and_give_the_trainers_a_gpu(tmp_path):
+    config = resolve({"dataset": "breakhis", "data_dir": "gs://d/slides", "output_dir": "gs://r/w"})
+    path = compile_kubeflow(config, str(tmp_path / "p.yaml"), image=IMAGE,
+                            resources=["trainer_*=cpu=6,memory=40,gpu=NVIDIA_TESLA_T4:1", "Pusher=cpu=2,memory=3"])
+    spec = yaml.safe_load(open(path))
+    executors = spec["deploymentSpec"]["executors"]
+    for trainer in ("trainer_densenet", "trainer_mil"):
+        asked = executors[f"{trainer}_executor"]["container"]["resources"]
+        assert asked["accelerator"] == {"type": "NVIDIA_TESLA_T4", "count": "1"}
+        assert (asked["cpuRequest"], asked["memoryLimit"]) == (6.0, 40.0)
+        assert "--direct_num_workers=6" in executors[f"{trainer}_executor"]["container"]["args"]
+    assert executors["Pusher_executor"]["container"]["resources"]["cpuLimit"] == 2.0
+    assert "accelerator" not in executors["Transform_executor"]["container"]["resources"]
+
+
+@pytest.mark.parametrize("override, message", [
+    ("trainer_*=cpu=0,memory=4", "positive numbers"),
+    ("trainer_*=gpus=2", "expected TASK=cpu=N"),
+    ("Trainer=cpu=2", "no task matches 'Trainer'"),
+])
+def test_a_bad_resources_override_is_one_line(tmp_path, capsys, override, message):
+    argv = ["compile", "--dataset", "breakhis", "--data", "gs://d/slides", "--pipeline-root", "gs://r/w",
+            "--output", str(tmp_path / "p.yaml"), "--resources", override]
+    assert cli.main(argv) == 1
+    error = capsys.readouterr().err
+    assert message in error and error.count("\n") == 1, error
