@@ -83,3 +83,17 @@ def test_slide_needs_output_and_scale(exported_models, shared_data, tmp_path):
                     cwd=tmp_path, timeout=120)
     assert no_scale.returncode == 1 and "pass --model-mpp" in no_scale.stderr
     assert "Traceback" not in no_scale.stderr
+
+
+def test_slide_without_mpp_is_answered_only_with_mpp(exported_models, shared_data, tmp_path):
+    from histopath.evaluation.slide_predict import predict_slides
+
+    summary = idc_slides.reassemble_patient(str(shared_data / "idc" / PATIENT), str(tmp_path), mpp=None)
+    model = str(exported_models.base / "mil")
+    refused, = predict_slides(model, [summary["slide"]], str(tmp_path / "out"), model_mpp=4.0, tile_px=50)
+    assert refused["slide"] == summary["slide"]
+    assert f"{PATIENT}.tif: the file does not say its microns per pixel" in refused["error"]
+    assert not (tmp_path / "out" / PATIENT).exists()  # nothing half-written for a refused slide
+    answered, = predict_slides(model, [summary["slide"]], str(tmp_path / "out"), mpp=4.0, model_mpp=4.0, tile_px=50)
+    assert answered["mpp_source"] == "caller" and answered["mpp"] == 4.0
+    assert answered["tiles_called"] >= 0.8 * summary["patches"]
