@@ -1,4 +1,4 @@
-"""WSGI entry point: `gunicorn histopath.serving.webapp.wsgi:application`."""
+"""WSGI entry point, for WSGI servers that read whole requests themselves (`histopath serve` runs `asgi.py`)."""
 
 import os
 
