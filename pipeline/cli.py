@@ -99,12 +99,15 @@ def _run(args: argparse.Namespace) -> int:
 
 def _compile(args: argparse.Namespace) -> int:
     from histopath.console import Console
-    from histopath.pipeline.kubeflow_runner import compile_kubeflow
+    from histopath.pipeline.kubeflow_runner import compile_kubeflow, image_warning
 
     config = config_from_args(args)
     with Console(None, verbose=args.verbose) as console:
         path = compile_kubeflow(config, args.pipeline_output, image=args.image, resources=args.resources)
         console.write(f"wrote {path}")
+    warning = image_warning(args.image)
+    if warning:
+        print(f"histopath compile: {warning}", file=sys.stderr)
     return 0
 
 
@@ -249,8 +252,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                                 help="pipeline.yaml to write")
     compile_parser.add_argument("--pipeline-root", dest="output_dir", required=True, metavar="URI",
                                 help="run folder on the cluster, e.g. gs://bucket/histopath")
-    compile_parser.add_argument("--image", default=None,
-                                help="container image of the components (built from pipeline/Dockerfile)")
+    compile_parser.add_argument("--image", default=None, metavar="REGISTRY/histopath/pipeline:TAG",
+                                help="container image of every task, pushed where the cluster pulls from: built "
+                                "from pipeline/docker/pipeline.Dockerfile by scripts/build-pipeline-image.sh "
+                                "(default histopath/pipeline:latest, local only: a warning says so)")
     compile_parser.add_argument("--resources", action="append", default=[], metavar="TASK=cpu=N,memory=GB[,gpu=TYPE:K]",
                                 help="CPU, memory (GB) and GPU of the tasks matching TASK (a pattern such as "
                                 "'trainer_*'), over the preset's; repeatable. GPU type: NVIDIA_TESLA_T4 etc. on "

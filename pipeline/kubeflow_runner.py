@@ -31,7 +31,9 @@ from histopath.pipeline import resources as resources_lib
 from histopath.pipeline import run_parameters
 from histopath.pipeline.config import PipelineConfig
 
-# The image built from pipeline/Dockerfile (scripts/build-pipeline-image.sh).
+# The image scripts/build-pipeline-image.sh builds from IMAGE_DOCKERFILE when IMAGE is not
+# set: it exists only in the local Docker, so no cluster can pull it.
+IMAGE_DOCKERFILE = "pipeline/docker/pipeline.Dockerfile"
 DEFAULT_IMAGE = "histopath/pipeline:latest"
 SPEC_SUFFIXES = (".yaml", ".yml")
 
@@ -108,6 +110,15 @@ def _name_condition_inputs_as_the_task_does(tasks: dict[str, Any]) -> None:
             if same:
                 condition = condition.replace(f"inputs.artifacts['{key}']", f"inputs.artifacts['{same[0]}']")
         task["triggerPolicy"]["condition"] = condition
+
+
+def image_warning(image: str | None) -> str | None:
+    """A warning when the spec would name the local-only default image, else None."""
+    if image and image != DEFAULT_IMAGE:
+        return None
+    return (f"warning: the tasks run in {DEFAULT_IMAGE}, which no cluster can pull: build the image from "
+            f"{IMAGE_DOCKERFILE} with IMAGE=REGISTRY/histopath/pipeline:TAG scripts/build-pipeline-image.sh, push "
+            "it, and compile with --image REGISTRY/histopath/pipeline:TAG")
 
 
 def write_spec(spec: dict[str, Any], path: str) -> str:

@@ -4,6 +4,7 @@ path stays what the cluster gives, with no node open-source KFP cannot run."""
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 import yaml
@@ -212,3 +213,18 @@ def test_a_bad_resources_override_is_one_line(tmp_path, capsys, override, messag
     assert cli.main(argv) == 1
     error = capsys.readouterr().err
     assert message in error and error.count("\n") == 1, error
+
+
+@pytest.mark.parametrize("image, warned", [(None, True), ("registry.example/histopath/pipeline:1", False)])
+def test_compiling_with_the_unpullable_default_image_warns(tmp_path, capsys, image, warned):
+    from histopath.pipeline.kubeflow_runner import DEFAULT_IMAGE, IMAGE_DOCKERFILE
+
+    argv = ["compile", "--dataset", "breakhis", "--data", "gs://d/slides", "--pipeline-root", "gs://r/w",
+            "--output", str(tmp_path / "p.yaml")] + (["--image", image] if image else [])
+    assert cli.main(argv) == 0
+    error = capsys.readouterr().err
+    assert (f"warning: the tasks run in {DEFAULT_IMAGE}" in error) is warned, error
+    assert os.path.isfile(os.path.join(os.path.dirname(os.path.dirname(__file__)), IMAGE_DOCKERFILE))
+    with pytest.raises(SystemExit):
+        cli.main(["compile", "--help"])
+    assert IMAGE_DOCKERFILE in " ".join(capsys.readouterr().out.split())  # what --image's help names
