@@ -108,21 +108,24 @@ def _prepared_batches(tiler: tiling.Tiler, batch_size: int) -> Iterator[tuple[Li
     pending: queue.Queue = queue.Queue(maxsize=PREFETCH_BATCHES)
     stop = threading.Event()
 
+    def offer(item: Any) -> bool:
+        """Queues `item` unless the caller has stopped; False once it has."""
+        while not stop.is_set():
+            try:
+                pending.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
     def produce() -> None:
         try:
             for batch in tiling.batches(iter(tiler), batch_size):
-                item = (batch, _model_inputs(batch, tiler.grid.tile_px))
-                while not stop.is_set():
-                    try:
-                        pending.put(item, timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-                if stop.is_set():
+                if not offer((batch, _model_inputs(batch, tiler.grid.tile_px))):
                     return
-            pending.put(None)
+            offer(None)
         except BaseException as error:  # re-raised in the caller's thread
-            pending.put(error)
+            offer(error)
 
     worker = threading.Thread(target=produce, name=f"tiles-{tiler.slide.slide_id}", daemon=True)
     worker.start()

@@ -77,3 +77,19 @@ def test_prepared_batches_in_order_and_errors_reach_the_caller(tmp_path):
         slide.read_region = failing
         with pytest.raises(slides.SlideError, match="half.tif: cannot read the region"):
             list(slide_predict._prepared_batches(tiling.Tiler(slide, tile_um=50, tile_px=25), 5))
+
+
+def test_prepared_batches_stop_when_the_caller_stops(tmp_path):
+    from histopath import slide_writer, slides, tiling
+
+    rng = np.random.default_rng(2)
+    image = np.clip(np.array((220, 120, 170)) + rng.normal(0, 30, (400, 400, 3)), 0, 255).astype(np.uint8)
+    path = tmp_path / "full.tif"
+    slide_writer.write_pyramid(path, 400, 400, slide_writer.array_region(image), mpp=1.0, compression="lossless")
+    with slides.open_slide(path) as slide:
+        tiler = tiling.Tiler(slide, tile_um=25, tile_px=25)  # 256 tissue cells, 64 batches of 4
+        batches = slide_predict._prepared_batches(tiler, 4)
+        first = next(batches)
+        batches.close()  # the consumer gives up (e.g. the model refused a batch): the reader ends too
+    assert len(first[0]) == 4
+    assert tiler.counts.kept < 256  # it did not read the whole slide

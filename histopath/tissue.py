@@ -1,7 +1,8 @@
 """Where the tissue is on a slide, and which tiles are good enough to call.
 
 - `tissue_mask`: on a thumbnail, HSV saturation thresholded by Otsu's method (never below
-  `MIN_SATURATION`, so a slide of glass stays empty), then a morphological opening and
+  `MIN_SATURATION`, so a slide of glass stays empty, nor above `MAX_SATURATION_THRESHOLD`,
+  so a field of tissue without glass is not cut in two), then a morphological opening and
   closing, holes filled and specks smaller than `MIN_REGION_FRACTION` of the slide removed.
 - `tissue_fractions`: the share of each tile's footprint that the mask covers (a summed-area
   table, so any number of tiles costs one pass).
@@ -23,6 +24,7 @@ from PIL import Image, ImageDraw
 from scipy import ndimage
 
 MIN_SATURATION = 0.07  # HSV saturation below which a pixel is glass whatever Otsu says
+MAX_SATURATION_THRESHOLD = 0.20  # above this Otsu is splitting tissue from tissue (a field without glass)
 MIN_REGION_FRACTION = 0.0005  # connected tissue regions smaller than this share of the thumbnail are specks
 BACKGROUND_BRIGHTNESS = 0.85  # a pixel brighter than this (mean RGB) and unsaturated is glass
 MAX_BACKGROUND_FRACTION = 0.75  # a tile with more glass pixels than this is background
@@ -62,11 +64,12 @@ def tissue_mask(thumbnail: np.ndarray) -> np.ndarray:
       bool `(h, w)`, True on tissue.
     """
     saturation = hsv_saturation(thumbnail)
-    threshold = max(otsu_threshold(saturation), MIN_SATURATION)
+    threshold = min(max(otsu_threshold(saturation), MIN_SATURATION), MAX_SATURATION_THRESHOLD)
     mask = saturation > threshold
     structure = np.ones((3, 3), bool)
-    mask = ndimage.binary_opening(mask, structure)
-    mask = ndimage.binary_closing(mask, structure, iterations=2, border_value=0)
+    # Opened and closed on an edge-padded copy, so that tissue touching the border keeps its edge.
+    padded = ndimage.binary_opening(np.pad(mask, 3, mode="edge"), structure, border_value=1)
+    mask = ndimage.binary_closing(padded, structure, iterations=2)[3:-3, 3:-3]
     mask = ndimage.binary_fill_holes(mask)
     labels, count = ndimage.label(mask)
     if count:

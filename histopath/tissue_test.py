@@ -41,6 +41,10 @@ def test_mask_of_glass_only_is_empty():
     assert not tissue.tissue_mask(glass).any()
 
 
+def test_mask_of_tissue_without_glass_is_whole():
+    assert tissue.tissue_mask(_rng_tissue(64, 64, seed=3)).all()
+
+
 def test_tissue_fractions_by_summed_area_table():
     mask = np.zeros((10, 10), bool)
     mask[0:5, 0:5] = True
