@@ -219,3 +219,29 @@ def test_byte_budget_queues_and_then_refuses_beyond_its_capacity():
     with budget.hold(500):  # one image larger than the budget holds all of it, alone
         assert budget.held == 100
     assert budget.held == 0
+
+
+def test_a_body_that_never_finishes_is_answered_408_at_its_deadline(django_app):
+    """The buffer in front of Django gives up on a body still trickling in at its deadline
+    (the client's side of the ASGI conversation is played here; Django is real)."""
+    import asyncio
+
+    from histopath.serving.webapp.asgi import BufferedRequests, application
+
+    buffered = BufferedRequests(application.app, max_body_bytes=1_000_000, concurrency=2, body_timeout_s=0.3)
+    scope = {"type": "http", "method": "POST", "path": "/", "raw_path": b"/", "query_string": b"",
+             "headers": [(b"host", b"localhost"), (b"content-length", b"100000")], "http_version": "1.1",
+             "scheme": "http", "server": ("127.0.0.1", 80), "client": ("127.0.0.1", 5000), "asgi": {"version": "3.0"}}
+    sent = []
+
+    async def trickle():
+        await asyncio.sleep(0.1)  # a byte now and then, never the end
+        return {"type": "http.request", "body": b"x", "more_body": True}
+
+    async def send(message):
+        sent.append(message)
+
+    started = time.monotonic()
+    asyncio.run(buffered(scope, trickle, send))
+    assert sent[0]["status"] == 408 and b"took longer than 0.3 s" in sent[1]["body"]
+    assert time.monotonic() - started < 2

@@ -6,7 +6,8 @@ sending its request one byte at a time holds a socket and a little memory, never
 the threads that run Django. `BufferedRequests`:
 
 - refuses a body larger than the upload limit with 413 before reading it (declared
-  `Content-Length`) or as soon as it grows past it (chunked);
+  `Content-Length`) or as soon as it grows past it (chunked), and one that has not arrived
+  within `HISTOPATH_BODY_TIMEOUT` seconds with 408;
 - spools the body to a temporary file beyond `SPOOL_IN_MEMORY_BYTES`;
 - then hands the complete request to Django, at most `HISTOPATH_REQUEST_THREADS` at once
   (the others wait their turn in the loop, not in a thread); `/healthz` never waits.
@@ -42,10 +43,11 @@ class BufferedRequests:
       concurrency: complete requests handed to the app at once.
     """
 
-    def __init__(self, app, max_body_bytes: int, concurrency: int):
+    def __init__(self, app, max_body_bytes: int, concurrency: int, body_timeout_s: float = 120.0):
         self.app = app
         self.max_body_bytes = max_body_bytes
         self.concurrency = max(1, concurrency)
+        self.body_timeout_s = body_timeout_s
         self._slots: asyncio.Semaphore | None = None
 
     async def __call__(self, scope, receive, send):
@@ -58,7 +60,12 @@ class BufferedRequests:
             return
         body = tempfile.SpooledTemporaryFile(max_size=SPOOL_IN_MEMORY_BYTES)
         try:
-            size = await self._read(receive, body)
+            try:
+                size = await asyncio.wait_for(self._read(receive, body), self.body_timeout_s)
+            except asyncio.TimeoutError:
+                await _answer(send, 408, "Request timeout", f"The request took longer than "
+                              f"{self.body_timeout_s:g} s to arrive. Try again on a faster connection.")
+                return
             if size is None:
                 return  # the client went away
             if size > self.max_body_bytes:
@@ -93,12 +100,16 @@ class BufferedRequests:
 
     async def _too_large(self, send) -> None:
         limit = settings.HISTOPATH_MAX_UPLOAD_BYTES / 1024 / 1024
-        message = html.escape(f"The upload is larger than the limit of {limit:.1f} MiB.")
-        payload = (f"<!doctype html><title>Upload too large</title><p>{message}</p>").encode()
-        await send({"type": "http.response.start", "status": 413,
-                    "headers": [(b"content-type", b"text/html; charset=utf-8"), (b"connection", b"close"),
-                                (b"content-length", str(len(payload)).encode())]})
-        await send({"type": "http.response.body", "body": payload})
+        await _answer(send, 413, "Upload too large", f"The upload is larger than the limit of {limit:.1f} MiB.")
+
+
+async def _answer(send, status: int, title: str, message: str) -> None:
+    """A short HTML page with `message`, and the connection closed."""
+    payload = f"<!doctype html><title>{html.escape(title)}</title><p>{html.escape(message)}</p>".encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"text/html; charset=utf-8"), (b"connection", b"close"),
+                            (b"content-length", str(len(payload)).encode())]})
+    await send({"type": "http.response.body", "body": payload})
 
 
 def _replay(body, size: int, receive):
@@ -120,4 +131,5 @@ application = BufferedRequests(
     get_asgi_application(),
     max_body_bytes=settings.HISTOPATH_MAX_UPLOAD_BYTES + MULTIPART_OVERHEAD,
     concurrency=settings.HISTOPATH_REQUEST_THREADS,
+    body_timeout_s=settings.HISTOPATH_BODY_TIMEOUT,
 )
