@@ -4,7 +4,7 @@
                                    [--folds 5] [--refit] [--output FILE.json] [--cache DIR]
 
 Every patient is held out once, exactly as a Trainer with `selection.folds` does it
-(`components.cross_validation`): label-stratified patient folds; per fold, each candidate
+(`models.cross_validation`): label-stratified patient folds; per fold, each candidate
 of the preset trained with the Trainer's loop and settings, an inner eval split of the
 remaining patients watched, the held-out patients predicted as the exported model
 predicts. Each candidate also gets a held-out estimate: its cross-validated predictions
@@ -68,7 +68,7 @@ def load_raw(dataset: str, source: str, image_size: int, stain_normalization: bo
     --bag-size K` writes (`shard_writer.region_values`), labelled positive when any patch
     is, at their regions' origins.
     """
-    from histopath.components.cross_validation import PatientExamples
+    from histopath.models.datasets import PatientExamples
     from histopath.data import bags, features, shard_writer
     from histopath.data.layouts import scan_source
 
@@ -96,7 +96,7 @@ def held_out_estimate(labels: np.ndarray, probability: np.ndarray, patients: np.
                       groups: List[List[str]], seed: int) -> Dict[str, Any]:
     """Scores cross-validated predictions; each fold's images are called at the
     balanced-accuracy threshold of the other folds' predictions."""
-    from histopath.components.cross_validation import BOOTSTRAP_RESAMPLES
+    from histopath.models.cross_validation import BOOTSTRAP_RESAMPLES
     from histopath.evaluation import scoring
     from histopath.evaluation.operating_point import balanced_accuracy_threshold
 
@@ -123,7 +123,7 @@ def _fold_key(kind: str, settings: Mapping[str, Any], held_out: List[str], refit
 def run_fold(trainer, data, groups, index: int, seed: int, refit: bool) -> Dict[str, Any]:
     """One fold of one candidate (and its refit, `cross_validation.fold_predictions`), with
     its wall time."""
-    from histopath.components import cross_validation
+    from histopath.models import cross_validation
 
     started = time.perf_counter()
     fold = cross_validation.fold_predictions(trainer, data, groups, index, seed, refit)
@@ -134,10 +134,8 @@ def run_fold(trainer, data, groups, index: int, seed: int, refit: bool) -> Dict[
 def run(dataset: str, source: str, preset: str, folds: int, seed: int, refit: bool,
         cache: Optional[pathlib.Path], log_dir: pathlib.Path) -> Dict[str, Any]:
     """The cross-validated predictions of every candidate of `preset` (module docstring)."""
-    from histopath.components import cross_validation
+    from histopath.models import cross_validation
     from histopath.evaluation.slide_context import smooth_slide_scores
-    from histopath.models.densenet import build_densenet_model
-    from histopath.models.mil import build_mil_model
     from histopath.pipeline import presets
     from histopath.pipeline.config import resolve
 
@@ -150,8 +148,8 @@ def run(dataset: str, source: str, preset: str, folds: int, seed: int, refit: bo
                               "patients": data.patients.tolist(), "labels": data.labels.tolist(),
                               "bag_size": config.bag_size, "positions": positions, "candidates": {}}
     for kind in config.models:
-        trainer = cross_validation.Trainer(build_densenet_model if kind == "densenet" else build_mil_model,
-                                           config.model_config(kind), config.training[kind], str(log_dir / kind))
+        trainer = cross_validation.Trainer(config.model_config(kind), config.model_training[kind],
+                                           str(log_dir / kind))
         settings = {"model": trainer.model_config.to_dict(),
                     "training": trainer.training_config.to_dict(), "image_size": config.image_size}
         columns = {"probability": np.full(len(data.labels), np.nan)}

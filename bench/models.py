@@ -49,7 +49,7 @@ def _measure(model_kind: str, precision: str, batch_size: int, steps: int) -> Di
         model = mil.build_mil_model(config)
         learning_rate, size, multi_output = config.learning_rate, config.image_size, True
     build_seconds = time.perf_counter() - started
-    training._compile(model, learning_rate, multi_output)  # the loss/metrics train_model uses
+    training.compile_model(model, learning_rate, multi_output)  # the loss/metrics train_model uses
 
     images, labels = synthetic_images.image_dataset(batch_size, size, seed=0)
     images = tf.constant(images)

@@ -10,7 +10,7 @@ k-th patient), and each recipe is trained on all groups but one and scored on th
 left out, for every group in turn. The test split is never read.
 
 - `patch`: the plain CNN of the baseline (`bench.baseline_cnn.build_plain_cnn`) on 50 px
-  patches, compiled like the Trainers (`training._compile`, optionally with weight
+  patches, compiled like the Trainers (`training.compile_model`, optionally with weight
   averaging), a fixed number of epochs, the project's augmentation
   (`augment.augment_dataset`). Score: patch AUC of the held-out patients; with
   `--bag-records`, also how well its patch scores rank the IDC-positive patches inside
@@ -181,7 +181,7 @@ def _fit(model, dataset, epochs: int, learning_rate: float, weight_averaging: Op
 
     from histopath.models import training
 
-    training._compile(model, learning_rate, multi_output, weight_averaging)
+    training.compile_model(model, learning_rate, multi_output, weight_averaging)
     started = time.perf_counter()
     model.fit(dataset, epochs=epochs, verbose=0,
               callbacks=[keras.callbacks.ReduceLROnPlateau("loss", factor=0.5, patience=2)])

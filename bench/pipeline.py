@@ -15,7 +15,7 @@
    model. This process then reads the SAME transformed training examples (Transform's
    `Split-train`), decodes them with `preprocessing.transformed_to_model_input` (the
    Trainer's function) into in-memory tensors, builds the same model from the recorded
-   `model_config`, compiles it with `training._compile`, and fits
+   `model_config`, compiles it with `training.compile_model`, and fits
    `Dataset.from_tensor_slices(...).batch(batch_size)` for the same number of epochs with
    no validation (same class weights as sample weights, so the train step is the same
    graph), twice:
@@ -136,16 +136,16 @@ def run_demo(workdir: pathlib.Path, reuse_run: bool = False) -> Dict[str, Any]:
 
 
 def _transformed_train_tensors(pipeline_root: pathlib.Path, transform_size: int, model_size: int):
-    """Transform's training examples, decoded by the Trainer's own reader (`trainer.make_dataset`)."""
+    """Transform's training examples, decoded by the Trainer's own reader (`datasets.make_dataset`)."""
     import tensorflow as tf
     import tensorflow_transform as tft
 
-    from histopath.components import trainer
+    from histopath.models import datasets
 
     graph_dir = latest_artifact_dir(str(pipeline_root / "Transform" / "transform_graph" / "*"))
     examples_dir = latest_artifact_dir(str(pipeline_root / "Transform" / "transformed_examples" / "*"))
     files = sorted(glob.glob(str(examples_dir / "Split-train" / "*")))
-    dataset = trainer.make_dataset(files, tft.TFTransformOutput(str(graph_dir)), batch_size=256,
+    dataset = datasets.make_dataset(files, tft.TFTransformOutput(str(graph_dir)), batch_size=256,
                                    transform_size=transform_size, model_size=model_size, shuffle=False, seed=0,
                                    cache=False)
     batches = list(dataset)
@@ -155,22 +155,21 @@ def _transformed_train_tensors(pipeline_root: pathlib.Path, transform_size: int,
 
 
 def _input_pipeline_rate(files: List[str], spec_dir: pathlib.Path, info: Dict[str, Any], weights) -> float:
-    """images/s of the Trainer's own input pipeline alone (`trainer.make_dataset`, class
+    """images/s of the Trainer's own input pipeline alone (`datasets.make_dataset`, class
     weights, augmentation), steady state: after one warm-up pass that fills its cache, on one
     iterator over the repeated data as in `training.train_model`."""
     import tensorflow as tf
     import tensorflow_transform as tft
 
-    from histopath.models import augment, config as model_config, training
-    from histopath.components import trainer
+    from histopath.models import augment, config as model_config, datasets, registry, training
 
     config = model_config.TrainingConfig.from_dict(info["training_config"])
-    dataset = trainer.make_dataset(
+    dataset = datasets.make_dataset(
         files, tft.TFTransformOutput(str(spec_dir)), batch_size=config.batch_size,
-        transform_size=int(info["transform_image_size"]), model_size=int(info["model_config"]["image_size"]),
+        transform_size=int(info["transform_size"]), model_size=int(info["model_config"]["image_size"]),
         shuffle=True, seed=config.seed, cache=config.cache_examples)
     _, batches_per_pass = training.count_labels_and_batches(dataset)
-    dataset = training._prepare(dataset.repeat(), weights, info["model_kind"] == "mil")
+    dataset = training.prepare_dataset(dataset.repeat(), weights, registry.get(info["model_kind"]).tiles)
     dataset = augment.augment_dataset(dataset, config.augment, config.seed).prefetch(tf.data.AUTOTUNE)
     iterator = iter(dataset)
     for _ in range(batches_per_pass):  # warm-up pass (traces the map functions, fills the cache)
@@ -221,7 +220,7 @@ def compare_trainer(kind: str, pipeline_root: pathlib.Path, max_images: Optional
                         "steady_images_per_second": None if rate is None else round(rate, 3), "note": phase_note}
 
     training_config = model_config.TrainingConfig.from_dict(info["training_config"])
-    transform_size = int(info["transform_image_size"])
+    transform_size = int(info["transform_size"])
     if kind == "densenet":
         config = model_config.DenseNetConfig.from_dict(info["model_config"])
         build = densenet.build_densenet_model
@@ -251,7 +250,7 @@ def compare_trainer(kind: str, pipeline_root: pathlib.Path, max_images: Optional
             densenet.set_backbone_trainable(model, config.fine_tune_blocks, config.freeze_batchnorm)
         multi_output = isinstance(model.output, dict)
         # The Trainer's optimizer (with its weight averaging), loss and metrics.
-        training._compile(model, learning_rate, multi_output, training_config.weight_averaging)
+        training.compile_model(model, learning_rate, multi_output, training_config.weight_averaging)
         targets = label_array.reshape(-1, 1).astype(np.float32)
         tensors: Tuple[Any, ...] = (images, {training.PROBABILITY: targets} if multi_output else targets)
         if weights is not None:

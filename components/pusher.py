@@ -25,10 +25,9 @@ from tfx.types import artifact_utils, standard_component_specs
 from tfx.utils import json_utils, proto_utils
 
 from histopath import fileio
-from histopath.models.exported import SAVED_MODEL_FILE, used_versions
+from histopath.models.exported import SAVED_MODEL_FILE, VERSION_POLICIES, used_versions
 
 logger = logging.getLogger(__name__)
-VERSION_POLICIES = ("timestamp", "increment")
 _ATTEMPTS = 5  # another pusher may take the same number meanwhile: try the next one
 
 

@@ -4,7 +4,7 @@
    on the test split and, when a model was pushed before, did not fall more than the
    allowed margin below it).
 2. Among them, by `rule` (`pipeline.config.SelectionConfig`):
-   - "cv_simpler_unless_better": the simpler candidate (`model_comparison.SIMPLER_FIRST`)
+   - "cv_simpler_unless_better": the simpler candidate (`registry.ModelKind.simplicity`)
      unless another's cross-validated AUC over the train and eval patients is higher with
      the paired patient-bootstrap interval of the difference above 0;
    - "cv_auc": the highest cross-validated AUC;
@@ -17,61 +17,26 @@
 The output blessing names the winner's Trainer model (`current_model_id`).
 """
 
-import json
 import os
-from typing import Any
+from typing import Any, Mapping, Optional
 
-import tensorflow as tf
-from tfx import v1 as tfx
-from tfx.types import standard_artifacts
+from tfx import types
+from tfx.dsl.components.base import base_component, base_executor, executor_spec
+from tfx.types import component_spec, standard_artifacts
 from tfx.utils import io_utils
 
 from histopath import fileio
 from histopath.components.pushed_model import SERVING_MODEL_DIR
-from histopath.errors import DataError
+from histopath.components.tfma_results import overall_metrics
+from histopath.errors import ConfigError, DataError
 from histopath.evaluation import model_comparison
+from histopath.models import registry
 
 SELECTION_FILE = "selection.json"
-CANDIDATE_MODEL_NAME = "candidate"  # model_spec name of the model under evaluation
-REPORTED_METRICS = (
-    "example_count",
-    "auc",
-    "binary_accuracy",
-    "balanced_accuracy",
-    "precision",
-    "recall",
-    "specificity",
-)
-
-
-def load_candidate_result(evaluation_uri: str) -> Any:
-    """The TFMA EvalResult of the candidate in a ModelEvaluation folder.
-
-    With no baseline, TFX's Evaluator drops the baseline spec and TFMA then stores the
-    lone model under the empty name; with a baseline it is `CANDIDATE_MODEL_NAME`.
-    """
-    import tensorflow_model_analysis as tfma
-    from tensorflow_model_analysis.writers import eval_config_writer
-
-    eval_config = eval_config_writer.load_eval_run(evaluation_uri)[0]
-    specs = eval_config.model_specs if eval_config else []
-    name = next((spec.name for spec in specs if not spec.is_baseline), "")
-    return tfma.load_eval_result(evaluation_uri, model_name=name or None)
-
-
-def overall_metrics(evaluation_uri: str) -> dict[str, float]:
-    """Reads the overall-slice metrics of the candidate from a ModelEvaluation folder."""
-    result = load_candidate_result(evaluation_uri)
-    for slice_key, metrics in result.slicing_metrics:
-        if slice_key == ():
-            flat: dict[str, float] = {}
-            for per_output in metrics.values():
-                for per_sub_key in per_output.values():
-                    for name, value in per_sub_key.items():
-                        if isinstance(value, dict) and "doubleValue" in value:
-                            flat[name] = float(value["doubleValue"])
-            return flat
-    return {}
+DEFAULT_RULE = "cv_lower_bound"
+# What each candidate brings: its Trainer's model, its Evaluator's evaluation and blessing.
+CANDIDATE_ROLES = {"model": standard_artifacts.Model, "evaluation": standard_artifacts.ModelEvaluation,
+                   "blessing": standard_artifacts.ModelBlessing}
 
 
 def _test_auc_winner(eligible: dict[str, dict[str, Any]]) -> tuple[str, str]:
@@ -107,7 +72,7 @@ def _cross_validated_winner(eligible: dict[str, dict[str, Any]], rule: str) -> t
                     "(the test split only reports)")
 
 
-def choose_winner(candidates: dict[str, dict[str, Any]], rule: str = "cv_lower_bound") -> tuple[str | None, str]:
+def choose_winner(candidates: dict[str, dict[str, Any]], rule: str = DEFAULT_RULE) -> tuple[str | None, str]:
     """Applies the rule of this module.
 
     Args:
@@ -152,67 +117,101 @@ def _summary(predictions: dict[str, Any]) -> dict[str, Any]:
 
 
 def _read_cross_validation(model_uri: str) -> dict[str, Any] | None:
-    from histopath.components.cross_validation import PREDICTIONS_FILE
+    from histopath.models.cross_validation import PREDICTIONS_FILE
 
     path = fileio.join(model_uri, PREDICTIONS_FILE)
     return fileio.read_json(path) if fileio.exists(path) else None
 
 
-@tfx.dsl.components.component
-def SelectWinner(
-    blessing: tfx.dsl.components.OutputArtifact[standard_artifacts.ModelBlessing],
-    model: tfx.dsl.components.OutputArtifact[standard_artifacts.Model],
-    densenet_model: tfx.dsl.components.InputArtifact[standard_artifacts.Model] = None,
-    densenet_evaluation: tfx.dsl.components.InputArtifact[standard_artifacts.ModelEvaluation] = None,
-    densenet_blessing: tfx.dsl.components.InputArtifact[standard_artifacts.ModelBlessing] = None,
-    mil_model: tfx.dsl.components.InputArtifact[standard_artifacts.Model] = None,
-    mil_evaluation: tfx.dsl.components.InputArtifact[standard_artifacts.ModelEvaluation] = None,
-    mil_blessing: tfx.dsl.components.InputArtifact[standard_artifacts.ModelBlessing] = None,
-    pushed_model: tfx.dsl.components.InputArtifact[standard_artifacts.Model] = None,
-    rule: tfx.dsl.components.Parameter[str] = "cv_lower_bound",
-) -> None:
-    """Compares the candidates by `rule`, copies the winner to `model` and blesses it."""
-    inputs = {
-        "densenet": (densenet_model, densenet_evaluation, densenet_blessing),
-        "mil": (mil_model, mil_evaluation, mil_blessing),
-    }
+def _candidates(input_dict: Mapping[str, list]) -> dict[str, dict[str, Any]]:
+    """Each candidate present among the inputs, with what the rule and the report read."""
     candidates: dict[str, dict[str, Any]] = {}
-    for name, (candidate_model, evaluation, candidate_blessing) in inputs.items():
-        if candidate_model is None:
+    for kind in registry.names():
+        artifacts = {role: input_dict.get(f"{kind}_{role}") or [None] for role in CANDIDATE_ROLES}
+        model, evaluation, blessing = (artifacts[role][0] for role in CANDIDATE_ROLES)
+        if model is None:
             continue
-        candidates[name] = {
-            "blessed": bool(candidate_blessing.get_int_custom_property("blessed")),
+        candidates[kind] = {
+            "blessed": bool(blessing.get_int_custom_property("blessed")),
             "metrics": overall_metrics(evaluation.uri),
-            "model_uri": candidate_model.uri,
-            "model_id": candidate_model.id,
-            "cross_validation": _read_cross_validation(candidate_model.uri),
+            "model_uri": model.uri,
+            "model_id": model.id,
+            "evaluation_uri": evaluation.uri,
+            "cross_validation": _read_cross_validation(model.uri),
         }
-    winner, reason = choose_winner(candidates, rule)
-    for candidate in candidates.values():  # selection.json keeps a summary, not every prediction
-        if candidate["cross_validation"] is not None:
-            candidate["cross_validation"] = _summary(candidate["cross_validation"])
-    already_serving = bool(
-        winner and pushed_model is not None and pushed_model.get_int_custom_property("found")
-        and pushed_model.get_string_custom_property("trained_in")
-        == os.path.join(candidates[winner]["model_uri"], SERVING_MODEL_DIR)
-    )
-    if already_serving:
-        reason += "; it is already the model pushed last, so nothing new is pushed"
-    selection = {
-        "winner": winner, "reason": reason, "candidates": candidates,
-        "already_serving": already_serving, "rule": rule,
+    return candidates
+
+
+class SelectWinnerExecutor(base_executor.BaseExecutor):
+    """Compares the candidates by `rule`, copies the winner to `model` and blesses it."""
+
+    def Do(self, input_dict: dict[str, list], output_dict: dict[str, list], exec_properties: dict[str, Any]) -> None:
+        blessing, model = output_dict["blessing"][0], output_dict["model"][0]
+        pushed_model = (input_dict.get("pushed_model") or [None])[0]
+        rule = exec_properties.get("rule") or DEFAULT_RULE
+        candidates = _candidates(input_dict)
+        winner, reason = choose_winner(candidates, rule)
+        for candidate in candidates.values():  # selection.json keeps a summary, not every prediction
+            if candidate["cross_validation"] is not None:
+                candidate["cross_validation"] = _summary(candidate["cross_validation"])
+        already_serving = bool(
+            winner and pushed_model is not None and pushed_model.get_int_custom_property("found")
+            and pushed_model.get_string_custom_property("trained_in")
+            == os.path.join(candidates[winner]["model_uri"], SERVING_MODEL_DIR)
+        )
+        if already_serving:
+            reason += "; it is already the model pushed last, so nothing new is pushed"
+        selection = {"winner": winner, "reason": reason, "candidates": candidates,
+                     "already_serving": already_serving, "rule": rule}
+        fileio.write_json(fileio.join(blessing.uri, SELECTION_FILE), selection)
+        blessing.set_string_custom_property("reason", reason)
+        if winner is None or already_serving:
+            blessing.set_int_custom_property("blessed", 0)
+            fileio.makedirs(model.uri)
+            return
+        io_utils.copy_dir(candidates[winner]["model_uri"], model.uri)
+        blessing.set_int_custom_property("blessed", 1)
+        blessing.set_int_custom_property("current_model_id", candidates[winner]["model_id"])
+        blessing.set_string_custom_property("current_model", candidates[winner]["model_uri"])
+        blessing.set_string_custom_property("winner", winner)
+        model.set_string_custom_property("model_kind", winner)
+
+
+class SelectWinnerSpec(component_spec.ComponentSpec):
+    """One optional model, evaluation and blessing input per registered kind
+    (`<kind>_model`, ...), the model pushed last, and the rule."""
+
+    PARAMETERS = {"rule": component_spec.ExecutionParameter(type=str)}
+    INPUTS = {
+        "pushed_model": component_spec.ChannelParameter(type=standard_artifacts.Model, optional=True),
+        **{f"{kind}_{role}": component_spec.ChannelParameter(type=artifact_type, optional=True)
+           for kind in registry.names() for role, artifact_type in CANDIDATE_ROLES.items()},
     }
-    tf.io.gfile.makedirs(blessing.uri)
-    with tf.io.gfile.GFile(os.path.join(blessing.uri, SELECTION_FILE), "w") as handle:
-        json.dump(selection, handle, indent=2, sort_keys=True)
-    blessing.set_string_custom_property("reason", reason)
-    if winner is None or already_serving:
-        blessing.set_int_custom_property("blessed", 0)
-        tf.io.gfile.makedirs(model.uri)
-        return
-    io_utils.copy_dir(candidates[winner]["model_uri"], model.uri)
-    blessing.set_int_custom_property("blessed", 1)
-    blessing.set_int_custom_property("current_model_id", candidates[winner]["model_id"])
-    blessing.set_string_custom_property("current_model", candidates[winner]["model_uri"])
-    blessing.set_string_custom_property("winner", winner)
-    model.set_string_custom_property("model_kind", winner)
+    OUTPUTS = {"blessing": component_spec.ChannelParameter(type=standard_artifacts.ModelBlessing),
+               "model": component_spec.ChannelParameter(type=standard_artifacts.Model)}
+
+
+class SelectWinner(base_component.BaseComponent):
+    """The winner among the candidates (see the module docstring).
+
+    Args:
+      candidates: kind -> {"model", "evaluation", "blessing"} channels (a Trainer's model,
+        its Evaluator's evaluation and blessing), for any registered kinds.
+      pushed_model: the model pushed last (`LatestPushedModel`), or None.
+      rule: a `pipeline.config.SELECTION_RULES` rule.
+    """
+
+    SPEC_CLASS = SelectWinnerSpec
+    EXECUTOR_SPEC = executor_spec.ExecutorClassSpec(SelectWinnerExecutor)
+
+    def __init__(self, candidates: Mapping[str, Mapping[str, types.BaseChannel]],
+                 pushed_model: Optional[types.BaseChannel] = None, rule: str = DEFAULT_RULE) -> None:
+        for kind, channels in candidates.items():
+            registry.get(kind)
+            if set(channels) != set(CANDIDATE_ROLES):
+                raise ConfigError(f"candidate {kind} needs channels {sorted(CANDIDATE_ROLES)}, got {sorted(channels)}")
+        super().__init__(spec=SelectWinnerSpec(
+            rule=rule, pushed_model=pushed_model,
+            blessing=types.Channel(type=standard_artifacts.ModelBlessing),
+            model=types.Channel(type=standard_artifacts.Model),
+            **{f"{kind}_{role}": channel for kind, channels in candidates.items() for role, channel in channels.items()}))

@@ -59,10 +59,6 @@ def _varint(value: int) -> bytes:
     return _encode_varint(value)
 
 
-def _length_delimited(field_number: int, payload: bytes) -> bytes:
-    return _varint((field_number << 3) | 2) + _varint(len(payload)) + payload
-
-
 _TAG_1 = _varint((1 << 3) | 2)  # field 1, length-delimited
 _TAG_2 = _varint((2 << 3) | 2)  # field 2, length-delimited
 _TAG_3 = _varint((3 << 3) | 2)  # field 3, length-delimited

@@ -12,15 +12,17 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from histopath.evaluation import bootstrap
+from histopath.models import registry
 
-SIMPLER_FIRST = ("mil", "densenet")  # fewer weights and less compute first
 RESAMPLES = 1000
 CONFIDENCE = 0.95
 
 
 def simpler_first(names: Sequence[str]) -> list[str]:
-    """`names` ordered from the simplest candidate (unknown names last, by name)."""
-    return sorted(names, key=lambda name: (SIMPLER_FIRST.index(name) if name in SIMPLER_FIRST else 99, name))
+    """`names` ordered from the simplest candidate (`registry.ModelKind.simplicity`;
+    unregistered names last, by name)."""
+    last = len(registry.KINDS)
+    return sorted(names, key=lambda name: (registry.KINDS[name].simplicity if name in registry.KINDS else last, name))
 
 
 def interval(draws: np.ndarray) -> list[float] | None:

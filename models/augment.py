@@ -8,7 +8,6 @@ reproducible and each epoch sees new augmentations.
 
 from __future__ import annotations
 
-import histopath  # noqa: F401  (pins Keras 2 before TensorFlow is imported)
 import tensorflow as tf
 
 from histopath.models import image_ops

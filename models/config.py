@@ -12,7 +12,6 @@ from typing import Any, Mapping, Optional, Tuple, Type, TypeVar
 
 from histopath.errors import ConfigError
 
-MODEL_KINDS = ("densenet", "mil")  # the two classifiers; each has its own config below
 PRECISION_POLICIES = (None, "float32", "mixed_bfloat16", "auto")
 COLOR_SPACES = ("hed", "hsv")
 MONITORS = ("val_loss", "val_auc")
@@ -310,25 +309,48 @@ class TrainingConfig(_JsonConfig):
 _NESTED = {("TrainingConfig", "augment"): AugmentConfig}
 
 
-def model_config_from_dict(values: Mapping[str, Any]) -> DenseNetConfig | MilConfig:
-    """Builds a model config from `{"model_kind": "densenet"|"mil", **fields}`.
+@dataclasses.dataclass(frozen=True)
+class CandidateSettings:
+    """What training one candidate needs (a Trainer's `custom_config`, JSON values).
 
-    Raises:
-      ConfigError: on a missing or unknown `model_kind`.
+    Attributes:
+      model_kind: a `models.registry` kind.
+      model: the kind's settings (fields of its config type; the image size included).
+      training: `TrainingConfig` fields.
+      transform_size: the edge of Transform's output images (the model resizes from it).
+      folds: patient folds over the train and eval patients (0 = none).
+      refit_on_all: train the exported model on every train and eval patient (needs folds).
+      slide_context_sigma: IDC: also choose a slide-context threshold (0 = off).
+      dataset: the data set's name (recorded).
+      model_name: the TF Serving model name (recorded).
     """
-    values = dict(values)
-    kind = values.pop("model_kind", None)
-    if kind == "densenet":
-        return DenseNetConfig.from_dict(values)
-    if kind == "mil":
-        return MilConfig.from_dict(values)
-    raise ConfigError(f"model_kind must be 'densenet' or 'mil', got {kind!r}")
 
+    model_kind: str
+    model: Mapping[str, Any]
+    training: Mapping[str, Any]
+    transform_size: int
+    folds: int = 0
+    refit_on_all: bool = False
+    slide_context_sigma: float = 0.0
+    dataset: str = ""
+    model_name: str = "histopath"
 
-def model_kind(config: DenseNetConfig | MilConfig) -> str:
-    """Returns "densenet" or "mil" for a model config."""
-    if isinstance(config, DenseNetConfig):
-        return "densenet"
-    if isinstance(config, MilConfig):
-        return "mil"
-    raise ConfigError(f"not a model config: {type(config).__name__}")
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> "CandidateSettings":
+        """Reads `to_dict()` output; other keys (a code fingerprint) are ignored."""
+        names = {field.name for field in dataclasses.fields(cls)}
+        return cls(**{key: value for key, value in values.items() if key in names})
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON values (a Trainer's `custom_config`)."""
+        return {**dataclasses.asdict(self), "model": dict(self.model), "training": dict(self.training)}
+
+    def model_config(self) -> Any:
+        """The kind's typed settings (`models.registry`)."""
+        from histopath.models import registry
+
+        return registry.get(self.model_kind).config(self.model, self.transform_size)
+
+    def training_config(self) -> TrainingConfig:
+        """The typed training settings."""
+        return TrainingConfig.from_dict(self.training)

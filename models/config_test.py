@@ -23,13 +23,6 @@ def test_training_config_accepts_plain_dict_augment():
     assert isinstance(config.augment, mc.AugmentConfig) and not config.augment.flips
 
 
-def test_model_config_from_dict_dispatches_on_kind():
-    assert isinstance(mc.model_config_from_dict({"model_kind": "mil", "tile_size": 16}), mc.MilConfig)
-    assert mc.model_kind(mc.model_config_from_dict({"model_kind": "densenet"})) == "densenet"
-    with pytest.raises(ConfigError, match="model_kind"):
-        mc.model_config_from_dict({"image_size": 32})
-
-
 @pytest.mark.parametrize("factory, values, message", [
     (mc.DenseNetConfig, {"image_size": 16}, "image_size"),
     (mc.DenseNetConfig, {"mixed_precision": "mixed_float8"}, "mixed_precision"),
@@ -61,3 +54,14 @@ def test_both_models_default_to_bfloat16_where_the_cpu_runs_it_natively(config_t
     assert config_type().mixed_precision == "auto"
     assert config_type.from_dict({}).mixed_precision == "auto"
     assert config_type.from_dict({"mixed_precision": None}).mixed_precision is None  # float32 stays selectable
+
+
+def test_candidate_settings_round_trip_and_name_their_kind():
+    settings = mc.CandidateSettings(model_kind="mil", model={"tile_size": 16}, training={"epochs": 2},
+                                    transform_size=64, folds=3)
+    restored = mc.CandidateSettings.from_dict({**json.loads(json.dumps(settings.to_dict())), "code_fingerprint": "x"})
+    assert restored == settings
+    assert restored.model_config() == mc.MilConfig(image_size=64, tile_size=16)
+    assert restored.training_config().epochs == 2
+    with pytest.raises(ConfigError, match="unknown model kind 'resnet'"):
+        mc.CandidateSettings("resnet", {}, {}, 64).model_config()

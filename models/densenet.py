@@ -15,7 +15,6 @@ import os
 import re
 from typing import Dict, List, Optional
 
-import histopath  # noqa: F401  (pins Keras 2 before TensorFlow is imported)
 import h5py
 import numpy as np
 import tensorflow as tf
@@ -30,6 +29,7 @@ skip_autograph_for_tf_keras()
 logger = logging.getLogger(__name__)
 
 BACKBONE_NAME = "densenet201"
+BACKBONE_WEIGHTS_FILE = "backbone_weights.h5"  # what `save_extras` leaves in a Trainer's run folder
 OUTPUT_NAME = "probability"
 # torchvision-style ImageNet statistics used by `keras.applications.densenet.preprocess_input`.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -219,3 +219,37 @@ def set_backbone_trainable(
             trainable = False
         layer.trainable = trainable
     return len(base.trainable_weights)
+
+
+build = build_densenet_model  # the registry's entry point (`models.registry`)
+
+
+def training_phases(config: DenseNetConfig, training) -> list:
+    """The head with the backbone frozen, then (when configured) the top blocks unfrozen
+    at a lower learning rate, kept only if it improves on the head phase.
+
+    Raises:
+      ConfigError: neither phase would run.
+    """
+    from histopath.models.training import Phase
+
+    fine_tune = config.fine_tune_blocks != 0 and training.fine_tune_epochs > 0
+    if training.epochs == 0 and not fine_tune:
+        raise ConfigError("DenseNet training needs epochs > 0 (head phase) or a fine-tuning phase "
+                          "(fine_tune_epochs > 0 and fine_tune_blocks != 0)")
+    phases = []
+    if training.epochs > 0:
+        phases.append(Phase("head", config.head_learning_rate, training.epochs,
+                            prepare=lambda model: set_backbone_trainable(model, 0)))
+    if fine_tune:
+        phases.append(Phase(
+            "fine_tune", config.fine_tune_learning_rate, training.fine_tune_epochs,
+            prepare=lambda model: set_backbone_trainable(model, config.fine_tune_blocks, config.freeze_batchnorm),
+            keep_only_if_better=True))
+    return phases
+
+
+def save_extras(model: keras.Model, run_dir: str) -> None:
+    """Leaves the backbone's weights in the Trainer's run folder, for warm starts
+    (`DenseNetConfig(weights=<model_run>/backbone_weights.h5)`)."""
+    save_backbone_weights(model, os.path.join(run_dir, BACKBONE_WEIGHTS_FILE))

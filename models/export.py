@@ -19,7 +19,6 @@ import os
 import tempfile
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
-import histopath  # noqa: F401  (pins Keras 2 before TensorFlow is imported)
 import tensorflow as tf
 import tf_keras as keras
 
@@ -27,7 +26,7 @@ from histopath import fileio
 from histopath.data import features
 from histopath.errors import ConfigError
 from histopath.models import image_ops, mil
-from histopath.models.config import MODEL_KINDS
+from histopath.models import registry
 from histopath.models.exported import (
     MODEL_INFO_PATH,
     SAVED_MODEL_FILE,
@@ -198,13 +197,13 @@ def export_serving_model(
     `export_dir` never holds a half-written model; an existing `export_dir` is replaced.
 
     Args:
-      model: built by `build_densenet_model` or `build_mil_model` (trained).
+      model: a trained model of a registered kind (square input).
       export_dir: the version folder, e.g. `<serving_dir>/<model_name>/<version>`.
       preprocess: maps tf.string [B] encoded images to the model input float32
         [B, S, S, 3] in [0, 1], e.g. `lambda b: image_ops.decode_and_resize(b, S)` or a
         TF-Transform layer; a `tf.Module`/Keras layer is attached to the SavedModel so
         its resources (tables, assets) are saved with it.
-      model_info: at least "model_kind" ("densenet"|"mil"); also "model_name",
+      model_info: at least "model_kind" (a `models.registry` kind); also "model_name",
         "dataset", ... Image size, tile size, grid shape, decision threshold, label
         names, signatures and creation time are filled in here.
       decision_threshold: probability at or above which `label` is 1 (malignant).
@@ -243,16 +242,18 @@ def export_serving_model(
 def _complete_model_info(model: keras.Model, model_info: Mapping[str, Any], threshold: float) -> Dict[str, Any]:
     info = dict(model_info)
     kind = info.get("model_kind")
-    if kind not in MODEL_KINDS:
-        raise ConfigError(f"model_info['model_kind'] must be one of {MODEL_KINDS}, got {kind!r}")
+    if kind not in registry.KINDS:
+        raise ConfigError(f"model_info['model_kind'] must be one of {registry.names()}, got {kind!r}")
     if not 0.0 <= float(threshold) <= 1.0:
         raise ConfigError(f"decision_threshold must be in [0, 1], got {threshold}")
     bagger = mil.find_image_to_bag(model)
-    if (kind == "mil") != (bagger is not None):
+    if registry.get(kind).tiles != (bagger is not None):
         raise ConfigError(f"model_info says {kind!r} but the model {model.name!r} is not one")
     height, width = model.input_shape[1:3]
+    if height != width:
+        raise ConfigError(f"the model's input must be square, got {height}x{width}")
     info.setdefault("model_name", model.name)
-    info["image_size"] = int(height) if height == width else [int(height), int(width)]
+    info["image_size"] = int(height)
     info["decision_threshold"] = float(threshold)
     info.setdefault("label_names", list(features.LABEL_NAMES))
     info["signatures"] = {

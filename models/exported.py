@@ -22,13 +22,16 @@ Paths may be local or URIs (`histopath.fileio`).
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 from histopath import fileio
 from histopath.data import features
 from histopath.errors import DataError
 
 SAVED_MODEL_FILE = "saved_model.pb"
+# How a pushed model's version number is chosen: seconds since the epoch (TFX's default), or
+# one more than the highest version in the model folder.
+VERSION_POLICIES = ("timestamp", "increment")
 MODEL_INFO_PATH = "assets.extra/model_info.json"
 SERVING_DEFAULT = "serving_default"
 SERVING_EXAMPLES = "serving_examples"
@@ -94,6 +97,20 @@ def read_model_info(model_dir: str) -> Dict[str, Any]:
         raise DataError(f"{path}: cannot read the model description ({error})") from None
     except Exception as error:  # tf.errors.NotFoundError and friends
         raise DataError(f"{path}: cannot read the model description ({error})") from None
+
+
+def model_image_size(info: Mapping[str, Any]) -> int:
+    """The exported model's square input edge in pixels (`model_info["image_size"]`).
+
+    Raises:
+      DataError: the description gives no size.
+    """
+    size = info.get("image_size")
+    if isinstance(size, list):  # exports before square inputs were required: [height, width]
+        size = size[0]
+    if not size:
+        raise DataError(f"model {info.get('model_name', '?')}: model_info.json gives no image_size")
+    return int(size)
 
 
 @dataclasses.dataclass

@@ -28,3 +28,13 @@ def test_used_versions_count_unfinished_ones_that_list_versions_skips(tmp_path):
     (tmp_path / "1" / "saved_model.pb").write_bytes(b"")
     assert used_versions(str(tmp_path)) == [1, 3]
     assert list_versions(str(tmp_path)) == [1]
+
+
+def test_the_model_image_size_is_read_by_one_function():
+    from histopath.errors import DataError
+    from histopath.models.exported import model_image_size
+
+    assert model_image_size({"image_size": 64}) == 64
+    assert model_image_size({"image_size": [48, 48]}) == 48
+    with pytest.raises(DataError, match="gives no image_size"):
+        model_image_size({"model_name": "m"})

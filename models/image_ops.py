@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import math
 
-import histopath  # noqa: F401  (pins Keras 2 before TensorFlow is imported)
 import tensorflow as tf
 
 # A tile whose pixels are nearly all bright and unsaturated is glass, not tissue.

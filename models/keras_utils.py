@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 from typing import Iterator, Optional
 
-import histopath  # noqa: F401  (pins Keras 2 before TensorFlow is imported)
 import tf_keras as keras
 from tensorflow.python.autograph.core import config as _autograph_config
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 from typing import Optional
 
-import histopath  # noqa: F401  (pins Keras 2 before TensorFlow is imported)
 import tensorflow as tf
 import tf_keras as keras
 
@@ -321,6 +320,16 @@ def find_image_to_bag(model: keras.Model) -> Optional[ImageToBag]:
         if isinstance(layer, ImageToBag):
             return layer
     return None
+
+
+build = build_mil_model  # the registry's entry point (`models.registry`)
+
+
+def training_phases(config: MilConfig, training) -> list:
+    """One phase of `training.epochs` at the model's learning rate (`training.one_phase`)."""
+    from histopath.models.training import one_phase
+
+    return one_phase("MIL", config.learning_rate, training)
 
 
 CUSTOM_OBJECTS = {"ImageToBag": ImageToBag, "GatedAttentionPooling": GatedAttentionPooling,

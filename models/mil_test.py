@@ -199,7 +199,7 @@ def test_instance_classifier_outputs_train_and_round_trip(bags, tmp_path):
     assert outputs["instance_logit"].shape == (6, CONFIG.n_tiles)
     np.testing.assert_array_equal(outputs["tissue_mask"].numpy(), (kinds != 2).astype(np.float32))
     # The compiled loss gains exactly weight * instance_loss.
-    training._compile(model, 1e-3, multi_output=True)
+    training.compile_model(model, 1e-3, multi_output=True)
     targets = {"probability": tf.constant(labels.reshape(-1, 1).astype(np.float32))}
     with_instance = float(model.compute_loss(images, targets, outputs))
     model.instance_loss_weight = 0.0

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import histopath  # noqa: F401  (pins Keras 2 before TensorFlow is imported)
 import tensorflow as tf
 
 from histopath.models import image_ops

@@ -1,28 +1,28 @@
-"""Training loop shared by both classifiers (called by the TFX Trainer's `run_fn`).
+"""The training loop every model kind shares (`models.fit` calls it).
 
-`train_model` fits a model built by `densenet.build_densenet_model` (two phases: head
-with the backbone frozen, then the top blocks unfrozen at a lower learning rate) or by
-`mil.build_mil_model` (one phase), with training-set-only augmentation, class weights,
-ReduceLROnPlateau and EarlyStopping (best weights restored) on validation loss, and
+`train_model` fits a model of any registered kind (`models.registry`) through the phases
+its module gives (`training_phases`: DenseNet201's head then fine-tuning, one phase for
+the MIL and the CNN), with training-set-only augmentation, class weights,
+ReduceLROnPlateau and EarlyStopping (best weights restored) on the monitored value, and
 TensorBoard logs.
 """
 
 from __future__ import annotations
 
 import collections
+import dataclasses
 import logging
 import os
 import time
-from typing import Dict, List, Mapping, Optional, Sequence
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
 
-import histopath  # noqa: F401  (pins Keras 2 before TensorFlow is imported)
 import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
-from histopath.models import augment, densenet
+from histopath.models import augment, registry
 from histopath.models.keras_utils import skip_autograph_for_tf_keras
-from histopath.models.config import DenseNetConfig, MilConfig, TrainingConfig
+from histopath.models.config import TrainingConfig
 from histopath.errors import ConfigError, DataError
 
 skip_autograph_for_tf_keras()
@@ -32,11 +32,42 @@ logger = logging.getLogger(__name__)
 PROBABILITY = "probability"
 
 
+@dataclasses.dataclass(frozen=True)
+class Phase:
+    """One stretch of training at one learning rate (a kind's `training_phases`).
+
+    Attributes:
+      name: recorded in the history ("head", "fine_tune", "train").
+      learning_rate: Adam's starting rate (ReduceLROnPlateau lowers it).
+      epochs: at most this many (early stopping may end it sooner).
+      prepare: changes the model before the phase (e.g. unfreezes layers); None = none.
+      keep_only_if_better: restore the weights from before the phase unless it improved
+        the monitored value over the phases before it.
+    """
+
+    name: str
+    learning_rate: float
+    epochs: int
+    prepare: Optional[Callable[[keras.Model], None]] = None
+    keep_only_if_better: bool = False
+
+
+def one_phase(model: str, learning_rate: float, training: TrainingConfig) -> List[Phase]:
+    """The schedule of a model trained in one phase ("train", `training.epochs`).
+
+    Raises:
+      ConfigError: `training.epochs` is 0 (naming `model`).
+    """
+    if training.epochs == 0:
+        raise ConfigError(f"{model} training needs epochs >= 1")
+    return [Phase("train", learning_rate, training.epochs)]
+
+
 def train_model(
     model: keras.Model,
     train_ds: tf.data.Dataset,
     eval_ds: tf.data.Dataset,
-    model_config: DenseNetConfig | MilConfig,
+    model_config: Any,
     training_config: TrainingConfig,
     log_dir: str,
     *,
@@ -50,7 +81,7 @@ def train_model(
         finite (one epoch = one pass) or repeated (then `steps_per_epoch` is required).
       eval_ds: same structure, never augmented; finite or repeated (then
         `validation_steps` is required).
-      model_config: the config the model was built from (selects the schedule).
+      model_config: the config the model was built from (its kind gives the phases).
       training_config: epochs, callbacks, augmentation, class weights, seed, steps.
       log_dir: TensorBoard log folder (created).
       class_counts: optional `{0: n_benign, 1: n_malignant}` of the training set (e.g.
@@ -73,8 +104,36 @@ def train_model(
     _check_finite(train_ds, config.steps_per_epoch, "training", "steps_per_epoch")
     _check_finite(eval_ds, config.validation_steps, "evaluation", "validation_steps")
     multi_output = isinstance(model.output, dict)
+    train, evaluation, steps_per_epoch, examples_per_epoch = _model_inputs(
+        train_ds, eval_ds, config, class_counts, multi_output)
+    os.makedirs(log_dir, exist_ok=True)
+    fit = _PhaseRunner(model, config, multi_output, train, evaluation, steps_per_epoch, examples_per_epoch,
+                       keras.callbacks.TensorBoard(log_dir=log_dir, histogram_freq=0, write_graph=False,
+                                                   profile_batch=0))
+    best: Optional[float] = None  # the best monitored value so far, and the weights that reached it
+    for phase in registry.kind_of(model_config).module().training_phases(model_config, config):
+        if phase.prepare is not None:
+            phase.prepare(model)
+        kept = model.get_weights() if phase.keep_only_if_better and best is not None else None
+        reached = fit.run(phase)
+        improved = best is None or (reached < best if fit.mode == "min" else reached > best)
+        if kept is not None and not improved:
+            logger.info("phase %s did not improve %s (%.4f vs %.4f): keeping the earlier weights",
+                        phase.name, config.monitor, reached, best)
+            model.set_weights(kept)
+        elif improved:
+            best = reached
+    return fit.history.as_dict()
 
-    weights = None
+
+def _model_inputs(train_ds: tf.data.Dataset, eval_ds: tf.data.Dataset, config: TrainingConfig,
+                  class_counts: Optional[Mapping[int, int]], multi_output: bool) -> tuple:
+    """The training batches (class-weighted, augmented, repeated) and the eval batches as
+    the model takes them, the steps of one epoch and the examples one epoch sees.
+
+    Raises:
+      DataError: the training dataset is empty.
+    """
     counts = dict(class_counts) if class_counts is not None else None
     steps_per_epoch = config.steps_per_epoch
     if steps_per_epoch is None:
@@ -88,83 +147,64 @@ def train_model(
         train_ds = train_ds.repeat()
     elif counts is None:
         counts = count_labels(train_ds, steps_per_epoch)
+    weights = None
     if config.class_weights:
         weights = class_weights_from_counts(counts)
         logger.info("class counts %s -> loss weights %s", counts, weights)
-    # Examples in one epoch's training pass, for the throughput in the history.
+    train = augment.augment_dataset(prepare_dataset(train_ds, weights, multi_output), config.augment, config.seed)
+    evaluation = prepare_dataset(eval_ds, None, multi_output)
     examples_per_epoch = int(counts.get(0, 0)) + int(counts.get(1, 0))
-    train = _prepare(train_ds, weights, multi_output)
-    train = augment.augment_dataset(train, config.augment, config.seed)
-    evaluation = _prepare(eval_ds, None, multi_output)
-    train, evaluation = train.prefetch(tf.data.AUTOTUNE), evaluation.prefetch(tf.data.AUTOTUNE)
+    return (train.prefetch(tf.data.AUTOTUNE), evaluation.prefetch(tf.data.AUTOTUNE), steps_per_epoch,
+            examples_per_epoch)
 
-    os.makedirs(log_dir, exist_ok=True)
-    mode = "min" if config.monitor == "val_loss" else "max"
-    # Keras names a multi-output model's metrics after the output: "val_probability_auc".
-    monitor = config.monitor.replace("val_", f"val_{PROBABILITY}_") if multi_output and mode == "max" \
-        else config.monitor
-    history = _History()
-    tensorboard = keras.callbacks.TensorBoard(log_dir=log_dir, histogram_freq=0, write_graph=False,
-                                              profile_batch=0)
 
-    def run_phase(phase: str, learning_rate: float, epochs: int) -> float:
-        _compile(model, learning_rate, multi_output, config.weight_averaging)
-        start = len(history.rows["epoch"])
+class _PhaseRunner:
+    """Fits one model phase after phase on the same inputs, into one history."""
+
+    def __init__(self, model: keras.Model, config: TrainingConfig, multi_output: bool, train: tf.data.Dataset,
+                 evaluation: tf.data.Dataset, steps_per_epoch: int, examples_per_epoch: int,
+                 tensorboard: keras.callbacks.Callback) -> None:
+        self.model, self.config, self.multi_output = model, config, multi_output
+        self.train, self.evaluation = train, evaluation
+        self.steps_per_epoch, self.examples_per_epoch = steps_per_epoch, examples_per_epoch
+        self.tensorboard = tensorboard
+        self.mode = "min" if config.monitor == "val_loss" else "max"
+        # Keras names a multi-output model's metrics after the output: "val_probability_auc".
+        self.monitor = (config.monitor.replace("val_", f"val_{PROBABILITY}_")
+                        if multi_output and self.mode == "max" else config.monitor)
+        self.history = _History()
+
+    def run(self, phase: Phase) -> float:
+        """Fits `phase`; returns the best monitored value it reached."""
+        config, model = self.config, self.model
+        compile_model(model, phase.learning_rate, self.multi_output, config.weight_averaging)
+        start = len(self.history.rows["epoch"])
         early_stopping = keras.callbacks.EarlyStopping(
-            monitor=monitor, mode=mode, patience=config.early_stopping_patience,
+            monitor=self.monitor, mode=self.mode, patience=config.early_stopping_patience,
             restore_best_weights=True, start_from_epoch=start + config.early_stopping_start_epoch)
-        timer = _EpochTimer(examples_per_epoch)
+        timer = _EpochTimer(self.examples_per_epoch)
         callbacks = [
             keras.callbacks.ReduceLROnPlateau(
-                monitor=monitor, mode=mode, factor=config.reduce_lr_factor,
+                monitor=self.monitor, mode=self.mode, factor=config.reduce_lr_factor,
                 patience=config.reduce_lr_patience, min_lr=config.min_learning_rate),
-            early_stopping,
-            tensorboard,
-            _EpochLogger(phase, start + epochs),
-            timer,
+            early_stopping, self.tensorboard, _EpochLogger(phase.name, start + phase.epochs), timer,
         ]
         if config.weight_averaging is not None:
             # Last: the callbacks above see the averaged weights at the end of an epoch.
             callbacks.append(_ValidateAveragedWeights())
         logger.info("phase %s: %d epochs at learning rate %g, %d trainable weight tensors",
-                    phase, epochs, learning_rate, len(model.trainable_weights))
+                    phase.name, phase.epochs, phase.learning_rate, len(model.trainable_weights))
         fit = model.fit(
-            train, validation_data=evaluation, epochs=start + epochs, initial_epoch=start,
-            steps_per_epoch=steps_per_epoch, validation_steps=config.validation_steps,
+            self.train, validation_data=self.evaluation, epochs=start + phase.epochs, initial_epoch=start,
+            steps_per_epoch=self.steps_per_epoch, validation_steps=config.validation_steps,
             callbacks=callbacks, verbose=config.verbose,
         )
-        history.add(phase, fit)
-        history.extend(timer.rows())
+        self.history.add(phase.name, fit)
+        self.history.extend(timer.rows())
         if np.isfinite(early_stopping.best):
             return float(early_stopping.best)
         # The phase ended before early stopping started watching: its last value.
-        return float(fit.history[monitor][-1])
-
-    if isinstance(model_config, DenseNetConfig):
-        fine_tune = model_config.fine_tune_blocks != 0 and config.fine_tune_epochs > 0
-        if config.epochs == 0 and not fine_tune:
-            raise ConfigError("DenseNet training needs epochs > 0 (head phase) or a fine-tuning phase "
-                              "(fine_tune_epochs > 0 and fine_tune_blocks != 0)")
-        head_best = None  # the head phase's best monitored value, when it ran
-        if config.epochs > 0:
-            densenet.set_backbone_trainable(model, 0)
-            head_best = run_phase("head", model_config.head_learning_rate, config.epochs)
-        if fine_tune:
-            head_weights = model.get_weights() if head_best is not None else None
-            densenet.set_backbone_trainable(model, model_config.fine_tune_blocks, model_config.freeze_batchnorm)
-            tune_best = run_phase("fine_tune", model_config.fine_tune_learning_rate, config.fine_tune_epochs)
-            improved = head_best is None or (tune_best < head_best if mode == "min" else tune_best > head_best)
-            if not improved:
-                logger.info("fine-tuning did not improve %s (%.4f vs %.4f): keeping the head-phase weights",
-                            config.monitor, tune_best, head_best)
-                model.set_weights(head_weights)
-    elif isinstance(model_config, MilConfig):
-        if config.epochs == 0:
-            raise ConfigError("MIL training needs epochs >= 1")
-        run_phase("train", model_config.learning_rate, config.epochs)
-    else:
-        raise ConfigError(f"unknown model config type {type(model_config).__name__}")
-    return history.as_dict()
+        return float(fit.history[self.monitor][-1])
 
 
 def class_weights_from_counts(counts: Mapping[int, int]) -> Optional[List[float]]:
@@ -215,7 +255,7 @@ def _check_finite(dataset: tf.data.Dataset, steps: Optional[int], what: str, opt
         raise ConfigError(f"the {what} dataset repeats forever: set TrainingConfig.{option}")
 
 
-def _prepare(dataset: tf.data.Dataset, weights: Optional[Sequence[float]], multi_output: bool) -> tf.data.Dataset:
+def prepare_dataset(dataset: tf.data.Dataset, weights: Optional[Sequence[float]], multi_output: bool) -> tf.data.Dataset:
     """(images, labels) -> (images, targets[, sample weights]) with float32 (B, 1) targets."""
     weight_table = None if weights is None else tf.constant(weights, tf.float32)
 
@@ -234,7 +274,7 @@ def _prepare(dataset: tf.data.Dataset, weights: Optional[Sequence[float]], multi
     return dataset.map(convert, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
 
-def _compile(model: keras.Model, learning_rate: float, multi_output: bool,
+def compile_model(model: keras.Model, learning_rate: float, multi_output: bool,
              weight_averaging: Optional[float] = None) -> None:
     """Compiles with Adam, binary cross-entropy, accuracy and AUC.
 

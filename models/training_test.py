@@ -104,7 +104,7 @@ def test_validation_sees_the_averaged_weights_and_training_the_latest():
     dataset = tf.data.Dataset.from_tensor_slices((features, targets)).batch(16)
     keras.utils.set_random_seed(0)
     model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(1, activation="sigmoid")])
-    training._compile(model, 0.1, multi_output=False, weight_averaging=0.9)
+    training.compile_model(model, 0.1, multi_output=False, weight_averaging=0.9)
 
     class Recorder(keras.callbacks.Callback):
         """Sees the weights at the end of training steps and (before the swap-back) of epochs."""

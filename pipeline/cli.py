@@ -9,14 +9,14 @@ from typing import Any
 from histopath.argtypes import non_negative_int
 from histopath.errors import ConfigError
 from histopath.data.layouts import DATASETS
-from histopath.models.config import MODEL_KINDS
+from histopath.models import registry
 
 
 def _model_list(text: str) -> tuple[str, ...]:
     models = tuple(m.strip() for m in text.split(",") if m.strip())
-    unknown = [m for m in models if m not in MODEL_KINDS]
+    unknown = [m for m in models if m not in registry.KINDS]
     if not models or unknown:
-        raise argparse.ArgumentTypeError(f"choose from {','.join(MODEL_KINDS)}; got {text!r}")
+        raise argparse.ArgumentTypeError(f"choose from {','.join(registry.names())}; got {text!r}")
     return models
 
 
@@ -29,7 +29,8 @@ def add_config_arguments(parser: argparse.ArgumentParser, *, need_data: bool) ->
     parser.add_argument("--preset", help="named recipe to start from (default: the data set's own; "
                         "`histopath presets` lists them)")
     parser.add_argument("--config", help="JSON file of settings over the preset (flags override it)")
-    parser.add_argument("--models", type=_model_list, help="comma-separated subset of densenet,mil")
+    parser.add_argument("--models", type=_model_list,
+                        help=f"comma-separated model kinds to train and compare: {', '.join(registry.names())}")
     parser.add_argument("--epochs", type=non_negative_int, help="epochs of every training phase of every model")
     parser.add_argument("--image-size", type=int, help="Transform output size in pixels")
     parser.add_argument("--stain-normalization", action="store_true", default=None,
@@ -73,10 +74,8 @@ def config_from_args(args: argparse.Namespace, **fixed: Any):
         "enable_cache": False if args.no_cache else None,
     }
     flags = {key: value for key, value in flags.items() if value is not None}
-    if args.epochs is not None:
+    if args.epochs is not None:  # a later layer's shared training overrides every kind's own
         flags["training"] = {"epochs": args.epochs, "fine_tune_epochs": args.epochs}
-        flags["model_training"] = {kind: {"epochs": args.epochs, "fine_tune_epochs": args.epochs}
-                                   for kind in MODEL_KINDS}
     if args.warm_start:
         flags["densenet"] = {"weights": args.warm_start}
     config = resolve(*layers, file_values, flags, fixed)
@@ -120,8 +119,6 @@ def _presets(args: argparse.Namespace) -> int:
         print(f"    trains:  {preset.trains}")
         for key, hint in preset.needs.items():
             print(f"    needs:   {key}: {hint}")
-        if preset.measured:
-            print(f"    measured: {preset.measured}")
         if preset.results:
             print(f"    results: {preset.results}")
     return 0

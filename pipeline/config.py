@@ -22,14 +22,16 @@ from histopath import fileio
 from histopath.data import spans as spans_lib
 from histopath.data.layouts import DATASETS
 from histopath.errors import ConfigError
-from histopath.models.config import MODEL_KINDS, DenseNetConfig, MilConfig, TrainingConfig
+from histopath.models import registry
+from histopath.models.config import CandidateSettings, TrainingConfig
+from histopath.models.exported import VERSION_POLICIES
 
-VERSION_POLICIES = ("timestamp", "increment")
 # The local Beam default: DirectRunner with one worker process per core. `--beam-arg`
 # replaces it, e.g. `--beam-arg=--direct_running_mode=in_memory`.
 DEFAULT_BEAM_ARGS = ("--direct_running_mode=multi_processing", "--direct_num_workers=0")
-# Settings given as JSON objects that merge key by key across the layers.
-NESTED_KEYS = ("densenet", "mil", "training", "model_training", "thresholds", "selection", "splits")
+# Settings given as JSON objects that merge key by key across the layers (and each model
+# kind's own settings block, `models.registry`).
+NESTED_KEYS = ("training", "model_training", "thresholds", "selection", "splits") + registry.names()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,7 +80,7 @@ class PipelineConfig:
     output_dir: str = "outputs"  # pipeline_root/, metadata.sqlite, serving/, report/, logs/
     preset: str = ""  # the named preset the run started from ("" = none)
     pipeline_name: str = "histopath"  # [a-z0-9-]+ (Kubeflow's rule)
-    models: tuple[str, ...] = MODEL_KINDS  # which Trainers run: subset of MODEL_KINDS
+    models: tuple[str, ...] = registry.DEFAULT_MODELS  # which candidates train: registered kinds
     image_size: int = 224  # Transform's output size; each model resizes from it
     # Transform scales every image's H and E stain amounts to a reference
     # (`image_ops.normalize_stain`), inside the exported graph, so serving does the same.
@@ -101,12 +103,15 @@ class PipelineConfig:
     # new or changed span).
     min_new_patients: int = 0
     span_store_dir: str = ""  # where each span's records are kept; default OUTPUT/span_store
-    densenet: DenseNetConfig = dataclasses.field(default_factory=DenseNetConfig)  # the DenseNet201 model
-    mil: MilConfig = dataclasses.field(default_factory=MilConfig)  # the attention-MIL model
-    # How each model is trained, resolved per model kind (shared settings, the model's own
-    # overrides and the run's seed).
-    training: Mapping[str, TrainingConfig] = dataclasses.field(
-        default_factory=lambda: {kind: TrainingConfig() for kind in MODEL_KINDS})
+    # Each registered kind's model settings (its config type, `models.registry`); in the
+    # file form each kind's block stands under its own name ("densenet": {...}).
+    model_configs: Mapping[str, Any] = dataclasses.field(default_factory=lambda: {
+        name: kind.config({}, PipelineConfig.image_size) for name, kind in registry.KINDS.items()})
+    # How each kind is trained: in the file form, `training` holds the settings every kind
+    # shares and `model_training` a kind's own, each layer over the one before (a later
+    # layer's `training` overrides an earlier layer's `model_training`).
+    model_training: Mapping[str, TrainingConfig] = dataclasses.field(
+        default_factory=lambda: {kind: TrainingConfig() for kind in registry.names()})
     thresholds: ThresholdConfig = dataclasses.field(default_factory=ThresholdConfig)
     selection: SelectionConfig = dataclasses.field(default_factory=SelectionConfig)  # choosing the winner
     stop_on_anomalies: bool = False  # fail the run when ExampleValidator finds anomalies
@@ -145,18 +150,18 @@ class PipelineConfig:
     def logs_dir(self) -> str:
         return fileio.join(self.output_path, "logs")
 
-    def model_config(self, kind: str) -> DenseNetConfig | MilConfig:
+    def model_config(self, kind: str) -> Any:
         """The typed config of model `kind`."""
-        return {"densenet": self.densenet, "mil": self.mil}[kind]
+        return self.model_configs[kind]
 
     # ---- validation and (de)serialisation ----------------------------------------------
     def validate(self) -> "PipelineConfig":
         """Checks the values; raises ConfigError naming the bad field."""
         if self.dataset not in DATASETS:
             raise ConfigError(f"dataset must be one of {DATASETS}, got {self.dataset!r}")
-        unknown = [m for m in self.models if m not in MODEL_KINDS]
+        unknown = [m for m in self.models if m not in registry.KINDS]
         if not self.models or unknown:
-            raise ConfigError(f"models must be a non-empty subset of {MODEL_KINDS}, got {list(self.models)}")
+            raise ConfigError(f"models must be a non-empty subset of {registry.names()}, got {list(self.models)}")
         if self.version_policy not in VERSION_POLICIES:
             raise ConfigError(f"version_policy must be one of {VERSION_POLICIES}")
         if self.slide_context_sigma < 0 or (self.slide_context_sigma and self.dataset != "idc"):
@@ -186,18 +191,21 @@ class PipelineConfig:
         if selection.refit_on_all and self.slide_context_sigma:
             raise ConfigError("selection.refit_on_all cannot be combined with slide_context_sigma yet (the "
                               "slide-context threshold needs held-out eval patients)")
-        if sorted(self.training) != sorted(MODEL_KINDS):
-            raise ConfigError(f"training must hold one TrainingConfig per model kind {MODEL_KINDS}")
+        if sorted(self.model_training) != sorted(registry.names()) or sorted(self.model_configs) != sorted(
+                registry.names()):
+            raise ConfigError(f"model_training and model_configs must hold one entry per model kind {registry.names()}")
         return self
 
     def to_dict(self) -> dict[str, Any]:
         """The fully resolved settings as JSON values."""
-        data = {field.name: getattr(self, field.name) for field in dataclasses.fields(self)}
+        data = {field.name: getattr(self, field.name) for field in dataclasses.fields(self)
+                if field.name != "model_configs"}
         data.update(
             models=list(self.models), magnifications=list(self.magnifications), beam_args=list(self.beam_args),
-            splits=dict(self.splits), densenet=self.densenet.to_dict(), mil=self.mil.to_dict(),
-            training={kind: config.to_dict() for kind, config in self.training.items()},
+            splits=dict(self.splits),
+            model_training={kind: config.to_dict() for kind, config in self.model_training.items()},
             thresholds=dataclasses.asdict(self.thresholds), selection=dataclasses.asdict(self.selection),
+            **{kind: config.to_dict() for kind, config in self.model_configs.items()},
         )
         return data
 
@@ -213,7 +221,8 @@ def _check_keys(values: Mapping[str, Any], known: Sequence[str], where: str) -> 
         raise ConfigError(f"unknown {where} key(s): {', '.join(unknown)}; known: {', '.join(sorted(known))}")
 
 
-_FILE_KEYS = tuple(field.name for field in dataclasses.fields(PipelineConfig)) + ("model_training",)
+_FILE_KEYS = tuple(field.name for field in dataclasses.fields(PipelineConfig) if field.name != "model_configs") + (
+    "training",) + registry.names()
 
 
 def merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
@@ -242,33 +251,35 @@ def _merge_nested(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[
     return result
 
 
-def _training_configs(values: Mapping[str, Any], seed: int) -> dict[str, TrainingConfig]:
-    """One TrainingConfig per model: shared `training` < `model_training[kind]` (file
-    form), or `training[kind]` (the resolved form written by `to_dict`)."""
-    training = dict(values.get("training") or {})
-    per_model = dict(values.get("model_training") or {})
-    bad_kinds = sorted(set(per_model) - set(MODEL_KINDS))
-    if bad_kinds or not all(isinstance(v, Mapping) for v in per_model.values()):
-        raise ConfigError(f"model_training must map model kinds {MODEL_KINDS} to TrainingConfig fields, "
-                          f"got keys {sorted(per_model)}")
-    resolved_form = bool(training) and set(training) <= set(MODEL_KINDS) and all(
-        isinstance(v, Mapping) for v in training.values())
-    configs = {}
-    for kind in MODEL_KINDS:
-        settings = dict(training.get(kind, {})) if resolved_form else {"seed": seed, **training}
-        settings = _merge_nested(settings, per_model.get(kind, {}))
-        configs[kind] = TrainingConfig.from_dict(settings)
-    return configs
+def _training_configs(layers: Sequence[Mapping[str, Any]], seed: int) -> dict[str, TrainingConfig]:
+    """One TrainingConfig per kind: the run's seed < each layer's shared `training` < that
+    layer's `model_training[kind]`, layer by layer.
+
+    Raises:
+      ConfigError: `model_training` names an unknown kind or is not an object per kind.
+    """
+    per_kind: dict[str, dict[str, Any]] = {kind: {"seed": seed} for kind in registry.names()}
+    for layer in layers:
+        shared = layer.get("training") or {}
+        own = layer.get("model_training") or {}
+        if not isinstance(shared, Mapping) or not isinstance(own, Mapping) or sorted(
+                set(own) - set(registry.names())) or not all(isinstance(v, Mapping) for v in own.values()):
+            raise ConfigError(f"training must be TrainingConfig fields and model_training must map model kinds "
+                              f"{registry.names()} to TrainingConfig fields, got {sorted(own)}")
+        for kind in per_kind:
+            per_kind[kind] = _merge_nested(_merge_nested(per_kind[kind], shared), own.get(kind, {}))
+    return {kind: TrainingConfig.from_dict(values) for kind, values in per_kind.items()}
 
 
 def resolve(*layers: Mapping[str, Any]) -> PipelineConfig:
     """Merges settings layers (later ones win, see `merge`) and builds the typed config.
 
-    The file form is `PipelineConfig`'s fields as JSON, with `densenet`, `mil` and
-    `thresholds` partial, `training` the TrainingConfig fields every model shares and
-    `model_training` a model's own on top (e.g. `{"mil": {"epochs": 6}}`). A model's
-    `image_size` defaults to the Transform size (for MIL: the largest multiple of its
-    tile size that fits).
+    The file form is `PipelineConfig`'s fields as JSON, each model kind's settings under
+    its name (`"densenet": {...}`, partial), `thresholds` and `selection` partial,
+    `training` the TrainingConfig fields every kind shares and `model_training` a kind's
+    own (e.g. `{"mil": {"epochs": 6}}`). A kind's `image_size` defaults from the
+    Transform size (`registry.ModelKind.default_image_size`). `to_dict()` writes this
+    same form (every kind's training under `model_training`).
 
     Raises:
       ConfigError: an unknown key or an invalid value, naming it.
@@ -278,10 +289,6 @@ def resolve(*layers: Mapping[str, Any]) -> PipelineConfig:
         values = merge(values, layer)
     seed = int(values.get("seed", PipelineConfig.seed))
     image_size = int(values.get("image_size", PipelineConfig.image_size))
-    densenet_values = {"image_size": image_size, **dict(values.get("densenet") or {})}
-    mil_values = dict(values.get("mil") or {})
-    tile = int(mil_values.get("tile_size", MilConfig.tile_size))
-    mil_values = {"image_size": max(tile, image_size // tile * tile), **mil_values}
     thresholds = values.get("thresholds") or {}
     if not isinstance(thresholds, Mapping):
         raise ConfigError("thresholds must be an object of ThresholdConfig fields")
@@ -290,13 +297,12 @@ def resolve(*layers: Mapping[str, Any]) -> PipelineConfig:
     if not isinstance(selection, Mapping):
         raise ConfigError("selection must be an object of SelectionConfig fields")
     _check_keys(selection, [f.name for f in dataclasses.fields(SelectionConfig)], "selection")
-    kwargs = {key: value for key, value in values.items() if key not in ("model_training",)}
+    kwargs = {key: value for key, value in values.items() if key not in ("training",) + registry.names()}
     if "span_window" in kwargs:
         kwargs["span_window"] = str(kwargs["span_window"])
     kwargs.update(
-        densenet=DenseNetConfig.from_dict(densenet_values),
-        mil=MilConfig.from_dict(mil_values),
-        training=_training_configs(values, seed),
+        model_configs={name: kind.config(values.get(name), image_size) for name, kind in registry.KINDS.items()},
+        model_training=_training_configs(layers, seed),
         thresholds=ThresholdConfig(**thresholds),
         selection=SelectionConfig(**selection),
     )
@@ -345,13 +351,10 @@ def cross_validation_folds(config: PipelineConfig) -> int:
 
 
 def model_settings(config: PipelineConfig, kind: str) -> dict[str, Any]:
-    """What a Trainer of model `kind` needs from the run config (its `custom_config`)."""
-    return {
-        "model": config.model_config(kind).to_dict(),
-        "training": config.training[kind].to_dict(),
-        "transform_image_size": config.image_size,
-        "slide_context_sigma": float(config.slide_context_sigma),
-        "dataset": config.dataset,
-        "model_name": config.model_name,
-        "cross_validation": {"folds": cross_validation_folds(config), "refit_on_all": config.selection.refit_on_all},
-    }
+    """What a Trainer of model `kind` needs from the run config (`models.fit.CandidateSettings`,
+    its `custom_config`)."""
+    return CandidateSettings(
+        model_kind=kind, model=config.model_config(kind).to_dict(), training=config.model_training[kind].to_dict(),
+        transform_size=config.image_size, folds=cross_validation_folds(config),
+        refit_on_all=config.selection.refit_on_all, slide_context_sigma=float(config.slide_context_sigma),
+        dataset=config.dataset, model_name=config.model_name).to_dict()

@@ -8,6 +8,7 @@ import json
 import pytest
 
 from histopath.errors import ConfigError
+from histopath.models.cnn import CnnConfig
 from histopath.models.config import DenseNetConfig, MilConfig, TrainingConfig
 from histopath.pipeline import cli as pipeline_cli
 from histopath.pipeline import presets
@@ -23,28 +24,41 @@ def _parse(argv):
 def test_resolved_config_is_typed_and_round_trips_through_run_config_json(tmp_path):
     config = resolve({"dataset": "idc", "models": ["mil"], "thresholds": {"min_auc": 0.9},
                       "training": {"epochs": 2}, "model_training": {"mil": {"batch_size": 4}}, "seed": 5})
-    assert isinstance(config.densenet, DenseNetConfig) and isinstance(config.mil, MilConfig)
-    assert all(isinstance(t, TrainingConfig) for t in config.training.values())
-    assert (config.training["mil"].epochs, config.training["mil"].batch_size, config.training["mil"].seed) == (2, 4, 5)
-    assert config.training["densenet"].batch_size == TrainingConfig().batch_size
+    assert isinstance(config.model_config("densenet"), DenseNetConfig)
+    assert isinstance(config.model_config("mil"), MilConfig) and isinstance(config.model_config("cnn"), CnnConfig)
+    assert all(isinstance(t, TrainingConfig) for t in config.model_training.values())
+    mil = config.model_training["mil"]
+    assert (mil.epochs, mil.batch_size, mil.seed) == (2, 4, 5)
+    assert config.model_training["densenet"].batch_size == TrainingConfig().batch_size
     assert config.thresholds.min_auc == 0.9
     write_config(config, str(tmp_path / "run_config.json"))
     recorded = json.loads((tmp_path / "run_config.json").read_text())
-    assert recorded["training"]["mil"]["batch_size"] == 4 and recorded["densenet"]["image_size"] == 224
+    # One shape: the record is the file form, every kind's training under model_training.
+    assert "training" not in recorded and recorded["model_training"]["mil"]["batch_size"] == 4
+    assert recorded["densenet"]["image_size"] == 224
     assert PipelineConfig.from_dict(recorded) == config
 
 
 def test_model_image_sizes_follow_the_transform_size_unless_given():
     config = resolve({"image_size": 100, "mil": {"tile_size": 32}})
-    assert config.densenet.image_size == 100 and config.mil.image_size == 96  # a multiple of the tile
-    assert resolve({"image_size": 100, "densenet": {"image_size": 64}}).densenet.image_size == 64
+    assert config.model_config("densenet").image_size == 100
+    assert config.model_config("mil").image_size == 96  # a multiple of the tile
+    assert resolve({"image_size": 100, "densenet": {"image_size": 64}}).model_config("densenet").image_size == 64
 
 
 def test_layers_merge_key_by_key():
     config = resolve({"densenet": {"dropout": 0.1, "head_units": 8}, "training": {"epochs": 4, "batch_size": 8}},
                      {"densenet": {"dropout": 0.2}, "training": {"epochs": 1}})
-    assert (config.densenet.dropout, config.densenet.head_units) == (0.2, 8)
-    assert (config.training["mil"].epochs, config.training["mil"].batch_size) == (1, 8)
+    densenet = config.model_config("densenet")
+    assert (densenet.dropout, densenet.head_units) == (0.2, 8)
+    assert (config.model_training["mil"].epochs, config.model_training["mil"].batch_size) == (1, 8)
+
+
+def test_a_later_layers_shared_training_overrides_an_earlier_layers_own():
+    preset = {"training": {"epochs": 5}, "model_training": {"mil": {"epochs": 25, "batch_size": 4}}}
+    config = resolve(preset, {"training": {"epochs": 1}})
+    assert (config.model_training["mil"].epochs, config.model_training["mil"].batch_size) == (1, 4)
+    assert resolve(preset).model_training["mil"].epochs == 25
 
 
 def test_bad_settings_name_what_is_wrong():
@@ -99,17 +113,18 @@ def test_the_datasets_preset_is_the_default_and_file_and_flags_override_it(tmp_p
     config_file = tmp_path / "config.json"
     config_file.write_text(json.dumps({"densenet": {"dropout": 0.05}, "stain_normalization": False}))
     from_file = _parse(base + ["--config", str(config_file)])
-    assert from_file.densenet.dropout == 0.05 and from_file.stain_normalization is False
-    assert from_file.densenet.image_size == presets.PRESETS["idc"].settings["densenet"]["image_size"]  # kept
+    assert from_file.model_config("densenet").dropout == 0.05 and from_file.stain_normalization is False
+    kept = presets.PRESETS["idc"].settings["densenet"]["image_size"]
+    assert from_file.model_config("densenet").image_size == kept
     assert _parse(base + ["--config", str(config_file), "--stain-normalization"]).stain_normalization is True
     assert _parse(["run", "--dataset", "breakhis", "--data", "d", "--output", "o"]).preset == "breakhis"
     demo = _parse(["run", "--dataset", "breakhis", "--preset", "demo", "--data", "d", "--output", "o"])
-    assert demo.preset == "demo" and demo.image_size == 128 and demo.training["mil"].epochs == 6
+    assert demo.preset == "demo" and demo.image_size == 128 and demo.model_training["mil"].epochs == 6
 
 
 def test_epochs_flag_sets_every_phase_of_every_model():
     config = _parse(["run", "--dataset", "breakhis", "--data", "d", "--output", "o", "--epochs", "2"])
-    assert all((t.epochs, t.fine_tune_epochs) == (2, 2) for t in config.training.values())
+    assert all((t.epochs, t.fine_tune_epochs) == (2, 2) for t in config.model_training.values())
 
 
 def test_presets_refuse_what_does_not_fit():
@@ -121,7 +136,7 @@ def test_presets_refuse_what_does_not_fit():
         _parse(["run", "--dataset", "breakhis", "--preset", "breakhis-from-idc", "--data", "d", "--output", "o"])
     warm = _parse(["run", "--dataset", "breakhis", "--preset", "breakhis-from-idc", "--data", "d", "--output", "o",
                    "--warm-start", "/weights.h5"])
-    assert warm.densenet.weights == "/weights.h5"
+    assert warm.model_config("densenet").weights == "/weights.h5"
 
 
 def test_every_preset_resolves():
@@ -152,7 +167,8 @@ def test_the_measured_best_rule_is_the_default_and_folds_run_only_when_there_is_
 
     both = resolve({"dataset": "breakhis"})
     assert (both.selection.rule, both.selection.folds) == ("cv_lower_bound", 5) and len(both.models) == 2
-    assert model_settings(both, "mil")["cross_validation"] == {"folds": 5, "refit_on_all": False}
+    settings = model_settings(both, "mil")
+    assert (settings["folds"], settings["refit_on_all"], settings["model_kind"]) == (5, False, "mil")
     alone = resolve({"dataset": "idc", "models": ["densenet"], "slide_context_sigma": 1.5})
     assert cross_validation_folds(alone) == 0  # one candidate: nothing to compare
     assert cross_validation_folds(resolve({"models": ["mil"], "selection": {"refit_on_all": True}})) == 5

@@ -4,7 +4,7 @@ InteractiveContext, Kubeflow Pipelines and Vertex AI).
     IngestImages (raw images, spans; or ImportExampleGen for ingested records)
       ── when the ingestion says retrain ──────────────────────────────────────────────
       → StatisticsGen → SchemaGen → CurateSchema → ExampleValidator → AnomalyGate
-      → Transform (decode, resize, scale) → Trainer "trainer_densenet" / "trainer_mil"
+      → Transform (decode, resize, scale) → a Trainer per model kind ("trainer_<kind>")
       → LatestPushedModel → Evaluator per candidate (test split; thresholds; the pushed
         model as baseline) → SelectWinner → Pusher (whole versions only)
       ──────────────────────────────────────────────────────────────────────────────────
@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 from typing import Any
 
-import histopath  # noqa: F401  (pins Keras 2 before TensorFlow is imported)
 from tfx import v1 as tfx
 
 from histopath import fileio
@@ -32,10 +31,7 @@ from histopath.pipeline import fingerprint
 from histopath.pipeline.config import PipelineConfig, model_settings
 from histopath.pipeline.eval_config import EVAL_SPLIT, build_eval_config
 
-RUN_FNS = {
-    "densenet": "histopath.components.trainer.densenet_run_fn",
-    "mil": "histopath.components.trainer.mil_run_fn",
-}
+RUN_FN = "histopath.components.trainer.run_fn"
 PREPROCESSING_FN = "histopath.models.preprocessing.preprocessing_fn"
 INGEST_NODE = "IngestImages"
 
@@ -57,7 +53,7 @@ def ingest_settings(config: PipelineConfig) -> dict[str, Any]:
 def trainer_custom_config(config: PipelineConfig, kind: str) -> dict[str, Any]:
     """Everything a Trainer's run_fn reads, including its code fingerprint."""
     return {**model_settings(config, kind),
-            "code_fingerprint": fingerprint.source_fingerprint(fingerprint.TRAINER_MODULES[kind])}
+            "code_fingerprint": fingerprint.source_fingerprint(fingerprint.trainer_entries(kind))}
 
 
 def _example_source(config: PipelineConfig, data_fingerprint: str, records: bool):
@@ -95,7 +91,7 @@ def _training_components(config: PipelineConfig, examples) -> dict[str, Any]:
         custom_config={
             "image_size": config.image_size,
             "stain_normalization": int(config.stain_normalization),
-            "code_fingerprint": fingerprint.source_fingerprint(fingerprint.TRANSFORM_MODULES),
+            "code_fingerprint": fingerprint.source_fingerprint(fingerprint.TRANSFORM_ENTRY),
         },
     )
     transform.add_upstream_node(anomaly_gate)
@@ -104,10 +100,10 @@ def _training_components(config: PipelineConfig, examples) -> dict[str, Any]:
     components = [statistics_gen, schema_gen, curate_schema, example_validator, anomaly_gate, transform,
                   latest_pushed]
     eval_config = build_eval_config(config)
-    selector_inputs = {}
+    candidates = {}
     for kind in config.models:
         trainer = tfx.components.Trainer(
-            run_fn=RUN_FNS[kind],
+            run_fn=RUN_FN,
             examples=transform.outputs["transformed_examples"],
             transform_graph=transform.outputs["transform_graph"],
             schema=schema,
@@ -121,13 +117,9 @@ def _training_components(config: PipelineConfig, examples) -> dict[str, Any]:
             example_splits=[EVAL_SPLIT],
         ).with_id(f"evaluator_{kind}")
         components += [trainer, evaluator]
-        selector_inputs.update({
-            f"{kind}_model": trainer.outputs["model"],
-            f"{kind}_evaluation": evaluator.outputs["evaluation"],
-            f"{kind}_blessing": evaluator.outputs["blessing"],
-        })
-    select_winner = SelectWinner(pushed_model=latest_pushed.outputs["model"], rule=config.selection.rule,
-                                 **selector_inputs)
+        candidates[kind] = {"model": trainer.outputs["model"], "evaluation": evaluator.outputs["evaluation"],
+                            "blessing": evaluator.outputs["blessing"]}
+    select_winner = SelectWinner(candidates, pushed_model=latest_pushed.outputs["model"], rule=config.selection.rule)
     pusher = Pusher(
         model=select_winner.outputs["model"],
         model_blessing=select_winner.outputs["blessing"],
@@ -166,8 +158,6 @@ def create_components(config: PipelineConfig, data_fingerprint: str = "",
             training = _training_components(config, examples)
     else:
         training = _training_components(config, examples)
-    evaluations = {f"{kind}_evaluation": training[f"evaluator_{kind}"].outputs["evaluation"]
-                   for kind in config.models}
     report = RunReport(
         examples=examples,
         ingest_report=ingest_report,
@@ -175,7 +165,6 @@ def create_components(config: PipelineConfig, data_fingerprint: str = "",
         pushed_model=training["Pusher"].outputs["pushed_model"],
         anomalies=training["AnomalyGate"].outputs["summary"],
         report_dir=config.report_dir,
-        **evaluations,
     )
     return {source.id: source, **training, report.id: report}
 

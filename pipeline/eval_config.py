@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import tensorflow_model_analysis as tfma
 
-from histopath.components.winner_selection import CANDIDATE_MODEL_NAME
+from histopath.components.tfma_results import CANDIDATE_MODEL_NAME
 from histopath.data import features
 from histopath.pipeline.config import PipelineConfig
 

@@ -73,7 +73,7 @@ def test_first_node_ingests_raw_images_and_every_node_runs_on_open_source_kfp(co
     assert "retrain" in tasks["trainer_mil"]["triggerPolicy"]["condition"]
     assert "LatestPushedModel" in tasks["evaluator_mil"]["dependentTasks"]
     assert {"evaluator_densenet", "evaluator_mil"} <= set(tasks["SelectWinner"]["dependentTasks"])
-    assert "histopath.components.trainer.mil_run_fn" in json.dumps(spec)  # run_fn by module path
+    assert "histopath.components.trainer.run_fn" in json.dumps(spec)  # run_fn by module path
 
 
 def test_custom_artifact_types_resolve_by_their_type_names(compiled):
@@ -228,3 +228,51 @@ def test_compiling_with_the_unpullable_default_image_warns(tmp_path, capsys, ima
     with pytest.raises(SystemExit):
         cli.main(["compile", "--help"])
     assert IMAGE_DOCKERFILE in " ".join(capsys.readouterr().out.split())  # what --image's help names
+
+
+DATAFLOW_ARGS = ["--runner=DataflowRunner", "--project=histo-project", "--region=europe-west4",
+                 "--temp_location=gs://histo-runs/dataflow/tmp", "--staging_location=gs://histo-runs/dataflow/staging",
+                 f"--sdk_container_image={IMAGE}-dataflow", "--sdk_location=container",
+                 "--machine_type=n2-highmem-8", "--disk_size_gb=200", "--max_num_workers=20",
+                 "--service_account_email=dataflow@histo-project.iam.gserviceaccount.com"]
+
+
+def test_every_beam_step_hands_dataflow_the_recipes_options(tmp_path):
+    """The Beam options of every Beam step as its executor builds them in the container
+    (TFX's Kubeflow V2 entrypoint parser, then BaseBeamExecutor's dependency flags; the
+    ingestion's own options), checked by Beam's own validator for the DataflowRunner."""
+    from apache_beam.options import pipeline_options as po
+    from apache_beam.options.pipeline_options_validator import PipelineOptionsValidator
+    from apache_beam.runners.dataflow.dataflow_runner import DataflowRunner
+    from tfx.dsl.components.base import base_beam_executor
+    from tfx.orchestration.kubeflow.v2.container import kubeflow_v2_run_executor
+    from tfx.utils import dependency_utils, import_utils
+
+    from histopath.data import ingest
+
+    config = resolve({"dataset": "breakhis", "data_dir": "gs://histo-data/breakhis", "output_dir": "gs://histo-runs/w",
+                      "beam_args": DATAFLOW_ARGS})
+    spec = yaml.safe_load(open(compile_kubeflow(config, str(tmp_path / "p.yaml"), image=IMAGE)))
+    built = {}
+    for name, executor in spec["deploymentSpec"]["executors"].items():
+        args = executor["container"]["args"]
+        executor_class = import_utils.import_class_by_path(args[args.index("--executor_class_path") + 1])
+        if issubclass(executor_class, base_beam_executor.BaseBeamExecutor):
+            _, beam_args = kubeflow_v2_run_executor._parse_flags(args)
+            # unchanged: with --sdk_container_image TFX ships no ephemeral TFX-only package
+            assert dependency_utils.make_beam_dependency_flags(beam_args) == beam_args
+            built[name] = po.PipelineOptions(beam_args)
+    settings = json.loads(spec["root"]["inputDefinitions"]["parameters"]["ingest_settings"]["defaultValue"])
+    built["IngestImages"] = ingest._beam_options(settings["beam_args"], num_workers=1)
+    assert {"StatisticsGen_executor", "Transform_executor", "evaluator_mil_executor",
+            "evaluator_densenet_executor", "IngestImages"} <= set(built)
+    for name, options in built.items():
+        assert PipelineOptionsValidator(options, DataflowRunner()).validate() == [], name
+        cloud, worker = options.view_as(po.GoogleCloudOptions), options.view_as(po.WorkerOptions)
+        assert options.view_as(po.StandardOptions).runner == "DataflowRunner", name
+        assert (cloud.project, cloud.region, cloud.temp_location) == (
+            "histo-project", "europe-west4", "gs://histo-runs/dataflow/tmp"), name
+        assert cloud.service_account_email == "dataflow@histo-project.iam.gserviceaccount.com", name
+        assert (worker.sdk_container_image, worker.machine_type, worker.disk_size_gb, worker.max_num_workers) == (
+            f"{IMAGE}-dataflow", "n2-highmem-8", 200, 20), name
+        assert options.view_as(po.SetupOptions).sdk_location == "container", name

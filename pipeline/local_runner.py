@@ -15,7 +15,6 @@ import contextlib
 import logging
 from typing import Any, Optional
 
-import histopath  # noqa: F401  (pins Keras 2 before TensorFlow is imported)
 from histopath import fileio
 from histopath.console import Console, elapsed
 from histopath.errors import ConfigError, DataError, NotBlessedError

@@ -29,7 +29,9 @@ class Preset:
       settings: `PipelineConfig` settings in the file form (`config.resolve`).
       results: where its measured figures are (a section of docs/results.md).
       needs: settings the user must give (e.g. the warm-start weights), with a hint.
-      measured: what the recipe reached on real data, with intervals (details: `results`).
+
+    What a recipe reaches on real data is measured by the benchmark study and written up
+    at `results`, not typed here.
     """
 
     name: str
@@ -37,7 +39,6 @@ class Preset:
     settings: Mapping[str, Any]
     results: str = ""
     needs: Mapping[str, str] = dataclasses.field(default_factory=dict)
-    measured: str = ""
 
 
 PRESETS: dict[str, Preset] = {preset.name: preset for preset in (
@@ -61,8 +62,6 @@ PRESETS: dict[str, Preset] = {preset.name: preset for preset in (
             "model_name": "breakhis", "version_policy": "increment",
         },
         results="docs/results.md#choosing-the-winner",
-        measured="5-fold patient cross-validation on 31 patients: the recipe's winner (DenseNet201, refit) "
-                 "image AUC 0.90 [0.79, 0.99], patient accuracy 0.90 [0.81, 1.00]",
     ),
     Preset(
         name="breakhis-from-idc",
@@ -78,7 +77,6 @@ PRESETS: dict[str, Preset] = {preset.name: preset for preset in (
             "model_name": "breakhis", "version_policy": "increment",
         },
         results="docs/results.md#breakhis-200x-224x224",
-        measured="4 test patients: image AUC 0.991 (a single run; the warm start comes from one IDC run)",
         needs={"densenet.weights": "the backbone_weights.h5 an IDC DenseNet201 Trainer left in its model_run "
                                    "artifact (--warm-start PATH)"},
     ),
@@ -97,8 +95,6 @@ PRESETS: dict[str, Preset] = {preset.name: preset for preset in (
             "model_name": "idc", "version_policy": "increment",
         },
         results="docs/results.md#idc-breast-histopathology-images-50x50-patches",
-        measured="3-fold patient cross-validation on 21 patients: patch AUC 0.88 [0.83, 0.91], with slide "
-                 "context 0.93 [0.88, 0.96]; 3 test patients: 0.918, with slide context 0.960",
     ),
     Preset(
         name="idc-mil",
@@ -115,8 +111,6 @@ PRESETS: dict[str, Preset] = {preset.name: preset for preset in (
             "model_name": "idc-mil", "version_policy": "increment",
         },
         results="docs/results.md#idc-breast-histopathology-images-50x50-patches",
-        measured="3-fold patient cross-validation on 21 patients: region AUC 0.91 [0.89, 0.93], with slide "
-                 "context 0.94 [0.91, 0.96]; 3 test patients: 0.935, with slide context 0.971",
     ),
     Preset(
         name="demo",

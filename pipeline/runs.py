@@ -26,13 +26,6 @@ def _store(metadata_path: str | pathlib.Path) -> mlmd.MetadataStore:
     return mlmd.MetadataStore(config)
 
 
-def run_ids(metadata_path: str | pathlib.Path) -> list[str]:
-    """The pipeline run ids in the store, oldest first."""
-    store = _store(metadata_path)
-    runs = store.get_contexts_by_type("pipeline_run")
-    return [context.name for context in sorted(runs, key=lambda c: c.create_time_since_epoch)]
-
-
 def component_executions(metadata_path: str | pathlib.Path, run_id: str | None = None) -> list[ComponentExecution]:
     """The executions of one run (default: the newest), in the order they started."""
     store = _store(metadata_path)

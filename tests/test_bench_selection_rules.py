@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 
 from bench import selection_rules
-from histopath.components import cross_validation
+from histopath.models import cross_validation
+
+pytestmark = pytest.mark.bench  # tests of the benchmarks: opt-in (`pytest -m bench`)
 
 
 def _predictions(seed: int, strengths: dict[str, float], patients: int = 40, images: int = 12) -> dict:

@@ -21,7 +21,7 @@ import pytest
 from span_trees import files_by_patient, link_files, patients_by_label
 
 from histopath import fileio
-from histopath.components.trainer import BACKBONE_WEIGHTS_FILE
+from histopath.models.densenet import BACKBONE_WEIGHTS_FILE
 from histopath.errors import NotBlessedError
 from histopath.models import exported
 from histopath.pipeline import runs
@@ -314,3 +314,35 @@ def test_idc_trainer_stores_a_slide_context_threshold_that_evaluate_applies(idc_
     assert matrix["tp"] + matrix["fp"] == predicted
     assert context["image_level"]["n_items"] == 12 * 36 - len(result["failed_images"])
     assert pathlib.Path(result["plots"]["roc"]).stat().st_size > 0
+
+
+# --- a small cohort, and a third model kind ----------------------------------------------
+
+def test_a_small_cohort_trains_the_registered_cnn_beside_the_mil_and_pushes(tmp_path_factory):
+    """Six patients (three of each class: one per split) and the plain CNN, a kind added by
+    one module and one registration line: the run trains, cross-validates in the folds the
+    cohort allows, chooses and pushes."""
+    from histopath.data import sample
+
+    data = tmp_path_factory.mktemp("small_cohort") / "breakhis"
+    sample.make_sample("breakhis", str(data), patients=6, images_per_patient=6, seed=5)
+    config = resolve({
+        "dataset": "breakhis", "data_dir": str(data), "output_dir": str(tmp_path_factory.mktemp("small_run")),
+        "models": ["cnn", "mil"], "image_size": 48, "mil": {"tile_size": 16},
+        "cnn": {"conv_layers": 2, "base_filters": 8},
+        "training": {"epochs": 2, "batch_size": 8},
+        "selection": {"rule": "cv_auc", "folds": 5},
+        "thresholds": {"min_auc": 0.0, "min_balanced_accuracy": 0.0, "max_auc_drop_vs_pushed": 1.0},
+        "version_policy": "increment", "beam_args": ["--direct_running_mode=in_memory"],
+    })
+    report = run_local(config)
+    assert set(report["candidates"]) == {"cnn", "mil"} and report["pushed"]["pushed"]
+    splits = report["data"]["balance"]
+    assert all(splits[name]["patients"] == {"benign": 1, "malignant": 1} for name in ("eval", "test"))
+    for candidate in report["candidates"].values():
+        cv = candidate["cross_validation"]
+        assert cv["patients"] == 4 and any("2 folds" in warning for warning in cv["warnings"])
+    info = exported.read_model_info(f"{config.serving_path}/{config.model_name}/1")
+    assert info["model_kind"] == report["winner"] and info["cross_validation"]["folds"] == 2
+    summary = pathlib.Path(config.report_dir, "summary.md").read_text()
+    assert "cross-validation: 5-fold cross-validation asked for" in summary

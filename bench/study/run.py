@@ -126,7 +126,7 @@ def run_breakhis(ctx: Context, idc: Optional[Dict[str, Any]]) -> Dict[str, Any]:
             ctx, f"breakhis-{kind}-eval",
             evaluate_step(models["models"][kind], "breakhis", source, records["records"]), ["breakhis-models"])
     if idc is not None:
-        from histopath.components.trainer import BACKBONE_WEIGHTS_FILE
+        from histopath.models.densenet import BACKBONE_WEIGHTS_FILE
 
         weights = latest_artifact_dir(pathlib.Path(idc["runs"]["densenet"]["run_dir"]) / "pipeline_root"
                                       / "trainer_densenet" / "model_run" / "*") / BACKBONE_WEIGHTS_FILE

@@ -1,11 +1,11 @@
-"""trainer.slide_context_info: the eval-split threshold and AUCs of slide-context scores."""
+"""fit.slide_context_info: the eval-split threshold and AUCs of slide-context scores."""
 
 from __future__ import annotations
 
 import numpy as np
 
 from histopath.evaluation import operating_point, slide_context
-from histopath.components.trainer import slide_context_info
+from histopath.models.fit import slide_context_info
 from histopath.evaluation.metrics import roc_auc
 
 

@@ -1,4 +1,4 @@
-"""Patient-level cross-validation inside a Trainer, and the refit on every usable patient.
+"""Patient-level cross-validation of a candidate, and the refit on every usable patient.
 
 The train and eval patients are cut into `folds` label-stratified groups; for each group a
 model is trained exactly as the Trainer trains (`training.train_model`, with an inner eval
@@ -14,18 +14,16 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from typing import Any, Callable, Dict, Iterable, List, Mapping, Sequence
+from typing import Any, Dict, Iterable, List, Mapping, Sequence
 
 import numpy as np
-import tensorflow as tf
-import tensorflow_transform as tft
 
-from histopath.data import features
 from histopath.errors import DataError
 from histopath.evaluation import scoring
 from histopath.evaluation.operating_point import balanced_accuracy_threshold
-from histopath.models import image_ops, preprocessing
-from histopath.models.config import DenseNetConfig, MilConfig, TrainingConfig
+from histopath.models import registry
+from histopath.models.config import TrainingConfig
+from histopath.models.datasets import PatientExamples, array_dataset, predict_arrays
 from histopath.models.export import make_predictor
 from histopath.models.training import train_model
 
@@ -36,41 +34,6 @@ logger = logging.getLogger(__name__)
 PREDICTIONS_FILE = "cross_validation.json"
 INNER_EVAL_FRACTION = 0.18  # of a fold's training patients: eval / (train + eval) of the default split
 BOOTSTRAP_RESAMPLES = 1000
-_PREDICT_BATCH = 32
-
-
-@dataclasses.dataclass(frozen=True)
-class PatientExamples:
-    """Transformed examples in memory: uint8 images at the Transform size, labels, patients."""
-
-    images: np.ndarray
-    labels: np.ndarray
-    patients: np.ndarray
-
-
-def load_examples(files: Sequence[str], tf_transform_output: tft.TFTransformOutput,
-                  transform_size: int) -> PatientExamples:
-    """Reads Transform's examples (`fn_args.train_files` + `eval_files`) into memory.
-
-    Raises:
-      DataError: no examples, or examples without patient ids.
-    """
-    paths = sorted(path for pattern in files for path in tf.io.gfile.glob(pattern))
-    spec = tf_transform_output.transformed_feature_spec()
-    if features.PATIENT_ID not in spec:
-        raise DataError("cross-validation needs the patient id in the transformed examples")
-    used = {name: spec[name] for name in (preprocessing.TRANSFORMED_IMAGE, preprocessing.TRANSFORMED_LABEL,
-                                          features.PATIENT_ID)}
-    images, labels, patients = [], [], []
-    for serialized in tf.data.TFRecordDataset(paths, compression_type="GZIP").batch(256):
-        batch = tf.io.parse_example(serialized, used)
-        floats = image_ops.dequantize_from_bytes(batch[preprocessing.TRANSFORMED_IMAGE], transform_size)
-        images.append(np.round(floats.numpy() * 255.0).astype(np.uint8))
-        labels.append(tf.reshape(batch[preprocessing.TRANSFORMED_LABEL], [-1]).numpy())
-        patients += [p.decode() for p in tf.reshape(batch[features.PATIENT_ID], [-1]).numpy()]
-    if not images:
-        raise DataError(f"no examples in {list(files)}")
-    return PatientExamples(np.concatenate(images), np.concatenate(labels).astype(np.int64), np.array(patients))
 
 
 def positive_shares(patients: Sequence[str], labels: Sequence[int]) -> Dict[str, float]:
@@ -183,29 +146,6 @@ def inner_eval_patients(train_patients: Sequence[str], shares: Mapping[str, floa
     return sorted(chosen)
 
 
-def array_dataset(images: np.ndarray, labels: np.ndarray, model_size: int, batch_size: int,
-                  shuffle: bool, seed: int) -> tf.data.Dataset:
-    """`(float images at the model's size, labels)` batches, as the Trainer's input."""
-    dataset = tf.data.Dataset.from_tensor_slices((images, labels))
-    if shuffle:
-        dataset = dataset.shuffle(len(labels), seed=seed, reshuffle_each_iteration=True)
-    resize = model_size != images.shape[1]
-
-    def to_model_input(batch_images, batch_labels):
-        floats = tf.cast(batch_images, tf.float32) / 255.0
-        return (image_ops.resize_and_scale(floats, model_size) if resize else floats), batch_labels
-
-    return dataset.batch(batch_size).map(to_model_input).prefetch(tf.data.AUTOTUNE)
-
-
-def predict_arrays(predictor: Callable, images: np.ndarray, model_size: int) -> np.ndarray:
-    """Probabilities of `images` (uint8 at the Transform size) from an exported-style predictor."""
-    scores = [predictor(batch)["probability"].numpy().reshape(-1)
-              for batch, _ in array_dataset(images, np.zeros(len(images), np.int64), model_size,
-                                            _PREDICT_BATCH, False, 0)]
-    return np.concatenate(scores) if scores else np.zeros(0)
-
-
 def kept_epochs(history: Mapping[str, list], monitor: str) -> Dict[str, int]:
     """Per phase, the epochs up to the best monitored one (what early stopping kept)."""
     key = monitor if monitor in history else "val_auc"
@@ -233,14 +173,12 @@ class Trainer:
     """Trains and predicts one model kind on in-memory patients.
 
     Args:
-      build: builds a fresh model from `model_config`.
-      model_config: the model's settings.
+      model_config: the model's settings (its type names the kind, `models.registry`).
       training_config: the training settings.
       log_dir: TensorBoard folder (one subfolder per fit).
     """
 
-    build: Callable[[DenseNetConfig | MilConfig], Any]
-    model_config: DenseNetConfig | MilConfig
+    model_config: Any
     training_config: TrainingConfig
     log_dir: str
 
@@ -254,7 +192,7 @@ class Trainer:
         train = np.isin(data.patients, list(train_patients))
         watch = np.isin(data.patients, list(eval_patients))
         keras.utils.set_random_seed(config.seed)
-        model = self.build(self.model_config)
+        model = registry.kind_of(self.model_config).module().build(self.model_config)
         history = train_model(
             model, array_dataset(data.images[train], data.labels[train], size, config.batch_size, True, config.seed),
             array_dataset(data.images[watch], data.labels[watch], size, config.batch_size, False, 0),
@@ -281,7 +219,12 @@ def fold_predictions(trainer: Trainer, data: PatientExamples, groups: Sequence[S
     held_out = list(groups[index])
     rest = [p for p in sorted(shares) if p not in held_out]
     watch = inner_eval_patients(rest, shares, seed + index)
-    model, history = trainer.fit(data, [p for p in rest if p not in watch], watch, None, f"fold-{index}")
+    learn = [p for p in rest if p not in watch]
+    if not watch:  # every class has one patient here: they all train, and are watched too
+        logger.warning("fold %d: too few patients for an inner eval split; early stopping watches the "
+                       "training patients", index + 1)
+        learn = watch = rest
+    model, history = trainer.fit(data, learn, watch, None, f"fold-{index}")
     mask = np.isin(data.patients, held_out)
     kept = kept_epochs(history, trainer.training_config.monitor)
     result = {"held_out": held_out, "inner_eval": watch, "kept_epochs": kept,

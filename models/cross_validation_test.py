@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from histopath.components import cross_validation
+from histopath.models import cross_validation
+from histopath.models.datasets import PatientExamples
 from histopath.errors import DataError
 from histopath.models.config import MilConfig, TrainingConfig
 from model_exports import TINY_MIL
@@ -16,7 +17,7 @@ def _patients(n_patients: int = 10, images: int = 4, size: int = 32) -> cross_va
     rng = np.random.default_rng(0)
     labels = np.repeat(np.arange(n_patients) % 2, images)
     pixels = np.stack([tissue_image(rng, size, bool(label)) for label in labels])
-    return cross_validation.PatientExamples(np.round(pixels * 255).astype(np.uint8), labels.astype(np.int64),
+    return PatientExamples(np.round(pixels * 255).astype(np.uint8), labels.astype(np.int64),
                                             np.repeat([f"p{i:02d}" for i in range(n_patients)], images))
 
 
@@ -47,6 +48,15 @@ def test_folds_adapt_to_a_small_cohort_with_a_warning(benign, malignant, folds, 
     assert sorted(p for group in groups for p in group) == sorted(patients) and all(groups)
     with pytest.raises(DataError, match="at least 2 patients"):
         cross_validation.plan_folds(["only"] * 3, [0, 0, 0], folds)
+
+
+def test_a_fold_too_small_for_an_inner_eval_split_watches_its_training_patients(tmp_path):
+    data = _patients(n_patients=4)
+    trainer = cross_validation.Trainer(MilConfig(**{**TINY_MIL, "image_size": 32, "tile_size": 16}),
+                                       TrainingConfig(epochs=1, batch_size=8, seed=3), str(tmp_path))
+    groups = cross_validation.stratified_patient_folds(data.patients, data.labels, 2, seed=0)
+    fold = cross_validation.fold_predictions(trainer, data, groups, 0, seed=0)
+    assert sorted(fold["inner_eval"]) == sorted(groups[1]) and len(fold["probability"]) == 8
 
 
 def test_a_class_with_one_patient_stays_in_training():
@@ -92,11 +102,9 @@ def test_epochs_kept_and_fixed_for_the_refit():
 
 
 def test_every_patient_is_predicted_by_a_model_that_never_saw_it(tmp_path):
-    from histopath.models.mil import build_mil_model
-
     data = _patients()
     trainer = cross_validation.Trainer(
-        build_mil_model, MilConfig(**{**TINY_MIL, "image_size": 32, "tile_size": 16}),
+        MilConfig(**{**TINY_MIL, "image_size": 32, "tile_size": 16}),
         TrainingConfig(epochs=2, batch_size=8, early_stopping_patience=2, seed=3), str(tmp_path))
     result = cross_validation.cross_validate(trainer, data, folds=3, seed=1)
     assert np.isfinite(result["probability"]).all() and len(result["probability"]) == len(data.labels)
@@ -109,11 +117,9 @@ def test_every_patient_is_predicted_by_a_model_that_never_saw_it(tmp_path):
 
 
 def test_a_refit_fold_answers_with_both_models(tmp_path):
-    from histopath.models.mil import build_mil_model
-
     data = _patients()
     trainer = cross_validation.Trainer(
-        build_mil_model, MilConfig(**{**TINY_MIL, "image_size": 32, "tile_size": 16}),
+        MilConfig(**{**TINY_MIL, "image_size": 32, "tile_size": 16}),
         TrainingConfig(epochs=2, batch_size=8, early_stopping_patience=2, seed=3), str(tmp_path))
     groups = cross_validation.stratified_patient_folds(data.patients, data.labels, 3, seed=1)
     fold = cross_validation.fold_predictions(trainer, data, groups, 0, seed=1, refit=True)

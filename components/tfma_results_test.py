@@ -1,11 +1,11 @@
-"""The run report's intervals and summary, from TFMA-shaped per-patient plots."""
+"""Patient-bootstrap intervals from TFMA-shaped per-patient plots (`tfma_results`)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from histopath.components import run_report
+from histopath.components import tfma_results
 from histopath.evaluation.metrics import roc_auc
 
 
@@ -35,7 +35,7 @@ def test_intervals_counts_and_warnings_from_per_patient_plots():
     labels = np.repeat([0, 0, 0, 1, 1, 1], 10)
     scores = np.clip(np.round(0.5 + 0.3 * (labels - 0.5) + rng.normal(0, 0.2, len(labels)), 3), 0, 1)
     thresholds = np.concatenate([[-1e-7], (np.arange(998) + 1) / 999, [1 + 1e-7]])
-    summary = run_report.patient_intervals(_slice_plots(labels, scores, patients, thresholds))
+    summary = tfma_results.patient_intervals(_slice_plots(labels, scores, patients, thresholds))
     assert summary["test_patients"] == {"benign": 3, "malignant": 3}
     auc = summary["intervals"]["auc"]
     assert auc["value"] == pytest.approx(roc_auc(labels, scores), abs=2e-3)
@@ -47,14 +47,3 @@ def test_intervals_counts_and_warnings_from_per_patient_plots():
         "only 3 benign and 3 malignant test patients (fewer than 5 of a class): the intervals are rough"]
 
 
-def test_summary_shows_intervals_and_test_patients():
-    report = {"created": "now", "data": None, "retrained": True, "winner": "mil", "reason": "higher AUC",
-              "already_serving": False, "pushed": {"pushed": True, "destination": "d", "version": "3"},
-              "anomalies": {}, "candidates": {"mil": {
-                  "blessed": True, "metrics": {"overall": {"auc": 0.91, "balanced_accuracy": 0.8, "recall": 0.7,
-                                                           "specificity": 0.9, "example_count": 60.0}},
-                  "intervals": {"auc": {"ci_low": 0.85, "ci_high": 0.97}},
-                  "test_patients": {"benign": 3, "malignant": 7}, "warnings": ["only 3 benign test patients"]}}}
-    text = run_report.render_summary(report)
-    assert "| mil | yes | 3 / 7 | 60 | 0.910 [0.850, 0.970] | 0.800 | 0.700 | 0.900 |" in text
-    assert "Warning: only 3 benign test patients" in text

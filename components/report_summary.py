@@ -1,0 +1,95 @@
+"""The run report's human-readable parts: the Markdown summary and the ROC plot."""
+
+import json
+from typing import Any
+
+import numpy as np
+
+
+def plot_roc(curves: dict[str, dict[str, Any]], path: str) -> None:
+    """One ROC plot with a curve per candidate (`evaluation.plots`)."""
+    from histopath.evaluation import plots
+
+    roc_curves = {}
+    for name, summary in curves.items():
+        points = [(0.0, 0.0)] + [tuple(point) for point in summary["roc"]] + [(1.0, 1.0)]
+        roc_curves[name] = plots.RocCurve(
+            fpr=np.array([p[0] for p in points]), tpr=np.array([p[1] for p in points]),
+            auc=summary["metrics"]["overall"].get("auc"),
+            n_items=int(summary["metrics"]["overall"].get("example_count", 0)))
+    plots.plot_roc(roc_curves, path, title="ROC on the test patients")
+
+
+def render_summary(report: dict[str, Any]) -> str:
+    """The human-readable summary (Markdown)."""
+    lines = [f"# histopath run report — {report['created']}", ""]
+    data = report.get("data")
+    if data:
+        lines += _data_lines(data) + [""]
+    if not report.get("retrained", True):
+        lines.append(f"No retraining: {report['reason']}. Nothing was pushed.")
+        return "\n".join(lines) + "\n"
+    lines.append(f"Winner: **{report['winner'] or 'none'}** — {report['reason']}")
+    pushed = report["pushed"]
+    if pushed["pushed"]:
+        lines.append(f"Pushed: {pushed['destination']} (version {pushed['version']})")
+    elif report.get("already_serving"):
+        lines.append("Pushed: nothing new (the winner is the model pushed last)")
+    else:
+        lines.append("Pushed: nothing (no blessed winner)")
+    lines += ["", "| model | blessed | test patients (benign / malignant) | images | AUC | balanced acc. | "
+              "sensitivity | specificity |", "|---|---|---|---|---|---|---|---|"]
+    warnings = []
+    for name, candidate in report["candidates"].items():
+        m, intervals = candidate["metrics"]["overall"], candidate.get("intervals", {})
+        patients = candidate.get("test_patients", {})
+        cells = [_with_interval(m.get(key), intervals.get(metric))
+                 for key, metric in (("auc", "auc"), ("balanced_accuracy", "balanced_accuracy"),
+                                     ("recall", "sensitivity"), ("specificity", "specificity"))]
+        count = m.get("example_count")
+        lines.append(f"| {name} | {'yes' if candidate['blessed'] else 'no'} | "
+                     f"{patients.get('benign', '-')} / {patients.get('malignant', '-')} | "
+                     f"{'-' if count is None else f'{count:.0f}'} | " + " | ".join(cells) + " |")
+        warnings += candidate.get("warnings", [])  # the candidates share the test patients
+    lines += ["", "Figures on the test patients with 95 % patient-bootstrap intervals."]
+    validated = {name: c["cross_validation"] for name, c in report["candidates"].items() if c.get("cross_validation")}
+    if validated:
+        lines += ["", f"Chosen by {report.get('rule', 'test_auc')} on the cross-validated predictions of the train "
+                  "and eval patients:", "", "| model | patients | images | cross-validated AUC |", "|---|---|---|---|"]
+        for name, cv in validated.items():
+            interval = cv.get("auc_ci")
+            lines.append(f"| {name} | {cv['patients']} | {cv['images']} | {cv['auc']:.3f}"
+                         + (f" [{interval[0]:.3f}, {interval[1]:.3f}]" if interval else "") + " |")
+            warnings += [f"{name} cross-validation: {warning}" for warning in cv.get("warnings", [])]
+    lines += [f"Warning: {warning}" for warning in dict.fromkeys(warnings)]
+    anomalies = report["anomalies"]
+    lines += ["", "Data anomalies: " + ("none" if not anomalies else json.dumps(anomalies))]
+    return "\n".join(lines) + "\n"
+
+
+def _with_interval(value: float | None, interval: dict[str, Any] | None) -> str:
+    if value is None:
+        return "-"
+    if interval and interval.get("ci_low") is not None:
+        return f"{value:.3f} [{interval['ci_low']:.3f}, {interval['ci_high']:.3f}]"
+    return f"{value:.3f}"
+
+
+def _data_lines(data: dict[str, Any]) -> list[str]:
+    """Spans, what was new, and the patients per split with their class balance."""
+    lines = ["| span | images | new this run |", "|---|---|---|"]
+    for span in data["window"]:
+        lines.append(f"| {span['span']} | {span['examples']} | {'yes' if span['ingested_now'] else 'no'} |")
+    skipped = sum(len(span["skipped"]) for span in data["window"])
+    if skipped:
+        lines += ["", f"Skipped files: {skipped} (listed in ingest_report.json)"]
+    lines += ["", "| split | patients (benign / malignant) | images (benign / malignant) | malignant share vs all |",
+              "|---|---|---|---|"]
+    for name, entry in data["balance"].items():
+        difference = entry["difference_from_all"]["malignant_share_of_images"]
+        lines.append(f"| {name} | {entry['patients']['benign']} / {entry['patients']['malignant']} | "
+                     f"{entry['images']['benign']} / {entry['images']['malignant']} | "
+                     + ("-" if difference is None else f"{difference:+.3f}") + " |")
+    return lines
+
+
