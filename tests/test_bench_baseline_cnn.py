@@ -18,6 +18,8 @@ from bench.baseline_cnn import BaselineConfig, build_plain_cnn, load_split, trai
 from histopath.evaluation.operating_point import balanced_accuracy_threshold
 from histopath.errors import ConfigError, DataError
 
+pytestmark = pytest.mark.bench  # tests of the benchmarks: opt-in (`pytest -m bench`)
+
 IN_MEMORY = ["--direct_running_mode=in_memory", "--direct_num_workers=1"]
 # Three small IDC patients, each with both classes: one per split.
 PATIENTS = ("8916", "9022", "9124")

@@ -8,6 +8,8 @@ import pytest
 from bench.cv_predictions import held_out_estimate
 from histopath.evaluation.operating_point import balanced_accuracy_threshold
 
+pytestmark = pytest.mark.bench  # tests of the benchmarks: opt-in (`pytest -m bench`)
+
 
 def _predictions():
     patients = np.repeat([f"p{i}" for i in range(6)], 10)

@@ -8,8 +8,11 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 from bench import evaluate_scale
+
+pytestmark = pytest.mark.bench  # tests of the benchmarks: opt-in (`pytest -m bench`)
 
 
 def test_synthetic_table_has_uneven_patients_both_classes_and_a_signal():

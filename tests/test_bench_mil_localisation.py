@@ -23,6 +23,8 @@ from bench import region_bags
 from histopath.data import features
 from histopath.errors import DataError
 
+pytestmark = pytest.mark.bench  # tests of the benchmarks: opt-in (`pytest -m bench`)
+
 IN_MEMORY = ["--direct_running_mode=in_memory", "--direct_num_workers=1"]
 PATIENTS = ("8916", "9124", "9022")  # the smallest real slides; all have IDC-positive patches
 

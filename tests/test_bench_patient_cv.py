@@ -18,6 +18,8 @@ import pytest
 from bench import patient_cv
 from histopath.errors import ConfigError
 
+pytestmark = pytest.mark.bench  # tests of the benchmarks: opt-in (`pytest -m bench`)
+
 IN_MEMORY = ["--direct_running_mode=in_memory", "--direct_num_workers=1"]
 PATIENTS = ("8916", "9022", "9124", "8951")  # small slides (171-613 patches), both classes each
 

@@ -10,6 +10,8 @@ import pytest
 from bench import region_candidates
 from histopath.errors import DataError
 
+pytestmark = pytest.mark.bench  # tests of the benchmarks: opt-in (`pytest -m bench`)
+
 
 def _patch_cv():
     # Patient a: region (0, 0) holds patches at (0,0), (50,0), (0,50); region (100, 0) one

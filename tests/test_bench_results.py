@@ -19,6 +19,8 @@ import pytest
 from bench.study import cv_tables, report, run, run_tables, steps, tables
 from histopath.evaluation import scoring as evaluation
 
+pytestmark = pytest.mark.bench  # tests of the benchmarks: opt-in (`pytest -m bench`)
+
 IDC_PATIENTS = ["8867", "8950", "9077"]
 
 
