@@ -330,6 +330,45 @@ def _build_manifest(
     }
 
 
+def _check_bag_size(dataset: str, bag_size: int | None) -> None:
+    if bag_size is not None:
+        if dataset != layouts.IDC:
+            raise ConfigError("--bag-size applies to IDC only (spatial regions of patches)")
+        if isinstance(bag_size, bool) or not isinstance(bag_size, int) or bag_size < 2:
+            raise ConfigError(f"--bag-size must be an integer of at least 2, got {bag_size!r}")
+
+
+def _split_items(scan: layouts.ScanResult, fractions: Mapping[str, float], seed: int,
+                 assigned: Optional[Assignment], bag_size: int | None,
+                 check_for: Optional[str]) -> Mapping[str, Sequence[ParsedFile | bags.Region]]:
+    """Split name -> the files (or, with `bag_size`, the region bags) its patients hold; a
+    cohort too small is refused naming `check_for` (None: not checked here)."""
+    split_to_files = split_files(scan.files, fractions, seed, assigned)  # by patient, from names
+    if check_for is not None:
+        check_cohort({name: {p: label for p, (label, _) in patient_strata(files).items()}
+                      for name, files in split_to_files.items()}, fractions, check_for)
+    if bag_size is None:
+        return split_to_files
+    split_to_items = {}
+    for split, files in split_to_files.items():
+        regions, overlapping = bags.group_into_regions(files, bag_size)
+        split_to_items[split] = regions
+        scan.skipped.extend(overlapping)
+    return split_to_items
+
+
+def _check_usable(manifest: Mapping, source: str, require_every_split: bool) -> None:
+    """Refuses a source with no usable image, or (`require_every_split`) a split without one."""
+    if manifest["num_examples"] == 0:
+        reasons = "; ".join(f"{s['path']}: {s['reason']}" for s in manifest["skipped"][:3])
+        raise DataError(f"{source} holds no usable image: all {len(manifest['skipped'])} files were "
+                        f"skipped (e.g. {reasons})")
+    empty = [name for name, split in manifest["splits"].items() if split["num_examples"] == 0]
+    if empty and require_every_split:
+        raise DataError(f"split(s) {', '.join(empty)} received no usable image (their patients' files "
+                        "were all skipped); see the skipped files")
+
+
 def ingest(
     dataset: str,
     source: str,
@@ -367,13 +406,9 @@ def ingest(
       compression_level: gzip level 0-9 of the shards; the default 0 writes gzip files
         without compressing (the encoded images do not compress; see `records`).
       images_per_shard: target shard size (records) for the automatic shard count.
-      bag_size: IDC only: K >= 2 writes one record per region of K x K patches of a
-        patient's slide (a spatial MIL bag, see `histopath.data.bags`) instead of one per
-        patch: the region mosaic (K*50 px square, white where there is no patch) ENCODED
-        AS PNG, lossless (the one case where ingestion encodes an image rather than
-        storing the file's bytes), label 1 if any valid patch is positive, source path
-        `<patient>/region_x<X>_y<Y>`, patch_x/patch_y the region origin, and the features
-        `bag_patch_labels` (row-major, -1 = no patch) and `bag_size`. None = per patch.
+      bag_size: IDC only: K >= 2 writes one record per region of K x K patches (a
+        spatial MIL bag: its PNG mosaic, label 1 if any patch is positive; see the module
+        docstring and `shard_writer.region_values`). None = one record per patch.
       require_every_split: refuse a cohort too small to train and evaluate
         (`split.check_cohort`) or a split without usable images (False for one span of
         several: the window as a whole is checked).
@@ -395,11 +430,7 @@ def ingest(
         raise ConfigError(f"--shards must be at least 1, got {shards}")
     if not 0 <= compression_level <= 9:
         raise ConfigError(f"compression level must be 0-9, got {compression_level}")
-    if bag_size is not None:
-        if dataset != layouts.IDC:
-            raise ConfigError("--bag-size applies to IDC only (spatial regions of patches)")
-        if isinstance(bag_size, bool) or not isinstance(bag_size, int) or bag_size < 2:
-            raise ConfigError(f"--bag-size must be an integer of at least 2, got {bag_size!r}")
+    _check_bag_size(dataset, bag_size)
     source, output = fileio.absolute(source), fileio.absolute(output)
     check_output_free(output, overwrite)
     if not fileio.is_uri(source) and not fileio.is_uri(output) and os.path.isdir(source) and (
@@ -410,17 +441,8 @@ def ingest(
     work_dir = None  # the temporary output folder, once made
     try:
         scan = layouts.scan_source(dataset, source, magnifications)
-        split_to_files = split_files(scan.files, fractions, seed, assigned)  # by patient, from names
-        if require_every_split:
-            check_cohort({name: {p: label for p, (label, _) in patient_strata(files).items()}
-                          for name, files in split_to_files.items()}, fractions, source)
-        split_to_items: Mapping[str, Sequence[ParsedFile | bags.Region]] = split_to_files
-        if bag_size is not None:
-            split_to_items = {}
-            for split, files in split_to_files.items():
-                regions, overlapping = bags.group_into_regions(files, bag_size)
-                split_to_items[split] = regions
-                scan.skipped.extend(overlapping)
+        split_to_items = _split_items(scan, fractions, seed, assigned, bag_size,
+                                      source if require_every_split else None)
         total_items = sum(len(items) for items in split_to_items.values())
         tasks = plan_shards(split_to_items, seed, shards, images_per_shard, workers)
 
@@ -442,18 +464,7 @@ def ingest(
             compression_level=compression_level, bag_size=bag_size,
         )
         manifest["balance"] = split_balance(manifest["splits"])
-        if manifest["num_examples"] == 0:
-            reasons = "; ".join(f"{s['path']}: {s['reason']}" for s in manifest["skipped"][:3])
-            raise DataError(
-                f"{source} holds no usable image: all {len(manifest['skipped'])} files were "
-                f"skipped (e.g. {reasons})"
-            )
-        empty = [name for name, split in manifest["splits"].items() if split["num_examples"] == 0]
-        if empty and require_every_split:
-            raise DataError(
-                f"split(s) {', '.join(empty)} received no usable image (their patients' files "
-                "were all skipped); see the skipped files"
-            )
+        _check_usable(manifest, source, require_every_split)
         for folder in (PROGRESS_DIR, SUMMARY_DIR, PLAN_DIR):
             remove_quietly(os.path.join(work_dir, folder))
         fileio.write_json(os.path.join(work_dir, MANIFEST_NAME), manifest, sort_keys=False)

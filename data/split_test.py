@@ -177,3 +177,20 @@ def test_custom_split_names_and_spec_errors():
     ]:
         with pytest.raises(ConfigError, match=message):
             parse_split_spec(bad)
+
+
+@pytest.mark.parametrize("dataset, folder", [("breakhis", "breakhis-200x-224"), ("idc", "idc")])
+def test_the_real_cohorts_split_with_both_classes_everywhere_at_any_seed(shared_data, dataset, folder):
+    """The default split of the project's own data: every split holds both classes (IDC:
+    the negatives-only patient and positive ones), and the train and eval patients allow the
+    default 5 patient folds, whatever the seed."""
+    files = layouts.scan_source(dataset, str(shared_data / folder)).files
+    for seed in range(10):
+        split = split_files(files, DEFAULT_SPLITS, seed)
+        labels = {name: {f.patient_id: int(any(g.label for g in part if g.patient_id == f.patient_id))
+                         for f in part} for name, part in split.items()}
+        check_cohort(labels, DEFAULT_SPLITS, folder)
+        if dataset == "breakhis":
+            assert all(set(labels[name].values()) == {0, 1} for name in DEFAULT_SPLITS), (seed, labels)
+            learn = list(labels["train"].values()) + list(labels["eval"].values())
+            assert learn.count(0) >= 5, (seed, learn)
