@@ -4,9 +4,12 @@ elsewhere) and its tissue found by the slide stack. No timing assertions."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from bench import slides as bench_slides
 from histopath import slide_writer, slides, tiling
+
+pytestmark = pytest.mark.bench  # tests of the benchmarks: opt-in (`pytest -m bench`)
 
 
 def test_glass_slide_region_levels_agree():
