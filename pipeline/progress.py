@@ -3,11 +3,12 @@
 `LocalDagRunner` runs one component at a time and logs (through absl) when each starts
 and finishes, and its launcher when it reuses a cached execution. `ComponentProgress`, a
 logging handler, turns those records into lines on the terminal (`histopath.console`),
-switches the log file to `logs/<component>.log` at each start, and forwards the Trainers'
-per-epoch lines (`models.training`) indented under their component.
+switches the log file to `logs/<component>.log` at each start, and shows the last epoch
+of each training phase (`models.training`; every epoch is in the log) indented under its
+component: one line per phase of each fit, not one per epoch.
 
     ▸ trainer_mil
-        train epoch 1/6  loss 0.693  auc 0.512  val_loss 0.690  val_auc 0.604
+        train epoch 6/6  loss 0.339  auc 0.998  val_loss 0.199  val_auc 1.000  lr 5e-04
     ✓ trainer_mil  7.4 s
     · StatisticsGen  cached
 """
@@ -29,14 +30,16 @@ _SHOWN_METRICS = ("loss", "auc", "val_loss", "val_auc")
 TRAINING_LOGGER = "histopath.models.training"
 
 
-def epoch_line(message: str) -> Optional[str]:
-    """`[head] epoch 2/10 auc=0.81 loss=0.52 ... lr=1e-03` -> a short progress line."""
+def epoch_line(message: str) -> Optional[tuple[str, int, str]]:
+    """`[head] epoch 2/10 auc=0.81 loss=0.52 ... lr=1e-03` -> (phase, epoch, a short
+    progress line); None for other messages."""
     match = _EPOCH.match(message)
     if not match:
         return None
     values = dict(item.split("=", 1) for item in match["metrics"].split() if "=" in item)
     shown = "  ".join(f"{name} {float(values[name]):.3f}" for name in _SHOWN_METRICS if name in values)
-    return f"    {match['phase']} epoch {match['epoch']}/{match['epochs']}  {shown}  lr {float(match['lr']):.0e}"
+    line = f"    {match['phase']} epoch {match['epoch']}/{match['epochs']}  {shown}  lr {float(match['lr']):.0e}"
+    return match["phase"], int(match["epoch"]), line
 
 
 class ComponentProgress(logging.Handler):
@@ -53,6 +56,7 @@ class ComponentProgress(logging.Handler):
         self.started = 0.0
         self.cached = False
         self.finished: dict[str, str] = {}  # component -> "complete" | "cached"
+        self.last_epoch: Optional[tuple[str, int, str]] = None  # of the phase running, not shown yet
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
@@ -63,9 +67,9 @@ class ComponentProgress(logging.Handler):
             elif record.msg == _FINISHED and record.args:
                 self._finish(str(record.args[0]))
             elif record.name == TRAINING_LOGGER:
-                line = epoch_line(record.getMessage())
-                if line:
-                    progress_logger().info(line)
+                epoch = epoch_line(record.getMessage())
+                if epoch:
+                    self._epoch(*epoch)
         except Exception:  # noqa: BLE001  (progress must never break the run)
             self.handleError(record)
 
@@ -75,7 +79,20 @@ class ComponentProgress(logging.Handler):
         if component.startswith("trainer_"):  # epoch lines follow
             progress_logger().info(f"  ▸ {component}")
 
+    def _epoch(self, phase: str, number: int, line: str) -> None:
+        """Holds an epoch's line; shows the one before when this one starts another phase
+        or another fit (its number does not follow)."""
+        if self.last_epoch is not None and (self.last_epoch[0] != phase or number <= self.last_epoch[1]):
+            progress_logger().info(self.last_epoch[2])
+        self.last_epoch = (phase, number, line)
+
+    def _show_last_epoch(self) -> None:
+        if self.last_epoch is not None:
+            progress_logger().info(self.last_epoch[2])
+            self.last_epoch = None
+
     def _finish(self, component: str) -> None:
+        self._show_last_epoch()
         seconds = time.monotonic() - self.started
         if self.cached:
             progress_logger().info(f"  · {component:32s} cached")
@@ -88,6 +105,7 @@ class ComponentProgress(logging.Handler):
         """Reports the component that was running when the run failed."""
         if self.current is None:
             return
+        self._show_last_epoch()
         log = self.console.log_path(self.current)
         first_line = (str(error).strip().splitlines() or [type(error).__name__])[-1][:300]
         progress_logger().info(f"  ✗ {self.current:32s} failed after {elapsed(time.monotonic() - self.started)}: "
