@@ -310,6 +310,24 @@ _NESTED = {("TrainingConfig", "augment"): AugmentConfig}
 
 
 @dataclasses.dataclass(frozen=True)
+class AbstentionConfig(_JsonConfig):
+    """How the "not sure" band around the decision threshold is chosen
+    (`models.abstention.choose_band`, on the held-out predictions)."""
+
+    # The balanced accuracy the ANSWERED images should reach.
+    target_balanced_accuracy: float = 0.95
+    # The smallest share of images the model must still answer (the band never leaves
+    # out more; when the target needs more, the band stops here and says so).
+    min_coverage: float = 0.80
+
+    def __post_init__(self) -> None:
+        _check(0.5 <= self.target_balanced_accuracy <= 1.0,
+               f"AbstentionConfig.target_balanced_accuracy must be in [0.5, 1], got {self.target_balanced_accuracy}")
+        _check(0.0 < self.min_coverage <= 1.0,
+               f"AbstentionConfig.min_coverage must be in (0, 1], got {self.min_coverage}")
+
+
+@dataclasses.dataclass(frozen=True)
 class CandidateSettings:
     """What training one candidate needs (a Trainer's `custom_config`, JSON values).
 
@@ -323,6 +341,7 @@ class CandidateSettings:
       slide_context_sigma: IDC: also choose a slide-context threshold (0 = off).
       dataset: the data set's name (recorded).
       model_name: the TF Serving model name (recorded).
+      abstention: `AbstentionConfig` fields (the "not sure" band's rule).
     """
 
     model_kind: str
@@ -334,6 +353,7 @@ class CandidateSettings:
     slide_context_sigma: float = 0.0
     dataset: str = ""
     model_name: str = "histopath"
+    abstention: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> "CandidateSettings":
@@ -343,7 +363,12 @@ class CandidateSettings:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON values (a Trainer's `custom_config`)."""
-        return {**dataclasses.asdict(self), "model": dict(self.model), "training": dict(self.training)}
+        return {**dataclasses.asdict(self), "model": dict(self.model), "training": dict(self.training),
+                "abstention": dict(self.abstention)}
+
+    def abstention_config(self) -> AbstentionConfig:
+        """The typed "not sure" band settings."""
+        return AbstentionConfig.from_dict(self.abstention)
 
     def model_config(self) -> Any:
         """The kind's typed settings (`models.registry`)."""

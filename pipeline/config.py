@@ -23,7 +23,7 @@ from histopath.data import spans as spans_lib
 from histopath.data.layouts import DATASETS
 from histopath.errors import ConfigError
 from histopath.models import registry
-from histopath.models.config import CandidateSettings, TrainingConfig
+from histopath.models.config import AbstentionConfig, CandidateSettings, TrainingConfig
 from histopath.models.exported import VERSION_POLICIES
 
 # The local Beam default: DirectRunner with one worker process per core. `--beam-arg`
@@ -31,7 +31,7 @@ from histopath.models.exported import VERSION_POLICIES
 DEFAULT_BEAM_ARGS = ("--direct_running_mode=multi_processing", "--direct_num_workers=0")
 # Settings given as JSON objects that merge key by key across the layers (and each model
 # kind's own settings block, `models.registry`).
-NESTED_KEYS = ("training", "model_training", "thresholds", "selection", "splits") + registry.names()
+NESTED_KEYS = ("training", "model_training", "thresholds", "selection", "abstention", "splits") + registry.names()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -114,6 +114,8 @@ class PipelineConfig:
         default_factory=lambda: {kind: TrainingConfig() for kind in registry.names()})
     thresholds: ThresholdConfig = dataclasses.field(default_factory=ThresholdConfig)
     selection: SelectionConfig = dataclasses.field(default_factory=SelectionConfig)  # choosing the winner
+    # The "not sure" band each Trainer chooses on its held-out predictions (docs/models.md).
+    abstention: AbstentionConfig = dataclasses.field(default_factory=AbstentionConfig)
     stop_on_anomalies: bool = False  # fail the run when ExampleValidator finds anomalies
     model_name: str = "histopath"  # TF Serving model name: <serving_dir>/<model_name>/<version>
     version_policy: str = "timestamp"  # "timestamp" (TFX's default) | "increment"
@@ -205,6 +207,7 @@ class PipelineConfig:
             splits=dict(self.splits),
             model_training={kind: config.to_dict() for kind, config in self.model_training.items()},
             thresholds=dataclasses.asdict(self.thresholds), selection=dataclasses.asdict(self.selection),
+            abstention=self.abstention.to_dict(),
             **{kind: config.to_dict() for kind, config in self.model_configs.items()},
         )
         return data
@@ -305,6 +308,7 @@ def resolve(*layers: Mapping[str, Any]) -> PipelineConfig:
         model_training=_training_configs(layers, seed),
         thresholds=ThresholdConfig(**thresholds),
         selection=SelectionConfig(**selection),
+        abstention=_abstention(values.get("abstention")),
     )
     for key in ("models", "magnifications", "beam_args"):
         if key in kwargs:
@@ -315,6 +319,12 @@ def resolve(*layers: Mapping[str, Any]) -> PipelineConfig:
         return PipelineConfig(**kwargs).validate()
     except TypeError as error:  # a value of the wrong JSON type
         raise ConfigError(f"invalid configuration: {error}") from None
+
+
+def _abstention(values: Any) -> AbstentionConfig:
+    if values is not None and not isinstance(values, Mapping):
+        raise ConfigError("abstention must be an object of AbstentionConfig fields")
+    return AbstentionConfig.from_dict(values)
 
 
 def load_config_file(path: str) -> dict[str, Any]:
@@ -357,4 +367,4 @@ def model_settings(config: PipelineConfig, kind: str) -> dict[str, Any]:
         model_kind=kind, model=config.model_config(kind).to_dict(), training=config.model_training[kind].to_dict(),
         transform_size=config.image_size, folds=cross_validation_folds(config),
         refit_on_all=config.selection.refit_on_all, slide_context_sigma=float(config.slide_context_sigma),
-        dataset=config.dataset, model_name=config.model_name).to_dict()
+        dataset=config.dataset, model_name=config.model_name, abstention=config.abstention.to_dict()).to_dict()
