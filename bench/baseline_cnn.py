@@ -44,7 +44,6 @@ from histopath.evaluation.metrics import roc_auc
 
 skip_autograph_for_tf_keras()
 
-MAX_FILTERS = 256  # filter count cap of the deepest convolutions
 DROPOUT_RATE = 0.3  # dropout between global average pooling and the output unit
 # ReduceLROnPlateau on the eval loss.
 REDUCE_LR_FACTOR = 0.5
@@ -102,7 +101,8 @@ class BaselineConfig:
 
 
 def build_plain_cnn(config: BaselineConfig) -> keras.Model:
-    """Builds the uncompiled plain CNN.
+    """Builds the uncompiled plain CNN: the registered "cnn" model kind (`models.cnn`) with
+    this benchmark's architecture settings, in float32.
 
     Args:
       config: `conv_layers`, `base_filters` and `image_size` are used.
@@ -111,21 +111,10 @@ def build_plain_cnn(config: BaselineConfig) -> keras.Model:
       A model mapping float32 `(batch, size, size, 3)` images in [0, 1] to `(batch, 1)`
       sigmoid probabilities of the malignant class.
     """
-    size = config.image_size
-    inputs = keras.Input((size, size, 3), dtype="float32", name="image")
-    x = inputs
-    for index in range(config.conv_layers):
-        filters = min(config.base_filters * 2 ** (index // 2), MAX_FILTERS)
-        x = keras.layers.Conv2D(filters, 3, padding="same", use_bias=False, name=f"conv{index + 1}")(x)
-        x = keras.layers.BatchNormalization(name=f"bn{index + 1}")(x)
-        x = keras.layers.ReLU(name=f"relu{index + 1}")(x)
-        if index % 2 == 1 and size >= 2:
-            x = keras.layers.MaxPooling2D(2, name=f"pool{index // 2 + 1}")(x)
-            size //= 2
-    x = keras.layers.GlobalAveragePooling2D(name="gap")(x)
-    x = keras.layers.Dropout(DROPOUT_RATE, name="dropout")(x)
-    outputs = keras.layers.Dense(1, activation="sigmoid", name="probability")(x)
-    return keras.Model(inputs, outputs, name=f"plain_cnn_{config.conv_layers}")
+    from histopath.models import cnn
+
+    return cnn.build(cnn.CnnConfig(image_size=config.image_size, conv_layers=config.conv_layers,
+                                   base_filters=config.base_filters, dropout=DROPOUT_RATE, mixed_precision=None))
 
 
 def load_split(
