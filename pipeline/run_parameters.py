@@ -79,6 +79,9 @@ def parse(texts: Iterable[str]) -> dict[str, str]:
         key = key.strip().replace("-", "_")
         if not sep or not key:
             raise ConfigError(f"--param {text!r}: expected KEY=VALUE")
+        if key == "preset":
+            raise ConfigError("--param preset: not a run-time parameter (a preset changes the models and their "
+                              "training, compiled into the Trainers): compile another spec with --preset")
         if key not in USER_KEYS:
             raise ConfigError(f"--param {key}: unknown; choose from {', '.join(USER_KEYS)}")
         if key in found:

@@ -378,6 +378,7 @@ def test_vertex_run_parameters_are_sent_with_the_job(vertex, spec, capsys, comma
 
 @pytest.mark.parametrize("param, message", [
     ("colour=blue", "--param colour: unknown; choose from data_root, serving_dir"),
+    ("preset=idc-mil", "--param preset: not a run-time parameter"),
     ("span_window=0", "span window must be at least 1 span"),
     ("min_new_patients=-1", "--param min_new_patients='-1': a whole number"),
     ("data_root=slides", "--param data_root='slides': give a URI"),
