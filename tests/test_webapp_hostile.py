@@ -245,3 +245,44 @@ def test_a_body_that_never_finishes_is_answered_408_at_its_deadline(django_app):
     asyncio.run(buffered(scope, trickle, send))
     assert sent[0]["status"] == 408 and b"took longer than 0.3 s" in sent[1]["body"]
     assert time.monotonic() - started < 2
+
+
+def _asgi_post(buffered, chunks: list[bytes], declared: int | None = None) -> list[dict]:
+    """Plays one POST with `chunks` as its body through `buffered`; the messages sent back."""
+    import asyncio
+
+    headers = [(b"host", b"localhost")] + ([(b"content-length", str(declared).encode())] if declared else [])
+    scope = {"type": "http", "method": "POST", "path": "/", "raw_path": b"/", "query_string": b"",
+             "headers": headers, "http_version": "1.1", "scheme": "http", "server": ("127.0.0.1", 80),
+             "client": ("127.0.0.1", 5000), "asgi": {"version": "3.0"}}
+    pending, sent = list(chunks), []
+
+    async def receive():
+        if pending:
+            chunk = pending.pop(0)
+            return {"type": "http.request", "body": chunk, "more_body": bool(pending)}
+        await asyncio.sleep(10)
+        return {"type": "http.disconnect"}
+
+    async def send(message):
+        sent.append(message)
+
+    asyncio.run(buffered(scope, receive, send))
+    return sent
+
+
+def test_bodies_over_the_limits_are_refused_before_django_reads_them(django_app):
+    """413 for a declared or a chunked body over the upload limit; 503 for a body that
+    would take the bodies held at once past their budget."""
+    from histopath.serving.webapp.asgi import BufferedRequests, application
+
+    buffered = BufferedRequests(application.app, max_body_bytes=1000, concurrency=2, max_buffered_bytes=3000)
+    assert _asgi_post(buffered, [b"x" * 10], declared=5000)[0]["status"] == 413
+    assert _asgi_post(buffered, [b"x" * 600, b"x" * 600])[0]["status"] == 413
+    buffered.buffered = 2500  # other bodies held now
+    busy = _asgi_post(buffered, [b"x" * 600])
+    assert busy[0]["status"] == 503 and b"many uploads" in busy[1]["body"]
+    assert buffered.buffered == 2500  # the refused body's bytes are not kept
+    buffered.buffered = 0
+    passed = _asgi_post(buffered, [b"x" * 600])  # reaches Django: CSRF refuses it, 403
+    assert passed[0]["status"] == 403 and buffered.buffered == 0

@@ -8,7 +8,9 @@ the threads that run Django. `BufferedRequests`:
 - refuses a body larger than the upload limit with 413 before reading it (declared
   `Content-Length`) or as soon as it grows past it (chunked), and one that has not arrived
   within `HISTOPATH_BODY_TIMEOUT` seconds with 408;
-- spools the body to a temporary file beyond `SPOOL_IN_MEMORY_BYTES`;
+- spools the body to a temporary file beyond `SPOOL_IN_MEMORY_BYTES`, and answers 503 to a
+  body that would take the bodies being received at once past `HISTOPATH_BUFFERED_MB`
+  (memory and temporary files stay bounded however many clients send at once);
 - then hands the complete request to Django, at most `HISTOPATH_REQUEST_THREADS` at once
   (the others wait their turn in the loop, not in a thread); `/healthz` never waits.
 """
@@ -29,9 +31,13 @@ from django.core.asgi import get_asgi_application  # noqa: E402
 
 from histopath.serving.webapp.predictions.middleware import MULTIPART_OVERHEAD  # noqa: E402
 
-SPOOL_IN_MEMORY_BYTES = 256 * 1024  # larger bodies wait on disk until Django reads them
+SPOOL_IN_MEMORY_BYTES = 64 * 1024  # larger bodies wait on disk until Django reads them
 CHUNK_BYTES = 64 * 1024
 UNQUEUED_PATHS = frozenset({"/healthz"})  # cheap, and must answer while the app is busy
+
+
+class _Busy(Exception):
+    """Receiving this body would pass the bytes all bodies being received may take."""
 
 
 class BufferedRequests:
@@ -41,13 +47,19 @@ class BufferedRequests:
       app: the ASGI app (Django's).
       max_body_bytes: larger bodies are answered 413.
       concurrency: complete requests handed to the app at once.
+      body_timeout_s: a body still arriving after this is answered 408.
+      max_buffered_bytes: the bytes of all bodies held at once (being received, or waiting
+        for Django; memory and temporary files); a body that would pass it is answered 503.
     """
 
-    def __init__(self, app, max_body_bytes: int, concurrency: int, body_timeout_s: float = 120.0):
+    def __init__(self, app, max_body_bytes: int, concurrency: int, body_timeout_s: float = 120.0,
+                 max_buffered_bytes: int = 160 * 1000 * 1000):
         self.app = app
         self.max_body_bytes = max_body_bytes
         self.concurrency = max(1, concurrency)
         self.body_timeout_s = body_timeout_s
+        self.max_buffered_bytes = max_buffered_bytes
+        self.buffered = 0  # bytes of the bodies held now
         self._slots: asyncio.Semaphore | None = None
 
     async def __call__(self, scope, receive, send):
@@ -59,12 +71,17 @@ class BufferedRequests:
             await self._too_large(send)
             return
         body = tempfile.SpooledTemporaryFile(max_size=SPOOL_IN_MEMORY_BYTES)
+        counted = [0]  # this request's share of `buffered`
         try:
             try:
-                size = await asyncio.wait_for(self._read(receive, body), self.body_timeout_s)
+                size = await asyncio.wait_for(self._read(receive, body, counted), self.body_timeout_s)
             except asyncio.TimeoutError:
                 await _answer(send, 408, "Request timeout", f"The request took longer than "
                               f"{self.body_timeout_s:g} s to arrive. Try again on a faster connection.")
+                return
+            except _Busy:
+                await _answer(send, 503, "Busy", "The server is receiving many uploads right now. "
+                              "Try again in a minute.")
                 return
             if size is None:
                 return  # the client went away
@@ -81,10 +98,15 @@ class BufferedRequests:
                 await self.app(scope, _replay(body, size, receive), send)
         finally:
             body.close()
+            self.buffered -= counted[0]
 
-    async def _read(self, receive, body) -> int | None:
+    async def _read(self, receive, body, counted: list[int]) -> int | None:
         """Reads the body into `body` and returns its size (stops reading once past the
-        limit); None when the client disconnects first."""
+        limit); None when the client disconnects first.
+
+        Raises:
+          _Busy: the bodies held would pass `max_buffered_bytes`.
+        """
         size = 0
         while True:
             message = await receive()
@@ -94,6 +116,10 @@ class BufferedRequests:
             size += len(chunk)
             if size > self.max_body_bytes:
                 return size
+            if self.buffered + len(chunk) > self.max_buffered_bytes:
+                raise _Busy()
+            self.buffered += len(chunk)
+            counted[0] += len(chunk)
             body.write(chunk)
             if not message.get("more_body", False):
                 return size
@@ -132,4 +158,5 @@ application = BufferedRequests(
     max_body_bytes=settings.HISTOPATH_MAX_UPLOAD_BYTES + MULTIPART_OVERHEAD,
     concurrency=settings.HISTOPATH_REQUEST_THREADS,
     body_timeout_s=settings.HISTOPATH_BODY_TIMEOUT,
+    max_buffered_bytes=int(settings.HISTOPATH_BUFFERED_MB * 1e6),
 )

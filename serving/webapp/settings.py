@@ -37,6 +37,8 @@ Environment:
   HISTOPATH_REQUEST_THREADS   complete requests Django handles at once per worker (8; set
                               by `histopath serve --threads`).
   HISTOPATH_BODY_TIMEOUT      seconds a request body may take to arrive (120), then 408.
+  HISTOPATH_BUFFERED_MB       megabytes of request bodies being received at once per worker
+                              (160; memory up to 64 KiB each, then temporary files), then 503.
   HISTOPATH_URL_ALLOWLIST     comma-separated IPs/CIDRs/host names an image URL may use
                               even though they are loopback/private (default: none).
 """
@@ -200,6 +202,7 @@ FILE_UPLOAD_MAX_MEMORY_SIZE = 4 * 1024 * 1024  # larger uploads spill to a temp 
 # requests still arriving wait in the event loop (serving/webapp/asgi.py), not in a thread.
 HISTOPATH_REQUEST_THREADS = int(os.environ.get("HISTOPATH_REQUEST_THREADS", "8"))
 HISTOPATH_BODY_TIMEOUT = float(os.environ.get("HISTOPATH_BODY_TIMEOUT", "120"))
+HISTOPATH_BUFFERED_MB = float(os.environ.get("HISTOPATH_BUFFERED_MB", "160"))
 
 LOGGING = {
     "version": 1,
