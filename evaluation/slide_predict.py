@@ -68,8 +68,9 @@ def model_scale(info: Dict[str, Any], model_mpp: Optional[float] = None, tile_px
     Raises:
       ConfigError: a model that says nothing of its scale and no `model_mpp` given.
     """
-    size = info.get("image_size")
-    default_px = int(size if isinstance(size, int) else (size or [IDC_TILE_PX])[0])
+    from histopath.models.exported import model_image_size
+
+    default_px = model_image_size(info) if info.get("image_size") else IDC_TILE_PX
     if model_mpp is not None:
         return ModelScale(float(model_mpp), int(tile_px or info.get("tile_px") or default_px), "caller")
     if info.get("mpp"):

@@ -1,2 +1,3 @@
-"""The models: image operations, the two classifiers, their training loop, augmentation,
-the tf.Transform preprocessing and the exported-model contract (`exported`)."""
+"""The models: image operations, the model kinds and their registry (`registry`), the
+training entry point (`fit.train_candidate`), augmentation, the tf.Transform
+preprocessing and the exported-model contract (`exported`)."""

@@ -22,7 +22,13 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from histopath.models.exported import MODEL_INFO_PATH, SAVED_MODEL_FILE, SERVING_DEFAULT, list_versions
+from histopath.models.exported import (
+    MODEL_INFO_PATH,
+    SAVED_MODEL_FILE,
+    SERVING_DEFAULT,
+    list_versions,
+    model_image_size,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -136,7 +142,7 @@ class LoadedModel:
 
         from histopath.images import encode_png
 
-        size = int(self.info.get("image_size") or 64)
+        size = model_image_size(self.info)
         rng = np.random.default_rng(0)
         pixels = rng.integers(0, 255, size=(size, size, 3), dtype=np.uint8)
         png = encode_png(Image.fromarray(pixels))
