@@ -30,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
+import re
 from typing import Any, Iterator, Optional
 
 from histopath.errors import ConfigError, HistopathError
@@ -188,8 +189,7 @@ def check_kfp(target: KfpTarget, timeout: float = HOST_TIMEOUT_S) -> bool:
         raise SubmitError(f"Kubeflow Pipelines at {target.where} answered HTTP {error.status} "
                           f"{error.reason}{hint}") from None
     except (urllib3.exceptions.HTTPError, OSError, ValueError) as error:
-        reason = getattr(error, "reason", None) or error
-        raise SubmitError(f"cannot reach Kubeflow Pipelines at {target.where}: {reason}") from None
+        raise SubmitError(f"cannot reach Kubeflow Pipelines at {target.where}: {_first_line(error)}") from None
     finally:
         client.close()
     if health.multi_user and not target.namespace:
@@ -268,8 +268,13 @@ def check_vertex(credentials, project: str, region: str, timeout: float = VERTEX
 
 
 def _first_line(error: BaseException) -> str:
+    """The reason of a (transport) error in a few words: the OS error or timeout urllib3
+    buried in its message, else the first line."""
     text = str(error.args[0] if error.args and isinstance(error.args[0], str) else error)
-    return text.splitlines()[0] if text else type(error).__name__
+    buried = re.search(r"\[Errno -?\d+\] [^'\")]+|Read timed out|Connection aborted", text)
+    if buried:
+        return buried.group(0).strip()
+    return text.splitlines()[0][:300] if text else type(error).__name__
 
 
 def _error_message(response) -> str:
