@@ -106,13 +106,13 @@ def _warm_up(loaded, tile_px: int) -> float:
 def _prepare_tiles(slide_path: str, scale, batch_size: int, limit: int) -> list[list[bytes]]:
     """The model inputs of the slide's first `limit` tiles, batch by batch, as slide → answer makes them."""
     from histopath import slides, tiling
-    from histopath.evaluation.slide_predict import _model_inputs
+    from histopath.evaluation.slide_predict import tile_inputs
 
     with slides.open_slide(slide_path) as slide:
         tiler = tiling.Tiler(slide, scale.tile_um, scale.tile_px)
         prepared = []
         for batch in tiling.batches(iter(tiler), batch_size):
-            prepared.append(_model_inputs(batch, scale.tile_px))
+            prepared.append(tile_inputs(batch, scale.tile_px))
             if sum(map(len, prepared)) >= limit:
                 break
     return prepared

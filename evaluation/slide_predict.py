@@ -91,7 +91,7 @@ def slide_score(probabilities: Sequence[float], top_fraction: float = TOP_FRACTI
     return float(values[:k].mean())
 
 
-def _model_inputs(batch: List[tiling.Tile], tile_px: int) -> List[bytes]:
+def tile_inputs(batch: List[tiling.Tile], tile_px: int) -> List[bytes]:
     """PNG bytes of the tiles, each brought to `tile_px` by `image_ops.resize_and_scale`."""
     pixels = np.stack([tile.pixels for tile in batch])
     if pixels.shape[1] != tile_px:
@@ -122,7 +122,7 @@ def _prepared_batches(tiler: tiling.Tiler, batch_size: int) -> Iterator[tuple[Li
     def produce() -> None:
         try:
             for batch in tiling.batches(iter(tiler), batch_size):
-                if not offer((batch, _model_inputs(batch, tiler.grid.tile_px))):
+                if not offer((batch, tile_inputs(batch, tiler.grid.tile_px))):
                     return
             offer(None)
         except BaseException as error:  # re-raised in the caller's thread
