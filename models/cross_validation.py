@@ -13,6 +13,7 @@ train/eval patient for the epoch count the folds kept. The test split is never r
 from __future__ import annotations
 
 import dataclasses
+import gc
 import logging
 from typing import Any, Dict, Iterable, List, Mapping, Sequence
 
@@ -184,9 +185,15 @@ class Trainer:
 
     def fit(self, data: PatientExamples, train_patients: Sequence[str], eval_patients: Sequence[str],
             config: TrainingConfig | None, name: str):
-        """A model trained on `train_patients` watching `eval_patients`; (model, history)."""
+        """A model trained on `train_patients` watching `eval_patients`; (model, history).
+
+        Keras' global state and the previous fits' garbage are cleared first: a Trainer fits
+        one model per fold (and per refit) in one process.
+        """
         import tf_keras as keras
 
+        keras.backend.clear_session()
+        gc.collect()
         config = config or self.training_config
         size = int(self.model_config.image_size)
         train = np.isin(data.patients, list(train_patients))
