@@ -18,7 +18,7 @@ from histopath.models.fit import CandidateSettings, train_candidate, write_cross
 
 
 def run_fn(fn_args: tfx.components.FnArgs) -> None:
-    """Trains the candidate its settings name and exports it with its threshold.
+    """Trains the candidate its settings name and exports it with its threshold and "not sure" band.
 
     Writes the serving SavedModel (with `model_info.json`) to `fn_args.serving_model_dir`,
     the cross-validated predictions beside it (when folds ran), and TensorBoard logs and
@@ -39,4 +39,5 @@ def run_fn(fn_args: tfx.components.FnArgs) -> None:
         model_info={**trained.info, "trained_in": fn_args.serving_model_dir},
         decision_threshold=trained.threshold,
         test_time_augmentation=model_config.test_time_augmentation,
+        abstention_band=trained.info.get("abstention"),
     )

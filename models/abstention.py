@@ -90,17 +90,19 @@ def patient_scores(labels: Any, probability: Any, patients: Any) -> tuple[np.nda
 def operating_point(labels: Any, probability: Any, patients: Any, threshold: float,
                     band: Optional[Dict[str, float]]) -> Dict[str, Any]:
     """Coverage and answered balanced accuracy of `band`, per image and per patient (a
-    patient is answered when its mean probability is outside the band)."""
+    patient is answered when its mean probability is outside the band); None where
+    undefined (no image, or the answered cases lack a class)."""
     answered = not_sure(probability, band) == 0
     patient_labels, scores = patient_scores(labels, probability, patients)
     patient_answered = not_sure(scores, band) == 0
-    return {
+    values = {
         "coverage": float(np.mean(answered)) if answered.size else float("nan"),
         "balanced_accuracy": answered_balanced_accuracy(labels, probability, threshold, answered),
         "patient_coverage": float(np.mean(patient_answered)) if patient_answered.size else float("nan"),
         "patient_balanced_accuracy": answered_balanced_accuracy(patient_labels, scores, threshold,
                                                                 patient_answered),
     }
+    return {key: (value if np.isfinite(value) else None) for key, value in values.items()}
 
 
 def coverage_curve(labels: Any, probability: Any, patients: Any, threshold: float,

@@ -57,7 +57,7 @@ def test_a_patient_is_answered_by_its_mean_probability():
                                        {"low": 0.2, "high": 0.6})
     assert point["coverage"] == pytest.approx(2 / 3)
     assert point["patient_coverage"] == pytest.approx(0.5)
-    assert np.isnan(point["patient_balanced_accuracy"])  # only a benign patient is answered
+    assert point["patient_balanced_accuracy"] is None  # only a benign patient is answered
 
 
 def test_bands_and_settings_are_checked():

@@ -37,6 +37,7 @@ def make_dataset(
     seed: int,
     cache: bool = True,
     with_slide_positions: bool = False,
+    with_patients: bool = False,
 ) -> tf.data.Dataset:
     """Transformed examples → `(images float32 (b, s, s, 3), labels int64 (b,))`, one pass.
 
@@ -57,6 +58,8 @@ def make_dataset(
         of the uncompressed split; turn off for splits that do not fit in memory).
       with_slide_positions: add a third element, `{name: (b,) tensor}` of the
         `preprocessing.SLIDE_POSITION_FEATURES` (DataError when the examples lack them).
+      with_patients: add a third element `{features.PATIENT_ID: (b,) tensor}` (with
+        `with_slide_positions` the patient is among the positions already).
     """
     files = sorted(path for pattern in file_pattern for path in tf.io.gfile.glob(pattern))
     if not files:
@@ -67,8 +70,9 @@ def make_dataset(
         raise DataError(f"slide context needs the slide positions {', '.join(missing)} in the examples "
                         "(IDC patch records have them)")
     # Only what is used is parsed (training batches need no patient ids or positions).
-    used = (preprocessing.TRANSFORMED_IMAGE, preprocessing.TRANSFORMED_LABEL) + (
-        preprocessing.SLIDE_POSITION_FEATURES if with_slide_positions else ())
+    extra = preprocessing.SLIDE_POSITION_FEATURES if with_slide_positions else (
+        (features.PATIENT_ID,) if with_patients else ())
+    used = (preprocessing.TRANSFORMED_IMAGE, preprocessing.TRANSFORMED_LABEL) + extra
     feature_spec = {name: all_features[name] for name in used}
     dataset = tf.data.TFRecordDataset(files, compression_type="GZIP", num_parallel_reads=tf.data.AUTOTUNE)
     if cache:
@@ -82,9 +86,8 @@ def make_dataset(
             batch[preprocessing.TRANSFORMED_IMAGE], transform_size, model_size
         )
         labels = tf.reshape(batch[preprocessing.TRANSFORMED_LABEL], [-1])
-        if with_slide_positions:
-            return images, labels, {name: tf.reshape(batch[name], [-1])
-                                    for name in preprocessing.SLIDE_POSITION_FEATURES}
+        if extra:
+            return images, labels, {name: tf.reshape(batch[name], [-1]) for name in extra}
         return images, labels
 
     return dataset.batch(batch_size).map(to_model_input, num_parallel_calls=tf.data.AUTOTUNE).prefetch(

@@ -2,7 +2,9 @@
 contract in `models.exported`).
 
 The two signatures share one traced model call. `decision_score` is the probability
-re-centred so the decision threshold maps to 0.5 (for TFMA). A model exported with
+re-centred so the decision threshold maps to 0.5 (for TFMA); `uncertainty` and
+`not_sure` come from the abstention band stored at export (`models.abstention`). A model
+exported with
 test-time augmentation returns means over the 8 symmetries of the square
 (`make_predictor`).
 
@@ -25,16 +27,18 @@ import tf_keras as keras
 from histopath import fileio
 from histopath.data import features
 from histopath.errors import ConfigError
-from histopath.models import image_ops, mil
+from histopath.models import abstention, image_ops, mil
 from histopath.models import registry
 from histopath.models.exported import (
     MODEL_INFO_PATH,
+    NOT_SURE,
     SAVED_MODEL_FILE,
     SERVING_DEFAULT,
     SERVING_EXAMPLES,
     TILE_PROBABILITY,
     TISSUE_DETECTED,
     TISSUE_FRACTION,
+    UNCERTAINTY,
 )
 from histopath.models.keras_utils import skip_autograph_for_tf_keras
 
@@ -54,6 +58,14 @@ def _decision_score(probability: tf.Tensor, threshold: tf.Tensor) -> tf.Tensor:
     p = tf.clip_by_value(probability, epsilon, 1.0 - epsilon)
     t = tf.clip_by_value(threshold, epsilon, 1.0 - epsilon)
     return tf.sigmoid(logit(p) - logit(t))
+
+
+def _uncertainty(probability: tf.Tensor, threshold: tf.Tensor) -> tf.Tensor:
+    """`abstention.uncertainty` in the graph: 1 at the threshold, 0 at 0 or 1."""
+    below = tf.math.divide_no_nan(probability, threshold)
+    above = tf.where(threshold < 1.0, tf.math.divide_no_nan(1.0 - probability, 1.0 - threshold),
+                     tf.ones_like(probability))
+    return tf.clip_by_value(tf.where(probability < threshold, below, above), 0.0, 1.0)
 
 
 def tile_outputs(model: keras.Model) -> List[str]:
@@ -137,7 +149,7 @@ class _ServingModule(tf.Module):
 
     def __init__(self, model: keras.Model, preprocess: Callable[[tf.Tensor], tf.Tensor],
                  decision_threshold: float, grid_shape: Optional[Sequence[int]],
-                 test_time_augmentation: bool):
+                 test_time_augmentation: bool, band: Optional[Mapping[str, float]] = None):
         super().__init__(name="histopath_serving")
         # Track the variables (not the Keras layers): see the module docstring.
         self.model_variables = [getattr(v, "_variable", v) for v in model.variables]
@@ -145,6 +157,10 @@ class _ServingModule(tf.Module):
             self.preprocess_module = preprocess  # tracks e.g. TF-Transform tables/assets
         self.decision_threshold = tf.Variable(
             float(decision_threshold), dtype=tf.float32, trainable=False, name="decision_threshold")
+        if band is not None:  # "not sure" when abstain_low <= probability <= abstain_high
+            self.abstain_low = tf.Variable(float(band["low"]), dtype=tf.float32, trainable=False, name="abstain_low")
+            self.abstain_high = tf.Variable(float(band["high"]), dtype=tf.float32, trainable=False,
+                                            name="abstain_high")
         size = model.input_shape[1:3]
         predict = make_predictor(model, test_time_augmentation)
 
@@ -153,13 +169,19 @@ class _ServingModule(tf.Module):
             outputs = predict(images)
             probability = outputs["probability"]
             tissue = image_ops.tissue_fraction(images)
+            tissue_detected = tf.cast(tissue >= image_ops.MIN_IMAGE_TISSUE_FRACTION, tf.int64)
+            # An image without tissue keeps that answer: it is never "not sure".
+            in_band = (tf.cast((probability >= self.abstain_low) & (probability <= self.abstain_high), tf.int64)
+                       if band is not None else tf.zeros_like(tissue_detected))
             result = {
                 "probability": probability,
                 "label": tf.cast(probability >= self.decision_threshold, tf.int64),
                 "decision_score": _decision_score(probability, self.decision_threshold),
                 # No class for an image without tissue (blank, glass only): callers say so.
                 TISSUE_FRACTION: tissue,
-                TISSUE_DETECTED: tf.cast(tissue >= image_ops.MIN_IMAGE_TISSUE_FRACTION, tf.int64),
+                TISSUE_DETECTED: tissue_detected,
+                UNCERTAINTY: _uncertainty(probability, self.decision_threshold),
+                NOT_SURE: in_band * tissue_detected,
             }
             if grid_shape is not None:
                 result.update({key: outputs[key] for key in tile_outputs(model)})
@@ -190,6 +212,7 @@ def export_serving_model(
     model_info: Mapping[str, Any],
     decision_threshold: float = 0.5,
     test_time_augmentation: bool = False,
+    abstention_band: Optional[Mapping[str, Any]] = None,
 ) -> None:
     """Writes the serving SavedModel and `assets.extra/model_info.json` to `export_dir`.
 
@@ -209,15 +232,24 @@ def export_serving_model(
       decision_threshold: probability at or above which `label` is 1 (malignant).
       test_time_augmentation: predict the mean over the 8 symmetries of the square (see
         `make_predictor`); recorded in `model_info`.
+      abstention_band: the "not sure" band, `{"low", "high"}` (e.g. the result of
+        `abstention.choose_band`, recorded whole as `model_info["abstention"]`): `not_sure`
+        is 1 for `low <= probability <= high` when the image shows tissue. None (or a
+        result without a band): `not_sure` is always 0.
 
     Raises:
-      ConfigError: invalid `model_info` or threshold, or the model kind disagrees with
-        the model.
+      ConfigError: invalid `model_info`, threshold or band, or the model kind disagrees
+        with the model.
     """
     info = _complete_model_info(model, model_info, decision_threshold)
     info["test_time_augmentation"] = bool(test_time_augmentation)
+    try:
+        band = abstention.validate_band(abstention.band_of(abstention_band))
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
+    info["abstention"] = {**(abstention_band or {}), **(band or {"low": None, "high": None})}
     grid_shape = info.get("grid_shape")
-    module = _ServingModule(model, preprocess, decision_threshold, grid_shape, test_time_augmentation)
+    module = _ServingModule(model, preprocess, decision_threshold, grid_shape, test_time_augmentation, band)
     signatures = {
         SERVING_DEFAULT: module.serve_image_bytes.get_concrete_function(),
         SERVING_EXAMPLES: module.serve_examples.get_concrete_function(),
@@ -260,7 +292,8 @@ def _complete_model_info(model: keras.Model, model_info: Mapping[str, Any], thre
         SERVING_DEFAULT: {"input": "image_bytes"},
         SERVING_EXAMPLES: {"input": "examples", "feature": features.IMAGE},
     }
-    info["outputs"] = (["probability", "label", "decision_score", TISSUE_FRACTION, TISSUE_DETECTED]
+    info["outputs"] = (["probability", "label", "decision_score", TISSUE_FRACTION, TISSUE_DETECTED, UNCERTAINTY,
+                        NOT_SURE]
                        + tile_outputs(model) + (["grid_shape"] if bagger else []))
     info["min_tissue_fraction"] = image_ops.MIN_IMAGE_TISSUE_FRACTION
     if bagger is not None:

@@ -12,7 +12,7 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from histopath.models import export, exported, image_ops, mil, config as model_config
+from histopath.models import abstention, export, exported, image_ops, mil, config as model_config
 import synthetic_images
 from histopath.data import features
 from histopath.errors import ConfigError, DataError
@@ -50,14 +50,18 @@ def densenet_export(densenet_32, tmp_path_factory):
     export.export_serving_model(
         densenet_32, path, preprocess=lambda b: image_ops.decode_and_resize(b, 32),
         model_info={"model_kind": "densenet", "model_name": "idc_densenet", "dataset": "idc"},
-        decision_threshold=0.3)
+        decision_threshold=0.3, abstention_band=DENSENET_BAND)
     return path, exported.load(path)
+
+
+DENSENET_BAND = {"low": 0.25, "high": 0.5, "rule": "a test band", "coverage": 0.9}
 
 
 def test_densenet_export_matches_the_in_memory_model(densenet_32, densenet_export, encoded_images):
     _, loaded = densenet_export
     outputs = loaded.serving_fn(image_bytes=tf.constant(encoded_images))
-    assert set(outputs) == {"probability", "label", "decision_score", "tissue_fraction", "tissue_detected"}
+    assert set(outputs) == {"probability", "label", "decision_score", "tissue_fraction", "tissue_detected",
+                            "uncertainty", "not_sure"}
     assert outputs["probability"].dtype == tf.float32 and outputs["probability"].shape == (3,)
     np.testing.assert_array_equal(outputs["tissue_detected"].numpy(), [1, 1, 1])
     assert np.all(outputs["tissue_fraction"].numpy() > image_ops.MIN_IMAGE_TISSUE_FRACTION)
@@ -70,9 +74,14 @@ def test_densenet_export_matches_the_in_memory_model(densenet_32, densenet_expor
     logit = lambda x: np.log(x) - np.log1p(-x)  # noqa: E731
     np.testing.assert_allclose(
         outputs["decision_score"].numpy(), 1 / (1 + np.exp(-(logit(expected) - logit(0.3)))), atol=1e-5)
+    assert outputs["uncertainty"].dtype == tf.float32 and outputs["not_sure"].dtype == tf.int64
+    np.testing.assert_allclose(outputs["uncertainty"].numpy(), abstention.uncertainty(expected, 0.3), atol=1e-5)
+    np.testing.assert_array_equal(outputs["not_sure"].numpy(), abstention.not_sure(expected, DENSENET_BAND))
     from_examples = loaded.examples_fn(examples=tf.constant([_example(b) for b in encoded_images]))
     np.testing.assert_allclose(from_examples["probability"].numpy(), outputs["probability"].numpy(), atol=1e-6)
     np.testing.assert_array_equal(from_examples["label"].numpy(), outputs["label"].numpy())
+    np.testing.assert_array_equal(from_examples["not_sure"].numpy(), outputs["not_sure"].numpy())
+    assert loaded.model_info["abstention"] == DENSENET_BAND
 
 
 def test_densenet_export_layout_and_model_info(densenet_export):
@@ -94,11 +103,12 @@ def test_densenet_export_layout_and_model_info(densenet_export):
 def test_predict_bytes_helper_and_bad_images(densenet_export, encoded_images):
     _, loaded = densenet_export
     rows = exported.predict_bytes(loaded, encoded_images)
-    assert [set(r) for r in rows] == [{"probability", "label", "label_name", "tissue_fraction", "tissue_detected"}] * 3
+    assert [set(r) for r in rows] == [{"probability", "label", "label_name", "tissue_fraction", "tissue_detected",
+                                       "uncertainty", "not_sure"}] * 3
     assert all(r["label_name"] == ("malignant" if r["label"] else "benign") for r in rows)
     blank = exported.predict_bytes(loaded, [_png(np.full((40, 40, 3), 245, np.uint8))])[0]
     assert blank["tissue_detected"] is False and blank["tissue_fraction"] < image_ops.MIN_IMAGE_TISSUE_FRACTION
-    assert blank["label"] is None and blank["label_name"] == exported.NO_TISSUE
+    assert blank["label"] is None and blank["label_name"] == exported.NO_TISSUE and blank["not_sure"] is False
     with pytest.raises(DataError, match=r"broken\.png: cannot decode image"):
         exported.predict_bytes(loaded, [encoded_images[0], encoded_images[1][:40]], names=["ok.png", "broken.png"])
     assert exported.predict_bytes(loaded, []) == []
@@ -123,7 +133,7 @@ def test_mil_export_parity_attention_and_grid(mil_setup):
     encoded = [_png(bag), _png(synthetic_images.tissue_image(rng, 80, False))]
     outputs = loaded.serving_fn(image_bytes=tf.constant(encoded))
     assert set(outputs) == {"probability", "label", "decision_score", "tissue_fraction", "tissue_detected",
-                            "attention", "grid_shape"}
+                            "uncertainty", "not_sure", "attention", "grid_shape"}
     assert outputs["attention"].shape == (2, 16) and outputs["attention"].dtype == tf.float32
     assert outputs["grid_shape"].dtype == tf.int32
     np.testing.assert_array_equal(outputs["grid_shape"].numpy(), [[4, 4], [4, 4]])
@@ -190,7 +200,7 @@ def test_mil_with_an_instance_classifier_also_returns_tile_probabilities(tmp_pat
                                 model_info={"model_kind": "mil"})
     loaded = exported.load(path)
     assert loaded.model_info["outputs"] == ["probability", "label", "decision_score", "tissue_fraction",
-                                            "tissue_detected", "attention",
+                                            "tissue_detected", "uncertainty", "not_sure", "attention",
                                             "tile_probability", "grid_shape"]
     encoded = [_png(bag)]
     served = loaded.serving_fn(image_bytes=tf.constant(encoded))
@@ -206,6 +216,36 @@ def test_mil_with_an_instance_classifier_also_returns_tile_probabilities(tmp_pat
     for variant, grid in zip(_symmetries(bag), grids):
         moved = averaged(tf.constant(variant[None]))["tile_probability"].numpy().reshape(4, 4)
         np.testing.assert_allclose(moved, grid, atol=1e-6)
+
+
+def test_a_band_over_everything_is_not_sure_of_tissue_but_not_of_a_black_image(mil_setup, tmp_path):
+    model, _ = mil_setup
+    path = str(tmp_path / "1")
+    export.export_serving_model(model, path, preprocess=lambda b: image_ops.decode_and_resize(b, 64),
+                                model_info={"model_kind": "mil"}, decision_threshold=0.5,
+                                abstention_band={"low": 0.0, "high": 1.0})
+    loaded = exported.load(path)
+    tissue = _png(synthetic_images.tissue_image(np.random.default_rng(3), 64, True))
+    black = _png(np.zeros((64, 64, 3)))
+    rows = exported.predict_bytes(loaded, [tissue, black])
+    assert [row["not_sure"] for row in rows] == [True, False]  # the black image keeps "no tissue"
+    assert rows[1]["label_name"] == exported.NO_TISSUE
+    assert rows[0]["uncertainty"] == pytest.approx(float(abstention.uncertainty(rows[0]["probability"], 0.5)),
+                                                   abs=1e-5)
+    with pytest.raises(ConfigError, match="0 <= low <= high <= 1"):
+        export.export_serving_model(model, str(tmp_path / "2"), preprocess=lambda b: image_ops.decode_and_resize(b, 64),
+                                    model_info={"model_kind": "mil"}, abstention_band={"low": 0.6, "high": 0.4})
+
+
+def test_without_a_band_the_model_is_never_not_sure(mil_setup, tmp_path):
+    model, _ = mil_setup
+    path = str(tmp_path / "1")
+    export.export_serving_model(model, path, preprocess=lambda b: image_ops.decode_and_resize(b, 64),
+                                model_info={"model_kind": "mil"}, decision_threshold=0.5)
+    loaded = exported.load(path)
+    encoded = [_png(synthetic_images.tissue_image(np.random.default_rng(s), 64, s % 2 == 0)) for s in range(4)]
+    assert [row["not_sure"] for row in exported.predict_bytes(loaded, encoded)] == [False] * 4
+    assert loaded.model_info["abstention"] == {"low": None, "high": None}
 
 
 def test_test_time_augmentation_of_densenet_is_invariant(densenet_32):

@@ -12,7 +12,10 @@ model server waits for, so a push in progress is never picked up). Its signature
 
 both returning `probability` float32 [None], `label` int64 [None] (probability >= the
 model's decision threshold), `decision_score` float32 [None], `tissue_fraction` float32
-[None] and `tissue_detected` int64 [None] (0: no tissue, so no class) and, for MIL models,
+[None], `tissue_detected` int64 [None] (0: no tissue, so no class), `uncertainty` float32
+[None] (1 at the threshold, 0 at probability 0 or 1) and `not_sure` int64 [None] (1: the
+probability is inside the model's abstention band, `model_info["abstention"]`: the answer
+is "not sure — needs a pathologist's review"; 0 for an image without tissue) and, for MIL models,
 `attention` float32 [None, n_tiles], `grid_shape` int32 [None, 2] and, with an instance
 classifier, `tile_probability` float32 [None, n_tiles]. `models.export` writes this
 layout; the CLI (`evaluate`, `predict`), the model server and the web app read it here.
@@ -39,6 +42,9 @@ TILE_PROBABILITY = "tile_probability"
 TISSUE_FRACTION = "tissue_fraction"  # share of tissue pixels in the image the model saw
 NO_TISSUE = "no tissue detected"  # what a caller shows instead of a class
 TISSUE_DETECTED = "tissue_detected"  # 1 when that share reaches the model's minimum: only then is it classified
+UNCERTAINTY = "uncertainty"  # 1 at the decision threshold, 0 at probability 0 or 1
+NOT_SURE = "not_sure"  # 1: inside the abstention band, "needs a pathologist's review"
+NOT_SURE_TEXT = "Not sure — needs a pathologist's review"  # what a caller shows for it
 
 
 def version_number(name: str) -> Optional[int]:
@@ -178,7 +184,8 @@ def predict_bytes(
       names: optional names of the images (e.g. file names) for error messages.
 
     Returns:
-      One dict per image: "probability" (float), "label" (int), "label_name" (str) and,
+      One dict per image: "probability" (float), "label" (int), "label_name" (str),
+      "tissue_fraction", "tissue_detected", "uncertainty" (float), "not_sure" (bool) and,
       for MIL models, "attention" (list of floats, row-major tiles) and "grid_shape"
       ([rows, cols]), and "tile_probability" (list of floats) when the model has it.
 
@@ -215,6 +222,9 @@ def predict_bytes(
             row[TISSUE_DETECTED] = bool(outputs[TISSUE_DETECTED][index])
             if not row[TISSUE_DETECTED]:  # an answer without tissue is no answer
                 row.update(label=None, label_name=NO_TISSUE)
+        if NOT_SURE in outputs:  # models exported before the band have neither
+            row[UNCERTAINTY] = float(outputs[UNCERTAINTY][index])
+            row[NOT_SURE] = bool(outputs[NOT_SURE][index])
         if "attention" in outputs:
             row["attention"] = [float(a) for a in outputs["attention"][index].numpy()]
             row["grid_shape"] = [int(g) for g in outputs["grid_shape"][index].numpy()]

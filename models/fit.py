@@ -28,7 +28,7 @@ from histopath import fileio
 from histopath.data import features
 from histopath.evaluation import operating_point, slide_context
 from histopath.evaluation.metrics import roc_auc
-from histopath.models import cross_validation, datasets, registry
+from histopath.models import abstention, cross_validation, datasets, registry
 from histopath.models.config import CandidateSettings, TrainingConfig
 from histopath.models.export import make_predictor
 from histopath.models.keras_utils import resolve_precision
@@ -83,10 +83,10 @@ def train_candidate(settings: CandidateSettings, train_files: Sequence[str], eva
         refit_data = (datasets.PatientExamples.join(train_data, eval_data), eval_data)
         cv_block = _cross_validate(settings, model_config, training_config, refit_data[0], run_dir)
     if cv_block is not None and settings.refit_on_all:
-        model, history, threshold, eval_split, context = _refit(
+        model, history, threshold, eval_split, context, held_out = _refit(
             model_config, training_config, cv_block, *refit_data, run_dir)
     else:
-        model, history, threshold, eval_split, context = _fit_on_splits(
+        model, history, threshold, eval_split, context, held_out = _fit_on_splits(
             settings, model_config, training_config, train_files, eval_files, tf_transform_output, run_dir)
     module = registry.get(settings.model_kind).module()
     if hasattr(module, "save_extras"):
@@ -104,6 +104,7 @@ def train_candidate(settings: CandidateSettings, train_files: Sequence[str], eva
     if cv_block is not None:
         predictions = cv_block.pop("predictions")
         info["cross_validation"] = cv_block
+    info["abstention"] = choose_abstention(settings, float(threshold), predictions, held_out)
     return TrainedCandidate(model, float(threshold), info, predictions)
 
 
@@ -134,7 +135,31 @@ def _refit(model_config: Any, training_config: TrainingConfig, cv_block: dict[st
                                  cross_validation.fixed_epochs(training_config, kept), "refit")
     eval_split = {"images": int(len(eval_data.labels)), "auc": None,
                   "note": "the eval patients are in the refit's training data"}
-    return model, history, cv_block["threshold"], eval_split, None
+    return model, history, cv_block["threshold"], eval_split, None, None
+
+
+def choose_abstention(settings: CandidateSettings, threshold: float, cv_predictions: Optional[Mapping[str, Any]],
+                      eval_predictions: Optional[Mapping[str, Any]]) -> Optional[dict[str, Any]]:
+    """The "not sure" band (`abstention.choose_band`) around `threshold`: on the
+    cross-validated predictions when folds ran (every train and eval image held out
+    once), else on the eval split's; None when neither exists.
+
+    Args:
+      settings: the candidate's settings (`abstention` holds the rule's target and
+        minimum coverage).
+      threshold: the exported model's decision threshold.
+      cv_predictions, eval_predictions: {"labels", "patients", "probability"} or None.
+    """
+    source, chosen_on = (cv_predictions, "cv") if cv_predictions is not None else (eval_predictions, "eval")
+    if source is None:
+        return None
+    config = settings.abstention_config()
+    chosen = abstention.choose_band(source["labels"], source["probability"], source["patients"], threshold,
+                                    config.target_balanced_accuracy, config.min_coverage, chosen_on)
+    logger.info("%s: not-sure band [%s, %s] on %s predictions: coverage %.3f, answered balanced accuracy %.3f%s",
+                settings.model_kind, chosen["low"], chosen["high"], chosen_on, chosen["coverage"],
+                chosen["balanced_accuracy"], "" if chosen["reached"] else " (target not reached)")
+    return chosen
 
 
 def _fit_on_splits(settings: CandidateSettings, model_config: Any, training_config: TrainingConfig,
@@ -143,12 +168,13 @@ def _fit_on_splits(settings: CandidateSettings, model_config: Any, training_conf
     """The model trained on the train split watching the eval split, with the threshold
     (and, for IDC, the slide-context setting) chosen on the eval split as exported."""
 
-    def dataset(files: Sequence[str], shuffle: bool, with_slide_positions: bool = False) -> tf.data.Dataset:
+    def dataset(files: Sequence[str], shuffle: bool, with_slide_positions: bool = False,
+                with_patients: bool = False) -> tf.data.Dataset:
         return datasets.make_dataset(
             list(files), tf_transform_output, batch_size=training_config.batch_size,
             transform_size=settings.transform_size, model_size=int(model_config.image_size), shuffle=shuffle,
             seed=training_config.seed, cache=training_config.cache_examples,
-            with_slide_positions=with_slide_positions)
+            with_slide_positions=with_slide_positions, with_patients=with_patients)
 
     tf.keras.utils.set_random_seed(training_config.seed)
     model = registry.get(settings.model_kind).module().build(model_config)
@@ -159,7 +185,7 @@ def _fit_on_splits(settings: CandidateSettings, model_config: Any, training_conf
     sigma = float(settings.slide_context_sigma)
     labels, scores, positions = _predict_probabilities(
         make_predictor(model, model_config.test_time_augmentation),
-        dataset(eval_files, False, with_slide_positions=True) if sigma else eval_ds)
+        dataset(eval_files, False, with_slide_positions=bool(sigma), with_patients=True))
     threshold = operating_point.balanced_accuracy_threshold(labels, scores)
     eval_split = {"images": int(len(labels)), "auc": roc_auc(labels, scores)}
     logger.info("%s: decision threshold %.4f chosen on %d eval images; %s", settings.model_kind, threshold,
@@ -167,7 +193,9 @@ def _fit_on_splits(settings: CandidateSettings, model_config: Any, training_conf
     context = slide_context_info(labels, scores, positions, sigma) if sigma else None
     if context is not None:
         logger.info("%s: slide context %s", settings.model_kind, context)
-    return model, history, threshold, eval_split, context
+    held_out = {"labels": labels, "probability": scores, "patients": [
+        p.decode("utf-8") if isinstance(p, bytes) else str(p) for p in positions[features.PATIENT_ID]]}
+    return model, history, threshold, eval_split, context, held_out
 
 
 def slide_context_info(labels: np.ndarray, scores: np.ndarray, positions: Mapping[str, np.ndarray],

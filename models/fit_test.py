@@ -25,3 +25,21 @@ def test_slide_context_threshold_is_chosen_on_the_smoothed_eval_scores():
     assert info["eval_auc"] == roc_auc(labels, smoothed)
     assert info["eval_auc_without"] == roc_auc(labels, scores)
     assert info["eval_auc"] > info["eval_auc_without"]  # neighbours outvote the noise
+
+
+def test_the_not_sure_band_is_chosen_on_the_cross_validated_predictions_when_folds_ran():
+    from histopath.models.config import CandidateSettings
+    from histopath.models.fit import choose_abstention
+
+    settings = CandidateSettings("mil", {}, {}, 64, abstention={"target_balanced_accuracy": 0.95,
+                                                                 "min_coverage": 0.8})
+    # Cross-validated: two wrong images near the threshold; eval split: all right.
+    cv = {"labels": [0, 0, 1, 1, 1, 0, 0, 1, 0, 1], "patients": list("abcdefghij"),
+          "probability": [0.05, 0.1, 0.9, 0.95, 0.45, 0.6, 0.2, 0.8, 0.3, 0.7]}
+    eval_split = {"labels": [0, 1], "patients": ["k", "l"], "probability": [0.2, 0.9]}
+    chosen = choose_abstention(settings, 0.5, cv, eval_split)
+    assert chosen["chosen_on"] == "cv" and (chosen["low"], chosen["high"]) == (0.4, 0.6)
+    assert chosen["coverage"] == 0.8 and chosen["images"] == 10
+    on_eval = choose_abstention(settings, 0.5, None, eval_split)
+    assert on_eval["chosen_on"] == "eval" and on_eval["low"] is None and on_eval["coverage"] == 1.0
+    assert choose_abstention(settings, 0.5, None, None) is None
