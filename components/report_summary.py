@@ -1,4 +1,5 @@
-"""The run report's human-readable parts: the Markdown summary and the ROC plot."""
+"""The run report's human-readable parts: the Markdown summary, the ROC plot and the
+accuracy-against-coverage plot of each candidate's "not sure" band."""
 
 import json
 from typing import Any
@@ -18,6 +19,46 @@ def plot_roc(curves: dict[str, dict[str, Any]], path: str) -> None:
             auc=summary["metrics"]["overall"].get("auc"),
             n_items=int(summary["metrics"]["overall"].get("example_count", 0)))
     plots.plot_roc(roc_curves, path, title="ROC on the test patients")
+
+
+def plot_coverage(candidates: dict[str, dict[str, Any]], path: str) -> bool:
+    """One accuracy-against-coverage plot (images) with a curve and the band's operating
+    point per candidate that has a `model_info["abstention"]`; False when none has."""
+    from histopath.evaluation import plots
+
+    curves = {f"{name} ({block['chosen_on']})": plots.coverage_curves(block, ("images",))["images"]
+              for name, candidate in candidates.items() if (block := candidate.get("abstention"))}
+    if not curves:
+        return False
+    targets = {c["abstention"].get("target_balanced_accuracy") for c in candidates.values() if c.get("abstention")}
+    plots.plot_coverage(curves, path, title="Accuracy against coverage on the held-out predictions",
+                        target=targets.pop() if len(targets) == 1 else None)
+    return True
+
+
+def _abstention_lines(candidates: dict[str, dict[str, Any]]) -> list[str]:
+    """A row per candidate: its "not sure" band and the operating point it was chosen at."""
+    rows = {name: c["abstention"] for name, c in candidates.items() if c.get("abstention")}
+    if not rows:
+        return []
+    lines = ["", "\"Not sure\" band (answers inside it need a pathologist's review), chosen on held-out "
+             "predictions (cv: the cross-validated ones; eval: the eval split); accuracy against coverage in "
+             "coverage.png:", "",
+             "| model | chosen on | band | coverage | balanced acc. answered | patients answered | "
+             "patients' balanced acc. answered | target reached |", "|---|---|---|---|---|---|---|---|"]
+    for name, block in rows.items():
+        band = "none" if block.get("low") is None else f"[{block['low']:.3f}, {block['high']:.3f}]"
+        cells = [_number(block.get(key)) for key in ("coverage", "balanced_accuracy", "patient_coverage",
+                                                     "patient_balanced_accuracy")]
+        target = block.get("target_balanced_accuracy")
+        reached = "-" if target is None else f"{'yes' if block.get('reached') else 'no'} ({target:g}, " \
+            f"coverage >= {block.get('min_coverage', 0):g})"
+        lines.append(f"| {name} | {block.get('chosen_on', '-')} | {band} | " + " | ".join(cells) + f" | {reached} |")
+    return lines
+
+
+def _number(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
 
 
 def render_summary(report: dict[str, Any]) -> str:
@@ -61,6 +102,7 @@ def render_summary(report: dict[str, Any]) -> str:
             lines.append(f"| {name} | {cv['patients']} | {cv['images']} | {cv['auc']:.3f}"
                          + (f" [{interval[0]:.3f}, {interval[1]:.3f}]" if interval else "") + " |")
             warnings += [f"{name} cross-validation: {warning}" for warning in cv.get("warnings", [])]
+    lines += _abstention_lines(report["candidates"])
     lines += [f"Warning: {warning}" for warning in dict.fromkeys(warnings)]
     anomalies = report["anomalies"]
     lines += ["", "Data anomalies: " + ("none" if not anomalies else json.dumps(anomalies))]

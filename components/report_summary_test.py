@@ -28,3 +28,22 @@ def test_summary_warns_how_cross_validation_was_adapted():
     text = report_summary.render_summary(report)
     assert "| cnn | 4 | 40 | 0.750 [0.500, 0.900] |" in text
     assert "Warning: cnn cross-validation: 5-fold cross-validation asked for, 2 folds" in text
+
+
+def test_summary_and_plot_show_each_candidates_not_sure_band(tmp_path):
+    from histopath.models import abstention
+
+    probability = [0.05, 0.1, 0.9, 0.95, 0.45, 0.6, 0.2, 0.8, 0.3, 0.7]
+    chosen = abstention.choose_band([0, 0, 1, 1, 1, 0, 0, 1, 0, 1], probability, list("abcdefghij"), 0.5,
+                                    0.95, 0.8, chosen_on="cv")
+    report = {"created": "now", "data": None, "retrained": True, "winner": "mil", "reason": "r",
+              "already_serving": False, "pushed": {"pushed": False, "destination": "", "version": ""},
+              "anomalies": {}, "candidates": {
+                  "mil": {"blessed": True, "metrics": {"overall": {}}, "abstention": chosen},
+                  "cnn": {"blessed": True, "metrics": {"overall": {}}, "abstention": None}}}
+    text = report_summary.render_summary(report)
+    assert "| mil | cv | [0.400, 0.600] | 0.800 | 1.000 | 0.800 | 1.000 | yes (0.95, coverage >= 0.8) |" in text
+    assert "| cnn | cv" not in text
+    assert report_summary.plot_coverage(report["candidates"], str(tmp_path / "coverage.png"))
+    assert (tmp_path / "coverage.png").read_bytes()[:4] == b"\x89PNG"
+    assert not report_summary.plot_coverage({"cnn": {"abstention": None}}, str(tmp_path / "none.png"))

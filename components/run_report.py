@@ -1,8 +1,10 @@
-"""`RunReport`: what a run produced, for people — `report.json`, `summary.md`, `roc.png`.
+"""`RunReport`: what a run produced, for people — `report.json`, `summary.md`, `roc.png`,
+`coverage.png`.
 
 Metrics of every candidate (overall with patient-bootstrap intervals, per magnification,
 per patient), how many test patients of each class they rest on, which one won and why,
-where it was pushed, and what ExampleValidator found.
+where it was pushed, what ExampleValidator found, and each candidate's "not sure" band
+with its accuracy against coverage on the held-out predictions it was chosen on.
 """
 
 import json
@@ -16,12 +18,12 @@ from histopath import fileio
 from histopath.components.anomaly_gate import SUMMARY_FILE as ANOMALIES_FILE
 from histopath.components.artifacts import IngestReport, RunReportArtifact
 from histopath.components.ingest import REPORT_FILE as INGEST_REPORT_FILE
-from histopath.components.report_summary import plot_roc, render_summary
+from histopath.components.report_summary import plot_coverage, plot_roc, render_summary
 from histopath.components.tfma_results import evaluation_summary
 from histopath.components.winner_selection import SELECTION_FILE
 from histopath.data.span_store import write_trained
 
-REPORT_JSON, SUMMARY_MD, ROC_PNG = "report.json", "summary.md", "roc.png"
+REPORT_JSON, SUMMARY_MD, ROC_PNG, COVERAGE_PNG = "report.json", "summary.md", "roc.png", "coverage.png"
 
 
 def _read_json(folder: str, name: str) -> Any:
@@ -66,7 +68,8 @@ def RunReport(
             },
             rule=chosen.get("rule", "test_auc"),
             candidates={name: {"blessed": chosen["candidates"][name]["blessed"],
-                               "cross_validation": chosen["candidates"][name].get("cross_validation"), **summary}
+                               "cross_validation": chosen["candidates"][name].get("cross_validation"),
+                               "abstention": chosen["candidates"][name].get("abstention"), **summary}
                         for name, summary in summaries.items()},
             anomalies=_read_json(anomalies.uri, ANOMALIES_FILE) if anomalies is not None else {},
         )
@@ -74,6 +77,7 @@ def RunReport(
     fileio.write_text(fileio.join(report.uri, SUMMARY_MD), render_summary(content))
     if summaries:
         plot_roc(summaries, fileio.join(report.uri, ROC_PNG))
+        plot_coverage(content["candidates"], fileio.join(report.uri, COVERAGE_PNG))
     if content["retrained"] and examples is not None and examples.has_custom_property("span_store"):
         write_trained(examples.get_string_custom_property("span_store"),
                       json.loads(examples.get_string_custom_property("spans")))

@@ -123,6 +123,15 @@ def _read_cross_validation(model_uri: str) -> dict[str, Any] | None:
     return fileio.read_json(path) if fileio.exists(path) else None
 
 
+def _read_abstention(model_uri: str) -> dict[str, Any] | None:
+    """The "not sure" band the Trainer exported (`model_info["abstention"]`: its operating
+    point and accuracy-against-coverage curve on the held-out predictions), or None."""
+    from histopath.models.exported import MODEL_INFO_PATH
+
+    path = fileio.join(model_uri, SERVING_MODEL_DIR, MODEL_INFO_PATH)
+    return fileio.read_json(path).get("abstention") if fileio.exists(path) else None
+
+
 def _candidates(input_dict: Mapping[str, list]) -> dict[str, dict[str, Any]]:
     """Each candidate present among the inputs, with what the rule and the report read."""
     candidates: dict[str, dict[str, Any]] = {}
@@ -138,6 +147,7 @@ def _candidates(input_dict: Mapping[str, list]) -> dict[str, dict[str, Any]]:
             "model_id": model.id,
             "evaluation_uri": evaluation.uri,
             "cross_validation": _read_cross_validation(model.uri),
+            "abstention": _read_abstention(model.uri),
         }
     return candidates
 

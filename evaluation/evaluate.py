@@ -120,6 +120,7 @@ def evaluate_model(
             context.report["tumour_fraction"] = tumour_fraction_evaluation(
                 labels, (context.scores >= context.report["decision_threshold"]).astype(int), patient_ids,
                 bootstrap=bootstrap, seed=seed)
+    abstained = coverage_evaluation(loaded.model_info, labels, scores, patient_ids, threshold)
     return {
         "histopath_version": __version__,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -138,19 +139,44 @@ def evaluate_model(
         "images": [
             {"path": f.relative_path, "patient_id": f.patient_id, "label": int(f.label),
              "probability": float(row["probability"]), "prediction": int(row["label"]),
+             "not_sure": int(row.get(exported.NOT_SURE, False)),
              **({} if context is None else {"context_probability": float(context.scores[index])})}
             for index, (f, row) in enumerate(kept)
         ],
         "failed_images": failed,
+        "abstention": abstained,
         **({} if context is None else {"slide_context": context.report}),
     }
 
 
+def coverage_evaluation(model_info: Mapping[str, Any], labels: Sequence[int], scores: Sequence[float],
+                        patient_ids: Sequence[str], threshold: float) -> Dict[str, Any]:
+    """Accuracy against coverage on the evaluated images (`models.abstention`), and the
+    operating point of the model's own "not sure" band (`model_info["abstention"]`).
+
+    Returns:
+      {"low", "high" (None: the model has no band), "chosen_on" (where the band was chosen),
+      "coverage", "balanced_accuracy", "patient_coverage", "patient_balanced_accuracy" (at
+      the band, on these images), "target_balanced_accuracy", "min_coverage", "curve"}.
+    """
+    from histopath.models import abstention
+
+    stored = model_info.get("abstention") or {}
+    band = abstention.band_of(stored)
+    return {"low": band and band["low"], "high": band and band["high"], "chosen_on": stored.get("chosen_on"),
+            "target_balanced_accuracy": stored.get("target_balanced_accuracy"),
+            "min_coverage": stored.get("min_coverage"),
+            **abstention.operating_point(labels, scores, patient_ids, threshold, band),
+            "curve": abstention.coverage_curve(labels, scores, patient_ids, threshold)}
+
+
 def plot_paths(json_path: str | os.PathLike) -> Dict[str, pathlib.Path]:
-    """Where `write_evaluation` puts the plots: `X.json` -> `X.roc.png`, `X.calibration.png`."""
+    """Where `write_evaluation` puts the plots: `X.json` -> `X.roc.png`, `X.calibration.png`,
+    `X.coverage.png`."""
     path = pathlib.Path(json_path)
     stem = path.name[:-5] if path.name.lower().endswith(".json") else path.name
-    return {"roc": path.with_name(f"{stem}.roc.png"), "calibration": path.with_name(f"{stem}.calibration.png")}
+    return {"roc": path.with_name(f"{stem}.roc.png"), "calibration": path.with_name(f"{stem}.calibration.png"),
+            "coverage": path.with_name(f"{stem}.coverage.png")}
 
 
 def write_evaluation(result: Mapping[str, Any], path: str | os.PathLike) -> Dict[str, pathlib.Path]:
@@ -161,7 +187,7 @@ def write_evaluation(result: Mapping[str, Any], path: str | os.PathLike) -> Dict
       path: the JSON file; plots go next to it (see `plot_paths`).
 
     Returns:
-      {"json", "roc", "calibration"} paths written.
+      {"json", "roc", "calibration", "coverage"} paths written.
     """
     from histopath.evaluation import plots
 
@@ -193,6 +219,9 @@ def write_evaluation(result: Mapping[str, Any], path: str | os.PathLike) -> Dict
     if result["patient_level"].get("reported", True):
         calibrations["patients"] = result["patient_level"]["calibration"]
     plots.plot_calibration(calibrations, targets["calibration"], title=title)
+    levels = ("images", "patients") if result["patient_level"].get("reported", True) else ("images",)
+    plots.plot_coverage(plots.coverage_curves(result["abstention"], levels), targets["coverage"], title=title,
+                        target=result["abstention"].get("target_balanced_accuracy"))
     document = dict(result)
     document["plots"] = {key: str(value) for key, value in targets.items()}
     fileio.write_json(path, document, sort_keys=False, allow_nan=False)
@@ -205,6 +234,26 @@ SUMMARY_PATIENTS = 30  # per-patient lines `summary_lines` prints; the JSON has 
 def _with_interval(entry: Mapping[str, Any]) -> str:
     interval = f" [{entry['ci_low']:.3f}, {entry['ci_high']:.3f}]" if entry.get("ci_low") is not None else ""
     return f"{entry['value']:.3f}{interval}"
+
+
+def _coverage_lines(block: Optional[Mapping[str, Any]]) -> List[str]:
+    """The "not sure" operating point and the accuracy-against-coverage curve, for the terminal."""
+    if not block:
+        return []
+
+    def number(value: Optional[float]) -> str:
+        return "n/a" if value is None else f"{value:.3f}"
+
+    if block["low"] is None:
+        lines = ["not sure: the model has no band (it answers every image)"]
+    else:
+        lines = [f"not sure: band [{block['low']:.3f}, {block['high']:.3f}] (chosen on {block['chosen_on']}): "
+                 f"coverage {number(block['coverage'])}, balanced accuracy answered "
+                 f"{number(block['balanced_accuracy'])}; patients: coverage {number(block['patient_coverage'])}, "
+                 f"balanced accuracy answered {number(block['patient_balanced_accuracy'])}"]
+    lines.append("  accuracy against coverage (images): " + ", ".join(
+        f"{point['coverage']:.2f} -> {number(point['balanced_accuracy'])}" for point in block["curve"]))
+    return lines
 
 
 def summary_lines(result: Mapping[str, Any]) -> List[str]:
@@ -231,6 +280,7 @@ def summary_lines(result: Mapping[str, Any]) -> List[str]:
         if hindsight.get("value") is not None:
             lines.append(f"  in hindsight       balanced accuracy {hindsight['value']:.3f} at threshold "
                          f"{hindsight['threshold']:.3f}, chosen on these labels (a bound, not an operating point)")
+    lines.extend(_coverage_lines(result.get("abstention")))
     for title, block in (("slide level", result.get("tumour_fraction")),
                          ("slide level with slide context", result.get("slide_context", {}).get("tumour_fraction"))):
         if block:

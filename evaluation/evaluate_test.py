@@ -124,7 +124,10 @@ def test_evaluate_model_on_real_breakhis_patients(exported_models, shared_data, 
     assert written["calibration"] == tmp_path / "out" / "real.calibration.png"
     document = json.loads(written["json"].read_text())  # strict JSON: no NaN
     assert document["plots"]["roc"] == str(written["roc"])
-    for key in ("roc", "calibration"):
+    assert written["coverage"] == tmp_path / "out" / "real.coverage.png"
+    assert document["abstention"]["low"] is None and document["abstention"]["coverage"] == 1.0  # no band
+    assert [p["target_coverage"] for p in document["abstention"]["curve"]][0] == 1.0
+    for key in ("roc", "calibration", "coverage"):
         assert written[key].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         shutil.copy(written[key], artifacts_dir / f"evaluation-real-breakhis.{key}.png")
     assert not list((tmp_path / "out").glob(".*tmp*"))  # no temporary files left
@@ -154,3 +157,23 @@ def test_idc_gets_a_slide_level_tumour_fraction_instead_of_a_patient_label(expor
     assert "slide level: tumour fraction called vs labelled, over 3 patients" in lines and "patient level" not in lines
     written = evaluation.write_evaluation(result, tmp_path / "idc.json")
     assert written["calibration"].exists()
+
+
+def test_the_models_band_is_scored_on_the_evaluated_images(tmp_path):
+    # Ten images at threshold 0.5, two wrong ones near it (0.45 malignant, 0.6 benign).
+    probability = [0.05, 0.1, 0.9, 0.95, 0.45, 0.6, 0.2, 0.8, 0.3, 0.7]
+    labels = [0, 0, 1, 1, 1, 0, 0, 1, 0, 1]
+    patients = ["a", "a", "b", "b", "b", "c", "c", "d", "e", "f"]
+    info = {"abstention": {"low": 0.4, "high": 0.6, "chosen_on": "cv", "target_balanced_accuracy": 0.95,
+                           "min_coverage": 0.8, "curve": []}}
+    block = evaluation.coverage_evaluation(info, labels, probability, patients, 0.5)
+    assert (block["low"], block["high"], block["chosen_on"]) == (0.4, 0.6, "cv")
+    assert block["coverage"] == pytest.approx(0.8) and block["balanced_accuracy"] == pytest.approx(1.0)
+    # patient b: mean 0.767 (answered, malignant, right); c: mean 0.4 (not sure)
+    assert block["patient_coverage"] == pytest.approx(5 / 6)
+    assert block["curve"][0]["coverage"] == 1.0 and block["curve"][0]["balanced_accuracy"] == pytest.approx(0.8)
+    lines = evaluation._coverage_lines(block)
+    assert lines[0].startswith("not sure: band [0.400, 0.600] (chosen on cv): coverage 0.800")
+    none = evaluation.coverage_evaluation({}, labels, probability, patients, 0.5)
+    assert none["low"] is None and none["coverage"] == 1.0
+    assert "no band" in evaluation._coverage_lines(none)[0]

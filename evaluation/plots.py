@@ -1,5 +1,5 @@
 """The figures of `histopath evaluate` and of the run report (matplotlib, Agg backend):
-ROC curves and reliability diagrams. Paths may be local or URIs; a figure is written
+ROC curves, reliability diagrams and accuracy against coverage. Paths may be local or URIs; a figure is written
 whole (`fileio.write_bytes`).
 """
 
@@ -131,3 +131,68 @@ def plot_calibration(tables: Mapping[str, Mapping[str, Any]], path: str | os.Pat
     finally:
         plt.close(figure)
     return os.fspath(path)
+
+
+@dataclasses.dataclass
+class CoverageCurve:
+    """Balanced accuracy on the answered cases against coverage (`models.abstention`).
+
+    Attributes:
+      coverage: shares answered (x).
+      balanced_accuracy: balanced accuracy of the answered cases (y; None where undefined).
+      operating_point: (coverage, balanced accuracy) of the model's band, or None.
+    """
+
+    coverage: list
+    balanced_accuracy: list
+    operating_point: Optional[tuple] = None
+
+
+def plot_coverage(curves: Mapping[str, CoverageCurve], path: str | os.PathLike, title: str = "",
+                  target: Optional[float] = None) -> str:
+    """Draws accuracy against coverage, each curve's operating point marked.
+
+    Args:
+      curves: legend name ("images", "patients", a candidate, ...) -> curve.
+      path: PNG to write.
+      title: figure title.
+      target: the band rule's target balanced accuracy (a dotted line), or None.
+
+    Returns:
+      The written path.
+    """
+    plt = _pyplot()
+    figure, axes = plt.subplots(figsize=FIGURE_SIZE)
+    try:
+        if target is not None:
+            axes.axhline(target, color="0.6", linestyle=":", linewidth=1, label=f"target {target:g}")
+        for name, curve in curves.items():
+            colour, style = LEVEL_STYLES.get(name, (None, "-"))
+            pairs = [(c, a) for c, a in zip(curve.coverage, curve.balanced_accuracy) if a is not None]
+            line, = axes.plot([c for c, _ in pairs], [a for _, a in pairs], color=colour, linestyle=style,
+                              marker=".", label=name)
+            point = curve.operating_point
+            if point is not None and point[1] is not None:
+                axes.plot([point[0]], [point[1]], color=line.get_color(), marker="o", markersize=9,
+                          linestyle="none", label=f"{name}: band, coverage {point[0]:.2f}, "
+                                                  f"balanced acc. {point[1]:.3f}")
+        axes.set(xlim=(1.01, 0.45), xlabel="coverage (share answered; the rest 'not sure')",
+                 ylabel="balanced accuracy of the answered cases", title=title or "Accuracy against coverage")
+        axes.grid(alpha=0.3)
+        axes.legend(loc="lower left", fontsize=8)
+        _save(figure, os.fspath(path))
+    finally:
+        plt.close(figure)
+    return os.fspath(path)
+
+
+def coverage_curves(abstention: Mapping[str, Any], levels: tuple = ("images", "patients")) -> dict:
+    """`CoverageCurve`s of a `models.abstention` result ({"curve", "coverage", ...}), per level."""
+    keys = {"images": ("coverage", "balanced_accuracy"),
+            "patients": ("patient_coverage", "patient_balanced_accuracy")}
+    curves = {}
+    for level in levels:
+        x, y = keys[level]
+        curves[level] = CoverageCurve([p[x] for p in abstention["curve"]], [p[y] for p in abstention["curve"]],
+                                      (abstention[x], abstention[y]) if abstention.get("low") is not None else None)
+    return curves

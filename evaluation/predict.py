@@ -199,7 +199,9 @@ def predict_paths(
 
     Yields:
       Per image, in input order: {"file", "probability", "label", "label_name",
-      "tissue_fraction", "tissue_detected", "model_name", "model_version"} (+ "heatmap" and
+      "tissue_fraction", "tissue_detected", "uncertainty", "not_sure" (True: "needs a
+      pathologist's review", the class is then only a leaning), "model_name",
+      "model_version"} (+ "heatmap" and
       "tile_map" paths when written; "label" None and "label_name" "no tissue detected" for
       an image without tissue), or {"file",
       "error", "model_name", "model_version"} for a missing/corrupt/unsupported file.
@@ -231,7 +233,8 @@ def predict_paths(
             row = outcome.prediction
             result = {"file": outcome.path, "probability": row["probability"], "label": row["label"],
                       "label_name": row["label_name"], **tag}
-            for key in (exported.TISSUE_FRACTION, exported.TISSUE_DETECTED):  # label None without tissue
+            for key in (exported.TISSUE_FRACTION, exported.TISSUE_DETECTED,  # label None without tissue
+                        exported.UNCERTAINTY, exported.NOT_SURE):
                 if key in row:
                     result[key] = row[key]
             if heatmaps is not None and "attention" in row and row.get(exported.TISSUE_DETECTED, True):

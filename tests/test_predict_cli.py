@@ -50,7 +50,7 @@ def test_predict_cli_reports_bad_files_and_writes_heatmaps(exported_models, shar
     blank = by_name.pop("blank.png")
     assert (blank["label"], blank["label_name"], blank["tissue_detected"], blank["tissue_fraction"]) == (
         None, "no tissue detected", False, 0.0)
-    assert "heatmap" not in blank
+    assert "heatmap" not in blank and blank["not_sure"] is False
     rows = [r for r in rows if r is not blank]
     assert "corrupt.png" in by_name["corrupt.png"]["error"] and "probability" not in by_name["corrupt.png"]
     assert "no such file" in by_name["missing.png"]["error"]
@@ -61,6 +61,8 @@ def test_predict_cli_reports_bad_files_and_writes_heatmaps(exported_models, shar
         assert row["label"] == int(row["probability"] >= 0.5)
         assert row["label_name"] == ("benign", "malignant")[row["label"]]
         assert row["tissue_detected"] is True and row["tissue_fraction"] > 0
+        assert row["not_sure"] is False  # the test model has no band
+        assert row["uncertainty"] == pytest.approx(1 - abs(row["probability"] - 0.5) / 0.5, abs=1e-5)
         assert (row["model_name"], row["model_version"]) == ("mil", 1)
         heatmap = pathlib.Path(row["heatmap"])
         assert heatmap.parent == heatmaps
@@ -97,7 +99,8 @@ def test_evaluate_cli_on_the_test_split_of_a_manifest(exported_models, tmp_path)
     assert report["data"]["split"] == "test" and report["data"]["split_manifest"] == str(manifest.resolve())
     assert report["image_level"]["n_images"] == 9 and report["bootstrap"]["resamples"] == 200
     assert report["bootstrap"]["warnings"]  # 3 patients: the intervals are flagged as rough
-    for name in ("roc", "calibration"):
+    assert "not sure: the model has no band" in completed.stdout
+    for name in ("roc", "calibration", "coverage"):
         plot = output.with_name(f"mil-test.{name}.png")
         assert report["plots"][name] == str(plot)
         assert Image.open(plot).format == "PNG"
