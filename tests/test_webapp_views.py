@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import io
 import re
+from html import unescape
 
 import numpy as np
 import pytest
@@ -402,3 +403,31 @@ def test_pillow_bomb_refusal_quotes_the_apps_pixel_limit(client):
     assert response.status_code == 400
     text = _errors(response)
     assert "more than the limit of 40,000,000 pixels" in text and "178956970" not in text
+
+
+def test_a_not_sure_answer_asks_for_a_pathologists_review_and_is_recorded(client, shared_data, tmp_path):
+    """A model whose "not sure" band covers every probability ([0, 1]): the page says so,
+    still shows the probability, and the record and the audit trail keep the flag."""
+    from django.test import override_settings
+    from model_exports import export_tiny_mil
+
+    from histopath.serving.webapp.predictions.models import AuditEvent, Prediction
+
+    export_tiny_mil(tmp_path / "unsure" / "1", abstention_band={"low": 0.0, "high": 1.0})
+    path = full_size_images(shared_data, 1)[0]
+    data = path.read_bytes()
+    with override_settings(HISTOPATH_SERVING_DIR=str(tmp_path), HISTOPATH_MODEL_NAME="unsure"):
+        response = client.post("/", {"image": _upload(path.name, data)})
+        assert response.status_code == 200, _errors(response)
+        blank = client.post("/", {"image": _upload("black.png", _png(64, 64, (0, 0, 0)))})
+    expected = reference_outputs(tmp_path / "unsure" / "1", {"image_bytes": np.array([data], dtype=object)})
+    html = unescape(response.content.decode())
+    assert re.search(r'id="result-label"[^>]*>Not sure — needs a pathologist\'s review<', html)
+    assert f"{float(expected['probability'][0]) * 100:.1f} %" in html
+    assert "No tissue detected" in blank.content.decode()  # a black image keeps its own answer
+    unsure, black = Prediction.objects.order_by("id")
+    assert unsure.not_sure and unsure.uncertainty == pytest.approx(float(expected["uncertainty"][0]), abs=1e-6)
+    assert unsure.label_name in ("benign", "malignant") and not black.not_sure
+    audit = AuditEvent.objects.get(kind=AuditEvent.PREDICTION, detail__startswith=f"prediction {unsure.pk}:")
+    assert audit.detail == f"prediction {unsure.pk}: not sure (leaning {unsure.label_name})"
+    assert "Not sure (leaning" in client.get("/history/").content.decode()

@@ -18,7 +18,7 @@ import time
 import numpy as np
 from django.conf import settings
 
-from histopath.models.exported import NO_TISSUE, TISSUE_DETECTED, TISSUE_FRACTION
+from histopath.models.exported import NO_TISSUE, NOT_SURE, TISSUE_DETECTED, TISSUE_FRACTION, UNCERTAINTY
 from histopath.serving.model_store import VERSION_HEADER
 
 LABEL_NAMES = ("benign", "malignant")
@@ -47,6 +47,10 @@ class ModelAnswer:
       grid_shape: MIL tile grid (rows, cols), None for a whole-image model.
       tile_probability: P(malignant) of each tile from a MIL model's instance classifier
         (row-major), None when the model has none.
+      not_sure: the probability is inside the model's "not sure" band: the answer is
+        "needs a pathologist's review" (the label is then only the model's leaning).
+      uncertainty: 1 at the decision threshold, 0 at probability 0 or 1; None from a model
+        exported without it.
     """
 
     probability: float
@@ -59,6 +63,8 @@ class ModelAnswer:
     tile_probability: tuple[float, ...] | None = None
     tissue_detected: bool = True
     tissue_fraction: float | None = None
+    not_sure: bool = False
+    uncertainty: float | None = None
 
 
 def _answer(outputs: dict, model_name: str, version: str, label_names) -> ModelAnswer:
@@ -79,6 +85,8 @@ def _answer(outputs: dict, model_name: str, version: str, label_names) -> ModelA
         tile_probability=tuple(float(value) for value in tiles) if tiles is not None else None,
         tissue_detected=tissue_detected,
         tissue_fraction=float(fraction) if fraction is not None else None,
+        not_sure=bool(outputs.get(NOT_SURE, 0)) and tissue_detected,
+        uncertainty=float(outputs[UNCERTAINTY]) if UNCERTAINTY in outputs else None,
     )
 
 

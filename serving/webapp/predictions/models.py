@@ -44,6 +44,10 @@ class Prediction(AppendOnlyModel):
       probability: the model's probability of malignant (shown only with tissue).
       label: 0 benign, 1 malignant; None without tissue.
       label_name: "benign", "malignant" or "no tissue detected".
+      not_sure: the model was not sure ("needs a pathologist's review"); `label` is then
+        only its leaning.
+      uncertainty: 1 at the model's threshold, 0 at probability 0 or 1 (None: a model
+        without it).
     """
 
     SOURCE_UPLOAD = "upload"
@@ -64,6 +68,8 @@ class Prediction(AppendOnlyModel):
     probability = models.FloatField()
     label = models.PositiveSmallIntegerField(null=True)
     label_name = models.CharField(max_length=32)
+    not_sure = models.BooleanField(default=False)
+    uncertainty = models.FloatField(null=True)
 
     class Meta:
         ordering = ["-created_at", "-id"]

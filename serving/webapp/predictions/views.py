@@ -19,6 +19,7 @@ from django.views.decorators.http import require_GET, require_http_methods
 
 from histopath.images import ImageError, decode, model_bytes, read_header
 from histopath.models import heatmap
+from histopath.models.exported import NOT_SURE_TEXT
 from histopath.serving.webapp.predictions import accounts
 from histopath.serving.webapp.predictions.backends import BackendError, ImageRejected, get_backend
 from histopath.serving.webapp.predictions.forms import PredictForm
@@ -144,9 +145,12 @@ def _classify(request: HttpRequest, form: PredictForm, source: str, field: str, 
         probability=answer.probability,
         label=answer.label,
         label_name=answer.label_name,
+        not_sure=answer.not_sure,
+        uncertainty=answer.uncertainty,
     )
+    said = f"not sure (leaning {answer.label_name})" if answer.not_sure else answer.label_name
     accounts.record(AuditEvent.PREDICTION, request.user.get_username(), request, request.user,
-                    detail=f"prediction {record.pk}: {answer.label_name}")
+                    detail=f"prediction {record.pk}: {said}")
     return render(request, "predictions/index.html", _result_context(answer, record, image))
 
 
@@ -181,6 +185,7 @@ def _result_context(answer, record: Prediction, image) -> dict:
         "tile_map_url": tile_map_url,
         "grid_text": f"{answer.grid_shape[0]} × {answer.grid_shape[1]}" if answer.grid_shape else "",
         "probability_percent": f"{answer.probability * 100:.1f}",
+        "not_sure_text": NOT_SURE_TEXT,
         "tissue_percent": f"{(answer.tissue_fraction or 0) * 100:.1f}",
     }
 
