@@ -93,6 +93,12 @@ def _run_idc_slides(args: argparse.Namespace) -> int:
 
 def register(subparsers) -> None:
     """Adds the `ingest`, `make-sample` and `idc-slides` sub-commands."""
+    _register_ingest(subparsers)
+    _register_make_sample(subparsers)
+    _register_idc_slides(subparsers)
+
+
+def _register_ingest(subparsers) -> None:
     ingest = subparsers.add_parser(
         "ingest",
         help="turn a BreakHis or IDC folder into patient-disjoint TFRecord splits",
@@ -144,6 +150,8 @@ def register(subparsers) -> None:
                         "None = one record per patch")
     ingest.set_defaults(handler=_run_ingest)
 
+
+def _register_make_sample(subparsers) -> None:
     sample = subparsers.add_parser(
         "make-sample",
         help="write a small synthetic H&E-like data set in the BreakHis or IDC layout",
@@ -169,6 +177,8 @@ def register(subparsers) -> None:
                         help="replace OUTPUT if it exists")
     sample.set_defaults(handler=_run_make_sample)
 
+
+def _register_idc_slides(subparsers) -> None:
     slides = subparsers.add_parser(
         "idc-slides",
         help="re-assemble IDC patients into pyramidal TIFF slides with per-patch labels",
