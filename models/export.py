@@ -31,6 +31,7 @@ from histopath.models import abstention, image_ops, mil
 from histopath.models import registry
 from histopath.models.exported import (
     MODEL_INFO_PATH,
+    NO_CLASS,
     NOT_SURE,
     SAVED_MODEL_FILE,
     SERVING_DEFAULT,
@@ -175,9 +176,10 @@ class _ServingModule(tf.Module):
                        if band is not None else tf.zeros_like(tissue_detected))
             result = {
                 "probability": probability,
-                "label": tf.cast(probability >= self.decision_threshold, tf.int64),
+                # No class (NO_CLASS) for an image without tissue: its raw answer says so too.
+                "label": tf.where(tissue_detected == 1, tf.cast(probability >= self.decision_threshold, tf.int64),
+                                  tf.constant(NO_CLASS, tf.int64)),
                 "decision_score": _decision_score(probability, self.decision_threshold),
-                # No class for an image without tissue (blank, glass only): callers say so.
                 TISSUE_FRACTION: tissue,
                 TISSUE_DETECTED: tissue_detected,
                 UNCERTAINTY: _uncertainty(probability, self.decision_threshold),

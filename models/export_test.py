@@ -229,6 +229,8 @@ def test_a_band_over_everything_is_not_sure_of_tissue_but_not_of_a_black_image(m
     black = _png(np.zeros((64, 64, 3)))
     rows = exported.predict_bytes(loaded, [tissue, black])
     assert [row["not_sure"] for row in rows] == [True, False]  # the black image keeps "no tissue"
+    raw = loaded.serving_fn(image_bytes=tf.constant([black]))
+    assert (int(raw["tissue_detected"][0]), int(raw["label"][0])) == (0, exported.NO_CLASS)  # no class, raw too
     assert rows[1]["label_name"] == exported.NO_TISSUE
     assert rows[0]["uncertainty"] == pytest.approx(float(abstention.uncertainty(rows[0]["probability"], 0.5)),
                                                    abs=1e-5)

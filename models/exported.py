@@ -41,6 +41,7 @@ SERVING_EXAMPLES = "serving_examples"
 TILE_PROBABILITY = "tile_probability"
 TISSUE_FRACTION = "tissue_fraction"  # share of tissue pixels in the image the model saw
 NO_TISSUE = "no tissue detected"  # what a caller shows instead of a class
+NO_CLASS = -1  # the exported `label` of an image without tissue
 TISSUE_DETECTED = "tissue_detected"  # 1 when that share reaches the model's minimum: only then is it classified
 UNCERTAINTY = "uncertainty"  # 1 at the decision threshold, 0 at probability 0 or 1
 NOT_SURE = "not_sure"  # 1: inside the abstention band, "needs a pathologist's review"
@@ -214,8 +215,8 @@ def predict_bytes(
         label = int(outputs["label"][index])
         row = {
             "probability": float(outputs["probability"][index]),
-            "label": label,
-            "label_name": label_names[label],
+            "label": label if label != NO_CLASS else None,
+            "label_name": label_names[label] if label != NO_CLASS else NO_TISSUE,
         }
         if TISSUE_DETECTED in outputs:
             row[TISSUE_FRACTION] = float(outputs[TISSUE_FRACTION][index])

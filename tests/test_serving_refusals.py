@@ -170,6 +170,7 @@ def test_blank_images_are_not_classified(server, tissue):
     assert response.status_code == 200, response.text
     rows = response.json()["predictions"]
     assert [row["tissue_detected"] for row in rows] == [0, 0, 1]
+    assert [row["label"] for row in rows[:2]] == [-1, -1]  # the raw answer gives no class either
     assert rows[0]["tissue_fraction"] == 0.0 and rows[1]["tissue_fraction"] == 0.0
     assert rows[2]["tissue_fraction"] > 0.3
 
