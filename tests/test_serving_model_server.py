@@ -27,7 +27,9 @@ from serving_fixtures import (
 
 TOLERANCE = 1e-5
 MIL_OUTPUTS = {"probability", "label", "decision_score", "tissue_fraction", "tissue_detected",
-               "attention", "tile_probability", "grid_shape"}
+               "uncertainty", "not_sure", "attention", "tile_probability", "grid_shape"}
+WHOLE_IMAGE_OUTPUTS = {"probability", "label", "decision_score", "tissue_fraction", "tissue_detected",
+                       "uncertainty", "not_sure"}
 
 
 @pytest.fixture(scope="module")
@@ -54,6 +56,8 @@ def _assert_mil_row(row: dict, expected: dict, index: int) -> None:
     assert set(row) == MIL_OUTPUTS
     assert row["probability"] == pytest.approx(float(expected["probability"][index]), abs=TOLERANCE)
     assert row["label"] == int(expected["label"][index])
+    assert row["not_sure"] == int(expected["not_sure"][index])
+    assert row["uncertainty"] == pytest.approx(float(expected["uncertainty"][index]), abs=TOLERANCE)
     np.testing.assert_allclose(row["attention"], expected["attention"][index], atol=TOLERANCE)
     np.testing.assert_allclose(row["tile_probability"], expected["tile_probability"][index], atol=TOLERANCE)
     assert row["grid_shape"] == expected["grid_shape"][index].tolist()
@@ -277,7 +281,7 @@ def test_densenet_export_served_through_rest_and_grpc(exported_densenet, images)
         response = _predict(running, {"instances": [_b64(image) for image in images]}, f"/v1/models/{DENSENET_NAME}:predict")
         assert response.status_code == 200, response.text
         for index, row in enumerate(response.json()["predictions"]):
-            assert set(row) == {"probability", "label", "decision_score", "tissue_fraction", "tissue_detected"}
+            assert set(row) == WHOLE_IMAGE_OUTPUTS
             assert row["probability"] == pytest.approx(float(expected["probability"][index]), abs=TOLERANCE)
             assert row["label"] == int(expected["label"][index])
         with grpc.insecure_channel(running["grpc"]) as channel:
@@ -285,5 +289,5 @@ def test_densenet_export_served_through_rest_and_grpc(exported_densenet, images)
             request.model_spec.name = DENSENET_NAME
             request.inputs["image_bytes"].CopyFrom(tf.make_tensor_proto(images, dtype=tf.string))
             outputs = prediction_service_pb2_grpc.PredictionServiceStub(channel).Predict(request, timeout=120).outputs
-            assert set(outputs) == {"probability", "label", "decision_score", "tissue_fraction", "tissue_detected"}
+            assert set(outputs) == WHOLE_IMAGE_OUTPUTS
             np.testing.assert_allclose(tf.make_ndarray(outputs["probability"]), expected["probability"], atol=TOLERANCE)
