@@ -74,27 +74,6 @@ def score_predictions(
     patient_metrics = patient_bootstrap.cluster_bootstrap_metrics(
         patient_labels, patient_scores, patient_predictions, np.arange(n_patients), n_patients, weights)
 
-    def level(n_items, item_labels, item_scores, item_predictions, level_metrics):
-        hindsight_threshold, hindsight = operating_point.balanced_accuracy_in_hindsight(item_labels, item_scores)
-        return {
-            "n_images": int(len(labels)),
-            "n_patients": n_patients,
-            "n_items": int(n_items),
-            "label_counts": {"benign": int((item_labels == 0).sum()), "malignant": int((item_labels == 1).sum())},
-            "metrics": level_metrics,
-            "confusion_matrix": metrics.confusion_matrix(item_labels, item_predictions),
-            "calibration": metrics.calibration_table(item_labels, item_scores),
-            # A diagnostic, not an operating point: the best balanced accuracy any threshold
-            # reaches on these very labels. Close to the model's own: its ranking limits it.
-            "balanced_accuracy_in_hindsight": {
-                "value": None if math.isnan(hindsight) else hindsight, "threshold": hindsight_threshold},
-        }
-
-    def own_rate(i: int, label: int) -> Optional[float]:
-        """Within patient i: the share of its images of class `label` predicted as such."""
-        mine = (clusters == i) & (labels == label)
-        return float(np.mean(predictions[mine] == label)) if mine.any() else None
-
     return {
         "patient_label_rule": PATIENT_LABEL_RULE,
         "patient_score_rule": PATIENT_SCORE_RULE,
@@ -104,21 +83,54 @@ def score_predictions(
             "resamples": int(bootstrap), "seed": int(seed), "confidence": patient_bootstrap.CONFIDENCE,
             "warnings": _bootstrap_warnings(patient_labels),
         },
-        "image_level": level(len(labels), labels, scores, predictions, image_metrics),
-        "patient_level": level(n_patients, patient_labels, patient_scores, patient_predictions, patient_metrics),
-        "patients": [
-            {"patient_id": p, "n_images": int(counts[i]), "n_malignant_images": int(malignant_counts[i]),
-             "label": int(patient_labels[i]), "score": float(patient_scores[i]),
-             "prediction": int(patient_predictions[i]),
-             # Within the patient: how its own images are ranked and classified (the AUC is
-             # None unless the patient has images of both classes, e.g. an IDC slide; the
-             # sensitivity / specificity None when it has no malignant / benign image).
-             "image_auc": metrics.roc_auc(labels[clusters == i], scores[clusters == i]),
-             "image_accuracy": float(np.mean(predictions[clusters == i] == labels[clusters == i])),
-             "image_sensitivity": own_rate(i, 1), "image_specificity": own_rate(i, 0)}
-            for i, p in enumerate(patients)
-        ],
+        "image_level": _level(len(labels), n_patients, labels, scores, predictions, image_metrics),
+        "patient_level": _level(len(labels), n_patients, patient_labels, patient_scores, patient_predictions,
+                                patient_metrics),
+        "patients": _patient_rows(patients, clusters, labels, scores, predictions, patient_labels,
+                                  patient_scores, patient_predictions),
     }
+
+
+def _level(n_images: int, n_patients: int, item_labels: np.ndarray, item_scores: np.ndarray,
+           item_predictions: np.ndarray, level_metrics: Dict[str, Any]) -> Dict[str, Any]:
+    """One level's (images or patients) counts, metrics, confusion matrix and calibration."""
+    hindsight_threshold, hindsight = operating_point.balanced_accuracy_in_hindsight(item_labels, item_scores)
+    return {
+        "n_images": int(n_images),
+        "n_patients": n_patients,
+        "n_items": int(len(item_labels)),
+        "label_counts": {"benign": int((item_labels == 0).sum()), "malignant": int((item_labels == 1).sum())},
+        "metrics": level_metrics,
+        "confusion_matrix": metrics.confusion_matrix(item_labels, item_predictions),
+        "calibration": metrics.calibration_table(item_labels, item_scores),
+        # A diagnostic, not an operating point: the best balanced accuracy any threshold
+        # reaches on these very labels. Close to the model's own: its ranking limits it.
+        "balanced_accuracy_in_hindsight": {
+            "value": None if math.isnan(hindsight) else hindsight, "threshold": hindsight_threshold},
+    }
+
+
+def _patient_rows(patients: Sequence[str], clusters: np.ndarray, labels: np.ndarray, scores: np.ndarray,
+                  predictions: np.ndarray, patient_labels: np.ndarray, patient_scores: np.ndarray,
+                  patient_predictions: np.ndarray) -> List[Dict[str, Any]]:
+    """Per patient: its label, score and prediction, and how its own images are ranked and
+    classified (the AUC is None unless the patient has images of both classes, e.g. an IDC
+    slide; the sensitivity / specificity None when it has no malignant / benign image)."""
+
+    def own_rate(i: int, label: int) -> Optional[float]:
+        mine = (clusters == i) & (labels == label)
+        return float(np.mean(predictions[mine] == label)) if mine.any() else None
+
+    rows = []
+    for i, patient in enumerate(patients):
+        own = clusters == i
+        rows.append({"patient_id": patient, "n_images": int(own.sum()), "n_malignant_images": int(labels[own].sum()),
+                     "label": int(patient_labels[i]), "score": float(patient_scores[i]),
+                     "prediction": int(patient_predictions[i]),
+                     "image_auc": metrics.roc_auc(labels[own], scores[own]),
+                     "image_accuracy": float(np.mean(predictions[own] == labels[own])),
+                     "image_sensitivity": own_rate(i, 1), "image_specificity": own_rate(i, 0)})
+    return rows
 
 
 class SlideContextResult(NamedTuple):
