@@ -60,38 +60,18 @@ def evaluate_model(
     """
     from histopath import __version__
     from histopath.data import layouts
-    from histopath.evaluation import predict
     from histopath.models import exported
 
     if bootstrap < 0:
         raise ConfigError(f"bootstrap resamples must be >= 0, got {bootstrap}")
     data_dir = os.path.abspath(os.fspath(data_dir))
     scan = layouts.scan_source(dataset, data_dir)
-    files = scan.files
-    missing: List[str] = []
-    if patients is not None:
-        wanted = {str(p) for p in patients}
-        present = {f.patient_id for f in files}
-        missing = sorted(wanted - present, key=patient_sort_key)
-        files = [f for f in files if f.patient_id in wanted]
-        if not files:
-            raise DataError(f"none of the {len(wanted)} requested patients has an image in {data_dir}")
+    files, missing = _requested(scan.files, patients, data_dir)
 
     loaded = exported.load(model_dir)
     model = exported.describe(loaded)
     threshold = float(loaded.model_info.get("decision_threshold", 0.5))
-    paths = [os.path.join(data_dir, f.relative_path) for f in files]
-    bar = progress(total=len(paths)) if progress else None
-    outcomes = []
-    try:
-        for outcome in predict.predict_files(loaded, paths, batch_size):
-            outcomes.append(outcome)
-            if bar is not None:
-                bar.update(1)
-    finally:
-        if bar is not None:
-            bar.close()
-
+    outcomes = _predict_all(loaded, [os.path.join(data_dir, f.relative_path) for f in files], batch_size, progress)
     failed = [{"path": f.relative_path, "error": o.error} for f, o in zip(files, outcomes) if o.error]
     failed += [{"path": f.relative_path, "error": f"{f.relative_path}: {exported.NO_TISSUE}"}
                for f, o in zip(files, outcomes) if not o.error and not o.prediction.get(exported.TISSUE_DETECTED, True)]
@@ -112,28 +92,13 @@ def evaluate_model(
         loaded.model_info.get("slide_context"), labels, scores, patient_ids,
         [f.patch_x for f, _ in kept], [f.patch_y for f, _ in kept], bootstrap=bootstrap, seed=seed)
     if dataset == "idc":
-        scored["patient_level"] = {"reported": False, "reason": IDC_PATIENT_LEVEL}
-        scored["tumour_fraction"] = tumour_fraction_evaluation(
-            labels, [row["label"] for _, row in kept], patient_ids, bootstrap=bootstrap, seed=seed)
-        if context is not None:
-            context.report["patient_level"] = scored["patient_level"]
-            context.report["tumour_fraction"] = tumour_fraction_evaluation(
-                labels, (context.scores >= context.report["decision_threshold"]).astype(int), patient_ids,
-                bootstrap=bootstrap, seed=seed)
+        _idc_levels(scored, context, labels, [row["label"] for _, row in kept], patient_ids, bootstrap, seed)
     abstained = coverage_evaluation(loaded.model_info, labels, scores, patient_ids, threshold)
     return {
         "histopath_version": __version__,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "model": {**model, "info": loaded.model_info},
-        "data": {
-            "dataset": dataset,
-            "data_dir": data_dir,
-            "patients_requested": None if patients is None else len(set(map(str, patients))),
-            "patients_not_found": missing,
-            "files_scanned": len(scan.files) + len(scan.skipped),
-            "files_skipped_by_layout": len(scan.skipped),
-            "skipped_examples": [{"path": s.path, "reason": s.reason} for s in scan.skipped[:20]],
-        },
+        "data": _data_block(dataset, data_dir, patients, missing, scan),
         "decision_threshold": threshold,
         **scored,
         "images": [
@@ -146,6 +111,68 @@ def evaluate_model(
         "failed_images": failed,
         "abstention": abstained,
         **({} if context is None else {"slide_context": context.report}),
+    }
+
+
+def _requested(files: List[Any], patients: Optional[Sequence[str]], data_dir: str) -> tuple[List[Any], List[str]]:
+    """The files of the requested patients (all when None), and the requested ones not found.
+
+    Raises:
+      DataError: none of the requested patients has an image.
+    """
+    if patients is None:
+        return files, []
+    wanted = {str(p) for p in patients}
+    missing = sorted(wanted - {f.patient_id for f in files}, key=patient_sort_key)
+    files = [f for f in files if f.patient_id in wanted]
+    if not files:
+        raise DataError(f"none of the {len(wanted)} requested patients has an image in {data_dir}")
+    return files, missing
+
+
+def _idc_levels(scored: Dict[str, Any], context: Any, labels: Sequence[int], predictions: Sequence[int],
+                patient_ids: Sequence[str], bootstrap: int, seed: int) -> None:
+    """IDC: no patient level (every slide holds tumour); the tumour fraction per slide
+    instead, called vs labelled, also with slide context."""
+    scored["patient_level"] = {"reported": False, "reason": IDC_PATIENT_LEVEL}
+    scored["tumour_fraction"] = tumour_fraction_evaluation(labels, predictions, patient_ids,
+                                                           bootstrap=bootstrap, seed=seed)
+    if context is not None:
+        context.report["patient_level"] = scored["patient_level"]
+        context.report["tumour_fraction"] = tumour_fraction_evaluation(
+            labels, (context.scores >= context.report["decision_threshold"]).astype(int), patient_ids,
+            bootstrap=bootstrap, seed=seed)
+
+
+def _predict_all(loaded: Any, paths: Sequence[str], batch_size: int,
+                 progress: Optional[Callable[..., Any]]) -> List[Any]:
+    """`predict.predict_files` over every path, with an optional progress bar."""
+    from histopath.evaluation import predict
+
+    bar = progress(total=len(paths)) if progress else None
+    outcomes = []
+    try:
+        for outcome in predict.predict_files(loaded, paths, batch_size):
+            outcomes.append(outcome)
+            if bar is not None:
+                bar.update(1)
+    finally:
+        if bar is not None:
+            bar.close()
+    return outcomes
+
+
+def _data_block(dataset: str, data_dir: str, patients: Optional[Sequence[str]], missing: List[str],
+                scan: Any) -> Dict[str, Any]:
+    """What was evaluated: the folder, the patients asked for and not found, what the layout skipped."""
+    return {
+        "dataset": dataset,
+        "data_dir": data_dir,
+        "patients_requested": None if patients is None else len(set(map(str, patients))),
+        "patients_not_found": missing,
+        "files_scanned": len(scan.files) + len(scan.skipped),
+        "files_skipped_by_layout": len(scan.skipped),
+        "skipped_examples": [{"path": s.path, "reason": s.reason} for s in scan.skipped[:20]],
     }
 
 
