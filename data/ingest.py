@@ -330,12 +330,25 @@ def _build_manifest(
     }
 
 
-def _check_bag_size(dataset: str, bag_size: int | None) -> None:
+def _check_options(dataset: str, shards: int | None, compression_level: int, bag_size: int | None) -> None:
+    """Raises ConfigError naming a bad shard count, compression level or bag size."""
+    if shards is not None and shards < 1:
+        raise ConfigError(f"--shards must be at least 1, got {shards}")
+    if not 0 <= compression_level <= 9:
+        raise ConfigError(f"compression level must be 0-9, got {compression_level}")
     if bag_size is not None:
         if dataset != layouts.IDC:
             raise ConfigError("--bag-size applies to IDC only (spatial regions of patches)")
         if isinstance(bag_size, bool) or not isinstance(bag_size, int) or bag_size < 2:
             raise ConfigError(f"--bag-size must be an integer of at least 2, got {bag_size!r}")
+
+
+def _check_folders(source: str, output: str, overwrite: bool) -> None:
+    """Raises DataError when the output exists (unless `overwrite`) or the two folders nest."""
+    check_output_free(output, overwrite)
+    if not fileio.is_uri(source) and not fileio.is_uri(output) and os.path.isdir(source) and (
+            _is_within(output, source) or _is_within(source, output)):
+        raise DataError(f"output {output} and source {source} must not contain each other")
 
 
 def _split_items(scan: layouts.ScanResult, fractions: Mapping[str, float], seed: int,
@@ -426,16 +439,9 @@ def ingest(
     started = time.time()
     fractions = parse_split_spec(splits)
     magnifications = layouts.parse_magnifications(magnifications)
-    if shards is not None and shards < 1:
-        raise ConfigError(f"--shards must be at least 1, got {shards}")
-    if not 0 <= compression_level <= 9:
-        raise ConfigError(f"compression level must be 0-9, got {compression_level}")
-    _check_bag_size(dataset, bag_size)
+    _check_options(dataset, shards, compression_level, bag_size)
     source, output = fileio.absolute(source), fileio.absolute(output)
-    check_output_free(output, overwrite)
-    if not fileio.is_uri(source) and not fileio.is_uri(output) and os.path.isdir(source) and (
-            _is_within(output, source) or _is_within(source, output)):
-        raise DataError(f"output {output} and source {source} must not contain each other")
+    _check_folders(source, output, overwrite)
 
     workers = _direct_num_workers(beam_args, num_workers)
     work_dir = None  # the temporary output folder, once made
