@@ -118,7 +118,7 @@ def test_first_run_trains_on_span_one_and_pushes_version_one(first_run, config):
     assert exported.list_versions(f"{config.serving_path}/{config.model_name}") == [1]
     info = exported.read_model_info(version_dir)
     assert info["model_kind"] == report["winner"]
-    for name in ("report.json", "summary.md", "roc.png"):
+    for name in ("report.json", "summary.md", "roc.png", "coverage.png"):
         assert pathlib.Path(config.report_dir, name).stat().st_size > 0
     assert json.loads(pathlib.Path(config.output_path, "run_config.json").read_text())["image_size"] == 64
     data = report["data"]
@@ -131,10 +131,16 @@ def test_first_run_trains_on_span_one_and_pushes_version_one(first_run, config):
         assert candidate["test_patients"] == {"benign": 1, "malignant": 1}
         assert candidate["intervals"]["auc"]["bootstrap_valid"] >= 0 and candidate["warnings"]
         assert candidate["cross_validation"]["patients"] == 8 and 0.0 <= candidate["cross_validation"]["auc"] <= 1.0
+        # The "not sure" band, chosen on the cross-validated predictions of all 8 patients.
+        band = candidate["abstention"]
+        assert band["chosen_on"] == "cv" and band["min_coverage"] == 0.8 and band["coverage"] >= 0.8
+        assert band["images"] == candidate["cross_validation"]["images"]
     assert report["rule"] == "cv_simpler_unless_better" and "cross-validated over 8" in report["reason"]
     summary = pathlib.Path(config.report_dir, "summary.md").read_text()
     assert "Chosen by cv_simpler_unless_better" in summary and "Warning:" in summary
     assert info["cross_validation"]["folds"] == 2 and info["cross_validation"]["refit_on_all"]
+    assert info["abstention"] == report["candidates"][report["winner"]]["abstention"]
+    assert info["outputs"][5:7] == ["uncertainty", "not_sure"] and "\"Not sure\" band" in summary
 
 
 def test_second_run_ingests_only_the_new_span_and_trains_on_both(second_run, spans, config):
@@ -287,6 +293,7 @@ def test_idc_trainer_stores_a_slide_context_threshold_that_evaluate_applies(idc_
     assert (setting["sigma"], setting["grid_step"], setting["rule"]) == (1.5, 50, slide_context.RULE)
     assert 0.0 <= setting["decision_threshold"] <= 1.0 and setting["eval_patients"] >= 1
     assert 0.0 <= setting["eval_auc"] <= 1.0 and 0.0 <= setting["eval_auc_without"] <= 1.0
+    assert info["abstention"]["chosen_on"] == "eval"  # no folds: the band comes from the eval split
 
     output = tmp_path / "evaluation.json"
     histopath = pathlib.Path(sys.executable).parent / "histopath"
