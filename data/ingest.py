@@ -53,7 +53,7 @@ from histopath.data.split import (
     Assignment,
     check_cohort,
     parse_split_spec,
-    patient_strata,
+    split_entry,
     split_files,
 )
 from histopath.data.split import balance as split_balance
@@ -358,8 +358,7 @@ def _split_items(scan: layouts.ScanResult, fractions: Mapping[str, float], seed:
     cohort too small is refused naming `check_for` (None: not checked here)."""
     split_to_files = split_files(scan.files, fractions, seed, assigned)  # by patient, from names
     if check_for is not None:
-        check_cohort({name: {p: label for p, (label, _) in patient_strata(files).items()}
-                      for name, files in split_to_files.items()}, fractions, check_for)
+        check_cohort({name: split_entry(files) for name, files in split_to_files.items()}, fractions, check_for)
     if bag_size is None:
         return split_to_files
     split_to_items = {}

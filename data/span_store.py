@@ -158,5 +158,4 @@ def recorded_assignments(store: str, settings: IngestSettings) -> dict[str, tupl
 
 def check_splits(window: Mapping[str, dict], splits: Mapping[str, float]) -> None:
     """Refuses a training window too small to train and evaluate (`split.check_cohort`)."""
-    check_cohort({name: dict(window.get(name, {}).get("patient_labels", {})) for name in splits},
-                 splits, "the training window")
+    check_cohort({name: window.get(name, {}) for name in splits}, splits, "the training window")

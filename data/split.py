@@ -90,8 +90,14 @@ def patient_position(patient_id: str, seed: int) -> float:
 Assignment = Mapping[str, tuple[str, int]]  # patient -> (split, class) already placed
 
 
+TRAIN_SPLIT = "train"  # the split the pipeline's Transform analyses and its Trainers learn from
+
+
 def training_split(fractions: Mapping[str, float]) -> str:
-    """The split models learn from: the largest fraction (the first name on a tie)."""
+    """The split models learn from: "train" when there is one, else the largest fraction
+    (the first name on a tie)."""
+    if TRAIN_SPLIT in fractions:
+        return TRAIN_SPLIT
     return max(sorted(fractions), key=lambda name: fractions[name])
 
 
@@ -158,29 +164,31 @@ def split_files(
 MIN_PATIENTS_PER_CLASS = 2
 
 
-def check_cohort(patient_labels: Mapping[str, Mapping[str, int]], fractions: Mapping[str, float],
-                 where: str) -> None:
+def check_cohort(splits: Mapping[str, Mapping], fractions: Mapping[str, float], where: str) -> None:
     """Refuses splits too small to train and evaluate, naming the minimum.
 
     Args:
-      patient_labels: split -> {patient: class} (a manifest's "patient_labels" per split).
+      splits: split -> {"patient_labels": {patient: class}, "label_counts": {"benign": n,
+        "malignant": n}} (a manifest's split entries, or `split_entry`).
       fractions: the split fractions.
       where: what the splits are of (a folder, "the training window"), for the message.
 
     Raises:
-      DataError: a split without patients, or a training split without both classes.
+      DataError: a split without patients, or a training split without images of both
+        classes (an IDC slide holds both; a BreakHis patient one).
     """
     train = training_split(fractions)
-    empty = [name for name in sorted(fractions) if not patient_labels.get(name)]
-    train_classes = set(patient_labels.get(train, {}).values())
-    if not empty and train_classes >= {0, 1}:
+    empty = [name for name in sorted(fractions) if not splits.get(name, {}).get("patient_labels")]
+    counts = splits.get(train, {}).get("label_counts", {})
+    lacking = [name for name in ("benign", "malignant") if not counts.get(name)]
+    if not empty and not lacking:
         return
     cohort: dict[str, int] = {}
-    for labels in patient_labels.values():
-        cohort.update(labels)
+    for entry in splits.values():
+        cohort.update(entry.get("patient_labels", {}))
     benign = sum(1 for label in cohort.values() if not label)
     problem = (f"split(s) {', '.join(empty)} received no patient" if empty
-               else f"the {train} split lacks a {'benign' if 0 not in train_classes else 'malignant'} patient")
+               else f"the {train} split holds no {lacking[0]} image")
     raise DataError(
         f"{where}: {problem}: the cohort has {benign} benign and {len(cohort) - benign} malignant "
         f"patient(s); training and evaluating needs at least {MIN_PATIENTS_PER_CLASS} of each class and "

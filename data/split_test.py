@@ -152,14 +152,21 @@ def test_real_idc_split_is_disjoint(shared_data):
 
 
 def test_a_cohort_too_small_is_one_error_naming_the_minimum():
-    one_benign = split_files(_files({"a": (3, 1), "b": (2, 0), "c": (1, 1)}), DEFAULT_SPLITS, seed=0)
-    labels = {name: {f.patient_id: int(any(g.label for g in files if g.patient_id == f.patient_id))
-                     for f in files} for name, files in one_benign.items()}
+    one_benign = split_files(_files({"a": (3, 0), "b": (0, 2), "c": (0, 1)}), DEFAULT_SPLITS, seed=0)
     with pytest.raises(DataError, match=r"SOURCE: .*1 benign and 2 malignant.*at least 2 of each class"):
-        check_cohort(labels, DEFAULT_SPLITS, "SOURCE")
-    check_cohort({"train": {"a": 0, "b": 1}, "eval": {"c": 0}, "test": {"d": 1}}, DEFAULT_SPLITS, "SOURCE")
-    with pytest.raises(DataError, match="the train split lacks a benign patient"):
-        check_cohort({"train": {"a": 1}, "eval": {"c": 0}, "test": {"d": 0}}, DEFAULT_SPLITS, "SOURCE")
+        check_cohort({name: split_entry(files) for name, files in one_benign.items()}, DEFAULT_SPLITS, "SOURCE")
+
+    def entry(patients: dict[str, int], benign: int, malignant: int) -> dict:
+        return {"patient_labels": patients, "label_counts": {"benign": benign, "malignant": malignant}}
+
+    check_cohort({"train": entry({"a": 0, "b": 1}, 3, 2), "eval": entry({"c": 0}, 1, 0),
+                  "test": entry({"d": 1}, 0, 1)}, DEFAULT_SPLITS, "SOURCE")
+    with pytest.raises(DataError, match="the train split holds no benign image"):
+        check_cohort({"train": entry({"a": 1}, 0, 4), "eval": entry({"c": 0}, 1, 0),
+                      "test": entry({"d": 0}, 1, 0)}, DEFAULT_SPLITS, "SOURCE")
+    # IDC: a slide holds both classes, so two "malignant" patients can train and test.
+    fractions = {"train": 0.5, "test": 0.5}
+    check_cohort({"train": entry({"a": 1}, 30, 5), "test": entry({"b": 1}, 20, 9)}, fractions, "SOURCE")
 
 
 def test_custom_split_names_and_spec_errors():
@@ -187,9 +194,9 @@ def test_the_real_cohorts_split_with_both_classes_everywhere_at_any_seed(shared_
     files = layouts.scan_source(dataset, str(shared_data / folder)).files
     for seed in range(10):
         split = split_files(files, DEFAULT_SPLITS, seed)
-        labels = {name: {f.patient_id: int(any(g.label for g in part if g.patient_id == f.patient_id))
-                         for f in part} for name, part in split.items()}
-        check_cohort(labels, DEFAULT_SPLITS, folder)
+        entries = {name: split_entry(part) for name, part in split.items()}
+        check_cohort(entries, DEFAULT_SPLITS, folder)
+        labels = {name: entry["patient_labels"] for name, entry in entries.items()}
         if dataset == "breakhis":
             assert all(set(labels[name].values()) == {0, 1} for name in DEFAULT_SPLITS), (seed, labels)
             learn = list(labels["train"].values()) + list(labels["eval"].values())
