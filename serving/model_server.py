@@ -222,60 +222,71 @@ class BodySizeLimitMiddleware:
         await send({"type": "http.response.body", "body": payload})
 
 
+def _error(status: int, message: str) -> ORJSONResponse:
+    """An error answer in TF Serving's form."""
+    return ORJSONResponse(status_code=status, content={"error": message})
+
+
+def _version_of(text: Optional[str]) -> Optional[int]:
+    """The version number in a URL (None: the newest).
+
+    Raises:
+      ValueError: not an integer.
+    """
+    if text is None:
+        return None
+    if not (text.isascii() and text.isdigit()):
+        raise ValueError(f"Invalid version '{text}': expected an integer")
+    return int(text)
+
+
+async def _predict(served: ServedModel, model_name: str, version: Optional[str], request: Request) -> ORJSONResponse:
+    """`:predict` of one version (None: the newest): TF Serving's request and answer forms."""
+    if model_name != served.store.model_name:
+        return _error(404, f"Servable not found for request: Latest({model_name})")
+    number = None
+    try:
+        number = _version_of(version)
+        loaded = served.resolve(number)
+    except ValueError as bad:
+        return _error(400, str(bad))
+    except LookupError as missing:
+        return _error(404 if number is not None else 503, str(missing))
+    try:
+        payload = _parse_json(await request.body())
+        signature = served.signature(loaded, tensor_codec.signature_name_of(payload if isinstance(payload, dict) else {}))
+        decoded = tensor_codec.decode_request(payload, signature, max_batch=served.config.max_batch,
+                                              max_image_pixels=served.config.max_image_pixels,
+                                              max_decoded_bytes=served.config.max_decoded_bytes)
+        outputs = await served.run(loaded, decoded.signature_name, decoded.inputs)
+        body = tensor_codec.encode_response(outputs, decoded.row_format)
+    except (UnicodeDecodeError, json.JSONDecodeError) as bad:
+        return _error(400, f"Unrecognized request format: {bad}")
+    except KeyError as bad:
+        return _error(400, bad.args[0])
+    except (tensor_codec.RequestError, ValueError) as bad:
+        return _error(400, str(bad))
+    return ORJSONResponse(body, headers={VERSION_HEADER: str(loaded.version)})
+
+
 def build_app(served: ServedModel):
     """The REST front end: TF Serving's routes and nothing else."""
     app = FastAPI(title="histopath model server", docs_url=None, redoc_url=None, openapi_url=None)
     name = served.store.model_name
 
-    def error(status: int, message: str) -> ORJSONResponse:
-        return ORJSONResponse(status_code=status, content={"error": message})
-
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException):  # 404/405 in TF Serving's form
-        return error(exc.status_code, f"{exc.detail}: {request.method} {request.url.path}")
-
-    def version_of(text: Optional[str]) -> Optional[int]:
-        if text is None:
-            return None
-        if not (text.isascii() and text.isdigit()):
-            raise ValueError(f"Invalid version '{text}': expected an integer")
-        return int(text)
+        return _error(exc.status_code, f"{exc.detail}: {request.method} {request.url.path}")
 
     def answer(model_name: str, version: Optional[str], produce) -> ORJSONResponse:
         if model_name != name:
-            return error(404, f"Servable not found for request: Latest({model_name})")
+            return _error(404, f"Servable not found for request: Latest({model_name})")
         try:
-            return ORJSONResponse(produce(version_of(version)))
+            return ORJSONResponse(produce(_version_of(version)))
         except ValueError as bad:
-            return error(400, str(bad))
+            return _error(400, str(bad))
         except LookupError as missing:
-            return error(404, str(missing))
-
-    async def predict(model_name: str, version: Optional[str], request: Request) -> ORJSONResponse:
-        if model_name != name:
-            return error(404, f"Servable not found for request: Latest({model_name})")
-        try:
-            number = version_of(version)
-            loaded = served.resolve(number)
-        except ValueError as bad:
-            return error(400, str(bad))
-        except LookupError as missing:
-            return error(404 if number is not None else 503, str(missing))
-        try:
-            payload = _parse_json(await request.body())
-            signature = served.signature(loaded, tensor_codec.signature_name_of(payload if isinstance(payload, dict) else {}))
-            decoded = tensor_codec.decode_request(payload, signature, max_batch=served.config.max_batch,
-                                                  max_image_pixels=served.config.max_image_pixels,
-                                                  max_decoded_bytes=served.config.max_decoded_bytes)
-            outputs = await served.run(loaded, decoded.signature_name, decoded.inputs)
-            body = tensor_codec.encode_response(outputs, decoded.row_format)
-        except (UnicodeDecodeError, json.JSONDecodeError) as bad:
-            return error(400, f"Unrecognized request format: {bad}")
-        except KeyError as bad:
-            return error(400, bad.args[0])
-        except (tensor_codec.RequestError, ValueError) as bad:
-            return error(400, str(bad))
-        return ORJSONResponse(body, headers={VERSION_HEADER: str(loaded.version)})
+            return _error(404, str(missing))
 
     @app.get("/v1/models/{model_name}")
     async def status(model_name: str):
@@ -303,11 +314,11 @@ def build_app(served: ServedModel):
 
     async def _method(model_name: str, version: Optional[str], method: str, request: Request):
         if method == "predict":
-            return await predict(model_name, version, request)
+            return await _predict(served, model_name, version, request)
         if method in ("classify", "regress"):
-            return error(400, f"model {name} has no {method} signature (its signatures are predict signatures: "
-                              "use :predict)")
-        return error(404, f"unknown method :{method}")
+            return _error(400, f"model {name} has no {method} signature (its signatures are predict signatures: "
+                               "use :predict)")
+        return _error(404, f"unknown method :{method}")
 
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=served.config.max_request_bytes)
     # Added last = run first: the request line, then the Host, then the body size.
