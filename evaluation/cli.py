@@ -126,6 +126,11 @@ def _predict(args: argparse.Namespace) -> int:
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Adds `evaluate` and `predict`."""
+    _register_evaluate(subparsers)
+    _register_predict(subparsers)
+
+
+def _register_evaluate(subparsers: argparse._SubParsersAction) -> None:
     from histopath.evaluation.patient_rules import PATIENT_LABEL_RULE, PATIENT_SCORE_RULE
 
     evaluate = subparsers.add_parser(
@@ -162,6 +167,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     evaluate.add_argument("--verbose", action="store_true", help="show every log line (default: in FILE.log)")
     evaluate.set_defaults(handler=_evaluate)
 
+
+def _register_predict(subparsers: argparse._SubParsersAction) -> None:
     predict = subparsers.add_parser(
         "predict", help="predict image files/folders with a pushed model (one JSON line per image)",
         formatter_class=argparse.RawDescriptionHelpFormatter,
