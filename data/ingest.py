@@ -369,6 +369,18 @@ def _split_items(scan: layouts.ScanResult, fractions: Mapping[str, float], seed:
     return split_to_items
 
 
+def _write_shards(tasks: Sequence[ShardTask], source: str, work_dir: str, beam_args: Sequence[str], num_workers: int,
+                  max_pixels: int, compression_level: int, total_items: int, description: str) -> list[dict]:
+    """Runs the Beam ingestion of `tasks` into `work_dir` with one progress line per step;
+    returns each shard's summary."""
+    for task in tasks:
+        save_task(task, work_dir)
+    _run_with_progress(
+        lambda: _run_pipeline(tasks, source, work_dir, beam_args, num_workers, max_pixels, compression_level),
+        total=total_items, progress_dir=os.path.join(work_dir, PROGRESS_DIR), description=description)
+    return _read_summaries(work_dir, tasks)
+
+
 def _check_usable(manifest: Mapping, source: str, require_every_split: bool) -> None:
     """Refuses a source with no usable image, or (`require_every_split`) a split without one."""
     if manifest["num_examples"] == 0:
@@ -403,27 +415,21 @@ def ingest(
 
     Args:
       dataset: "breakhis" or "idc".
-      source: the data set folder (BreakHis: the folder holding `BreaKHis_v1`, or any
-        folder inside that tree; IDC: the folder of patient folders, or inside it).
-      output: folder to create; refused if it exists unless `overwrite`.
+      source: the data set folder (BreakHis: the folder holding `BreaKHis_v1`, or inside
+        that tree; IDC: the folder of patient folders, or inside it).
+      output: folder to create; refused if it exists unless `overwrite` (then swapped in).
       splits: {name: fraction} or "train=0.7,eval=0.15,test=0.15" (fractions sum to 1).
       seed: seed of the patient split and of the order of records in the shards.
       magnifications: BreakHis only: keep these (e.g. "200" or [40, 100]); None = all.
       shards: shard files per split; None = ceil(images / images_per_shard).
-      beam_args: Beam pipeline options (e.g. "--runner=DirectRunner"); they override the
-        default direct runner in multi-processing mode with `num_workers` workers.
-      overwrite: replace an existing output folder (swapped in at the end).
-      num_workers: default `--direct_num_workers`.
+      beam_args: Beam options; they override the default DirectRunner in multi-processing
+        mode with `num_workers` workers.
       max_pixels: images with more pixels are skipped as decompression bombs.
-      compression_level: gzip level 0-9 of the shards; the default 0 writes gzip files
-        without compressing (the encoded images do not compress; see `records`).
-      images_per_shard: target shard size (records) for the automatic shard count.
-      bag_size: IDC only: K >= 2 writes one record per region of K x K patches (a
-        spatial MIL bag: its PNG mosaic, label 1 if any patch is positive; see the module
-        docstring and `shard_writer.region_values`). None = one record per patch.
-      require_every_split: refuse a cohort too small to train and evaluate
-        (`split.check_cohort`) or a split without usable images (False for one span of
-        several: the window as a whole is checked).
+      compression_level: gzip level 0-9 (0: gzip files without compressing; see `records`).
+      bag_size: IDC only: K >= 2 writes one record per region of K x K patches (a spatial
+        MIL bag, see the module docstring); None = one record per patch.
+      require_every_split: refuse a cohort too small (`split.check_cohort`) or a split
+        without usable images (False for one span of several: the window is checked).
       assigned: patients placed by earlier spans (patient -> (split, class)): they keep
         their split; only the others are placed (`split.assign_balanced`).
 
@@ -452,16 +458,8 @@ def ingest(
         tasks = plan_shards(split_to_items, seed, shards, images_per_shard, workers)
 
         work_dir = make_work_dir(output)
-        for task in tasks:
-            save_task(task, work_dir)
-        _run_with_progress(
-            lambda: _run_pipeline(tasks, source, work_dir, beam_args, num_workers, max_pixels,
-                                  compression_level),
-            total=total_items,
-            progress_dir=os.path.join(work_dir, PROGRESS_DIR),
-            description=f"ingest {dataset}" + (f" {bag_size}x{bag_size} bags" if bag_size else ""),
-        )
-        summaries = _read_summaries(work_dir, tasks)
+        summaries = _write_shards(tasks, source, work_dir, beam_args, num_workers, max_pixels, compression_level,
+                                  total_items, f"ingest {dataset}" + (f" {bag_size}x{bag_size} bags" if bag_size else ""))
         manifest = _build_manifest(
             dataset=dataset, source=source, fractions=fractions, seed=seed,
             magnifications=magnifications, beam_args=beam_args, num_workers=workers,
@@ -470,7 +468,7 @@ def ingest(
         )
         manifest["balance"] = split_balance(manifest["splits"])
         _check_usable(manifest, source, require_every_split)
-        for folder in (PROGRESS_DIR, SUMMARY_DIR, PLAN_DIR):
+        for folder in (PROGRESS_DIR, SUMMARY_DIR, PLAN_DIR):  # the Beam run's bookkeeping
             remove_quietly(os.path.join(work_dir, folder))
         fileio.write_json(os.path.join(work_dir, MANIFEST_NAME), manifest, sort_keys=False)
         publish(work_dir, output, overwrite, marker=[MANIFEST_NAME])
