@@ -36,22 +36,19 @@ def evaluate_model(
 
     Args:
       model_dir: `<name>/<version>` or `<name>` (newest version).
-      data_dir: a folder in the real BreakHis or IDC layout (parsed by
-        `data.layouts.scan_source`; labels and patients come from the file names).
+      data_dir: a folder in the real BreakHis or IDC layout (labels and patients come from
+        the file names, `data.layouts.scan_source`).
       dataset: "breakhis" or "idc".
       patients: evaluate only these patients (e.g. a manifest's test split); None = all.
       bootstrap: patient-bootstrap resamples for the 95 % intervals (0 = none).
       seed: seed of the resampling.
       batch_size: images per call of the serving signature.
-      progress: optional tqdm-like factory, called as `progress(total=N)` and returning an
-        object with `update(n)` and `close()` (e.g. `tqdm.tqdm`).
+      progress: optional tqdm-like factory (`progress(total=N)` with `update(n)`, `close()`).
 
     Returns:
-      The evaluation (JSON-serialisable): "model", "data", "decision_threshold",
-      "patient_label_rule", "patient_score_rule", "bootstrap", "image_level",
-      "patient_level", "patients" (per-patient table), "images" (per-image predictions),
-      "failed_images"; and for a model with a slide-context setting on IDC data,
-      "slide_context" (see `slide_context_evaluation`) and `context_probability` per image.
+      The evaluation (JSON-serialisable): "model", "data", "decision_threshold", the
+      `score_predictions` blocks, "images", "failed_images", "abstention" and, for a model
+      with a slide-context setting on IDC data, "slide_context".
 
     Raises:
       DataError: no model, data folder missing / wrong layout, none of the requested
@@ -72,11 +69,7 @@ def evaluate_model(
     model = exported.describe(loaded)
     threshold = float(loaded.model_info.get("decision_threshold", 0.5))
     outcomes = _predict_all(loaded, [os.path.join(data_dir, f.relative_path) for f in files], batch_size, progress)
-    failed = [{"path": f.relative_path, "error": o.error} for f, o in zip(files, outcomes) if o.error]
-    failed += [{"path": f.relative_path, "error": f"{f.relative_path}: {exported.NO_TISSUE}"}
-               for f, o in zip(files, outcomes) if not o.error and not o.prediction.get(exported.TISSUE_DETECTED, True)]
-    kept = [(f, o.prediction) for f, o in zip(files, outcomes)
-            if not o.error and o.prediction.get(exported.TISSUE_DETECTED, True)]
+    kept, failed = _kept_and_failed(files, outcomes)
     if not kept:
         raise DataError(f"no image of {data_dir} could be predicted (e.g. {failed[0]['error']})")
 
@@ -101,17 +94,35 @@ def evaluate_model(
         "data": _data_block(dataset, data_dir, patients, missing, scan),
         "decision_threshold": threshold,
         **scored,
-        "images": [
-            {"path": f.relative_path, "patient_id": f.patient_id, "label": int(f.label),
-             "probability": float(row["probability"]), "prediction": int(row["label"]),
-             "not_sure": int(row.get(exported.NOT_SURE, False)),
-             **({} if context is None else {"context_probability": float(context.scores[index])})}
-            for index, (f, row) in enumerate(kept)
-        ],
+        "images": _image_rows(kept, context),
         "failed_images": failed,
         "abstention": abstained,
         **({} if context is None else {"slide_context": context.report}),
     }
+
+
+def _kept_and_failed(files: List[Any], outcomes: List[Any]) -> tuple[list, list]:
+    """(file, prediction) of the images classified, and {"path", "error"} of the rest (an
+    error, or no tissue detected)."""
+    from histopath.models import exported
+
+    failed = [{"path": f.relative_path, "error": o.error} for f, o in zip(files, outcomes) if o.error]
+    failed += [{"path": f.relative_path, "error": f"{f.relative_path}: {exported.NO_TISSUE}"}
+               for f, o in zip(files, outcomes) if not o.error and not o.prediction.get(exported.TISSUE_DETECTED, True)]
+    kept = [(f, o.prediction) for f, o in zip(files, outcomes)
+            if not o.error and o.prediction.get(exported.TISSUE_DETECTED, True)]
+    return kept, failed
+
+
+def _image_rows(kept: list, context: Any) -> List[Dict[str, Any]]:
+    """One row per classified image (with its slide-context probability when there is one)."""
+    from histopath.models import exported
+
+    return [{"path": f.relative_path, "patient_id": f.patient_id, "label": int(f.label),
+             "probability": float(row["probability"]), "prediction": int(row["label"]),
+             "not_sure": int(row.get(exported.NOT_SURE, False)),
+             **({} if context is None else {"context_probability": float(context.scores[index])})}
+            for index, (f, row) in enumerate(kept)]
 
 
 def _requested(files: List[Any], patients: Optional[Sequence[str]], data_dir: str) -> tuple[List[Any], List[str]]:
