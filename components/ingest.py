@@ -81,9 +81,12 @@ def ingest_window(data_root: str, store: str, settings: span_store.IngestSetting
     plan = spans_lib.plan_window([s.name for s in in_window], fingerprints, patients,
                                  span_store.read_trained(store, settings), None, min_new_patients)
     ingested = []
+    assigned = span_store.recorded_assignments(store, settings)  # read once; each span adds its own
     for span in in_window:
         record = span_store.ingest_span(span, fingerprints[span.name], store, settings, ingest, beam_args,
-                                        span_store.recorded_assignments(store, settings))
+                                        assigned)
+        for patient, placed in span_store.manifest_assignments(record.manifest).items():
+            assigned.setdefault(patient, placed)
         verb = "ingested" if record.newly_ingested else "reused"
         progress_logger().info(f"    span {span.name}: {verb} {record.manifest['num_examples']:,} images "
                                f"of {len(patients[span.name])} patients")

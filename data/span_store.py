@@ -143,16 +143,20 @@ def window_splits(ingested: Sequence[IngestedSpan]) -> dict[str, dict]:
                                        if name in span.manifest["splits"]]) for name in names}
 
 
+def manifest_assignments(manifest: Mapping[str, Any]) -> dict[str, tuple[str, int]]:
+    """The patients one ingested span placed: patient -> (split, class)."""
+    return {patient: (split, int(label)) for split, entry in manifest["splits"].items()
+            for patient, label in entry.get("patient_labels", {}).items()}
+
+
 def recorded_assignments(store: str, settings: IngestSettings) -> dict[str, tuple[str, int]]:
     """Every patient the store's spans placed: patient -> (split, class), from their manifests."""
     folder = settings_dir(store, settings)
     assigned: dict[str, tuple[str, int]] = {}
     for name in sorted(fileio.listdir(folder)):
-        path = fileio.join(folder, name, MANIFEST_NAME)
-        if fileio.exists(path):
-            for split, entry in load_manifest(fileio.join(folder, name))["splits"].items():
-                for patient, label in entry.get("patient_labels", {}).items():
-                    assigned.setdefault(patient, (split, int(label)))
+        if fileio.exists(fileio.join(folder, name, MANIFEST_NAME)):
+            for patient, placed in manifest_assignments(load_manifest(fileio.join(folder, name))).items():
+                assigned.setdefault(patient, placed)
     return assigned
 
 
