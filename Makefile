@@ -10,7 +10,7 @@ STAMP  := $(VENV)/.installed
 DEMO   ?= demo
 PYTEST_ARGS ?=
 
-.PHONY: venv demo test system-deps lock bench clean
+.PHONY: venv demo test system-deps lock bench clean vendor-openseadragon
 
 venv: $(STAMP)
 
@@ -25,6 +25,10 @@ $(STAMP): requirements/lock.txt setup.py
 
 system-deps:
 	bash scripts/system-deps.sh
+
+# The web app's slide viewer, from the npm registry into the app's static files (committed).
+vendor-openseadragon:
+	bash scripts/vendor-openseadragon.sh
 
 demo: venv
 	@bash scripts/demo.sh $(DEMO)
