@@ -28,7 +28,7 @@ except ImportError:  # pragma: no cover - pure-Python fallback, slow
 
     _crc32c = crcmod.predefined.mkPredefinedCrcFun("crc-32c")
 
-FeatureValue = Union[bytes, str, int, Sequence[bytes], Sequence[str], Sequence[int]]
+FeatureValue = Union[bytes, str, int, float, Sequence[bytes], Sequence[str], Sequence[int]]
 
 _INT64_MASK = (1 << 64) - 1
 _WRITE_BUFFER_BYTES = 1 << 20  # records are compressed in blocks of about this size
@@ -65,8 +65,13 @@ _TAG_3 = _varint((3 << 3) | 2)  # field 3, length-delimited
 
 
 def _feature(value: FeatureValue) -> bytes:
-    """Serialized `tf.train.Feature` holding a BytesList (bytes/str) or Int64List (int)."""
+    """Serialized `tf.train.Feature` holding a BytesList (bytes/str), Int64List (int) or
+    FloatList (float, stored as 32-bit)."""
     kind = type(value)
+    if kind is float:
+        packed = struct.pack("<f", value)
+        float_list = _TAG_1 + _varint(len(packed)) + packed
+        return _TAG_2 + _varint(len(float_list)) + float_list
     if kind is str:
         value, kind = value.encode("utf-8"), bytes
     if kind is bytes:  # fast path: one bytes value
@@ -106,7 +111,7 @@ def serialize_example(feature_values: Mapping[str, FeatureValue]) -> bytes:
 
     Args:
       feature_values: feature name -> value; str is stored UTF-8 encoded in a BytesList,
-        int in an Int64List. None values are left out.
+        int in an Int64List, float in a FloatList. None values are left out.
 
     Returns:
       The serialized Example, readable with `tf.train.Example.FromString` or

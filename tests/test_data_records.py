@@ -17,7 +17,9 @@ def _reference(values):
     for name, value in values.items():
         items = value if isinstance(value, list) else [value]
         feature = example.features.feature[name]
-        if isinstance(items[0], int):
+        if isinstance(items[0], float):
+            feature.float_list.value.extend(items)
+        elif isinstance(items[0], int):
             feature.int64_list.value.extend(items)
         else:
             feature.bytes_list.value.extend(
@@ -29,6 +31,7 @@ def _reference(values):
     {"image": bytes(range(256)) * 40, "label": 1, "patient_id": "8863", "patch_x": 1001},
     {"zero": 0, "negative": -7, "big": 2**62, "text": "ünïcode", "empty": b"",
      "ints": [1, 300, 70000], "strings": ["a", "bc"]},
+    {"mpp": 4.0, "odd": 0.2519, "label": 0},
 ])
 def test_serialized_examples_parse_identically_in_tensorflow(values):
     serialized = serialize_example(values)
