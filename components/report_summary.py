@@ -57,6 +57,25 @@ def _abstention_lines(candidates: dict[str, dict[str, Any]]) -> list[str]:
     return lines
 
 
+def _resource_lines(candidates: dict[str, dict[str, Any]]) -> list[str]:
+    """A row per candidate: its Trainer's wall time, CPU time and peak memory."""
+    rows = {name: c["training_resources"] for name, c in candidates.items() if c.get("training_resources")}
+    if not rows:
+        return []
+    lines = ["", "What each Trainer cost (the whole training: every fold, the refit and the threshold; "
+             "peak resident memory of the Trainer's process while it trained):", "",
+             "| model | wall time | CPU time | peak memory | memory at start |", "|---|---|---|---|---|"]
+    for name, used in rows.items():
+        lines.append(f"| {name} | {_duration(used['wall_seconds'])} | {_duration(used['cpu_seconds'])} | "
+                     f"{used['peak_rss_bytes'] / 2**30:.2f} GiB | {used['start_rss_bytes'] / 2**30:.2f} GiB |")
+    return lines
+
+
+def _duration(seconds: float) -> str:
+    minutes, rest = divmod(int(round(seconds)), 60)
+    return f"{minutes} min {rest} s" if minutes else f"{rest} s"
+
+
 def _number(value: float | None) -> str:
     return "-" if value is None else f"{value:.3f}"
 
@@ -103,6 +122,7 @@ def render_summary(report: dict[str, Any]) -> str:
                          + (f" [{interval[0]:.3f}, {interval[1]:.3f}]" if interval else "") + " |")
             warnings += [f"{name} cross-validation: {warning}" for warning in cv.get("warnings", [])]
     lines += _abstention_lines(report["candidates"])
+    lines += _resource_lines(report["candidates"])
     lines += [f"Warning: {warning}" for warning in dict.fromkeys(warnings)]
     anomalies = report["anomalies"]
     lines += ["", "Data anomalies: " + ("none" if not anomalies else json.dumps(anomalies))]

@@ -47,3 +47,17 @@ def test_summary_and_plot_show_each_candidates_not_sure_band(tmp_path):
     assert report_summary.plot_coverage(report["candidates"], str(tmp_path / "coverage.png"))
     assert (tmp_path / "coverage.png").read_bytes()[:4] == b"\x89PNG"
     assert not report_summary.plot_coverage({"cnn": {"abstention": None}}, str(tmp_path / "none.png"))
+
+
+def test_summary_shows_what_each_trainer_cost():
+    report = {"created": "now", "data": None, "retrained": True, "winner": "mil", "reason": "r",
+              "already_serving": False, "pushed": {"pushed": False, "destination": "", "version": ""},
+              "anomalies": {}, "candidates": {
+                  "mil": {"blessed": True, "metrics": {"overall": {}},
+                          "training_resources": {"wall_seconds": 754.4, "cpu_seconds": 1400.0,
+                                                 "start_rss_bytes": 2**30, "peak_rss_bytes": 3 * 2**30 + 2**29,
+                                                 "end_rss_bytes": 2**31}},
+                  "cnn": {"blessed": True, "metrics": {"overall": {}}, "training_resources": None}}}
+    text = report_summary.render_summary(report)
+    assert "| mil | 12 min 34 s | 23 min 20 s | 3.50 GiB | 1.00 GiB |" in text
+    assert "| cnn | " not in text.split("What each Trainer cost")[1]

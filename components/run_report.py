@@ -4,7 +4,8 @@
 Metrics of every candidate (overall with patient-bootstrap intervals, per magnification,
 per patient), how many test patients of each class they rest on, which one won and why,
 where it was pushed, what ExampleValidator found, and each candidate's "not sure" band
-with its accuracy against coverage on the held-out predictions it was chosen on.
+with its accuracy against coverage on the held-out predictions it was chosen on, and what
+each Trainer cost (wall time, CPU time, peak memory).
 """
 
 import json
@@ -69,7 +70,9 @@ def RunReport(
             rule=chosen.get("rule", "test_auc"),
             candidates={name: {"blessed": chosen["candidates"][name]["blessed"],
                                "cross_validation": chosen["candidates"][name].get("cross_validation"),
-                               "abstention": chosen["candidates"][name].get("abstention"), **summary}
+                               "abstention": chosen["candidates"][name].get("abstention"),
+                               "training_resources": chosen["candidates"][name].get("training_resources"),
+                               **summary}
                         for name, summary in summaries.items()},
             anomalies=_read_json(anomalies.uri, ANOMALIES_FILE) if anomalies is not None else {},
         )

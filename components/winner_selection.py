@@ -123,13 +123,12 @@ def _read_cross_validation(model_uri: str) -> dict[str, Any] | None:
     return fileio.read_json(path) if fileio.exists(path) else None
 
 
-def _read_abstention(model_uri: str) -> dict[str, Any] | None:
-    """The "not sure" band the Trainer exported (`model_info["abstention"]`: its operating
-    point and accuracy-against-coverage curve on the held-out predictions), or None."""
+def _read_model_info(model_uri: str) -> dict[str, Any]:
+    """The exported `model_info.json` of a Trainer's model ({} when there is none)."""
     from histopath.models.exported import MODEL_INFO_PATH
 
     path = fileio.join(model_uri, SERVING_MODEL_DIR, MODEL_INFO_PATH)
-    return fileio.read_json(path).get("abstention") if fileio.exists(path) else None
+    return fileio.read_json(path) if fileio.exists(path) else {}
 
 
 def _candidates(input_dict: Mapping[str, list]) -> dict[str, dict[str, Any]]:
@@ -147,8 +146,11 @@ def _candidates(input_dict: Mapping[str, list]) -> dict[str, dict[str, Any]]:
             "model_id": model.id,
             "evaluation_uri": evaluation.uri,
             "cross_validation": _read_cross_validation(model.uri),
-            "abstention": _read_abstention(model.uri),
         }
+        info = _read_model_info(model.uri)
+        # The "not sure" band (operating point and accuracy-against-coverage curve on the
+        # held-out predictions) and what training cost (wall time, peak memory).
+        candidates[kind].update(abstention=info.get("abstention"), training_resources=info.get("training_resources"))
     return candidates
 
 
