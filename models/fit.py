@@ -32,6 +32,7 @@ from histopath.models import abstention, cross_validation, datasets, registry
 from histopath.models.config import CandidateSettings, TrainingConfig
 from histopath.models.export import make_predictor
 from histopath.models.keras_utils import resolve_precision
+from histopath.models.resource_usage import ResourceMonitor
 from histopath.models.training import train_model
 
 logger = logging.getLogger(__name__)
@@ -70,10 +71,23 @@ def train_candidate(settings: CandidateSettings, train_files: Sequence[str], eva
       tf_transform_output: the Transform component's output.
       run_dir: where TensorBoard logs and the kind's extras go (created).
 
+    Returns:
+      The model, its threshold and its `model_info` (with `training_resources`: the wall
+      time, CPU time and peak memory of the whole training, `resource_usage`).
+
     Raises:
       DataError: no examples, or too few patients for any fold.
       ConfigError: settings a kind refuses.
     """
+    with ResourceMonitor() as monitor:
+        trained = _train(settings, train_files, eval_files, tf_transform_output, run_dir)
+    trained.info["training_resources"] = monitor.summary()
+    return trained
+
+
+def _train(settings: CandidateSettings, train_files: Sequence[str], eval_files: Sequence[str],
+           tf_transform_output: tft.TFTransformOutput, run_dir: str) -> TrainedCandidate:
+    """`train_candidate` without the measuring."""
     model_config, training_config = settings.model_config(), settings.training_config()
     started = time.time()
     cv_block, refit_data = None, None

@@ -135,12 +135,17 @@ def test_first_run_trains_on_span_one_and_pushes_version_one(first_run, config):
         band = candidate["abstention"]
         assert band["chosen_on"] == "cv" and band["min_coverage"] == 0.8 and band["coverage"] >= 0.8
         assert band["images"] == candidate["cross_validation"]["images"]
+        # What the Trainer cost: every fold, the refit and the threshold.
+        used = candidate["training_resources"]
+        assert used["wall_seconds"] > 0 and used["cpu_seconds"] > 0
+        assert used["peak_rss_bytes"] >= max(used["start_rss_bytes"], used["end_rss_bytes"]) > 0
     assert report["rule"] == "cv_simpler_unless_better" and "cross-validated over 8" in report["reason"]
     summary = pathlib.Path(config.report_dir, "summary.md").read_text()
     assert "Chosen by cv_simpler_unless_better" in summary and "Warning:" in summary
     assert info["cross_validation"]["folds"] == 2 and info["cross_validation"]["refit_on_all"]
     assert info["abstention"] == report["candidates"][report["winner"]]["abstention"]
     assert info["outputs"][5:7] == ["uncertainty", "not_sure"] and "\"Not sure\" band" in summary
+    assert "What each Trainer cost" in summary
 
 
 def test_second_run_ingests_only_the_new_span_and_trains_on_both(second_run, spans, config):
