@@ -28,6 +28,8 @@ from histopath.errors import ConfigError, DataError
 BREAKHIS = "breakhis"
 IDC = "idc"
 DATASETS = (BREAKHIS, IDC)
+SLIDES = "slides"  # whole slides with a labels CSV or a folder per label (data/slide_layout.py)
+PIPELINE_DATASETS = DATASETS + (SLIDES,)  # what the pipeline's ingestion and evaluate take
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff")
 BREAKHIS_MAGNIFICATIONS = (40, 100, 200, 400)

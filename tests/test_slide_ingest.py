@@ -1,0 +1,117 @@
+"""Slides as a data set: re-assembled IDC patients and an annotated synthetic slide, tiled
+by Beam into tf.Examples whose labels, pixels and positions are checked."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import histopath  # noqa: F401  (before TensorFlow)
+import numpy as np
+import pytest
+import tensorflow as tf
+from PIL import Image
+
+from histopath import slide_writer
+from histopath.data import features, idc_slides, slide_ingest
+from histopath.errors import DataError
+
+PATIENTS = ("8916", "9124")  # the two smallest IDC patients (171 and 465 patches)
+BEAM = ["--direct_running_mode=in_memory"]
+
+
+def _records(folder, split):
+    paths = sorted(str(p) for p in (folder / split).glob("*.tfrecord.gz"))
+    for raw in tf.data.TFRecordDataset(paths, compression_type="GZIP"):
+        yield tf.train.Example.FromString(raw.numpy()).features.feature
+
+
+@pytest.fixture(scope="module")
+def idc_source(shared_data, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("idc-slides")
+    idc_slides.reassemble(str(shared_data / "idc"), str(folder), PATIENTS, compression="lossless")
+    return folder
+
+
+def test_idc_slide_tiles_carry_the_patch_labels_and_pixels(idc_source, shared_data, tmp_path):
+    out = tmp_path / "out"
+    manifest = slide_ingest.ingest_slides(str(idc_source), str(out), splits="train=0.5,test=0.5",
+                                          beam_args=BEAM, require_every_split=False)
+    assert manifest["dataset"] == "slides" and manifest["tiling"]["mpp"] == 4.0
+    assert {s["slide_id"] for s in manifest["slides"]} == set(PATIENTS)
+    split_of = {p: name for name, split in manifest["splits"].items() for p in split["patient_ids"]}
+    assert sorted(split_of) == sorted(PATIENTS) and len(set(split_of.values())) == 2  # patient-disjoint
+    checked = 0
+    for split in manifest["splits"]:
+        for feature in _records(out, split):
+            patient = feature[features.PATIENT_ID].bytes_list.value[0].decode()
+            assert split_of[patient] == split
+            x, y = feature[features.PATCH_X].int64_list.value[0], feature[features.PATCH_Y].int64_list.value[0]
+            labels = idc_slides.labels_by_position(idc_slides.read_labels(str(idc_source / f"{patient}.labels.csv")))
+            assert feature[features.LABEL].int64_list.value[0] == labels[(x, y)]
+            assert feature[features.MPP].float_list.value[0] == pytest.approx(4.0)
+            assert feature[features.SLIDE_ID].bytes_list.value[0].decode() == patient
+            if checked < 20:  # lossless slide, 50 px tiles at level 0: the very patch
+                tile = np.asarray(Image.open(io.BytesIO(feature[features.IMAGE].bytes_list.value[0])).convert("RGB"))
+                row = next(r for r in idc_slides.read_labels(str(idc_source / f"{patient}.labels.csv"))
+                           if (r.x, r.y) == (x, y))
+                patch = np.asarray(Image.open(shared_data / "idc" / patient / str(row.label) / row.file).convert("RGB"))
+                h, w = patch.shape[:2]
+                assert np.array_equal(tile[:h, :w], patch)
+            checked += 1
+    assert checked == manifest["num_examples"] > 0
+    for slide in manifest["slides"]:
+        qc = slide["qc"]
+        assert slide["examples"] == qc["kept"] and qc["total"] == qc["kept"] + sum(qc["dropped"].values())
+    assert manifest["qc_totals"]["kept"] == manifest["num_examples"]
+
+
+def _tissue_slide(path, width=1200, height=800, mpp=0.5):
+    rng = np.random.default_rng(0)
+    image = np.full((height, width, 3), 245, np.uint8)
+    noise = rng.integers(0, 60, (height - 200, width - 200, 3), dtype=np.uint8)
+    image[100:-100, 100:-100] = np.array([190, 90, 170], np.uint8) - noise // 2  # pink, textured tissue
+    slide_writer.write_pyramid(str(path), width, height, slide_writer.array_region(image), mpp,
+                               compression="lossless")
+
+
+def test_geojson_annotations_label_tiles_and_unannotated_tiles_are_dropped(tmp_path):
+    source = tmp_path / "src"
+    source.mkdir()
+    _tissue_slide(source / "s1.tif")
+    _tissue_slide(source / "s2.tif")
+    # 100 µm tiles = 200 px at 0.5 µm/px: the square covers tiles (1, 1) to (2, 2) exactly, and
+    # tile (3, 1) for 30 %: too little to label it.
+    ring = [[200, 200], [660, 200], [660, 600], [200, 600], [200, 200]]
+    (source / "s1.geojson").write_text(json.dumps([{
+        "type": "Feature", "geometry": {"type": "Polygon", "coordinates": [ring]},
+        "properties": {"classification": {"name": "Tumor"}}}]))
+    (source / "slides.csv").write_text("slide,patient,label\ns1.tif,A,1\ns2.tif,B,0\n")
+    manifest = slide_ingest.ingest_slides(str(source), str(tmp_path / "out"), splits="train=1", tile_um=100,
+                                          tile_px=40, beam_args=BEAM, require_every_split=False)
+    by_slide = {s["slide_id"]: s for s in manifest["slides"]}
+    s1, s2 = by_slide["s1"], by_slide["s2"]
+    assert s1["annotations"] == "s1.geojson" and s2["annotations"] is None
+    assert s1["qc"]["dropped"]["unannotated"] > 0 and "unannotated" not in s2["qc"]["dropped"]
+    labels = {}
+    for feature in _records(tmp_path / "out", "train"):
+        slide = feature[features.SLIDE_ID].bytes_list.value[0].decode()
+        x, y = feature[features.PATCH_X].int64_list.value[0], feature[features.PATCH_Y].int64_list.value[0]
+        labels[(slide, x, y)] = feature[features.LABEL].int64_list.value[0]
+        assert feature[features.HEIGHT].int64_list.value[0] == 40
+        assert feature[features.MPP].float_list.value[0] == pytest.approx(2.5)
+    s1_tiles = {(x, y): label for (slide, x, y), label in labels.items() if slide == "s1"}
+    assert s1_tiles and set(s1_tiles.values()) == {1}
+    assert sorted(s1_tiles) == [(200, 200), (200, 400), (400, 200), (400, 400)]
+    assert {label for (slide, _, _), label in labels.items() if slide == "s2"} == {0}
+    assert s1["examples"] == len(s1_tiles) and s2["examples"] == len(labels) - len(s1_tiles)
+
+
+def test_a_cohort_too_small_is_refused_before_any_tiling(tmp_path):
+    source = tmp_path / "src"
+    source.mkdir()
+    _tissue_slide(source / "s1.tif", 600, 600)
+    (source / "slides.csv").write_text("slide,patient,label\ns1.tif,A,1\n")
+    with pytest.raises(DataError, match="received no patient"):
+        slide_ingest.ingest_slides(str(source), str(tmp_path / "out"), beam_args=BEAM)
+    assert not (tmp_path / "out").exists()
