@@ -10,7 +10,7 @@ STAMP  := $(VENV)/.installed
 DEMO   ?= demo
 PYTEST_ARGS ?=
 
-.PHONY: venv demo test system-deps lock bench clean vendor-openseadragon
+.PHONY: venv demo test system-deps lock lock-gpu bench clean vendor-openseadragon
 
 venv: $(STAMP)
 
@@ -45,6 +45,11 @@ lock:
 	test -x $(BIN)/uv || $(BIN)/python -m pip install --quiet uv
 	cd requirements && ../$(BIN)/uv pip compile --python-version 3.10 requirements.in \
 		-c tfx-constraints.txt --override overrides.txt -o lock.txt
+
+# The CUDA variant (pipeline/docker/pipeline-gpu.Dockerfile): lock.txt plus the nvidia-*-cu12
+# wheels of tensorflow[and-cuda]; re-run after every change of lock.txt.
+lock-gpu:
+	$(BIN)/python scripts/make-gpu-lock.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache
