@@ -1,7 +1,8 @@
 """tf.Transform preprocessing: the deterministic half of image preparation.
 
 Transform runs once over the data, so it only does what is the same for every epoch:
-decode, resize to `image_size`, scale and, when asked, normalise the stain. Augmentation
+decode, resize to `image_size`, scale and, when asked, normalise the stain
+(`stain_normalization.normalize`: OD scaling, Macenko or Reinhard). Augmentation
 is random and belongs to training. The Transform graph is embedded in every exported model
 (`TransformedImagePreprocessor`), so serving prepares an image with the very graph that
 prepared the training data.
@@ -13,7 +14,7 @@ from typing import Any
 
 import tensorflow as tf
 
-from histopath.models import image_ops
+from histopath.models import image_ops, stain_normalization
 from histopath.data import features
 
 TRANSFORMED_IMAGE = "image_xf"  # string: uint8 (image_size, image_size, 3) tensor, serialized
@@ -29,16 +30,16 @@ def preprocessing_fn(inputs: dict[str, tf.Tensor], custom_config: dict[str, Any]
     Args:
       inputs: raw features, batched; `image` and `label` are used, the
         `SLIDE_POSITION_FEATURES` present are passed on.
-      custom_config: `{"image_size": int, "stain_normalization": 0 or 1, ...}` from the
-        Transform component.
+      custom_config: `{"image_size": int, "stain_normalization": method, ...}` from the
+        Transform component; the method is a `stain_normalization.METHODS` name, or 0 / 1
+        (none / od_scaling) as older pipelines passed it.
 
     Returns:
       The transformed features `image_xf` and `label_xf`, plus the slide positions.
     """
     size = int(custom_config["image_size"])
     images = image_ops.decode_and_resize(inputs[features.IMAGE], size)
-    if custom_config.get("stain_normalization"):
-        images = image_ops.normalize_stain(images)
+    images = stain_normalization.normalize(images, custom_config.get("stain_normalization"))
     outputs = {TRANSFORMED_IMAGE: image_ops.quantize_to_bytes(images)}
     if features.LABEL in inputs:
         outputs[TRANSFORMED_LABEL] = tf.reshape(tf.cast(inputs[features.LABEL], tf.int64), [-1])
