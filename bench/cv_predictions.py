@@ -42,14 +42,14 @@ from bench.study.tables import with_interval
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 
-def _as_stored(encoded: List[bytes], image_size: int, stain_normalization: bool) -> np.ndarray:
+def _as_stored(encoded: List[bytes], image_size: int, stain_normalization: Any) -> np.ndarray:
     """Encoded images as Transform stores them (`preprocessing_fn`), uint8 `[n, s, s, 3]`."""
     import tensorflow as tf
 
     from histopath.data import features
-    from histopath.models import image_ops, preprocessing
+    from histopath.models import image_ops, preprocessing, stain_methods
 
-    settings = {"image_size": image_size, "stain_normalization": int(stain_normalization)}
+    settings = {"image_size": image_size, "stain_normalization": stain_methods.method_name(stain_normalization)}
     images = []
     for start in range(0, len(encoded), 64):
         raw = {features.IMAGE: tf.constant(encoded[start:start + 64])}
@@ -59,7 +59,7 @@ def _as_stored(encoded: List[bytes], image_size: int, stain_normalization: bool)
     return np.concatenate(images)
 
 
-def load_raw(dataset: str, source: str, image_size: int, stain_normalization: bool,
+def load_raw(dataset: str, source: str, image_size: int, stain_normalization: Any,
              bag_size: Optional[int] = None):
     """Every image under `source` as Transform stores it, in memory, and each image's slide
     position `(x, y)` (IDC; None for BreakHis).

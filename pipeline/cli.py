@@ -9,7 +9,7 @@ from typing import Any
 from histopath.argtypes import non_negative_int
 from histopath.errors import ConfigError
 from histopath.data.layouts import DATASETS
-from histopath.models import registry
+from histopath.models import registry, stain_methods
 
 
 def _model_list(text: str) -> tuple[str, ...]:
@@ -33,8 +33,9 @@ def add_config_arguments(parser: argparse.ArgumentParser, *, need_data: bool) ->
                         help=f"comma-separated model kinds to train and compare: {', '.join(registry.names())}")
     parser.add_argument("--epochs", type=non_negative_int, help="epochs of every training phase of every model")
     parser.add_argument("--image-size", type=int, help="Transform output size in pixels")
-    parser.add_argument("--stain-normalization", action="store_true", default=None,
-                        help="Transform scales each image's H and E stain to a reference amount")
+    parser.add_argument("--stain-normalization", nargs="?", const="od_scaling", choices=stain_methods.METHODS,
+                        metavar="METHOD", help="Transform normalises each image's stain: "
+                        f"{', '.join(stain_methods.METHODS)} (alone: od_scaling, H and E scaled to a reference amount)")
     parser.add_argument("--slide-context-sigma", type=float, metavar="PATCHES",
                         help="IDC: the Trainers also choose a threshold for patch probabilities averaged over the "
                         "slide (Gaussian width in patches; 0 = off)")

@@ -20,9 +20,9 @@ from typing import Any, Mapping, Optional, Sequence
 
 from histopath import fileio
 from histopath.data import spans as spans_lib
-from histopath.data.layouts import DATASETS
+from histopath.data.layouts import PIPELINE_DATASETS, SLIDES
 from histopath.errors import ConfigError
-from histopath.models import registry
+from histopath.models import registry, stain_methods
 from histopath.models.config import AbstentionConfig, CandidateSettings, TrainingConfig
 from histopath.models.exported import VERSION_POLICIES
 
@@ -75,16 +75,18 @@ class SelectionConfig:
 class PipelineConfig:
     """Everything one pipeline run needs; recorded with the run's outputs."""
 
-    dataset: str = "breakhis"  # "breakhis" | "idc": layout of the raw data
+    dataset: str = "breakhis"  # "breakhis" | "idc" | "slides": layout of the raw data (docs/slides.md)
     data_dir: str = ""  # raw image root (local path or URI), or ingested records (manifest.json)
     output_dir: str = "outputs"  # pipeline_root/, metadata.sqlite, serving/, report/, logs/
     preset: str = ""  # the named preset the run started from ("" = none)
     pipeline_name: str = "histopath"  # [a-z0-9-]+ (Kubeflow's rule)
     models: tuple[str, ...] = registry.DEFAULT_MODELS  # which candidates train: registered kinds
     image_size: int = 224  # Transform's output size; each model resizes from it
-    # Transform scales every image's H and E stain amounts to a reference
-    # (`image_ops.normalize_stain`), inside the exported graph, so serving does the same.
-    stain_normalization: bool = False
+    # Transform normalises every image's stain, inside the exported graph, so serving does
+    # the same (`stain_normalization.METHODS`): "none", "od_scaling" (H and E amounts scaled
+    # to a reference, `image_ops.normalize_stain`), "macenko" or "reinhard". Older files'
+    # true / false mean "od_scaling" / "none".
+    stain_normalization: str = "none"
     # IDC only: each Trainer also chooses a decision threshold for patch probabilities
     # averaged over the slide (`evaluation.slide_context`; Gaussian width in patches,
     # 0 = off), stored with the model for `histopath evaluate` and slide prediction.
@@ -97,6 +99,10 @@ class PipelineConfig:
     # IDC only: K >= 2 ingests one record per K x K region of patches (a MIL bag,
     # `data.bags`) instead of one per patch; None = one record per patch.
     bag_size: Optional[int] = None
+    # Slides only: tiles of `tile_um` microns stored at `tile_px` pixels (the IDC scale by
+    # default: 50 px at 4 µm/px); recorded in model_info so `histopath predict` tiles alike.
+    tile_um: float = 200.0
+    tile_px: int = 50
     # Which spans a run trains on: "all", or the last N spans (a number).
     span_window: str = "all"
     # Retrain only when the new spans bring at least this many new patients (0 = on every
@@ -152,6 +158,12 @@ class PipelineConfig:
     def logs_dir(self) -> str:
         return fileio.join(self.output_path, "logs")
 
+    def __post_init__(self):
+        try:  # the older boolean form, read as the method it meant
+            object.__setattr__(self, "stain_normalization", stain_methods.method_name(self.stain_normalization))
+        except ValueError as error:
+            raise ConfigError(str(error)) from None
+
     def model_config(self, kind: str) -> Any:
         """The typed config of model `kind`."""
         return self.model_configs[kind]
@@ -159,8 +171,10 @@ class PipelineConfig:
     # ---- validation and (de)serialisation ----------------------------------------------
     def validate(self) -> "PipelineConfig":
         """Checks the values; raises ConfigError naming the bad field."""
-        if self.dataset not in DATASETS:
-            raise ConfigError(f"dataset must be one of {DATASETS}, got {self.dataset!r}")
+        if self.dataset not in PIPELINE_DATASETS:
+            raise ConfigError(f"dataset must be one of {PIPELINE_DATASETS}, got {self.dataset!r}")
+        if not float(self.tile_um) > 0 or int(self.tile_px) < 1:
+            raise ConfigError(f"tile_um must be positive and tile_px at least 1, got {self.tile_um} and {self.tile_px}")
         unknown = [m for m in self.models if m not in registry.KINDS]
         if not self.models or unknown:
             raise ConfigError(f"models must be a non-empty subset of {registry.names()}, got {list(self.models)}")
@@ -367,4 +381,13 @@ def model_settings(config: PipelineConfig, kind: str) -> dict[str, Any]:
         model_kind=kind, model=config.model_config(kind).to_dict(), training=config.model_training[kind].to_dict(),
         transform_size=config.image_size, folds=cross_validation_folds(config),
         refit_on_all=config.selection.refit_on_all, slide_context_sigma=float(config.slide_context_sigma),
-        dataset=config.dataset, model_name=config.model_name, abstention=config.abstention.to_dict()).to_dict()
+        dataset=config.dataset, model_name=config.model_name, abstention=config.abstention.to_dict(),
+        slide_tiling=slide_tiling(config)).to_dict()
+
+
+def slide_tiling(config: PipelineConfig) -> dict[str, Any]:
+    """For slides: the tiles' scale the Trainer records in model_info ({} for images)."""
+    if config.dataset != SLIDES:
+        return {}
+    return {"tile_um": float(config.tile_um), "tile_px": int(config.tile_px),
+            "mpp": float(config.tile_um) / int(config.tile_px)}

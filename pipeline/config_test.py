@@ -78,6 +78,8 @@ def test_bad_settings_name_what_is_wrong():
         resolve({"span_window": "some"})
     with pytest.raises(ConfigError, match="bag_size"):
         resolve({"dataset": "breakhis", "bag_size": 4})
+    with pytest.raises(ConfigError, match="stain_normalization must be one of none, od_scaling, macenko, reinhard"):
+        resolve({"stain_normalization": "vahadane"})
 
 
 def test_slide_context_sigma_is_validated_and_reaches_the_trainers():
@@ -113,10 +115,12 @@ def test_the_datasets_preset_is_the_default_and_file_and_flags_override_it(tmp_p
     config_file = tmp_path / "config.json"
     config_file.write_text(json.dumps({"densenet": {"dropout": 0.05}, "stain_normalization": False}))
     from_file = _parse(base + ["--config", str(config_file)])
-    assert from_file.model_config("densenet").dropout == 0.05 and from_file.stain_normalization is False
+    assert from_file.model_config("densenet").dropout == 0.05
     kept = presets.PRESETS["idc"].settings["densenet"]["image_size"]
     assert from_file.model_config("densenet").image_size == kept
-    assert _parse(base + ["--config", str(config_file), "--stain-normalization"]).stain_normalization is True
+    assert from_file.stain_normalization == "none"  # the older boolean form, read as the method it meant
+    assert _parse(base + ["--config", str(config_file), "--stain-normalization"]).stain_normalization == "od_scaling"
+    assert _parse(base + ["--stain-normalization", "macenko"]).stain_normalization == "macenko"
     assert _parse(["run", "--dataset", "breakhis", "--data", "d", "--output", "o"]).preset == "breakhis"
     demo = _parse(["run", "--dataset", "breakhis", "--preset", "demo", "--data", "d", "--output", "o"])
     assert demo.preset == "demo" and demo.image_size == 128 and demo.model_training["mil"].epochs == 6

@@ -90,7 +90,7 @@ def _training_components(config: PipelineConfig, examples) -> dict[str, Any]:
         disable_statistics=True,
         custom_config={
             "image_size": config.image_size,
-            "stain_normalization": int(config.stain_normalization),
+            "stain_normalization": config.stain_normalization,
             "code_fingerprint": fingerprint.source_fingerprint(fingerprint.TRANSFORM_ENTRY),
         },
     )
