@@ -26,7 +26,7 @@ import os
 import queue
 import threading
 import time
-from typing import Any, Dict, Iterator, List, Optional, Sequence
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence
 
 import numpy as np
 from PIL import Image
@@ -39,6 +39,28 @@ IDC_TILE_PX = 50  # IDC patch side: the pixels such a model was trained on
 TOP_FRACTION = 0.05  # the slide score is the mean of this share of its highest tile probabilities
 PREFETCH_BATCHES = 2  # batches read ahead of the model
 _BENIGN_COLOUR, _MALIGNANT_COLOUR = (60, 160, 60), (200, 30, 30)
+
+
+PredictFn = Callable[[List[bytes], List[str]], List[Dict[str, Any]]]
+ProgressFn = Callable[[int, int], None]
+
+
+@dataclasses.dataclass(frozen=True)
+class TileModel:
+    """A model reached some other way than in this process (e.g. the web app's backend,
+    which may be a TF Serving endpoint), called batch by batch like an exported model.
+
+    Attributes:
+      model_info: what the model says of itself (scale, threshold, label names).
+      model_name, model_version: who answers, for the outputs.
+      predict: (encoded tiles, their names) -> one row per tile as `exported.predict_bytes`
+        answers ("probability", "tissue_detected", ...).
+    """
+
+    model_info: Dict[str, Any]
+    model_name: str
+    model_version: str
+    predict: PredictFn
 
 
 @dataclasses.dataclass(frozen=True)
@@ -140,8 +162,16 @@ def _prepared_batches(tiler: tiling.Tiler, batch_size: int) -> Iterator[tuple[Li
         worker.join()
 
 
-def call_tiles(loaded, tiler: tiling.Tiler, batch_size: int = 64) -> Iterator[Dict[str, Any]]:
+def call_tiles(loaded, tiler: tiling.Tiler, batch_size: int = 64,
+               progress: Optional[ProgressFn] = None) -> Iterator[Dict[str, Any]]:
     """Runs the model on a slide's tiles, batch by batch (the next batch read meanwhile).
+
+    Args:
+      loaded: an `exported.ServingModel` or a `TileModel`.
+      tiler: the slide's tiles.
+      batch_size: tiles per model call.
+      progress: called after each batch with (tiles done, tiles on tissue): called or
+        dropped by QC, of all the grid cells on the tissue mask.
 
     Yields:
       Per called tile: x, y, size, column, row, tissue_fraction, probability,
@@ -152,9 +182,18 @@ def call_tiles(loaded, tiler: tiling.Tiler, batch_size: int = 64) -> Iterator[Di
     """
     from histopath.models import exported
 
+    if isinstance(loaded, TileModel):
+        predict = loaded.predict
+    else:
+        def predict(inputs: List[bytes], names: List[str]) -> List[Dict[str, Any]]:
+            return exported.predict_bytes(loaded, inputs, names=names)
+    total, called = len(tiler.candidates()[0]), 0
     for batch, inputs in _prepared_batches(tiler, batch_size):
         names = [f"{tiler.slide.path} tile ({t.x}, {t.y})" for t in batch]
-        rows = exported.predict_bytes(loaded, inputs, names=names)
+        rows = predict(inputs, names)
+        called += len(batch)
+        if progress is not None:  # the tiles QC dropped so far count as done
+            progress(min(total, called + len(tiler.dropped)), total)
         for tile, row in zip(batch, rows):
             yield {"x": tile.x, "y": tile.y, "size": tile.size, "column": tile.column, "row": tile.row,
                    "tissue_fraction": round(tile.tissue_fraction, 4), "probability": row["probability"],
@@ -207,11 +246,12 @@ def _write_png(image: Image.Image, path: str) -> None:
 
 def predict_slide(loaded, path: str, output: str, *, mpp: Optional[float] = None, scale: ModelScale,
                   batch_size: int = 64, top_fraction: float = TOP_FRACTION,
-                  min_tissue: float = tiling.MIN_TISSUE_FRACTION) -> Dict[str, Any]:
+                  min_tissue: float = tiling.MIN_TISSUE_FRACTION,
+                  progress: Optional[ProgressFn] = None) -> Dict[str, Any]:
     """Calls one slide and writes its outputs under `output/<slide id>/`.
 
     Args:
-      loaded: an `exported.ServingModel`.
+      loaded: an `exported.ServingModel` or a `TileModel`.
       path: the slide (local or URI).
       output: the run's output folder.
       mpp: the slide's microns per pixel when its file does not say.
@@ -219,6 +259,7 @@ def predict_slide(loaded, path: str, output: str, *, mpp: Optional[float] = None
       batch_size: tiles per model call.
       top_fraction: share of the highest tile probabilities averaged into the slide score.
       min_tissue: least share of a tile on the tissue mask.
+      progress: see `call_tiles`; called once more with (N, N) when every tile is done.
 
     Returns:
       The slide answer (what `slide.json` holds, without the per-tile rows).
@@ -234,8 +275,11 @@ def predict_slide(loaded, path: str, output: str, *, mpp: Optional[float] = None
     label_names = info.get("label_names") or ["benign", "malignant"]
     with slides.open_slide(path, mpp=mpp) as slide:
         tiler = tiling.Tiler(slide, scale.tile_um, scale.tile_px, min_tissue=min_tissue)
-        tiles = [t for t in call_tiles(loaded, tiler, batch_size) if t["tissue_detected"]]
+        tiles = [t for t in call_tiles(loaded, tiler, batch_size, progress) if t["tissue_detected"]]
         described = slide.describe()
+        if progress is not None:
+            total = len(tiler.candidates()[0])
+            progress(total, total)
     score = slide_score([t["probability"] for t in tiles], top_fraction)
     label = None if score is None else int(score >= threshold)
     folder = fileio.join(output, described["slide_id"])
@@ -254,10 +298,19 @@ def predict_slide(loaded, path: str, output: str, *, mpp: Optional[float] = None
         "tile_um": scale.tile_um, "tile_px": scale.tile_px, "tile_mpp": tiler.grid.mpp,
         "read_level": tiler.grid.level, "model_scale_source": scale.source,
         "seconds": round(time.monotonic() - started, 2), "outputs": outputs,
-        **{key: value for key, value in exported.describe(loaded).items() if key in ("model_name", "model_version")},
+        **_model_names(loaded),
     }
     fileio.write_json(outputs["slide.json"], {**answer, "tiles": tiles})
     return answer
+
+
+def _model_names(loaded) -> Dict[str, Any]:
+    """model_name and model_version of an exported model or a `TileModel`."""
+    if isinstance(loaded, TileModel):
+        return {"model_name": loaded.model_name, "model_version": loaded.model_version}
+    from histopath.models import exported
+
+    return {key: value for key, value in exported.describe(loaded).items() if key in ("model_name", "model_version")}
 
 
 def predict_slides(model_dir: str, paths: Sequence[str], output: str, *, mpp: Optional[float] = None,

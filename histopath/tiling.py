@@ -145,10 +145,16 @@ class Tiler:
         self.qc = qc
         self.counts = tissue.QcCounts(total=self.grid.columns * self.grid.rows)
         self.dropped: List[tuple[int, int, int, str]] = []
+        self._candidates: Optional[tuple[np.ndarray, np.ndarray, np.ndarray]] = None
 
     def candidates(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(columns, rows, tissue fractions) of the grid cells on tissue, row-major; counts
-        the others as dropped for background."""
+        the others as dropped for background (once: later calls return the same cells)."""
+        if self._candidates is None:
+            self._candidates = self._on_tissue()
+        return self._candidates
+
+    def _on_tissue(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         grid = self.grid
         rows, columns = np.divmod(np.arange(grid.columns * grid.rows), grid.columns)
         xs, ys = np.round(columns * grid.size0), np.round(rows * grid.size0)

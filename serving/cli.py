@@ -208,6 +208,9 @@ def run_web_app(args: argparse.Namespace) -> int:
     _setup_django()
     call_command("migrate", interactive=False, verbosity=1)
     if args.dev:
+        from histopath.serving.webapp.predictions.slide_jobs import start_workers
+
+        start_workers()  # gunicorn workers start theirs in post_worker_init
         call_command("runserver", f"{args.host}:{args.port}", use_reloader=False)
         return 0
     command = [

@@ -13,6 +13,9 @@ the threads that run Django. `BufferedRequests`:
   (memory and temporary files stay bounded however many clients send at once);
 - then hands the complete request to Django, at most `HISTOPATH_REQUEST_THREADS` at once
   (the others wait their turn in the loop, not in a thread); `/healthz` never waits.
+
+A slide upload (`POST /slides/upload`, gigabytes) is not buffered: it is streamed to a
+file by `predictions/slide_stream.py`, with its own limit and time-out.
 """
 
 from __future__ import annotations
@@ -29,7 +32,8 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "histopath.serving.webapp.settin
 from django.conf import settings  # noqa: E402
 from django.core.asgi import get_asgi_application  # noqa: E402
 
-from histopath.serving.webapp.predictions.middleware import MULTIPART_OVERHEAD  # noqa: E402
+from histopath.serving.webapp.predictions.middleware import MULTIPART_OVERHEAD, SLIDE_UPLOAD_PATH  # noqa: E402
+from histopath.serving.webapp.predictions.slide_stream import stream_slide_upload  # noqa: E402
 
 SPOOL_IN_MEMORY_BYTES = 64 * 1024  # larger bodies wait on disk until Django reads them
 CHUNK_BYTES = 64 * 1024
@@ -66,6 +70,11 @@ class BufferedRequests:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        if self._slots is None:
+            self._slots = asyncio.Semaphore(self.concurrency)
+        if scope.get("path") == SLIDE_UPLOAD_PATH and scope.get("method") == "POST":
+            await stream_slide_upload(self.app, scope, receive, send, self._slots)
+            return
         declared = dict(scope.get("headers") or []).get(b"content-length", b"")
         if declared.isdigit() and int(declared) > self.max_body_bytes:
             await self._too_large(send)
@@ -92,8 +101,6 @@ class BufferedRequests:
             if scope.get("path") in UNQUEUED_PATHS:  # probes answer even when every slot is busy
                 await self.app(scope, _replay(body, size, receive), send)
                 return
-            if self._slots is None:
-                self._slots = asyncio.Semaphore(self.concurrency)
             async with self._slots:
                 await self.app(scope, _replay(body, size, receive), send)
         finally:

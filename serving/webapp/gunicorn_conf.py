@@ -24,5 +24,7 @@ keepalive = int(os.environ.get("GUNICORN_KEEPALIVE", "75"))
 def post_worker_init(worker) -> None:
     """Loads the model in the freshly forked worker (threads do not survive a fork)."""
     from histopath.serving.webapp.predictions.backends import get_backend
+    from histopath.serving.webapp.predictions.slide_jobs import start_workers
 
     get_backend().warm_up()
+    start_workers()  # HISTOPATH_SLIDE_WORKERS threads running queued slide jobs

@@ -41,6 +41,17 @@ Environment:
                               (160; memory up to 64 KiB each, then temporary files), then 503.
   HISTOPATH_URL_ALLOWLIST     comma-separated IPs/CIDRs/host names an image URL may use
                               even though they are loopback/private (default: none).
+  HISTOPATH_SLIDE_DIR         where uploaded slides and slide results are kept
+                              ($HISTOPATH_STATE_DIR/slides).
+  HISTOPATH_SLIDE_ROOT        a folder of slides pathologists may pick from (default: none).
+  HISTOPATH_MAX_SLIDE_BYTES   largest slide upload, streamed to disk (4 GB = 4 * 1024^3).
+  HISTOPATH_SLIDE_BODY_TIMEOUT  seconds a slide upload may take to arrive (3600).
+  HISTOPATH_SLIDE_WORKERS     slide jobs each web worker process runs at once (1; 0: only
+                              `histopath webapp slide_worker` runs them).
+  HISTOPATH_SLIDE_MODEL_MPP, HISTOPATH_SLIDE_TILE_PX  the model's scale when its
+                              model_info does not say it (e.g. through TF Serving).
+  HISTOPATH_SLIDE_STALE_MINUTES  a running job whose worker has not reported for this long
+                              is queued again (10).
 """
 
 from __future__ import annotations
@@ -203,6 +214,16 @@ FILE_UPLOAD_MAX_MEMORY_SIZE = 4 * 1024 * 1024  # larger uploads spill to a temp 
 HISTOPATH_REQUEST_THREADS = int(os.environ.get("HISTOPATH_REQUEST_THREADS", "8"))
 HISTOPATH_BODY_TIMEOUT = float(os.environ.get("HISTOPATH_BODY_TIMEOUT", "120"))
 HISTOPATH_BUFFERED_MB = float(os.environ.get("HISTOPATH_BUFFERED_MB", "160"))
+
+# --- whole slides (predictions/slide_*.py) -----------------------------------------------
+HISTOPATH_SLIDE_DIR = os.environ.get("HISTOPATH_SLIDE_DIR") or str(_state_dir.resolve() / "slides")
+HISTOPATH_SLIDE_ROOT = os.environ.get("HISTOPATH_SLIDE_ROOT", "")
+HISTOPATH_MAX_SLIDE_BYTES = int(os.environ.get("HISTOPATH_MAX_SLIDE_BYTES", str(4 * 1024**3)))
+HISTOPATH_SLIDE_BODY_TIMEOUT = float(os.environ.get("HISTOPATH_SLIDE_BODY_TIMEOUT", "3600"))
+HISTOPATH_SLIDE_WORKERS = int(os.environ.get("HISTOPATH_SLIDE_WORKERS", "1"))
+HISTOPATH_SLIDE_MODEL_MPP = float(os.environ.get("HISTOPATH_SLIDE_MODEL_MPP") or 0) or None
+HISTOPATH_SLIDE_TILE_PX = int(os.environ.get("HISTOPATH_SLIDE_TILE_PX") or 0) or None
+HISTOPATH_SLIDE_STALE_MINUTES = float(os.environ.get("HISTOPATH_SLIDE_STALE_MINUTES", "10"))
 
 LOGGING = {
     "version": 1,

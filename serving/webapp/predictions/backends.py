@@ -144,6 +144,43 @@ class EmbeddedBackend:
         label_names = loaded.info.get("label_names") or LABEL_NAMES
         return _answer(first, self.model_name, str(loaded.version), label_names)
 
+    def tile_model(self):
+        """The loaded version as a `slide_predict.TileModel` (one batch of tiles per call).
+
+        Raises:
+          BackendError: no model has been pushed.
+        """
+        return _embedded_tile_model(self)
+
+
+def _tile_rows(outputs: dict, count: int) -> list[dict]:
+    """Per tile, what `slide_predict` reads of a batch's outputs (`exported.predict_bytes`'s rows)."""
+    rows = []
+    for index in range(count):
+        rows.append({"probability": float(outputs["probability"][index]),
+                     TISSUE_DETECTED: bool(outputs[TISSUE_DETECTED][index]) if TISSUE_DETECTED in outputs else True})
+    return rows
+
+
+def _embedded_tile_model(backend: "EmbeddedBackend"):
+    from histopath.evaluation.slide_predict import TileModel
+    from histopath.errors import DataError
+
+    loaded = backend._ensure_loaded()
+
+    def predict(images: list[bytes], names: list[str]) -> list[dict]:
+        import tensorflow as tf
+
+        try:
+            outputs = loaded.run("serving_default", {"image_bytes": np.array(images, dtype=object)})
+        except (tf.errors.InvalidArgumentError, tf.errors.UnknownError) as error:
+            from histopath.models.exported import error_reason
+
+            raise DataError(f"{names[0]} ...: the model could not read the tiles ({error_reason(error)})") from None
+        return _tile_rows(outputs, len(images))
+
+    return TileModel(loaded.info, backend.model_name, str(loaded.version), predict)
+
 
 def _dropped_connection_retry_class():
     from urllib3.exceptions import ReadTimeoutError
@@ -234,6 +271,45 @@ class TFServingBackend:
             except (requests.RequestException, ValueError):
                 version = "unknown"
         return _answer(prediction, self.model_name, version, LABEL_NAMES)
+
+
+    def predict_tiles(self, images: list[bytes], names: list[str]) -> list[dict]:
+        """One batch of encoded tiles through TF Serving's REST predict API (row format).
+
+        Raises:
+          BackendError: the model server is unreachable or answered an error.
+        """
+        import requests
+
+        body = {"instances": [{"b64": base64.b64encode(image).decode("ascii")} for image in images]}
+        url = f"{self.base_url}/v1/models/{self.model_name}:predict"
+        try:
+            response = self._session.post(url, json=body, timeout=max(self.timeout_s, 120.0))
+        except requests.RequestException as error:
+            raise BackendError(f"the model server at {self.base_url} is unreachable ({type(error).__name__})") from None
+        if response.status_code != 200:
+            raise BackendError(f"the model server answered HTTP {response.status_code} to a batch of tiles "
+                               f"from {names[0]}: {response.text[:200]}")
+        predictions = response.json()["predictions"]
+        if len(predictions) != len(images) or not all(isinstance(row, dict) for row in predictions):
+            raise BackendError("the model server's answer does not have one probability and label per tile")
+        outputs = {key: [row.get(key) for row in predictions] for key in ("probability", TISSUE_DETECTED)
+                   if all(key in row for row in predictions)}
+        return _tile_rows(outputs, len(images))
+
+    def tile_model(self):
+        """This endpoint as a `slide_predict.TileModel`. TF Serving does not serve the
+        model's `model_info`: the scale comes from `HISTOPATH_SLIDE_MODEL_MPP` /
+        `HISTOPATH_SLIDE_TILE_PX` and the decision threshold is 0.5."""
+        import requests
+
+        from histopath.evaluation.slide_predict import TileModel
+
+        try:
+            version = self._status_version()
+        except (requests.RequestException, ValueError):
+            version = "unknown"
+        return TileModel({"label_names": list(LABEL_NAMES)}, self.model_name, version, self.predict_tiles)
 
 
 _backends: dict[tuple, object] = {}

@@ -6,6 +6,7 @@ from django.conf import settings
 from django.shortcuts import render
 
 MULTIPART_OVERHEAD = 64 * 1024  # form fields and multipart boundaries around the file
+SLIDE_UPLOAD_PATH = "/slides/upload"  # a raw slide body, streamed by the ASGI layer
 
 
 class RequestSizeLimitMiddleware:
@@ -17,10 +18,12 @@ class RequestSizeLimitMiddleware:
     def __call__(self, request):
         declared = request.META.get("CONTENT_LENGTH") or "0"
         limit = settings.HISTOPATH_MAX_UPLOAD_BYTES + MULTIPART_OVERHEAD
+        if request.path == SLIDE_UPLOAD_PATH:  # a slide: its own limit (predictions/slide_store.py)
+            limit = settings.HISTOPATH_MAX_SLIDE_BYTES
         if declared.isdigit() and int(declared) > limit:
             message = (
                 f"The upload is larger than the limit of "
-                f"{settings.HISTOPATH_MAX_UPLOAD_BYTES / 1024 / 1024:.1f} MiB."
+                f"{limit / 1024 / 1024:.1f} MiB."
             )
             response = render(request, "predictions/error.html", {"message": message}, status=413)
             response["Connection"] = "close"

@@ -96,8 +96,11 @@ class AuditEvent(AppendOnlyModel):
     LOCKED_OUT = "locked_out"
     SIGN_OUT = "sign_out"
     PREDICTION = "prediction"
+    SLIDE_QUEUED = "slide_queued"
+    SLIDE_PREDICTION = "slide_prediction"
     KINDS = [(SIGN_IN, "Signed in"), (SIGN_IN_FAILED, "Sign-in failed"), (LOCKED_OUT, "Locked out"),
-             (SIGN_OUT, "Signed out"), (PREDICTION, "Prediction")]
+             (SIGN_OUT, "Signed out"), (PREDICTION, "Prediction"), (SLIDE_QUEUED, "Slide queued"),
+             (SLIDE_PREDICTION, "Slide prediction")]
 
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
     kind = models.CharField(max_length=16, choices=KINDS, db_index=True)
@@ -136,3 +139,81 @@ class SignInThrottle(models.Model):
 
     def __str__(self) -> str:
         return f"{self.username}: {self.failures} failure(s)"
+
+
+class SlideJob(models.Model):
+    """One whole slide to call, and its state: the queue every web worker reads.
+
+    A job is written `queued`; a worker claims it with one conditional UPDATE (`queued` ->
+    `running`, its own id), so two processes never run one job; it records its progress
+    (`tiles_done` of `tiles_total`) and a heartbeat as it goes, then the answer (`done`)
+    or the reason (`failed`). Any process answers the page's polls from these rows.
+
+    Attributes:
+      created_at, started_at, finished_at: when it was queued, claimed, ended.
+      user: who asked for it.
+      source: "upload" (stored under `HISTOPATH_SLIDE_DIR`) or "folder" (under
+        `HISTOPATH_SLIDE_ROOT`).
+      slide_path: the slide file (absolute; never shown).
+      slide_sha256: SHA-256 of an uploaded file as received ("" for a folder slide).
+      display_name: the name the user gave, else the upload's hash start or the folder
+        slide's name.
+      mpp: the microns per pixel the user gave for a file that does not say (None: the
+        file's).
+      state, worker, heartbeat_at: the queue (see above).
+      tiles_done, tiles_total: progress (tiles on the tissue mask).
+      error: why it failed (for the user: names no server path).
+      output_dir: `slide_predict`'s outputs (slide.json, heatmap.png, tiles.geojson ...).
+      width, height, slide_mpp: level-0 size and µm/px of the slide.
+      probability, label, label_name, not_sure, uncertainty: the slide answer (as for an
+        image; `label` None without tissue).
+      tiles_called, model_name, model_version: what answered.
+    """
+
+    QUEUED, RUNNING, DONE, FAILED = "queued", "running", "done", "failed"
+    STATES = [(QUEUED, "Queued"), (RUNNING, "Running"), (DONE, "Done"), (FAILED, "Failed")]
+    SOURCE_UPLOAD, SOURCE_FOLDER = "upload", "folder"
+    SOURCES = [(SOURCE_UPLOAD, "Upload"), (SOURCE_FOLDER, "Slide folder")]
+
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    started_at = models.DateTimeField(null=True)
+    finished_at = models.DateTimeField(null=True)
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="slide_jobs")
+    source = models.CharField(max_length=8, choices=SOURCES)
+    slide_path = models.CharField(max_length=1024)
+    slide_sha256 = models.CharField(max_length=64, blank=True)
+    display_name = models.CharField(max_length=120)
+    mpp = models.FloatField(null=True)
+    state = models.CharField(max_length=8, choices=STATES, default=QUEUED, db_index=True)
+    worker = models.CharField(max_length=64, blank=True)
+    heartbeat_at = models.DateTimeField(null=True)
+    tiles_done = models.PositiveIntegerField(default=0)
+    tiles_total = models.PositiveIntegerField(null=True)
+    error = models.CharField(max_length=500, blank=True)
+    output_dir = models.CharField(max_length=1024, blank=True)
+    width = models.PositiveIntegerField(null=True)
+    height = models.PositiveIntegerField(null=True)
+    slide_mpp = models.FloatField(null=True)
+    probability = models.FloatField(null=True)
+    label = models.PositiveSmallIntegerField(null=True)
+    label_name = models.CharField(max_length=32, blank=True)
+    not_sure = models.BooleanField(default=False)
+    uncertainty = models.FloatField(null=True)
+    tiles_called = models.PositiveIntegerField(null=True)
+    model_name = models.CharField(max_length=200, blank=True)
+    model_version = models.CharField(max_length=32, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+
+    def __str__(self) -> str:
+        return f"slide job {self.pk} {self.display_name}: {self.state}"
+
+    @property
+    def percent(self) -> int:
+        """Progress in whole percent (100 once done)."""
+        if self.state == self.DONE:
+            return 100
+        if not self.tiles_total:
+            return 0
+        return min(100, int(100 * self.tiles_done / self.tiles_total))
