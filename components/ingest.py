@@ -10,7 +10,8 @@ retrains (`spans.plan_window`; the Trainers run only when it does). Its outputs:
   store where possible, copies otherwise); custom properties `retrain` (0/1), `spans`
   (span -> fingerprint, JSON) and `span_store`;
 - `report`: `ingest_report.json` (spans, new or reused, counts, skipped files, patients
-  per split with their class balance, the plan), which the run report shows.
+  per split with their class balance, the plan; for slides the tiling and each slide's
+  QC counts), which the run report shows.
 
 The local runner passes `data_fingerprint` (a hash of every span's files), so a run with
 unchanged data finds this node, and everything after it, in the cache.
@@ -69,8 +70,11 @@ def ingest_window(data_root: str, store: str, settings: span_store.IngestSetting
         layout (naming it; the store is left as it was), or a window too small to train
         and evaluate (`split.check_cohort`).
     """
+    from histopath.data import layouts
     from histopath.data.ingest import ingest
 
+    if settings.dataset == layouts.SLIDES:
+        from histopath.data.slide_ingest import ingest_slides as ingest
     found = spans_lib.find_spans(data_root, settings.dataset)
     names = [span.name for span in found]
     window_size = spans_lib.parse_window(window)
@@ -125,14 +129,15 @@ def IngestImages(
       data_root: the raw image root (spans, or one data set folder); a path or URI.
       span_store_dir: where each span's records are kept between runs.
       settings: JSON: dataset, splits, seed, magnifications, bag_size, window,
-        min_new_patients, beam_args.
+        min_new_patients, beam_args (and for slides tile_um, tile_px).
       data_fingerprint: a hash of the data root's files (for the cache); "" when unknown.
     """
     del data_fingerprint  # only part of the cache key
     options = json.loads(settings)
     ingest_settings = span_store.IngestSettings(
         dataset=options["dataset"], splits=options["splits"], seed=int(options["seed"]),
-        magnifications=tuple(options.get("magnifications") or ()), bag_size=options.get("bag_size"))
+        magnifications=tuple(options.get("magnifications") or ()), bag_size=options.get("bag_size"),
+        tile_um=options.get("tile_um"), tile_px=options.get("tile_px"))
     result = ingest_window(data_root, span_store_dir, ingest_settings, options.get("window", "all"),
                            int(options.get("min_new_patients", 0)), list(options.get("beam_args", [])))
     plan, ingested = result["plan"], result["ingested"]
@@ -153,7 +158,9 @@ def IngestImages(
              "examples": r.manifest["num_examples"],
              "splits": {s: {"examples": d["num_examples"], "label_counts": d["label_counts"],
                             "patients": d["patient_ids"]} for s, d in r.manifest["splits"].items()},
-             "skipped": r.manifest.get("skipped", [])}
+             "skipped": r.manifest.get("skipped", []),
+             **({"tiling": r.manifest["tiling"], "slides": r.manifest["slides"], "qc_totals": r.manifest["qc_totals"]}
+                if "slides" in r.manifest else {})}
             for r in ingested],
         "plan": {"retrain": plan.retrain, "reason": plan.reason, "new_spans": list(plan.new_spans),
                  "new_patients": list(plan.new_patients), "window": list(plan.window)},

@@ -38,12 +38,16 @@ class IngestSettings:
     seed: int
     magnifications: tuple[int, ...] = ()
     bag_size: Optional[int] = None
+    tile_um: Optional[float] = None  # slides only: tile edge in microns
+    tile_px: Optional[int] = None  # slides only: tile edge as stored, in pixels
 
     def key(self) -> str:
         """A short hash naming the settings' folder in the store."""
-        text = json.dumps({"dataset": self.dataset, "splits": dict(self.splits), "seed": self.seed,
-                           "magnifications": list(self.magnifications), "bag_size": self.bag_size},
-                          sort_keys=True)
+        values = {"dataset": self.dataset, "splits": dict(self.splits), "seed": self.seed,
+                  "magnifications": list(self.magnifications), "bag_size": self.bag_size}
+        if self.dataset == layouts.SLIDES:  # (images keep the keys of their existing stores)
+            values.update(tile_um=self.tile_um, tile_px=self.tile_px)
+        text = json.dumps(values, sort_keys=True)
         return f"{self.dataset}-{hashlib.sha256(text.encode()).hexdigest()[:12]}"
 
 
@@ -89,6 +93,10 @@ def span_patients(span: spans_lib.Span, settings: IngestSettings) -> list[str]:
       DataError: the span is empty or not in the data set's layout (naming the span).
     """
     try:
+        if settings.dataset == layouts.SLIDES:
+            from histopath.data import slide_layout
+
+            return slide_layout.patients(slide_layout.scan_slides(span.folder))
         scan = layouts.scan_source(settings.dataset, span.folder, settings.magnifications or None)
     except DataError as error:
         raise DataError(f"span {span.name}: {error}") from None
@@ -122,11 +130,13 @@ def ingest_span(
     folder = fileio.join(settings_dir(store, settings), f"{span.name}-{fingerprint}")
     if fileio.exists(fileio.join(folder, MANIFEST_NAME)):
         return IngestedSpan(span.name, fingerprint, folder, load_manifest(folder), False)
+    tiling = ({"tile_um": settings.tile_um, "tile_px": settings.tile_px}
+              if settings.dataset == layouts.SLIDES else {})
     try:
         manifest = ingest(
             dataset=settings.dataset, source=span.folder, output=folder, splits=dict(settings.splits),
             seed=settings.seed, magnifications=settings.magnifications or None, beam_args=beam_args,
-            bag_size=settings.bag_size, overwrite=True, require_every_split=False, assigned=assigned,
+            bag_size=settings.bag_size, overwrite=True, require_every_split=False, assigned=assigned, **tiling,
         )
     except DataError as error:
         raise DataError(f"span {span.name}: {error}") from None

@@ -342,6 +342,9 @@ class CandidateSettings:
       dataset: the data set's name (recorded).
       model_name: the TF Serving model name (recorded).
       abstention: `AbstentionConfig` fields (the "not sure" band's rule).
+      slide_tiling: slides only: {"tile_um", "tile_px", "mpp"} of the training tiles,
+        recorded in model_info; the Trainer then also chooses the slide aggregation
+        (`evaluation.slide_calling`). {} for images.
     """
 
     model_kind: str
@@ -354,6 +357,7 @@ class CandidateSettings:
     dataset: str = ""
     model_name: str = "histopath"
     abstention: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    slide_tiling: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> "CandidateSettings":
@@ -364,7 +368,7 @@ class CandidateSettings:
     def to_dict(self) -> dict[str, Any]:
         """JSON values (a Trainer's `custom_config`)."""
         return {**dataclasses.asdict(self), "model": dict(self.model), "training": dict(self.training),
-                "abstention": dict(self.abstention)}
+                "abstention": dict(self.abstention), "slide_tiling": dict(self.slide_tiling)}
 
     def abstention_config(self) -> AbstentionConfig:
         """The typed "not sure" band settings."""

@@ -119,7 +119,28 @@ def _train(settings: CandidateSettings, train_files: Sequence[str], eval_files: 
         predictions = cv_block.pop("predictions")
         info["cross_validation"] = cv_block
     info["abstention"] = choose_abstention(settings, float(threshold), predictions, held_out)
+    if settings.slide_tiling:
+        info.update(slide_info(settings, float(threshold), predictions, held_out))
     return TrainedCandidate(model, float(threshold), info, predictions)
+
+
+def slide_info(settings: CandidateSettings, threshold: float, cv_predictions: Optional[Mapping[str, Any]],
+               eval_predictions: Optional[Mapping[str, Any]]) -> dict[str, Any]:
+    """A slide model's model_info entries: its tiles' scale ("tile_um", "tile_px", "mpp":
+    `histopath predict` tiles slides alike) and the slide aggregation chosen on the held-out
+    tile predictions (`slide_calling.choose_aggregation`: cross-validated when folds ran,
+    else the eval split's)."""
+    from histopath.evaluation import slide_calling
+
+    result: dict[str, Any] = dict(settings.slide_tiling)
+    source, chosen_on = (cv_predictions, "cv") if cv_predictions is not None else (eval_predictions, "eval")
+    if source is not None:
+        chosen = slide_calling.choose_aggregation(source["patients"], source["labels"], source["probability"],
+                                                  threshold, chosen_on)
+        logger.info("%s: slide aggregation %s (%s)", settings.model_kind,
+                    slide_calling.describe(chosen["name"], chosen["parameter"]), chosen["reason"])
+        result["slide_aggregation"] = chosen
+    return result
 
 
 def _cross_validate(settings: CandidateSettings, model_config: Any, training_config: TrainingConfig,

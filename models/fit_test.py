@@ -43,3 +43,19 @@ def test_the_not_sure_band_is_chosen_on_the_cross_validated_predictions_when_fol
     on_eval = choose_abstention(settings, 0.5, None, eval_split)
     assert on_eval["chosen_on"] == "eval" and on_eval["low"] is None and on_eval["coverage"] == 1.0
     assert choose_abstention(settings, 0.5, None, None) is None
+
+
+def test_a_slide_model_records_its_tile_scale_and_the_aggregation_chosen_on_held_out_patients():
+    from histopath.models.config import CandidateSettings
+    from histopath.models.fit import slide_info
+
+    tiling = {"tile_um": 200.0, "tile_px": 50, "mpp": 4.0}
+    settings = CandidateSettings("cnn", {}, {}, 50, dataset="slides", slide_tiling=tiling)
+    cv = {"patients": ["a"] * 4 + ["b"] * 4 + ["c"] * 4 + ["d"] * 4,
+          "labels": [0] * 4 + [0] * 4 + [0, 0, 0, 1] + [0, 0, 0, 1],
+          "probability": [0.4] * 8 + [0.1, 0.1, 0.1, 0.9] * 2}  # focal tumours: the top tiles tell
+    info = slide_info(settings, 0.5, cv, {"patients": ["e"], "labels": [1], "probability": [0.9]})
+    assert {k: info[k] for k in tiling} == tiling
+    chosen = info["slide_aggregation"]
+    assert chosen["chosen_on"] == "cv" and chosen["name"] != "mean" and chosen["auc"] == 1.0
+    assert "slide_aggregation" not in slide_info(settings, 0.5, None, None)

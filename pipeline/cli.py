@@ -8,7 +8,7 @@ from typing import Any
 
 from histopath.argtypes import non_negative_int
 from histopath.errors import ConfigError
-from histopath.data.layouts import DATASETS
+from histopath.data.layouts import PIPELINE_DATASETS
 from histopath.models import registry, stain_methods
 
 
@@ -22,7 +22,10 @@ def _model_list(text: str) -> tuple[str, ...]:
 
 def add_config_arguments(parser: argparse.ArgumentParser, *, need_data: bool) -> None:
     """The flags that set PipelineConfig fields (shared by `run` and `compile`)."""
-    parser.add_argument("--dataset", choices=DATASETS, required=need_data, help="layout of the data")
+    parser.add_argument("--dataset", choices=PIPELINE_DATASETS, required=need_data,
+                        help="layout of the data (slides: docs/slides.md)")
+    parser.add_argument("--tile-um", type=float, help="slides: tile edge in microns (default 200)")
+    parser.add_argument("--tile-px", type=int, help="slides: tile edge in pixels as stored (default 50)")
     parser.add_argument("--data", dest="data_dir", required=need_data, metavar="DIR",
                         help="raw image root (a BreaKHis_v1 or IDC tree, or one folder per span: DIR/<span>/...), "
                         "local or gs://..., or a folder made by `histopath ingest`")
@@ -73,6 +76,7 @@ def config_from_args(args: argparse.Namespace, **fixed: Any):
         "beam_args": list(args.beam_args) if args.beam_args else None, "seed": args.seed,
         "span_window": args.span_window, "min_new_patients": args.min_new_patients,
         "enable_cache": False if args.no_cache else None,
+        "tile_um": getattr(args, "tile_um", None), "tile_px": getattr(args, "tile_px", None),
     }
     flags = {key: value for key, value in flags.items() if value is not None}
     if args.epochs is not None:  # a later layer's shared training overrides every kind's own

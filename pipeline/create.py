@@ -1,7 +1,7 @@
 """`create_pipeline()`: the one pipeline definition every runner uses (LocalDagRunner,
 InteractiveContext, Kubeflow Pipelines and Vertex AI).
 
-    IngestImages (raw images, spans; or ImportExampleGen for ingested records)
+    IngestImages (raw images or slides, spans; or ImportExampleGen for ingested records)
       ── when the ingestion says retrain ──────────────────────────────────────────────
       → StatisticsGen → SchemaGen → CurateSchema → ExampleValidator → AnomalyGate
       → Transform (decode, resize, scale) → a Trainer per model kind ("trainer_<kind>")
@@ -26,6 +26,7 @@ from histopath.components.pusher import Pusher
 from histopath.components.run_report import RunReport
 from histopath.components.schema_curation import CurateSchema
 from histopath.components.winner_selection import SelectWinner
+from histopath.data.layouts import SLIDES
 from histopath.data.manifest import MANIFEST_NAME
 from histopath.pipeline import fingerprint
 from histopath.pipeline.config import PipelineConfig, model_settings
@@ -43,11 +44,15 @@ def uses_ingested_records(config: PipelineConfig) -> bool:
 
 
 def ingest_settings(config: PipelineConfig) -> dict[str, Any]:
-    """The ingestion's settings, as the IngestImages node receives them."""
-    return {"dataset": config.dataset, "splits": dict(config.splits), "seed": config.seed,
-            "magnifications": list(config.magnifications), "bag_size": config.bag_size,
-            "window": config.span_window, "min_new_patients": config.min_new_patients,
-            "beam_args": list(config.beam_args)}
+    """The ingestion's settings, as the IngestImages node receives them (slides: with the
+    tiles' size in microns and pixels)."""
+    settings = {"dataset": config.dataset, "splits": dict(config.splits), "seed": config.seed,
+                "magnifications": list(config.magnifications), "bag_size": config.bag_size,
+                "window": config.span_window, "min_new_patients": config.min_new_patients,
+                "beam_args": list(config.beam_args)}
+    if config.dataset == SLIDES:
+        settings.update(tile_um=float(config.tile_um), tile_px=int(config.tile_px))
+    return settings
 
 
 def trainer_custom_config(config: PipelineConfig, kind: str) -> dict[str, Any]:
