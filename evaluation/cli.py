@@ -185,7 +185,7 @@ def _register_predict(subparsers: argparse._SubParsersAction) -> None:
             "Whole slides (.svs, .ndpi, .mrxs, .scn, .bif, a tiled .tif, or a URI) need --output: each is "
             "tiled in microns at the model's scale (tissue found on a thumbnail, tiles checked for "
             "background, pen and blur), called tile by tile, and answered by the mean of its highest tile "
-            "probabilities; one JSON line per slide, and OUT/<slide id>/ holds slide.json, heatmap.png, "
+            "probabilities (or by the aggregation its Trainer chose); one JSON line per slide, and OUT/<slide id>/ holds slide.json, heatmap.png, "
             "tissue.png and tiles.geojson (QuPath: File > Import objects)."
         ),
     )
@@ -203,9 +203,10 @@ def _register_predict(subparsers: argparse._SubParsersAction) -> None:
     predict.add_argument("--tile-px", type=positive_int, default=None,
                          help="slides: pixels of a tile as the model's training images had them (default: "
                               "model_info \"tile_px\", 50 for IDC, else the model's image size)")
-    predict.add_argument("--top-fraction", type=float, default=0.05,
+    predict.add_argument("--top-fraction", type=float, default=None,
                          help="slides: the slide probability is the mean of this share of its highest tile "
-                              "probabilities (at least one tile)")
+                              "probabilities (at least one tile); default: the aggregation the model's Trainer "
+                              "chose (model_info slide_aggregation), else 0.05")
     predict.add_argument("--heatmap-dir", help="write MIL attention heat-maps (PNG) here")
     predict.add_argument("--batch-size", type=positive_int, default=16, help="images per model call (default 16)")
     predict.add_argument("--verbose", action="store_true", help="show the libraries' log lines too")

@@ -8,9 +8,11 @@ tiles is brought to `tile_px` with the project's one resize (`image_ops.resize_a
 encoded losslessly and sent through `serving_default` (`exported.predict_bytes`), exactly as
 an uploaded image is.
 
-The slide answer is the mean of the top `top_fraction` of its tile probabilities (at least
-one tile), labelled at the model's own decision threshold: a slide is malignant when its
-most suspicious region is, however much benign tissue surrounds it.
+The slide answer aggregates its tile probabilities as the model's Trainer chose on held-out
+patients (`evaluation.slide_calling`, `model_info["slide_aggregation"]`, with its own slide
+threshold); a model without that choice: the mean of the top 5 % of its tiles (at least
+one), labelled at the model's decision threshold, so a slide is malignant when its most
+suspicious region is, however much benign tissue surrounds it.
 
 Per slide, under `OUTPUT/<slide id>/`: `slide.json` (the answer, the tiles' summary, QC
 counts, scale), `heatmap.png` (tile probabilities over a thumbnail), `tissue.png` (the
@@ -245,7 +247,7 @@ def _write_png(image: Image.Image, path: str) -> None:
 
 
 def predict_slide(loaded, path: str, output: str, *, mpp: Optional[float] = None, scale: ModelScale,
-                  batch_size: int = 64, top_fraction: float = TOP_FRACTION,
+                  batch_size: int = 64, top_fraction: Optional[float] = None,
                   min_tissue: float = tiling.MIN_TISSUE_FRACTION,
                   progress: Optional[ProgressFn] = None) -> Dict[str, Any]:
     """Calls one slide and writes its outputs under `output/<slide id>/`.
@@ -257,7 +259,8 @@ def predict_slide(loaded, path: str, output: str, *, mpp: Optional[float] = None
       mpp: the slide's microns per pixel when its file does not say.
       scale: the model's (`model_scale`).
       batch_size: tiles per model call.
-      top_fraction: share of the highest tile probabilities averaged into the slide score.
+      top_fraction: given: the slide score is the mean of this share of the highest tile
+        probabilities; None: the model's aggregation (`slide_calling.model_aggregation`).
       min_tissue: least share of a tile on the tissue mask.
       progress: see `call_tiles`; called once more with (N, N) when every tile is done.
 
@@ -280,8 +283,11 @@ def predict_slide(loaded, path: str, output: str, *, mpp: Optional[float] = None
         if progress is not None:
             total = len(tiler.candidates()[0])
             progress(total, total)
-    score = slide_score([t["probability"] for t in tiles], top_fraction)
-    label = None if score is None else int(score >= threshold)
+    from histopath.evaluation.slide_calling import model_aggregation
+
+    aggregation = model_aggregation(info, top_fraction)
+    score = aggregation.score([t["probability"] for t in tiles])
+    label = None if score is None else int(score >= aggregation.threshold)
     folder = fileio.join(output, described["slide_id"])
     outputs = {name: fileio.join(folder, name) for name in ("slide.json", "heatmap.png", "tissue.png", "tiles.geojson")}
     _write_png(heatmap_image(tiler.tissue.thumbnail, tiler.tissue.scale, tiles), outputs["heatmap.png"])
@@ -293,7 +299,8 @@ def predict_slide(loaded, path: str, output: str, *, mpp: Optional[float] = None
     answer = {
         **described, "probability": score, "label": label,
         "label_name": exported.NO_TISSUE if label is None else label_names[label],
-        "aggregation": f"mean of the top {top_fraction:g} of tile probabilities", "decision_threshold": threshold,
+        "aggregation": aggregation.describe(), "aggregation_source": aggregation.source,
+        "decision_threshold": aggregation.threshold, "tile_threshold": threshold,
         "tiles_called": len(tiles), "qc": tiler.counts.as_dict(),
         "tile_um": scale.tile_um, "tile_px": scale.tile_px, "tile_mpp": tiler.grid.mpp,
         "read_level": tiler.grid.level, "model_scale_source": scale.source,
@@ -315,7 +322,7 @@ def _model_names(loaded) -> Dict[str, Any]:
 
 def predict_slides(model_dir: str, paths: Sequence[str], output: str, *, mpp: Optional[float] = None,
                    model_mpp: Optional[float] = None, tile_px: Optional[int] = None, batch_size: int = 64,
-                   top_fraction: float = TOP_FRACTION) -> Iterator[Dict[str, Any]]:
+                   top_fraction: Optional[float] = None) -> Iterator[Dict[str, Any]]:
     """Calls slides one after the other; a slide that cannot be read yields {"slide", "error"}.
 
     Raises:
