@@ -137,6 +137,25 @@ def _with_interval(value: float | None, interval: dict[str, Any] | None) -> str:
     return f"{value:.3f}"
 
 
+def _slide_lines(data: dict[str, Any]) -> list[str]:
+    """Slides: the tiling and each slide's tiles kept and dropped, by reason."""
+    rows = [(span, slide) for span in data["window"] for slide in span.get("slides", [])]
+    if not rows:
+        return []
+    tiling = rows[0][0]["tiling"]
+    reasons = sorted({reason for _, slide in rows for reason in (slide["qc"] or {}).get("dropped", {})})
+    lines = ["", f"Slides tiled at {tiling['tile_um']:g} µm in {tiling['tile_px']} px tiles "
+                 f"({tiling['mpp']:g} µm/px):", "",
+             "| span | slide | patient | split | tiles | kept | " + " | ".join(f"dropped: {r}" for r in reasons) + " |",
+             "|---|---|---|---|---|---|" + "---|" * len(reasons)]
+    for span, slide in rows:
+        qc = slide["qc"] or {}
+        lines.append(f"| {span['span']} | {slide['slide_id']} | {slide['patient']} | {slide['split']} | "
+                     f"{qc.get('total', 0)} | {qc.get('kept', 0)} | "
+                     + " | ".join(str(qc.get("dropped", {}).get(r, 0)) for r in reasons) + " |")
+    return lines
+
+
 def _data_lines(data: dict[str, Any]) -> list[str]:
     """Spans, what was new, and the patients per split with their class balance."""
     lines = ["| span | images | new this run |", "|---|---|---|"]
@@ -145,6 +164,7 @@ def _data_lines(data: dict[str, Any]) -> list[str]:
     skipped = sum(len(span["skipped"]) for span in data["window"])
     if skipped:
         lines += ["", f"Skipped files: {skipped} (listed in ingest_report.json)"]
+    lines += _slide_lines(data)
     lines += ["", "| split | patients (benign / malignant) | images (benign / malignant) | malignant share vs all |",
               "|---|---|---|---|"]
     for name, entry in data["balance"].items():

@@ -61,3 +61,16 @@ def test_summary_shows_what_each_trainer_cost():
     text = report_summary.render_summary(report)
     assert "| mil | 12 min 34 s | 23 min 20 s | 3.50 GiB | 1.00 GiB |" in text
     assert "| cnn | " not in text.split("What each Trainer cost")[1]
+
+
+def test_summary_shows_each_slides_tiles_kept_and_dropped():
+    slide = {"slide_id": "8916", "patient": "8916", "split": "train",
+             "qc": {"total": 816, "kept": 160, "dropped": {"background": 650, "pen": 6, "blur": 0}}}
+    data = {"window": [{"span": "0", "examples": 160, "ingested_now": True, "skipped": [],
+                        "tiling": {"tile_um": 200.0, "tile_px": 50, "mpp": 4.0}, "slides": [slide]}],
+            "balance": {}, "plan": {"reason": "first training"}}
+    lines = report_summary._data_lines(data)
+    assert "Slides tiled at 200 µm in 50 px tiles (4 µm/px):" in lines
+    assert "| span | slide | patient | split | tiles | kept | dropped: background | dropped: blur | dropped: pen |" in lines
+    assert "| 0 | 8916 | 8916 | train | 816 | 160 | 650 | 0 | 6 |" in lines
+    assert not report_summary._slide_lines({"window": [{"span": "0", "skipped": []}]})
