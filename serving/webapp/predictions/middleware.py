@@ -17,13 +17,14 @@ class RequestSizeLimitMiddleware:
 
     def __call__(self, request):
         declared = request.META.get("CONTENT_LENGTH") or "0"
-        limit = settings.HISTOPATH_MAX_UPLOAD_BYTES + MULTIPART_OVERHEAD
+        shown = settings.HISTOPATH_MAX_UPLOAD_BYTES
+        limit = shown + MULTIPART_OVERHEAD
         if request.path == SLIDE_UPLOAD_PATH:  # a slide: its own limit (predictions/slide_store.py)
-            limit = settings.HISTOPATH_MAX_SLIDE_BYTES
+            shown = limit = settings.HISTOPATH_MAX_SLIDE_BYTES
         if declared.isdigit() and int(declared) > limit:
             message = (
                 f"The upload is larger than the limit of "
-                f"{limit / 1024 / 1024:.1f} MiB."
+                f"{shown / 1024 / 1024:.1f} MiB."
             )
             response = render(request, "predictions/error.html", {"message": message}, status=413)
             response["Connection"] = "close"
