@@ -315,3 +315,42 @@ def test_asgi_layer_reads_nothing_for_a_signed_out_client_or_without_csrf(slide_
     assert status == 403
     assert _left_behind(slide_settings) == []
     shutil.rmtree(slide_settings / "slides", ignore_errors=True)
+
+
+def test_a_job_through_tf_serving_gets_the_embedded_models_tiles(client, slide_settings, exported_models, tmp_path,
+                                                                  monkeypatch):
+    """With `TF_SERVING_URL` the tiles go to `histopath model-server` through TF Serving's
+    REST predict API, a batch per request, and come back as the embedded model answers them."""
+    from django.test import override_settings
+    from serving_fixtures import served_copy
+
+    from histopath.serving.webapp.predictions import slide_jobs
+    from histopath.serving.webapp.predictions.models import SlideJob
+
+    def tiles(job):
+        answer = json.loads((pathlib.Path(job.output_dir) / "slide.json").read_text())
+        return {(t["x"], t["y"]): t["probability"] for t in answer["tiles"]}
+
+    SlideJob.objects.filter(state=SlideJob.QUEUED).update(state=SlideJob.FAILED)
+    _queued(client)
+    embedded = slide_jobs.run_next("test-worker")
+    from histopath.serving.webapp.predictions.backends import TFServingBackend
+
+    batches = []
+    original = TFServingBackend.predict_tiles
+
+    def counted(self, images, names):
+        batches.append(len(images))
+        return original(self, images, names)
+
+    monkeypatch.setattr(TFServingBackend, "predict_tiles", counted)
+    with served_copy(exported_models.mil, tmp_path / "served") as server, \
+            override_settings(TF_SERVING_URL=server["rest"]):
+        _queued(client)
+        served = slide_jobs.run_next("test-worker")
+    assert embedded.state == served.state == SlideJob.DONE, (embedded.error, served.error)
+    assert served.model_version == "1" and served.tiles_called == embedded.tiles_called > 64
+    assert sum(batches) == served.tiles_called and max(batches) == slide_jobs.BATCH_SIZE  # a request per batch
+    mine, theirs = tiles(embedded), tiles(served)
+    assert mine.keys() == theirs.keys()
+    assert max(abs(mine[key] - theirs[key]) for key in mine) < 1e-5

@@ -97,7 +97,8 @@ class _Taken(Exception):
 
 def _answer_fields(answer: dict, info: dict) -> dict:
     """The job's result columns from `predict_slide`'s answer; "not sure" from the model's
-    abstention band applied to the slide score (as to an image's probability)."""
+    abstention band applied to the slide score, when the slide is labelled at the model's
+    own threshold (a slide aggregation with a threshold of its own has no band)."""
     from histopath.models import abstention
 
     probability, threshold = answer.get("probability"), float(answer["decision_threshold"])
@@ -107,6 +108,8 @@ def _answer_fields(answer: dict, info: dict) -> dict:
               "height": answer["height"], "slide_mpp": answer["mpp"],
               "output_dir": str(pathlib.Path(answer["outputs"]["slide.json"]).parent)}
     band = abstention.band_of(info.get("abstention"))
+    if abs(float(answer.get("tile_threshold", threshold)) - threshold) > 1e-9:
+        band = None
     if probability is not None:
         fields["uncertainty"] = float(abstention.uncertainty(probability, threshold))
         fields["not_sure"] = bool(band and band["low"] <= probability <= band["high"])
