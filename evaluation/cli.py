@@ -7,9 +7,10 @@ import json
 import os
 import sys
 import textwrap
+from typing import Optional
 
 from histopath.argtypes import non_negative_int, positive_int
-from histopath.data.layouts import DATASETS
+from histopath.data.layouts import PIPELINE_DATASETS, SLIDES
 from histopath.errors import ConfigError
 
 MODEL_HELP = ("pushed model: a <name>/<version> folder (holds saved_model.pb) or its parent <name> "
@@ -35,6 +36,8 @@ def _evaluate(args: argparse.Namespace) -> int:
     elif args.split is not None:
         raise ConfigError("--split needs --split-manifest")
     log_dir = os.path.dirname(os.path.abspath(args.output))
+    if args.dataset == SLIDES:
+        return _evaluate_slides(args, patients, split, log_dir)
     with Console(log_dir, verbose=args.verbose, first_log=_stem(args.output)) as console:
         result = evaluation.evaluate_model(
             args.model, args.data, args.dataset, patients=patients, bootstrap=args.bootstrap,
@@ -58,6 +61,30 @@ def _evaluate(args: argparse.Namespace) -> int:
         lines.append(f"log: {console.log_path(_stem(args.output))}")
         console.write("\n".join(lines))
     return 0
+
+
+def _evaluate_slides(args: argparse.Namespace, patients: Optional[list], split: Optional[str], log_dir: str) -> int:
+    """`evaluate --dataset slides`: tile- and slide-level metrics (`slide_evaluate`)."""
+    from histopath import fileio
+    from histopath.console import Console
+    from histopath.evaluation import slide_evaluate
+
+    with Console(log_dir, verbose=args.verbose, first_log=_stem(args.output)) as console:
+        result = slide_evaluate.evaluate_slides(args.model, args.data, args.output, patients=patients,
+                                                bootstrap=args.bootstrap, seed=args.seed,
+                                                batch_size=max(args.batch_size, 64))
+        if args.split_manifest:
+            result["data"]["split_manifest"] = os.path.abspath(args.split_manifest)
+            result["data"]["split"] = split
+        fileio.write_json(args.output, result)
+        model = result["model"]
+        lines = [f"{model['model_name']} v{model['model_version']} on {result['data']['slides']} slide(s) of "
+                 f"{args.data} (slides: {result['aggregation']['describe']}, threshold "
+                 f"{result['aggregation']['threshold']:.3f})"] + slide_evaluate.summary_lines(result)
+        lines += [f"warning: {row['slide']}: {row['error']}" for row in result["failed_slides"]]
+        lines += [f"report: {args.output}", f"slides: {os.path.splitext(args.output)[0]}.slides/"]
+        console.write("\n".join(lines))
+    return 1 if result["failed_slides"] else 0
 
 
 def _stem(path: str) -> str:
@@ -150,12 +177,18 @@ def _register_evaluate(subparsers: argparse._SubParsersAction) -> None:
             "IDC models trained with slide_context_sigma are also scored with slide context (each "
             "patch's probability averaged over its neighbours on the patient's slide, at the model's "
             "slide-context threshold): the report's slide_context block, context_probability per image, "
-            "and a third ROC curve."
+            "and a third ROC curve.",
+            "--dataset slides: every slide is called as `histopath predict` calls it (outputs in "
+            "FILE.slides/), then scored per tile against its annotations (GeoJSON, or the labelled "
+            "rectangles of `histopath idc-slides`) and per slide against slides.csv, with patient-bootstrap "
+            "intervals at both levels."
         ),
     )
     evaluate.add_argument("--model", required=True, help=MODEL_HELP)
     evaluate.add_argument("--data", required=True, help="data folder in the real layout (BreaKHis_v1 tree or IDC tree)")
-    evaluate.add_argument("--dataset", required=True, choices=DATASETS, help="layout of --data")
+    evaluate.add_argument("--dataset", required=True, choices=PIPELINE_DATASETS,
+                          help="layout of --data (slides: a slide folder with slides.csv or a folder per label, "
+                               "docs/slides.md)")
     evaluate.add_argument("--output", default="evaluation.json", help="JSON report to write (default evaluation.json)")
     evaluate.add_argument("--split-manifest", metavar="MANIFEST",
                           help="manifest.json of `histopath ingest`: evaluate only the patients of --split")
