@@ -354,3 +354,20 @@ def test_a_job_through_tf_serving_gets_the_embedded_models_tiles(client, slide_s
     mine, theirs = tiles(embedded), tiles(served)
     assert mine.keys() == theirs.keys()
     assert max(abs(mine[key] - theirs[key]) for key in mine) < 1e-5
+
+
+def test_uploads_cut_short_are_swept_from_incoming(slide_settings):
+    import os
+    import time
+
+    from histopath.serving.webapp.predictions import slide_store
+
+    incoming = slide_settings / "slides" / "incoming"
+    incoming.mkdir(parents=True, exist_ok=True)
+    old, fresh = incoming / "old.part", incoming / "fresh.part"
+    old.write_bytes(b"x" * 10)
+    fresh.write_bytes(b"y" * 10)
+    long_ago = time.time() - 3600 * 3
+    os.utime(old, (long_ago, long_ago))
+    assert slide_store.sweep_incoming() == 1
+    assert not old.exists() and fresh.exists()

@@ -30,13 +30,14 @@ from django.conf import settings
 from django.db import close_old_connections
 from django.utils import timezone
 
-from histopath.serving.webapp.predictions import accounts, slide_viewer
+from histopath.serving.webapp.predictions import accounts, slide_store, slide_viewer
 from histopath.serving.webapp.predictions.models import AuditEvent, SlideJob
 
 logger = logging.getLogger(__name__)
 POLL_S = 1.0  # how often an idle worker looks for a queued job
 BATCH_SIZE = 64  # tiles per model call
 PROGRESS_EVERY_S = 0.5  # least time between two progress writes
+SWEEP_EVERY_S = 600.0  # how often a worker deletes what uploads cut short left behind
 GENERIC_FAILURE = "The slide could not be called; the administrator can see why in the server log."
 
 
@@ -164,9 +165,14 @@ def run_next(worker: Optional[str] = None) -> Optional[SlideJob]:
 
 
 def work_forever(stop: threading.Event, poll_s: float = POLL_S) -> None:
-    """Runs queued jobs until `stop` is set (a worker thread's or the command's loop)."""
+    """Runs queued jobs until `stop` is set (a worker thread's or the command's loop); sweeps
+    the uploads cut short from `incoming/` every `SWEEP_EVERY_S`."""
+    swept = 0.0
     while not stop.is_set():
         try:
+            if time.monotonic() - swept > SWEEP_EVERY_S:
+                swept = time.monotonic()
+                slide_store.sweep_incoming()
             ran = run_next()
         except Exception:  # the database was away: try again later, never die
             logger.exception("slide worker: cannot read the queue")

@@ -134,6 +134,25 @@ class IncomingSlide:
             raise
 
 
+def sweep_incoming(now: Optional[float] = None) -> int:
+    """Deletes what uploads cut short left in `incoming/` (a killed process): files not
+    written to for longer than an upload may take (`HISTOPATH_SLIDE_BODY_TIMEOUT`, plus a
+    minute). Returns how many."""
+    import time
+
+    folder = slide_dir() / "incoming"
+    cutoff = (time.time() if now is None else now) - settings.HISTOPATH_SLIDE_BODY_TIMEOUT - 60
+    removed = 0
+    for path in folder.glob("*") if folder.is_dir() else []:
+        try:
+            if path.is_file() and path.stat().st_mtime < cutoff:
+                path.unlink()
+                removed += 1
+        except FileNotFoundError:  # another process swept it first
+            continue
+    return removed
+
+
 def check_slide(path: pathlib.Path, shown_name: str, mpp: Optional[float] = None) -> dict:
     """Opens `path` with the slide reader and returns its description.
 
