@@ -213,6 +213,8 @@ def test_a_slide_gone_before_its_job_runs_fails_with_a_message(client, slide_set
     assert failed.state == SlideJob.FAILED and "“gone”: no such file" in failed.error
     assert str(slide_settings) not in failed.error
     assert "“gone”: no such file" in client.get(f"/slides/{job.pk}/").content.decode()
+    assert client.get(f"/slides/{job.pk}/slide.dzi").status_code == 404
+    assert client.get(f"/slides/{job.pk}/slide_files/8/0_0.jpeg").status_code == 404
 
 
 def test_deep_zoom_needs_the_owner_or_an_auditor(client, slide_settings):

@@ -30,6 +30,10 @@ OVERLAY_MAX_SIDE = 2048  # the heat-map overlay's longer side, in pixels
 OVERLAY_NAME = "overlay.png"
 
 
+class SlideGone(Exception):
+    """The slide file cannot be opened any more (deleted or damaged since it was checked)."""
+
+
 class _Generators:
     """Deep Zoom generators of the slides opened last."""
 
@@ -46,8 +50,11 @@ class _Generators:
             if path in self._open:
                 self._open.move_to_end(path)
                 return self._open[path]
-            generator = DeepZoomGenerator(openslide.OpenSlide(path), tile_size=TILE_SIZE, overlap=OVERLAP,
-                                          limit_bounds=False)
+            try:
+                handle = openslide.OpenSlide(path)
+            except (openslide.OpenSlideError, OSError) as error:
+                raise SlideGone(f"{path}: {error}") from None
+            generator = DeepZoomGenerator(handle, tile_size=TILE_SIZE, overlap=OVERLAP, limit_bounds=False)
             self._open[path] = generator
             while len(self._open) > self.size:
                 self._open.popitem(last=False)  # the OpenSlide handle closes when collected

@@ -183,7 +183,11 @@ def _done(request: HttpRequest, pk: int) -> SlideJob:
 def slide_dzi(request: HttpRequest, pk: int) -> HttpResponse:
     """The slide's Deep Zoom descriptor."""
     job = _job(request, pk)
-    response = HttpResponse(slide_viewer.dzi_xml(job.slide_path), content_type="application/xml")
+    try:
+        described = slide_viewer.dzi_xml(job.slide_path)
+    except slide_viewer.SlideGone:
+        raise Http404("the slide file is no longer on the server") from None
+    response = HttpResponse(described, content_type="application/xml")
     response["Cache-Control"] = "private, max-age=3600"
     return response
 
@@ -195,7 +199,7 @@ def slide_tile(request: HttpRequest, pk: int, level: int, column: int, row: int)
     job = _job(request, pk)
     try:
         data = slide_viewer.tile_jpeg(job.slide_path, level, column, row)
-    except ValueError:
+    except (ValueError, slide_viewer.SlideGone):
         raise Http404("no such tile") from None
     response = HttpResponse(data, content_type="image/jpeg")
     response["Cache-Control"] = "private, max-age=3600"
