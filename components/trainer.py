@@ -3,18 +3,23 @@
 Every Trainer of the pipeline names this one function (by module path, so no user-module
 wheel is built); its `custom_config` is a `models.fit.CandidateSettings` (the model kind
 among them) plus a code fingerprint (`pipeline.create.trainer_custom_config`).
+
+When `TF_CONFIG` describes several workers (a Vertex AI custom job's replicas, a Kubeflow
+TFJob), every worker trains under `MultiWorkerMirroredStrategy` (`models.distribute`) and
+only the chief exports.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 
 import tensorflow_transform as tft
 from tfx import v1 as tfx
 
-from histopath.models import preprocessing
+from histopath.models import distribute, preprocessing, registry
 from histopath.models.export import export_serving_model
-from histopath.models.fit import CandidateSettings, train_candidate, write_cross_validation
+from histopath.models.fit import CandidateSettings, TrainedCandidate, train_candidate, write_cross_validation
 
 
 def run_fn(fn_args: tfx.components.FnArgs) -> None:
@@ -22,12 +27,46 @@ def run_fn(fn_args: tfx.components.FnArgs) -> None:
 
     Writes the serving SavedModel (with `model_info.json`) to `fn_args.serving_model_dir`,
     the cross-validated predictions beside it (when folds ran), and TensorBoard logs and
-    the kind's extras to `fn_args.model_run_dir`.
+    the kind's extras to `fn_args.model_run_dir`. In a multi-worker cluster the workers
+    other than the chief write their logs to a temporary folder they delete, and do not
+    export.
+
+    Raises:
+      ConfigError: a multi-worker cluster and patient folds (`distribute.refuse_folds`),
+        or a `TF_CONFIG` the Trainer cannot run.
     """
     settings = CandidateSettings.from_dict(fn_args.custom_config or {})
+    cluster = distribute.cluster_from_environ()
     tf_transform_output = tft.TFTransformOutput(fn_args.transform_output)
-    trained = train_candidate(settings, fn_args.train_files, fn_args.eval_files, tf_transform_output,
-                              fn_args.model_run_dir)
+    if cluster is None:
+        trained = train_candidate(settings, fn_args.train_files, fn_args.eval_files, tf_transform_output,
+                                  fn_args.model_run_dir)
+        _export(fn_args, settings, trained, tf_transform_output)
+        return
+    distribute.refuse_folds(settings.folds, cluster)
+    strategy = distribute.make_strategy(cluster)
+    per_replica = settings.training_config().batch_size
+    distributed = dataclasses.replace(settings, training={
+        **settings.training, "batch_size": distribute.global_batch(per_replica, strategy)})
+    with distribute.chief_writes(cluster, fn_args.model_run_dir) as (run_dir,):
+        with strategy.scope():
+            trained = train_candidate(distributed, fn_args.train_files, fn_args.eval_files, tf_transform_output,
+                                      run_dir)
+    # The trained variables are distributed ones, which a SavedModel signature cannot
+    # capture: the chief exports a copy with plain variables. Reading some of them (e.g.
+    # BatchNorm's moving statistics) all-reduces, so every worker makes the copy.
+    model = distribute.local_copy(trained.model,
+                                  lambda: registry.get(settings.model_kind).module().build(settings.model_config()))
+    if cluster.is_chief:
+        trained = dataclasses.replace(trained, model=model, info={
+            **trained.info, "distribution": distribute.describe(cluster, strategy, per_replica)})
+        _export(fn_args, distributed, trained, tf_transform_output)
+    distribute.barrier(strategy)
+
+
+def _export(fn_args: tfx.components.FnArgs, settings: CandidateSettings, trained: TrainedCandidate,
+            tf_transform_output: tft.TFTransformOutput) -> None:
+    """Writes the export and the cross-validated predictions to `fn_args.serving_model_dir`."""
     write_cross_validation(trained, os.path.dirname(fn_args.serving_model_dir))
     model_config = settings.model_config()
     export_serving_model(

@@ -20,7 +20,7 @@ import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
-from histopath.models import augment, registry
+from histopath.models import augment, distribute, registry
 from histopath.models.keras_utils import skip_autograph_for_tf_keras
 from histopath.models.config import TrainingConfig
 from histopath.errors import ConfigError, DataError
@@ -154,8 +154,10 @@ def _model_inputs(train_ds: tf.data.Dataset, eval_ds: tf.data.Dataset, config: T
     train = augment.augment_dataset(prepare_dataset(train_ds, weights, multi_output), config.augment, config.seed)
     evaluation = prepare_dataset(eval_ds, None, multi_output)
     examples_per_epoch = int(counts.get(0, 0)) + int(counts.get(1, 0))
-    return (train.prefetch(tf.data.AUTOTUNE), evaluation.prefetch(tf.data.AUTOTUNE), steps_per_epoch,
-            examples_per_epoch)
+    train, evaluation = train.prefetch(tf.data.AUTOTUNE), evaluation.prefetch(tf.data.AUTOTUNE)
+    if tf.distribute.has_strategy():  # under multi-worker training (`distribute`)
+        train, evaluation = distribute.shard_by_data(train), distribute.shard_by_data(evaluation)
+    return train, evaluation, steps_per_epoch, examples_per_epoch
 
 
 class _PhaseRunner:
