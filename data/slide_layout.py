@@ -7,8 +7,7 @@ annotations that give tiles their own labels.
       <slide stem>.geojson       optional: region annotations (QuPath export)
       <slide stem>.labels.csv    optional: labelled rectangles x,y,width,height,label[,...]
                                  (what `histopath idc-slides` writes per patient)
-or, without `slides.csv`, a folder per label (`benign/`, `malignant/`, or `0/`, `1/`) of
-slide files; each slide is then its own patient (its file name without extension).
+or, without `slides.csv`, a folder per label (`benign/`, `malignant/`) of slide files; each slide is then its own patient (its file name without extension).
 
 `slide` is the file's path relative to SOURCE; `label` is 0/1 or benign/malignant; further
 columns are ignored. Every problem is refused naming the file and the line (CSV) or the
@@ -43,7 +42,8 @@ MIN_COVERED = 0.5  # a tile needs at least this share covered by annotations to 
 UNANNOTATED = "unannotated"  # QC reason of a tile of an annotated slide outside every region
 _LABEL_WORDS = {"0": 0, "benign": 0, "negative": 0, "normal": 0,
                 "1": 1, "malignant": 1, "positive": 1, "tumor": 1, "tumour": 1}
-_LABEL_FOLDERS = {"0": 0, "benign": 0, "1": 1, "malignant": 1}
+# Not "0"/"1": a root of numbered span folders (`data.spans`) would read as label folders.
+_LABEL_FOLDERS = {"benign": 0, "malignant": 1}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -185,7 +185,7 @@ def scan_slides(source: str) -> List[SlideEntry]:
     entries = _label_folders(source)
     if not entries:
         raise DataError(f"{source}: no slides: expected {LABELS_CSV} (slide,patient,label) or a folder per label "
-                        "(benign/ and malignant/, or 0/ and 1/) of slide files")
+                        "(benign/ and malignant/) of slide files")
     return entries
 
 

@@ -130,3 +130,10 @@ def test_tiles_of_a_slide_without_annotations_would_have_no_labeller_sample_grid
     labeller = slide_layout.TileLabeller([], size0=10, columns=2, rows=2)
     assert labeller.samples.shape == (16, 16) and np.all(labeller.samples == -1)
     assert labeller.label(1, 1) is None
+
+
+def test_numbered_span_folders_are_not_label_folders(tmp_path):
+    _touch(tmp_path, "1/a.svs", "2/b.svs")
+    (tmp_path / "1" / "slides.csv").write_text("slide,patient,label\na.svs,P1,1\n")
+    assert not slide_layout.is_slide_layout(str(tmp_path))
+    assert slide_layout.is_slide_layout(str(tmp_path / "1"))

@@ -115,3 +115,31 @@ def test_a_cohort_too_small_is_refused_before_any_tiling(tmp_path):
     with pytest.raises(DataError, match="received no patient"):
         slide_ingest.ingest_slides(str(source), str(tmp_path / "out"), beam_args=BEAM)
     assert not (tmp_path / "out").exists()
+
+
+def test_slide_spans_keep_each_patients_split_and_place_only_new_patients(tmp_path):
+    from histopath.components.ingest import ingest_window
+    from histopath.data import span_store
+
+    root = tmp_path / "root"
+    spans = {"1": [("a1", "P1", 1), ("b1", "P2", 0), ("c1", "P3", 1), ("d1", "P4", 0)],
+             "2": [("a2", "P1", 1), ("e1", "P5", 1), ("f1", "P6", 0)]}
+    for span, rows in spans.items():
+        folder = root / span
+        folder.mkdir(parents=True)
+        for slide, _, _ in rows:
+            _tissue_slide(folder / f"{slide}.tif", 600, 600)
+        (folder / "slides.csv").write_text("slide,patient,label\n" + "".join(
+            f"{slide}.tif,{patient},{label}\n" for slide, patient, label in rows))
+    settings = span_store.IngestSettings(dataset="slides", splits={"train": 0.5, "test": 0.5}, seed=1,
+                                         tile_um=100.0, tile_px=32)
+    result = ingest_window(str(root), str(tmp_path / "store"), settings, "all", 0, BEAM)
+    first, second = (record.manifest for record in result["ingested"])
+    placed = {p: name for name, split in first["splits"].items() for p in split["patient_ids"]}
+    again = {p: name for name, split in second["splits"].items() for p in split["patient_ids"]}
+    assert again["P1"] == placed["P1"] and {"P5", "P6"} <= set(again)
+    assert {"P5", "P6"}.isdisjoint(placed) and first["tiling"]["tile_px"] == 32
+    assert all(record.folder.startswith(span_store.settings_dir(str(tmp_path / "store"), settings))
+               for record in result["ingested"])
+    assert settings.key() != span_store.IngestSettings("slides", {"train": 0.5, "test": 0.5}, 1,
+                                                       tile_um=200.0, tile_px=32).key()
