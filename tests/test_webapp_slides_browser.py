@@ -2,8 +2,11 @@
 (gunicorn, the streaming upload, the job queue, OpenSeadragon): upload → job with its
 progress → the answer and the zoomable viewer with the heat-map toggled over the slide.
 
-The generated slide runs in the default run (about a minute and a half: the server loads
-TensorFlow, then calls a few hundred tiles); the real Aperio SVS (`wsi/cmu_small_region.svs`,
+The generated slide runs in the default run (about two minutes: the server and a separate
+`histopath webapp slide_worker` each load TensorFlow, then a few hundred tiles are called).
+The web processes run no slide worker there (`HISTOPATH_SLIDE_WORKERS=0`), so the page is
+seen queued, then the worker command started, and the page's progress seen moving; the real
+Aperio SVS (`wsi/cmu_small_region.svs`,
 CC0) is an opt-in check (`HISTOPATH_REAL_SVS_BROWSER=1`, with the real data) and gives the
 screenshot of docs/slides.md.
 """
@@ -17,7 +20,7 @@ import shutil
 import time
 
 import pytest
-from serving_fixtures import MIL_NAME, TEST_PASSWORD, web_app
+from serving_fixtures import MIL_NAME, TEST_PASSWORD, WEB_SECRET_KEY, start_process, web_app
 from slide_samples import write_slide
 
 CHROMIUM = pathlib.Path("/usr/bin/chromium")
@@ -26,8 +29,14 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-backg
 USER = "dr-slides"
 
 
-def _call_slide(base_url: str, slide: pathlib.Path, name: str, screenshot: pathlib.Path) -> dict:
-    """Signs in, uploads `slide`, follows its job and checks the viewer; returns what was seen."""
+def _call_slide(base_url: str, slide: pathlib.Path, name: str, screenshot: pathlib.Path,
+                while_queued=None) -> dict:
+    """Signs in, uploads `slide`, follows its job and checks the viewer; returns what was seen.
+
+    Args:
+      while_queued: when given, the job must be seen queued first; then this is called (it
+        starts a slide worker) and the progress must be seen counting tiles.
+    """
     from playwright.sync_api import expect, sync_playwright
 
     seen: dict = {}
@@ -45,9 +54,13 @@ def _call_slide(base_url: str, slide: pathlib.Path, name: str, screenshot: pathl
             page.get_by_role("button", name="Upload and call").click()
             page.wait_for_url(re.compile(r"/slides/\d+/$"), timeout=120_000)
             seen["job_url"] = page.url
-            if page.locator("#job-progress").count():  # still queued or running when the page loaded
+            if while_queued is not None:
+                expect(page.locator("#job-state")).to_have_text("Queued")
                 expect(page.locator("#job-progress")).to_be_visible()
-                seen["progress_shown"] = True
+                seen["worker"] = while_queued()
+                expect(page.locator("#job-tiles")).to_have_text(re.compile(r"^\d+ of \d+ tiles$"), timeout=300_000)
+                expect(page.locator("#job-state")).to_have_text("Calling the slide")
+                seen["progress"] = page.locator("#job-progress").get_attribute("value")
             expect(page.locator("#result-label")).to_be_visible(timeout=600_000)  # the page polls, then reloads
             status = page.request.get(page.url + "status").json()
             assert status["state"] == "done" and status["percent"] == 100
@@ -81,12 +94,16 @@ def _call_slide(base_url: str, slide: pathlib.Path, name: str, screenshot: pathl
     return seen
 
 
-def _serve(tmp_path: pathlib.Path, exported_models):
+def _slide_env(tmp_path: pathlib.Path) -> dict:
+    return {"HISTOPATH_SLIDE_DIR": str(tmp_path / "slides"), "HISTOPATH_SLIDE_MODEL_MPP": "4",
+            "HISTOPATH_SLIDE_TILE_PX": "50", "HISTOPATH_RELOAD_INTERVAL": "1"}
+
+
+def _serve(tmp_path: pathlib.Path, exported_models, **env):
     serving_dir = tmp_path / "models"
     shutil.copytree(exported_models.mil, serving_dir / MIL_NAME / "1")
     return web_app(tmp_path, serving_dir=serving_dir, users=((USER, "pathologist"),),
-                   env={"HISTOPATH_SLIDE_DIR": str(tmp_path / "slides"), "HISTOPATH_SLIDE_MODEL_MPP": "4",
-                        "HISTOPATH_SLIDE_TILE_PX": "50", "HISTOPATH_RELOAD_INTERVAL": "1"})
+                   env={**_slide_env(tmp_path), **env})
 
 
 @pytest.mark.browser
@@ -94,12 +111,27 @@ def test_generated_slide_upload_job_viewer_and_heatmap_toggle(exported_models, a
     if not CHROMIUM.exists():
         pytest.fail("Chromium is missing: run `bash scripts/system-deps.sh` (make system-deps)")
     slide = write_slide(tmp_path / "generated-case.tif", width=2000, height=1500)
-    started = time.monotonic()
-    with _serve(tmp_path, exported_models) as web:
-        seen = _call_slide(web["url"], slide, "generated case", artifacts_dir / "webapp-slide-generated.png")
+    started, workers = time.monotonic(), []
+
+    def start_worker():
+        environment = {**_slide_env(tmp_path), "SECRET_KEY": WEB_SECRET_KEY,
+                       "DATABASE_URL": f"sqlite:///{web['database']}", "HISTOPATH_MODEL_NAME": MIL_NAME,
+                       "HISTOPATH_SERVING_DIR": str(tmp_path / "models")}
+        workers.append(start_process(["webapp", "slide_worker"], tmp_path / "slide-worker.log", env=environment))
+        return workers[-1]
+
+    with _serve(tmp_path, exported_models, HISTOPATH_SLIDE_WORKERS="0") as web:
+        try:
+            seen = _call_slide(web["url"], slide, "generated case", artifacts_dir / "webapp-slide-generated.png",
+                               while_queued=start_worker)
+        finally:
+            for worker in workers:
+                worker.stop()
         assert re.fullmatch(r"Benign|Malignant|Not sure — needs a pathologist's review", seen["label"])
         log = web["log"].read_text()
     assert "Traceback" not in log, log[-3000:]
+    worker_log = workers[0].log.read_text()
+    assert "waiting for queued slide jobs" in worker_log and "Traceback" not in worker_log, worker_log[-3000:]
     assert not list((tmp_path / "slides" / "incoming").iterdir())
     print(f"generated slide: upload to answer and viewer in {time.monotonic() - started:.0f} s")
 
