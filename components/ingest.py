@@ -74,7 +74,7 @@ def ingest_window(data_root: str, store: str, settings: span_store.IngestSetting
     from histopath.data.ingest import ingest
 
     if settings.dataset == layouts.SLIDES:
-        from histopath.data.slide_ingest import ingest_slides as ingest
+        from histopath.components.slide_ingest import ingest_slides as ingest
     found = spans_lib.find_spans(data_root, settings.dataset)
     names = [span.name for span in found]
     window_size = spans_lib.parse_window(window)

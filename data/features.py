@@ -30,7 +30,7 @@ PATCH_Y = "patch_y"  # int64: y offset of the patch in the patient's whole-mount
 BAG_PATCH_LABELS = "bag_patch_labels"  # int64 list, K*K: patch labels row-major, -1 = none
 BAG_SIZE = "bag_size"  # int64: K, the region's edge in patches (image = K*50 px square)
 
-# --- whole-slide tiles (`--dataset slides`, data/slide_ingest.py) ----------------------
+# --- whole-slide tiles (`--dataset slides`, components/slide_ingest.py) ----------------
 # SLIDE_ID (the slide's file name without extension), PATCH_X / PATCH_Y (the tile's
 # level-0 top-left pixel) as above, and:
 MPP = "mpp"  # float: microns per pixel of the tile as stored (tile_um / tile_px)

@@ -11,7 +11,7 @@ its own layer and the ones below it, never one above:
     4  pipeline/, serving/                          the DAG and its runners; the servers
 
 `evaluation`'s measures (metrics, bootstrap, operating point, patient rules, scoring,
-slide context, plots) import nothing above `data/`: the training code in `models/` scores
+slide context, plots, slide calling) import nothing above `data/`: the training code in `models/` scores
 its folds with them, and `evaluate` / `predict` sit above `models/`.
 """
 
@@ -24,7 +24,8 @@ import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 FOLDERS = {"histopath": 0, "data": 1, "models": 2, "components": 3, "evaluation": 3, "pipeline": 4, "serving": 4}
-MEASURES = {"metrics", "bootstrap", "operating_point", "patient_rules", "scoring", "slide_context", "plots"}
+MEASURES = {"metrics", "bootstrap", "operating_point", "patient_rules", "scoring", "slide_context", "plots",
+            "slide_calling"}
 
 
 def _layer(module: str) -> int:

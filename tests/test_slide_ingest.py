@@ -13,7 +13,8 @@ import tensorflow as tf
 from PIL import Image
 
 from histopath import slide_writer
-from histopath.data import features, idc_slides, slide_ingest
+from histopath.components import slide_ingest
+from histopath.data import features, idc_slides
 from histopath.errors import DataError
 
 PATIENTS = ("8916", "9124")  # the two smallest IDC patients (171 and 465 patches)

@@ -17,6 +17,9 @@ brings each to `tile_px` pixels with the resize `histopath predict` uses
 image features of the other data sets (`image` PNG, `image_format`, `label`, `patient_id`,
 `source_path`, `height`, `width`, `dataset`) plus `slide_id`, `patch_x`/`patch_y` (level-0
 top-left) and `mpp`.
+
+It sits with the components, above `models/`, because each tile is resized by the model
+code's one resize (`models.image_ops`), exactly as `histopath predict` resizes it.
 """
 
 from __future__ import annotations
