@@ -308,6 +308,24 @@ def test_asgi_layer_refuses_past_the_limit_while_streaming_and_deletes_the_part(
     assert _left_behind(slide_settings) == []
 
 
+def test_asgi_layer_refuses_a_slide_past_the_uploads_at_once(slide_settings, tmp_path):
+    from django.test import override_settings
+
+    from histopath.serving.webapp.predictions import slide_stream
+
+    data = write_slide(tmp_path / "streamed.tif").read_bytes()
+    with override_settings(HISTOPATH_SLIDE_UPLOADS=1):
+        slide_stream._arriving = 1  # another slide is arriving
+        try:
+            status, body = _asgi_post(_signed_in_headers("busy.tif"), [data])
+        finally:
+            slide_stream._arriving = 0
+        assert status == 503 and b"receiving other slides" in body
+        status, _ = _asgi_post(_signed_in_headers("free.tif"), [data])
+        assert status == 201
+    assert slide_stream._arriving == 0
+
+
 def test_asgi_layer_reads_nothing_for_a_signed_out_client_or_without_csrf(slide_settings, tmp_path):
     data = write_slide(tmp_path / "streamed.tif").read_bytes()
     status, _ = _asgi_post([(b"x-slide-name", b"a.tif")], [data])

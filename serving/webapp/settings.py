@@ -46,6 +46,7 @@ Environment:
   HISTOPATH_SLIDE_ROOT        a folder of slides pathologists may pick from (default: none).
   HISTOPATH_MAX_SLIDE_BYTES   largest slide upload, streamed to disk (4 GB = 4 * 1024^3).
   HISTOPATH_SLIDE_BODY_TIMEOUT  seconds a slide upload may take to arrive (3600).
+  HISTOPATH_SLIDE_UPLOADS     slide uploads received at once per worker process (4), then 503.
   HISTOPATH_SLIDE_WORKERS     slide jobs each web worker process runs at once (1; 0: only
                               `histopath webapp slide_worker` runs them).
   HISTOPATH_SLIDE_MODEL_MPP, HISTOPATH_SLIDE_TILE_PX  the model's scale when its
@@ -220,6 +221,7 @@ HISTOPATH_SLIDE_DIR = os.environ.get("HISTOPATH_SLIDE_DIR") or str(_state_dir.re
 HISTOPATH_SLIDE_ROOT = os.environ.get("HISTOPATH_SLIDE_ROOT", "")
 HISTOPATH_MAX_SLIDE_BYTES = int(os.environ.get("HISTOPATH_MAX_SLIDE_BYTES", str(4 * 1024**3)))
 HISTOPATH_SLIDE_BODY_TIMEOUT = float(os.environ.get("HISTOPATH_SLIDE_BODY_TIMEOUT", "3600"))
+HISTOPATH_SLIDE_UPLOADS = int(os.environ.get("HISTOPATH_SLIDE_UPLOADS", "4"))
 HISTOPATH_SLIDE_WORKERS = int(os.environ.get("HISTOPATH_SLIDE_WORKERS", "1"))
 HISTOPATH_SLIDE_MODEL_MPP = float(os.environ.get("HISTOPATH_SLIDE_MODEL_MPP") or 0) or None
 HISTOPATH_SLIDE_TILE_PX = int(os.environ.get("HISTOPATH_SLIDE_TILE_PX") or 0) or None

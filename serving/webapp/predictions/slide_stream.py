@@ -8,10 +8,12 @@ Django sees it. A slide is gigabytes, so `POST /slides/upload` goes through
 2. the session cookie must belong to an active user allowed to classify (checked in the
    database before a byte is read), else Django answers the request without its body
    (sign-in redirect or 403);
-3. the body goes chunk by chunk into `IncomingSlide` (`incoming/<random>.part`, writes in
+3. at most `HISTOPATH_SLIDE_UPLOADS` slides arrive at once per worker process (the disk
+   they take is bounded: 503 beyond);
+4. the body goes chunk by chunk into `IncomingSlide` (`incoming/<random>.part`, writes in
    a thread, not the event loop), 413 as soon as it passes the limit, 408 past
    `HISTOPATH_SLIDE_BODY_TIMEOUT`;
-4. Django then gets the request with an empty body and the `IncomingSlide` in its scope:
+5. Django then gets the request with an empty body and the `IncomingSlide` in its scope:
    the view checks CSRF, checks the file by its content and renames it into place, or
    refuses it; whatever the view did not keep is deleted here.
 """
@@ -113,6 +115,22 @@ async def stream_slide_upload(app, scope, receive, send, slots: asyncio.Semaphor
         async with slots:  # Django answers: sign-in redirect or 403, never reading the body
             await app(bodyless, _empty_body(receive), send)
         return
+    global _arriving
+    if _arriving >= settings.HISTOPATH_SLIDE_UPLOADS:
+        await _json(send, 503, "The server is receiving other slides right now. Try again in a few minutes.")
+        return
+    _arriving += 1
+    try:
+        await _stream_to_django(app, bodyless, receive, send, slots)
+    finally:
+        _arriving -= 1
+
+
+_arriving = 0  # slide uploads being received by this process (one event loop: no lock needed)
+
+
+async def _stream_to_django(app, bodyless, receive, send, slots: asyncio.Semaphore) -> None:
+    """Steps 4 and 5 of the module docstring."""
     incoming = await asyncio.to_thread(slide_store.IncomingSlide)
     try:
         try:
