@@ -10,9 +10,13 @@
 # Where Docker Hub is reachable, BASE_IMAGE=python:3.11-slim works too, and
 # pipeline/docker/tfx.Dockerfile builds the image on TFX's published one instead.
 #
+# With GPU=1 it then builds the CUDA variant on top (pipeline/docker/pipeline-gpu.Dockerfile,
+# the wheels of requirements/lock-gpu.txt, ~3 GB more) and prints both tags.
+#
 # Environment:
 #   IMAGE        tag to build            (default histopath/pipeline:latest)
 #   BASE_IMAGE   Python 3.11 base image  (default histopath/base:bookworm-py311)
+#   GPU=1        also build GPU_IMAGE    (default: IMAGE with pipeline -> pipeline-gpu)
 set -euo pipefail
 
 REPO=$(cd "$(dirname "$0")/.." && pwd)
@@ -39,3 +43,15 @@ docker build --network host --build-arg "BASE_IMAGE=$BASE_IMAGE" \
 size=$(docker image inspect -f '{{.Size}}' "$IMAGE")
 log "built $IMAGE in $(( $(date +%s) - start )) s: $(awk -v s="$size" 'BEGIN {printf "%.2f GB", s / 1e9}')"
 echo "$IMAGE"
+
+if [ "${GPU:-0}" = 1 ]; then
+  GPU_IMAGE="${GPU_IMAGE:-${IMAGE/pipeline:/pipeline-gpu:}}"
+  [ "$GPU_IMAGE" != "$IMAGE" ] || die "set GPU_IMAGE: cannot derive it from $IMAGE"
+  log "building $GPU_IMAGE on $IMAGE (the CUDA wheels are ~3 GB to download)"
+  start=$(date +%s)
+  docker build --network host --build-arg "PIPELINE_IMAGE=$IMAGE" \
+    -f "$REPO/pipeline/docker/pipeline-gpu.Dockerfile" -t "$GPU_IMAGE" "$REPO" > "${GPU_BUILD_LOG:-/dev/stderr}"
+  size=$(docker image inspect -f '{{.Size}}' "$GPU_IMAGE")
+  log "built $GPU_IMAGE in $(( $(date +%s) - start )) s: $(awk -v s="$size" 'BEGIN {printf "%.2f GB", s / 1e9}')"
+  echo "$GPU_IMAGE"
+fi
