@@ -104,10 +104,14 @@ def _run(args: argparse.Namespace) -> int:
 def _compile(args: argparse.Namespace) -> int:
     from histopath.console import Console
     from histopath.pipeline.kubeflow_runner import compile_kubeflow, image_warning
+    from histopath.pipeline.vertex_training import from_options
 
     config = config_from_args(args)
+    vertex_training = from_options(args.train_on, args.vertex_project, args.vertex_region, args.trainer_machine,
+                                   args.trainer_workers, args.trainer_accelerator, args.trainer_service_account)
     with Console(None, verbose=args.verbose) as console:
-        path = compile_kubeflow(config, args.pipeline_output, image=args.image, resources=args.resources)
+        path = compile_kubeflow(config, args.pipeline_output, image=args.image, resources=args.resources,
+                                vertex_training=vertex_training)
         console.write(f"wrote {path}")
     warning = image_warning(args.image)
     if warning:
@@ -262,6 +266,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                                 help="CPU, memory (GB) and GPU of the tasks matching TASK (a pattern such as "
                                 "'trainer_*'), over the preset's; repeatable. GPU type: NVIDIA_TESLA_T4 etc. on "
                                 "Vertex, nvidia.com/gpu on Kubeflow")
+    training = compile_parser.add_argument_group("training on Vertex AI (docs/kubeflow.md, Training across workers)")
+    training.add_argument("--train-on", choices=("pod", "vertex"), default="pod",
+                          help="pod: the Trainers train in their pipeline task (default); vertex: each launches a "
+                          "Vertex AI custom job of --image and waits for it")
+    training.add_argument("--vertex-project", metavar="PROJECT", help="the custom jobs' project")
+    training.add_argument("--vertex-region", metavar="REGION", help="the custom jobs' region, e.g. europe-west4")
+    training.add_argument("--trainer-machine", metavar="TYPE", help="machine type of every replica (default n1-standard-8)")
+    training.add_argument("--trainer-workers", type=int, metavar="N",
+                          help="replicas in all (default 1); N > 1 trains with MultiWorkerMirroredStrategy")
+    training.add_argument("--trainer-accelerator", metavar="TYPE[:COUNT]",
+                          help="accelerators per replica, e.g. NVIDIA_TESLA_T4:1 (with the GPU image)")
+    training.add_argument("--trainer-service-account", metavar="SA", help="the custom jobs' service account")
     compile_parser.add_argument("--verbose", action="store_true", help="show the compiler's log lines")
     compile_parser.set_defaults(handler=_compile)
 

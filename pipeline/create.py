@@ -31,6 +31,7 @@ from histopath.data.manifest import MANIFEST_NAME
 from histopath.pipeline import fingerprint
 from histopath.pipeline.config import PipelineConfig, model_settings
 from histopath.pipeline.eval_config import EVAL_SPLIT, build_eval_config
+from histopath.pipeline.vertex_training import VertexTraining, check_folds
 
 RUN_FN = "histopath.components.trainer.run_fn"
 PREPROCESSING_FN = "histopath.models.preprocessing.preprocessing_fn"
@@ -78,7 +79,20 @@ def _example_source(config: PipelineConfig, data_fingerprint: str, records: bool
     return ingest, ingest.outputs["report"]
 
 
-def _training_components(config: PipelineConfig, examples) -> dict[str, Any]:
+def _trainer(config: PipelineConfig, kind: str, vertex: tuple[VertexTraining, str] | None, **inputs: Any):
+    """The Trainer of candidate `kind`: TFX's, or with `vertex` ((training, image)) the
+    Vertex AI extension's, which runs it as a custom job (`pipeline.vertex_training`)."""
+    custom_config = trainer_custom_config(config, kind)
+    if vertex is None:
+        return tfx.components.Trainer(run_fn=RUN_FN, custom_config=custom_config, **inputs)
+    training, image = vertex
+    check_folds(training, kind, custom_config)
+    return tfx.extensions.google_cloud_ai_platform.Trainer(
+        run_fn=RUN_FN, custom_config={**custom_config, **training.custom_config(image)}, **inputs)
+
+
+def _training_components(config: PipelineConfig, examples,
+                         vertex: tuple[VertexTraining, str] | None = None) -> dict[str, Any]:
     """Everything between the examples and the report, by id, in execution order."""
     statistics_gen = tfx.components.StatisticsGen(examples=examples)
     schema_gen = tfx.components.SchemaGen(statistics=statistics_gen.outputs["statistics"], infer_feature_shape=True)
@@ -107,13 +121,9 @@ def _training_components(config: PipelineConfig, examples) -> dict[str, Any]:
     eval_config = build_eval_config(config)
     candidates = {}
     for kind in config.models:
-        trainer = tfx.components.Trainer(
-            run_fn=RUN_FN,
-            examples=transform.outputs["transformed_examples"],
-            transform_graph=transform.outputs["transform_graph"],
-            schema=schema,
-            custom_config=trainer_custom_config(config, kind),
-        ).with_id(f"trainer_{kind}")
+        trainer = _trainer(config, kind, vertex, examples=transform.outputs["transformed_examples"],
+                           transform_graph=transform.outputs["transform_graph"], schema=schema,
+                           ).with_id(f"trainer_{kind}")
         evaluator = Evaluator(
             examples=examples,
             model=trainer.outputs["model"],
@@ -137,7 +147,8 @@ def _training_components(config: PipelineConfig, examples) -> dict[str, Any]:
 
 
 def create_components(config: PipelineConfig, data_fingerprint: str = "",
-                      records: bool | None = None, retrain_gate: bool = True) -> dict[str, Any]:
+                      records: bool | None = None, retrain_gate: bool = True,
+                      vertex: tuple[VertexTraining, str] | None = None) -> dict[str, Any]:
     """The pipeline's components by id, in execution order.
 
     With raw images (`IngestImages`) every node between the ingestion and the report runs
@@ -153,6 +164,7 @@ def create_components(config: PipelineConfig, data_fingerprint: str = "",
         images; None = look (`uses_ingested_records`).
       retrain_gate: run the training nodes only when the ingestion says so (False: the
         InteractiveContext notebook, which runs the nodes one by one itself).
+      vertex: (training, image): the Trainers run as Vertex AI custom jobs of `image`.
     """
     if records is None:
         records = uses_ingested_records(config)
@@ -160,9 +172,9 @@ def create_components(config: PipelineConfig, data_fingerprint: str = "",
     examples = source.outputs["examples"]
     if ingest_report is not None and retrain_gate:
         with tfx.dsl.Cond(examples.future()[0].custom_property("retrain") == 1):
-            training = _training_components(config, examples)
+            training = _training_components(config, examples, vertex)
     else:
-        training = _training_components(config, examples)
+        training = _training_components(config, examples, vertex)
     report = RunReport(
         examples=examples,
         ingest_report=ingest_report,
@@ -175,19 +187,20 @@ def create_components(config: PipelineConfig, data_fingerprint: str = "",
 
 
 def create_pipeline(config: PipelineConfig, metadata_connection_config: Any = None,
-                    data_fingerprint: str = "", records: bool | None = None) -> tfx.dsl.Pipeline:
+                    data_fingerprint: str = "", records: bool | None = None,
+                    vertex: tuple[VertexTraining, str] | None = None) -> tfx.dsl.Pipeline:
     """Builds the TFX pipeline for `config` (already validated).
 
     Args:
       config: the run's configuration.
       metadata_connection_config: ML Metadata connection; None lets the runner decide
         (Kubeflow provides its own).
-      data_fingerprint, records: see `create_components`.
+      data_fingerprint, records, vertex: see `create_components`.
     """
     return tfx.dsl.Pipeline(
         pipeline_name=config.pipeline_name,
         pipeline_root=config.pipeline_root,
-        components=list(create_components(config, data_fingerprint, records).values()),
+        components=list(create_components(config, data_fingerprint, records, vertex=vertex).values()),
         enable_cache=config.enable_cache,
         metadata_connection_config=metadata_connection_config,
         beam_pipeline_args=list(config.beam_args),

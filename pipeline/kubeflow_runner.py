@@ -12,6 +12,8 @@ driver reads only that form of constants and parameters); this module then
   (`run_parameters`), which a run or a schedule overrides without recompiling;
 - gives every task CPU, memory (and the Trainers a GPU when asked) and sizes the Beam
   workers to the CPU request (`resources`);
+- with `--train-on vertex`, makes the Trainers TFX's Vertex AI extension Trainer, which
+  trains in a custom job of the same image, on one or more workers (`vertex_training`);
 - checks the result the way `kfp.Client` reads a package (strict `PipelineSpec`) and
   writes it whole (write, then rename).
 
@@ -30,6 +32,7 @@ from histopath.errors import ConfigError
 from histopath.pipeline import resources as resources_lib
 from histopath.pipeline import run_parameters
 from histopath.pipeline.config import PipelineConfig
+from histopath.pipeline.vertex_training import VertexTraining
 
 # The image scripts/build-pipeline-image.sh builds from IMAGE_DOCKERFILE when IMAGE is not
 # set: it exists only in the local Docker, so no cluster can pull it.
@@ -54,13 +57,15 @@ def check_cluster_paths(config: PipelineConfig) -> None:
                               "give a URI (gs://bucket/...) or the absolute path of a volume mounted in the pods")
 
 
-def pipeline_spec(config: PipelineConfig, image: str | None = None, resources: Sequence[str] = ()) -> dict[str, Any]:
+def pipeline_spec(config: PipelineConfig, image: str | None = None, resources: Sequence[str] = (),
+                  vertex_training: VertexTraining | None = None) -> dict[str, Any]:
     """The PipelineSpec of `config` as a dict (checked as `kfp.Client` reads it).
 
     Args:
       config: the run configuration, its paths as the pods see them.
       image: the container image every component runs in.
       resources: `--resources` overrides of the preset's CPU/memory/GPU (`pipeline.resources`).
+      vertex_training: run the Trainers as Vertex AI custom jobs of `image` (None: in their pods).
     """
     from google.protobuf import json_format
     from kfp.pipeline_spec import pipeline_spec_pb2
@@ -75,7 +80,8 @@ def pipeline_spec(config: PipelineConfig, image: str | None = None, resources: S
             default_image=image or DEFAULT_IMAGE, use_pipeline_spec_2_1=True))
     # No metadata connection and no data fingerprint: the cluster provides ML Metadata,
     # and each run fingerprints the data itself.
-    pipeline = create_pipeline(config, records=False)
+    pipeline = create_pipeline(config, records=False, vertex=(
+        (vertex_training, image or DEFAULT_IMAGE) if vertex_training is not None else None))
     task_resources = resources_lib.resolve([c.id for c in pipeline.components], config.preset, resources)
     resources_lib.apply(pipeline.components, task_resources)
     job = runner.run(pipeline, write_out=False)
@@ -131,7 +137,7 @@ def write_spec(spec: dict[str, Any], path: str) -> str:
 
 
 def compile_kubeflow(config: PipelineConfig, output_file: str, image: str | None = None,
-                     resources: Sequence[str] = ()) -> str:
+                     resources: Sequence[str] = (), vertex_training: VertexTraining | None = None) -> str:
     """Writes the PipelineSpec YAML of `config` to `output_file` (.yaml or .yml).
 
     Raises:
@@ -141,4 +147,4 @@ def compile_kubeflow(config: PipelineConfig, output_file: str, image: str | None
     if not output_file.endswith(SPEC_SUFFIXES):
         raise ConfigError(f"--output {output_file}: a pipeline spec is written as .yaml (what the KFP UI, "
                           "kfp.Client and Vertex AI accept)")
-    return write_spec(pipeline_spec(config, image, resources), fileio.absolute(output_file))
+    return write_spec(pipeline_spec(config, image, resources, vertex_training), fileio.absolute(output_file))

@@ -1,5 +1,6 @@
 """A local HTTP endpoint standing in for the Kubeflow Pipelines v2beta1 API, the Vertex AI v1
-API, the bits of Cloud Storage `PipelineJob.submit` touches, and an OAuth token endpoint.
+API (pipeline jobs, schedules and the custom jobs of the Vertex Trainer), the bits of Cloud
+Storage `PipelineJob.submit` touches, and an OAuth token endpoint.
 
 It is a contract test, not a cluster: it receives the requests of the REAL clients
 (`kfp.Client`, `google-cloud-aiplatform`), checks every body against the API's own
@@ -197,6 +198,7 @@ class ContractServer:
         self.errors: list[str] = []
         self.experiments: dict[str, dict] = {}
         self.buckets: set[str] = set()
+        self.custom_jobs: dict[str, dict] = {}
         self._ids = itertools.count(1)
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self._httpd.daemon_threads = True
@@ -288,6 +290,14 @@ class ContractServer:
         match = re.fullmatch(r"/v1/(projects/[^/]+/locations/[^/]+)/(pipelineJobs|schedules)", path)
         if match and method == "POST":
             return self._vertex(match.group(1), match.group(2), query, raw)
+        match = re.fullmatch(r"/v1/(projects/[^/]+/locations/[^/]+)/customJobs", path)
+        if match and method == "POST":
+            return self._custom_job(match.group(1), raw)
+        if re.fullmatch(r"/v1/projects/[^/]+/locations/[^/]+/customJobs/[^/]+", path) and method == "GET":
+            if path[len("/v1/"):] not in self.custom_jobs:
+                return 404, {"error": {"code": 404, "message": f"{path} not found", "status": "NOT_FOUND"}}
+            # A job is done when it is first looked at again.
+            return 200, {**self.custom_jobs[path[len("/v1/"):]], "state": "JOB_STATE_SUCCEEDED"}
         if path.startswith("/storage/v1/"):
             return self._storage(method, path[len("/storage/v1/"):], body)
         return 404, {"error": {"code": 404, "message": f"no such endpoint {method} {path}", "status": "NOT_FOUND"}}
@@ -360,6 +370,31 @@ class ContractServer:
         check_vertex_job(schedule.create_pipeline_job_request.pipeline_job, "schedule.createPipelineJobRequest.pipelineJob")
         answer = json_format.MessageToDict(schedule)
         answer.update(name=f"{parent}/schedules/{next(self._ids)}", state="ACTIVE")
+        return 200, answer
+
+    def _custom_job(self, parent: str, raw: bytes) -> tuple[int, Any]:
+        """customJobs.create, with what Vertex requires of the worker pools."""
+        from google.cloud import aiplatform_v1
+
+        job = parse_vertex(raw, aiplatform_v1.CustomJob, "customJob")
+        if not job.display_name:
+            raise ContractError("customJob.displayName is required")
+        pools = list(job.job_spec.worker_pool_specs)
+        if not pools:
+            raise ContractError("customJob.jobSpec.workerPoolSpecs must not be empty")
+        for index, pool in enumerate(pools):
+            where = f"customJob.jobSpec.workerPoolSpecs[{index}]"
+            if not pool.machine_spec.machine_type:
+                raise ContractError(f"{where}.machineSpec.machineType is required")
+            if pool.replica_count < 1:
+                raise ContractError(f"{where}.replicaCount must be positive")
+            if not pool.container_spec.image_uri:
+                raise ContractError(f"{where}.containerSpec.imageUri is required")
+        if pools[0].replica_count != 1:
+            raise ContractError("customJob.jobSpec.workerPoolSpecs[0].replicaCount must be 1 (the chief)")
+        answer = json_format.MessageToDict(job)
+        answer.update(name=f"{parent}/customJobs/{next(self._ids)}", state="JOB_STATE_PENDING")
+        self.custom_jobs[answer["name"]] = answer
         return 200, answer
 
     def _storage(self, method: str, route: str, body: Any) -> tuple[int, Any]:
