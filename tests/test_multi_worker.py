@@ -5,8 +5,9 @@ custom job (worker pool names) or a TFJob (`chief`/`worker`) sets, ports free on
 127.0.0.1, on a real Transform output of synthetic tissue images
 (`tests.multi_worker_cluster`). The chief exports, the worker leaves nothing behind.
 
-The default run has the one two-worker run (about a minute of start-up and training on
-an idle 2-core machine: the only test that runs the strategy for real). Marked `bench`:
+The default run has the one two-worker run, the only test that runs the strategy for
+real (justified over 60 s: 105 s with its Transform fixture here, on 2 cores at a load
+average of 7-9; most of it is the processes' imports). Marked `bench`:
 the refusal of patient folds by both processes (also unit-tested in
 `models/distribute_test.py`) and the comparison with one worker (same global batch of 16,
 same seed, no augmentation or dropout), which adds a third Trainer process. The two models are not
