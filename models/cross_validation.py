@@ -132,11 +132,15 @@ def inner_eval_patients(train_patients: Sequence[str], shares: Mapping[str, floa
     """The patients of a fold's training patients that early stopping and the learning-rate
     schedule watch: `INNER_EVAL_FRACTION` of them, at least one of each class that has two
     or more (single-label patients) or one from each stratum of the positive share
-    (patients with both labels)."""
+    (patients with both labels; at most half of them, so most still train). Empty when
+    there are too few to spare one."""
     rng = np.random.default_rng(seed)
     if not _single_label_patients(shares[p] for p in train_patients):
         ranked = sorted(sorted(train_patients), key=lambda patient: shares[patient])
-        strata = np.array_split(np.array(ranked), max(2, round(INNER_EVAL_FRACTION * len(ranked))))
+        strata_count = min(max(2, round(INNER_EVAL_FRACTION * len(ranked))), len(ranked) // 2)
+        if strata_count < 1:
+            return []
+        strata = np.array_split(np.array(ranked), strata_count)
         return sorted(str(rng.choice(stratum)) for stratum in strata if len(stratum))
     chosen: List[str] = []
     for label in (1, 0):

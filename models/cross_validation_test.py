@@ -128,3 +128,13 @@ def test_a_refit_fold_answers_with_both_models(tmp_path):
     assert np.isfinite(fold["refit_probability"]).all()
     assert fold["refit_probability"] != fold["probability"]  # the refit trains on the inner eval patients too
     assert "refit_probability" not in cross_validation.fold_predictions(trainer, data, groups, 1, seed=1)
+
+
+def test_few_patients_holding_both_labels_keep_most_of_them_in_training():
+    """Two or three IDC slides left to train on: one is watched, the rest train; one slide
+    alone cannot be split (the fold then watches its training patients)."""
+    shares = {"s1": 0.2, "s2": 0.6, "s3": 0.4}
+    for train in (["s1", "s2"], ["s1", "s2", "s3"]):
+        watch = cross_validation.inner_eval_patients(train, shares, seed=0)
+        assert len(watch) == 1 and set(watch) < set(train)
+    assert cross_validation.inner_eval_patients(["s1"], shares, seed=0) == []
