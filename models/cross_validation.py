@@ -26,6 +26,7 @@ from histopath.models import registry
 from histopath.models.config import TrainingConfig
 from histopath.models.datasets import PatientExamples, array_dataset, predict_arrays
 from histopath.models.export import make_predictor
+from histopath.models.isolation import run_in_child
 from histopath.models.training import train_model
 
 logger = logging.getLogger(__name__)
@@ -247,9 +248,12 @@ def fold_predictions(trainer: Trainer, data: PatientExamples, groups: Sequence[S
 
 
 def cross_validate(trainer: Trainer, data: PatientExamples, folds: int, seed: int,
-                   refit: bool = False) -> Dict[str, Any]:
+                   refit: bool = False, fold_processes: bool = True) -> Dict[str, Any]:
     """Cross-validated predictions of every patient in `data` (see the module docstring);
     with `refit`, of the refit recipe (`fold_predictions`).
+
+    With `fold_processes` each fold is fitted in a child process (`isolation`), so the
+    memory of its models is given back when it ends instead of adding up across folds.
 
     Returns:
       {"folds": [{"held_out", "inner_eval", "kept_epochs"}] (as many as `plan_folds`
@@ -264,7 +268,10 @@ def cross_validate(trainer: Trainer, data: PatientExamples, folds: int, seed: in
     probability = np.full(len(data.labels), np.nan)
     rows = []
     for index in range(folds):
-        fold = fold_predictions(trainer, data, groups, index, seed, refit)
+        if fold_processes:
+            fold = run_in_child(fold_predictions, trainer, data, groups, index, seed, refit)
+        else:
+            fold = fold_predictions(trainer, data, groups, index, seed, refit)
         probability[np.isin(data.patients, fold["held_out"])] = fold["refit_probability" if refit else "probability"]
         rows.append({key: value for key, value in fold.items() if not key.endswith("probability")})
         logger.info("fold %d/%d: %d patients held out, kept %s", index + 1, folds, len(groups[index]),

@@ -114,6 +114,10 @@ def test_every_patient_is_predicted_by_a_model_that_never_saw_it(tmp_path):
     assert 0.0 <= result["threshold"] <= 1.0 and result["patients"] == 10
     auc = result["metrics"]["image_level"]["metrics"]["auc"]
     assert auc["ci_low"] <= auc["value"] <= auc["ci_high"]
+    # Each fold was fitted in its own process; fitted in this one, the folds are the same.
+    in_process = cross_validation.cross_validate(trainer, data, folds=3, seed=1, fold_processes=False)
+    np.testing.assert_allclose(in_process["probability"], result["probability"], atol=1e-5)
+    assert [fold["kept_epochs"] for fold in in_process["folds"]] == [fold["kept_epochs"] for fold in result["folds"]]
 
 
 def test_a_refit_fold_answers_with_both_models(tmp_path):
