@@ -5,7 +5,8 @@ run by TFX's LocalDagRunner with `--runner=PortableRunner` against Beam's Python
 in its own process, whose jobs execute in SDK worker processes of a separate worker pool
 (`--environment_type=EXTERNAL`), exactly as on a cluster's job server with a worker-pool
 sidecar. The artifacts must be those of the DirectRunner on the same generated sample: the
-same records, the same statistics, the same transformed examples.
+same records, the same statistics, the same transformed examples. Last, the whole pipeline
+(`histopath run`, TFMA's Evaluator included) on the job server and the worker pool.
 
 Flink and Spark job servers are Java (Maven jars, not on PyPI or in Debian): docs/kubeflow.md,
 "Beam runners", says what was checked about them.
@@ -173,3 +174,31 @@ def test_portable_and_direct_runners_write_the_same_artifacts(direct_run, portab
 def test_embedded_job_server_with_loopback_workers_writes_the_same_artifacts(direct_run, embedded_run, artifacts_dir):
     assert embedded_run == direct_run
     (artifacts_dir / "beam-portable-runner.json").write_text(json.dumps(FIGURES, indent=2))
+
+
+def test_the_whole_pipeline_runs_on_the_job_server_evaluator_included(sample, tmp_path):
+    """`histopath run` with every Beam step (TFMA's Evaluator too) on the job server and the
+    worker pool: four Beam jobs, a blessed model pushed."""
+    import subprocess
+    import sys
+
+    from histopath.models import exported
+
+    output = tmp_path / "run"
+    settings = tmp_path / "settings.json"  # bless whatever trains on 24 synthetic images
+    settings.write_text(json.dumps({"thresholds": {"min_auc": 0.0, "min_balanced_accuracy": 0.0,
+                                                   "max_auc_drop_vs_pushed": 1.0}}))
+    histopath = str(pathlib.Path(sys.executable).parent / "histopath")
+    with PortableBeam(tmp_path / "beam") as beam:
+        done = subprocess.run(
+            [histopath, "run", "--dataset", "breakhis", "--data", str(sample), "--preset", "demo", "--config",
+             str(settings), "--models", "mil", "--epochs", "1", "--image-size", "64", "--seed", "5", "--output", str(output),
+             *[f"--beam-arg={arg}" for arg in beam.pipeline_args]], capture_output=True, text=True, timeout=1100)
+        job_log = (tmp_path / "beam" / "job_server.log").read_text(errors="replace")
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    # IngestImages, StatisticsGen, Transform, evaluator_mil
+    assert job_log.count("with state DONE") == 4 and job_log.count("Running job") == 4, job_log[-3000:]
+    evaluator = output / "pipeline_root" / "evaluator_mil"
+    assert list(evaluator.glob("evaluation/*/metrics*")), "TFMA wrote no metrics"
+    assert list(evaluator.glob("blessing/*/BLESSED")), "the Evaluator did not bless the model"
+    assert exported.list_versions(str(output / "serving" / "histopath")) == [1]
