@@ -43,7 +43,10 @@ Environment:
                               even though they are loopback/private (default: none).
   HISTOPATH_SLIDE_DIR         where uploaded slides and slide results are kept
                               ($HISTOPATH_STATE_DIR/slides).
-  HISTOPATH_SLIDE_ROOT        a folder of slides pathologists may pick from (default: none).
+  HISTOPATH_SLIDE_ROOT        a folder of slides pathologists may pick from (default: none),
+                              or a bucket URI (gs://bucket/prefix, any tf.io.gfile scheme):
+                              listed through tf.io.gfile, a picked slide copied in like an
+                              upload (docs/slides.md).
   HISTOPATH_MAX_SLIDE_BYTES   largest slide upload, streamed to disk (4 GB = 4 * 1024^3).
   HISTOPATH_SLIDE_BODY_TIMEOUT  seconds a slide upload may take to arrive (3600).
   HISTOPATH_SLIDE_UPLOADS     slide uploads received at once per worker process (4), then 503.

@@ -8,6 +8,10 @@ from the configured slide folder (never outside it), each checked by the slide r
   `<HISTOPATH_SLIDE_DIR>/uploads/<random><ext>`; a refused upload is deleted.
 - A folder slide is a path relative to `HISTOPATH_SLIDE_ROOT`; `..`, absolute paths and
   symbolic links leading out of the folder are refused.
+- `HISTOPATH_SLIDE_ROOT` may also be a URI (`gs://bucket/prefix`, any scheme `tf.io.gfile`
+  knows): it is listed through `histopath.fileio`, and a picked slide is copied like an
+  upload (chunk by chunk to `incoming/`, the same check, renamed into `uploads/`), because
+  OpenSlide and the Deep Zoom viewer need a local file.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from typing import Optional
 
 from django.conf import settings
 
-from histopath import slides
+from histopath import fileio, slides
 
 CHUNK_BYTES = 1024 * 1024
 UPLOAD_EXTENSIONS = slides.SLIDE_EXTENSIONS + slides.TIFF_EXTENSIONS
@@ -173,10 +177,106 @@ def check_slide(path: pathlib.Path, shown_name: str, mpp: Optional[float] = None
         raise SlideRefused(message) from None
 
 
-def slide_root() -> Optional[pathlib.Path]:
-    """The configured slide folder (resolved), or None."""
+def root_uri() -> Optional[str]:
+    """The configured slide root when it is a URI (`gs://bucket/prefix`, no trailing `/`),
+    or None."""
     root = settings.HISTOPATH_SLIDE_ROOT
-    return pathlib.Path(root).resolve() if root else None
+    return root.rstrip("/") if root and fileio.is_uri(root) else None
+
+
+def has_root() -> bool:
+    """Whether a slide folder or bucket is configured."""
+    return bool(settings.HISTOPATH_SLIDE_ROOT)
+
+
+def slide_root() -> Optional[pathlib.Path]:
+    """The configured local slide folder (resolved), or None (none, or a URI)."""
+    root = settings.HISTOPATH_SLIDE_ROOT
+    return pathlib.Path(root).resolve() if root and not fileio.is_uri(root) else None
+
+
+def _relative_parts(relative: str) -> pathlib.PurePosixPath:
+    """`relative` as a path inside the root.
+
+    Raises:
+      SlideRefused: empty, absolute, with `..` or a NUL character.
+    """
+    parts = pathlib.PurePosixPath(relative.replace("\\", "/"))
+    if not relative or parts.is_absolute() or ".." in parts.parts or "\x00" in relative:
+        raise SlideRefused(f"“{relative[:200]}” is not a slide of the slide folder")
+    return parts
+
+
+def _unreadable(uri: str, error: Exception) -> SlideRefused:
+    reason = getattr(error, "message", "") or str(error) or "not found or not allowed"
+    return SlideRefused(f"The slide folder “{uri}” cannot be read ({type(error).__name__}: {reason[:300]})")
+
+
+def uri_in_root(relative: str) -> str:
+    """The URI of the slide `relative` names under the URI root.
+
+    Raises:
+      SlideRefused: as `in_root`, and when the bucket cannot be read (naming the URI).
+    """
+    root = root_uri()
+    if root is None:
+        raise SlideRefused("No slide bucket is configured on this server.")
+    relative = (relative or "").strip()
+    parts = _relative_parts(relative)
+    uri = f"{root}/{parts.as_posix()}"
+    if not uri.startswith(root + "/"):
+        raise SlideRefused(f"“{relative[:200]}” is not a slide of the slide folder")
+    suffix_of(parts.name)
+    try:
+        found = fileio.exists(uri) and not fileio.isdir(uri)
+    except Exception as error:  # noqa: BLE001  (tf.errors.OpError and the file system's own)
+        raise _unreadable(uri, error) from None
+    if not found:
+        raise SlideRefused(f"“{relative[:200]}” is not in the slide folder")
+    return uri
+
+
+def fetch_from_root(relative: str, mpp: Optional[float] = None) -> tuple[pathlib.Path, str]:
+    """Copies the slide `relative` names under the URI root into `uploads/`, exactly like an
+    upload: chunk by chunk to `incoming/<random>.part` (never whole in memory, at most
+    `HISTOPATH_MAX_SLIDE_BYTES`), checked by its content, renamed into place.
+
+    Returns:
+      The local slide's path and its SHA-256.
+
+    Raises:
+      SlideRefused: a name outside the root, a missing file, content the slide reader
+        refuses (quoting `relative`), or a bucket that cannot be read (naming the URI).
+    """
+    uri = uri_in_root(relative)
+    import tensorflow as tf
+
+    incoming = IncomingSlide()
+    try:
+        with tf.io.gfile.GFile(uri, "rb") as source:
+            while chunk := source.read(CHUNK_BYTES):
+                incoming.write(chunk)
+    except SlideRefused:
+        raise
+    except Exception as error:  # noqa: BLE001  (tf.errors.OpError and the file system's own)
+        incoming.discard()
+        raise _unreadable(uri, error) from None
+    path = incoming.keep(relative.strip(), mpp)
+    return path, incoming.sha256
+
+
+def pick(relative: str, mpp: Optional[float] = None) -> tuple[pathlib.Path, str]:
+    """The local path of a picked slide (checked) and its SHA-256 ("" for a local folder's
+    slide, which is read in place); a URI root's slide is copied in first.
+
+    Raises:
+      SlideRefused: see `in_root` and `fetch_from_root`.
+    """
+    if root_uri() is not None:
+        return fetch_from_root(relative, mpp)
+    path = in_root(relative)
+    check_slide(path, relative, mpp)
+    return path, ""
 
 
 def in_root(relative: str) -> pathlib.Path:
@@ -190,9 +290,7 @@ def in_root(relative: str) -> pathlib.Path:
     if root is None:
         raise SlideRefused("No slide folder is configured on this server.")
     relative = (relative or "").strip()
-    parts = pathlib.PurePosixPath(relative.replace("\\", "/"))
-    if not relative or parts.is_absolute() or ".." in parts.parts or "\x00" in relative:
-        raise SlideRefused(f"“{relative[:200]}” is not a slide of the slide folder")
+    parts = _relative_parts(relative)
     path = (root / parts).resolve()
     if not path.is_relative_to(root):
         raise SlideRefused(f"“{relative[:200]}” is not a slide of the slide folder")
@@ -203,7 +301,22 @@ def in_root(relative: str) -> pathlib.Path:
 
 
 def folder_slides() -> list[str]:
-    """Slide files under `HISTOPATH_SLIDE_ROOT` (relative, sorted, at most `MAX_LISTED`)."""
+    """Slide files under `HISTOPATH_SLIDE_ROOT` (relative, sorted, at most `MAX_LISTED`).
+
+    Raises:
+      SlideRefused: a URI root that cannot be read or does not exist (naming the URI).
+    """
+    uri = root_uri()
+    if uri is not None:
+        import tensorflow as tf
+
+        try:
+            tf.io.gfile.listdir(uri)  # raises the file system's reason, which walk() would swallow
+            names = fileio.walk_files(uri)
+        except Exception as error:  # noqa: BLE001  (tf.errors.OpError and the file system's own)
+            raise _unreadable(uri, error) from None
+        return [name for name in names if pathlib.PurePosixPath(name).suffix.lower() in UPLOAD_EXTENSIONS
+                and not any(part.startswith(".") for part in name.split("/"))][:MAX_LISTED]
     root = slide_root()
     if root is None or not root.is_dir():
         return []

@@ -81,6 +81,16 @@ def _job(request: HttpRequest, pk: int) -> SlideJob:
     return job
 
 
+def _folder_context(pick_error: str = "") -> dict:
+    """The slide folder's (or bucket's) slides for the list page; a bucket that cannot be
+    read is said in the pick error."""
+    try:
+        listed = slide_store.folder_slides()
+    except slide_store.SlideRefused as error:
+        listed, pick_error = [], pick_error or f"{error}."
+    return {"folder_slides": listed, "has_folder": slide_store.has_root(), "pick_error": pick_error}
+
+
 @never_cache
 @permission_required("predictions.view_prediction", raise_exception=True)
 @require_GET
@@ -88,8 +98,7 @@ def slide_list(request: HttpRequest) -> HttpResponse:
     """The upload form, the slide folder's slides and the user's slide jobs."""
     return _with_scripts(render(request, "predictions/slides.html", {
         "jobs": list(_visible_jobs(request)[:100]),
-        "folder_slides": slide_store.folder_slides(),
-        "has_folder": slide_store.slide_root() is not None,
+        **_folder_context(),
         "limit_text": slide_store.limit_text(),
         "extensions": ", ".join(slide_store.UPLOAD_EXTENSIONS),
         "can_add": request.user.has_perm("predictions.add_prediction"),
@@ -128,21 +137,21 @@ def slide_upload(request: HttpRequest) -> JsonResponse:
 @require_POST
 def slide_pick(request: HttpRequest) -> HttpResponse:
     """A slide of `HISTOPATH_SLIDE_ROOT` (form field `slide`, relative): queued, or the
-    list page with the reason."""
+    list page with the reason. A slide of a URI root (a bucket) is copied in first, like an
+    upload, while this request waits."""
     relative = request.POST.get("slide", "")
     try:
         mpp = _mpp(request.POST.get("mpp"))
-        path = slide_store.in_root(relative)
-        slide_store.check_slide(path, relative, mpp)
+        path, sha256 = slide_store.pick(relative, mpp)
     except slide_store.SlideRefused as error:
         response = render(request, "predictions/slides.html", {
-            "jobs": list(_visible_jobs(request)[:100]), "folder_slides": slide_store.folder_slides(),
-            "has_folder": slide_store.slide_root() is not None, "limit_text": slide_store.limit_text(),
-            "extensions": ", ".join(slide_store.UPLOAD_EXTENSIONS), "can_add": True,
-            "pick_error": f"{error}."}, status=400)
+            "jobs": list(_visible_jobs(request)[:100]), **_folder_context(f"{error}."),
+            "limit_text": slide_store.limit_text(),
+            "extensions": ", ".join(slide_store.UPLOAD_EXTENSIONS), "can_add": True}, status=400)
         return _with_scripts(response)
-    job = _queue(request, SlideJob.SOURCE_FOLDER, path, _display_name(request.POST.get("display_name"), path.name),
-                 mpp)
+    shown = pathlib.PurePosixPath(relative.strip().replace("\\", "/")).name
+    job = _queue(request, SlideJob.SOURCE_FOLDER, path, _display_name(request.POST.get("display_name"), shown),
+                 mpp, sha256)
     return redirect("slide", job.pk)
 
 
