@@ -20,6 +20,11 @@ top-left) and `mpp`.
 
 It sits with the components, above `models/`, because each tile is resized by the model
 code's one resize (`models.image_ops`), exactly as `histopath predict` resizes it.
+
+The source may be a local folder or a URI (`gs://bucket/slides`): the labels, annotations
+and listings are read through `histopath.fileio`, the slides through `histopath.slides`
+(tiffslide reading byte ranges, no download). The plan and summaries stay in the local
+work folder; the output is published to a folder or a URI (`data.output_dir`).
 """
 
 from __future__ import annotations
@@ -89,9 +94,9 @@ def write_slide_shard(key: str, source: str, output: str, tile_um: float, tile_p
     shard_path = os.path.join(output, task["shard"])
     os.makedirs(os.path.dirname(shard_path), exist_ok=True)
     try:
-        regions = (slide_layout.read_annotations(os.path.join(source, entry.annotations))
+        regions = (slide_layout.read_annotations(fileio.join(source, entry.annotations))
                    if entry.annotations else None)
-        with slides.open_slide(os.path.join(source, entry.relative_path)) as slide, \
+        with slides.open_slide(fileio.join(source, entry.relative_path)) as slide, \
                 GzipTFRecordWriter(shard_path, compression_level) as writer:
             tiler = tiling.Tiler(slide, tile_um, tile_px, min_tissue=min_tissue)
             labeller = (slide_layout.TileLabeller(regions, tiler.grid.size0, tiler.grid.columns, tiler.grid.rows)

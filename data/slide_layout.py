@@ -9,6 +9,9 @@ annotations that give tiles their own labels.
                                  (what `histopath idc-slides` writes per patient)
 or, without `slides.csv`, a folder per label (`benign/`, `malignant/`) of slide files; each slide is then its own patient (its file name without extension).
 
+SOURCE may be a local folder or any URI `tf.io.gfile` reads (`gs://bucket/slides`): every
+listing and read goes through `histopath.fileio`.
+
 `slide` is the file's path relative to SOURCE; `label` is 0/1 or benign/malignant; further
 columns are ignored. Every problem is refused naming the file and the line (CSV) or the
 feature (GeoJSON).
@@ -24,13 +27,14 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import io
 import json
 import os
 from typing import Any, Iterable, List, Mapping, Optional, Sequence
 
 import numpy as np
 
-from histopath import slides as slides_lib
+from histopath import fileio, slides as slides_lib
 from histopath.errors import DataError
 
 LABELS_CSV = "slides.csv"
@@ -82,11 +86,48 @@ def _slide_id(relative_path: str) -> str:
     return os.path.splitext(os.path.basename(relative_path))[0]
 
 
+def _is_file(path: str) -> bool:
+    """Whether `path` (local or URI) is an existing file, not a folder."""
+    return fileio.exists(path) and not fileio.isdir(path)
+
+
+def _read_bytes(path: str) -> bytes:
+    """The whole (small) file, local or URI.
+
+    Raises:
+      DataError: it cannot be read, naming it.
+    """
+    errors: tuple = (OSError,)
+    if fileio.is_uri(path):
+        import histopath  # noqa: F401  (pins Keras 2 before TensorFlow is imported)
+        import tensorflow as tf
+
+        errors += (tf.errors.OpError,)
+    try:
+        return fileio.read_bytes(path)
+    except errors as error:
+        reason = getattr(error, "strerror", None) or getattr(error, "message", None) or error
+        raise DataError(f"{path}: cannot read ({reason})") from None
+
+
+def _csv_rows(path: str) -> csv.DictReader:
+    """A CSV reader over the file's text (a UTF-8 byte-order mark dropped).
+
+    Raises:
+      DataError: unreadable, or not UTF-8 text.
+    """
+    try:
+        text = _read_bytes(path).decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        raise DataError(f"{path}: not a UTF-8 text file ({error})") from None
+    return csv.DictReader(io.StringIO(text, newline=""))
+
+
 def _annotation_for(source: str, relative_path: str) -> str:
     """The annotation file beside a slide (GeoJSON first), relative to `source`; "" if none."""
     stem = os.path.splitext(relative_path)[0]
     for suffix in (GEOJSON_SUFFIX, PATCH_LABELS_SUFFIX):
-        if os.path.isfile(os.path.join(source, stem + suffix)):
+        if _is_file(fileio.join(source, stem + suffix)):
             return stem + suffix
     return ""
 
@@ -98,39 +139,36 @@ def read_slides_csv(source: str) -> List[SlideEntry]:
       DataError: a missing column, an empty or duplicate slide, an empty patient, a bad
         label or a slide file that does not exist, naming the file and line.
     """
-    path = os.path.join(source, LABELS_CSV)
+    path = fileio.join(source, LABELS_CSV)
     try:
-        with open(path, newline="", encoding="utf-8-sig") as stream:
-            reader = csv.DictReader(stream)
-            columns = [c.strip() for c in (reader.fieldnames or [])]
-            missing = [c for c in REQUIRED_COLUMNS if c not in columns]
-            if missing:
-                raise DataError(f"{path} line 1: missing column(s) {', '.join(missing)} "
-                                f"(expected a header slide,patient,label[,...], got {','.join(columns) or 'nothing'})")
-            reader.fieldnames = columns
-            entries, seen = [], {}
-            for row in reader:
-                where = f"{path} line {reader.line_num}"
-                if None in row or any(row.get(c) is None for c in REQUIRED_COLUMNS):
-                    raise DataError(f"{where}: expected {len(columns)} columns ({','.join(columns)})")
-                relative = row["slide"].strip().replace("\\", "/")
-                patient = row["patient"].strip()
-                if not relative:
-                    raise DataError(f"{where}: empty slide")
-                if not patient:
-                    raise DataError(f"{where}: slide {relative}: empty patient")
-                label = parse_label(row["label"], f"{where}: slide {relative}")
-                if os.path.isabs(relative) or ".." in relative.split("/"):
-                    raise DataError(f"{where}: slide {relative} must be a path inside {source}")
-                if not os.path.isfile(os.path.join(source, relative)):
-                    raise DataError(f"{where}: slide {relative} not found in {source}")
-                slide_id = _slide_id(relative)
-                if slide_id in seen:
-                    raise DataError(f"{where}: slide {relative} repeats the slide id {slide_id} of line {seen[slide_id]}")
-                seen[slide_id] = reader.line_num
-                entries.append(SlideEntry(relative, slide_id, patient, label, _annotation_for(source, relative)))
-    except OSError as error:
-        raise DataError(f"{path}: cannot read ({error.strerror or error})") from None
+        reader = _csv_rows(path)
+        columns = [c.strip() for c in (reader.fieldnames or [])]
+        missing = [c for c in REQUIRED_COLUMNS if c not in columns]
+        if missing:
+            raise DataError(f"{path} line 1: missing column(s) {', '.join(missing)} "
+                            f"(expected a header slide,patient,label[,...], got {','.join(columns) or 'nothing'})")
+        reader.fieldnames = columns
+        entries, seen = [], {}
+        for row in reader:
+            where = f"{path} line {reader.line_num}"
+            if None in row or any(row.get(c) is None for c in REQUIRED_COLUMNS):
+                raise DataError(f"{where}: expected {len(columns)} columns ({','.join(columns)})")
+            relative = row["slide"].strip().replace("\\", "/")
+            patient = row["patient"].strip()
+            if not relative:
+                raise DataError(f"{where}: empty slide")
+            if not patient:
+                raise DataError(f"{where}: slide {relative}: empty patient")
+            label = parse_label(row["label"], f"{where}: slide {relative}")
+            if os.path.isabs(relative) or ".." in relative.split("/"):
+                raise DataError(f"{where}: slide {relative} must be a path inside {source}")
+            if not _is_file(fileio.join(source, relative)):
+                raise DataError(f"{where}: slide {relative} not found in {source}")
+            slide_id = _slide_id(relative)
+            if slide_id in seen:
+                raise DataError(f"{where}: slide {relative} repeats the slide id {slide_id} of line {seen[slide_id]}")
+            seen[slide_id] = reader.line_num
+            entries.append(SlideEntry(relative, slide_id, patient, label, _annotation_for(source, relative)))
     except csv.Error as error:
         raise DataError(f"{path}: not a CSV file ({error})") from None
     if not entries:
@@ -140,13 +178,13 @@ def read_slides_csv(source: str) -> List[SlideEntry]:
 
 def _label_folders(source: str) -> List[SlideEntry]:
     entries, seen = [], {}
-    for folder in sorted(os.listdir(source)):
+    for folder in fileio.listdir(source):
         label = _LABEL_FOLDERS.get(folder.lower())
-        if label is None or not os.path.isdir(os.path.join(source, folder)):
+        if label is None or not fileio.isdir(fileio.join(source, folder)):
             continue
-        for name in sorted(os.listdir(os.path.join(source, folder))):
+        for name in fileio.listdir(fileio.join(source, folder)):
             relative = f"{folder}/{name}"
-            if not _is_slide_name(os.path.join(source, relative)):
+            if not _is_slide_name(fileio.join(source, folder, name)):
                 continue
             slide_id = _slide_id(relative)
             if slide_id in seen:
@@ -158,13 +196,13 @@ def _label_folders(source: str) -> List[SlideEntry]:
 
 def _is_slide_name(path: str) -> bool:
     lower = path.lower()
-    return os.path.isfile(path) and (lower.endswith(slides_lib.SLIDE_EXTENSIONS)
-                                     or lower.endswith(slides_lib.TIFF_EXTENSIONS))
+    return (lower.endswith(slides_lib.SLIDE_EXTENSIONS) or lower.endswith(slides_lib.TIFF_EXTENSIONS)) \
+        and _is_file(path)
 
 
 def is_slide_layout(folder: str) -> bool:
     """Whether `folder` is itself a slide data set (a `slides.csv`, or label folders of slides)."""
-    if os.path.isfile(os.path.join(folder, LABELS_CSV)):
+    if _is_file(fileio.join(folder, LABELS_CSV)):
         return True
     try:
         return bool(_label_folders(folder))
@@ -178,9 +216,9 @@ def scan_slides(source: str) -> List[SlideEntry]:
     Raises:
       DataError: not a folder, no slide, or a bad labels file (naming file and line).
     """
-    if not os.path.isdir(source):
+    if not fileio.isdir(source):
         raise DataError(f"{source}: not a folder")
-    if os.path.isfile(os.path.join(source, LABELS_CSV)):
+    if _is_file(fileio.join(source, LABELS_CSV)):
         return read_slides_csv(source)
     entries = _label_folders(source)
     if not entries:
@@ -233,11 +271,9 @@ def read_geojson(path: str) -> List[Region]:
       DataError: not JSON (with the line), not GeoJSON features, a geometry that is not a
         polygon, bad coordinates, or a missing/unknown class, naming the file and feature.
     """
+    raw = _read_bytes(path)
     try:
-        with open(path, encoding="utf-8") as stream:
-            document = json.load(stream)
-    except OSError as error:
-        raise DataError(f"{path}: cannot read ({error.strerror or error})") from None
+        document = json.loads(raw.decode("utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         line = getattr(error, "lineno", None)
         raise DataError(f"{path}{f' line {line}' if line else ''}: not JSON ({error})") from None
@@ -279,25 +315,21 @@ def read_patch_labels(path: str) -> List[Region]:
       DataError: a missing column or a bad value, naming the file and line.
     """
     regions = []
-    try:
-        with open(path, newline="", encoding="utf-8-sig") as stream:
-            reader = csv.DictReader(stream)
-            missing = [c for c in ("x", "y", "width", "height", "label") if c not in (reader.fieldnames or [])]
-            if missing:
-                raise DataError(f"{path} line 1: missing column(s) {', '.join(missing)} "
-                                "(expected x,y,width,height,label[,...])")
-            for row in reader:
-                where = f"{path} line {reader.line_num}"
-                try:
-                    x, y, w, h = (float(row[k]) for k in ("x", "y", "width", "height"))
-                except (TypeError, ValueError):
-                    raise DataError(f"{where}: x, y, width and height must be numbers") from None
-                if w <= 0 or h <= 0:
-                    raise DataError(f"{where}: width and height must be positive")
-                label = parse_label(row["label"] or "", where)
-                regions.append(Region(np.array([[x, y], [x + w, y], [x + w, y + h], [x, y + h]]), (), label))
-    except OSError as error:
-        raise DataError(f"{path}: cannot read ({error.strerror or error})") from None
+    reader = _csv_rows(path)
+    missing = [c for c in ("x", "y", "width", "height", "label") if c not in (reader.fieldnames or [])]
+    if missing:
+        raise DataError(f"{path} line 1: missing column(s) {', '.join(missing)} "
+                        "(expected x,y,width,height,label[,...])")
+    for row in reader:
+        where = f"{path} line {reader.line_num}"
+        try:
+            x, y, w, h = (float(row[k]) for k in ("x", "y", "width", "height"))
+        except (TypeError, ValueError):
+            raise DataError(f"{where}: x, y, width and height must be numbers") from None
+        if w <= 0 or h <= 0:
+            raise DataError(f"{where}: width and height must be positive")
+        label = parse_label(row["label"] or "", where)
+        regions.append(Region(np.array([[x, y], [x + w, y], [x + w, y + h], [x, y + h]]), (), label))
     return regions
 
 

@@ -63,7 +63,7 @@ def _looks_like_dataset(folder: str, dataset: str) -> bool:
     if dataset == layouts.SLIDES:
         from histopath.data import slide_layout
 
-        return not fileio.is_uri(folder) and slide_layout.is_slide_layout(folder)
+        return slide_layout.is_slide_layout(folder)
     children = [name for name in fileio.listdir(folder) if not name.startswith(".")]
     if dataset == layouts.BREAKHIS:
         return "BreaKHis_v1" in children or "histology_slides" in children or "breast" in children

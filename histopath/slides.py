@@ -6,6 +6,11 @@ SVS, Hamamatsu NDPI, MIRAX, Leica SCN, Ventana BIF, Philips, DICOM, generic tile
 URIs with tiffslide, which reads only the byte ranges it needs (SVS, NDPI and generic TIFF):
 through fsspec for the schemes it serves here (`memory://`, `s3://` with s3fs, ...), else
 through TensorFlow's file systems (`gs://`, as every other URI of the project).
+The single-file formats OpenSlide reads and tiffslide does not (Sakura `.svslide`, a
+one-file DICOM `.dcm`) need a local file: from a URI they are copied to a temporary file
+in `COPY_CHUNK_BYTES` chunks (never whole in memory), opened with OpenSlide and the copy
+deleted when the slide closes. Multi-file formats (MIRAX `.mrxs`, Hamamatsu `.vms`/`.vmu`)
+are refused from a URI: their data sit in files beside the one named.
 
 - Microns per pixel come from the file (`openslide.mpp-x`, `tiffslide.mpp-x`, which both
   read Aperio's `MPP` and the TIFF resolution tags). A slide without them is refused unless
@@ -18,8 +23,10 @@ through TensorFlow's file systems (`gs://`, as every other URI of the project).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
+import tempfile
 from typing import Any, Optional, Sequence
 
 import numpy as np
@@ -31,6 +38,9 @@ from histopath.errors import DataError
 SLIDE_EXTENSIONS = (".svs", ".ndpi", ".mrxs", ".scn", ".bif", ".vms", ".vmu", ".svslide", ".dcm")
 TIFF_EXTENSIONS = (".tif", ".tiff")
 THUMBNAIL_BAND_PIXELS = 16_000_000  # pixels of one band read while building a thumbnail
+LOCAL_COPY_EXTENSIONS = (".svslide", ".dcm")  # one file, read by OpenSlide only: copied from a URI
+MULTI_FILE_EXTENSIONS = (".mrxs", ".vms", ".vmu")  # data in files beside the one named
+COPY_CHUNK_BYTES = 8 * 1024 * 1024  # bytes read at a time while copying a URI to a local file
 _MAGIC = {b"\x89PNG": "a PNG image", b"\xff\xd8\xff": "a JPEG image", b"GIF8": "a GIF image",
           b"BM": "a BMP image", b"%PDF": "a PDF document", b"PK\x03\x04": "a ZIP archive"}
 
@@ -266,8 +276,64 @@ def _uri_stream(path: str) -> Optional[Any]:
     return gfile.GFile(path, "rb")
 
 
+class _LocalCopy:
+    """A temporary local copy of a URI's file, made in `COPY_CHUNK_BYTES` chunks (never
+    whole in memory); `close` deletes it.
+
+    Raises:
+      SlideError: no such file.
+    """
+
+    def __init__(self, path: str):
+        descriptor, self.name = tempfile.mkstemp(prefix="histopath-slide-", suffix=os.path.splitext(path)[1])
+        try:
+            with os.fdopen(descriptor, "wb") as copy:
+                stream = _uri_stream(path)
+                if stream is None:
+                    import fsspec
+
+                    stream = fsspec.open(path, "rb").open()
+                with stream:
+                    while True:
+                        chunk = stream.read(COPY_CHUNK_BYTES)
+                        if not chunk:
+                            break
+                        copy.write(chunk)
+        except FileNotFoundError:
+            self.close()
+            raise SlideError(f"{path}: no such file") from None
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.name)
+
+
+def _open_local_copy(path: str) -> tuple[Any, str, Optional[Any]]:
+    """A URI of a format only OpenSlide reads, opened from a temporary local copy."""
+    import openslide
+
+    copy = _LocalCopy(path)
+    try:
+        return openslide.OpenSlide(copy.name), "openslide", copy
+    except (openslide.OpenSlideError, OSError):
+        reason = diagnose(copy.name)
+        copy.close()
+        raise SlideError(f"{path}: {reason}") from None
+    except BaseException:
+        copy.close()
+        raise
+
+
 def _open_handle(path: str) -> tuple[Any, str, Optional[Any]]:
-    """(slide handle, backend name, stream to close with it)."""
+    """(slide handle, backend name, stream or local copy to close with it)."""
+    if is_uri(path) and path.lower().endswith(MULTI_FILE_EXTENSIONS):
+        raise SlideError(f"{path}: a multi-file slide format (its data sit in files beside it) cannot be read "
+                         "from a URI; copy the slide with its folder to a local disk and open it there")
+    if is_uri(path) and path.lower().endswith(LOCAL_COPY_EXTENSIONS):
+        return _open_local_copy(path)
     if is_uri(path):
         import tiffslide
 
@@ -301,7 +367,9 @@ def open_slide(path: str | os.PathLike, mpp: Optional[float] = None) -> Slide:
     """Opens a whole-slide image, local or a URI.
 
     Args:
-      path: a local file (OpenSlide) or a URI (tiffslide through fsspec).
+      path: a local file (OpenSlide) or a URI (tiffslide through fsspec or TensorFlow's
+        file systems; `.svslide`/`.dcm` copied to a temporary local file in chunks for
+        OpenSlide, the copy deleted on `close`).
       mpp: microns per level-0 pixel, for a slide whose file does not say; the file's own
         value wins over it when both exist, and a disagreement beyond 5 % is refused.
 

@@ -134,6 +134,39 @@ def test_uri_without_fsspec_is_read_through_tensorflow(shared_data):
         slides.open_slide("ram://slides/none.svs")
 
 
+def test_uri_of_an_openslide_only_format_is_copied_locally_in_chunks(pyramid, monkeypatch):
+    import tensorflow as tf
+
+    # OpenSlide finds the format from the content: a tiled TIFF named .dcm stands in for a
+    # one-file DICOM slide, to exercise the copy (tiffslide is never asked for a .dcm URI).
+    path, image = pyramid
+    uri = "ram://copied/gradient.dcm"
+    with tf.io.gfile.GFile(uri, "wb") as stream:
+        stream.write(path.read_bytes())
+    reads = []
+    original = slides._uri_stream
+
+    def counting_stream(where):
+        stream = original(where)
+        read = stream.read
+        stream.read = lambda size=-1: reads.append(size) or read(size)
+        return stream
+
+    monkeypatch.setattr(slides, "COPY_CHUNK_BYTES", 64 * 1024)
+    monkeypatch.setattr(slides, "_uri_stream", counting_stream)
+    with slides.open_slide(uri) as slide:
+        copy = slide._stream.name
+        assert slide.backend == "openslide" and slide.path == uri and slide.mpp == pytest.approx((0.5, 0.5))
+        assert pathlib.Path(copy).read_bytes() == path.read_bytes()
+        np.testing.assert_array_equal(slide.read_region(10, 20, 0, 30, 10), image[20:30, 10:40])
+    assert not pathlib.Path(copy).exists()  # the copy goes with the slide
+    assert set(reads) == {64 * 1024} and len(reads) == -(-path.stat().st_size // (64 * 1024)) + 1  # + the empty read
+    with pytest.raises(slides.SlideError, match="ram://copied/none.dcm: no such file"):
+        slides.open_slide("ram://copied/none.dcm")
+    with pytest.raises(slides.SlideError, match="ram://copied/s.mrxs: a multi-file slide format"):
+        slides.open_slide("ram://copied/s.mrxs")
+
+
 def test_looks_like_slide(pyramid, tmp_path):
     from PIL import Image
 
