@@ -378,7 +378,11 @@ def test_vertex_run_parameters_are_sent_with_the_job(vertex, spec, capsys, comma
 
 @pytest.mark.parametrize("param, message", [
     ("colour=blue", "--param colour: unknown; choose from data_root, serving_dir"),
-    ("preset=idc-mil", "--param preset: not a run-time parameter"),
+    ("preset=idc-mil", "--param preset=idc-mil: data set idc (the spec's: breakhis); models ['mil'] (the spec's: "
+                       "['densenet', 'mil']); a preset cannot change the pipeline's graph: compile a spec with "
+                       "--preset idc-mil"),
+    ("preset=breakhis-from-idc", "--param preset=breakhis-from-idc: it needs densenet.weights"),
+    ("preset=nope", "unknown preset 'nope'"),
     ("span_window=0", "span window must be at least 1 span"),
     ("min_new_patients=-1", "--param min_new_patients='-1': a whole number"),
     ("data_root=slides", "--param data_root='slides': give a URI"),
@@ -388,3 +392,48 @@ def test_a_bad_run_parameter_is_one_line_and_nothing_is_sent(server, spec, capsy
     code, _, err = _run(capsys, "submit", "--spec", spec, "--kfp-host", server.url, "--param", param)
     assert code == 1 and message in err and err.count("\n") == 1, err
     assert server.requests == []
+
+
+def test_a_preset_run_parameter_reaches_every_task_it_sets(spec, tmp_path):
+    """`--param preset=demo` on the spec compiled for the data set's defaults: the values
+    sent, then the executor inputs the KFP driver builds from them (`spec_runner`, which
+    builds them as the driver does) carry the demo preset's settings; the graph and the
+    model's name stay the spec's."""
+    import collections
+
+    import yaml
+    from google.protobuf import json_format
+
+    from histopath.pipeline import config as pipeline_config, presets, run_parameters, spec_runner
+    from histopath.pipeline.eval_config import build_eval_config
+
+    compiled = yaml.safe_load(open(spec))
+    values = run_parameters.values(compiled, run_parameters.parse(["preset=demo", "span_window=2"]))
+    demo = pipeline_config.resolve(presets.layer("demo"), {"data_dir": "unused", "output_dir": "unused"})
+    from kfp.pipeline_spec import pipeline_spec_pb2
+
+    runner = spec_runner.SpecRun(json_format.ParseDict(compiled, pipeline_spec_pb2.PipelineSpec()), str(tmp_path),
+                                 runner="subprocess", parameters=values)
+    # No task ran: every upstream artifact is an empty one (only the parameters are read here).
+    runner.outputs = collections.defaultdict(lambda: collections.defaultdict(pipeline_spec_pb2.RuntimeArtifact))
+    defaults = run_parameters.defaults(compiled)
+
+    def task_parameters(task_name: str) -> dict:
+        task = runner.spec.root.dag.tasks[task_name]
+        component = runner.spec.components[task.component_ref.name]
+        return json_format.MessageToDict(runner.executor_input(task_name, task, component).inputs)["parameterValues"]
+
+    for kind in ("densenet", "mil"):
+        settings = json.loads(task_parameters(f"trainer_{kind}")["custom_config"])
+        wanted = pipeline_config.model_settings(demo, kind)
+        assert settings["training"] == json.loads(json.dumps(wanted["training"]))
+        assert settings["folds"] == 0 and settings["model_name"] == "histopath"
+        before = json.loads(defaults[f"trainer_{kind}_settings"])
+        assert settings["code_fingerprint"] == before["code_fingerprint"] and before["folds"] == 5
+        evaluation = json.loads(task_parameters(f"evaluator_{kind}")["eval_config"])
+        assert evaluation == json.loads(json_format.MessageToJson(build_eval_config(demo),
+                                                                  preserving_proto_field_name=True))
+    assert json.loads(task_parameters("Transform")["custom_config"])["image_size"] == demo.image_size == 128
+    assert task_parameters("SelectWinner")["rule"] == "test_auc"
+    ingest = json.loads(task_parameters("IngestImages")["settings"])
+    assert ingest["window"] == "2" and ingest["seed"] == demo.seed
