@@ -132,7 +132,9 @@ def test_run_time_settings_are_pipeline_parameters_with_the_compiled_defaults(co
 
     config, path, spec = compiled
     declared = spec["root"]["inputDefinitions"]["parameters"]
-    assert set(declared) == {"data_root", "ingest_settings", "serving_model_dir", "push_destination"}
+    assert set(declared) == {"data_root", "ingest_settings", "serving_model_dir", "push_destination",
+                             "transform_settings", "selection_rule", "trainer_densenet_settings",
+                             "trainer_mil_settings", "evaluator_densenet_eval_config", "evaluator_mil_eval_config"}
     assert all(d["parameterType"] == "STRING" and d["isOptional"] for d in declared.values())
     assert declared["data_root"]["defaultValue"] == "gs://histo-data/breakhis"
     assert declared["serving_model_dir"]["defaultValue"] == "gs://histo-models/serving/histopath"
@@ -142,7 +144,11 @@ def test_run_time_settings_are_pipeline_parameters_with_the_compiled_defaults(co
              for key, value in t["inputs"].get("parameters", {}).items() if "componentInputParameter" in value}
     assert reads == {("IngestImages", "data_root"): "data_root", ("IngestImages", "settings"): "ingest_settings",
                      ("LatestPushedModel", "serving_model_dir"): "serving_model_dir",
-                     ("Pusher", "push_destination"): "push_destination"}
+                     ("Pusher", "push_destination"): "push_destination",
+                     ("Transform", "custom_config"): "transform_settings", ("SelectWinner", "rule"): "selection_rule",
+                     **{(f"trainer_{kind}", "custom_config"): f"trainer_{kind}_settings" for kind in ("densenet", "mil")},
+                     **{(f"evaluator_{kind}", "eval_config"): f"evaluator_{kind}_eval_config"
+                        for kind in ("densenet", "mil")}}
     # kfp's own loader sees them as the pipeline's inputs, with their defaults
     component = components.load_component_from_file(path)
     assert component.component_spec.inputs["data_root"].default == "gs://histo-data/breakhis"
