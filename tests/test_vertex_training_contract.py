@@ -40,7 +40,9 @@ def _trainer_custom_config(spec: dict) -> dict:
     task = spec["root"]["dag"]["tasks"]["trainer_cnn"]
     component = spec["components"][task["componentRef"]["name"]]
     assert "custom_config" in component["inputDefinitions"]["parameters"]
-    return json.loads(task["inputs"]["parameters"]["custom_config"]["runtimeValue"]["constant"])
+    # A pipeline parameter (a run may send another preset's settings); the compiled value is its default.
+    parameter = task["inputs"]["parameters"]["custom_config"]["componentInputParameter"]
+    return json.loads(spec["root"]["inputDefinitions"]["parameters"][parameter]["defaultValue"])
 
 
 def test_the_compiled_trainer_is_the_extension_with_the_job_spec(compiled):
