@@ -144,3 +144,34 @@ def test_slide_spans_keep_each_patients_split_and_place_only_new_patients(tmp_pa
                for record in result["ingested"])
     assert settings.key() != span_store.IngestSettings("slides", {"train": 0.5, "test": 0.5}, 1,
                                                        tile_um=200.0, tile_px=32).key()
+
+
+def test_the_real_aperio_slide_is_tiled_by_the_pipeline_as_predict_tiles_it(shared_data, tmp_path):
+    """The real SVS in a labels-CSV data root beside a generated slide: ingestion reads its
+    microns per pixel from the file and keeps exactly the tiles `predict` calls (the same
+    `tiling.Tiler`), each 200 µm at 50 px."""
+    from histopath import slides, tiling
+
+    svs = shared_data / "wsi" / "cmu_small_region.svs"
+    source = tmp_path / "src"
+    source.mkdir()
+    (source / "cmu.svs").symlink_to(svs)
+    _tissue_slide(source / "other.tif", 1600, 1200)
+    (source / "slides.csv").write_text("slide,patient,label\ncmu.svs,CMU,1\nother.tif,B,0\n")
+    manifest = slide_ingest.ingest_slides(str(source), str(tmp_path / "out"), splits="train=1", tile_um=200,
+                                          tile_px=50, beam_args=BEAM, require_every_split=False)
+    entry = {s["slide_id"]: s for s in manifest["slides"]}["cmu"]
+    with slides.open_slide(str(svs)) as slide:
+        tiler = tiling.Tiler(slide, 200, 50)
+        expected = sorted((tile.x, tile.y) for tile in tiler)
+    assert entry["qc"]["kept"] == len(expected) > 0
+    positions = []
+    for feature in _records(tmp_path / "out", "train"):
+        if feature[features.SLIDE_ID].bytes_list.value[0].decode() != "cmu":
+            continue
+        positions.append((feature[features.PATCH_X].int64_list.value[0], feature[features.PATCH_Y].int64_list.value[0]))
+        assert feature[features.MPP].float_list.value[0] == pytest.approx(4.0)
+        assert feature[features.HEIGHT].int64_list.value[0] == 50
+        assert feature[features.PATIENT_ID].bytes_list.value[0] == b"CMU"
+        assert feature[features.LABEL].int64_list.value[0] == 1
+    assert sorted(positions) == expected
