@@ -22,11 +22,11 @@ from __future__ import annotations
 
 import asyncio
 import http.cookies
-import json
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
 
+from histopath.serving.http_guard import refuse
 from histopath.serving.webapp.predictions import slide_store
 
 SCOPE_KEY = "histopath.slide_upload"
@@ -57,14 +57,6 @@ def may_upload(cookie_header: bytes) -> bool:
         return bool(user and user.is_active and user.has_perm("predictions.add_prediction"))
     finally:
         close_old_connections()
-
-
-async def _json(send, status: int, message: str) -> None:
-    payload = json.dumps({"error": message}).encode()
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"), (b"connection", b"close"),
-                            (b"content-length", str(len(payload)).encode())]})
-    await send({"type": "http.response.body", "body": payload})
 
 
 async def _receive_into(receive, incoming: slide_store.IncomingSlide) -> bool:
@@ -107,7 +99,7 @@ async def stream_slide_upload(app, scope, receive, send, slots: asyncio.Semaphor
     headers = dict(scope.get("headers") or [])
     declared = headers.get(b"content-length", b"")
     if declared.isdigit() and int(declared) > settings.HISTOPATH_MAX_SLIDE_BYTES:
-        await _json(send, 413, f"The slide is larger than the limit of {slide_store.limit_text()}.")
+        await refuse(send, 413, f"The slide is larger than the limit of {slide_store.limit_text()}.")
         return
     without_length = [(k, v) for k, v in scope.get("headers") or [] if k != b"content-length"]
     bodyless = {**scope, "headers": [*without_length, (b"content-length", b"0")]}
@@ -117,7 +109,7 @@ async def stream_slide_upload(app, scope, receive, send, slots: asyncio.Semaphor
         return
     global _arriving
     if _arriving >= settings.HISTOPATH_SLIDE_UPLOADS:
-        await _json(send, 503, "The server is receiving other slides right now. Try again in a few minutes.")
+        await refuse(send, 503, "The server is receiving other slides right now. Try again in a few minutes.")
         return
     _arriving += 1
     try:
@@ -137,11 +129,11 @@ async def _stream_to_django(app, bodyless, receive, send, slots: asyncio.Semapho
             arrived = await asyncio.wait_for(_receive_into(receive, incoming),
                                              settings.HISTOPATH_SLIDE_BODY_TIMEOUT)
         except asyncio.TimeoutError:
-            await _json(send, 408, f"The slide took longer than {settings.HISTOPATH_SLIDE_BODY_TIMEOUT:g} s "
+            await refuse(send, 408, f"The slide took longer than {settings.HISTOPATH_SLIDE_BODY_TIMEOUT:g} s "
                         "to arrive. Try again on a faster connection, or ask for it to be put in the slide folder.")
             return
         except slide_store.TooLarge as error:
-            await _json(send, 413, str(error))
+            await refuse(send, 413, str(error))
             return
         if not arrived:
             return

@@ -196,9 +196,7 @@ def slide_dzi(request: HttpRequest, pk: int) -> HttpResponse:
         described = slide_viewer.dzi_xml(job.slide_path)
     except slide_viewer.SlideGone:
         raise Http404("the slide file is no longer on the server") from None
-    response = HttpResponse(described, content_type="application/xml")
-    response["Cache-Control"] = "private, max-age=3600"
-    return response
+    return _privately_cached(described, "application/xml")
 
 
 @permission_required("predictions.view_prediction", raise_exception=True)
@@ -210,7 +208,12 @@ def slide_tile(request: HttpRequest, pk: int, level: int, column: int, row: int)
         data = slide_viewer.tile_jpeg(job.slide_path, level, column, row)
     except (ValueError, slide_viewer.SlideGone):
         raise Http404("no such tile") from None
-    response = HttpResponse(data, content_type="image/jpeg")
+    return _privately_cached(data, "image/jpeg")
+
+
+def _privately_cached(content: bytes | str, content_type: str) -> HttpResponse:
+    """A viewer response the browser may keep for an hour, and no shared cache at all."""
+    response = HttpResponse(content, content_type=content_type)
     response["Cache-Control"] = "private, max-age=3600"
     return response
 
