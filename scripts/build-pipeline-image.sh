@@ -26,6 +26,19 @@ BASE_IMAGE="${BASE_IMAGE:-histopath/base:bookworm-py311}"
 log() { echo "[build-pipeline-image $(date +%H:%M:%S)] $*" >&2; }
 die() { log "FAILED: $*"; exit 1; }
 
+# build TAG DOCKERFILE BUILD_ARG LOG: builds one image, logs its time and size, prints its tag.
+# --network host: pip reaches the package index through the host's network (a daemon
+# started with --bridge=none gives build containers no other).
+build() {
+  local tag=$1 dockerfile=$2 build_arg=$3 build_log=$4 start size
+  start=$(date +%s)
+  docker build --network host --build-arg "$build_arg" -f "$REPO/pipeline/docker/$dockerfile" -t "$tag" "$REPO" \
+    > "$build_log"
+  size=$(docker image inspect -f '{{.Size}}' "$tag")
+  log "built $tag in $(( $(date +%s) - start )) s: $(awk -v s="$size" 'BEGIN {printf "%.2f GB", s / 1e9}')"
+  echo "$tag"
+}
+
 command -v docker >/dev/null || die "docker is not installed (apt-get install -y docker.io)"
 docker info >/dev/null 2>&1 || die "no Docker engine answers. Start one, e.g.:
   dockerd --iptables=false --bridge=none --data-root /var/lib/histopath-docker &"
@@ -35,23 +48,11 @@ if [[ "$BASE_IMAGE" == histopath/base:* ]] && ! docker image inspect "$BASE_IMAG
 fi
 
 log "building $IMAGE on $BASE_IMAGE (the lock layer takes a few minutes the first time)"
-start=$(date +%s)
-# --network host: pip reaches the package index through the host's network (a daemon
-# started with --bridge=none gives build containers no other).
-docker build --network host --build-arg "BASE_IMAGE=$BASE_IMAGE" \
-  -f "$REPO/pipeline/docker/pipeline.Dockerfile" -t "$IMAGE" "$REPO" > "${BUILD_LOG:-/dev/stderr}"
-size=$(docker image inspect -f '{{.Size}}' "$IMAGE")
-log "built $IMAGE in $(( $(date +%s) - start )) s: $(awk -v s="$size" 'BEGIN {printf "%.2f GB", s / 1e9}')"
-echo "$IMAGE"
+build "$IMAGE" pipeline.Dockerfile "BASE_IMAGE=$BASE_IMAGE" "${BUILD_LOG:-/dev/stderr}"
 
 if [ "${GPU:-0}" = 1 ]; then
   GPU_IMAGE="${GPU_IMAGE:-${IMAGE/pipeline:/pipeline-gpu:}}"
   [ "$GPU_IMAGE" != "$IMAGE" ] || die "set GPU_IMAGE: cannot derive it from $IMAGE"
   log "building $GPU_IMAGE on $IMAGE (the CUDA wheels are ~3 GB to download)"
-  start=$(date +%s)
-  docker build --network host --build-arg "PIPELINE_IMAGE=$IMAGE" \
-    -f "$REPO/pipeline/docker/pipeline-gpu.Dockerfile" -t "$GPU_IMAGE" "$REPO" > "${GPU_BUILD_LOG:-/dev/stderr}"
-  size=$(docker image inspect -f '{{.Size}}' "$GPU_IMAGE")
-  log "built $GPU_IMAGE in $(( $(date +%s) - start )) s: $(awk -v s="$size" 'BEGIN {printf "%.2f GB", s / 1e9}')"
-  echo "$GPU_IMAGE"
+  build "$GPU_IMAGE" pipeline-gpu.Dockerfile "PIPELINE_IMAGE=$IMAGE" "${GPU_BUILD_LOG:-/dev/stderr}"
 fi
