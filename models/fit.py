@@ -17,7 +17,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-import time
 from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
@@ -82,6 +81,7 @@ def train_candidate(settings: CandidateSettings, train_files: Sequence[str], eva
     with ResourceMonitor() as monitor:
         trained = _train(settings, train_files, eval_files, tf_transform_output, run_dir)
     trained.info["training_resources"] = monitor.summary()
+    trained.info["train_seconds"] = trained.info["training_resources"]["wall_seconds"]
     return trained
 
 
@@ -89,7 +89,6 @@ def _train(settings: CandidateSettings, train_files: Sequence[str], eval_files: 
            tf_transform_output: tft.TFTransformOutput, run_dir: str) -> TrainedCandidate:
     """`train_candidate` without the measuring."""
     model_config, training_config = settings.model_config(), settings.training_config()
-    started = time.time()
     cv_block, refit_data = None, None
     if settings.folds >= 2:
         train_data = datasets.load_examples(train_files, tf_transform_output, settings.transform_size)
@@ -107,7 +106,7 @@ def _train(settings: CandidateSettings, train_files: Sequence[str], eval_files: 
         module.save_extras(model, run_dir)
     info = {
         "model_kind": settings.model_kind, "model_name": settings.model_name, "dataset": settings.dataset,
-        "transform_size": settings.transform_size, "train_seconds": round(time.time() - started, 1),
+        "transform_size": settings.transform_size,
         "history": history, "model_config": model_config.to_dict(),
         "precision": resolve_precision(model_config.mixed_precision),  # what "auto" became here
         "training_config": training_config.to_dict(), "eval_split": eval_split,
