@@ -61,6 +61,29 @@ def _level(labels: np.ndarray, scores: np.ndarray, predictions: np.ndarray, clus
     }
 
 
+def _call_slide(loaded: Any, entry: Any, data_dir: str, slides_dir: str, scale: Any, mpp: Optional[float],
+                batch_size: int) -> tuple[Dict[str, Any], List[tuple[int, float]]]:
+    """Calls one slide (`slide_predict.predict_slide`); its report row and its labelled
+    tiles' (label, probability).
+
+    Raises:
+      DataError, ConfigError: the slide or its labels cannot be read.
+    """
+    from histopath.evaluation import slide_predict
+
+    answer = slide_predict.predict_slide(loaded, os.path.join(data_dir, entry.relative_path), slides_dir, mpp=mpp,
+                                         scale=scale, batch_size=batch_size)
+    tiles = fileio.read_json(answer["outputs"]["slide.json"])["tiles"]
+    labels = _tile_labels(entry, data_dir, answer, tiles, scale)
+    labelled = [(label, t["probability"]) for label, t in zip(labels, tiles) if label is not None]
+    row = {"slide_id": entry.slide_id, "slide": entry.relative_path, "patient": entry.patient_id,
+           "label": entry.label, "probability": answer["probability"], "predicted": answer["label"],
+           "tiles_called": answer["tiles_called"], "tiles_labelled": len(labelled),
+           "tile_auc": metrics.roc_auc([label for label, _ in labelled], [p for _, p in labelled]) if labelled else None,
+           "qc": answer["qc"], "seconds": answer["seconds"], "outputs": answer["outputs"]}
+    return row, labelled
+
+
 def evaluate_slides(model_dir: str, data_dir: str, output: str, *, patients: Optional[Sequence[str]] = None,
                     bootstrap: int = 1000, seed: int = 0, batch_size: int = 64, mpp: Optional[float] = None,
                     model_mpp: Optional[float] = None, tile_px: Optional[int] = None) -> Dict[str, Any]:
@@ -108,23 +131,13 @@ def evaluate_slides(model_dir: str, data_dir: str, output: str, *, patients: Opt
     slides_dir = os.path.splitext(os.fspath(output))[0] + ".slides"
     rows, failed, tile_rows = [], [], []
     for entry in entries:
-        path = os.path.join(data_dir, entry.relative_path)
         try:
-            answer = slide_predict.predict_slide(loaded, path, slides_dir, mpp=mpp, scale=scale,
-                                                 batch_size=batch_size)
-            tiles = fileio.read_json(answer["outputs"]["slide.json"])["tiles"]
-            labels = _tile_labels(entry, data_dir, answer, tiles, scale)
+            row, labelled = _call_slide(loaded, entry, data_dir, slides_dir, scale, mpp, batch_size)
         except (DataError, ConfigError) as error:
             failed.append({"slide": entry.relative_path, "patient": entry.patient_id, "error": str(error)})
             continue
-        labelled = [(label, t["probability"]) for label, t in zip(labels, tiles) if label is not None]
+        rows.append(row)
         tile_rows += [(entry.patient_id, label, probability) for label, probability in labelled]
-        tile_labels = [label for label, _ in labelled]
-        rows.append({"slide_id": entry.slide_id, "slide": entry.relative_path, "patient": entry.patient_id,
-                     "label": entry.label, "probability": answer["probability"], "predicted": answer["label"],
-                     "tiles_called": answer["tiles_called"], "tiles_labelled": len(labelled),
-                     "tile_auc": metrics.roc_auc(tile_labels, [p for _, p in labelled]) if labelled else None,
-                     "qc": answer["qc"], "seconds": answer["seconds"], "outputs": answer["outputs"]})
     answered = [r for r in rows if r["probability"] is not None]
     names = sorted({e.patient_id for e in entries}, key=patient_sort_key)
     index = {p: i for i, p in enumerate(names)}
