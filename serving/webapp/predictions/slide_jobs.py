@@ -113,7 +113,7 @@ def _answer_fields(answer: dict, info: dict) -> dict:
         band = None
     if probability is not None:
         fields["uncertainty"] = float(abstention.uncertainty(probability, threshold))
-        fields["not_sure"] = bool(band and band["low"] <= probability <= band["high"])
+        fields["not_sure"] = bool(abstention.not_sure(probability, band))
     return fields
 
 
