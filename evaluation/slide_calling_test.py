@@ -53,3 +53,10 @@ def test_model_aggregation_prefers_the_caller_then_model_info():
     assert slide_calling.model_aggregation(info) == slide_calling.Aggregation("mean", None, 0.6, "model_info")
     assert slide_calling.model_aggregation(info, 0.1) == slide_calling.Aggregation("top_mean", 0.1, 0.3, "caller")
     assert slide_calling.model_aggregation({}).describe() == "mean of the top 0.05 of tile probabilities"
+
+
+def test_top_mean_is_the_mean_of_the_top_fraction():
+    probabilities = [0.1] * 38 + [0.9, 0.7]
+    assert slide_calling.aggregate(probabilities, "top_mean", 0.05) == pytest.approx(0.8)  # top 2 of 40
+    assert slide_calling.aggregate([0.2, 0.6], "top_mean", 0.01) == pytest.approx(0.6)  # at least one tile
+    assert slide_calling.aggregate([], "top_mean", 0.05) is None

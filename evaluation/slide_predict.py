@@ -23,7 +23,6 @@ in level-0 pixels, probability as a measurement: QuPath's File > Import objects)
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 import queue
 import threading
@@ -38,7 +37,6 @@ from histopath.errors import ConfigError, DataError
 
 IDC_MODEL_MPP = 4.0  # µm/px assumed for a model trained on IDC patches without "mpp" in model_info
 IDC_TILE_PX = 50  # IDC patch side: the pixels such a model was trained on
-TOP_FRACTION = 0.05  # the slide score is the mean of this share of its highest tile probabilities
 PREFETCH_BATCHES = 2  # batches read ahead of the model
 _BENIGN_COLOUR, _MALIGNANT_COLOUR = (60, 160, 60), (200, 30, 30)
 
@@ -104,15 +102,6 @@ def model_scale(info: Dict[str, Any], model_mpp: Optional[float] = None, tile_px
                           "assumed: an IDC model sees 50 px patches at about 4 µm/px (40x downsampled 16:1)")
     raise ConfigError(f"model {info.get('model_name', '?')} (dataset {info.get('dataset') or 'unknown'}) does not "
                       "say the microns per pixel of its training images: pass --model-mpp (and --tile-px)")
-
-
-def slide_score(probabilities: Sequence[float], top_fraction: float = TOP_FRACTION) -> Optional[float]:
-    """Mean of the top `top_fraction` of the tile probabilities (at least one); None without tiles."""
-    values = np.sort(np.asarray(probabilities, np.float64))[::-1]
-    if not values.size:
-        return None
-    k = max(1, int(math.ceil(top_fraction * values.size)))
-    return float(values[:k].mean())
 
 
 def tile_inputs(batch: List[tiling.Tile], tile_px: int) -> List[bytes]:

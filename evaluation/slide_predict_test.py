@@ -9,13 +9,6 @@ from histopath.errors import ConfigError
 from histopath.evaluation import slide_predict
 
 
-def test_slide_score_is_the_mean_of_the_top_fraction():
-    probabilities = [0.1] * 38 + [0.9, 0.7]
-    assert slide_predict.slide_score(probabilities, 0.05) == pytest.approx(0.8)  # top 2 of 40
-    assert slide_predict.slide_score([0.2, 0.6], 0.01) == pytest.approx(0.6)  # at least one tile
-    assert slide_predict.slide_score([], 0.05) is None
-
-
 def test_model_scale_sources():
     assert slide_predict.model_scale({"dataset": "idc", "image_size": 64}) == slide_predict.ModelScale(
         4.0, 50, "assumed: an IDC model sees 50 px patches at about 4 µm/px (40x downsampled 16:1)")
