@@ -81,11 +81,6 @@ def parse_label(text: str, where: str) -> int:
     return value
 
 
-def _slide_id(relative_path: str) -> str:
-    """The id `histopath.slides.Slide` gives the file: its name without extension."""
-    return os.path.splitext(os.path.basename(relative_path))[0]
-
-
 def _is_file(path: str) -> bool:
     """Whether `path` (local or URI) is an existing file, not a folder."""
     return fileio.exists(path) and not fileio.isdir(path)
@@ -164,7 +159,7 @@ def read_slides_csv(source: str) -> List[SlideEntry]:
                 raise DataError(f"{where}: slide {relative} must be a path inside {source}")
             if not _is_file(fileio.join(source, relative)):
                 raise DataError(f"{where}: slide {relative} not found in {source}")
-            slide_id = _slide_id(relative)
+            slide_id = slides_lib.slide_id(relative)
             if slide_id in seen:
                 raise DataError(f"{where}: slide {relative} repeats the slide id {slide_id} of line {seen[slide_id]}")
             seen[slide_id] = reader.line_num
@@ -186,7 +181,7 @@ def _label_folders(source: str) -> List[SlideEntry]:
             relative = f"{folder}/{name}"
             if not _is_slide_name(fileio.join(source, folder, name)):
                 continue
-            slide_id = _slide_id(relative)
+            slide_id = slides_lib.slide_id(relative)
             if slide_id in seen:
                 raise DataError(f"{source}: slides {seen[slide_id]} and {relative} have the same name {slide_id}")
             seen[slide_id] = relative

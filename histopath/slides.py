@@ -139,6 +139,14 @@ class Level:
     downsample: float
 
 
+def slide_id(path: str) -> str:
+    """A slide's id: its file name without the extension (a folder slide: the folder's name).
+
+    The one rule for the pipeline's records, `predict`'s outputs and the labels files.
+    """
+    return os.path.splitext(os.path.basename(str(path).rstrip("/")))[0]
+
+
 class Slide:
     """An open whole-slide image (use as a context manager, or call `close`).
 
@@ -154,7 +162,7 @@ class Slide:
     def __init__(self, path: str, handle: Any, backend: str, mpp: tuple[float, float], mpp_source: str,
                  stream: Optional[Any] = None):
         self.path = str(path)
-        self.slide_id = os.path.splitext(os.path.basename(self.path.rstrip("/")))[0]
+        self.slide_id = slide_id(self.path)
         self._handle = handle
         self._stream = stream
         self.backend = backend
