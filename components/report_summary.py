@@ -63,7 +63,8 @@ def _resource_lines(candidates: dict[str, dict[str, Any]]) -> list[str]:
     if not rows:
         return []
     lines = ["", "What each Trainer cost (the whole training: every fold, the refit and the threshold; "
-             "peak resident memory of the Trainer's process while it trained):", "",
+             "peak resident memory of the Trainer's process and its fold processes together; CPU time "
+             "of both):", "",
              "| model | wall time | CPU time | peak memory | memory at start |", "|---|---|---|---|---|"]
     for name, used in rows.items():
         lines.append(f"| {name} | {_duration(used['wall_seconds'])} | {_duration(used['cpu_seconds'])} | "
