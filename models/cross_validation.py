@@ -15,7 +15,7 @@ from __future__ import annotations
 import dataclasses
 import gc
 import logging
-from typing import Any, Dict, Iterable, List, Mapping, Sequence
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Sequence
 
 import numpy as np
 
@@ -217,16 +217,33 @@ class Trainer:
 
 
 def fold_predictions(trainer: Trainer, data: PatientExamples, groups: Sequence[Sequence[str]], index: int,
-                     seed: int, refit: bool = False) -> Dict[str, Any]:
+                     seed: int, refit: bool = False, fold_processes: bool = False) -> Dict[str, Any]:
     """Fold `index`: a model trained on the other groups (an inner eval split of them
     watched), predicting group `index`; with `refit`, also the refit recipe's model (all
     the other groups, the epochs the first one kept).
+
+    With `fold_processes` each of the two models is fitted in its own child process
+    (`isolation`): memory is given back after each fit, so a fold's peak is one model's.
 
     Returns:
       {"held_out", "inner_eval", "kept_epochs", "probability" (the fold model's, of the
       held-out images in `data` order)} and, with `refit`, "refit_probability" (the refit
       model's, the same images).
     """
+    call = run_in_child if fold_processes else _call
+    result = call(fold_model_predictions, trainer, data, groups, index, seed)
+    if refit:
+        result["refit_probability"] = call(fold_refit_predictions, trainer, data, result, index)
+    return result
+
+
+def _call(function: Callable[..., Any], *args: Any) -> Any:
+    return function(*args)
+
+
+def fold_model_predictions(trainer: Trainer, data: PatientExamples, groups: Sequence[Sequence[str]], index: int,
+                           seed: int) -> Dict[str, Any]:
+    """`fold_predictions` without the refit: the fold model and its held-out probabilities."""
     shares = positive_shares(data.patients, data.labels)
     held_out = list(groups[index])
     rest = [p for p in sorted(shares) if p not in held_out]
@@ -238,13 +255,20 @@ def fold_predictions(trainer: Trainer, data: PatientExamples, groups: Sequence[S
         learn = watch = rest
     model, history = trainer.fit(data, learn, watch, None, f"fold-{index}")
     mask = np.isin(data.patients, held_out)
-    kept = kept_epochs(history, trainer.training_config.monitor)
-    result = {"held_out": held_out, "inner_eval": watch, "kept_epochs": kept,
-              "probability": trainer.predict(model, data.images[mask]).tolist()}
-    if refit:
-        refit_model, _ = trainer.fit(data, rest, watch, fixed_epochs(trainer.training_config, kept), f"refit-{index}")
-        result["refit_probability"] = trainer.predict(refit_model, data.images[mask]).tolist()
-    return result
+    return {"held_out": held_out, "inner_eval": watch,
+            "kept_epochs": kept_epochs(history, trainer.training_config.monitor),
+            "probability": trainer.predict(model, data.images[mask]).tolist()}
+
+
+def fold_refit_predictions(trainer: Trainer, data: PatientExamples, fold: Mapping[str, Any], index: int) -> list:
+    """The refit recipe of a fold (`fold_model_predictions`' result): trained on every
+    patient outside `fold["held_out"]` for the epochs the fold model kept; the held-out
+    images' probabilities."""
+    mask = np.isin(data.patients, fold["held_out"])
+    rest = sorted(set(data.patients[~mask]))
+    refit_model, _ = trainer.fit(data, rest, fold["inner_eval"],
+                                 fixed_epochs(trainer.training_config, fold["kept_epochs"]), f"refit-{index}")
+    return trainer.predict(refit_model, data.images[mask]).tolist()
 
 
 def cross_validate(trainer: Trainer, data: PatientExamples, folds: int, seed: int,
@@ -252,8 +276,8 @@ def cross_validate(trainer: Trainer, data: PatientExamples, folds: int, seed: in
     """Cross-validated predictions of every patient in `data` (see the module docstring);
     with `refit`, of the refit recipe (`fold_predictions`).
 
-    With `fold_processes` each fold is fitted in a child process (`isolation`), so the
-    memory of its models is given back when it ends instead of adding up across folds.
+    With `fold_processes` each fit is made in a child process (`isolation`), so the
+    memory of its model is given back when it ends instead of adding up across fits.
 
     Returns:
       {"folds": [{"held_out", "inner_eval", "kept_epochs"}] (as many as `plan_folds`
@@ -268,10 +292,7 @@ def cross_validate(trainer: Trainer, data: PatientExamples, folds: int, seed: in
     probability = np.full(len(data.labels), np.nan)
     rows = []
     for index in range(folds):
-        if fold_processes:
-            fold = run_in_child(fold_predictions, trainer, data, groups, index, seed, refit)
-        else:
-            fold = fold_predictions(trainer, data, groups, index, seed, refit)
+        fold = fold_predictions(trainer, data, groups, index, seed, refit, fold_processes)
         probability[np.isin(data.patients, fold["held_out"])] = fold["refit_probability" if refit else "probability"]
         rows.append({key: value for key, value in fold.items() if not key.endswith("probability")})
         logger.info("fold %d/%d: %d patients held out, kept %s", index + 1, folds, len(groups[index]),

@@ -131,6 +131,10 @@ def test_a_refit_fold_answers_with_both_models(tmp_path):
     assert len(fold["probability"]) == len(fold["refit_probability"]) == held_out
     assert np.isfinite(fold["refit_probability"]).all()
     assert fold["refit_probability"] != fold["probability"]  # the refit trains on the inner eval patients too
+    # Each of the two fits in its own process gives the same answers.
+    isolated = cross_validation.fold_predictions(trainer, data, groups, 0, seed=1, refit=True, fold_processes=True)
+    for key in ("probability", "refit_probability"):
+        np.testing.assert_allclose(isolated[key], fold[key], atol=1e-5)
     assert "refit_probability" not in cross_validation.fold_predictions(trainer, data, groups, 1, seed=1)
 
 
