@@ -14,13 +14,55 @@ parent's file descriptors, so the pipeline's log files get it.
 from __future__ import annotations
 
 import multiprocessing
-from concurrent.futures import ProcessPoolExecutor
+import traceback
 from typing import Any, Callable, TypeVar
 
 _Result = TypeVar("_Result")
 
 
 def run_in_child(function: Callable[..., _Result], *args: Any, **kwargs: Any) -> _Result:
-    """`function(*args, **kwargs)` in a new process; its return value (or its exception)."""
-    with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
-        return pool.submit(function, *args, **kwargs).result()
+    """`function(*args, **kwargs)` in a new process; its return value (or its exception).
+
+    An interrupt while waiting (Ctrl-C, or SIGTERM under `interrupts.terminate_as_interrupt`)
+    ends the child at once and is raised again, so a stopped run does not wait for a fit.
+
+    Raises:
+      ChildProcessError: the child died without answering (e.g. killed for memory).
+      Whatever `function` raised, with the child's traceback as a note.
+    """
+    context = multiprocessing.get_context("spawn")
+    receiver, sender = context.Pipe(duplex=False)
+    child = context.Process(target=_answer, args=(sender, function, args, kwargs), name=_name(function))
+    child.start()
+    sender.close()
+    try:
+        succeeded, value, child_traceback = receiver.recv()
+    except EOFError:
+        child.join()
+        raise ChildProcessError(f"the process running {_name(function)} ended (exit code {child.exitcode}) "
+                                "without answering") from None
+    except BaseException:
+        child.terminate()
+        child.join()
+        raise
+    finally:
+        receiver.close()
+    child.join()
+    if succeeded:
+        return value
+    value.add_note(f"in the child process running {_name(function)}:\n{child_traceback}")
+    raise value
+
+
+def _answer(sender: Any, function: Callable[..., Any], args: tuple, kwargs: dict) -> None:
+    """The child's side: `function`'s result or exception goes back through `sender`."""
+    try:
+        outcome = (True, function(*args, **kwargs), "")
+    except BaseException as error:  # everything goes back to the parent, which raises it
+        outcome = (False, error, traceback.format_exc())
+    sender.send(outcome)
+    sender.close()
+
+
+def _name(function: Callable[..., Any]) -> str:
+    return getattr(function, "__qualname__", repr(function))

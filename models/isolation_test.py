@@ -24,3 +24,45 @@ def test_the_function_runs_in_a_child_and_its_result_comes_back():
 def test_an_exception_in_the_child_is_raised_in_the_parent():
     with pytest.raises(DataError, match="fold-3: no examples"):
         run_in_child(_refuse, "fold-3")
+
+
+def test_a_child_that_dies_without_answering_is_an_error_not_a_hang():
+    with pytest.raises(ChildProcessError, match="exit code 3"):
+        run_in_child(os._exit, 3)
+
+
+def test_sigterm_while_waiting_ends_the_child_at_once(tmp_path):
+    """The CLI's SIGTERM handling (`interrupts.terminate_as_interrupt`) around a long fit:
+    the run stops within seconds and the child does not outlive it."""
+    import subprocess
+    import sys
+    import time
+
+    pid_file = tmp_path / "child.pid"
+    script = f"""
+import os, signal, threading, time
+from histopath.interrupts import Terminated, terminate_as_interrupt
+from histopath.models.isolation import run_in_child
+from histopath.models.isolation_test import _write_pid_and_sleep
+threading.Timer(4.0, os.kill, (os.getpid(), signal.SIGTERM)).start()
+with terminate_as_interrupt():
+    try:
+        run_in_child(_write_pid_and_sleep, {str(pid_file)!r})
+    except Terminated:
+        print("terminated")
+"""
+    started = time.monotonic()
+    finished = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert "terminated" in finished.stdout, finished.stderr
+    assert time.monotonic() - started < 30
+    child = int(pid_file.read_text())
+    with pytest.raises(ProcessLookupError):
+        os.kill(child, 0)
+
+
+def _write_pid_and_sleep(path):
+    import pathlib
+    import time
+
+    pathlib.Path(path).write_text(str(os.getpid()))
+    time.sleep(600)
