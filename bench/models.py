@@ -35,7 +35,7 @@ def _measure(model_kind: str, precision: str, batch_size: int, steps: int) -> Di
     import tensorflow as tf
 
     from histopath.models import densenet, mil, config as model_config, training
-    import synthetic_images
+    from tests import synthetic_images
 
     policy = None if precision == "float32" else precision
     started = time.perf_counter()

@@ -148,9 +148,9 @@ class MilConfig(_JsonConfig):
     instance_loss_weight: float = 0.0
     # Adam learning rate.
     learning_rate: float = 5e-4
-    # Keras precision policy: None/"float32", "mixed_bfloat16", or "auto" (bfloat16 on CPUs
-    # with native bfloat16, AMX/AVX512-BF16; float32 elsewhere, where bfloat16 is emulated
-    # and slower). Its effect on accuracy and speed is measured in docs/results.md.
+    # Keras precision policy: None/"float32", "mixed_bfloat16", or "auto" (bfloat16 where
+    # it is the faster, `keras_utils.prefers_bfloat16`: AMX, or AVX512-BF16 on AMD; float32
+    # elsewhere). Its effect on accuracy and speed is measured in docs/results.md.
     mixed_precision: Optional[str] = "auto"
     # As `DenseNetConfig.test_time_augmentation`; the attention of each symmetry is mapped
     # back onto the original tile grid before averaging.

@@ -30,25 +30,33 @@ def skip_autograph_for_tf_keras() -> None:
     ) + tuple(rules)
 
 
-# CPU features that run bfloat16 matrix work natively (oneDNN uses them); without them
-# TensorFlow emulates bfloat16 and mixed precision is slower than float32.
-NATIVE_BF16_CPU_FLAGS = ("amx_bf16", "avx512_bf16")
+# Mixed bfloat16 pays off where oneDNN has fast bfloat16 matrix units: AMX (Intel), or
+# AVX512-BF16 on AMD. On an Intel CPU that shows AVX512-BF16 but no AMX (e.g. a VM that
+# hides AMX) it trained DenseNet201 slower than float32 (docs/results.md, "Mixed bfloat16").
+AMX_BF16_FLAG, AVX512_BF16_FLAG, AMD_VENDOR = "amx_bf16", "avx512_bf16", "AuthenticAMD"
 
 
-def cpu_has_native_bfloat16(cpuinfo_path: str = "/proc/cpuinfo") -> bool:
-    """Whether this CPU advertises AMX-BF16 or AVX512-BF16 (Linux; False elsewhere)."""
+def prefers_bfloat16(cpuinfo_path: str = "/proc/cpuinfo") -> bool:
+    """Whether mixed bfloat16 is the faster precision on this CPU (Linux; False elsewhere):
+    AMX-BF16, or AVX512-BF16 on an AMD CPU."""
     try:
         with open(cpuinfo_path, encoding="utf-8") as handle:
-            flags = next((line.split(":", 1)[1].split() for line in handle if line.startswith("flags")), [])
+            lines = handle.read().splitlines()
     except OSError:
         return False
-    return any(flag in flags for flag in NATIVE_BF16_CPU_FLAGS)
+    fields: dict = {}
+    for line in lines:
+        key, _, value = line.partition(":")
+        fields.setdefault(key.strip(), value.strip())  # the first processor's
+    flags, vendor = fields.get("flags", "").split(), fields.get("vendor_id", "")
+    return AMX_BF16_FLAG in flags or (AVX512_BF16_FLAG in flags and vendor == AMD_VENDOR)
 
 
 def resolve_precision(policy: Optional[str]) -> str:
-    """"auto" -> "mixed_bfloat16" on CPUs with native bfloat16, else "float32"; None -> "float32"."""
+    """"auto" -> "mixed_bfloat16" where it is the faster (`prefers_bfloat16`), else "float32";
+    None -> "float32"."""
     if policy == "auto":
-        return "mixed_bfloat16" if cpu_has_native_bfloat16() else "float32"
+        return "mixed_bfloat16" if prefers_bfloat16() else "float32"
     return policy or "float32"
 
 
