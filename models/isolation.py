@@ -8,16 +8,21 @@ fitted in its own process gives everything back when the process ends.
 The child is started with the "spawn" method (a fresh interpreter: no TensorFlow state,
 threads or Beam workers inherited from the parent), so `function` and its arguments must
 be picklable (module-level functions, dataclasses, numpy arrays). Its output goes to the
-parent's file descriptors, so the pipeline's log files get it.
+parent's file descriptors, so the pipeline's log files get it, and the records of our own
+loggers (`histopath.*`, the progress lines among them) are handed to the parent's
+loggers, so the terminal shows the child's progress as the parent's.
 """
 
 from __future__ import annotations
 
+import logging
+import logging.handlers
 import multiprocessing
 import traceback
 from typing import Any, Callable, TypeVar
 
 _Result = TypeVar("_Result")
+OWN_LOGGER = "histopath"  # the child's records of this logger and below go to the parent
 
 
 def run_in_child(function: Callable[..., _Result], *args: Any, **kwargs: Any) -> _Result:
@@ -32,7 +37,10 @@ def run_in_child(function: Callable[..., _Result], *args: Any, **kwargs: Any) ->
     """
     context = multiprocessing.get_context("spawn")
     receiver, sender = context.Pipe(duplex=False)
-    child = context.Process(target=_answer, args=(sender, function, args, kwargs), name=_name(function))
+    records = context.Queue()
+    child = context.Process(target=_answer, args=(sender, records, function, args, kwargs), name=_name(function))
+    relay = logging.handlers.QueueListener(records, _ToParentLoggers())
+    relay.start()
     child.start()
     sender.close()
     try:
@@ -47,6 +55,7 @@ def run_in_child(function: Callable[..., _Result], *args: Any, **kwargs: Any) ->
         raise
     finally:
         receiver.close()
+        relay.stop()
     child.join()
     if succeeded:
         return value
@@ -54,8 +63,21 @@ def run_in_child(function: Callable[..., _Result], *args: Any, **kwargs: Any) ->
     raise value
 
 
-def _answer(sender: Any, function: Callable[..., Any], args: tuple, kwargs: dict) -> None:
-    """The child's side: `function`'s result or exception goes back through `sender`."""
+class _ToParentLoggers(logging.Handler):
+    """The parent's side of the log relay: each child record goes to the parent's logger
+    of the same name, as if it had been logged here."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        logging.getLogger(record.name).handle(record)
+
+
+def _answer(sender: Any, records: Any, function: Callable[..., Any], args: tuple, kwargs: dict) -> None:
+    """The child's side: our loggers' records go to `records`, and `function`'s result or
+    exception goes back through `sender`."""
+    own = logging.getLogger(OWN_LOGGER)
+    own.handlers[:] = [logging.handlers.QueueHandler(records)]
+    own.setLevel(logging.INFO)
+    own.propagate = False
     try:
         outcome = (True, function(*args, **kwargs), "")
     except BaseException as error:  # everything goes back to the parent, which raises it

@@ -66,3 +66,18 @@ def _write_pid_and_sleep(path):
 
     pathlib.Path(path).write_text(str(os.getpid()))
     time.sleep(600)
+
+
+def _log_progress(text):
+    import logging
+
+    logging.getLogger("histopath.progress").info(text)
+    return "done"
+
+
+def test_the_childs_log_records_reach_the_parents_loggers(caplog):
+    import logging
+
+    with caplog.at_level(logging.INFO, logger="histopath.progress"):
+        assert run_in_child(_log_progress, "fold 2/5 epoch 3/12") == "done"
+    assert [r.getMessage() for r in caplog.records if r.name == "histopath.progress"] == ["fold 2/5 epoch 3/12"]
