@@ -4,6 +4,10 @@ Every Trainer of the pipeline names this one function (by module path, so no use
 wheel is built); its `custom_config` is a `models.fit.CandidateSettings` (the model kind
 among them) plus a code fingerprint (`pipeline.create.trainer_custom_config`).
 
+On one machine the training and the export run in a child process (`models.isolation`):
+TensorFlow keeps the memory of every model a process fitted, and under TFX's local runner
+the Trainer's process goes on to run the Evaluators and the other Trainers.
+
 When `TF_CONFIG` describes several workers (a Vertex AI custom job's replicas, a Kubeflow
 TFJob), every worker trains under `MultiWorkerMirroredStrategy` (`models.distribute`) and
 only the chief exports.
@@ -20,6 +24,7 @@ from tfx import v1 as tfx
 from histopath.models import distribute, preprocessing, registry
 from histopath.models.export import export_serving_model
 from histopath.models.fit import CandidateSettings, TrainedCandidate, train_candidate, write_cross_validation
+from histopath.models.isolation import run_in_child
 
 
 def run_fn(fn_args: tfx.components.FnArgs) -> None:
@@ -35,14 +40,14 @@ def run_fn(fn_args: tfx.components.FnArgs) -> None:
       ConfigError: a multi-worker cluster and patient folds (`distribute.refuse_folds`),
         or a `TF_CONFIG` the Trainer cannot run.
     """
-    settings = CandidateSettings.from_dict(fn_args.custom_config or {})
     cluster = distribute.cluster_from_environ()
-    tf_transform_output = tft.TFTransformOutput(fn_args.transform_output)
     if cluster is None:
-        trained = train_candidate(settings, fn_args.train_files, fn_args.eval_files, tf_transform_output,
-                                  fn_args.model_run_dir)
-        _export(fn_args, settings, trained, tf_transform_output)
+        run_in_child(train_and_export, dict(fn_args.custom_config or {}), list(fn_args.train_files),
+                     list(fn_args.eval_files), fn_args.transform_output, fn_args.model_run_dir,
+                     fn_args.serving_model_dir)
         return
+    settings = CandidateSettings.from_dict(fn_args.custom_config or {})
+    tf_transform_output = tft.TFTransformOutput(fn_args.transform_output)
     distribute.refuse_folds(settings.folds, cluster)
     strategy = distribute.make_strategy(cluster)
     per_replica = settings.training_config().batch_size
@@ -60,14 +65,23 @@ def run_fn(fn_args: tfx.components.FnArgs) -> None:
     if cluster.is_chief:
         trained = dataclasses.replace(trained, model=model, info={
             **trained.info, "distribution": distribute.describe(cluster, strategy, per_replica)})
-        _export(fn_args, distributed, trained, tf_transform_output)
+        _export(fn_args.serving_model_dir, distributed, trained, tf_transform_output)
     distribute.barrier(strategy)
 
 
-def _export(fn_args: tfx.components.FnArgs, settings: CandidateSettings, trained: TrainedCandidate,
+def train_and_export(custom_config: dict, train_files: list, eval_files: list, transform_output: str,
+                     model_run_dir: str, serving_model_dir: str) -> None:
+    """One machine's Trainer: `train_candidate`, then the export (`run_fn`'s arguments)."""
+    settings = CandidateSettings.from_dict(custom_config)
+    tf_transform_output = tft.TFTransformOutput(transform_output)
+    trained = train_candidate(settings, train_files, eval_files, tf_transform_output, model_run_dir)
+    _export(serving_model_dir, settings, trained, tf_transform_output)
+
+
+def _export(serving_model_dir: str, settings: CandidateSettings, trained: TrainedCandidate,
             tf_transform_output: tft.TFTransformOutput) -> None:
-    """Writes the export and the cross-validated predictions to `fn_args.serving_model_dir`."""
-    write_cross_validation(trained, os.path.dirname(fn_args.serving_model_dir))
+    """Writes the export and the cross-validated predictions to `serving_model_dir`."""
+    write_cross_validation(trained, os.path.dirname(serving_model_dir))
     model_config = settings.model_config()
     export_serving_model(
         trained.model,
@@ -75,7 +89,7 @@ def _export(fn_args: tfx.components.FnArgs, settings: CandidateSettings, trained
         preprocess=preprocessing.TransformedImagePreprocessor(
             tf_transform_output, settings.transform_size, int(model_config.image_size)),
         # trained_in: the Trainer's output, to recognise the model once pushed.
-        model_info={**trained.info, "trained_in": fn_args.serving_model_dir},
+        model_info={**trained.info, "trained_in": serving_model_dir},
         decision_threshold=trained.threshold,
         test_time_augmentation=model_config.test_time_augmentation,
         abstention_band=trained.info.get("abstention"),
