@@ -93,9 +93,13 @@ def _run(args: argparse.Namespace) -> int:
     from histopath.console import Console
     from histopath.pipeline.local_runner import check_runnable, read_summary, run_local
 
+    from histopath.pipeline import presets
+
     config = config_from_args(args)
     check_runnable(config)
     with Console(config.logs_dir, verbose=args.verbose, first_log="pipeline") as console:
+        if config.preset and presets.get(config.preset).takes:
+            console.write(f"preset {config.preset} takes {presets.get(config.preset).takes}")
         run_local(config, console=console)
         console.write(read_summary(config))
     return 0
@@ -128,6 +132,8 @@ def _presets(args: argparse.Namespace) -> int:
         print(f"    trains:  {preset.trains}")
         for key, hint in preset.needs.items():
             print(f"    needs:   {key}: {hint}")
+        if preset.takes:
+            print(f"    takes:   {preset.takes}")
         if preset.results:
             print(f"    results: {preset.results}")
     return 0

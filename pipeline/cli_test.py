@@ -56,3 +56,5 @@ def test_presets_lists_every_recipe(capsys):
     for name in presets.PRESETS:
         assert f"\n{name}" in f"\n{out}"
     assert "idc (default for idc)" in out and "needs:   densenet.weights" in out
+    for name in presets.DEFAULT_PRESETS.values():  # a default run says how long it takes
+        assert presets.get(name).takes and f"takes:   {presets.get(name).takes}" in out

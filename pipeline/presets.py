@@ -29,6 +29,9 @@ class Preset:
       settings: `PipelineConfig` settings in the file form (`config.resolve`).
       results: where its measured figures are (a section of docs/results.md).
       needs: settings the user must give (e.g. the warm-start weights), with a hint.
+      takes: what a whole run costs on the project's data on 2 CPU cores (wall time and
+        peak memory of the process tree, `bench/preset_run.py`) and where that was measured;
+        printed when a run starts, so nobody is surprised by hours.
 
     What a recipe reaches on real data is measured by the benchmark study and written up
     at `results`, not typed here.
@@ -39,6 +42,7 @@ class Preset:
     settings: Mapping[str, Any]
     results: str = ""
     needs: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    takes: str = ""
 
 
 PRESETS: dict[str, Preset] = {preset.name: preset for preset in (
@@ -62,6 +66,9 @@ PRESETS: dict[str, Preset] = {preset.name: preset for preset in (
             "model_name": "breakhis", "version_policy": "increment",
         },
         results="docs/results.md#choosing-the-winner",
+        takes="about 1.5 to 2 hours and up to 5 GB on 2 CPU cores for the 585 images of ../shared/data, "
+              "DenseNet201's folds most of it (estimated from its first fold: "
+              "docs/results.md#the-default-runs-on-2-cores)",
     ),
     Preset(
         name="breakhis-from-idc",
@@ -95,6 +102,9 @@ PRESETS: dict[str, Preset] = {preset.name: preset for preset in (
             "model_name": "idc", "version_policy": "increment",
         },
         results="docs/results.md#idc-breast-histopathology-images-50x50-patches",
+        takes="about 2 hours and 4 to 5 GB on 2 CPU cores for the 170 patients (27,809 patches) of "
+              "../shared/data, 12 epochs of about 8 minutes (estimated from its first epochs: "
+              "docs/results.md#the-default-runs-on-2-cores)",
     ),
     Preset(
         name="idc-mil",
