@@ -85,7 +85,7 @@ def _export(serving_model_dir: str, settings: CandidateSettings, trained: Traine
     model_config = settings.model_config()
     export_serving_model(
         trained.model,
-        fn_args.serving_model_dir,
+        serving_model_dir,
         preprocess=preprocessing.TransformedImagePreprocessor(
             tf_transform_output, settings.transform_size, int(model_config.image_size)),
         # trained_in: the Trainer's output, to recognise the model once pushed.
