@@ -21,6 +21,8 @@ import multiprocessing
 import traceback
 from typing import Any, Callable, TypeVar
 
+from histopath.interrupts import terminate_as_interrupt
+
 _Result = TypeVar("_Result")
 OWN_LOGGER = "histopath"  # the child's records of this logger and below go to the parent
 
@@ -29,7 +31,8 @@ def run_in_child(function: Callable[..., _Result], *args: Any, **kwargs: Any) ->
     """`function(*args, **kwargs)` in a new process; its return value (or its exception).
 
     An interrupt while waiting (Ctrl-C, or SIGTERM under `interrupts.terminate_as_interrupt`)
-    ends the child at once and is raised again, so a stopped run does not wait for a fit.
+    ends the child at once and is raised again, so a stopped run does not wait for a fit;
+    the child handles that SIGTERM the same way, so its own children end too.
 
     Raises:
       ChildProcessError: the child died without answering (e.g. killed for memory).
@@ -79,10 +82,14 @@ def _answer(sender: Any, records: Any, function: Callable[..., Any], args: tuple
     own.setLevel(logging.INFO)
     own.propagate = False
     try:
-        outcome = (True, function(*args, **kwargs), "")
+        with terminate_as_interrupt():  # the parent's terminate() also ends this child's own children
+            outcome = (True, function(*args, **kwargs), "")
     except BaseException as error:  # everything goes back to the parent, which raises it
         outcome = (False, error, traceback.format_exc())
-    sender.send(outcome)
+    try:
+        sender.send(outcome)
+    except OSError:  # the parent stopped listening (it was interrupted): nobody to answer
+        pass
     sender.close()
 
 

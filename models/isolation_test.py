@@ -31,9 +31,11 @@ def test_a_child_that_dies_without_answering_is_an_error_not_a_hang():
         run_in_child(os._exit, 3)
 
 
-def test_sigterm_while_waiting_ends_the_child_at_once(tmp_path):
+@pytest.mark.parametrize("nested", [False, True])
+def test_sigterm_while_waiting_ends_the_child_at_once(tmp_path, nested):
     """The CLI's SIGTERM handling (`interrupts.terminate_as_interrupt`) around a long fit:
-    the run stops within seconds and the child does not outlive it."""
+    the run stops within seconds and the child does not outlive it, nor does a child of
+    the child (the Trainer's process and a fold's)."""
     import subprocess
     import sys
     import time
@@ -43,11 +45,11 @@ def test_sigterm_while_waiting_ends_the_child_at_once(tmp_path):
 import os, signal, threading, time
 from histopath.interrupts import Terminated, terminate_as_interrupt
 from histopath.models.isolation import run_in_child
-from histopath.models.isolation_test import _write_pid_and_sleep
-threading.Timer(4.0, os.kill, (os.getpid(), signal.SIGTERM)).start()
+from histopath.models.isolation_test import _write_pid_and_sleep, _in_a_child
+threading.Timer({8.0 if nested else 4.0}, os.kill, (os.getpid(), signal.SIGTERM)).start()
 with terminate_as_interrupt():
     try:
-        run_in_child(_write_pid_and_sleep, {str(pid_file)!r})
+        run_in_child(*({nested} and (_in_a_child,) or ()), _write_pid_and_sleep, {str(pid_file)!r})
     except Terminated:
         print("terminated")
 """
@@ -58,6 +60,10 @@ with terminate_as_interrupt():
     child = int(pid_file.read_text())
     with pytest.raises(ProcessLookupError):
         os.kill(child, 0)
+
+
+def _in_a_child(function, *args):
+    return run_in_child(function, *args)
 
 
 def _write_pid_and_sleep(path):
