@@ -48,6 +48,7 @@ def run_in_child(function: Callable[..., _Result], *args: Any, **kwargs: Any) ->
     sender.close()
     try:
         succeeded, value, child_traceback = receiver.recv()
+        child.join()
     except EOFError:
         child.join()
         raise ChildProcessError(f"the process running {_name(function)} ended (exit code {child.exitcode}) "
@@ -58,8 +59,8 @@ def run_in_child(function: Callable[..., _Result], *args: Any, **kwargs: Any) ->
         raise
     finally:
         receiver.close()
-        relay.stop()
-    child.join()
+        relay.stop()  # after the child ended: its last records are in the queue by then
+        records.close()
     if succeeded:
         return value
     value.add_note(f"in the child process running {_name(function)}:\n{child_traceback}")

@@ -87,3 +87,20 @@ def test_the_childs_log_records_reach_the_parents_loggers(caplog):
     with caplog.at_level(logging.INFO, logger="histopath.progress"):
         assert run_in_child(_log_progress, "fold 2/5 epoch 3/12") == "done"
     assert [r.getMessage() for r in caplog.records if r.name == "histopath.progress"] == ["fold 2/5 epoch 3/12"]
+
+
+def _log_many(lines):
+    import logging
+
+    for line in range(lines):
+        logging.getLogger("histopath.progress").info("line %d", line)
+    return "done"
+
+
+def test_every_record_the_child_logged_before_answering_reaches_the_parent(caplog):
+    import logging
+
+    with caplog.at_level(logging.INFO, logger="histopath.progress"):
+        assert run_in_child(_log_many, 2000) == "done"
+    lines = [r.getMessage() for r in caplog.records if r.name == "histopath.progress"]
+    assert lines == [f"line {line}" for line in range(2000)]
