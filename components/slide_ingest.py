@@ -33,7 +33,7 @@ import datetime
 import json
 import os
 import time
-from typing import Mapping, Optional, Sequence
+from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 import histopath
 from histopath import fileio
@@ -264,12 +264,7 @@ def ingest_slides(
     source, output = fileio.absolute(source), fileio.absolute(output)
     check_output_free(output, overwrite)
     entries = slide_layout.scan_slides(source)
-    strata: dict[str, int] = {}
-    for entry in entries:
-        strata[entry.patient_id] = max(strata.get(entry.patient_id, 0), entry.label)
-    assignment = assign_balanced(strata, fractions, seed, assigned)
-    if require_every_split:
-        check_cohort(_split_entries(entries, assignment, fractions), fractions, source)
+    assignment = _assign_patients(entries, fractions, seed, assigned, require_every_split, source)
     tasks = plan_tasks(entries, assignment, fractions)
     workers = _direct_num_workers(beam_args, num_workers)
     work_dir = make_work_dir(output)
@@ -279,14 +274,7 @@ def ingest_slides(
         options = {"tile_um": float(tile_um), "tile_px": int(tile_px), "compression_level": compression_level,
                    "min_tissue": tiling.MIN_TISSUE_FRACTION if min_tissue is None else float(min_tissue)}
         _run_beam([t["key"] for t in tasks], source, work_dir, beam_args, num_workers, **options)
-        summaries = []
-        for task in tasks:
-            path = os.path.join(work_dir, SUMMARY_DIR, f"{task['key']}.json")
-            if not os.path.exists(path):
-                raise RuntimeError(f"the Beam pipeline finished without tiling slide {task['entry']['relative_path']}")
-            with open(path, encoding="utf-8") as handle:
-                summaries.append(json.load(handle))
-        manifest = _manifest(source, entries, assignment, fractions, summaries, seed=seed,
+        manifest = _manifest(source, entries, assignment, fractions, _read_summaries(work_dir, tasks), seed=seed,
                              tiling={"tile_um": float(tile_um), "tile_px": int(tile_px),
                                      "mpp": float(tile_um) / int(tile_px), "min_tissue": options["min_tissue"]},
                              beam_args=list(beam_args), num_workers=workers, seconds=round(time.time() - started, 2))
@@ -302,3 +290,32 @@ def ingest_slides(
     except BaseException:
         remove_quietly(work_dir)
         raise
+
+
+def _assign_patients(entries: Sequence[Any], fractions: Mapping[str, float], seed: int,
+                     assigned: Optional[Assignment], require_every_split: bool, source: str) -> Dict[str, str]:
+    """Each patient's split (`assign_balanced`: a patient is malignant when any of its slides
+    is); with `require_every_split`, a cohort too small to train and evaluate is refused."""
+    strata: dict[str, int] = {}
+    for entry in entries:
+        strata[entry.patient_id] = max(strata.get(entry.patient_id, 0), entry.label)
+    assignment = assign_balanced(strata, fractions, seed, assigned)
+    if require_every_split:
+        check_cohort(_split_entries(entries, assignment, fractions), fractions, source)
+    return assignment
+
+
+def _read_summaries(work_dir: str, tasks: Sequence[Mapping[str, Any]]) -> List[Dict[str, Any]]:
+    """The per-slide summaries the Beam workers wrote, in task order.
+
+    Raises:
+      RuntimeError: a slide has no summary (the pipeline lost it).
+    """
+    summaries = []
+    for task in tasks:
+        path = os.path.join(work_dir, SUMMARY_DIR, f"{task['key']}.json")
+        if not os.path.exists(path):
+            raise RuntimeError(f"the Beam pipeline finished without tiling slide {task['entry']['relative_path']}")
+        with open(path, encoding="utf-8") as handle:
+            summaries.append(json.load(handle))
+    return summaries

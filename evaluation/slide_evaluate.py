@@ -115,14 +115,7 @@ def evaluate_slides(model_dir: str, data_dir: str, output: str, *, patients: Opt
     if bootstrap < 0:
         raise ConfigError(f"bootstrap resamples must be >= 0, got {bootstrap}")
     started = time.monotonic()
-    entries = slide_layout.scan_slides(data_dir)
-    missing: List[str] = []
-    if patients is not None:
-        wanted = {str(p) for p in patients}
-        missing = sorted(wanted - {e.patient_id for e in entries}, key=patient_sort_key)
-        entries = [e for e in entries if e.patient_id in wanted]
-        if not entries:
-            raise DataError(f"{data_dir}: no slide of the {len(wanted)} requested patient(s)")
+    entries, missing = _requested_slides(data_dir, patients)
     loaded = exported.load(model_dir)
     info = loaded.model_info
     scale = slide_predict.model_scale(info, model_mpp, tile_px)
@@ -138,14 +131,7 @@ def evaluate_slides(model_dir: str, data_dir: str, output: str, *, patients: Opt
             continue
         rows.append(row)
         tile_rows += [(entry.patient_id, label, probability) for label, probability in labelled]
-    answered = [r for r in rows if r["probability"] is not None]
     names = sorted({e.patient_id for e in entries}, key=patient_sort_key)
-    index = {p: i for i, p in enumerate(names)}
-    weights = patient_bootstrap.patient_bootstrap_weights(len(names), bootstrap, seed)
-    tile_labels = np.array([r[1] for r in tile_rows], int)
-    tile_scores = np.array([r[2] for r in tile_rows], np.float64)
-    slide_labels = np.array([r["label"] for r in answered], int)
-    slide_scores = np.array([r["probability"] for r in answered], np.float64)
     return {
         "model": {**exported.describe(loaded), "model_dir": os.path.abspath(model_dir) if not fileio.is_uri(
             model_dir) else model_dir},
@@ -159,14 +145,49 @@ def evaluate_slides(model_dir: str, data_dir: str, output: str, *, patients: Opt
         "bootstrap": {"method": "cluster (patient) percentile bootstrap: patients resampled with replacement, "
                                 "all their tiles and slides kept", "resamples": int(bootstrap), "seed": int(seed),
                       "confidence": patient_bootstrap.CONFIDENCE},
-        "tile_level": _level(tile_labels, tile_scores, (tile_scores >= tile_threshold).astype(int),
-                             np.array([index[r[0]] for r in tile_rows], int), len(names), weights, "tiles"),
-        "slide_level": _level(slide_labels, slide_scores, np.array([r["predicted"] for r in answered], int),
-                              np.array([index[r["patient"]] for r in answered], int), len(names), weights, "slides"),
+        **_scored_levels(rows, tile_rows, names, tile_threshold, bootstrap, seed),
         "slides": rows,
         "slides_without_tissue": [r["slide"] for r in rows if r["probability"] is None],
         "failed_slides": failed,
         "seconds": round(time.monotonic() - started, 1),
+    }
+
+
+def _requested_slides(data_dir: str, patients: Optional[Sequence[str]]) -> tuple[list, List[str]]:
+    """The folder's slides (only the requested patients' when named) and the requested
+    patients without a slide.
+
+    Raises:
+      DataError: a bad slide folder, or no slide of the requested patients.
+    """
+    entries = slide_layout.scan_slides(data_dir)
+    if patients is None:
+        return entries, []
+    wanted = {str(p) for p in patients}
+    missing = sorted(wanted - {e.patient_id for e in entries}, key=patient_sort_key)
+    entries = [e for e in entries if e.patient_id in wanted]
+    if not entries:
+        raise DataError(f"{data_dir}: no slide of the {len(wanted)} requested patient(s)")
+    return entries, missing
+
+
+def _scored_levels(rows: Sequence[Dict[str, Any]], tile_rows: Sequence[tuple], patients: Sequence[str],
+                   tile_threshold: float, bootstrap: int, seed: int) -> Dict[str, Any]:
+    """{"tile_level", "slide_level"}: the labelled tiles (`(patient, label, probability)`)
+    and the answered slides scored with one shared patient bootstrap."""
+    answered = [r for r in rows if r["probability"] is not None]
+    index = {p: i for i, p in enumerate(patients)}
+    weights = patient_bootstrap.patient_bootstrap_weights(len(patients), bootstrap, seed)
+    tile_labels = np.array([r[1] for r in tile_rows], int)
+    tile_scores = np.array([r[2] for r in tile_rows], np.float64)
+    slide_labels = np.array([r["label"] for r in answered], int)
+    slide_scores = np.array([r["probability"] for r in answered], np.float64)
+    return {
+        "tile_level": _level(tile_labels, tile_scores, (tile_scores >= tile_threshold).astype(int),
+                             np.array([index[r[0]] for r in tile_rows], int), len(patients), weights, "tiles"),
+        "slide_level": _level(slide_labels, slide_scores, np.array([r["predicted"] for r in answered], int),
+                              np.array([index[r["patient"]] for r in answered], int), len(patients), weights,
+                              "slides"),
     }
 
 
