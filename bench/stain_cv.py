@@ -1,7 +1,8 @@
 """Stain normalisation methods compared by patient-level cross-validation on IDC.
 
     python -m bench.stain_cv --data DIR [--data DIR ...] [--folds 3] [--epochs 4]
-                             [--train-fraction F] [--output FILE.json] [--cache DIR]
+                             [--train-fraction F] [--weight-averaging DECAY] [--output FILE.json]
+                             [--cache DIR]
 
 Every patient of the raw IDC folders is held out once (`cross_validation.
 stratified_patient_folds`, label-stratified patient folds). The images are decoded and
@@ -54,7 +55,7 @@ def normalized(images: np.ndarray, method: str, batch: int = 512) -> np.ndarray:
 
 
 def fold_scores(images: np.ndarray, labels: np.ndarray, held: np.ndarray, epochs: int, seed: int,
-                train_fraction: float = 1.0) -> Dict[str, Any]:
+                train_fraction: float = 1.0, settings: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
     """Trains the plain CNN on `~held` (a seeded random `train_fraction` of those patches)
     and returns the held-out patch scores and the training seconds."""
     import tf_keras as keras
@@ -64,13 +65,14 @@ def fold_scores(images: np.ndarray, labels: np.ndarray, held: np.ndarray, epochs
     from histopath.models.config import AugmentConfig
 
     keras.utils.set_random_seed(seed)
-    model = build_plain_cnn(BaselineConfig(conv_layers=SETTINGS["conv_layers"], image_size=images.shape[1]))
+    settings = settings or SETTINGS
+    model = build_plain_cnn(BaselineConfig(conv_layers=settings["conv_layers"], image_size=images.shape[1]))
     train = np.flatnonzero(~held)
     if train_fraction < 1.0:
         train = np.sort(np.random.default_rng(seed).choice(train, int(round(train_fraction * len(train))), False))
-    dataset = _training_dataset(images[train], labels[train], SETTINGS["batch_size"],
-                                AugmentConfig.from_dict(SETTINGS["augment"]), seed, multi_output=False)
-    seconds = _fit(model, dataset, epochs, SETTINGS["learning_rate"], SETTINGS["weight_averaging"], multi_output=False)
+    dataset = _training_dataset(images[train], labels[train], settings["batch_size"],
+                                AugmentConfig.from_dict(settings["augment"]), seed, multi_output=False)
+    seconds = _fit(model, dataset, epochs, settings["learning_rate"], settings["weight_averaging"], multi_output=False)
     scores = model.predict(images[held].astype(np.float32) / 255.0, batch_size=512, verbose=0).reshape(-1)
     keras.backend.clear_session()
     return {"scores": scores.astype(float).tolist(), "train_seconds": round(seconds, 1)}
@@ -118,10 +120,13 @@ def decoded(sources: Sequence[str], cache: Optional[pathlib.Path]):
 
 
 def run(sources: Sequence[str], methods: Sequence[str], folds: int, epochs: int, seed: int,
-        cache: Optional[pathlib.Path], train_fraction: float = 1.0) -> Dict[str, Any]:
-    """The cross-validated comparison (module docstring)."""
+        cache: Optional[pathlib.Path], train_fraction: float = 1.0,
+        weight_averaging: Optional[float] = None) -> Dict[str, Any]:
+    """The cross-validated comparison (module docstring); `weight_averaging` replaces
+    `SETTINGS`' (none) with that decay."""
     from histopath.models import cross_validation
 
+    settings = SETTINGS if weight_averaging is None else {**SETTINGS, "weight_averaging": weight_averaging}
     started = time.perf_counter()
     images, labels, patients = decoded(sources, cache)
     groups = cross_validation.stratified_patient_folds(patients, labels, folds, seed)
@@ -129,7 +134,7 @@ def run(sources: Sequence[str], methods: Sequence[str], folds: int, epochs: int,
         f"decoded in {time.perf_counter() - started:.0f} s")
     result: Dict[str, Any] = {"sources": list(sources), "folds": groups, "epochs": epochs, "seed": seed,
                               "train_fraction": train_fraction,
-                              "settings": SETTINGS, "n_patches": int(len(labels)),
+                              "settings": settings, "n_patches": int(len(labels)),
                               "n_patients": int(len(set(patients))), "methods": {}}
     scores: Dict[str, np.ndarray] = {}
     for method in methods:
@@ -139,13 +144,13 @@ def run(sources: Sequence[str], methods: Sequence[str], folds: int, epochs: int,
         column, rows = np.full(len(labels), np.nan), []
         for index, held_out in enumerate(groups):
             held = np.isin(patients, held_out)
-            settings = hashlib.sha256(json.dumps(SETTINGS, sort_keys=True).encode()).hexdigest()[:8]
-            name = f"{method}-f{index}-of{folds}-e{epochs}-s{seed}-n{len(labels)}-t{train_fraction:g}-{settings}.json"
+            key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:8]
+            name = f"{method}-f{index}-of{folds}-e{epochs}-s{seed}-n{len(labels)}-t{train_fraction:g}-{key}.json"
             cached = cache / name if cache else None
             if cached is not None and cached.exists():
                 fold = json.loads(cached.read_text())
             else:
-                fold = fold_scores(data, labels, held, epochs, seed, train_fraction)
+                fold = fold_scores(data, labels, held, epochs, seed, train_fraction, settings)
                 if cached is not None:
                     write_json(cached, fold)
             column[held] = fold["scores"]
@@ -177,11 +182,13 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--train-fraction", type=float, default=1.0,
                         help="train each fold on this seeded random share of its patches (speed)")
+    parser.add_argument("--weight-averaging", type=float, help="decay of the weight average (default: none)")
     parser.add_argument("--cache", type=pathlib.Path, help="per-fold results, reused when present")
     parser.add_argument("--output", type=pathlib.Path, default=pathlib.Path("bench/results/stain_cv.json"))
     args = parser.parse_args(argv)
     methods = [stain_methods.method_name(m) for m in args.methods.split(",")]
-    result = run(args.data, methods, args.folds, args.epochs, args.seed, args.cache, args.train_fraction)
+    result = run(args.data, methods, args.folds, args.epochs, args.seed, args.cache, args.train_fraction,
+                 args.weight_averaging)
     write_json(args.output, result)
     say(f"wrote {args.output}")
     return 0

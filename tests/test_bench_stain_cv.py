@@ -61,3 +61,8 @@ def test_a_tiny_real_comparison_holds_every_patient_out_once(shared_data, tmp_pa
     assert stain_cv.main(argv) == 0  # read back from the cache, same result
     again = json.loads(output.read_text())
     assert again["methods"]["none"]["auc"] == result["methods"]["none"]["auc"]
+    assert again["settings"]["weight_averaging"] is None
+    averaged = output.with_name("averaged.json")
+    assert stain_cv.main([*argv[:-1], str(averaged), "--methods", "none", "--weight-averaging", "0.9"]) == 0
+    assert json.loads(averaged.read_text())["settings"]["weight_averaging"] == 0.9
+    assert len(list((tmp_path / "cache").glob("none-*.json"))) == 4  # its own folds, not the cached ones
