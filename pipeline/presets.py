@@ -89,9 +89,9 @@ PRESETS: dict[str, Preset] = {preset.name: preset for preset in (
     ),
     Preset(
         name="idc",
-        trains="IDC patches: DenseNet201 from random initialisation, stain-normalised, with slide context",
+        trains="IDC patches: DenseNet201 from random initialisation, Reinhard stain-normalised, with slide context",
         settings={
-            "dataset": "idc", "models": ["densenet"], "image_size": 50, "stain_normalization": True,
+            "dataset": "idc", "models": ["densenet"], "image_size": 50, "stain_normalization": "reinhard",
             "slide_context_sigma": 1.5,
             "densenet": {"image_size": 64, "weights": None, "fine_tune_blocks": -1, "freeze_batchnorm": False,
                          "fine_tune_learning_rate": 1e-3, "dropout": 0.2, "mixed_precision": "auto",
@@ -108,10 +108,10 @@ PRESETS: dict[str, Preset] = {preset.name: preset for preset in (
     ),
     Preset(
         name="idc-mil",
-        trains="IDC regions of 4x4 patches: the attention MIL (one tile per patch), stain-normalised, "
+        trains="IDC regions of 4x4 patches: the attention MIL (one tile per patch), Reinhard stain-normalised, "
                "with slide context",
         settings={
-            "dataset": "idc", "models": ["mil"], "image_size": 200, "bag_size": 4, "stain_normalization": True,
+            "dataset": "idc", "models": ["mil"], "image_size": 200, "bag_size": 4, "stain_normalization": "reinhard",
             "slide_context_sigma": 1.0,
             "mil": {"image_size": 200, "tile_size": 50, "encoder_filters": [32, 64, 128], "learning_rate": 5e-4,
                     "mixed_precision": "auto", "instance_loss_weight": 0.5},
