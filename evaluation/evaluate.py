@@ -63,7 +63,7 @@ def evaluate_model(
         raise ConfigError(f"bootstrap resamples must be >= 0, got {bootstrap}")
     data_dir = os.path.abspath(os.fspath(data_dir))
     scan = layouts.scan_source(dataset, data_dir)
-    files, missing = _requested(scan.files, patients, data_dir)
+    files, missing = requested_patients(scan.files, patients, data_dir)
 
     loaded = exported.load(model_dir)
     model = exported.describe(loaded)
@@ -125,20 +125,22 @@ def _image_rows(kept: list, context: Any) -> List[Dict[str, Any]]:
             for index, (f, row) in enumerate(kept)]
 
 
-def _requested(files: List[Any], patients: Optional[Sequence[str]], data_dir: str) -> tuple[List[Any], List[str]]:
-    """The files of the requested patients (all when None), and the requested ones not found.
+def requested_patients(items: List[Any], patients: Optional[Sequence[str]], data_dir: str,
+                       what: str = "an image") -> tuple[List[Any], List[str]]:
+    """The items (images, slides: anything with a `patient_id`) of the requested patients
+    (all when None), and the requested patients not found.
 
     Raises:
-      DataError: none of the requested patients has an image.
+      DataError: none of the requested patients has `what` in `data_dir`.
     """
     if patients is None:
-        return files, []
+        return items, []
     wanted = {str(p) for p in patients}
-    missing = sorted(wanted - {f.patient_id for f in files}, key=patient_sort_key)
-    files = [f for f in files if f.patient_id in wanted]
-    if not files:
-        raise DataError(f"none of the {len(wanted)} requested patients has an image in {data_dir}")
-    return files, missing
+    missing = sorted(wanted - {item.patient_id for item in items}, key=patient_sort_key)
+    items = [item for item in items if item.patient_id in wanted]
+    if not items:
+        raise DataError(f"none of the {len(wanted)} requested patients has {what} in {data_dir}")
+    return items, missing
 
 
 def _idc_levels(scored: Dict[str, Any], context: Any, labels: Sequence[int], predictions: Sequence[int],

@@ -31,6 +31,7 @@ from histopath.data.features import patient_sort_key
 from histopath.errors import ConfigError, DataError
 from histopath.evaluation import bootstrap as patient_bootstrap
 from histopath.evaluation import metrics
+from histopath.evaluation.evaluate import requested_patients
 
 
 def _tile_labels(entry: slide_layout.SlideEntry, data_dir: str, answer: Dict[str, Any],
@@ -115,7 +116,7 @@ def evaluate_slides(model_dir: str, data_dir: str, output: str, *, patients: Opt
     if bootstrap < 0:
         raise ConfigError(f"bootstrap resamples must be >= 0, got {bootstrap}")
     started = time.monotonic()
-    entries, missing = _requested_slides(data_dir, patients)
+    entries, missing = requested_patients(slide_layout.scan_slides(data_dir), patients, data_dir, "a slide")
     loaded = exported.load(model_dir)
     info = loaded.model_info
     scale = slide_predict.model_scale(info, model_mpp, tile_px)
@@ -151,24 +152,6 @@ def evaluate_slides(model_dir: str, data_dir: str, output: str, *, patients: Opt
         "failed_slides": failed,
         "seconds": round(time.monotonic() - started, 1),
     }
-
-
-def _requested_slides(data_dir: str, patients: Optional[Sequence[str]]) -> tuple[list, List[str]]:
-    """The folder's slides (only the requested patients' when named) and the requested
-    patients without a slide.
-
-    Raises:
-      DataError: a bad slide folder, or no slide of the requested patients.
-    """
-    entries = slide_layout.scan_slides(data_dir)
-    if patients is None:
-        return entries, []
-    wanted = {str(p) for p in patients}
-    missing = sorted(wanted - {e.patient_id for e in entries}, key=patient_sort_key)
-    entries = [e for e in entries if e.patient_id in wanted]
-    if not entries:
-        raise DataError(f"{data_dir}: no slide of the {len(wanted)} requested patient(s)")
-    return entries, missing
 
 
 def _scored_levels(rows: Sequence[Dict[str, Any]], tile_rows: Sequence[tuple], patients: Sequence[str],
