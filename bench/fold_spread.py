@@ -156,7 +156,7 @@ def study(trainer, data, outer_folds: int, inner_folds: int, seed: int, settings
     wrong = (predicted != (data.labels == 1)).astype(int)
     return {"images": n, "patients": int(len(set(data.patients))), "outer_folds": outer_folds,
             "inner_folds": inner_folds, "seed": seed, "wrong": int(wrong.sum()), "folds": folds,
-            "ensemble_auc": _auc_with_interval(data, mean, seed),
+            "ensemble_auc": _image_auc(cross_validation.summarize(data, mean, seed)),
             # None when every answer is right (or every one wrong): nothing to flag.
             "error_auroc": error_aurocs(wrong, data.patients, scores, seed) if 0 < wrong.sum() < n else None,
             "coverage_curves": {"coverage": COVERAGES.tolist(), **{
@@ -166,14 +166,9 @@ def study(trainer, data, outer_folds: int, inner_folds: int, seed: int, settings
                           "ensemble_mean": mean.tolist(), **{k: v.tolist() for k, v in scores.items()}}}
 
 
-def _auc_with_interval(data, probability: np.ndarray, seed: int) -> List[float]:
-    from histopath.evaluation import scoring
-    from histopath.evaluation.operating_point import balanced_accuracy_threshold
-
-    threshold = balanced_accuracy_threshold(data.labels, probability)
-    scored = scoring.score_predictions(data.labels, probability, (probability >= threshold).astype(int),
-                                       data.patients, threshold=threshold, bootstrap=1000, seed=seed)
-    auc = scored["image_level"]["metrics"]["auc"]
+def _image_auc(summary: Dict[str, Any]) -> List[float]:
+    """[value, ci_low, ci_high] of the image AUC in a `cross_validation.summarize` result."""
+    auc = summary["metrics"]["image_level"]["metrics"]["auc"]
     return [auc["value"], auc["ci_low"], auc["ci_high"]]
 
 
