@@ -1,15 +1,16 @@
 """Helpers shared by the benchmarks: process-tree memory sampling, atomic JSON, text and
-figure output, and the CPU's name."""
+figure output, results cached by what made them, and the CPU's name."""
 
 from __future__ import annotations
 
 import glob
+import hashlib
 import json
 import os
 import pathlib
 import platform
 import threading
-from typing import Any, Dict
+from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 
 
 class TreeRssSampler:
@@ -88,6 +89,38 @@ def write_text(path: pathlib.Path, text: str) -> None:
 def write_json(path: pathlib.Path, data: Dict[str, Any]) -> None:
     """Writes `data` as indented JSON (`write_text`)."""
     write_text(path, json.dumps(data, indent=2) + "\n")
+
+
+def content_key(parts: Mapping[str, Any], length: int = 16) -> str:
+    """A short SHA-256 of `parts` as sorted JSON: names a result by everything it depends on.
+
+    Args:
+        parts: the settings, folds, seed, ... the result was made from (`str()` for values
+            JSON cannot hold).
+        length: hex digits kept.
+    """
+    text = json.dumps(parts, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:length]
+
+
+def cached_json(path: Optional[pathlib.Path],
+                compute: Callable[[], Dict[str, Any]]) -> Tuple[Dict[str, Any], bool]:
+    """`compute()`'s result, read back from `path` when a run before this one wrote it.
+
+    Args:
+        path: the JSON file that keeps the result (written with `write_json`, so an interrupted
+            run never leaves half a file); None computes and keeps nothing.
+        compute: makes the result when it is not kept yet.
+
+    Returns:
+        The result, and whether it came from `path`.
+    """
+    if path is not None and path.exists():
+        return json.loads(path.read_text()), True
+    result = compute()
+    if path is not None:
+        write_json(path, result)
+    return result, False
 
 
 def save_figure(figure, path: pathlib.Path, dpi: int) -> None:

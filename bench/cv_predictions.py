@@ -26,17 +26,15 @@ interrupted study resumes.
 from __future__ import annotations
 
 import argparse
-import hashlib
-import json
 import pathlib
 import sys
 import time
-from typing import Any, Dict, List, Mapping, Optional
+from typing import Any, Dict, List, Optional
 
 import histopath  # noqa: F401  (pins Keras 2 before TensorFlow is imported)
 import numpy as np
 
-from bench.common import write_json
+from bench.common import cached_json, content_key, write_json
 from bench.study.tables import with_interval
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -114,12 +112,6 @@ def held_out_estimate(labels: np.ndarray, probability: np.ndarray, patients: np.
             "patient_level": scored["patient_level"]}
 
 
-def _fold_key(kind: str, settings: Mapping[str, Any], held_out: List[str], refit: bool, seed: int) -> str:
-    text = json.dumps({"kind": kind, "settings": settings, "held_out": sorted(held_out), "refit": refit,
-                       "seed": seed}, sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
 def run_fold(trainer, data, groups, index: int, seed: int, refit: bool) -> Dict[str, Any]:
     """One fold of one candidate (and its refit, `cross_validation.fold_predictions`), with
     its wall time."""
@@ -157,13 +149,10 @@ def run(dataset: str, source: str, preset: str, folds: int, seed: int, refit: bo
             columns["refit_probability"] = np.full(len(data.labels), np.nan)
         rows = []
         for index, held_out in enumerate(groups):
-            cached = cache / f"{kind}-{_fold_key(kind, settings, held_out, refit, seed)}.json" if cache else None
-            if cached and cached.exists():
-                fold = json.loads(cached.read_text())
-            else:
-                fold = run_fold(trainer, data, groups, index, seed, refit)
-                if cached:
-                    write_json(cached, fold)
+            key = content_key({"kind": kind, "settings": settings, "held_out": sorted(held_out), "refit": refit,
+                               "seed": seed})
+            fold, _ = cached_json(cache / f"{kind}-{key}.json" if cache else None,
+                                  lambda: run_fold(trainer, data, groups, index, seed, refit))
             mask = np.isin(data.patients, held_out)
             for column, values in columns.items():
                 values[mask] = fold[column]

@@ -33,7 +33,6 @@ Each fitted inner model is cached under `--cache`, so an interrupted study resum
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import pathlib
 import sys
@@ -43,7 +42,7 @@ from typing import Any, Dict, List, Optional, Sequence
 import histopath  # noqa: F401  (pins Keras 2 before TensorFlow is imported)
 import numpy as np
 
-from bench.common import save_figure, write_json
+from bench.common import cached_json, content_key, save_figure, write_json
 from bench.not_sure import error_aurocs, scored_coverage
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -86,12 +85,6 @@ def accuracy_against_coverage(labels: np.ndarray, predicted: np.ndarray, score: 
     return accuracies
 
 
-def _fit_key(settings: Dict[str, Any], outer: Sequence[str], inner: Sequence[str], seed: int) -> str:
-    text = json.dumps({"settings": settings, "outer": sorted(outer), "inner": sorted(inner), "seed": seed},
-                      sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
 def outer_fold(trainer, data, outer: List[str], inner_folds: int, seed: int, settings: Dict[str, Any],
                cache: Optional[pathlib.Path]) -> Dict[str, Any]:
     """The inner models of one outer fold: their predictions of the inner patients (one
@@ -107,19 +100,17 @@ def outer_fold(trainer, data, outer: List[str], inner_folds: int, seed: int, set
     inner_probability = np.full(len(data.labels), np.nan)
     members = []
     for index, group in enumerate(inner_groups):
-        cached = cache / f"{_fit_key(settings, outer, group, seed)}.json" if cache else None
-        if cached and cached.exists():
-            fit = json.loads(cached.read_text())
-        else:
+        def fit_inner_model() -> Dict[str, Any]:
             started = time.perf_counter()
             fold = cross_validation.fold_predictions(trainer, data, groups, index, seed, fold_processes=True)
             held = np.isin(data.patients, groups[index])
             probability = np.asarray(fold["probability"])
-            fit = {"inner": probability[np.isin(data.patients[held], group)].tolist(),
-                   "outer": probability[np.isin(data.patients[held], outer)].tolist(),
-                   "kept_epochs": fold["kept_epochs"], "seconds": round(time.perf_counter() - started, 1)}
-            if cached:
-                write_json(cached, fit)
+            return {"inner": probability[np.isin(data.patients[held], group)].tolist(),
+                    "outer": probability[np.isin(data.patients[held], outer)].tolist(),
+                    "kept_epochs": fold["kept_epochs"], "seconds": round(time.perf_counter() - started, 1)}
+
+        key = content_key({"settings": settings, "outer": sorted(outer), "inner": sorted(group), "seed": seed})
+        fit, _ = cached_json(cache / f"{key}.json" if cache else None, fit_inner_model)
         inner_probability[np.isin(data.patients, group)] = fit["inner"]
         members.append(fit["outer"])
         print(f"[spread]   inner model {index + 1}/{inner_folds}: {fit['seconds']:.0f} s, kept {fit['kept_epochs']}",

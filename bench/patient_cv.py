@@ -57,7 +57,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence
 import histopath  # noqa: F401  (pins Keras 2 before TensorFlow is imported)
 import numpy as np
 
-from bench.common import write_json
+from bench.common import cached_json, content_key, write_json
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG = REPO_ROOT / "bench" / "configs" / "patient_cv.json"
@@ -376,10 +376,9 @@ def fold_key(kind: str, recipe: Mapping[str, Any], settings: Mapping[str, Any], 
     """The cache key of one fold: a hash of everything its result depends on (`code`: the
     `code_fingerprint()`)."""
     budgets = {key: value for key, value in settings.items() if key != "recipes"}
-    text = json.dumps({"kind": kind, "recipe": recipe, "settings": budgets, "held_out": list(held_out),
-                       "data": [str(pathlib.Path(path).resolve()) if path else None for path in data_dirs],
-                       "code": code}, sort_keys=True)
-    return hashlib.sha256(text.encode()).hexdigest()[:24]
+    return content_key({"kind": kind, "recipe": recipe, "settings": budgets, "held_out": list(held_out),
+                        "data": [str(pathlib.Path(path).resolve()) if path else None for path in data_dirs],
+                        "code": code}, length=24)
 
 
 def _cross_validate(kind: str, groups: List[List[str]], settings: Mapping[str, Any], seed: int,
@@ -398,15 +397,10 @@ def _cross_validate(kind: str, groups: List[List[str]], settings: Mapping[str, A
             fold_settings = {**settings, "seed": seed, "epochs": recipe.get("epochs", settings["epochs"])}
             cached = cache / f"{kind}-{fold_key(kind, recipe, fold_settings, held_out, data_dirs, code)}.json" \
                 if cache else None
-            if cached is not None and cached.exists():
-                runs.append(json.loads(cached.read_text()))
-                say(f"{kind} recipe {name}, fold {index + 1}/{len(groups)}: cached ({cached.name})")
-                continue
             say(f"{kind} recipe {name}, fold {index + 1}/{len(groups)} (held out: {', '.join(held_out)})")
-            runs.append(run_fold(held_out, recipe, fold_settings))
-            say("  " + _scores_line(runs[-1], ("auc", "within_bag")))
-            if cached is not None:
-                write_json(cached, runs[-1])
+            fold, from_cache = cached_json(cached, lambda: run_fold(held_out, recipe, fold_settings))
+            runs.append(fold)
+            say("  " + (f"cached ({cached.name})" if from_cache else _scores_line(fold, ("auc", "within_bag"))))
         block["recipes"][name] = {"recipe": recipe, "runs": runs, **_summarise(runs, keys)}
     return block
 

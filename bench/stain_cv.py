@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import pathlib
 import sys
 import time
@@ -31,7 +30,7 @@ from typing import Any, Dict, List, Optional, Sequence
 import histopath  # noqa: F401  (pins Keras 2 before TensorFlow is imported)
 import numpy as np
 
-from bench.common import write_json
+from bench.common import cached_json, content_key, write_json
 
 BASELINE = "od_scaling"
 # No weight averaging: with the short budgets this bench affords, an average with decay 0.998
@@ -144,15 +143,10 @@ def run(sources: Sequence[str], methods: Sequence[str], folds: int, epochs: int,
         column, rows = np.full(len(labels), np.nan), []
         for index, held_out in enumerate(groups):
             held = np.isin(patients, held_out)
-            key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:8]
-            name = f"{method}-f{index}-of{folds}-e{epochs}-s{seed}-n{len(labels)}-t{train_fraction:g}-{key}.json"
-            cached = cache / name if cache else None
-            if cached is not None and cached.exists():
-                fold = json.loads(cached.read_text())
-            else:
-                fold = fold_scores(data, labels, held, epochs, seed, train_fraction, settings)
-                if cached is not None:
-                    write_json(cached, fold)
+            name = (f"{method}-f{index}-of{folds}-e{epochs}-s{seed}-n{len(labels)}-t{train_fraction:g}-"
+                    f"{content_key(settings, length=8)}.json")
+            fold, _ = cached_json(cache / name if cache else None,
+                                  lambda: fold_scores(data, labels, held, epochs, seed, train_fraction, settings))
             column[held] = fold["scores"]
             rows.append({"held_out": list(held_out), "train_seconds": fold["train_seconds"]})
             say(f"{method} fold {index + 1}/{folds}: {fold['train_seconds']:.0f} s")
