@@ -5,10 +5,14 @@ and finishes, and its launcher when it reuses a cached execution. `ComponentProg
 logging handler, turns those records into lines on the terminal (`histopath.console`),
 switches the log file to `logs/<component>.log` at each start, and shows the last epoch
 of each training phase (`models.training`; every epoch is in the log) indented under its
-component: one line per phase of each fit, not one per epoch.
+component: one line per phase of each fit, not one per epoch. A Trainer that
+cross-validates adds a line per fold (`models.cross_validation`), with the time the folds
+left will take at the pace so far, since a default run's folds take most of an hour.
 
     ▸ trainer_mil
         train epoch 6/6  loss 0.339  auc 0.998  val_loss 0.199  val_auc 1.000  lr 5e-04
+        fold 1/5 done after 2 min 10 s; the 4 left take about 8 min 40 s
+        ...
     ✓ trainer_mil  7.4 s
     · StatisticsGen  cached
 """
@@ -27,7 +31,9 @@ _FINISHED = "Component %s is finished."
 _CACHED = "A cached execution %d is used."
 _EPOCH = re.compile(r"\[(?P<phase>[a-z_]+)\] epoch (?P<epoch>\d+)/(?P<epochs>\d+) (?P<metrics>.*) lr=(?P<lr>\S+)")
 _SHOWN_METRICS = ("loss", "auc", "val_loss", "val_auc")
+_FOLD = re.compile(r"fold (?P<fold>\d+)/(?P<folds>\d+): ")
 TRAINING_LOGGER = "histopath.models.training"
+CROSS_VALIDATION_LOGGER = "histopath.models.cross_validation"
 
 
 def epoch_line(message: str) -> Optional[tuple[str, int, str]]:
@@ -70,6 +76,10 @@ class ComponentProgress(logging.Handler):
                 epoch = epoch_line(record.getMessage())
                 if epoch:
                     self._epoch(*epoch)
+            elif record.name == CROSS_VALIDATION_LOGGER:
+                fold = _FOLD.match(record.getMessage())
+                if fold:
+                    self._fold(int(fold["fold"]), int(fold["folds"]))
         except Exception:  # noqa: BLE001  (progress must never break the run)
             self.handleError(record)
 
@@ -85,6 +95,15 @@ class ComponentProgress(logging.Handler):
         if self.last_epoch is not None and (self.last_epoch[0] != phase or number <= self.last_epoch[1]):
             progress_logger().info(self.last_epoch[2])
         self.last_epoch = (phase, number, line)
+
+    def _fold(self, number: int, folds: int) -> None:
+        """A fold's line: how long the folds so far took, and the rest at that pace."""
+        self._show_last_epoch()
+        seconds = time.monotonic() - self.started
+        line = f"    fold {number}/{folds} done after {elapsed(seconds)}"
+        if number < folds:
+            line += f"; the {folds - number} left take about {elapsed(seconds / number * (folds - number))}"
+        progress_logger().info(line)
 
     def _show_last_epoch(self) -> None:
         if self.last_epoch is not None:
