@@ -1,7 +1,8 @@
 """Cross-validated predictions of the pipeline's candidates, one per image of every patient.
 
     python -m bench.cv_predictions --data DIR --dataset breakhis [--preset breakhis]
-                                   [--folds 5] [--refit] [--output FILE.json] [--cache DIR]
+                                   [--config FILE.json] [--folds 5] [--refit]
+                                   [--output FILE.json] [--cache DIR]
 
 Every patient is held out once, exactly as a Trainer with `selection.folds` does it
 (`models.cross_validation`): label-stratified patient folds; per fold, each candidate
@@ -19,6 +20,10 @@ preprocessed by the pipeline's own `preprocessing_fn`; a preset with `bag_size`
 scores selection rules on the output (`bench/region_candidates.py` first puts the two IDC
 presets on regions).
 
+`--config` layers a configuration file over the preset, as `histopath run --config` does
+(e.g. `{"models": ["mil"], "model_training": {"mil": {"early_stopping_start_epoch": 6}}}`
+to cross-validate one setting of one candidate).
+
 Each fold is cached under `--cache` (keyed by the candidate's settings and the fold), so an
 interrupted study resumes.
 """
@@ -26,6 +31,7 @@ interrupted study resumes.
 from __future__ import annotations
 
 import argparse
+import json
 import pathlib
 import sys
 import time
@@ -124,14 +130,15 @@ def run_fold(trainer, data, groups, index: int, seed: int, refit: bool) -> Dict[
 
 
 def run(dataset: str, source: str, preset: str, folds: int, seed: int, refit: bool,
-        cache: Optional[pathlib.Path], log_dir: pathlib.Path) -> Dict[str, Any]:
+        cache: Optional[pathlib.Path], log_dir: pathlib.Path,
+        overrides: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
     """The cross-validated predictions of every candidate of `preset` (module docstring)."""
     from histopath.models import cross_validation
     from histopath.evaluation.slide_context import smooth_slide_scores
     from histopath.pipeline import presets
     from histopath.pipeline.config import resolve
 
-    config = resolve(presets.layer(preset), {"dataset": dataset, "seed": seed})
+    config = resolve(presets.layer(preset), overrides or {}, {"dataset": dataset, "seed": seed})
     data, positions = load_raw(dataset, source, config.image_size, config.stain_normalization, config.bag_size)
     groups = cross_validation.stratified_patient_folds(data.patients, data.labels, folds, seed)
     print(f"[cv] {len(data.labels)} images of {len(set(data.patients))} patients, {folds} folds, "
@@ -182,6 +189,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--data", required=True, help="raw image folder (the data set's layout)")
     parser.add_argument("--dataset", required=True, choices=["breakhis", "idc"])
     parser.add_argument("--preset", help="the recipe (default: the data set's preset)")
+    parser.add_argument("--config", type=pathlib.Path, help="a JSON configuration layered over the preset")
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--refit", action="store_true", help="also train each fold's refit_on_all model")
@@ -193,8 +201,10 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     preset = args.preset or presets.DEFAULT_PRESETS[args.dataset]
     args.cache.mkdir(parents=True, exist_ok=True)
+    overrides = json.loads(args.config.read_text()) if args.config else {}
     result = run(args.dataset, args.data, preset, args.folds, args.seed, args.refit, args.cache,
-                 args.output.parent / "cv-logs")
+                 args.output.parent / "cv-logs", overrides)
+    result["config"] = overrides
     write_json(args.output, result)
     print(f"[cv] wrote {args.output}")
     return 0
