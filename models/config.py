@@ -266,6 +266,11 @@ class TrainingConfig(_JsonConfig):
     # eval split: "val_loss" (lower is better) or "val_auc" (higher is better; robust to
     # the class imbalance between a class-weighted training loss and an unweighted eval).
     monitor: str = "val_loss"
+    # Restore the weights of each phase's best monitored epoch (EarlyStopping) and drop a
+    # phase that did not improve on the ones before it (DenseNet's fine-tuning). False for
+    # a refit: it trains exactly the epochs given and keeps its last weights, since the
+    # patients it watches are among those it trains on.
+    keep_best_epoch: bool = True
     # Momentum of an exponential moving average of the weights (e.g. 0.998: an average over
     # the last ~500 steps), validated every epoch and exported instead of the latest
     # weights; None = no averaging. Steadies models whose eval AUC jumps between epochs.

@@ -152,25 +152,24 @@ def inner_eval_patients(train_patients: Sequence[str], shares: Mapping[str, floa
     return sorted(chosen)
 
 
-def kept_epochs(history: Mapping[str, list], monitor: str) -> Dict[str, int]:
-    """Per phase, the epochs up to the best monitored one (what early stopping kept)."""
-    key = monitor if monitor in history else "val_auc"
+def kept_epochs(history: Mapping[str, list]) -> Dict[str, int]:
+    """Per phase, the epochs whose training is in the weights the fit ended with: up to the
+    best epoch early stopping watched, none of a phase that was dropped (`training`'s
+    "kept" column)."""
     kept: Dict[str, int] = {}
-    for phase in dict.fromkeys(history["phase"]):
-        values = [history[key][i] for i, p in enumerate(history["phase"]) if p == phase]
-        best = np.nanargmin(values) if key.endswith("loss") else np.nanargmax(values)
-        kept[phase] = int(best) + 1
+    for phase, epoch_kept in zip(history["phase"], history["kept"]):
+        kept[phase] = kept.get(phase, 0) + int(epoch_kept)
     return kept
 
 
 def fixed_epochs(config: TrainingConfig, kept: Mapping[str, int]) -> TrainingConfig:
-    """`config` for a refit: the kept epoch counts, nothing stopped early (the refit has no
-    patients left to watch)."""
+    """`config` for a refit: the kept epoch counts, nothing stopped early or restored (the
+    refit has no patients left to watch)."""
     return dataclasses.replace(
         config,
         epochs=int(kept.get("head", kept.get("train", 0))) if config.epochs else 0,
         fine_tune_epochs=int(kept.get("fine_tune", 0)) if config.fine_tune_epochs else 0,
-        early_stopping_patience=10_000,
+        keep_best_epoch=False,
     )
 
 
@@ -256,7 +255,7 @@ def fold_model_predictions(trainer: Trainer, data: PatientExamples, groups: Sequ
     model, history = trainer.fit(data, learn, watch, None, f"fold-{index}")
     mask = np.isin(data.patients, held_out)
     return {"held_out": held_out, "inner_eval": watch,
-            "kept_epochs": kept_epochs(history, trainer.training_config.monitor),
+            "kept_epochs": kept_epochs(history),
             "probability": trainer.predict(model, data.images[mask]).tolist()}
 
 

@@ -91,12 +91,12 @@ def test_patients_holding_both_labels_are_stratified_by_their_positive_share():
 
 
 def test_epochs_kept_and_fixed_for_the_refit():
-    history = {"phase": ["head", "head", "fine_tune", "fine_tune", "fine_tune"],
-               "val_auc": [0.6, 0.7, 0.65, 0.8, 0.75]}
-    kept = cross_validation.kept_epochs(history, "val_auc")
+    history = {"phase": ["head", "head", "fine_tune", "fine_tune", "fine_tune"], "kept": [1, 1, 1, 1, 0]}
+    kept = cross_validation.kept_epochs(history)
     assert kept == {"head": 2, "fine_tune": 2}
     fixed = cross_validation.fixed_epochs(TrainingConfig(epochs=5, fine_tune_epochs=9), kept)
-    assert (fixed.epochs, fixed.fine_tune_epochs) == (2, 2) and fixed.early_stopping_patience > 1000
+    assert (fixed.epochs, fixed.fine_tune_epochs) == (2, 2) and not fixed.keep_best_epoch
+    assert cross_validation.kept_epochs({"phase": ["head", "fine_tune"], "kept": [1, 0]}) == {"head": 1, "fine_tune": 0}
     rows = [{"kept_epochs": {"train": n}} for n in (3, 4, 8)]
     assert cross_validation.median_kept_epochs(rows) == {"train": 4}
 

@@ -114,13 +114,15 @@ def train_model(
     for phase in registry.kind_of(model_config).module().training_phases(model_config, config):
         if phase.prepare is not None:
             phase.prepare(model)
-        kept = model.get_weights() if phase.keep_only_if_better and best is not None else None
+        revertible = phase.keep_only_if_better and best is not None and config.keep_best_epoch
+        weights_before = model.get_weights() if revertible else None
         reached = fit.run(phase)
         improved = best is None or (reached < best if fit.mode == "min" else reached > best)
-        if kept is not None and not improved:
+        if weights_before is not None and not improved:
             logger.info("phase %s did not improve %s (%.4f vs %.4f): keeping the earlier weights",
                         phase.name, config.monitor, reached, best)
-            model.set_weights(kept)
+            model.set_weights(weights_before)
+            fit.history.drop_last_phase()
         elif improved:
             best = reached
     return fit.history.as_dict()
@@ -189,7 +191,8 @@ class _PhaseRunner:
             keras.callbacks.ReduceLROnPlateau(
                 monitor=self.monitor, mode=self.mode, factor=config.reduce_lr_factor,
                 patience=config.reduce_lr_patience, min_lr=config.min_learning_rate),
-            early_stopping, self.tensorboard, _EpochLogger(phase.name, start + phase.epochs), timer,
+            *([early_stopping] if config.keep_best_epoch else []),
+            self.tensorboard, _EpochLogger(phase.name, start + phase.epochs), timer,
         ]
         if config.weight_averaging is not None:
             # Last: the callbacks above see the averaged weights at the end of an epoch.
@@ -203,7 +206,12 @@ class _PhaseRunner:
         )
         self.history.add(phase.name, fit)
         self.history.extend(timer.rows())
-        if np.isfinite(early_stopping.best):
+        # Keras restores the best epoch it watched (from `start_from_epoch` on); an epoch is
+        # kept when its training is in the weights the phase ends with.
+        watched = config.keep_best_epoch and early_stopping.best_weights is not None
+        kept = early_stopping.best_epoch - start + 1 if watched else len(fit.epoch)
+        self.history.extend({"kept": [1] * kept + [0] * (len(fit.epoch) - kept)})
+        if watched and np.isfinite(early_stopping.best):
             return float(early_stopping.best)
         # The phase ended before early stopping started watching: its last value.
         return float(fit.history[self.monitor][-1])
@@ -313,6 +321,14 @@ class _History:
         """Appends extra per-epoch columns (e.g. `_EpochTimer.rows()`)."""
         for name, values in rows.items():
             self.rows[name].extend(values)
+
+    def drop_last_phase(self) -> None:
+        """Marks the last phase's epochs as not kept (its weights were discarded)."""
+        last = self.rows["phase"][-1]
+        for index in range(len(self.rows["phase"]) - 1, -1, -1):
+            if self.rows["phase"][index] != last:
+                break
+            self.rows["kept"][index] = 0
 
     def as_dict(self) -> Dict[str, list]:
         return dict(self.rows)

@@ -63,15 +63,42 @@ def test_densenet_with_zero_head_epochs_only_fine_tunes(tmp_path):
                                    model_config.TrainingConfig(epochs=0, fine_tune_epochs=1, verbose=0),
                                    str(tmp_path / "logs"))
     assert history["phase"] == ["fine_tune"]
-    # Phases shorter than early stopping's start epoch compare by their last values.
-    history = training.train_model(densenet.build_densenet_model(config), dataset, dataset, config,
+    # Phases shorter than early stopping's start epoch compare by their last values; a
+    # fine-tuning that makes the model worse (a learning rate far too high) is dropped.
+    diverging = model_config.DenseNetConfig(image_size=32, fine_tune_blocks=-1, freeze_batchnorm=False,
+                                            fine_tune_learning_rate=50.0)
+    model = densenet.build_densenet_model(diverging)
+    history = training.train_model(model, dataset, dataset, diverging,
                                    model_config.TrainingConfig(epochs=1, fine_tune_epochs=1, verbose=0,
                                                                early_stopping_start_epoch=2),
                                    str(tmp_path / "logs-short"))
-    assert history["phase"] == ["head", "fine_tune"]
+    assert history["phase"] == ["head", "fine_tune"] and history["kept"] == [1, 0]
+    assert model.evaluate(dataset, verbose=0, return_dict=True)["loss"] == pytest.approx(history["val_loss"][0],
+                                                                                          rel=1e-4)
     with pytest.raises(ConfigError, match="epochs > 0"):
-        training.train_model(densenet.build_densenet_model(config), dataset, dataset, config,
+        training.train_model(model, dataset, dataset, config,
                              model_config.TrainingConfig(epochs=0, fine_tune_epochs=0), str(tmp_path / "l2"))
+
+
+def test_the_kept_column_is_the_epoch_early_stopping_restored_from_its_start_epoch_on(tmp_path):
+    images, labels, _ = synthetic_images.bag_dataset(16, grid=2, tile=16, seed=4)
+    dataset = tf.data.Dataset.from_tensor_slices((images, labels)).batch(8)
+    config = model_config.TrainingConfig(epochs=5, early_stopping_patience=10, early_stopping_start_epoch=2,
+                                         verbose=0)
+    model = mil.build_mil_model(SMALL_MIL)
+    history = training.train_model(model, dataset, dataset, SMALL_MIL, config, str(tmp_path / "logs"))
+    best = 2 + int(np.argmin(history["val_loss"][2:]))  # the epochs before the start are not watched
+    assert history["kept"] == [1] * (best + 1) + [0] * (4 - best)
+    restored = model.evaluate(dataset, verbose=0, return_dict=True)["loss"]
+    assert restored == pytest.approx(history["val_loss"][best], rel=1e-4)
+    # A refit keeps every epoch it trains, and its last weights.
+    refit = mil.build_mil_model(SMALL_MIL)
+    history = training.train_model(refit, dataset, dataset, SMALL_MIL,
+                                   model_config.TrainingConfig(epochs=3, keep_best_epoch=False, verbose=0),
+                                   str(tmp_path / "refit"))
+    assert history["kept"] == [1, 1, 1]
+    last = refit.evaluate(dataset, verbose=0, return_dict=True)["loss"]
+    assert last == pytest.approx(history["val_loss"][-1], rel=1e-4)
 
 
 def test_mil_needs_at_least_one_epoch(tmp_path):
