@@ -69,6 +69,7 @@ def RunReport(
             },
             rule=chosen.get("rule", "test_auc"),
             candidates={name: {"blessed": chosen["candidates"][name]["blessed"],
+                               "judged_on": chosen["candidates"][name].get("judged_on"),
                                "cross_validation": chosen["candidates"][name].get("cross_validation"),
                                "abstention": chosen["candidates"][name].get("abstention"),
                                "training_resources": chosen["candidates"][name].get("training_resources"),

@@ -21,6 +21,7 @@ BOOTSTRAP_RESAMPLES = 1000
 FEW_PATIENTS = 5  # fewer test patients of a class than this: the intervals are rough
 DECISION_SCORE_THRESHOLD = 0.5  # the exported decision_score is re-centred on the model's threshold
 _CELLS = ("trueNegatives", "falsePositives", "falseNegatives", "truePositives")
+_METRIC_NAMES = {"AUC": "auc", "BalancedAccuracy": "balanced_accuracy"}  # TFMA class name -> reported name
 
 
 def load_candidate_result(evaluation_uri: str) -> Any:
@@ -53,6 +54,36 @@ def overall_metrics(evaluation_uri: str) -> dict[str, float]:
     """The overall-slice metrics of the candidate in a ModelEvaluation folder."""
     result = load_candidate_result(evaluation_uri)
     return next((flat_metrics(metrics, None) for slice_key, metrics in result.slicing_metrics if slice_key == ()), {})
+
+
+def value_thresholds(evaluation_uri: str) -> dict[str, float]:
+    """The lower bounds the Evaluator judged the overall slice by, e.g.
+    `{"auc": 0.7, "balanced_accuracy": 0.6}` (from the evaluation's own EvalConfig)."""
+    from tensorflow_model_analysis.writers import eval_config_writer
+
+    eval_config = eval_config_writer.load_eval_run(evaluation_uri)[0]
+    bounds: dict[str, float] = {}
+    for spec in eval_config.metrics_specs if eval_config else []:
+        for metric in spec.metrics:
+            for per_slice in metric.per_slice_thresholds:
+                value_threshold = per_slice.threshold.value_threshold
+                if value_threshold.HasField("lower_bound"):
+                    name = _METRIC_NAMES.get(metric.class_name, metric.class_name.lower())
+                    bounds[name] = float(value_threshold.lower_bound.value)
+    return bounds
+
+
+def overall_class_counts(evaluation_uri: str) -> dict[str, int]:
+    """The test images of each class (`{"benign", "malignant"}`) from the overall confusion
+    matrix; {} when the evaluation has none."""
+    result = load_candidate_result(evaluation_uri)
+    for slice_key, plots in result.plots or []:
+        matrices = _matrices(plots) if not slice_key else []
+        if matrices:
+            cells = {cell: float(matrices[0].get(cell, 0.0)) for cell in _CELLS}
+            return {"benign": round(cells["trueNegatives"] + cells["falsePositives"]),
+                    "malignant": round(cells["truePositives"] + cells["falseNegatives"])}
+    return {}
 
 
 def _matrices(plots: dict[str, Any]) -> list[dict[str, Any]]:

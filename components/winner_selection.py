@@ -2,7 +2,10 @@
 
 1. Only candidates their Evaluator blessed are eligible (they passed the value thresholds
    on the test split and, when a model was pushed before, did not fall more than the
-   allowed margin below it).
+   allowed margin below it). A test split whose patients are all of one class (a small
+   cohort) has no AUC or balanced accuracy: the same value thresholds are then judged on
+   the candidate's cross-validated predictions of the train and eval patients, and the
+   reason says so (`judged_on`).
 2. Among them, by `rule` (`pipeline.config.SelectionConfig`):
    - "cv_simpler_unless_better": the simpler candidate (`registry.ModelKind.simplicity`)
      unless another's cross-validated AUC over the train and eval patients is higher with
@@ -20,6 +23,8 @@ The output blessing names the winner's Trainer model (`current_model_id`).
 import os
 from typing import Any, Mapping, Optional
 
+import numpy as np
+
 from tfx import types
 from tfx.dsl.components.base import base_component, base_executor, executor_spec
 from tfx.types import component_spec, standard_artifacts
@@ -27,7 +32,7 @@ from tfx.utils import io_utils
 
 from histopath import fileio
 from histopath.components.pushed_model import SERVING_MODEL_DIR
-from histopath.components.tfma_results import overall_metrics
+from histopath.components.tfma_results import overall_class_counts, overall_metrics, value_thresholds
 from histopath.errors import ConfigError, DataError
 from histopath.evaluation import model_comparison
 from histopath.models import registry
@@ -88,11 +93,13 @@ def choose_winner(candidates: dict[str, dict[str, Any]], rule: str = DEFAULT_RUL
     """
     eligible = {name: c for name, c in candidates.items() if c["blessed"]}
     rejected = sorted(set(candidates) - set(eligible))
+    judged = "".join(f"; {name} was judged on {c['judged_on']}"
+                     for name, c in sorted(candidates.items()) if c.get("judged_on"))
     if not eligible:
         return None, (
             "no candidate passed its evaluation thresholds ("
             + ", ".join(rejected)
-            + "); nothing is pushed"
+            + "); nothing is pushed" + judged
         )
     if len(eligible) == 1:
         winner = next(iter(eligible))
@@ -103,7 +110,38 @@ def choose_winner(candidates: dict[str, dict[str, Any]], rule: str = DEFAULT_RUL
         winner, reason = _cross_validated_winner(eligible, rule)
     if rejected:
         reason += "; not blessed: " + ", ".join(rejected)
-    return winner, reason
+    return winner, reason + judged
+
+
+def judge_on_cross_validation(predictions: Mapping[str, Any], bounds: Mapping[str, float]) -> dict[str, Any]:
+    """The Evaluator's value thresholds judged on cross-validated predictions, for a test
+    split that holds one class only.
+
+    Args:
+      predictions: `{"labels", "probability", "threshold"}` of the train and eval patients,
+        each predicted by a model that never saw it.
+      bounds: lower bounds by metric (`tfma_results.value_thresholds`): "auc",
+        "balanced_accuracy".
+
+    Returns:
+      `{"blessed": bool, "judged_on": a sentence with the figures and the bounds}`.
+    """
+    from sklearn import metrics
+
+    labels = np.asarray(predictions["labels"], int)
+    probability = np.asarray(predictions["probability"], float)
+    if len(set(labels.tolist())) < 2:
+        return {"blessed": False, "judged_on": "neither the test split nor the cross-validation holds both classes"}
+    figures = {"auc": metrics.roc_auc_score(labels, probability),
+               "balanced_accuracy": metrics.balanced_accuracy_score(
+                   labels, (probability >= predictions["threshold"]).astype(int))}
+    shown = {"auc": "AUC", "balanced_accuracy": "balanced accuracy"}
+    checks = [f"{shown[name]} {figures[name]:.3f} {'>=' if figures[name] >= bound else '<'} {bound:g}"
+              for name, bound in bounds.items() if name in figures]
+    passed = all(figures[name] >= bound for name, bound in bounds.items() if name in figures)
+    return {"blessed": passed,
+            "judged_on": "cross-validation, since the test patients are all of one class: "
+                          + ", ".join(checks) + " over the train and eval patients"}
 
 
 def _summary(predictions: dict[str, Any]) -> dict[str, Any]:
@@ -146,7 +184,16 @@ def _candidates(input_dict: Mapping[str, list]) -> dict[str, dict[str, Any]]:
             "model_id": model.id,
             "evaluation_uri": evaluation.uri,
             "cross_validation": _read_cross_validation(model.uri),
+            "test_images": overall_class_counts(evaluation.uri),
         }
+        one_class = bool(candidates[kind]["test_images"]) and min(candidates[kind]["test_images"].values()) == 0
+        if one_class and not candidates[kind]["blessed"]:
+            if candidates[kind]["cross_validation"] is None:
+                candidates[kind]["judged_on"] = ("nothing: the test patients are all of one class and no "
+                                                 "cross-validation ran to judge on instead (selection.folds)")
+            else:
+                candidates[kind].update(judge_on_cross_validation(candidates[kind]["cross_validation"],
+                                                                  value_thresholds(evaluation.uri)))
         info = _read_model_info(model.uri)
         # The "not sure" band (operating point and accuracy-against-coverage curve on the
         # held-out predictions) and what training cost (wall time, peak memory).
