@@ -8,7 +8,8 @@ magnifications, bag size): records made with other settings are never mixed in. 
 ingested when no folder for its current fingerprint exists (new, or its files changed);
 otherwise its records are reused. The manifests of the ingested spans record every
 patient's split: a new span places only the patients none of them holds
-(`split.assign_balanced`), so a patient keeps its split across spans.
+(`split.assign_balanced`), so a patient keeps its split across spans, and across settings
+of the same data set (`recorded_assignments`).
 The store may be a local folder or a URI; each span folder is published whole
 (`output_dir.publish`).
 """
@@ -18,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import re
 from typing import Any, Callable, Mapping, Optional, Sequence
 
 from histopath import fileio
@@ -27,6 +29,7 @@ from histopath.data.split import Assignment, check_cohort, merge_split_entries
 from histopath.errors import DataError
 
 TRAINED_FILE = "trained.json"
+_SETTINGS_FOLDER = re.compile(r"[a-z_]+-[0-9a-f]{12}")  # `IngestSettings.key()`
 
 
 @dataclasses.dataclass(frozen=True)
@@ -160,13 +163,29 @@ def manifest_assignments(manifest: Mapping[str, Any]) -> dict[str, tuple[str, in
 
 
 def recorded_assignments(store: str, settings: IngestSettings) -> dict[str, tuple[str, int]]:
-    """Every patient the store's spans placed: patient -> (split, class), from their manifests."""
-    folder = settings_dir(store, settings)
+    """Every patient the store's spans of this data set placed: patient -> (split, class),
+    from their manifests.
+
+    The folder of the current settings is read first, then the data set's folders of other
+    settings (other magnifications, bag size, tiling, seed or fractions), so a patient keeps
+    its split when the settings change: a test patient never moves into training. A split
+    the current settings do not have is not carried over.
+    """
+    root = fileio.absolute(store)
+    current = settings.key()
+    names = [name.rstrip("/") for name in fileio.listdir(root)] if fileio.exists(root) else []
+    others = sorted(name for name in names if name != current and _SETTINGS_FOLDER.fullmatch(name)
+                    and name.rsplit("-", 1)[0] == settings.dataset)
     assigned: dict[str, tuple[str, int]] = {}
-    for name in sorted(fileio.listdir(folder)):
-        if fileio.exists(fileio.join(folder, name, MANIFEST_NAME)):
-            for patient, placed in manifest_assignments(load_manifest(fileio.join(folder, name))).items():
-                assigned.setdefault(patient, placed)
+    for key in [current, *others]:
+        folder = fileio.join(root, key)
+        if not fileio.exists(folder):
+            continue
+        for name in sorted(fileio.listdir(folder)):
+            if fileio.exists(fileio.join(folder, name, MANIFEST_NAME)):
+                for patient, placed in manifest_assignments(load_manifest(fileio.join(folder, name))).items():
+                    if placed[0] in settings.splits:
+                        assigned.setdefault(patient, placed)
     return assigned
 
 

@@ -55,7 +55,8 @@ def two_span_runs(shared_data, tmp_path_factory):
         _link(shared_data, root, "2", patient, slice(PATCHES_PER_CLASS, 2 * PATCHES_PER_CLASS))
     runs += [run(), run()]
     linked = sum(1 for _ in root.rglob("*.png"))
-    return {"runs": runs, "first": first, "second": second, "shared": shared, "seed": seed, "linked": linked}
+    return {"runs": runs, "first": first, "second": second, "shared": shared, "seed": seed, "linked": linked,
+            "root": root, "store": store}
 
 
 def _patient_splits(record) -> dict[str, str]:
@@ -91,3 +92,18 @@ def test_a_run_with_nothing_new_ingests_nothing_and_does_not_retrain(two_span_ru
     third_run = two_span_runs["runs"][2]
     assert [r.newly_ingested for r in third_run["ingested"]] == [False, False]
     assert not third_run["plan"].retrain and "no new span" in third_run["plan"].reason
+
+
+def test_changed_settings_keep_every_patients_split(two_span_runs):
+    """Other settings (here the seed) are a new folder of records in the store, but the
+    patients placed under the old ones keep their splits: no test patient moves into training."""
+    before = {}
+    for record in two_span_runs["runs"][1]["ingested"]:
+        before.update(_patient_splits(record))
+    other = span_store.IngestSettings("idc", dict(DEFAULT_SPLITS), two_span_runs["seed"] + 1)
+    result = ingest_window(str(two_span_runs["root"]), two_span_runs["store"], other, "all", 0, BEAM)
+    assert all(record.newly_ingested for record in result["ingested"])  # its own records...
+    after = {}
+    for record in result["ingested"]:
+        after.update(_patient_splits(record))
+    assert after == before  # ...with the splits recorded before
