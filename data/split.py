@@ -192,7 +192,7 @@ def check_cohort(splits: Mapping[str, Mapping], fractions: Mapping[str, float], 
     raise DataError(
         f"{where}: {problem}: the cohort has {benign} benign and {len(cohort) - benign} malignant "
         f"patient(s); training and evaluating needs at least {MIN_PATIENTS_PER_CLASS} of each class and "
-        f"{len(fractions)} patients in all (one per split)")
+        f"{len(fractions) + 1} patients in all (one of each class to train, one for each other split)")
 
 
 def split_entry(files: Sequence[ParsedFile]) -> dict:

@@ -153,7 +153,8 @@ def test_real_idc_split_is_disjoint(shared_data):
 
 def test_a_cohort_too_small_is_one_error_naming_the_minimum():
     one_benign = split_files(_files({"a": (3, 0), "b": (0, 2), "c": (0, 1)}), DEFAULT_SPLITS, seed=0)
-    with pytest.raises(DataError, match=r"SOURCE: .*1 benign and 2 malignant.*at least 2 of each class"):
+    with pytest.raises(DataError, match=r"SOURCE: .*1 benign and 2 malignant.*at least 2 of each class and "
+                                        r"4 patients in all \(one of each class to train, one for each other"):
         check_cohort({name: split_entry(files) for name, files in one_benign.items()}, DEFAULT_SPLITS, "SOURCE")
 
     def entry(patients: dict[str, int], benign: int, malignant: int) -> dict:
