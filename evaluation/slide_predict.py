@@ -12,7 +12,10 @@ The slide answer aggregates its tile probabilities as the model's Trainer chose 
 patients (`evaluation.slide_calling`, `model_info["slide_aggregation"]`, with its own slide
 threshold); a model without that choice: the mean of the top 5 % of its tiles (at least
 one), labelled at the model's decision threshold, so a slide is malignant when its most
-suspicious region is, however much benign tissue surrounds it.
+suspicious region is, however much benign tissue surrounds it. The answer and every tile
+carry `uncertainty` and `not_sure` as the exported model gives them for an image (the
+model's "not sure" band; a slide aggregation with a threshold of its own has no band, so
+its slide answer is never "not sure", and `abstention_band` says which band applied).
 
 Per slide, under `OUTPUT/<slide id>/`: `slide.json` (the answer, the tiles' summary, QC
 counts, scale), `heatmap.png` (tile probabilities over a thumbnail), `tissue.png` (the
@@ -34,6 +37,7 @@ from PIL import Image
 
 from histopath import fileio, images, slides, tiling
 from histopath.errors import ConfigError, DataError
+from histopath.models import abstention
 
 IDC_MODEL_MPP = 4.0  # µm/px assumed for a model trained on IDC patches without "mpp" in model_info
 IDC_TILE_PX = 50  # IDC patch side: the pixels such a model was trained on
@@ -231,6 +235,24 @@ def tiles_geojson(tiles: Sequence[Dict[str, Any]], threshold: float, label_names
     return {"type": "FeatureCollection", "features": features}
 
 
+def slide_band(tile_band: Optional[Dict[str, float]], slide_threshold: float,
+               tile_threshold: float) -> Optional[Dict[str, float]]:
+    """The "not sure" band of a slide score: the model's band (chosen by cross-validation
+    around its threshold) when the slide is called at that same threshold; None when the
+    slide aggregation has a threshold of its own, for which no band was chosen."""
+    return tile_band if abs(slide_threshold - tile_threshold) <= 1e-9 else None
+
+
+def how_sure(probability: Optional[float], threshold: float,
+              band: Optional[Dict[str, float]]) -> Dict[str, Any]:
+    """`uncertainty` (1 at the threshold, 0 at 0 or 1) and `not_sure` (inside the band) of
+    one answer, as the exported model gives them; None without a probability."""
+    if probability is None:
+        return {"uncertainty": None, "not_sure": None}
+    return {"uncertainty": round(float(abstention.uncertainty(probability, threshold)), 6),
+            "not_sure": bool(abstention.not_sure(probability, band))}
+
+
 def _write_png(image: Image.Image, path: str) -> None:
     fileio.write_bytes(path, images.encode_png(image))
 
@@ -277,6 +299,9 @@ def predict_slide(loaded, path: str, output: str, *, mpp: Optional[float] = None
     aggregation = model_aggregation(info, top_fraction)
     score = aggregation.score([t["probability"] for t in tiles])
     label = None if score is None else int(score >= aggregation.threshold)
+    tile_band = abstention.band_of(info.get("abstention"))
+    for tile in tiles:
+        tile.update(how_sure(tile["probability"], threshold, tile_band))
     folder = fileio.join(output, described["slide_id"])
     outputs = {name: fileio.join(folder, name) for name in ("slide.json", "heatmap.png", "tissue.png", "tiles.geojson")}
     _write_png(heatmap_image(tiler.tissue.thumbnail, tiler.tissue.scale, tiles), outputs["heatmap.png"])
@@ -290,6 +315,8 @@ def predict_slide(loaded, path: str, output: str, *, mpp: Optional[float] = None
         "label_name": exported.NO_TISSUE if label is None else label_names[label],
         "aggregation": aggregation.describe(), "aggregation_source": aggregation.source,
         "decision_threshold": aggregation.threshold, "tile_threshold": threshold,
+        **how_sure(score, aggregation.threshold, slide_band(tile_band, aggregation.threshold, threshold)),
+        "abstention_band": slide_band(tile_band, aggregation.threshold, threshold),
         "tiles_called": len(tiles), "qc": tiler.counts.as_dict(),
         "tile_um": scale.tile_um, "tile_px": scale.tile_px, "tile_mpp": tiler.grid.mpp,
         "read_level": tiler.grid.level, "model_scale_source": scale.source,

@@ -86,3 +86,13 @@ def test_prepared_batches_stop_when_the_caller_stops(tmp_path):
         batches.close()  # the consumer gives up (e.g. the model refused a batch): the reader ends too
     assert len(first[0]) == 4
     assert tiler.counts.kept < 256  # it did not read the whole slide
+
+
+def test_the_models_band_applies_to_a_slide_only_at_the_models_own_threshold():
+    band = {"low": 0.4, "high": 0.7}
+    assert slide_predict.slide_band(band, 0.55, 0.55) == band
+    assert slide_predict.slide_band(band, 0.30, 0.55) is None  # an aggregation threshold of its own
+    assert slide_predict.how_sure(0.5, 0.55, band) == {"uncertainty": pytest.approx(0.5 / 0.55, abs=1e-6),
+                                                        "not_sure": True}
+    assert slide_predict.how_sure(0.9, 0.55, None)["not_sure"] is False
+    assert slide_predict.how_sure(None, 0.55, band) == {"uncertainty": None, "not_sure": None}

@@ -48,6 +48,7 @@ def test_predict_slides_and_images_together(exported_models, shared_data, tmp_pa
     for row in (idc_row, svs_row):
         assert row["tile_um"] == 200.0 and row["tile_px"] == 50 and row["model_scale_source"] == "caller"
         assert row["label"] == int(row["probability"] >= row["decision_threshold"])
+        assert 0.0 <= row["uncertainty"] <= 1.0 and isinstance(row["not_sure"], bool)
         assert row["tiles_called"] == row["qc"]["kept"] > 0
         folder = out / row["slide_id"]
         assert sorted(p.name for p in folder.iterdir()) == ["heatmap.png", "slide.json", "tiles.geojson", "tissue.png"]
@@ -64,8 +65,10 @@ def test_predict_slides_and_images_together(exported_models, shared_data, tmp_pa
     patches = [shared_data / "idc" / PATIENT / str(labels[(t["x"], t["y"])]) /
                f"{PATIENT}_idx5_x{t['x'] + 1}_y{t['y'] + 1}_class{labels[(t['x'], t['y'])]}.png" for t in sample]
     direct = reference_outputs(exported_models.mil, {"image_bytes": [p.read_bytes() for p in patches]})
-    for tile, probability in zip(sample, direct["probability"]):
-        assert tile["probability"] == pytest.approx(float(probability), abs=1e-5)
+    for index, tile in enumerate(sample):  # and its "not sure" the exported model's own
+        assert tile["probability"] == pytest.approx(float(direct["probability"][index]), abs=1e-5)
+        assert tile["uncertainty"] == pytest.approx(float(direct["uncertainty"][index]), abs=1e-5)
+        assert tile["not_sure"] == bool(direct["not_sure"][index])
     top = sorted((t["probability"] for t in detail["tiles"]), reverse=True)
     k = -(-len(top) * 5 // 100)
     assert detail["probability"] == pytest.approx(sum(top[:k]) / k)

@@ -96,25 +96,14 @@ class _Taken(Exception):
     """The job was given to another worker while this one ran it."""
 
 
-def _answer_fields(answer: dict, info: dict) -> dict:
-    """The job's result columns from `predict_slide`'s answer; "not sure" from the model's
-    abstention band applied to the slide score, when the slide is labelled at the model's
-    own threshold (a slide aggregation with a threshold of its own has no band)."""
-    from histopath.models import abstention
-
-    probability, threshold = answer.get("probability"), float(answer["decision_threshold"])
-    fields = {"probability": probability, "label": answer["label"], "label_name": answer["label_name"],
-              "tiles_called": answer["tiles_called"], "model_name": str(answer.get("model_name", ""))[:200],
-              "model_version": str(answer.get("model_version", ""))[:32], "width": answer["width"],
-              "height": answer["height"], "slide_mpp": answer["mpp"],
-              "output_dir": str(pathlib.Path(answer["outputs"]["slide.json"]).parent)}
-    band = abstention.band_of(info.get("abstention"))
-    if abs(float(answer.get("tile_threshold", threshold)) - threshold) > 1e-9:
-        band = None
-    if probability is not None:
-        fields["uncertainty"] = float(abstention.uncertainty(probability, threshold))
-        fields["not_sure"] = bool(abstention.not_sure(probability, band))
-    return fields
+def _answer_fields(answer: dict) -> dict:
+    """The job's result columns from `predict_slide`'s answer (its "not sure" included)."""
+    return {"probability": answer.get("probability"), "label": answer["label"], "label_name": answer["label_name"],
+            "uncertainty": answer.get("uncertainty"), "not_sure": bool(answer.get("not_sure")),
+            "tiles_called": answer["tiles_called"], "model_name": str(answer.get("model_name", ""))[:200],
+            "model_version": str(answer.get("model_version", ""))[:32], "width": answer["width"],
+            "height": answer["height"], "slide_mpp": answer["mpp"],
+            "output_dir": str(pathlib.Path(answer["outputs"]["slide.json"]).parent)}
 
 
 def run(job: SlideJob) -> SlideJob:
@@ -134,7 +123,7 @@ def run(job: SlideJob) -> SlideJob:
         output = pathlib.Path(settings.HISTOPATH_SLIDE_DIR) / "results" / str(job.pk)
         answer = slide_predict.predict_slide(model, job.slide_path, str(output), mpp=job.mpp, scale=scale,
                                              batch_size=BATCH_SIZE, progress=_Progress(job))
-        fields = _answer_fields(answer, model.model_info)
+        fields = _answer_fields(answer)
         slide_viewer.write_overlay(fields["output_dir"])
     except _Taken:
         logger.warning("slide job %d: taken over by another worker", job.pk)
