@@ -207,7 +207,9 @@ def _register_predict(subparsers: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description=_paragraphs(
             "Prints one JSON line per image: file, probability (of malignant), label, label_name, "
-            "model_name, model_version. Folders are searched recursively for .png/.jpg/.jpeg/.tif "
+            "uncertainty (1 at the model's threshold, 0 at probability 0 or 1), not_sure (inside the "
+            "model's \"not sure\" band: the answer needs a pathologist's review), model_name, "
+            "model_version. Folders are searched recursively for .png/.jpg/.jpeg/.tif "
             "files. A missing or corrupt file prints a line with an \"error\" naming it; the other "
             "images are still predicted and the exit code is 1 at the end. With --heatmap-dir, MIL "
             "models also write the attention heat-map over each image as <name>.heatmap.png and, "
@@ -218,7 +220,8 @@ def _register_predict(subparsers: argparse._SubParsersAction) -> None:
             "Whole slides (.svs, .ndpi, .mrxs, .scn, .bif, a tiled .tif, or a URI) need --output: each is "
             "tiled in microns at the model's scale (tissue found on a thumbnail, tiles checked for "
             "background, pen and blur), called tile by tile, and answered by the mean of its highest tile "
-            "probabilities (or by the aggregation its Trainer chose); one JSON line per slide, and OUT/<slide id>/ holds slide.json, heatmap.png, "
+            "probabilities (or by the aggregation its Trainer chose); one JSON line per slide (with "
+            "uncertainty and not_sure, as for an image), and OUT/<slide id>/ holds slide.json, heatmap.png, "
             "tissue.png and tiles.geojson (QuPath: File > Import objects)."
         ),
     )

@@ -121,6 +121,7 @@ def _image_rows(kept: list, context: Any) -> List[Dict[str, Any]]:
     return [{"path": f.relative_path, "patient_id": f.patient_id, "label": int(f.label),
              "probability": float(row["probability"]), "prediction": int(row["label"]),
              "not_sure": int(row.get(exported.NOT_SURE, False)),
+             **({"uncertainty": float(row[exported.UNCERTAINTY])} if exported.UNCERTAINTY in row else {}),
              **({} if context is None else {"context_probability": float(context.scores[index])})}
             for index, (f, row) in enumerate(kept)]
 

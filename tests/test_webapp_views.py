@@ -430,4 +430,4 @@ def test_a_not_sure_answer_asks_for_a_pathologists_review_and_is_recorded(client
     assert unsure.label_name in ("benign", "malignant") and not black.not_sure
     audit = AuditEvent.objects.get(kind=AuditEvent.PREDICTION, detail__startswith=f"prediction {unsure.pk}:")
     assert audit.detail == f"prediction {unsure.pk}: not sure (leaning {unsure.label_name})"
-    assert "Not sure (leaning" in client.get("/history/").content.decode()
+    assert "Not sure — needs a pathologist&#x27;s review (leaning" in client.get("/history/").content.decode()

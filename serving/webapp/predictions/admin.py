@@ -21,9 +21,9 @@ class ReadOnlyAdmin(admin.ModelAdmin):
 
 @admin.register(Prediction)
 class PredictionAdmin(ReadOnlyAdmin):
-    list_display = ("created_at", "user", "display_name", "label_name", "probability", "model_name",
-                    "model_version", "source")
-    list_filter = ("label_name", "source", "model_version", "tissue_detected")
+    list_display = ("created_at", "user", "display_name", "label_name", "not_sure", "probability", "uncertainty",
+                    "model_name", "model_version", "source")
+    list_filter = ("not_sure", "label_name", "source", "model_version", "tissue_detected")
     search_fields = ("user__username", "display_name", "image_sha256")
     date_hierarchy = "created_at"
 

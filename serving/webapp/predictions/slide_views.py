@@ -82,13 +82,14 @@ def _job(request: HttpRequest, pk: int) -> SlideJob:
 
 
 def _folder_context(pick_error: str = "") -> dict:
-    """The slide folder's (or bucket's) slides for the list page; a bucket that cannot be
-    read is said in the pick error."""
+    """The slide folder's (or bucket's) slides for the list page (and the "not sure" text of
+    its jobs); a bucket that cannot be read is said in the pick error."""
     try:
         listed = slide_store.folder_slides()
     except slide_store.SlideRefused as error:
         listed, pick_error = [], pick_error or f"{error}."
-    return {"folder_slides": listed, "has_folder": slide_store.has_root(), "pick_error": pick_error}
+    return {"folder_slides": listed, "has_folder": slide_store.has_root(), "pick_error": pick_error,
+            "not_sure_text": NOT_SURE_TEXT}
 
 
 @never_cache

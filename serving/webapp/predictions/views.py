@@ -203,6 +203,7 @@ def history(request: HttpRequest) -> HttpResponse:
         "predictions": list(predictions[:RECENT_ON_HISTORY_PAGE]),
         "total": predictions.count(),
         "sees_all": sees_all,
+        "not_sure_text": NOT_SURE_TEXT,
     })
 
 
