@@ -62,9 +62,9 @@ def _resource_lines(candidates: dict[str, dict[str, Any]]) -> list[str]:
     rows = {name: c["training_resources"] for name, c in candidates.items() if c.get("training_resources")}
     if not rows:
         return []
-    lines = ["", "What each Trainer cost (the whole training: every fold, the refit and the threshold; "
-             "peak resident memory of the Trainer's process and its fold processes together; CPU time "
-             "of both):", "",
+    lines = ["", "What each Trainer cost (the whole training: every fold, the refit and the threshold, not "
+             "the export that follows; peak resident memory of the Trainer's process and its fold processes "
+             "together; CPU time of both):", "",
              "| model | wall time | CPU time | peak memory | memory at start |", "|---|---|---|---|---|"]
     for name, used in rows.items():
         lines.append(f"| {name} | {_duration(used['wall_seconds'])} | {_duration(used['cpu_seconds'])} | "
