@@ -1,0 +1,34 @@
+"""bench/compare_cv.py on tiny cross-validation outputs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from bench.compare_cv import compare
+
+pytestmark = pytest.mark.bench  # tests of the benchmarks: opt-in (`pytest -m bench`)
+
+
+def _run(probability: list, kept: int) -> dict:
+    patients = [f"p{i // 2}" for i in range(12)]
+    labels = [int(i // 2 >= 3) for i in range(12)]
+    return {"patients": patients, "labels": labels, "folds": [["p0", "p3"]],
+            "candidates": {"mil": {"refit_probability": probability, "folds": [{"kept_epochs": {"train": kept}}]}}}
+
+
+def test_a_perfect_ranking_against_a_random_one_is_a_paired_gain():
+    rng = np.random.default_rng(0)
+    perfect = [0.1] * 6 + [0.9] * 6
+    noisy = rng.uniform(size=12).tolist()
+    result = compare(_run(noisy, 1), _run(perfect, 6), "mil", "refit_probability")
+    assert result["b"]["auc"] == pytest.approx(1.0) and result["b"]["kept_epochs"] == [{"train": 6}]
+    assert result["b_minus_a"]["auc"] == pytest.approx(1.0 - result["a"]["auc"])
+    assert result["b_minus_a"]["interval"][0] <= result["b_minus_a"]["auc"] <= result["b_minus_a"]["interval"][1]
+
+
+def test_runs_of_other_folds_are_refused():
+    other = _run([0.5] * 12, 1)
+    other["folds"] = [["p1", "p4"]]
+    with pytest.raises(ValueError, match="differ in folds"):
+        compare(_run([0.5] * 12, 1), other, "mil", "refit_probability")
