@@ -65,8 +65,7 @@ def test_densenet_with_zero_head_epochs_only_fine_tunes(tmp_path):
     assert history["phase"] == ["fine_tune"]
     # Phases shorter than early stopping's start epoch compare by their last values; a
     # fine-tuning that makes the model worse (a learning rate far too high) is dropped.
-    diverging = model_config.DenseNetConfig(image_size=32, fine_tune_blocks=-1, freeze_batchnorm=False,
-                                            fine_tune_learning_rate=50.0)
+    diverging = model_config.DenseNetConfig(image_size=32, fine_tune_blocks=1, fine_tune_learning_rate=50.0)
     model = densenet.build_densenet_model(diverging)
     history = training.train_model(model, dataset, dataset, diverging,
                                    model_config.TrainingConfig(epochs=1, fine_tune_epochs=1, verbose=0,
