@@ -66,8 +66,8 @@ PRESETS: dict[str, Preset] = {preset.name: preset for preset in (
             "model_name": "breakhis", "version_policy": "increment",
         },
         results="docs/results.md#choosing-the-winner",
-        takes="about 1.5 to 2 hours and up to 5 GB on 2 CPU cores for the 585 images of ../shared/data, "
-              "DenseNet201's folds most of it (estimated from its first fold: "
+        takes="about 1 h 45 min and up to 7 GB on 2 CPU cores for the 585 images of ../shared/data, "
+              "DenseNet201's folds 1 h 36 min of it (measured end to end: "
               "docs/results.md#the-default-runs-on-2-cores)",
     ),
     Preset(
