@@ -107,9 +107,10 @@ def render_summary(report: dict[str, Any]) -> str:
         cells = [_with_interval(m.get(key), intervals.get(metric))
                  for key, metric in (("auc", "auc"), ("balanced_accuracy", "balanced_accuracy"),
                                      ("recall", "sensitivity"), ("specificity", "specificity"))]
-        if 0 in (patients.get("benign"), patients.get("malignant")):  # TFMA reports 0 for what is undefined
+        images = candidate.get("test_images") or {}
+        if 0 in images.values():  # TFMA reports 0 for what a one-class split leaves undefined
             cells[:2] = ["undefined (one class)"] * 2
-            cells[2 if patients.get("malignant") == 0 else 3] = "-"
+            cells[2 if images.get("malignant") == 0 else 3] = "-"
         if candidate.get("judged_on"):
             warnings.append(f"{name} was judged on {candidate['judged_on']}")
         count = m.get("example_count")

@@ -18,6 +18,22 @@ def test_summary_shows_intervals_and_test_patients():
     assert "Warning: only 3 benign test patients" in text
 
 
+def test_a_test_split_is_one_class_by_its_images_not_its_patients():
+    def report(test_images: dict) -> dict:
+        return {"created": "now", "data": None, "retrained": True, "winner": "densenet", "reason": "r",
+                "already_serving": False, "pushed": {"pushed": True, "destination": "d", "version": "1"},
+                "anomalies": {}, "candidates": {"densenet": {
+                    "blessed": True, "metrics": {"overall": {"auc": 0.9, "balanced_accuracy": 0.8, "recall": 0.7,
+                                                             "specificity": 0.85, "example_count": 90.0}},
+                    "intervals": {}, "test_patients": {"benign": 0, "malignant": 3}, "test_images": test_images}}}
+
+    # IDC: three "malignant" patients whose patches hold both classes: the AUC is defined.
+    text = report_summary.render_summary(report({"benign": 60, "malignant": 30}))
+    assert "| densenet | yes | 0 / 3 | 90 | 0.900 | 0.800 | 0.700 | 0.850 |" in text
+    text = report_summary.render_summary(report({"benign": 0, "malignant": 90}))
+    assert "| 90 | undefined (one class) | undefined (one class) | 0.700 | - |" in text
+
+
 def test_summary_warns_how_cross_validation_was_adapted():
     report = {"created": "now", "data": None, "retrained": True, "winner": "cnn", "reason": "r", "rule": "cv_auc",
               "already_serving": False, "pushed": {"pushed": False, "destination": "", "version": ""},

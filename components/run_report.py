@@ -70,6 +70,7 @@ def RunReport(
             rule=chosen.get("rule", "test_auc"),
             candidates={name: {"blessed": chosen["candidates"][name]["blessed"],
                                "judged_on": chosen["candidates"][name].get("judged_on"),
+                               "test_images": chosen["candidates"][name].get("test_images"),
                                "cross_validation": chosen["candidates"][name].get("cross_validation"),
                                "abstention": chosen["candidates"][name].get("abstention"),
                                "training_resources": chosen["candidates"][name].get("training_resources"),

@@ -23,8 +23,6 @@ The output blessing names the winner's Trainer model (`current_model_id`).
 import os
 from typing import Any, Mapping, Optional
 
-import numpy as np
-
 from tfx import types
 from tfx.dsl.components.base import base_component, base_executor, executor_spec
 from tfx.types import component_spec, standard_artifacts
@@ -113,28 +111,24 @@ def choose_winner(candidates: dict[str, dict[str, Any]], rule: str = DEFAULT_RUL
     return winner, reason + judged
 
 
-def judge_on_cross_validation(predictions: Mapping[str, Any], bounds: Mapping[str, float]) -> dict[str, Any]:
+def judge_on_cross_validation(image_level: Mapping[str, Any], bounds: Mapping[str, float]) -> dict[str, Any]:
     """The Evaluator's value thresholds judged on cross-validated predictions, for a test
     split that holds one class only.
 
     Args:
-      predictions: `{"labels", "probability", "threshold"}` of the train and eval patients,
-        each predicted by a model that never saw it.
+      image_level: the image-level scores of the candidate's cross-validated predictions of
+        the train and eval patients (`model_info["cross_validation"]["image_level"]`, from
+        `cross_validation.summarize`: each image predicted by a model that never saw its
+        patient, called at the cross-validated threshold).
       bounds: lower bounds by metric (`tfma_results.value_thresholds`): "auc",
         "balanced_accuracy".
 
     Returns:
       `{"blessed": bool, "judged_on": a sentence with the figures and the bounds}`.
     """
-    from sklearn import metrics
-
-    labels = np.asarray(predictions["labels"], int)
-    probability = np.asarray(predictions["probability"], float)
-    if len(set(labels.tolist())) < 2:
+    if min(image_level["label_counts"].values()) == 0:
         return {"blessed": False, "judged_on": "neither the test split nor the cross-validation holds both classes"}
-    figures = {"auc": metrics.roc_auc_score(labels, probability),
-               "balanced_accuracy": metrics.balanced_accuracy_score(
-                   labels, (probability >= predictions["threshold"]).astype(int))}
+    figures = {name: float(image_level["metrics"][name]["value"]) for name in ("auc", "balanced_accuracy")}
     shown = {"auc": "AUC", "balanced_accuracy": "balanced accuracy"}
     checks = [f"{shown[name]} {figures[name]:.3f} {'>=' if figures[name] >= bound else '<'} {bound:g}"
               for name, bound in bounds.items() if name in figures]
@@ -186,15 +180,15 @@ def _candidates(input_dict: Mapping[str, list]) -> dict[str, dict[str, Any]]:
             "cross_validation": _read_cross_validation(model.uri),
             "test_images": overall_class_counts(evaluation.uri),
         }
+        info = _read_model_info(model.uri)
         one_class = bool(candidates[kind]["test_images"]) and min(candidates[kind]["test_images"].values()) == 0
         if one_class and not candidates[kind]["blessed"]:
-            if candidates[kind]["cross_validation"] is None:
+            if "cross_validation" not in info:
                 candidates[kind]["judged_on"] = ("nothing: the test patients are all of one class and no "
                                                  "cross-validation ran to judge on instead (selection.folds)")
             else:
-                candidates[kind].update(judge_on_cross_validation(candidates[kind]["cross_validation"],
+                candidates[kind].update(judge_on_cross_validation(info["cross_validation"]["image_level"],
                                                                   value_thresholds(evaluation.uri)))
-        info = _read_model_info(model.uri)
         # The "not sure" band (operating point and accuracy-against-coverage curve on the
         # held-out predictions) and what training cost (wall time, peak memory).
         candidates[kind].update(abstention=info.get("abstention"), training_resources=info.get("training_resources"))

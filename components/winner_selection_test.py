@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import numpy as np
+
 from histopath.components import winner_selection
 
 
@@ -65,15 +67,26 @@ def test_cross_validated_rules():
     assert winner_selection.choose_winner(alike, "cv_auc")[0] == "mil"
 
 
+def _cv_image_level(labels: list, probability: list, threshold: float) -> dict:
+    """The cross-validated image-level scores as a Trainer stores them (`cross_validation.summarize`)."""
+    from histopath.evaluation import scoring
+
+    labels, probability = np.array(labels), np.array(probability)
+    return scoring.score_predictions(labels, probability, (probability >= threshold).astype(int),
+                                     np.array([f"p{i}" for i in range(len(labels))]), threshold=threshold,
+                                     bootstrap=10, seed=0)["image_level"]
+
+
 def test_a_one_class_test_split_is_judged_on_the_cross_validated_predictions():
-    predictions = {"labels": [0, 0, 1, 1], "probability": [0.1, 0.6, 0.4, 0.9], "threshold": 0.5}
+    predictions = _cv_image_level([0, 0, 1, 1], [0.1, 0.6, 0.4, 0.9], 0.5)
     bounds = {"auc": 0.7, "balanced_accuracy": 0.5}
     judged = winner_selection.judge_on_cross_validation(predictions, bounds)
     assert judged["blessed"]  # AUC 0.75, balanced accuracy 0.5 at the threshold
     assert "AUC 0.750 >= 0.7, balanced accuracy 0.500 >= 0.5" in judged["judged_on"]
     judged = winner_selection.judge_on_cross_validation(predictions, {"auc": 0.8})
     assert not judged["blessed"] and "AUC 0.750 < 0.8" in judged["judged_on"]
-    one_class = winner_selection.judge_on_cross_validation({**predictions, "labels": [1, 1, 1, 1]}, bounds)
+    one_class = winner_selection.judge_on_cross_validation(_cv_image_level([1, 1, 1, 1], [0.1, 0.6, 0.4, 0.9], 0.5),
+                                                           bounds)
     assert not one_class["blessed"] and "neither" in one_class["judged_on"]
     candidates = {"cnn": {**_candidate(False, 0.0), **judged}, "mil": _candidate(False, 0.0)}
     winner, reason = winner_selection.choose_winner(candidates, "cv_auc")

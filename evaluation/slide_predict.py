@@ -244,7 +244,7 @@ def slide_band(tile_band: Optional[Dict[str, float]], slide_threshold: float,
 
 
 def how_sure(probability: Optional[float], threshold: float,
-              band: Optional[Dict[str, float]]) -> Dict[str, Any]:
+             band: Optional[Dict[str, float]]) -> Dict[str, Any]:
     """`uncertainty` (1 at the threshold, 0 at 0 or 1) and `not_sure` (inside the band) of
     one answer, as the exported model gives them; None without a probability."""
     if probability is None:
@@ -302,6 +302,7 @@ def predict_slide(loaded, path: str, output: str, *, mpp: Optional[float] = None
     tile_band = abstention.band_of(info.get("abstention"))
     for tile in tiles:
         tile.update(how_sure(tile["probability"], threshold, tile_band))
+    band = slide_band(tile_band, aggregation.threshold, threshold)
     folder = fileio.join(output, described["slide_id"])
     outputs = {name: fileio.join(folder, name) for name in ("slide.json", "heatmap.png", "tissue.png", "tiles.geojson")}
     _write_png(heatmap_image(tiler.tissue.thumbnail, tiler.tissue.scale, tiles), outputs["heatmap.png"])
@@ -315,8 +316,7 @@ def predict_slide(loaded, path: str, output: str, *, mpp: Optional[float] = None
         "label_name": exported.NO_TISSUE if label is None else label_names[label],
         "aggregation": aggregation.describe(), "aggregation_source": aggregation.source,
         "decision_threshold": aggregation.threshold, "tile_threshold": threshold,
-        **how_sure(score, aggregation.threshold, slide_band(tile_band, aggregation.threshold, threshold)),
-        "abstention_band": slide_band(tile_band, aggregation.threshold, threshold),
+        **how_sure(score, aggregation.threshold, band), "abstention_band": band,
         "tiles_called": len(tiles), "qc": tiler.counts.as_dict(),
         "tile_um": scale.tile_um, "tile_px": scale.tile_px, "tile_mpp": tiler.grid.mpp,
         "read_level": tiler.grid.level, "model_scale_source": scale.source,
