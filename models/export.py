@@ -1,12 +1,12 @@
 """Writes a trained model as the exported serving model (layout and signatures: the
 contract in `models.exported`).
 
-The two signatures share one traced model call. `decision_score` is the probability
-re-centred so the decision threshold maps to 0.5 (for TFMA); `uncertainty` and
-`not_sure` come from the abstention band stored at export (`models.abstention`). A model
-exported with
-test-time augmentation returns means over the 8 symmetries of the square
-(`make_predictor`).
+The two image signatures share one traced model call; a third, `model_info`, answers the
+model's own description for callers that reach it only through a model server.
+`decision_score` is the probability re-centred so the decision threshold maps to 0.5 (for
+TFMA); `uncertainty` and `not_sure` come from the abstention band stored at export
+(`models.abstention`). A model exported with test-time augmentation returns means over the
+8 symmetries of the square (`make_predictor`).
 
 The Keras model is NOT serialised as Keras layers (that traces each of DenseNet201's 707
 layers again, minutes on this CPU); the SavedModel holds its variables and the traced
@@ -31,11 +31,13 @@ from histopath.models import abstention, image_ops, mil
 from histopath.models import registry
 from histopath.models.exported import (
     MODEL_INFO_PATH,
+    MODEL_INFO_REQUEST,
     NO_CLASS,
     NOT_SURE,
     SAVED_MODEL_FILE,
     SERVING_DEFAULT,
     SERVING_EXAMPLES,
+    SERVING_MODEL_INFO,
     TILE_PROBABILITY,
     TISSUE_DETECTED,
     TISSUE_FRACTION,
@@ -150,7 +152,8 @@ class _ServingModule(tf.Module):
 
     def __init__(self, model: keras.Model, preprocess: Callable[[tf.Tensor], tf.Tensor],
                  decision_threshold: float, grid_shape: Optional[Sequence[int]],
-                 test_time_augmentation: bool, band: Optional[Mapping[str, float]] = None):
+                 test_time_augmentation: bool, band: Optional[Mapping[str, float]] = None,
+                 model_info_json: str = "{}"):
         super().__init__(name="histopath_serving")
         # Track the variables (not the Keras layers): see the module docstring.
         self.model_variables = [getattr(v, "_variable", v) for v in model.variables]
@@ -201,9 +204,14 @@ class _ServingModule(tf.Module):
                 examples, {features.IMAGE: tf.io.FixedLenFeature([], tf.string)})
             return predict_images(tf.cast(preprocess(parsed[features.IMAGE]), tf.float32))
 
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=MODEL_INFO_REQUEST)])
+        def serve_model_info(request):
+            return {SERVING_MODEL_INFO: tf.fill(tf.shape(request), tf.constant(model_info_json))}
+
         self.predict_images = predict_images
         self.serve_image_bytes = serve_image_bytes
         self.serve_examples = serve_examples
+        self.serve_model_info = serve_model_info
 
 
 def export_serving_model(
@@ -251,10 +259,12 @@ def export_serving_model(
         raise ConfigError(str(error)) from None
     info["abstention"] = {**(abstention_band or {}), **(band or {"low": None, "high": None})}
     grid_shape = info.get("grid_shape")
-    module = _ServingModule(model, preprocess, decision_threshold, grid_shape, test_time_augmentation, band)
+    module = _ServingModule(model, preprocess, decision_threshold, grid_shape, test_time_augmentation, band,
+                            model_info_json=json.dumps(info, sort_keys=True))
     signatures = {
         SERVING_DEFAULT: module.serve_image_bytes.get_concrete_function(),
         SERVING_EXAMPLES: module.serve_examples.get_concrete_function(),
+        SERVING_MODEL_INFO: module.serve_model_info.get_concrete_function(),
     }
     export_dir = fileio.absolute(export_dir)
     local = fileio.has_atomic_rename(export_dir)
@@ -293,6 +303,7 @@ def _complete_model_info(model: keras.Model, model_info: Mapping[str, Any], thre
     info["signatures"] = {
         SERVING_DEFAULT: {"input": "image_bytes"},
         SERVING_EXAMPLES: {"input": "examples", "feature": features.IMAGE},
+        SERVING_MODEL_INFO: {"input": MODEL_INFO_REQUEST, "output": SERVING_MODEL_INFO},
     }
     info["outputs"] = (["probability", "label", "decision_score", TISSUE_FRACTION, TISSUE_DETECTED, UNCERTAINTY,
                         NOT_SURE]

@@ -98,6 +98,10 @@ def test_densenet_export_layout_and_model_info(densenet_export):
     assert float(loaded.saved_model.decision_threshold.numpy()) == pytest.approx(0.3)
     signature = loaded.serving_fn.structured_input_signature[1]
     assert list(signature) == ["image_bytes"] and signature["image_bytes"].dtype == tf.string
+    # The model describes itself through a signature too (a model server does not serve assets.extra).
+    described = loaded.saved_model.signatures[exported.SERVING_MODEL_INFO](
+        **{exported.MODEL_INFO_REQUEST: tf.constant(["", "anything"])})[exported.SERVING_MODEL_INFO].numpy()
+    assert len(described) == 2 and [json.loads(value) for value in described] == [info, info]
 
 
 def test_predict_bytes_helper_and_bad_images(densenet_export, encoded_images):
@@ -234,6 +238,8 @@ def test_a_band_over_everything_is_not_sure_of_tissue_but_not_of_a_black_image(m
     assert rows[1]["label_name"] == exported.NO_TISSUE
     assert rows[0]["uncertainty"] == pytest.approx(float(abstention.uncertainty(rows[0]["probability"], 0.5)),
                                                    abs=1e-5)
+    described = loaded.saved_model.signatures[exported.SERVING_MODEL_INFO](request=tf.constant([""]))
+    assert json.loads(described["model_info"].numpy()[0])["abstention"] == loaded.model_info["abstention"]
     with pytest.raises(ConfigError, match="0 <= low <= high <= 1"):
         export.export_serving_model(model, str(tmp_path / "2"), preprocess=lambda b: image_ops.decode_and_resize(b, 64),
                                     model_info={"model_kind": "mil"}, abstention_band={"low": 0.6, "high": 0.4})

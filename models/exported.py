@@ -17,8 +17,14 @@ model's decision threshold), `decision_score` float32 [None], `tissue_fraction` 
 probability is inside the model's abstention band, `model_info["abstention"]`: the answer
 is "not sure — needs a pathologist's review"; 0 for an image without tissue) and, for MIL models,
 `attention` float32 [None, n_tiles], `grid_shape` int32 [None, 2] and, with an instance
-classifier, `tile_probability` float32 [None, n_tiles]. `models.export` writes this
-layout; the CLI (`evaluate`, `predict`), the model server and the web app read it here.
+classifier, `tile_probability` float32 [None, n_tiles].
+
+- `model_info`: `request` tf.string [None] (any values) returning `model_info` tf.string
+  [None], the JSON of `model_info.json` once per request value: what the model says of
+  itself (threshold, "not sure" band, scale) for callers that reach it only through a model
+  server, which does not serve `assets.extra`.
+
+`models.export` writes this layout; the CLI (`evaluate`, `predict`), the model server and the web app read it here.
 Paths may be local or URIs (`histopath.fileio`).
 """
 
@@ -38,6 +44,8 @@ VERSION_POLICIES = ("timestamp", "increment")
 MODEL_INFO_PATH = "assets.extra/model_info.json"
 SERVING_DEFAULT = "serving_default"
 SERVING_EXAMPLES = "serving_examples"
+SERVING_MODEL_INFO = "model_info"  # signature, and its output: the model_info JSON
+MODEL_INFO_REQUEST = "request"  # that signature's input (values unused)
 TILE_PROBABILITY = "tile_probability"
 TISSUE_FRACTION = "tissue_fraction"  # share of tissue pixels in the image the model saw
 NO_TISSUE = "no tissue detected"  # what a caller shows instead of a class

@@ -7,7 +7,7 @@ the networks are as small as their configs allow and keep Keras's random initial
 from __future__ import annotations
 
 import pathlib
-from typing import Mapping, Optional
+from typing import Any, Mapping, Optional
 
 import histopath  # noqa: F401  (Keras 2 before TensorFlow)
 
@@ -18,12 +18,14 @@ TINY_DENSENET = {"image_size": 32, "weights": None, "head_units": 0}
 
 
 def export_tiny(kind: str, version_dir: pathlib.Path, seed: int,
-                abstention_band: Optional[Mapping[str, float]] = None) -> pathlib.Path:
+                abstention_band: Optional[Mapping[str, float]] = None, decision_threshold: float = 0.5,
+                model_info: Optional[Mapping[str, Any]] = None) -> pathlib.Path:
     """Exports an untrained tiny model of `kind` ("mil" | "densenet") to `version_dir`.
 
     The preprocessing is `image_ops.decode_and_resize`, what Transform does at training.
     Without `abstention_band` the model is never "not sure" (`not_sure` always 0); with
     `{"low": 0.0, "high": 1.0}` it is "not sure" of every image that shows tissue.
+    `model_info` adds to what the model says of itself (e.g. "mpp", "slide_aggregation").
     """
     import tensorflow as tf
 
@@ -42,17 +44,17 @@ def export_tiny(kind: str, version_dir: pathlib.Path, seed: int,
         model,
         str(version_dir),
         preprocess=lambda image_bytes: image_ops.decode_and_resize(image_bytes, config.image_size),
-        model_info={"model_kind": kind, "model_name": kind, "dataset": "test"},
-        decision_threshold=0.5,
+        model_info={"model_kind": kind, "model_name": kind, "dataset": "test", **(model_info or {})},
+        decision_threshold=decision_threshold,
         abstention_band=abstention_band,
     )
     return version_dir
 
 
 def export_tiny_mil(version_dir: pathlib.Path, seed: int = 7,
-                    abstention_band: Optional[Mapping[str, float]] = None) -> pathlib.Path:
-    """An untrained 4x4-tile MIL model (with `abstention_band`, see `export_tiny`)."""
-    return export_tiny("mil", version_dir, seed, abstention_band)
+                    abstention_band: Optional[Mapping[str, float]] = None, **options) -> pathlib.Path:
+    """An untrained 4x4-tile MIL model (`abstention_band` and `options`: see `export_tiny`)."""
+    return export_tiny("mil", version_dir, seed, abstention_band, **options)
 
 
 def export_tiny_densenet(version_dir: pathlib.Path, seed: int = 11) -> pathlib.Path:

@@ -8,6 +8,7 @@ sends (REST JSON, gRPC `PredictRequest` built with the official protos and
 from __future__ import annotations
 
 import base64
+import json
 import shutil
 import time
 
@@ -81,6 +82,16 @@ def test_metadata_lists_the_contract_signatures(server):
     assert default["inputs"]["image_bytes"]["dtype"] == "DT_STRING"
     assert set(default["outputs"]) == MIL_OUTPUTS
     assert signatures["serving_examples"]["inputs"]["examples"]["dtype"] == "DT_STRING"
+    assert signatures["model_info"]["outputs"]["model_info"]["dtype"] == "DT_STRING"
+
+
+def test_the_model_describes_itself_through_the_predict_api(server, exported_models):
+    """TF Serving does not serve `assets.extra`: the `model_info` signature answers its JSON."""
+    response = _predict(server, {"signature_name": "model_info", "instances": [{"request": ""}]})
+    assert response.status_code == 200, response.text
+    (described,) = response.json()["predictions"]
+    stored = json.loads((exported_models.mil / "assets.extra" / "model_info.json").read_text())
+    assert json.loads(described) == stored and stored["decision_threshold"] == 0.5
 
 
 def test_rest_row_format_matches_in_process_predictions(server, exported_models, images):

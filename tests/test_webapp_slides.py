@@ -6,6 +6,7 @@ generated pyramidal TIFFs (`slide_samples`)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime
 import io
 import json
@@ -359,9 +360,9 @@ def test_a_job_through_tf_serving_gets_the_embedded_models_tiles(client, slide_s
     batches = []
     original = TFServingBackend.predict_tiles
 
-    def counted(self, images, names):
+    def counted(self, images, names, **options):
         batches.append(len(images))
-        return original(self, images, names)
+        return original(self, images, names, **options)
 
     monkeypatch.setattr(TFServingBackend, "predict_tiles", counted)
     with served_copy(exported_models.mil, tmp_path / "served") as server, \
@@ -374,6 +375,72 @@ def test_a_job_through_tf_serving_gets_the_embedded_models_tiles(client, slide_s
     mine, theirs = tiles(embedded), tiles(served)
     assert mine.keys() == theirs.keys()
     assert max(abs(mine[key] - theirs[key]) for key in mine) < 1e-5
+
+
+def test_through_tf_serving_a_slide_gets_the_models_own_threshold_band_and_scale(client, slide_settings, tmp_path):
+    """TF Serving does not serve `assets.extra`: the job reads what the model says of itself
+    through its `model_info` signature, so its answer is the embedded backend's answer."""
+    from django.test import override_settings
+    from model_exports import export_tiny_mil
+    from serving_fixtures import MIL_NAME, served_copy
+
+    from histopath.serving.webapp.predictions import slide_jobs
+    from histopath.serving.webapp.predictions.models import SlideJob
+
+    described = {"mpp": 4.0, "tile_px": 50,
+                 "slide_aggregation": {"name": "top_mean", "parameter": 0.2, "threshold": 0.3}}
+    model = export_tiny_mil(tmp_path / "pushed" / MIL_NAME / "1", seed=9, abstention_band={"low": 0.0, "high": 1.0},
+                            decision_threshold=0.3, model_info=described)
+    answers = {}
+    for backend in ("embedded", "tf-serving"):
+        SlideJob.objects.filter(state=SlideJob.QUEUED).update(state=SlideJob.FAILED)
+        with contextlib.ExitStack() as stack:
+            url = stack.enter_context(served_copy(model, tmp_path / "served"))["rest"] if backend == "tf-serving" else ""
+            stack.enter_context(override_settings(TF_SERVING_URL=url, HISTOPATH_SERVING_DIR=str(tmp_path / "pushed"),
+                                                  HISTOPATH_SLIDE_MODEL_MPP=None, HISTOPATH_SLIDE_TILE_PX=None))
+            _queued(client)
+            job = slide_jobs.run_next("test-worker")
+        assert job.state == SlideJob.DONE, job.error
+        answers[backend] = json.loads((pathlib.Path(job.output_dir) / "slide.json").read_text())
+        assert job.not_sure  # the band covers every probability
+    served, embedded = answers["tf-serving"], answers["embedded"]
+    assert served["tile_threshold"] == 0.3 and served["abstention_band"] == {"low": 0.0, "high": 1.0}
+    assert served["model_scale_source"] == "model_info" and served["aggregation_source"] == "model_info"
+    assert served["model_version"] == "1"
+    for key in ("label", "decision_threshold", "tile_threshold", "abstention_band", "not_sure", "tile_um", "tile_px",
+                "aggregation", "tiles_called"):
+        assert served[key] == embedded[key], key
+    assert abs(served["probability"] - embedded["probability"]) < 1e-5
+    assert all(tile["not_sure"] for tile in served["tiles"])
+
+
+def test_a_model_without_the_description_signature_is_called_at_threshold_one_half(slide_settings, tmp_path):
+    """An older export (no `model_info` signature): the backend says so in the log and
+    falls back to threshold 0.5 without a band, as before the signature existed."""
+    import tensorflow as tf
+    from serving_fixtures import MIL_NAME, model_server
+
+    from histopath.models import image_ops
+    from histopath.serving.webapp.predictions.backends import TFServingBackend
+
+    class OlderExport(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")])
+        def serve(self, image_bytes):
+            images = image_ops.decode_and_resize(image_bytes, 16)
+            return {"probability": tf.reduce_mean(images, axis=[1, 2, 3]),
+                    "label": tf.zeros(tf.shape(image_bytes), tf.int64)}
+
+    module = OlderExport()
+    base = tmp_path / "older"
+    tf.saved_model.save(module, str(base / MIL_NAME / "1"), signatures={"serving_default": module.serve})
+    (base / MIL_NAME / "1" / "assets.extra").mkdir()
+    (base / MIL_NAME / "1" / "assets.extra" / "model_info.json").write_text(
+        json.dumps({"model_kind": "densenet", "model_name": "older", "image_size": 16}))
+    with model_server(base, MIL_NAME, base) as server:
+        backend = TFServingBackend(server["rest"], MIL_NAME)
+        assert backend.served_model_info("1") == {}
+        model = backend.tile_model()
+    assert model.model_info == {"label_names": ["benign", "malignant"]} and model.model_version == "1"
 
 
 def test_uploads_cut_short_are_swept_from_incoming(slide_settings):

@@ -52,8 +52,9 @@ Environment:
   HISTOPATH_SLIDE_UPLOADS     slide uploads received at once per worker process (4), then 503.
   HISTOPATH_SLIDE_WORKERS     slide jobs each web worker process runs at once (1; 0: only
                               `histopath webapp slide_worker` runs them).
-  HISTOPATH_SLIDE_MODEL_MPP, HISTOPATH_SLIDE_TILE_PX  the model's scale when its
-                              model_info does not say it (e.g. through TF Serving).
+  HISTOPATH_SLIDE_MODEL_MPP, HISTOPATH_SLIDE_TILE_PX  the model's scale, over what its
+                              model_info says (needed for a model whose model_info does not
+                              say it).
   HISTOPATH_SLIDE_STALE_MINUTES  a running job whose worker has not reported for this long
                               is queued again (10).
 """

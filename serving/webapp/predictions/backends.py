@@ -5,21 +5,34 @@
 - `TFServingBackend` (when `TF_SERVING_URL` is set): calls TF Serving's REST predict API
   (`<url>/v1/models/<name>:predict`, row format with `{"b64": ...}`), which both TensorFlow
   Serving and `histopath model-server` answer. The version comes from the model server's
-  `x-model-version` header, or else from the status endpoint.
+  `x-model-version` header, or else from the status endpoint. A slide is called by one
+  version, with what that version says of itself (threshold, "not sure" band, scale:
+  its `model_info` signature).
 """
 
 from __future__ import annotations
 
 import base64
 import dataclasses
+import logging
 import threading
 import time
 
 import numpy as np
 from django.conf import settings
 
-from histopath.models.exported import NO_TISSUE, NOT_SURE, TISSUE_DETECTED, TISSUE_FRACTION, UNCERTAINTY
+from histopath.models.exported import (
+    MODEL_INFO_REQUEST,
+    NO_TISSUE,
+    NOT_SURE,
+    SERVING_MODEL_INFO,
+    TISSUE_DETECTED,
+    TISSUE_FRACTION,
+    UNCERTAINTY,
+)
 from histopath.serving.model_store import VERSION_HEADER
+
+logger = logging.getLogger(__name__)
 
 LABEL_NAMES = ("benign", "malignant")
 
@@ -273,8 +286,17 @@ class TFServingBackend:
         return _answer(prediction, self.model_name, version, LABEL_NAMES)
 
 
-    def predict_tiles(self, images: list[bytes], names: list[str]) -> list[dict]:
+    def _model_url(self, version: str | None) -> str:
+        pinned = f"/versions/{version}" if version and version.isdigit() else ""
+        return f"{self.base_url}/v1/models/{self.model_name}{pinned}"
+
+    def predict_tiles(self, images: list[bytes], names: list[str], version: str | None = None) -> list[dict]:
         """One batch of encoded tiles through TF Serving's REST predict API (row format).
+
+        Args:
+          images: encoded tiles.
+          names: their names, for messages.
+          version: the model version to ask (None: the newest the server has).
 
         Raises:
           BackendError: the model server is unreachable or answered an error.
@@ -282,9 +304,9 @@ class TFServingBackend:
         import requests
 
         body = {"instances": [{"b64": base64.b64encode(image).decode("ascii")} for image in images]}
-        url = f"{self.base_url}/v1/models/{self.model_name}:predict"
         try:
-            response = self._session.post(url, json=body, timeout=max(self.timeout_s, 120.0))
+            response = self._session.post(f"{self._model_url(version)}:predict", json=body,
+                                          timeout=max(self.timeout_s, 120.0))
         except requests.RequestException as error:
             raise BackendError(f"the model server at {self.base_url} is unreachable ({type(error).__name__})") from None
         if response.status_code != 200:
@@ -297,10 +319,51 @@ class TFServingBackend:
                    if all(key in row for row in predictions)}
         return _tile_rows(outputs, len(images))
 
+    def served_model_info(self, version: str | None = None) -> dict:
+        """What the served model says of itself (its `model_info` signature: threshold,
+        "not sure" band, scale); {} for a model exported before it had that signature.
+
+        Raises:
+          BackendError: the model server is unreachable, answered another error, or its
+            answer is not a model description.
+        """
+        import json
+
+        import requests
+
+        body = {"signature_name": SERVING_MODEL_INFO, "instances": [{MODEL_INFO_REQUEST: ""}]}
+        try:
+            response = self._session.post(f"{self._model_url(version)}:predict", json=body, timeout=self.timeout_s)
+        except requests.RequestException as error:
+            raise BackendError(f"the model server at {self.base_url} is unreachable ({type(error).__name__})") from None
+        if response.status_code == 400 and SERVING_MODEL_INFO in response.text:
+            logger.warning("model %s (version %s) has no %r signature: slides are called at threshold 0.5 "
+                           "without a \"not sure\" band", self.model_name, version, SERVING_MODEL_INFO)
+            return {}
+        if response.status_code != 200:
+            raise BackendError(f"the model server answered HTTP {response.status_code} to the model's "
+                               f"description: {response.text[:200]}")
+        try:
+            (described,) = response.json()["predictions"]
+            if isinstance(described, dict):  # the row format names the output of a one-output signature
+                described = described[SERVING_MODEL_INFO]
+            info = json.loads(described)
+        except (ValueError, KeyError, TypeError):
+            info = None
+        if not isinstance(info, dict):
+            raise BackendError("the model server's answer to the model's description is not a JSON object")
+        return info
+
     def tile_model(self):
-        """This endpoint as a `slide_predict.TileModel`. TF Serving does not serve the
-        model's `model_info`: the scale comes from `HISTOPATH_SLIDE_MODEL_MPP` /
-        `HISTOPATH_SLIDE_TILE_PX` and the decision threshold is 0.5."""
+        """This endpoint as a `slide_predict.TileModel`: one model version calls every tile
+        of a slide, with the threshold, band and scale that version describes (scale
+        settings `HISTOPATH_SLIDE_MODEL_MPP` / `HISTOPATH_SLIDE_TILE_PX` take precedence).
+
+        Raises:
+          BackendError: the model server is unreachable or failed.
+        """
+        import functools
+
         import requests
 
         from histopath.evaluation.slide_predict import TileModel
@@ -309,7 +372,9 @@ class TFServingBackend:
             version = self._status_version()
         except (requests.RequestException, ValueError):
             version = "unknown"
-        return TileModel({"label_names": list(LABEL_NAMES)}, self.model_name, version, self.predict_tiles)
+        pinned = version if version.isdigit() else None
+        info = {"label_names": list(LABEL_NAMES), **self.served_model_info(pinned)}
+        return TileModel(info, self.model_name, version, functools.partial(self.predict_tiles, version=pinned))
 
 
 _backends: dict[tuple, object] = {}
