@@ -44,8 +44,13 @@ def test_sign_in_classify_and_private_histories(exported_models, shared_data, ar
         pytest.fail("Chromium is missing: run `bash scripts/system-deps.sh` (make system-deps)")
     from playwright.sync_api import expect, sync_playwright
 
+    from model_exports import export_tiny_mil
+
+    from histopath.models.exported import NOT_SURE_TEXT
+
     serving_dir = tmp_path / "models"
     shutil.copytree(exported_models.mil, serving_dir / MIL_NAME / "1")
+    not_sure_model = export_tiny_mil(tmp_path / "not-sure" / "export", seed=7, abstention_band={"low": 0.3, "high": 0.7})
     port = free_port()
     env = {
         "SECRET_KEY": "browser-test-secret-key-0123456789-abcdefghijklmnopqrstuvwxyz",
@@ -109,6 +114,26 @@ def test_sign_in_classify_and_private_histories(exported_models, shared_data, ar
                     time.sleep(1)
                 expect(page.locator("#result-version")).to_have_text("2")
                 expect(page.get_by_role("img", name=re.compile("Attention heat-map"))).to_be_visible()
+
+                # Version 3: version 1's weights with a "not sure" band around its threshold. The
+                # same image (probability near 0.5) is now "not sure", with the model's leaning.
+                push_version(not_sure_model, serving_dir / MIL_NAME, 3)
+                deadline = time.monotonic() + 60
+                while True:
+                    page.goto(base_url + "/")
+                    page.get_by_label("Image file").set_input_files(str(image))
+                    page.get_by_label("Name in your history").fill("case-first-18")
+                    page.get_by_role("button", name="Classify").click()
+                    expect(page.locator("#result-version")).to_be_visible(timeout=60_000)
+                    if page.locator("#result-version").inner_text() == "3" or time.monotonic() > deadline:
+                        break
+                    time.sleep(1)
+                expect(page.locator("#result-version")).to_have_text("3")
+                expect(page.locator("#result-label")).to_have_text(NOT_SURE_TEXT)
+                expect(page.locator("#not-sure-note")).to_contain_text(re.compile(r"it leans (benign|malignant)"))
+                page.screenshot(path=str(artifacts_dir / "webapp-not-sure.png"), full_page=True)
+                page.get_by_role("link", name="My predictions").click()
+                expect(page.locator("tbody tr td.label-cell").first).to_contain_text(NOT_SURE_TEXT)
                 first_count = page.goto(base_url + "/history/") and page.locator("tbody tr").count()
                 page.get_by_role("button", name="Sign out").click()
                 expect(page.get_by_role("heading", name="Sign in")).to_be_visible()
