@@ -338,24 +338,18 @@ def test_asgi_layer_reads_nothing_for_a_signed_out_client_or_without_csrf(slide_
     shutil.rmtree(slide_settings / "slides", ignore_errors=True)
 
 
-def test_a_job_through_tf_serving_gets_the_embedded_models_tiles(client, slide_settings, exported_models, tmp_path,
-                                                                  monkeypatch):
+def test_through_tf_serving_a_slide_gets_the_embedded_answer(client, slide_settings, tmp_path, monkeypatch):
     """With `TF_SERVING_URL` the tiles go to `histopath model-server` through TF Serving's
-    REST predict API, a batch per request, and come back as the embedded model answers them."""
+    REST predict API, a batch per request. TF Serving does not serve `assets.extra`: the job
+    reads what the model says of itself (threshold, band, aggregation, scale) through its
+    `model_info` signature, so its answer is the embedded backend's, tile by tile."""
     from django.test import override_settings
-    from serving_fixtures import served_copy
+    from model_exports import export_tiny_mil
+    from serving_fixtures import MIL_NAME, served_copy
 
     from histopath.serving.webapp.predictions import slide_jobs
-    from histopath.serving.webapp.predictions.models import SlideJob
-
-    def tiles(job):
-        answer = json.loads((pathlib.Path(job.output_dir) / "slide.json").read_text())
-        return {(t["x"], t["y"]): t["probability"] for t in answer["tiles"]}
-
-    SlideJob.objects.filter(state=SlideJob.QUEUED).update(state=SlideJob.FAILED)
-    _queued(client)
-    embedded = slide_jobs.run_next("test-worker")
     from histopath.serving.webapp.predictions.backends import TFServingBackend
+    from histopath.serving.webapp.predictions.models import SlideJob
 
     batches = []
     original = TFServingBackend.predict_tiles
@@ -365,27 +359,6 @@ def test_a_job_through_tf_serving_gets_the_embedded_models_tiles(client, slide_s
         return original(self, images, names, **options)
 
     monkeypatch.setattr(TFServingBackend, "predict_tiles", counted)
-    with served_copy(exported_models.mil, tmp_path / "served") as server, \
-            override_settings(TF_SERVING_URL=server["rest"]):
-        _queued(client)
-        served = slide_jobs.run_next("test-worker")
-    assert embedded.state == served.state == SlideJob.DONE, (embedded.error, served.error)
-    assert served.model_version == "1" and served.tiles_called == embedded.tiles_called > 64
-    assert sum(batches) == served.tiles_called and max(batches) == slide_jobs.BATCH_SIZE  # a request per batch
-    mine, theirs = tiles(embedded), tiles(served)
-    assert mine.keys() == theirs.keys()
-    assert max(abs(mine[key] - theirs[key]) for key in mine) < 1e-5
-
-
-def test_through_tf_serving_a_slide_gets_the_models_own_threshold_band_and_scale(client, slide_settings, tmp_path):
-    """TF Serving does not serve `assets.extra`: the job reads what the model says of itself
-    through its `model_info` signature, so its answer is the embedded backend's answer."""
-    from django.test import override_settings
-    from model_exports import export_tiny_mil
-    from serving_fixtures import MIL_NAME, served_copy
-
-    from histopath.serving.webapp.predictions import slide_jobs
-    from histopath.serving.webapp.predictions.models import SlideJob
 
     described = {"mpp": 4.0, "tile_px": 50,
                  "slide_aggregation": {"name": "top_mean", "parameter": 0.2, "threshold": 0.3}}
@@ -412,6 +385,11 @@ def test_through_tf_serving_a_slide_gets_the_models_own_threshold_band_and_scale
         assert served[key] == embedded[key], key
     assert abs(served["probability"] - embedded["probability"]) < 1e-5
     assert all(tile["not_sure"] for tile in served["tiles"])
+    assert served["tiles_called"] > 64 and sum(batches) == served["tiles_called"]  # a request per batch
+    assert max(batches) == slide_jobs.BATCH_SIZE
+    mine = {(t["x"], t["y"]): t["probability"] for t in embedded["tiles"]}
+    theirs = {(t["x"], t["y"]): t["probability"] for t in served["tiles"]}
+    assert mine.keys() == theirs.keys() and max(abs(mine[key] - theirs[key]) for key in mine) < 1e-5
 
 
 def test_a_model_without_the_description_signature_is_called_at_threshold_one_half(slide_settings, tmp_path):
