@@ -42,6 +42,7 @@ from histopath.models.exported import (
     TISSUE_DETECTED,
     TISSUE_FRACTION,
     UNCERTAINTY,
+    served_model_info,
 )
 from histopath.models.keras_utils import skip_autograph_for_tf_keras
 
@@ -260,7 +261,7 @@ def export_serving_model(
     info["abstention"] = {**(abstention_band or {}), **(band or {"low": None, "high": None})}
     grid_shape = info.get("grid_shape")
     module = _ServingModule(model, preprocess, decision_threshold, grid_shape, test_time_augmentation, band,
-                            model_info_json=json.dumps(info, sort_keys=True))
+                            model_info_json=json.dumps(served_model_info(info), sort_keys=True))
     signatures = {
         SERVING_DEFAULT: module.serve_image_bytes.get_concrete_function(),
         SERVING_EXAMPLES: module.serve_examples.get_concrete_function(),

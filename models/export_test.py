@@ -49,7 +49,8 @@ def densenet_export(densenet_32, tmp_path_factory):
     path = str(tmp_path_factory.mktemp("serving") / "densenet" / "1")
     export.export_serving_model(
         densenet_32, path, preprocess=lambda b: image_ops.decode_and_resize(b, 32),
-        model_info={"model_kind": "densenet", "model_name": "idc_densenet", "dataset": "idc"},
+        model_info={"model_kind": "densenet", "model_name": "idc_densenet", "dataset": "idc",
+                    "cross_validation": {"fold_runs": [{"held_out": ["patient-8863"]}]}, "trained_in": "/private/run"},
         decision_threshold=0.3, abstention_band=DENSENET_BAND)
     return path, exported.load(path)
 
@@ -101,7 +102,10 @@ def test_densenet_export_layout_and_model_info(densenet_export):
     # The model describes itself through a signature too (a model server does not serve assets.extra).
     described = loaded.saved_model.signatures[exported.SERVING_MODEL_INFO](
         **{exported.MODEL_INFO_REQUEST: tf.constant(["", "anything"])})[exported.SERVING_MODEL_INFO].numpy()
-    assert len(described) == 2 and [json.loads(value) for value in described] == [info, info]
+    served = exported.served_model_info(info)
+    assert len(described) == 2 and [json.loads(value) for value in described] == [served, served]
+    assert served["decision_threshold"] == 0.3 and served["model_kind"] == "densenet"
+    assert "patient-8863" not in described[0].decode() and "/private/run" not in described[0].decode()
 
 
 def test_predict_bytes_helper_and_bad_images(densenet_export, encoded_images):

@@ -20,9 +20,10 @@ is "not sure — needs a pathologist's review"; 0 for an image without tissue) a
 classifier, `tile_probability` float32 [None, n_tiles].
 
 - `model_info`: `request` tf.string [None] (any values) returning `model_info` tf.string
-  [None], the JSON of `model_info.json` once per request value: what the model says of
-  itself (threshold, "not sure" band, scale) for callers that reach it only through a model
-  server, which does not serve `assets.extra`.
+  [None], once per request value the JSON of `served_model_info(model_info.json)`: what a
+  caller needs of the model (threshold, "not sure" band, scale, aggregation) when it
+  reaches the model only through a model server, which does not serve `assets.extra`; not
+  how it was trained (no patient ids, no storage paths).
 
 `models.export` writes this layout; the CLI (`evaluate`, `predict`), the model server and the web app read it here.
 Paths may be local or URIs (`histopath.fileio`).
@@ -44,8 +45,16 @@ VERSION_POLICIES = ("timestamp", "increment")
 MODEL_INFO_PATH = "assets.extra/model_info.json"
 SERVING_DEFAULT = "serving_default"
 SERVING_EXAMPLES = "serving_examples"
-SERVING_MODEL_INFO = "model_info"  # signature, and its output: the model_info JSON
+SERVING_MODEL_INFO = "model_info"  # signature, and its output: the served part of model_info
 MODEL_INFO_REQUEST = "request"  # that signature's input (values unused)
+# What the `model_info` signature answers anyone who can reach the model server: how to call
+# the model and read its answers. Training records (folds and their patient ids, history,
+# the paths it was trained in) stay in the model's files.
+SERVED_MODEL_INFO_KEYS = (
+    "model_kind", "model_name", "dataset", "created", "image_size", "transform_size", "tile_size", "grid_shape",
+    "tissue_masking", "min_tissue_fraction", "mpp", "tile_px", "test_time_augmentation", "decision_threshold",
+    "label_names", "abstention", "slide_aggregation", "slide_context", "signatures", "outputs",
+)
 TILE_PROBABILITY = "tile_probability"
 TISSUE_FRACTION = "tissue_fraction"  # share of tissue pixels in the image the model saw
 NO_TISSUE = "no tissue detected"  # what a caller shows instead of a class
@@ -54,6 +63,12 @@ TISSUE_DETECTED = "tissue_detected"  # 1 when that share reaches the model's min
 UNCERTAINTY = "uncertainty"  # 1 at the decision threshold, 0 at probability 0 or 1
 NOT_SURE = "not_sure"  # 1: inside the abstention band, "needs a pathologist's review"
 NOT_SURE_TEXT = "Not sure — needs a pathologist's review"  # what a caller shows for it
+
+
+def served_model_info(info: Mapping[str, Any]) -> Dict[str, Any]:
+    """The part of a model's `model_info` its `model_info` signature serves
+    (`SERVED_MODEL_INFO_KEYS`)."""
+    return {key: info[key] for key in SERVED_MODEL_INFO_KEYS if key in info}
 
 
 def version_number(name: str) -> Optional[int]:
