@@ -205,9 +205,11 @@ class _ServingModule(tf.Module):
                 examples, {features.IMAGE: tf.io.FixedLenFeature([], tf.string)})
             return predict_images(tf.cast(preprocess(parsed[features.IMAGE]), tf.float32))
 
-        @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=MODEL_INFO_REQUEST)])
+        # One request value, one answer: a large batch cannot multiply the answer's size.
+        @tf.function(input_signature=[tf.TensorSpec([1], tf.string, name=MODEL_INFO_REQUEST)])
         def serve_model_info(request):
-            return {SERVING_MODEL_INFO: tf.fill(tf.shape(request), tf.constant(model_info_json))}
+            del request
+            return {SERVING_MODEL_INFO: tf.constant([model_info_json])}
 
         self.predict_images = predict_images
         self.serve_image_bytes = serve_image_bytes
@@ -304,7 +306,7 @@ def _complete_model_info(model: keras.Model, model_info: Mapping[str, Any], thre
     info["signatures"] = {
         SERVING_DEFAULT: {"input": "image_bytes"},
         SERVING_EXAMPLES: {"input": "examples", "feature": features.IMAGE},
-        SERVING_MODEL_INFO: {"input": MODEL_INFO_REQUEST, "output": SERVING_MODEL_INFO},
+        SERVING_MODEL_INFO: {"input": MODEL_INFO_REQUEST, "output": SERVING_MODEL_INFO, "batch": 1},
     }
     info["outputs"] = (["probability", "label", "decision_score", TISSUE_FRACTION, TISSUE_DETECTED, UNCERTAINTY,
                         NOT_SURE]

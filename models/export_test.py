@@ -100,12 +100,15 @@ def test_densenet_export_layout_and_model_info(densenet_export):
     signature = loaded.serving_fn.structured_input_signature[1]
     assert list(signature) == ["image_bytes"] and signature["image_bytes"].dtype == tf.string
     # The model describes itself through a signature too (a model server does not serve assets.extra).
-    described = loaded.saved_model.signatures[exported.SERVING_MODEL_INFO](
-        **{exported.MODEL_INFO_REQUEST: tf.constant(["", "anything"])})[exported.SERVING_MODEL_INFO].numpy()
+    describe = loaded.saved_model.signatures[exported.SERVING_MODEL_INFO]
+    described = describe(**{exported.MODEL_INFO_REQUEST: tf.constant([""])})[exported.SERVING_MODEL_INFO].numpy()
     served = exported.served_model_info(info)
-    assert len(described) == 2 and [json.loads(value) for value in described] == [served, served]
+    assert len(described) == 1 and json.loads(described[0]) == served
     assert served["decision_threshold"] == 0.3 and served["model_kind"] == "densenet"
+    assert served["abstention"] == {"low": DENSENET_BAND["low"], "high": DENSENET_BAND["high"]}
     assert "patient-8863" not in described[0].decode() and "/private/run" not in described[0].decode()
+    many = describe(**{exported.MODEL_INFO_REQUEST: tf.constant([""] * 64)})[exported.SERVING_MODEL_INFO]
+    assert many.shape == (1,)  # a batch does not multiply the answer (model servers refuse it: shape [1])
 
 
 def test_predict_bytes_helper_and_bad_images(densenet_export, encoded_images):

@@ -19,9 +19,8 @@ is "not sure — needs a pathologist's review"; 0 for an image without tissue) a
 `attention` float32 [None, n_tiles], `grid_shape` int32 [None, 2] and, with an instance
 classifier, `tile_probability` float32 [None, n_tiles].
 
-- `model_info`: `request` tf.string [None] (any values) returning `model_info` tf.string
-  [None], once per request value the JSON of `served_model_info(model_info.json)`: what a
-  caller needs of the model (threshold, "not sure" band, scale, aggregation) when it
+- `model_info`: `request` tf.string [1] (its value unused) returning `model_info` tf.string
+  [1], the JSON of `served_model_info(model_info.json)`: what a caller needs of the model (threshold, "not sure" band, scale, aggregation) when it
   reaches the model only through a model server, which does not serve `assets.extra`; not
   how it was trained (no patient ids, no storage paths).
 
@@ -50,11 +49,17 @@ MODEL_INFO_REQUEST = "request"  # that signature's input (values unused)
 # What the `model_info` signature answers anyone who can reach the model server: how to call
 # the model and read its answers. Training records (folds and their patient ids, history,
 # the paths it was trained in) stay in the model's files.
+# Keys served whole, then keys of which only some fields are served.
 SERVED_MODEL_INFO_KEYS = (
     "model_kind", "model_name", "dataset", "created", "image_size", "transform_size", "tile_size", "grid_shape",
     "tissue_masking", "min_tissue_fraction", "mpp", "tile_px", "test_time_augmentation", "decision_threshold",
-    "label_names", "abstention", "slide_aggregation", "slide_context", "signatures", "outputs",
+    "label_names", "signatures", "outputs",
 )
+SERVED_MODEL_INFO_FIELDS = {
+    "abstention": ("low", "high"),
+    "slide_aggregation": ("name", "parameter", "threshold"),
+    "slide_context": ("sigma", "grid_step", "decision_threshold"),
+}
 TILE_PROBABILITY = "tile_probability"
 TISSUE_FRACTION = "tissue_fraction"  # share of tissue pixels in the image the model saw
 NO_TISSUE = "no tissue detected"  # what a caller shows instead of a class
@@ -67,8 +72,12 @@ NOT_SURE_TEXT = "Not sure — needs a pathologist's review"  # what a caller sho
 
 def served_model_info(info: Mapping[str, Any]) -> Dict[str, Any]:
     """The part of a model's `model_info` its `model_info` signature serves
-    (`SERVED_MODEL_INFO_KEYS`)."""
-    return {key: info[key] for key in SERVED_MODEL_INFO_KEYS if key in info}
+    (`SERVED_MODEL_INFO_KEYS`, and the `SERVED_MODEL_INFO_FIELDS` of the others)."""
+    served = {key: info[key] for key in SERVED_MODEL_INFO_KEYS if key in info}
+    for key, fields in SERVED_MODEL_INFO_FIELDS.items():
+        if isinstance(info.get(key), Mapping):
+            served[key] = {field: info[key][field] for field in fields if field in info[key]}
+    return served
 
 
 def version_number(name: str) -> Optional[int]:

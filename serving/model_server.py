@@ -13,7 +13,7 @@ gRPC (`--grpc-port`, TF Serving's 8500): `PredictionService` and `ModelService`'
 There is no load, unload or configuration endpoint: nobody who can reach the server can
 take the model away. A model's status is AVAILABLE while the served version answers (it
 is probed every `model_store.PROBE_INTERVAL_S`). Every input is checked before anything
-is allocated for it: the body size, the batch, each image's header (both signatures), and
+is allocated for it: the body size, the batch, each image's header (both image signatures), and
 for gRPC the declared tensor shape against the values carried. Bad requests get 400 (gRPC
 INVALID_ARGUMENT) with `{"error": ...}` naming the problem; the server keeps serving.
 """

@@ -323,7 +323,10 @@ def _decode_rows(instances, signature, names, max_batch) -> dict[str, np.ndarray
             array = _to_array(values[name], spec, f"instance {index}, input '{name}'")
             _check_shape(array.shape, spec.shape[1:], f"instance {index}, input '{name}'")
             columns[name].append(array)
-    return {name: np.stack(arrays) for name, arrays in columns.items()}
+    stacked = {name: np.stack(arrays) for name, arrays in columns.items()}
+    for name, array in stacked.items():  # a signature may fix its batch, e.g. [1]
+        _check_shape(array.shape, signature.inputs[name].shape, f"input '{name}'")
+    return stacked
 
 
 def _decode_columns(inputs, signature, names, max_batch) -> dict[str, np.ndarray]:

@@ -95,6 +95,8 @@ def test_the_model_describes_itself_through_the_predict_api(server, exported_mod
     (described,) = response.json()["predictions"]
     stored = json.loads((exported_models.mil / "assets.extra" / "model_info.json").read_text())
     assert json.loads(described) == served_model_info(stored) and stored["decision_threshold"] == 0.5
+    many = _predict(server, {"signature_name": "model_info", "instances": [{"request": ""}] * 64})
+    assert many.status_code == 400 and "request" in many.json()["error"]  # one request value, one answer
 
 
 def test_rest_row_format_matches_in_process_predictions(server, exported_models, images):

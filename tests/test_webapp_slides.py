@@ -12,6 +12,7 @@ import io
 import json
 import pathlib
 import shutil
+import time
 
 import pytest
 from PIL import Image
@@ -392,7 +393,54 @@ def test_through_tf_serving_a_slide_gets_the_embedded_answer(client, slide_setti
     assert mine.keys() == theirs.keys() and max(abs(mine[key] - theirs[key]) for key in mine) < 1e-5
 
 
-def test_a_model_without_the_description_signature_is_called_at_threshold_one_half(slide_settings, tmp_path):
+def test_a_version_replaced_mid_slide_calls_the_slide_again_with_the_newest(client, slide_settings, tmp_path,
+                                                                          monkeypatch, caplog):
+    """Every tile of a slide goes to one model version. A push while the slide is being
+    called retires that version (404): the job calls the slide again with the new one and
+    its description, rather than mix two models' tiles or fail."""
+    import requests
+    from django.test import override_settings
+    from model_exports import export_tiny_mil
+    from serving_fixtures import MIL_NAME, push_version, served_copy
+
+    from histopath.serving.webapp.predictions import slide_jobs
+    from histopath.serving.webapp.predictions.backends import TFServingBackend
+    from histopath.serving.webapp.predictions.models import SlideJob
+
+    described = {"mpp": 4.0, "tile_px": 50}
+    first = export_tiny_mil(tmp_path / "v1", seed=9, decision_threshold=0.3, model_info=described)
+    second = export_tiny_mil(tmp_path / "v2", seed=10, decision_threshold=0.4, model_info=described)
+    asked = []
+    original = TFServingBackend.predict_tiles
+
+    def push_during_the_slide(self, images, names, version=None):
+        asked.append(version)
+        if version == "1" and len(asked) == 2:  # the second batch: version 2 arrives
+            push_version(second, tmp_path / "served" / MIL_NAME, 2)
+            deadline = time.monotonic() + 60
+            while requests.get(f"{self.base_url}/v1/models/{MIL_NAME}", timeout=10).json()[
+                    "model_version_status"][0]["version"] != "2":
+                assert time.monotonic() < deadline, "version 2 was not loaded"
+                time.sleep(0.5)
+        return original(self, images, names, version=version)
+
+    monkeypatch.setattr(TFServingBackend, "predict_tiles", push_during_the_slide)
+    SlideJob.objects.filter(state=SlideJob.QUEUED).update(state=SlideJob.FAILED)
+    with served_copy(first, tmp_path / "served") as server, \
+            override_settings(TF_SERVING_URL=server["rest"], HISTOPATH_SLIDE_MODEL_MPP=None,
+                              HISTOPATH_SLIDE_TILE_PX=None), caplog.at_level("WARNING"):
+        _queued(client)
+        job = slide_jobs.run_next("test-worker")
+    assert job.state == SlideJob.DONE, job.error
+    answer = json.loads((pathlib.Path(job.output_dir) / "slide.json").read_text())
+    assert job.model_version == "2" and answer["tile_threshold"] == 0.4  # version 2's own threshold
+    assert asked[:2] == ["1", "1"] and set(asked[2:]) == {"2"}
+    assert sum(1 for version in asked if version == "2") * slide_jobs.BATCH_SIZE >= job.tiles_called
+    assert "calling the slide again with the newest version" in caplog.text
+
+
+def test_a_model_without_the_description_signature_is_called_at_threshold_one_half(slide_settings, tmp_path,
+                                                                                     caplog):
     """An older export (no `model_info` signature): the backend says so in the log and
     falls back to threshold 0.5 without a band, as before the signature existed."""
     import tensorflow as tf
@@ -414,11 +462,12 @@ def test_a_model_without_the_description_signature_is_called_at_threshold_one_ha
     (base / MIL_NAME / "1" / "assets.extra").mkdir()
     (base / MIL_NAME / "1" / "assets.extra" / "model_info.json").write_text(
         json.dumps({"model_kind": "densenet", "model_name": "older", "image_size": 16}))
-    with model_server(base, MIL_NAME, base) as server:
+    with model_server(base, MIL_NAME, base) as server, caplog.at_level("WARNING"):
         backend = TFServingBackend(server["rest"], MIL_NAME)
         assert backend.served_model_info("1") == {}
         model = backend.tile_model()
     assert model.model_info == {"label_names": ["benign", "malignant"]} and model.model_version == "1"
+    assert "has no 'model_info' signature: slides are called at threshold 0.5" in caplog.text
 
 
 def test_uploads_cut_short_are_swept_from_incoming(slide_settings):

@@ -41,6 +41,11 @@ class BackendError(Exception):
     """No model is available or the model server failed; shown as a 503 page."""
 
 
+class VersionReplaced(BackendError):
+    """The model version a slide job was calling is no longer served (a newer one replaced
+    it): the job starts again on the newest version."""
+
+
 class ImageRejected(Exception):
     """The model could not use the image (the user's problem: shown on the form, 400)."""
 
@@ -157,8 +162,10 @@ class EmbeddedBackend:
         label_names = loaded.info.get("label_names") or LABEL_NAMES
         return _answer(first, self.model_name, str(loaded.version), label_names)
 
-    def tile_model(self):
+    def tile_model(self, fresh: bool = False):
         """The loaded version as a `slide_predict.TileModel` (one batch of tiles per call).
+        It holds that version for the whole slide, even when a newer one is swapped in
+        (`fresh` changes nothing here).
 
         Raises:
           BackendError: no model has been pushed.
@@ -309,6 +316,8 @@ class TFServingBackend:
                                           timeout=max(self.timeout_s, 120.0))
         except requests.RequestException as error:
             raise BackendError(f"the model server at {self.base_url} is unreachable ({type(error).__name__})") from None
+        if response.status_code == 404 and version is not None:
+            raise VersionReplaced(f"model {self.model_name} version {version} is no longer served")
         if response.status_code != 200:
             raise BackendError(f"the model server answered HTTP {response.status_code} to a batch of tiles "
                                f"from {names[0]}: {response.text[:200]}")
@@ -340,12 +349,14 @@ class TFServingBackend:
             logger.warning("model %s (version %s) has no %r signature: slides are called at threshold 0.5 "
                            "without a \"not sure\" band", self.model_name, version, SERVING_MODEL_INFO)
             return {}
+        if response.status_code == 404 and version is not None:
+            raise VersionReplaced(f"model {self.model_name} version {version} is no longer served")
         if response.status_code != 200:
             raise BackendError(f"the model server answered HTTP {response.status_code} to the model's "
                                f"description: {response.text[:200]}")
         try:
             (described,) = response.json()["predictions"]
-            if isinstance(described, dict):  # the row format names the output of a one-output signature
+            if isinstance(described, dict):  # a server that names even a lone output
                 described = described[SERVING_MODEL_INFO]
             info = json.loads(described)
         except (ValueError, KeyError, TypeError):
@@ -354,12 +365,17 @@ class TFServingBackend:
             raise BackendError("the model server's answer to the model's description is not a JSON object")
         return info
 
-    def tile_model(self):
+    def tile_model(self, fresh: bool = False):
         """This endpoint as a `slide_predict.TileModel`: one model version calls every tile
         of a slide, with the threshold, band and scale that version describes (scale
         settings `HISTOPATH_SLIDE_MODEL_MPP` / `HISTOPATH_SLIDE_TILE_PX` take precedence).
 
+        Args:
+          fresh: ask the server for its newest version now (not the status read in the
+            last seconds).
+
         Raises:
+          VersionReplaced: that version stopped being served (call again with `fresh`).
           BackendError: the model server is unreachable or failed.
         """
         import functools
@@ -368,6 +384,8 @@ class TFServingBackend:
 
         from histopath.evaluation.slide_predict import TileModel
 
+        if fresh:
+            self._status_cache = None
         try:
             version = self._status_version()
         except (requests.RequestException, ValueError):

@@ -106,6 +106,28 @@ def _answer_fields(answer: dict) -> dict:
             "output_dir": str(pathlib.Path(answer["outputs"]["slide.json"]).parent)}
 
 
+def _call_slide(job: SlideJob) -> dict:
+    """`predict_slide` on the job's slide with the backend's model, every tile by one model
+    version: when that version stops being served mid-slide (a newer one was pushed), the
+    slide is called again, once, by the newest."""
+    from histopath.evaluation import slide_predict
+    from histopath.serving.webapp.predictions.backends import VersionReplaced, get_backend
+
+    def call(fresh: bool) -> dict:
+        model = get_backend().tile_model(fresh=fresh)
+        scale = slide_predict.model_scale(model.model_info, settings.HISTOPATH_SLIDE_MODEL_MPP,
+                                          settings.HISTOPATH_SLIDE_TILE_PX)
+        output = pathlib.Path(settings.HISTOPATH_SLIDE_DIR) / "results" / str(job.pk)
+        return slide_predict.predict_slide(model, job.slide_path, str(output), mpp=job.mpp, scale=scale,
+                                           batch_size=BATCH_SIZE, progress=_Progress(job))
+
+    try:
+        return call(fresh=False)
+    except VersionReplaced as replaced:
+        logger.warning("slide job %d: %s; calling the slide again with the newest version", job.pk, replaced)
+    return call(fresh=True)
+
+
 def run(job: SlideJob) -> SlideJob:
     """Calls the slide of a claimed job and records the answer or why it failed.
 
@@ -113,17 +135,10 @@ def run(job: SlideJob) -> SlideJob:
       The job as recorded at the end.
     """
     from histopath.errors import ConfigError, DataError
-    from histopath.evaluation import slide_predict
-    from histopath.serving.webapp.predictions.backends import BackendError, get_backend
+    from histopath.serving.webapp.predictions.backends import BackendError
 
     try:
-        model = get_backend().tile_model()
-        scale = slide_predict.model_scale(model.model_info, settings.HISTOPATH_SLIDE_MODEL_MPP,
-                                          settings.HISTOPATH_SLIDE_TILE_PX)
-        output = pathlib.Path(settings.HISTOPATH_SLIDE_DIR) / "results" / str(job.pk)
-        answer = slide_predict.predict_slide(model, job.slide_path, str(output), mpp=job.mpp, scale=scale,
-                                             batch_size=BATCH_SIZE, progress=_Progress(job))
-        fields = _answer_fields(answer)
+        fields = _answer_fields(_call_slide(job))
         slide_viewer.write_overlay(fields["output_dir"])
     except _Taken:
         logger.warning("slide job %d: taken over by another worker", job.pk)
