@@ -102,8 +102,8 @@ PRESETS: dict[str, Preset] = {preset.name: preset for preset in (
             "model_name": "idc", "version_policy": "increment",
         },
         results="docs/results.md#idc-breast-histopathology-images-50x50-patches",
-        takes="about 2 hours and 4 to 5 GB on 2 CPU cores for the 170 patients (27,809 patches) of "
-              "../shared/data, 12 epochs of about 8 minutes (estimated from its first epochs: "
+        takes="about 1 h 50 min and up to 5.3 GB on 2 CPU cores for the 170 patients (27,809 patches) of "
+              "../shared/data, 12 epochs of 7 to 10 minutes (measured: "
               "docs/results.md#the-default-runs-on-2-cores)",
     ),
     Preset(
