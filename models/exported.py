@@ -20,11 +20,13 @@ is "not sure — needs a pathologist's review"; 0 for an image without tissue) a
 classifier, `tile_probability` float32 [None, n_tiles].
 
 - `model_info`: `request` tf.string [1] (its value unused) returning `model_info` tf.string
-  [1], the JSON of `served_model_info(model_info.json)`: what a caller needs of the model (threshold, "not sure" band, scale, aggregation) when it
-  reaches the model only through a model server, which does not serve `assets.extra`; not
-  how it was trained (no patient ids, no storage paths).
+  [1], the JSON of `served_model_info(model_info.json)`: what a caller needs of the model
+  (threshold, "not sure" band, scale, aggregation) when it reaches the model only through a
+  model server, which does not serve `assets.extra`; not how it was trained (no patient
+  ids, no storage paths).
 
-`models.export` writes this layout; the CLI (`evaluate`, `predict`), the model server and the web app read it here.
+`models.export` writes this layout; the CLI (`evaluate`, `predict`), the model server and the
+web app read it here.
 Paths may be local or URIs (`histopath.fileio`).
 """
 

@@ -38,6 +38,25 @@ def _sign_in(page, base_url: str, username: str) -> None:
     expect(page.locator("#signed-in-user")).to_have_text(username)
 
 
+def _classify_until_version(page, base_url: str, image: pathlib.Path, version: str, name: str = "") -> None:
+    """Classifies `image` again until the answer comes from the pushed `version` (the app
+    swaps it in without a restart), within a minute."""
+    from playwright.sync_api import expect
+
+    deadline = time.monotonic() + 60
+    while True:
+        page.goto(base_url + "/")
+        page.get_by_label("Image file").set_input_files(str(image))
+        if name:
+            page.get_by_label("Name in your history").fill(name)
+        page.get_by_role("button", name="Classify").click()
+        expect(page.locator("#result-version")).to_be_visible(timeout=60_000)
+        if page.locator("#result-version").inner_text() == version or time.monotonic() > deadline:
+            break
+        time.sleep(1)
+    expect(page.locator("#result-version")).to_have_text(version)
+
+
 @pytest.mark.browser
 def test_sign_in_classify_and_private_histories(exported_models, shared_data, artifacts_dir, tmp_path):
     if not CHROMIUM.exists():
@@ -103,32 +122,13 @@ def test_sign_in_classify_and_private_histories(exported_models, shared_data, ar
 
                 # A newly pushed version is used without restarting the app.
                 push_version(exported_models.mil_v2, serving_dir / MIL_NAME, 2)
-                deadline = time.monotonic() + 60
-                while True:
-                    page.goto(base_url + "/")
-                    page.get_by_label("Image file").set_input_files(str(image))
-                    page.get_by_role("button", name="Classify").click()
-                    expect(page.locator("#result-version")).to_be_visible(timeout=60_000)
-                    if page.locator("#result-version").inner_text() == "2" or time.monotonic() > deadline:
-                        break
-                    time.sleep(1)
-                expect(page.locator("#result-version")).to_have_text("2")
+                _classify_until_version(page, base_url, image, "2")
                 expect(page.get_by_role("img", name=re.compile("Attention heat-map"))).to_be_visible()
 
                 # Version 3: version 1's weights with a "not sure" band around its threshold. The
                 # same image (probability near 0.5) is now "not sure", with the model's leaning.
                 push_version(not_sure_model, serving_dir / MIL_NAME, 3)
-                deadline = time.monotonic() + 60
-                while True:
-                    page.goto(base_url + "/")
-                    page.get_by_label("Image file").set_input_files(str(image))
-                    page.get_by_label("Name in your history").fill("case-first-18")
-                    page.get_by_role("button", name="Classify").click()
-                    expect(page.locator("#result-version")).to_be_visible(timeout=60_000)
-                    if page.locator("#result-version").inner_text() == "3" or time.monotonic() > deadline:
-                        break
-                    time.sleep(1)
-                expect(page.locator("#result-version")).to_have_text("3")
+                _classify_until_version(page, base_url, image, "3", name="case-first-18")
                 expect(page.locator("#result-label")).to_have_text(NOT_SURE_TEXT)
                 expect(page.locator("#not-sure-note")).to_contain_text(re.compile(r"it leans (benign|malignant)"))
                 page.screenshot(path=str(artifacts_dir / "webapp-not-sure.png"), full_page=True)

@@ -268,11 +268,7 @@ class TFServingBackend:
         import requests
 
         body = {"instances": [{"b64": base64.b64encode(image_bytes).decode("ascii")}]}
-        url = f"{self.base_url}/v1/models/{self.model_name}:predict"
-        try:
-            response = self._session.post(url, json=body, timeout=self.timeout_s)
-        except requests.RequestException as error:
-            raise BackendError(f"the model server at {self.base_url} is unreachable ({type(error).__name__})") from None
+        response = self._post_predict(body, None, self.timeout_s)
         if response.status_code != 200:
             try:
                 message = response.json().get("error", response.text)
@@ -293,9 +289,24 @@ class TFServingBackend:
         return _answer(prediction, self.model_name, version, LABEL_NAMES)
 
 
-    def _model_url(self, version: str | None) -> str:
+    def _post_predict(self, body: dict, version: str | None, timeout_s: float):
+        """POSTs `body` to the predict API of `version` (None: the newest).
+
+        Raises:
+          VersionReplaced: `version` is no longer served (404).
+          BackendError: the model server is unreachable.
+        """
+        import requests
+
         pinned = f"/versions/{version}" if version and version.isdigit() else ""
-        return f"{self.base_url}/v1/models/{self.model_name}{pinned}"
+        url = f"{self.base_url}/v1/models/{self.model_name}{pinned}:predict"
+        try:
+            response = self._session.post(url, json=body, timeout=timeout_s)
+        except requests.RequestException as error:
+            raise BackendError(f"the model server at {self.base_url} is unreachable ({type(error).__name__})") from None
+        if response.status_code == 404 and pinned:
+            raise VersionReplaced(f"model {self.model_name} version {version} is no longer served")
+        return response
 
     def predict_tiles(self, images: list[bytes], names: list[str], version: str | None = None) -> list[dict]:
         """One batch of encoded tiles through TF Serving's REST predict API (row format).
@@ -306,18 +317,11 @@ class TFServingBackend:
           version: the model version to ask (None: the newest the server has).
 
         Raises:
+          VersionReplaced: `version` is no longer served.
           BackendError: the model server is unreachable or answered an error.
         """
-        import requests
-
         body = {"instances": [{"b64": base64.b64encode(image).decode("ascii")} for image in images]}
-        try:
-            response = self._session.post(f"{self._model_url(version)}:predict", json=body,
-                                          timeout=max(self.timeout_s, 120.0))
-        except requests.RequestException as error:
-            raise BackendError(f"the model server at {self.base_url} is unreachable ({type(error).__name__})") from None
-        if response.status_code == 404 and version is not None:
-            raise VersionReplaced(f"model {self.model_name} version {version} is no longer served")
+        response = self._post_predict(body, version, max(self.timeout_s, 120.0))
         if response.status_code != 200:
             raise BackendError(f"the model server answered HTTP {response.status_code} to a batch of tiles "
                                f"from {names[0]}: {response.text[:200]}")
@@ -338,19 +342,12 @@ class TFServingBackend:
         """
         import json
 
-        import requests
-
         body = {"signature_name": SERVING_MODEL_INFO, "instances": [{MODEL_INFO_REQUEST: ""}]}
-        try:
-            response = self._session.post(f"{self._model_url(version)}:predict", json=body, timeout=self.timeout_s)
-        except requests.RequestException as error:
-            raise BackendError(f"the model server at {self.base_url} is unreachable ({type(error).__name__})") from None
+        response = self._post_predict(body, version, self.timeout_s)
         if response.status_code == 400 and SERVING_MODEL_INFO in response.text:
             logger.warning("model %s (version %s) has no %r signature: slides are called at threshold 0.5 "
                            "without a \"not sure\" band", self.model_name, version, SERVING_MODEL_INFO)
             return {}
-        if response.status_code == 404 and version is not None:
-            raise VersionReplaced(f"model {self.model_name} version {version} is no longer served")
         if response.status_code != 200:
             raise BackendError(f"the model server answered HTTP {response.status_code} to the model's "
                                f"description: {response.text[:200]}")
