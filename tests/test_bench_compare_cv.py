@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from bench.compare_cv import compare
+from bench.compare_cv import compare, compare_candidates
 
 pytestmark = pytest.mark.bench  # tests of the benchmarks: opt-in (`pytest -m bench`)
 
@@ -32,3 +32,17 @@ def test_runs_of_other_folds_are_refused():
     other["folds"] = [["p1", "p4"]]
     with pytest.raises(ValueError, match="differ in folds"):
         compare(_run([0.5] * 12, 1), other, "mil", "refit_probability")
+
+
+def test_two_candidates_of_one_run_and_the_rules_pick():
+    rng = np.random.default_rng(0)
+    run = _run(rng.uniform(size=12).tolist(), 1)
+    folds = [{"kept_epochs": {"train": 2}, "seconds": 3.0}]
+    run["candidates"] = {"cnn": {"probability": [0.2] * 6 + [0.8] * 6, "folds": folds},
+                         "densenet": {"probability": rng.uniform(size=12).tolist(), "folds": folds}}
+    result = compare_candidates(run, "cnn", "densenet", "probability")
+    assert result["cnn"]["auc"] == pytest.approx(1.0) and result["cnn"]["fold_seconds"] == [3.0]
+    difference = result["densenet_minus_cnn"]
+    assert difference["auc"] == pytest.approx(result["densenet"]["auc"] - 1.0) and difference["interval"][1] <= 0.0
+    assert {rule["winner"] for rule in result["rules"].values()} == {"cnn"}
+    assert set(result["rules"]) == {"cv_auc", "cv_lower_bound", "cv_simpler_unless_better"}

@@ -3,9 +3,12 @@
 One module-scoped sequence of runs feeds the tests, with the serving folder and the span
 store on TensorFlow's `ram://` file system (an object store: no rename):
 
-1. span 1 only: everything runs, version 1 is pushed;
+1. span 1 only: everything runs, the candidates are cross-validated, chosen by the rule
+   and refit, version 1 is pushed;
 2. span 2 added (new patients, and more images of two known ones): only span 2 is
-   ingested, the window is both spans, the models retrain and are compared with version 1;
+   ingested, the window is both spans, the models retrain and are compared with version 1
+   (from here on without cross-validation: its trainings are what make a run slow, and run
+   1 covers them);
 3. nothing new: every component comes from the cache and nothing is pushed;
 4. unreachable thresholds: the Evaluators run again, nothing is pushed (NotBlessedError);
 5. span 3 with known patients only, retraining only for new patients: span 3 is ingested,
@@ -83,17 +86,28 @@ def config(spans, tmp_path_factory):
         "image_size": 64, "densenet": {"image_size": 32}, "mil": {"tile_size": 16, "test_time_augmentation": True},
         "training": {"epochs": 1, "fine_tune_epochs": 1, "batch_size": 16}, "model_training": {"mil": {"epochs": 2}},
         "thresholds": {"min_auc": 0.0, "min_balanced_accuracy": 0.0, "max_auc_drop_vs_pushed": 1.0},
-        "selection": {"rule": "cv_simpler_unless_better", "folds": 2, "refit_on_all": True},
+        "selection": {"rule": "test_auc", "folds": 0},
         "version_policy": "increment", "beam_args": ["--direct_running_mode=in_memory"],
     })
     fileio.remove_tree("ram://e2e")
 
 
 @pytest.fixture(scope="module")
-def first_run(spans, config):
+def cross_validated(config):
+    """Run 1's settings: 2 patient folds per candidate, the rule, then a refit on all."""
+    import dataclasses
+
+    from histopath.pipeline.config import SelectionConfig
+
+    return dataclasses.replace(config, selection=SelectionConfig(rule="cv_simpler_unless_better", folds=2,
+                                                                 refit_on_all=True))
+
+
+@pytest.fixture(scope="module")
+def first_run(spans, cross_validated):
     link_files(spans["source"], spans["root"] / "1", spans["span1"])
-    report = run_local(config)
-    return report, _states(config)
+    report = run_local(cross_validated)
+    return report, _states(cross_validated)
 
 
 @pytest.fixture(scope="module")
@@ -192,12 +206,20 @@ def test_the_pushed_model_answers_a_prediction_from_the_object_store(third_run, 
     assert 0.0 <= prediction["probability"] <= 1.0 and prediction["label"] in (0, 1)
 
 
+def _artifact_id(path: pathlib.Path, depth: int) -> int:
+    return int(path.parts[-depth])
+
+
 def test_trainers_follow_their_own_overrides_and_leave_backbone_weights(second_run, config):
     root = pathlib.Path(config.pipeline_root)
     for kind, phases, averaged in (("densenet", {"head", "fine_tune"}, False), ("mil", {"train"}, True)):
-        info_paths = sorted(root.glob(f"trainer_{kind}/model/*/Format-Serving/assets.extra/model_info.json"))
-        info = json.loads(info_paths[-1].read_text())
-        # The exported model is the refit on every train and eval patient, for the epochs the folds kept.
+        info_paths = sorted(root.glob(f"trainer_{kind}/model/*/Format-Serving/assets.extra/model_info.json"),
+                            key=lambda path: _artifact_id(path, 4))
+        assert len(info_paths) == 2  # one per training run
+        later = json.loads(info_paths[-1].read_text())
+        assert set(later["history"]["phase"]) == phases and "cross_validation" not in later
+        info = json.loads(info_paths[0].read_text())
+        # Run 1's export is the refit on every train and eval patient, for the epochs the folds kept.
         assert set(info["history"]["phase"]) == phases and info["test_time_augmentation"] == averaged
         kept = info["cross_validation"]["refit_epochs"]
         assert len(info["history"]["phase"]) == sum(kept.values()) and set(kept) == phases
