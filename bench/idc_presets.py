@@ -132,6 +132,7 @@ def plot(results: Dict[str, Any], path: pathlib.Path) -> None:
     axes.set_title(f"IDC, {results['patients']} patients, {len(results['folds'])} patient folds")
     axes.grid(alpha=0.3)
     axes.legend()
+    figure.tight_layout()
     save_figure(figure, path, dpi=120)
 
 

@@ -4,7 +4,7 @@
                                       --regions bench/results/cv_idc_mil.json
                                       [--output bench/results/cv_idc_regions.json]
 
-The `idc` preset's DenseNet201 scores 50 px patches; the `idc-mil` preset's attention MIL
+The `idc-densenet` preset's DenseNet201 scores 50 px patches; the `idc-mil` preset's attention MIL
 scores K x K regions of them, positive when any patch is IDC. A user with IDC slides
 chooses between the two, and a rule can only compare them on the same unit: the region.
 Each region's patch-model score is the highest cross-validated probability among its

@@ -113,11 +113,11 @@ def test_the_datasets_preset_is_the_default_and_file_and_flags_override_it(tmp_p
     assert config.slide_context_sigma == presets.PRESETS["idc"].settings["slide_context_sigma"]
     assert _parse(base + ["--slide-context-sigma", "0"]).slide_context_sigma == 0.0
     config_file = tmp_path / "config.json"
-    config_file.write_text(json.dumps({"densenet": {"dropout": 0.05}, "stain_normalization": False}))
+    config_file.write_text(json.dumps({"cnn": {"dropout": 0.05}, "stain_normalization": False}))
     from_file = _parse(base + ["--config", str(config_file)])
-    assert from_file.model_config("densenet").dropout == 0.05
-    kept = presets.PRESETS["idc"].settings["densenet"]["image_size"]
-    assert from_file.model_config("densenet").image_size == kept
+    assert from_file.model_config("cnn").dropout == 0.05
+    kept = presets.PRESETS["idc"].settings["cnn"]["conv_layers"]
+    assert from_file.model_config("cnn").conv_layers == kept
     assert from_file.stain_normalization == "none"  # the older boolean form, read as the method it meant
     assert _parse(base + ["--config", str(config_file), "--stain-normalization"]).stain_normalization == "od_scaling"
     assert _parse(base + ["--stain-normalization", "macenko"]).stain_normalization == "macenko"
