@@ -378,7 +378,7 @@ def test_baseline_step_follows_the_configs_stain_normalisation_unless_told(tmp_p
                          "patient_ids": ["a", "a", "b", "b"]}}
 
     monkeypatch.setattr(baseline_cnn, "train_and_predict", train_and_predict)
-    assert steps.bench_config("idc_densenet.json")["stain_normalization"] is True
+    assert steps.bench_config("idc_densenet.json")["stain_normalization"] == "reinhard"
     out = steps.baseline_step("records", 6, 50, 10.0, "idc_densenet.json", override)(tmp_path)
     assert seen[0].stain_normalization is expected and seen[0].augment.stain_scale == 0.4
     assert out["decision_threshold"] == 0.5 and "history" not in out["baseline"]
