@@ -33,6 +33,7 @@ import numpy as np
 
 from bench.common import save_figure, write_json
 from bench.compare_cv import compare_candidates
+from bench.study.tables import with_interval
 
 SIGMAS = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0)  # slide-context widths in patch widths; 0 = none
 RESAMPLES = 1000
@@ -110,8 +111,8 @@ def estimate(run: Dict[str, Any], kind: str, sigmas: Sequence[float], full_patie
         "nested": {name: _scored(labels, nested["probability"], nested["predicted"], patients, mask, threshold, seed)
                    for name, mask in subsets.items() if mask.any()},
         "answered": {"coverage": float(answered.mean()),
-                     **_scored(labels, nested["probability"], nested["predicted"], patients, answered, threshold,
-                                             seed)},
+                     **_scored(labels, nested["probability"], nested["predicted"], patients, answered,
+                               threshold, seed)},
     }
     return result, nested["probability"]
 
@@ -153,15 +154,6 @@ def run(cv: Dict[str, Any], sigmas: Sequence[float], full_patients: Sequence[str
     return results
 
 
-def _cell(metrics: Dict[str, Any], name: str) -> str:
-    entry = metrics[name]
-    if entry.get("value") is None:
-        return "n/a"
-    if entry.get("ci_low") is None:
-        return f"{entry['value']:.3f}"
-    return f"{entry['value']:.3f} [{entry['ci_low']:.3f}, {entry['ci_high']:.3f}]"
-
-
 def table(results: Dict[str, Any]) -> List[str]:
     """The nested estimates as a markdown table, and the rules' pick."""
     lines = ["| candidate | width per fold | patch AUC | balanced accuracy | sensitivity / specificity | "
@@ -170,14 +162,15 @@ def table(results: Dict[str, Any]) -> List[str]:
     for kind, result in results["candidates"].items():
         nested = result["nested"]
         image = nested["all"]["image_level"]
-        subset = {name: _cell(nested[name]["image_level"], "auc") if name in nested else "n/a"
+        subset = {name: with_interval(nested[name]["image_level"]["auc"]) if name in nested else "n/a"
                   for name in ("full slides", "sparse patients")}
         widths = ", ".join(f"{fold['sigma']:g}" for fold in result["folds"])
-        lines.append(f"| {kind} | {widths} | {_cell(image, 'auc')} | {_cell(image, 'balanced_accuracy')} | "
+        lines.append(f"| {kind} | {widths} | {with_interval(image['auc'])} | "
+                     f"{with_interval(image['balanced_accuracy'])} | "
                      f"{image['sensitivity']['value']:.3f} / {image['specificity']['value']:.3f} | "
                      f"{subset['full slides']} | {subset['sparse patients']} | "
                      f"{result['answered']['coverage']:.3f} | "
-                     f"{_cell(result['answered']['image_level'], 'balanced_accuracy')} |")
+                     f"{with_interval(result['answered']['image_level']['balanced_accuracy'])} |")
     comparison = results.get("comparison")
     if comparison:
         name = next(key for key in comparison if "_minus_" in key)
