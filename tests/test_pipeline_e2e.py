@@ -206,15 +206,11 @@ def test_the_pushed_model_answers_a_prediction_from_the_object_store(third_run, 
     assert 0.0 <= prediction["probability"] <= 1.0 and prediction["label"] in (0, 1)
 
 
-def _artifact_id(path: pathlib.Path, depth: int) -> int:
-    return int(path.parts[-depth])
-
-
 def test_trainers_follow_their_own_overrides_and_leave_backbone_weights(second_run, config):
     root = pathlib.Path(config.pipeline_root)
     for kind, phases, averaged in (("densenet", {"head", "fine_tune"}, False), ("mil", {"train"}, True)):
         info_paths = sorted(root.glob(f"trainer_{kind}/model/*/Format-Serving/assets.extra/model_info.json"),
-                            key=lambda path: _artifact_id(path, 4))
+                            key=lambda path: int(path.parts[-4]))  # by artifact id
         assert len(info_paths) == 2  # one per training run
         later = json.loads(info_paths[-1].read_text())
         assert set(later["history"]["phase"]) == phases and "cross_validation" not in later
